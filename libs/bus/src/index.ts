@@ -1,0 +1,3 @@
+export { connectBus, type BusOptions, type BusAuth } from './connect.js';
+export { startService, type EndpointDef, type ServiceDef } from './service.js';
+export { request, HostdClient, type RequestOptions } from './client.js';

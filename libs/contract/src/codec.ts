@@ -1,0 +1,48 @@
+import { Packr } from 'msgpackr';
+import { ValidationError } from '@forky/base';
+
+/**
+ * Bodies are msgpack by default; a request that is JSON gets JSON back, so `nats req` works.
+ * Requests are always maps, so a body starting with `{` (or empty) is JSON: in msgpack, 0x7b
+ * would be the bare integer 123, never a request.
+ */
+export type Format = 'msgpack' | 'json';
+
+const packr = new Packr({ useRecords: false, mapsAsObjects: true, moreTypes: false, int64AsType: 'number' });
+const enc = new TextEncoder();
+const dec = new TextDecoder('utf-8', { fatal: true });
+
+export function detectFormat(data: Uint8Array, contentType?: string): Format {
+  if (contentType) return contentType.includes('json') ? 'json' : 'msgpack';
+  if (data.length === 0) return 'json';
+  const first = firstNonSpace(data);
+  return first === 0x7b || first === 0x5b ? 'json' : 'msgpack';
+}
+
+export function decodeBody(data: Uint8Array, contentType?: string): { format: Format; value: unknown } {
+  const format = detectFormat(data, contentType);
+  if (format === 'json') {
+    if (data.length === 0) return { format, value: {} };
+    try {
+      return { format, value: JSON.parse(dec.decode(data)) };
+    } catch (e) {
+      throw new ValidationError(`body is not valid JSON: ${(e as Error).message}`);
+    }
+  }
+  try {
+    return { format, value: packr.unpack(data) };
+  } catch (e) {
+    throw new ValidationError(`body is neither JSON nor valid msgpack: ${(e as Error).message}`);
+  }
+}
+
+export function encodeBody(value: unknown, format: Format): Uint8Array {
+  return format === 'json' ? enc.encode(JSON.stringify(value)) : packr.pack(value);
+}
+
+export const CONTENT_TYPE: Record<Format, string> = { json: 'application/json', msgpack: 'application/msgpack' };
+
+function firstNonSpace(data: Uint8Array): number | undefined {
+  for (const b of data) if (b !== 0x20 && b !== 0x0a && b !== 0x0d && b !== 0x09) return b;
+  return undefined;
+}

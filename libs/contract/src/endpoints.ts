@@ -1,0 +1,27 @@
+import type { z } from 'zod';
+import { HostInfo, Empty } from './host.js';
+import type { HostdEndpoint } from './subjects.js';
+import { BootRequest, ExecRequest, ExecResult, VmInfo, VmList, VmRef } from './vm.js';
+import { ForkRequest, ForkResult, SnapshotCreateRequest, SnapshotInfo, SnapshotList, SnapshotRef } from './snapshot.js';
+
+/** Request and reply schema of every hostd endpoint: the one table both sides are checked against. */
+export const hostdContract = {
+  'host.info': { request: Empty, reply: HostInfo },
+  'vm.boot': { request: BootRequest, reply: VmInfo },
+  'vm.list': { request: Empty, reply: VmList },
+  'vm.show': { request: VmRef, reply: VmInfo },
+  'vm.pause': { request: VmRef, reply: VmInfo },
+  'vm.resume': { request: VmRef, reply: VmInfo },
+  'vm.destroy': { request: VmRef, reply: VmInfo },
+  'vm.exec': { request: ExecRequest, reply: ExecResult },
+  'snapshot.create': { request: SnapshotCreateRequest, reply: SnapshotInfo },
+  'snapshot.list': { request: Empty, reply: SnapshotList },
+  'snapshot.show': { request: SnapshotRef, reply: SnapshotInfo },
+  'snapshot.delete': { request: SnapshotRef, reply: SnapshotInfo },
+  fork: { request: ForkRequest, reply: ForkResult },
+} as const satisfies Record<HostdEndpoint, { request: z.ZodType; reply: z.ZodType }>;
+
+export type HostdContract = typeof hostdContract;
+export type RequestOf<E extends HostdEndpoint> = z.input<HostdContract[E]['request']>;
+export type ParsedRequestOf<E extends HostdEndpoint> = z.output<HostdContract[E]['request']>;
+export type ReplyOf<E extends HostdEndpoint> = z.output<HostdContract[E]['reply']>;

@@ -1,0 +1,55 @@
+import { z } from 'zod';
+import { HostId, ImageName, SnapshotId, VmId } from './ids.js';
+
+export const VM_STATES = ['booting', 'restoring', 'running', 'paused', 'snapshotting', 'destroying', 'destroyed', 'failed'] as const;
+export const VmState = z.enum(VM_STATES);
+export type VmState = z.infer<typeof VmState>;
+
+export const Accel = z.enum(['kvm', 'tcg']);
+export type Accel = z.infer<typeof Accel>;
+
+export const VmInfo = z.strictObject({
+  id: VmId,
+  host: HostId,
+  state: VmState,
+  image: ImageName,
+  memMiB: z.number().int(),
+  cpus: z.number().int(),
+  accel: Accel,
+  /** The snapshot this VM was forked from, if any. */
+  parentSnapshot: SnapshotId.optional(),
+  createdAt: z.string(),
+  pid: z.number().int().optional(),
+  /** Milliseconds spent in each step of making this VM. */
+  timings: z.record(z.string(), z.number()).optional(),
+});
+export type VmInfo = z.infer<typeof VmInfo>;
+
+export const BootRequest = z.strictObject({
+  image: ImageName.default('tiny'),
+  memMiB: z.number().int().min(64).max(65536).default(256),
+  cpus: z.number().int().min(1).max(64).default(1),
+});
+export type BootRequest = z.infer<typeof BootRequest>;
+
+export const VmRef = z.strictObject({ id: VmId });
+export type VmRef = z.infer<typeof VmRef>;
+
+export const VmList = z.strictObject({ vms: z.array(VmInfo) });
+export type VmList = z.infer<typeof VmList>;
+
+export const ExecRequest = z.strictObject({
+  id: VmId,
+  cmd: z.array(z.string().max(65536)).min(1).max(256),
+  timeoutMs: z.number().int().min(1).max(600_000).default(30_000),
+  /** Text passed to the command's standard input. */
+  input: z.string().max(1 << 20).optional(),
+});
+export type ExecRequest = z.infer<typeof ExecRequest>;
+
+export const ExecResult = z.strictObject({
+  exitCode: z.number().int(),
+  stdout: z.string(),
+  stderr: z.string(),
+});
+export type ExecResult = z.infer<typeof ExecResult>;

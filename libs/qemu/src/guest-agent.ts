@@ -1,0 +1,209 @@
+import net from 'node:net';
+import { randomInt } from 'node:crypto';
+import { DeadlineError, pollUntil, withDeadline } from '@forky/base';
+import { LineSplitter } from './lines.js';
+import { GuestAgentError, ProtocolError, QmpClosedError } from './errors.js';
+
+export interface ExecOutput {
+  exitCode: number;
+  stdout: string;
+  stderr: string;
+}
+
+const SYNC_BYTE = 0xff;
+
+/**
+ * A client of the QEMU guest agent protocol (QGA) over the host side of its virtio-serial channel.
+ * QGA answers in order and has no ids, so calls are queued one at a time. The channel may hold
+ * stale bytes (a guest that restarted its agent, a VM restored from a snapshot): `sync()` sends
+ * 0xFF, which resets the agent's parser, and a guest-sync-delimited whose reply follows a 0xFF;
+ * everything before it is discarded. After a call times out the stream is out of step, so the
+ * next call resyncs first.
+ */
+export class GuestAgentClient {
+  #sock: net.Socket;
+  #splitter = new LineSplitter();
+  #lines: Buffer[] = [];
+  #wake: (() => void) | undefined;
+  #closed: Error | undefined;
+  #queue: Promise<unknown> = Promise.resolve();
+  #inSync = false;
+  #seekingSync = false;
+
+  private constructor(sock: net.Socket) {
+    this.#sock = sock;
+    sock.on('data', (chunk: Buffer) => this.#onData(chunk));
+    const onEnd = (e?: Error): void => {
+      this.#closed ??= new QmpClosedError('guest agent', e);
+      this.#wake?.();
+    };
+    sock.on('error', onEnd);
+    sock.on('close', () => onEnd());
+  }
+
+  /** Connects to the host side of the agent channel (a chardev socket with `server=on`). */
+  static async connect(path: string, timeoutMs = 5000): Promise<GuestAgentClient> {
+    const sock = net.createConnection(path);
+    await withDeadline(
+      new Promise<void>((resolve, reject) => {
+        sock.once('connect', resolve);
+        sock.once('error', reject);
+      }),
+      timeoutMs,
+      `guest agent connect ${path}`,
+    ).catch((e: unknown) => {
+      sock.destroy();
+      throw e;
+    });
+    return new GuestAgentClient(sock);
+  }
+
+  /**
+   * Resolves once the agent answers a sync, resending every `attemptMs` until `timeoutMs`
+   * (a booting guest opens its end of the channel only when its agent starts).
+   */
+  sync(timeoutMs: number, attemptMs = 250): Promise<void> {
+    return this.#serial(() => this.#doSync(timeoutMs, attemptMs));
+  }
+
+  async #doSync(timeoutMs: number, attemptMs = 250): Promise<void> {
+    {
+      const deadline = Date.now() + timeoutMs;
+      let latest = 0;
+      for (;;) {
+        this.#check();
+        latest = randomInt(1, 2 ** 31);
+        this.#seekingSync = true;
+        this.#splitter.reset();
+        this.#lines = [];
+        this.#sock.write(Buffer.concat([Buffer.from([SYNC_BYTE]), jsonLine({ execute: 'guest-sync-delimited', arguments: { id: latest } })]));
+        const attemptEnd = Math.min(deadline, Date.now() + attemptMs);
+        // Older attempts' replies come first (the agent answers in order); wait for ours.
+        for (;;) {
+          const line = await this.#nextLine(attemptEnd).catch(() => undefined);
+          if (line === undefined) break;
+          const msg = parse(line);
+          if (msg.return === latest) {
+            this.#inSync = true;
+            return;
+          }
+          this.#seekingSync = true;
+        }
+        if (Date.now() >= deadline) throw new DeadlineError('guest agent sync', timeoutMs);
+      }
+    }
+  }
+
+  /** One agent command. */
+  execute<T = unknown>(command: string, args?: Record<string, unknown>, timeoutMs = 10_000): Promise<T> {
+    return this.#serial(async () => {
+      if (!this.#inSync) await this.#doSync(timeoutMs);
+      this.#sock.write(jsonLine(args === undefined ? { execute: command } : { execute: command, arguments: args }));
+      try {
+        const msg = parse(await this.#nextLine(Date.now() + timeoutMs));
+        if (msg.error) {
+          const e = msg.error as { class?: string; desc?: string };
+          throw new GuestAgentError(command, e.class ?? 'Unknown', e.desc ?? '');
+        }
+        return msg.return as T;
+      } catch (e) {
+        if (!(e instanceof GuestAgentError)) this.#inSync = false;
+        throw e instanceof DeadlineError ? new DeadlineError(`guest agent ${command}`, timeoutMs) : e;
+      }
+    });
+  }
+
+  /** Runs a program in the guest (PATH is searched) and returns its exit code and output. */
+  async exec(cmd: readonly string[], opts: { input?: string; timeoutMs?: number } = {}): Promise<ExecOutput> {
+    const timeoutMs = opts.timeoutMs ?? 30_000;
+    const deadline = Date.now() + timeoutMs;
+    const [path, ...arg] = cmd;
+    const { pid } = await this.execute<{ pid: number }>('guest-exec', {
+      path,
+      arg,
+      'capture-output': true,
+      ...(opts.input === undefined ? {} : { 'input-data': Buffer.from(opts.input).toString('base64') }),
+    });
+    type Status = { exited: boolean; exitcode?: number; signal?: number; 'out-data'?: string; 'err-data'?: string };
+    try {
+      const st = await pollUntil(
+        async () => {
+          const s = await this.execute<Status>('guest-exec-status', { pid }, Math.max(1, deadline - Date.now()));
+          return s.exited ? s : undefined;
+        },
+        { timeoutMs, intervalMs: 2, maxIntervalMs: 50, what: `guest exec ${path}` },
+      );
+      return {
+        exitCode: st.exitcode ?? 128 + (st.signal ?? 0),
+        stdout: Buffer.from(st['out-data'] ?? '', 'base64').toString('utf8'),
+        stderr: Buffer.from(st['err-data'] ?? '', 'base64').toString('utf8'),
+      };
+    } catch (e) {
+      // Best effort: do not leave a runaway command behind in the guest.
+      await this.execute('guest-exec', { path: 'kill', arg: ['-9', String(pid)] }, 2000).catch(() => undefined);
+      throw e;
+    }
+  }
+
+  close(): void {
+    this.#sock.destroy();
+  }
+
+  #serial<T>(fn: () => Promise<T>): Promise<T> {
+    const run = this.#queue.then(fn, fn);
+    this.#queue = run.catch(() => undefined);
+    return run;
+  }
+
+  #check(): void {
+    if (this.#closed) throw this.#closed;
+  }
+
+  #onData(chunk: Buffer): void {
+    try {
+      if (this.#seekingSync) {
+        // Everything before the sync byte is stale: replies to requests nobody waits for.
+        const at = chunk.lastIndexOf(SYNC_BYTE);
+        if (at === -1) return;
+        this.#seekingSync = false;
+        this.#splitter.reset();
+        chunk = chunk.subarray(at + 1);
+      }
+      this.#lines.push(...this.#splitter.push(chunk));
+    } catch (e) {
+      this.#closed = new ProtocolError(`guest agent: ${(e as Error).message}`, e);
+      this.#sock.destroy();
+    }
+    this.#wake?.();
+  }
+
+  async #nextLine(deadline: number): Promise<Buffer> {
+    for (;;) {
+      const line = this.#lines.shift();
+      if (line) return line;
+      this.#check();
+      const left = deadline - Date.now();
+      if (left <= 0) throw new DeadlineError('guest agent reply', 0);
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, left);
+        this.#wake = () => {
+          clearTimeout(timer);
+          resolve();
+        };
+      });
+      this.#wake = undefined;
+    }
+  }
+}
+
+function jsonLine(v: unknown): Buffer {
+  return Buffer.from(JSON.stringify(v) + '\n');
+}
+
+function parse(line: Buffer): Record<string, unknown> {
+  try {
+    return JSON.parse(line.toString('utf8')) as Record<string, unknown>;
+  } catch (e) {
+    throw new ProtocolError(`guest agent sent a line that is not JSON: ${line.toString('utf8').slice(0, 200)}`, e);
+  }
+}

@@ -1,0 +1,56 @@
+import type { Accel } from '@forky/contract';
+import type { VmSpec } from '../../domain/ports.js';
+
+export interface MachineOptions {
+  accel: Accel;
+  machine: string;
+  cpuModel: string;
+  /** TCG translation buffer size; undefined keeps QEMU's default. */
+  tcgTbSizeMiB?: number;
+  sandbox: boolean;
+}
+
+export interface LaunchPaths {
+  qmpSocket: string;
+  qgaSocket: string;
+  serialLog: string;
+}
+
+/** QEMU's option syntax doubles commas inside a value. */
+const esc = (s: string): string => s.replaceAll(',', ',,');
+
+/**
+ * The QEMU command line for one VM. Parent and children get the same devices in the same order
+ * with the same ids and the same RAM backend id and size: device state restores only onto an
+ * identical machine. QEMU dials hostd's QMP socket (server=off), so readiness is an event.
+ */
+export function buildArgs(spec: VmSpec, m: MachineOptions, paths: LaunchPaths, incoming: boolean): string[] {
+  const accel = m.accel === 'tcg' && m.tcgTbSizeMiB ? `tcg,tb-size=${m.tcgTbSizeMiB}` : m.accel;
+  const args = [
+    '-name', `forky-${spec.id},debug-threads=on`,
+    '-nodefaults', '-no-user-config', '-display', 'none', '-no-reboot',
+    '-machine', `${m.machine},memory-backend=mem`,
+    '-accel', accel,
+    '-cpu', m.cpuModel,
+    '-smp', String(spec.cpus),
+    '-m', `${spec.memMiB}M`,
+    '-object', `memory-backend-file,id=mem,size=${spec.memMiB}M,mem-path=${esc(spec.ram.file)},share=${spec.ram.shared ? 'on' : 'off'}`,
+    '-kernel', spec.image.kernel,
+    '-initrd', spec.image.initrd,
+    '-append', spec.kernelCmdline,
+    '-blockdev', JSON.stringify({ driver: 'qcow2', 'node-name': 'disk0', file: { driver: 'file', filename: spec.diskFile } }),
+    '-device', 'virtio-blk-pci,drive=disk0,id=vda',
+    '-device', 'virtio-serial-pci,id=vser0',
+    '-chardev', `socket,id=qga0,path=${esc(paths.qgaSocket)},server=on,wait=off`,
+    '-device', 'virtserialport,bus=vser0.0,chardev=qga0,name=org.qemu.guest_agent.0',
+    '-object', 'rng-random,filename=/dev/urandom,id=rng0',
+    '-device', 'virtio-rng-pci,rng=rng0',
+    '-chardev', `file,id=ser0,path=${esc(paths.serialLog)}`,
+    '-serial', 'chardev:ser0',
+    '-chardev', `socket,id=qmp0,path=${esc(paths.qmpSocket)},server=off`,
+    '-mon', 'chardev=qmp0,mode=control',
+  ];
+  if (m.sandbox) args.push('-sandbox', 'on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny');
+  if (incoming) args.push('-incoming', 'defer');
+  return args;
+}

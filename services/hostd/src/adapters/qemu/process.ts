@@ -1,0 +1,79 @@
+import fs from 'node:fs/promises';
+import { openSync, closeSync } from 'node:fs';
+import net from 'node:net';
+import { spawn } from 'node:child_process';
+import { ForkyError, withDeadline, type Logger } from '@forky/base';
+import { QmpClient } from '@forky/qemu';
+
+export interface QemuProcess {
+  pid: number;
+  qmp: QmpClient;
+  exited: Promise<void>;
+  /** True once the process has exited. */
+  readonly isExited: () => boolean;
+}
+
+/**
+ * Starts QEMU and returns once it has dialled our QMP socket and negotiated. QEMU runs in its own
+ * process group, detached, so a hostd restart does not take running VMs down with it.
+ * If QEMU exits first, its own error message (from qemu.log) is the error.
+ */
+export async function launchQemu(
+  binary: string,
+  args: readonly string[],
+  qmpSocket: string,
+  logFile: string,
+  timeoutMs: number,
+  log: Logger,
+): Promise<QemuProcess> {
+  await fs.rm(qmpSocket, { force: true });
+  const server = net.createServer();
+  const connection = new Promise<net.Socket>((resolve) => server.once('connection', resolve));
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(qmpSocket, resolve);
+  });
+  const logFd = openSync(logFile, 'a');
+  let exited = false;
+  try {
+    const child = spawn(binary, args, { stdio: ['ignore', logFd, logFd], detached: true });
+    const pid = child.pid;
+    const exitedP = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+    child.once('exit', () => (exited = true));
+    const spawnError = new Promise<never>((_, reject) => child.once('error', reject));
+    child.unref();
+    if (pid === undefined) throw new ForkyError('QEMU', `could not start ${binary}`);
+    const early = exitedP.then(async () => {
+      const tail = (await fs.readFile(logFile, 'utf8').catch(() => '')).trim().split('\n').slice(-3).join(' | ');
+      throw new ForkyError('QEMU', `QEMU exited during start: ${tail || 'no message'}`, { details: { pid } });
+    });
+    try {
+      const sock = await withDeadline(Promise.race([connection, early, spawnError]), timeoutMs, 'QEMU start (QMP connect)');
+      const qmp = await Promise.race([QmpClient.handshake(sock, { handshakeTimeoutMs: timeoutMs }), early]);
+      log.debug({ pid }, 'qemu started');
+      return { pid, qmp, exited: exitedP, isExited: () => exited };
+    } catch (e) {
+      // If QEMU is exiting on its own, its message says more than a closed socket does.
+      const own = await withDeadline(early, 1000, 'QEMU exit').then(() => undefined, (err: unknown) => err);
+      killGroup(pid, 'SIGKILL');
+      await withDeadline(exitedP, 5000, 'QEMU exit after failed start').catch(() => undefined);
+      throw own instanceof ForkyError && own.code === 'QEMU' ? own : e;
+    }
+  } finally {
+    closeSync(logFd);
+    server.close();
+    await fs.rm(qmpSocket, { force: true });
+  }
+}
+
+export function killGroup(pid: number, signal: NodeJS.Signals): void {
+  try {
+    process.kill(-pid, signal);
+  } catch {
+    try {
+      process.kill(pid, signal);
+    } catch {
+      /* already gone */
+    }
+  }
+}

@@ -1,0 +1,87 @@
+import os from 'node:os';
+import path from 'node:path';
+import { z } from 'zod';
+import { parseConfig, readConfigFile } from '@forky/base';
+import { HostId } from '@forky/contract';
+
+const Limits = z.strictObject({
+  bootTimeoutMs: z.number().int().positive().default(60_000),
+  restoreTimeoutMs: z.number().int().positive().default(20_000),
+  forkConcurrency: z.number().int().min(1).max(64).default(Math.max(2, os.cpus().length * 2)),
+  maxVms: z.number().int().min(1).max(10_000).default(1000),
+  childCostMiB: z.number().int().min(1).default(48),
+  reserveMiB: z.number().int().min(0).default(512),
+});
+
+export const HostdConfig = z.strictObject({
+  hostId: HostId,
+  nats: z.strictObject({
+    servers: z.array(z.string().min(1)).min(1),
+    user: z.string().optional(),
+    pass: z.string().optional(),
+    token: z.string().optional(),
+  }),
+  dataDir: z.string().min(1),
+  ramDir: z.string().min(1),
+  imagesDir: z.string().min(1),
+  qemu: z
+    .strictObject({
+      binary: z.string().default('qemu-system-x86_64'),
+      img: z.string().default('qemu-img'),
+      accel: z.enum(['auto', 'kvm', 'tcg']).default('auto'),
+      machine: z.string().default('pc'),
+      /** Default: `host` under KVM, `qemu64` under TCG. */
+      cpuModel: z.string().optional(),
+      tcgTbSizeMiB: z.number().int().min(1).max(2048).optional(),
+      sandbox: z.boolean().default(true),
+      probeTimeoutMs: z.number().int().positive().default(8000),
+      /** Default: <dataDir>/accel-probe.json. */
+      probeCacheFile: z.string().optional(),
+      /** The image a KVM probe boots. */
+      probeImage: z.string().default('tiny'),
+    })
+    .prefault({}),
+  limits: Limits.prefault({}),
+  logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+});
+export type HostdConfig = z.infer<typeof HostdConfig>;
+export type HostdConfigInput = z.input<typeof HostdConfig>;
+
+/** The host name, made into a valid host id. */
+export function defaultHostId(): string {
+  return os.hostname().toLowerCase().replace(/[^a-z0-9-]/g, '-').replace(/^-+/, '').slice(0, 63) || 'host';
+}
+
+function defaults(hostId: string, cwd: string): Record<string, unknown> {
+  return {
+    hostId,
+    nats: { servers: ['nats://127.0.0.1:4222'] },
+    dataDir: path.resolve(cwd, '.forky', 'hosts', hostId),
+    ramDir: path.join('/dev/shm', 'forky', hostId),
+    imagesDir: path.resolve(cwd, '.forky', 'images'),
+  };
+}
+
+const env = (k: string): string | undefined => process.env[k] || undefined;
+
+/** Configuration from defaults < file (--config / FORKY_HOSTD_CONFIG) < env (FORKY_*) < flags. */
+export function loadHostdConfig(flags: Record<string, unknown> = {}, cwd = process.cwd()): Readonly<HostdConfig> {
+  const file = readConfigFile((flags.config as string | undefined) ?? env('FORKY_HOSTD_CONFIG'));
+  const fromEnv = {
+    hostId: env('FORKY_HOST_ID'),
+    nats: {
+      servers: env('FORKY_NATS_URL')?.split(','),
+      user: env('FORKY_NATS_USER'),
+      pass: env('FORKY_NATS_PASS'),
+      token: env('FORKY_NATS_TOKEN'),
+    },
+    dataDir: env('FORKY_DATA_DIR'),
+    ramDir: env('FORKY_RAM_DIR'),
+    imagesDir: env('FORKY_IMAGES_DIR'),
+    qemu: { accel: env('FORKY_ACCEL') },
+    logLevel: env('FORKY_LOG_LEVEL'),
+  };
+  const { config: _config, ...flagLayer } = flags;
+  const hostId = String((flagLayer.hostId as string | undefined) ?? fromEnv.hostId ?? file.hostId ?? defaultHostId());
+  return parseConfig(HostdConfig, defaults(hostId, cwd), file, fromEnv, flagLayer);
+}

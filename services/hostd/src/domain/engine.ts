@@ -1,0 +1,476 @@
+import fs from 'node:fs/promises';
+import os from 'node:os';
+import {
+  CapacityError,
+  ConflictError,
+  ForkyError,
+  IncompatibleError,
+  InvalidStateError,
+  KeyedMutex,
+  NotFoundError,
+  mapSettled,
+  newId,
+  type Logger,
+} from '@forky/base';
+import type {
+  BootRequest,
+  ExecRequest,
+  ExecResult,
+  ForkRequest,
+  ForkResult,
+  HostInfo,
+  MachineProfile,
+  SnapshotCreateRequest,
+  SnapshotInfo,
+  VmInfo,
+  VmState,
+} from '@forky/contract';
+import type { Image, ImageCatalog } from '../images.js';
+import type { Layout } from '../layout.js';
+import type { LayerStore, SnapshotStore, VmHandle, VmRuntime, VmSpec } from './ports.js';
+import { assertAllowed, assertTransition } from './state.js';
+import { recordForDisk, vmInfo, writeJsonAtomic, type SnapshotRecord, type VmRecord } from './records.js';
+
+export interface EngineLimits {
+  bootTimeoutMs: number;
+  restoreTimeoutMs: number;
+  /** Children started at once during a fork. */
+  forkConcurrency: number;
+  maxVms: number;
+  /** What one forked child is assumed to cost, for the capacity check. */
+  childCostMiB: number;
+  /** Memory kept free for the host itself. */
+  reserveMiB: number;
+}
+
+export interface EngineDeps {
+  hostId: string;
+  runtime: VmRuntime;
+  layers: LayerStore;
+  snapshots: SnapshotStore;
+  images: ImageCatalog;
+  layout: Layout;
+  limits: EngineLimits;
+  logger: Logger;
+}
+
+/**
+ * The fork logic of one host, spoken against ports (VmRuntime, LayerStore, SnapshotStore).
+ * Every operation on a VM runs under that VM's lock and checks the state machine first; a VM
+ * that fails half-way is taken apart again, so no half-made VM or stray file outlives a request.
+ */
+export class HostEngine {
+  readonly #vms = new Map<string, VmRecord>();
+  readonly #snaps = new Map<string, SnapshotRecord>();
+  /** Forks in flight per snapshot: a snapshot in use cannot be deleted. */
+  readonly #snapUsers = new Map<string, number>();
+  /** Layers being made, not yet in any chain: garbage collection leaves them alone. */
+  readonly #pendingLayers = new Set<string>();
+  readonly #lock = new KeyedMutex();
+  readonly #log: Logger;
+
+  constructor(private readonly d: EngineDeps) {
+    this.#log = d.logger.child({ component: 'engine' });
+  }
+
+  // ---- queries
+
+  hostInfo(): Promise<HostInfo> {
+    return (async () => {
+      const mem = await meminfo();
+      return {
+        id: this.d.hostId,
+        accel: this.d.runtime.accel,
+        accelReason: '',
+        qemuVersion: this.d.runtime.qemuVersion,
+        cpus: os.cpus().length,
+        memTotalMiB: mem.totalMiB,
+        memFreeMiB: mem.availableMiB,
+        vms: this.#vms.size,
+        snapshots: this.#snaps.size,
+        images: await this.d.images.list(),
+      };
+    })();
+  }
+
+  list(): VmInfo[] {
+    return [...this.#vms.values()].map((r) => this.#info(r));
+  }
+
+  show(id: string): VmInfo {
+    return this.#info(this.#vm(id));
+  }
+
+  listSnapshots(): SnapshotInfo[] {
+    return [...this.#snaps.values()].map((s) => s.info);
+  }
+
+  showSnapshot(id: string): SnapshotInfo {
+    return this.#snap(id).info;
+  }
+
+  // ---- VM lifecycle
+
+  async boot(req: BootRequest): Promise<VmInfo> {
+    const image = await this.d.images.get(req.image);
+    await this.#checkCapacity(req.memMiB + 64, 1);
+    const id = newId('vm');
+    const rec = this.#newRecord(id, image, req.memMiB, req.cpus, 'booting', {
+      ram: { file: this.d.layout.vmRam(id), shared: true },
+      kernelCmdline: `${image.cmdline} forky.hostname=${id}`,
+      chain: [],
+    });
+    const base = await this.d.layers.importImage(image);
+    rec.chain.push(base);
+    return this.#make(rec, image, base, (spec) => this.d.runtime.boot(spec, this.d.limits.bootTimeoutMs));
+  }
+
+  pause(id: string): Promise<VmInfo> {
+    return this.#op(id, 'pause', async (vm, h) => {
+      await this.d.runtime.pause(h);
+      await this.#setState(vm, 'paused');
+    });
+  }
+
+  resume(id: string): Promise<VmInfo> {
+    return this.#op(id, 'resume', async (vm, h) => {
+      await this.d.runtime.resume(h);
+      await this.#setState(vm, 'running');
+    });
+  }
+
+  async exec(req: ExecRequest): Promise<ExecResult> {
+    const vm = this.#vm(req.id);
+    assertAllowed(vm.id, vm.state, 'exec');
+    return this.d.runtime.exec(this.#handle(vm), req.cmd, { timeoutMs: req.timeoutMs, ...(req.input === undefined ? {} : { input: req.input }) });
+  }
+
+  destroy(id: string): Promise<VmInfo> {
+    this.#vm(id);
+    return this.#lock.run(id, async () => {
+      const vm = this.#vm(id);
+      assertAllowed(id, vm.state, 'destroy');
+      await this.#setState(vm, 'destroying');
+      await this.#teardown(vm);
+      vm.state = 'destroyed';
+      this.#vms.delete(id);
+      await this.#gcLayers();
+      this.#log.info({ vm: id }, 'vm destroyed');
+      return this.#info(vm);
+    });
+  }
+
+  // ---- snapshots and forks
+
+  snapshot(req: SnapshotCreateRequest): Promise<SnapshotInfo> {
+    return this.#snapshotVm(req.vm, req.resume).then((s) => s.info);
+  }
+
+  deleteSnapshot(id: string): Promise<SnapshotInfo> {
+    this.#snap(id);
+    return this.#lock.run(id, async () => {
+      const s = this.#snap(id);
+      const frozen = s.chain.at(-1) as string;
+      const users = [...this.#vms.values()].filter((v) => v.chain.includes(frozen)).map((v) => v.id);
+      const snaps = [...this.#snaps.values()].filter((o) => o !== s && o.chain.includes(frozen)).map((o) => o.info.id);
+      if (users.length + snaps.length > 0 || (this.#snapUsers.get(id) ?? 0) > 0) {
+        throw new ConflictError(`snapshot ${id} is in use by ${[...users, ...snaps].join(', ') || 'a fork in progress'}`, {
+          vms: users,
+          snapshots: snaps,
+        });
+      }
+      this.#snaps.delete(id);
+      await this.d.snapshots.remove(id);
+      await this.#gcLayers();
+      return s.info;
+    });
+  }
+
+  async fork(req: ForkRequest): Promise<ForkResult> {
+    const started = performance.now();
+    const snap = req.source.startsWith('vm-') ? await this.#snapshotVm(req.source, req.resumeParent) : this.#snap(req.source);
+    const snapshotMs = performance.now() - started;
+    this.#snapUsers.set(snap.info.id, (this.#snapUsers.get(snap.info.id) ?? 0) + 1);
+    try {
+      const image = await this.d.images.get(snap.info.image);
+      this.#checkProfile(snap.info.profile, image);
+      await this.#checkCapacity(this.d.limits.childCostMiB, req.count);
+      const results = await mapSettled(Array.from({ length: req.count }), this.d.limits.forkConcurrency, () => this.#restoreChild(snap, image, started));
+      const children = results.flatMap((r) => (r.status === 'fulfilled' ? [r.value] : []));
+      const failed = results.flatMap((r) => (r.status === 'rejected' ? [r.reason as unknown] : []));
+      if (failed.length > 0) {
+        // All or nothing: a fork that half-worked leaves no children behind.
+        await Promise.all(children.map((c) => this.destroy(c.id).catch(() => undefined)));
+        const first = failed[0];
+        const msg = `${failed.length} of ${req.count} children failed; none kept: ${first instanceof Error ? first.message : String(first)}`;
+        throw new ForkyError(first instanceof ForkyError ? first.code : 'INTERNAL', msg, { cause: first });
+      }
+      return {
+        snapshot: snap.info,
+        children,
+        timings: { snapshotMs: round(snapshotMs), totalMs: round(performance.now() - started), childMs: children.map((c) => c.timings?.readyMs ?? 0) },
+      };
+    } finally {
+      this.#snapUsers.set(snap.info.id, (this.#snapUsers.get(snap.info.id) ?? 1) - 1);
+    }
+  }
+
+  /** Destroys every VM and snapshot (for `forky down` and tests). */
+  async destroyAll(): Promise<void> {
+    await Promise.all([...this.#vms.keys()].map((id) => this.destroy(id).catch((e: unknown) => this.#log.warn({ err: e, vm: id }, 'destroy failed'))));
+    for (const id of [...this.#snaps.keys()]) await this.deleteSnapshot(id).catch((e: unknown) => this.#log.warn({ err: e, id }, 'snapshot delete failed'));
+  }
+
+  // ---- internals
+
+  #snapshotVm(vmId: string, resume: boolean): Promise<SnapshotRecord> {
+    this.#vm(vmId);
+    return this.#lock.run(vmId, async () => {
+      const vm = this.#vm(vmId);
+      assertAllowed(vmId, vm.state, 'snapshot');
+      if (!vm.ram.shared) {
+        throw new InvalidStateError(`cannot snapshot VM ${vmId} yet: it is a forked child whose memory is private; snapshot its parent snapshot's source instead`, {
+          id: vmId,
+        });
+      }
+      const h = this.#handle(vm);
+      const before = vm.state;
+      await this.#setState(vm, 'snapshotting');
+      const id = newId('snap');
+      const t0 = performance.now();
+      try {
+        if (before === 'running') await this.d.runtime.pause(h);
+        const top = await this.#newLayer(vm.chain.at(-1) as string, vm.diskVirtualSize, async (layer) => {
+          await this.d.runtime.switchDisk(h, this.d.layers.path(layer));
+        });
+        const frozen = vm.chain.at(-1) as string;
+        vm.chain.push(top);
+        await this.d.layers.freeze(frozen);
+        await this.#persist(vm);
+        const chain = vm.chain.slice(0, -1);
+        let sizes: SnapshotInfo['sizes'];
+        try {
+          const { stateBytes } = await this.d.runtime.saveState(h, this.d.snapshots.scratch(id));
+          const { ramBytes } = await this.d.snapshots.create(id, this.d.snapshots.scratch(id), vm.ram.file);
+          const diskBytes = (await fs.stat(this.d.layers.path(frozen))).size;
+          sizes = { stateBytes, ramBytes, diskBytes };
+        } catch (e) {
+          await this.d.snapshots.remove(id);
+          throw e;
+        }
+        const rec: SnapshotRecord = {
+          info: {
+            id,
+            host: this.d.hostId,
+            image: vm.image,
+            vm: vm.id,
+            ...(vm.parentSnapshot ? { parentSnapshot: vm.parentSnapshot } : {}),
+            profile: this.d.runtime.profile(vm.memMiB, vm.cpus, vm.imageId),
+            createdAt: new Date().toISOString(),
+            sizes,
+          },
+          chain,
+          kernelCmdline: vm.kernelCmdline,
+          diskVirtualSize: vm.diskVirtualSize,
+        };
+        this.#snaps.set(id, rec);
+        await writeJsonAtomic(`${this.d.layout.snapshotDir(id)}/snapshot.json`, rec);
+        if (resume) await this.d.runtime.resume(h);
+        await this.#setState(vm, resume ? 'running' : 'paused');
+        this.#log.info({ vm: vmId, snapshot: id, ms: round(performance.now() - t0), ...sizes }, 'snapshot taken');
+        return rec;
+      } catch (e) {
+        // The VM is whole again (its disk writes go to whichever top layer it has); put it back as it was.
+        if (before === 'running') await this.d.runtime.resume(h).catch(() => undefined);
+        await this.#setState(vm, before).catch(() => undefined);
+        throw e;
+      }
+    });
+  }
+
+  async #restoreChild(snap: SnapshotRecord, image: Image, started: number): Promise<VmInfo> {
+    const id = newId('vm');
+    const files = this.d.snapshots.files(snap.info.id);
+    const rec = this.#newRecord(id, image, snap.info.profile.memMiB, snap.info.profile.cpus, 'restoring', {
+      ram: { file: files.ram, shared: false },
+      kernelCmdline: snap.kernelCmdline,
+      chain: [...snap.chain],
+      parentSnapshot: snap.info.id,
+    });
+    const info = await this.#make(rec, image, snap.chain.at(-1) as string, (spec) => this.d.runtime.restore(spec, files.state, this.d.limits.restoreTimeoutMs));
+    rec.timings.readyMs = round(performance.now() - started);
+    return { ...info, timings: rec.timings };
+  }
+
+  /** Gives `rec` its own top layer on `backing`, starts it with `start`, and owns the clean-up if that fails. */
+  async #make(rec: VmRecord, image: Image, backing: string, start: (spec: VmSpec) => Promise<VmHandle>): Promise<VmInfo> {
+    const t0 = performance.now();
+    this.#vms.set(rec.id, rec);
+    try {
+      const top = await this.#newLayer(backing, image.diskVirtualSize, async () => undefined);
+      rec.chain.push(top);
+      await this.#persist(rec);
+      const handle = await start(this.#spec(rec, image));
+      rec.handle = handle;
+      rec.pid = handle.pid;
+      void handle.exited.then(() => this.#onExit(rec));
+      rec.timings.startMs = round(performance.now() - t0);
+      await this.#setState(rec, 'running');
+      this.#log.info({ vm: rec.id, ms: rec.timings.startMs, from: rec.parentSnapshot ?? rec.image }, 'vm running');
+      return this.#info(rec);
+    } catch (e) {
+      await this.#teardown(rec).catch((err: unknown) => this.#log.warn({ err, vm: rec.id }, 'cleanup after failed start'));
+      this.#vms.delete(rec.id);
+      await this.#gcLayers();
+      throw e;
+    }
+  }
+
+  /** Makes a layer on `backing`, kept out of garbage collection until `use` is done with it. */
+  async #newLayer(backing: string, size: number, use: (layer: string) => Promise<void>): Promise<string> {
+    const layer = newId('lyr');
+    this.#pendingLayers.add(layer);
+    try {
+      await this.d.layers.createOverlay(layer, backing, size);
+      await use(layer);
+      return layer;
+    } catch (e) {
+      await this.d.layers.remove(layer);
+      throw e;
+    } finally {
+      this.#pendingLayers.delete(layer);
+    }
+  }
+
+  async #teardown(vm: VmRecord): Promise<void> {
+    if (vm.handle) await this.d.runtime.destroy(vm.handle);
+    vm.handle = undefined;
+    if (vm.ram.shared) await fs.rm(vm.ram.file, { force: true });
+    await fs.rm(this.d.layout.vmDir(vm.id), { recursive: true, force: true });
+  }
+
+  /** Removes every layer no VM or snapshot refers to. */
+  async #gcLayers(): Promise<void> {
+    const used = new Set<string>(this.#pendingLayers);
+    for (const v of this.#vms.values()) for (const l of v.chain) used.add(l);
+    for (const s of this.#snaps.values()) for (const l of s.chain) used.add(l);
+    for (const l of await this.d.layers.list()) if (!used.has(l)) await this.d.layers.remove(l);
+  }
+
+  #onExit(vm: VmRecord): void {
+    if (vm.state === 'destroying' || vm.state === 'destroyed' || !this.#vms.has(vm.id)) return;
+    this.#log.error({ vm: vm.id, state: vm.state }, 'QEMU exited unexpectedly');
+    vm.state = 'failed';
+    vm.handle = undefined;
+    void this.#persist(vm).catch(() => undefined);
+  }
+
+  #op(id: string, op: 'pause' | 'resume', fn: (vm: VmRecord, h: VmHandle) => Promise<void>): Promise<VmInfo> {
+    this.#vm(id);
+    return this.#lock.run(id, async () => {
+      const vm = this.#vm(id);
+      assertAllowed(id, vm.state, op);
+      await fn(vm, this.#handle(vm));
+      return this.#info(vm);
+    });
+  }
+
+  #newRecord(
+    id: string,
+    image: Image,
+    memMiB: number,
+    cpus: number,
+    state: VmState,
+    rest: Pick<VmRecord, 'ram' | 'kernelCmdline' | 'chain'> & { parentSnapshot?: string },
+  ): VmRecord {
+    if (this.#vms.size >= this.d.limits.maxVms) throw new CapacityError(`host ${this.d.hostId} already runs ${this.#vms.size} VMs (limit ${this.d.limits.maxVms})`);
+    return {
+      id,
+      image: image.name,
+      imageId: image.id,
+      memMiB,
+      cpus,
+      state,
+      createdAt: new Date().toISOString(),
+      diskVirtualSize: image.diskVirtualSize,
+      timings: {},
+      ...rest,
+    };
+  }
+
+  #spec(rec: VmRecord, image: Image): VmSpec {
+    return {
+      id: rec.id,
+      image,
+      memMiB: rec.memMiB,
+      cpus: rec.cpus,
+      kernelCmdline: rec.kernelCmdline,
+      ram: rec.ram,
+      diskFile: this.d.layers.path(rec.chain.at(-1) as string),
+      runDir: this.d.layout.vmDir(rec.id),
+    };
+  }
+
+  #checkProfile(p: MachineProfile, image: Image): void {
+    const here = this.d.runtime.profile(p.memMiB, p.cpus, image.id);
+    const diff = (Object.keys(p) as Array<keyof MachineProfile>).filter((k) => p[k] !== here[k]);
+    if (diff.length > 0) {
+      throw new IncompatibleError(
+        `snapshot cannot be restored on host ${this.d.hostId}: ${diff.map((k) => `${k} is ${String(p[k])} in the snapshot, ${String(here[k])} here`).join('; ')}`,
+        { fields: diff },
+      );
+    }
+  }
+
+  async #checkCapacity(perVmMiB: number, count: number): Promise<void> {
+    if (this.#vms.size + count > this.d.limits.maxVms) {
+      throw new CapacityError(`host ${this.d.hostId} cannot take ${count} more VMs: it runs ${this.#vms.size}, limit ${this.d.limits.maxVms}`, { field: 'count' });
+    }
+    const { availableMiB } = await meminfo();
+    const need = perVmMiB * count;
+    if (need > availableMiB - this.d.limits.reserveMiB) {
+      throw new CapacityError(`host ${this.d.hostId} has ${availableMiB} MiB available (${this.d.limits.reserveMiB} reserved); ${count} VM(s) need about ${need} MiB`, {
+        field: 'count',
+      });
+    }
+  }
+
+  async #setState(vm: VmRecord, to: VmState): Promise<void> {
+    if (vm.state !== to) assertTransition(vm.id, vm.state, to);
+    vm.state = to;
+    await this.#persist(vm);
+  }
+
+  #persist(vm: VmRecord): Promise<void> {
+    return writeJsonAtomic(this.d.layout.vmRecord(vm.id), recordForDisk(vm));
+  }
+
+  #vm(id: string): VmRecord {
+    const vm = this.#vms.get(id);
+    if (!vm) throw new NotFoundError('VM', id);
+    return vm;
+  }
+
+  #snap(id: string): SnapshotRecord {
+    const s = this.#snaps.get(id);
+    if (!s) throw new NotFoundError('snapshot', id);
+    return s;
+  }
+
+  #handle(vm: VmRecord): VmHandle {
+    if (!vm.handle) throw new InvalidStateError(`VM ${vm.id} has no running process (${vm.state})`, { id: vm.id });
+    return vm.handle;
+  }
+
+  #info(r: VmRecord): VmInfo {
+    return vmInfo(r, this.d.hostId, this.d.runtime.accel);
+  }
+}
+
+const round = (ms: number): number => Math.round(ms * 10) / 10;
+
+async function meminfo(): Promise<{ totalMiB: number; availableMiB: number }> {
+  const text = await fs.readFile('/proc/meminfo', 'utf8');
+  const kib = (k: string): number => Number(new RegExp(`^${k}:\\s+(\\d+)`, 'm').exec(text)?.[1] ?? 0);
+  return { totalMiB: Math.floor(kib('MemTotal') / 1024), availableMiB: Math.floor(kib('MemAvailable') / 1024) };
+}

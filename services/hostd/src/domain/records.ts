@@ -1,0 +1,61 @@
+import fs from 'node:fs/promises';
+import path from 'node:path';
+import type { SnapshotInfo, VmInfo, VmState } from '@forky/contract';
+import type { VmHandle } from './ports.js';
+
+/** What hostd knows of one VM; `handle` only while its process is ours. */
+export interface VmRecord {
+  id: string;
+  image: string;
+  imageId: string;
+  memMiB: number;
+  cpus: number;
+  state: VmState;
+  createdAt: string;
+  parentSnapshot?: string;
+  /** Disk layers, bottom (image base) to top (the VM's own writable layer). */
+  chain: string[];
+  ram: { file: string; shared: boolean };
+  kernelCmdline: string;
+  diskVirtualSize: number;
+  timings: Record<string, number>;
+  pid?: number;
+  handle?: VmHandle;
+}
+
+export interface SnapshotRecord {
+  info: SnapshotInfo;
+  /** Disk layers, bottom to the layer frozen by this snapshot. */
+  chain: string[];
+  kernelCmdline: string;
+  diskVirtualSize: number;
+}
+
+export function vmInfo(r: VmRecord, host: string, accel: VmInfo['accel']): VmInfo {
+  return {
+    id: r.id,
+    host,
+    state: r.state,
+    image: r.image,
+    memMiB: r.memMiB,
+    cpus: r.cpus,
+    accel,
+    createdAt: r.createdAt,
+    ...(r.parentSnapshot ? { parentSnapshot: r.parentSnapshot } : {}),
+    ...(r.pid ? { pid: r.pid } : {}),
+    timings: r.timings,
+  };
+}
+
+/** Writes JSON via a temporary name, so a crash leaves the old file or the new one. */
+export async function writeJsonAtomic(file: string, value: unknown): Promise<void> {
+  await fs.mkdir(path.dirname(file), { recursive: true });
+  const tmp = `${file}.${process.pid}.tmp`;
+  await fs.writeFile(tmp, JSON.stringify(value, null, 2));
+  await fs.rename(tmp, file);
+}
+
+export function recordForDisk(r: VmRecord): Omit<VmRecord, 'handle'> {
+  const { handle: _handle, ...rest } = r;
+  return rest;
+}

@@ -1,0 +1,84 @@
+import fs from 'node:fs/promises';
+import path from 'node:path';
+import type { NatsConnection } from '@nats-io/nats-core';
+import type { Service } from '@nats-io/services';
+import type { Logger } from '@forky/base';
+import { connectBus } from '@forky/bus';
+import type { HostdConfig } from './config.js';
+import { HostEngine } from './domain/engine.js';
+import { ImageCatalog } from './images.js';
+import { Layout } from './layout.js';
+import { QcowLayerStore } from './adapters/qemu/layers.js';
+import { QemuRuntime } from './adapters/qemu/runtime.js';
+import { probeAccel, qemuVersion, type ProbeResult } from './adapters/qemu/probe.js';
+import { LocalSnapshotStore } from './adapters/store/local-snapshots.js';
+import { startHostdService } from './service.js';
+
+export const HOSTD_VERSION = '0.1.0';
+
+export interface Hostd {
+  readonly engine: HostEngine;
+  readonly probe: ProbeResult;
+  readonly nc: NatsConnection;
+  readonly service: Service;
+  /** Stops serving; with `destroyVms`, also destroys every VM and snapshot of this host. */
+  stop(opts?: { destroyVms?: boolean }): Promise<void>;
+}
+
+/** Wires the adapters into the engine and serves it on NATS. */
+export async function startHostd(config: Readonly<HostdConfig>, logger: Logger): Promise<Hostd> {
+  const log = logger.child({ component: 'hostd', host: config.hostId });
+  await fs.mkdir(config.dataDir, { recursive: true });
+  await fs.mkdir(config.ramDir, { recursive: true });
+  const layout = new Layout(path.resolve(config.dataDir), path.resolve(config.ramDir));
+  const images = new ImageCatalog(path.resolve(config.imagesDir));
+
+  const probe = await chooseAccel(config, images, log);
+  const runtime = new QemuRuntime({
+    binary: config.qemu.binary,
+    qemuVersion: probe.qemuVersion,
+    accel: probe.accel,
+    machine: config.qemu.machine,
+    cpuModel: config.qemu.cpuModel ?? (probe.accel === 'kvm' ? 'host' : 'qemu64'),
+    sandbox: config.qemu.sandbox,
+    ...(config.qemu.tcgTbSizeMiB ? { tcgTbSizeMiB: config.qemu.tcgTbSizeMiB } : {}),
+    logger: log,
+  });
+  const engine = new HostEngine({
+    hostId: config.hostId,
+    runtime,
+    layers: new QcowLayerStore(layout, config.qemu.img),
+    snapshots: new LocalSnapshotStore(layout),
+    images,
+    layout,
+    limits: config.limits,
+    logger: log,
+  });
+  const nc = await connectBus({ ...config.nats, name: `forky-hostd-${config.hostId}`, logger: log });
+  const service = await startHostdService(nc, config.hostId, engine, probe.reason, HOSTD_VERSION, log);
+  log.info({ accel: probe.accel, reason: probe.reason, qemu: probe.qemuVersion }, 'hostd serving');
+
+  return {
+    engine,
+    probe,
+    nc,
+    service,
+    async stop(opts = {}) {
+      await service.stop();
+      if (opts.destroyVms) await engine.destroyAll();
+      await nc.drain();
+    },
+  };
+}
+
+async function chooseAccel(config: Readonly<HostdConfig>, images: ImageCatalog, log: Logger): Promise<ProbeResult> {
+  if (config.qemu.accel !== 'auto') {
+    return { accel: config.qemu.accel, reason: `set by configuration`, qemuVersion: await qemuVersion(config.qemu.binary) };
+  }
+  const image = await images.get(config.qemu.probeImage);
+  return probeAccel(config.qemu.binary, image, {
+    cacheFile: config.qemu.probeCacheFile ?? path.join(config.dataDir, 'accel-probe.json'),
+    timeoutMs: config.qemu.probeTimeoutMs,
+    logger: log,
+  });
+}

@@ -1,0 +1,66 @@
+import fs from 'node:fs/promises';
+import { z } from 'zod';
+import { NotFoundError, ValidationError, safeJoin } from '@forky/base';
+import { ImageName } from '@forky/contract';
+
+const Part = z.object({ file: z.string().regex(/^[a-z0-9._-]+$/), sha256: z.string().regex(/^[0-9a-f]{64}$/), size: z.number() });
+
+/** The manifest written by images/<name>/build.sh. */
+const Manifest = z.object({
+  schema: z.literal('forky.image/v1'),
+  name: ImageName,
+  id: z.string().regex(/^sha256:[0-9a-f]{64}$/),
+  cmdline: z.string(),
+  kernelVersion: z.string(),
+  parts: z.object({ kernel: Part, initrd: Part, disk: Part.extend({ virtualSize: z.number().int().positive() }) }),
+});
+
+export interface Image {
+  name: string;
+  id: string;
+  /** sha256 of the disk part: the content address of its base layer. */
+  diskSha256: string;
+  cmdline: string;
+  kernel: string;
+  initrd: string;
+  disk: string;
+  diskVirtualSize: number;
+}
+
+/** Read-only view of the images directory. */
+export class ImageCatalog {
+  constructor(readonly dir: string) {}
+
+  async get(name: string): Promise<Image> {
+    const parsed = ImageName.safeParse(name);
+    if (!parsed.success) throw new ValidationError(`invalid image name ${JSON.stringify(name)}`, { field: 'image' });
+    const dir = safeJoin(this.dir, name);
+    let raw: string;
+    try {
+      raw = await fs.readFile(safeJoin(dir, 'manifest.json'), 'utf8');
+    } catch {
+      throw new NotFoundError('image', name);
+    }
+    const m = Manifest.parse(JSON.parse(raw));
+    return {
+      name: m.name,
+      id: m.id,
+      diskSha256: m.parts.disk.sha256,
+      cmdline: m.cmdline,
+      kernel: safeJoin(dir, m.parts.kernel.file),
+      initrd: safeJoin(dir, m.parts.initrd.file),
+      disk: safeJoin(dir, m.parts.disk.file),
+      diskVirtualSize: m.parts.disk.virtualSize,
+    };
+  }
+
+  async list(): Promise<string[]> {
+    const entries = await fs.readdir(this.dir, { withFileTypes: true }).catch(() => []);
+    const names: string[] = [];
+    for (const e of entries) {
+      if (!e.isDirectory() || !ImageName.safeParse(e.name).success) continue;
+      if (await fs.stat(safeJoin(this.dir, e.name, 'manifest.json')).then(() => true, () => false)) names.push(e.name);
+    }
+    return names.sort();
+  }
+}

@@ -1,0 +1,55 @@
+import type { NatsConnection } from '@nats-io/nats-core';
+import type { Service } from '@nats-io/services';
+import type { Logger } from '@forky/base';
+import { startService, type EndpointDef } from '@forky/bus';
+import { HOSTD_ENDPOINTS, SERVICE_NAMES, hostdContract, subjects, type HostdEndpoint, type ParsedRequestOf, type ReplyOf } from '@forky/contract';
+import type { HostEngine } from './domain/engine.js';
+
+type Handlers = { [E in HostdEndpoint]: (req: ParsedRequestOf<E>) => Promise<ReplyOf<E>> | ReplyOf<E> };
+
+/** Maps every hostd endpoint of the contract onto the engine. */
+export function hostdHandlers(engine: HostEngine, accelReason: string): Handlers {
+  return {
+    'host.info': async () => ({ ...(await engine.hostInfo()), accelReason }),
+    'vm.boot': (r) => engine.boot(r),
+    'vm.list': () => ({ vms: engine.list() }),
+    'vm.show': (r) => engine.show(r.id),
+    'vm.pause': (r) => engine.pause(r.id),
+    'vm.resume': (r) => engine.resume(r.id),
+    'vm.destroy': (r) => engine.destroy(r.id),
+    'vm.exec': (r) => engine.exec(r),
+    'snapshot.create': (r) => engine.snapshot(r),
+    'snapshot.list': () => ({ snapshots: engine.listSnapshots() }),
+    'snapshot.show': (r) => engine.showSnapshot(r.id),
+    'snapshot.delete': (r) => engine.deleteSnapshot(r.id),
+    fork: (r) => engine.fork(r),
+  };
+}
+
+/**
+ * hostd as a NATS micro service. Its endpoints live under this host's own subject prefix, with no
+ * queue group: a host answers only for itself.
+ */
+export async function startHostdService(
+  nc: NatsConnection,
+  hostId: string,
+  engine: HostEngine,
+  accelReason: string,
+  version: string,
+  logger: Logger,
+): Promise<Service> {
+  const handlers = hostdHandlers(engine, accelReason);
+  const endpoints: EndpointDef[] = HOSTD_ENDPOINTS.map((e) => ({
+    name: e.replace('.', '_'),
+    subject: subjects.host(hostId, e),
+    request: hostdContract[e].request,
+    reply: hostdContract[e].reply,
+    handler: async (req: unknown) => (handlers[e] as (r: unknown) => unknown)(req),
+  }));
+  return startService(
+    nc,
+    { name: SERVICE_NAMES.hostd, version, description: `Forky Pig host agent on ${hostId}`, metadata: { host: hostId }, queue: '' },
+    endpoints,
+    logger.child({ component: 'service' }),
+  );
+}

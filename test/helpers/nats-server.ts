@@ -1,0 +1,48 @@
+import fs from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { withDeadline } from '@forky/base';
+
+export interface NatsServer {
+  url: string;
+  port: number;
+  storeDir: string;
+  process: ChildProcess;
+  stop(): Promise<void>;
+}
+
+/**
+ * A real nats-server with JetStream in a temp dir, on a port the kernel picks (-p -1). Ready when
+ * it logs the port it listens on: no port race, no sleep.
+ */
+export async function startNatsServer(opts: { timeoutMs?: number } = {}): Promise<NatsServer> {
+  const storeDir = await fs.mkdtemp(path.join(os.tmpdir(), 'forky-nats-'));
+  const child = spawn('nats-server', ['-a', '127.0.0.1', '-p', '-1', '-js', '-sd', storeDir, '-m', '0'], { stdio: ['ignore', 'ignore', 'pipe'] });
+  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+  let log = '';
+  const port = await withDeadline(
+    new Promise<number>((resolve, reject) => {
+      child.stderr?.on('data', (d: Buffer) => {
+        log += d.toString();
+        const m = /Listening for client connections on [\d.]+:(\d+)/.exec(log);
+        if (m?.[1] && log.includes('Server is ready')) resolve(Number(m[1]));
+      });
+      child.once('error', reject);
+      void exited.then(() => reject(new Error(`nats-server exited: ${log.slice(-500)}`)));
+    }),
+    opts.timeoutMs ?? 10_000,
+    'nats-server start',
+  );
+  return {
+    url: `nats://127.0.0.1:${port}`,
+    port,
+    storeDir,
+    process: child,
+    async stop() {
+      child.kill('SIGTERM');
+      await withDeadline(exited, 5000, 'nats-server stop').catch(() => child.kill('SIGKILL'));
+      await fs.rm(storeDir, { recursive: true, force: true });
+    },
+  };
+}

@@ -1,0 +1,15 @@
+import fs from 'node:fs/promises';
+
+/** Pids of live QEMU processes started for any of `vmIds` (found by their `-name forky-<id>`). */
+export async function qemuPidsOf(vmIds: readonly string[]): Promise<number[]> {
+  const pids: number[] = [];
+  for (const entry of await fs.readdir('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    const cmd = await fs.readFile(`/proc/${entry}/cmdline`, 'utf8').catch(() => '');
+    if (!cmd.includes('qemu-system')) continue;
+    const stat = await fs.readFile(`/proc/${entry}/stat`, 'utf8').catch(() => '');
+    if (/\) Z /.test(stat)) continue; // a zombie is gone, only not yet reaped
+    if (vmIds.some((id) => cmd.includes(`forky-${id},`))) pids.push(Number(entry));
+  }
+  return pids;
+}
