@@ -22,7 +22,7 @@ candidate() { apt-cache policy "$1" 2>/dev/null | awk '/Candidate:/{print $2; ex
 kernel_pkg=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/{print $2; exit}')
 [ -n "$kernel_pkg" ] || { echo "image $name: cannot resolve linux-image-cloud-amd64" >&2; exit 3; }
 pkgs=("$kernel_pkg" busybox-static qemu-guest-agent libglib2.0-0 libudev1 libnuma1 liburing2 libpcre2-8-0 libc6)
-cmdline="console=ttyS0 panic=-1 random.trust_cpu=on i8042.noaux i8042.nokbd"
+cmdline="console=ttyS0 quiet panic=-1 random.trust_cpu=on i8042.noaux i8042.nokbd"
 
 versions=""
 for p in "${pkgs[@]}"; do versions+="$p=$(candidate "$p") "; done

@@ -35,8 +35,12 @@ export async function startService(
   endpoints: readonly EndpointDef[],
   logger: Logger,
 ): Promise<Service> {
+  // The micro library times and counts errors only for synchronous handlers; ours are async,
+  // so each endpoint keeps its own figures and reports them in the stats `data` field.
+  const stats = new Map<string, EndpointStats>(endpoints.map((e) => [e.subject, { requests: 0, errors: 0, totalMs: 0, lastError: '' }]));
   const svc = await new Svcm(nc).add({
     name: def.name,
+    statsHandler: (ep) => Promise.resolve(stats.get(ep.subject) ?? null),
     version: def.version,
     description: def.description,
     ...(def.metadata ? { metadata: def.metadata } : {}),
@@ -50,7 +54,7 @@ export async function startService(
           logger.error({ err, endpoint: ep.name }, 'endpoint subscription failed');
           return;
         }
-        void handle(ep, msg, logger);
+        void handle(ep, msg, logger, stats.get(ep.subject) as EndpointStats);
       },
       metadata: { subject: ep.subject },
     });
@@ -58,8 +62,16 @@ export async function startService(
   return svc;
 }
 
-async function handle(ep: EndpointDef, msg: ServiceMsg, logger: Logger): Promise<void> {
+interface EndpointStats {
+  requests: number;
+  errors: number;
+  totalMs: number;
+  lastError: string;
+}
+
+async function handle(ep: EndpointDef, msg: ServiceMsg, logger: Logger, stats: EndpointStats): Promise<void> {
   const started = performance.now();
+  stats.requests++;
   let format: Format = 'json';
   try {
     const decoded = decodeBody(msg.data, msg.headers?.get('Content-Type') || undefined);
@@ -70,11 +82,15 @@ async function handle(ep: EndpointDef, msg: ServiceMsg, logger: Logger): Promise
     logger.debug({ endpoint: ep.name, ms: Math.round(performance.now() - started) }, 'request served');
   } catch (e) {
     const fe = asForkyError(e);
+    stats.errors++;
+    stats.lastError = `${fe.code}: ${fe.message}`;
     const level = fe.code === 'INTERNAL' || fe.code === 'QEMU' ? 'error' : 'info';
     logger[level]({ endpoint: ep.name, code: fe.code, err: fe }, 'request failed');
     msg.respondError(fe.status, `${fe.code}: ${fe.message}`, encodeBody(toWireError(fe), format), {
       headers: contentType(format),
     });
+  } finally {
+    stats.totalMs += performance.now() - started;
   }
 }
 
