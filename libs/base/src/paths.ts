@@ -3,12 +3,13 @@ import { ValidationError } from './errors.js';
 
 /**
  * Joins `segments` under `root` and proves the result stays inside it. Every path built from a
- * request goes through here, so `../` or an absolute segment can never reach outside a data directory.
+ * request goes through here. Each segment must be one plain path component: no `/`, no `.` or
+ * `..`, no NUL, so an id can never climb out of the directory it names an entry of.
  */
 export function safeJoin(root: string, ...segments: string[]): string {
   const base = path.resolve(root);
   for (const s of segments) {
-    if (s.length === 0 || s.includes('\0') || path.isAbsolute(s)) {
+    if (s.length === 0 || s === '.' || s === '..' || s.includes('/') || s.includes('\0')) {
       throw new ValidationError(`path segment ${JSON.stringify(s)} is not allowed`, { segment: s });
     }
   }

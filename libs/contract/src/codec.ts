@@ -19,7 +19,17 @@ export function detectFormat(data: Uint8Array, contentType?: string): Format {
   return first === 0x7b || first === 0x5b ? 'json' : 'msgpack';
 }
 
+/** Decodes a request or reply body; every body of the contract is a map (object). */
 export function decodeBody(data: Uint8Array, contentType?: string): { format: Format; value: unknown } {
+  const { format, value } = decodeAny(data, contentType);
+  const proto = typeof value === 'object' && value !== null ? (Object.getPrototypeOf(value) as unknown) : undefined;
+  if (proto !== Object.prototype && proto !== null) {
+    throw new ValidationError(`body must be a ${format === 'json' ? 'JSON object' : 'msgpack map'}, got ${Array.isArray(value) ? 'an array' : (value as object)?.constructor?.name ?? typeof value}`);
+  }
+  return { format, value };
+}
+
+function decodeAny(data: Uint8Array, contentType?: string): { format: Format; value: unknown } {
   const format = detectFormat(data, contentType);
   if (format === 'json') {
     if (data.length === 0) return { format, value: {} };
