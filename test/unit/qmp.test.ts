@@ -57,7 +57,7 @@ describe('QMP client against a fake QMP server', () => {
     assert.equal((await waited).data?.status, 'completed');
     assert.equal((await stream.next()).value?.data?.status, 'active');
     assert.equal((await stream.next()).value?.data?.status, 'completed');
-    await stream.return(undefined);
+    await stream.return?.(undefined);
   });
 
   it('rejects every pending call when the socket closes, and later calls too', async () => {

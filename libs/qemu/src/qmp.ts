@@ -182,8 +182,11 @@ export class QmpClient {
     });
   }
 
-  /** Events as an async stream; ends when the connection closes. */
-  async *events(): AsyncGenerator<QmpEvent> {
+  /**
+   * Events as an async stream, from this call on (the listener is registered now, not at the
+   * first `next()`); ends when the connection closes.
+   */
+  events(): AsyncIterableIterator<QmpEvent> {
     const queue: QmpEvent[] = [];
     let wake: (() => void) | undefined;
     const off = this.onEvent((e) => {
@@ -191,16 +194,26 @@ export class QmpClient {
       wake?.();
     });
     void this.closed.then(() => wake?.());
-    try {
-      for (;;) {
-        while (queue.length > 0) yield queue.shift() as QmpEvent;
-        if (this.#isClosed) return;
-        await new Promise<void>((r) => (wake = r));
-        wake = undefined;
-      }
-    } finally {
-      off();
-    }
+    const it: AsyncIterableIterator<QmpEvent> = {
+      next: async () => {
+        for (;;) {
+          const e = queue.shift();
+          if (e) return { value: e, done: false };
+          if (this.#isClosed) {
+            off();
+            return { value: undefined, done: true };
+          }
+          await new Promise<void>((r) => (wake = r));
+          wake = undefined;
+        }
+      },
+      return: async () => {
+        off();
+        return { value: undefined, done: true };
+      },
+      [Symbol.asyncIterator]: () => it,
+    };
+    return it;
   }
 
   close(): void {
