@@ -5,7 +5,7 @@ import path from 'node:path';
 import { headers } from '@nats-io/nats-core';
 import { pack, unpack } from 'msgpackr';
 import { subjects, type HostdEndpoint, type VmInfo } from '@forky/contract';
-import { startNatsServer, type NatsServer } from '../helpers/nats-server.js';
+import { startNatsServer, type NatsServer } from '@forky/bus';
 import { startTestHost, type TestHost } from '../helpers/hostd.js';
 import { ensureImage } from '../helpers/repo.js';
 

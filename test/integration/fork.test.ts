@@ -4,7 +4,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import type { VmInfo } from '@forky/contract';
-import { startNatsServer, type NatsServer } from '../helpers/nats-server.js';
+import { startNatsServer, type NatsServer } from '@forky/bus';
 import { startTestHost, type TestHost } from '../helpers/hostd.js';
 import { ensureImage, IMAGES_DIR } from '../helpers/repo.js';
 import { qemuPidsOf } from '../helpers/procs.js';

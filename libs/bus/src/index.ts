@@ -1,3 +1,4 @@
 export { connectBus, type BusOptions, type BusAuth } from './connect.js';
 export { startService, type EndpointDef, type ServiceDef } from './service.js';
 export { request, HostdClient, type RequestOptions } from './client.js';
+export { startNatsServer, type NatsServer, type NatsServerOptions } from './nats-server.js';

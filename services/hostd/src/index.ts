@@ -5,3 +5,4 @@ export type { VmRuntime, VmHandle, VmSpec, LayerStore, SnapshotStore } from './d
 export { assertAllowed, assertTransition, type VmOp } from './domain/state.js';
 export { buildArgs } from './adapters/qemu/cmdline.js';
 export { ImageCatalog, type Image } from './images.js';
+export { startEphemeralHostd, type EphemeralHostd } from './ephemeral.js';

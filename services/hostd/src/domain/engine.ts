@@ -218,7 +218,8 @@ export class HostEngine {
   /** Destroys every VM and snapshot (for `forky down` and tests). */
   async destroyAll(): Promise<void> {
     await Promise.all([...this.#vms.keys()].map((id) => this.destroy(id).catch((e: unknown) => this.#log.warn({ err: e, vm: id }, 'destroy failed'))));
-    for (const id of [...this.#snaps.keys()]) await this.deleteSnapshot(id).catch((e: unknown) => this.#log.warn({ err: e, id }, 'snapshot delete failed'));
+    // Newest first: a later snapshot's chain runs through the layers of earlier ones.
+    for (const id of [...this.#snaps.keys()].reverse()) await this.deleteSnapshot(id).catch((e: unknown) => this.#log.warn({ err: e, id }, 'snapshot delete failed'));
   }
 
   // ---- internals

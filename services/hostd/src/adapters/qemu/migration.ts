@@ -41,7 +41,7 @@ export async function saveState(qmp: QmpClient, socketPath: string, file: string
   try {
     await enableFastMigration(qmp);
     // The default bandwidth cap (128 MiB/s) throttles even a stopped VM.
-    await qmp.execute('migrate-set-parameters', { 'max-bandwidth': 1 << 40 });
+    await qmp.execute('migrate-set-parameters', { 'max-bandwidth': 2 ** 40 });
     const finished = qmp.waitForEvent('MIGRATION', done, timeoutMs);
     await qmp.execute('migrate', { uri: `unix:${socketPath}` });
     const ev = await finished;

@@ -12,13 +12,23 @@ export interface NatsServer {
   stop(): Promise<void>;
 }
 
+export interface NatsServerOptions {
+  timeoutMs?: number;
+  binary?: string;
+  /** JetStream store; default a temp dir removed on stop. */
+  storeDir?: string;
+  /** Client port; default one the kernel picks. */
+  port?: number;
+}
+
 /**
- * A real nats-server with JetStream in a temp dir, on a port the kernel picks (-p -1). Ready when
- * it logs the port it listens on: no port race, no sleep.
+ * Starts nats-server (from PATH) with JetStream, on loopback, on a port the kernel picks unless
+ * told (-p -1). Ready when it logs the port it listens on and "Server is ready": no port race, no sleep.
  */
-export async function startNatsServer(opts: { timeoutMs?: number } = {}): Promise<NatsServer> {
-  const storeDir = await fs.mkdtemp(path.join(os.tmpdir(), 'forky-nats-'));
-  const child = spawn('nats-server', ['-a', '127.0.0.1', '-p', '-1', '-js', '-sd', storeDir, '-m', '0'], { stdio: ['ignore', 'ignore', 'pipe'] });
+export async function startNatsServer(opts: NatsServerOptions = {}): Promise<NatsServer> {
+  const ownStore = !opts.storeDir;
+  const storeDir = opts.storeDir ?? (await fs.mkdtemp(path.join(os.tmpdir(), 'forky-nats-')));
+  const child = spawn(opts.binary ?? 'nats-server', ['-a', '127.0.0.1', '-p', String(opts.port ?? -1), '-js', '-sd', storeDir], { stdio: ['ignore', 'ignore', 'pipe'] });
   const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
   let log = '';
   const port = await withDeadline(
@@ -42,7 +52,7 @@ export async function startNatsServer(opts: { timeoutMs?: number } = {}): Promis
     async stop() {
       child.kill('SIGTERM');
       await withDeadline(exited, 5000, 'nats-server stop').catch(() => child.kill('SIGKILL'));
-      await fs.rm(storeDir, { recursive: true, force: true });
+      if (ownStore) await fs.rm(storeDir, { recursive: true, force: true });
     },
   };
 }

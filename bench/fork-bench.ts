@@ -1,0 +1,95 @@
+/**
+ * Fork figures of one host, through NATS, against the same guest cold-booted in the same run.
+ *   npm run bench [-- --runs N] [--quick] [--json]
+ * Prints a table (stderr when --json) and, with --json, one JSON array on stdout.
+ */
+import fs from 'node:fs/promises';
+import { startLocal } from './local.js';
+
+const args = process.argv.slice(2);
+const json = args.includes('--json');
+const runs = Number(args[args.indexOf('--runs') + 1] || 0) || (args.includes('--quick') ? 3 : 5);
+const out = (s: string): boolean => (json ? process.stderr : process.stdout).write(s + '\n');
+
+const median = (xs: number[]): number => {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = Math.floor(s.length / 2);
+  return s.length % 2 ? (s[m] as number) : ((s[m - 1] as number) + (s[m] as number)) / 2;
+};
+const timed = async <T>(fn: () => Promise<T>): Promise<[number, T]> => {
+  const t = performance.now();
+  const v = await fn();
+  return [performance.now() - t, v];
+};
+const pssMB = async (pid: number): Promise<number> => {
+  const t = await fs.readFile(`/proc/${pid}/smaps_rollup`, 'utf8');
+  return Number(/^Pss:\s+(\d+) kB/m.exec(t)?.[1] ?? NaN) / 1024;
+};
+
+interface Figure { name: string; value: number; unit: string; detail?: string }
+
+const local = await startLocal();
+const { client } = local;
+const figures: Figure[] = [];
+try {
+  const accel = (await client.call('host.info', {})).accel;
+  out(`forky bench: ${runs} runs each, accel=${accel}, 256 MiB guest`);
+
+  const boots: number[] = [];
+  for (let i = 0; i < runs; i++) {
+    const [ms, vm] = await timed(() => client.call('vm.boot', { memMiB: 256 }));
+    boots.push(ms);
+    await client.call('vm.destroy', { id: vm.id });
+  }
+
+  const parent = await client.call('vm.boot', { memMiB: 256 });
+  await client.call('vm.exec', { id: parent.id, cmd: ['/bin/sh', '-c', 'dd if=/dev/urandom of=/run/blob bs=1M count=32 2>/dev/null'] });
+  const [snapMs, snap] = await timed(() => client.call('snapshot.create', { vm: parent.id, resume: true }));
+
+  const forks: number[] = [];
+  for (let i = 0; i < runs; i++) {
+    const [ms, r] = await timed(() => client.call('fork', { source: snap.id, count: 1 }));
+    forks.push(ms);
+    for (const c of r.children) await client.call('vm.destroy', { id: c.id });
+  }
+
+  const liveForks: number[] = [];
+  for (let i = 0; i < runs; i++) {
+    const [ms, r] = await timed(() => client.call('fork', { source: parent.id, count: 1, resumeParent: true }));
+    liveForks.push(ms);
+    for (const c of r.children) await client.call('vm.destroy', { id: c.id });
+  }
+
+  const four: number[] = [];
+  let pss: number[] = [];
+  for (let i = 0; i < Math.max(1, Math.ceil(runs / 2)); i++) {
+    const [ms, r] = await timed(() => client.call('fork', { source: snap.id, count: 4 }));
+    four.push(ms);
+    if (i === 0) {
+      // Let the children settle (TCG refills its translation cache), then read what each costs.
+      await Promise.all(r.children.map((c) => client.call('vm.exec', { id: c.id, cmd: ['true'] })));
+      pss = await Promise.all(r.children.map((c) => pssMB(c.pid as number)));
+    }
+    for (const c of r.children) await client.call('vm.destroy', { id: c.id });
+  }
+  const parentPss = await pssMB(parent.pid as number);
+
+  figures.push(
+    { name: 'cold boot to agent ready', value: median(boots), unit: 'ms', detail: boots.map(Math.round).join(' ') },
+    { name: 'fork 1 child from snapshot to agent ready', value: median(forks), unit: 'ms', detail: forks.map(Math.round).join(' ') },
+    { name: 'boot / fork ratio', value: median(boots) / median(forks), unit: 'x' },
+    { name: 'fork 1 child from running VM (snapshot + child)', value: median(liveForks), unit: 'ms', detail: liveForks.map(Math.round).join(' ') },
+    { name: 'fork 4 children from snapshot', value: median(four), unit: 'ms', detail: four.map(Math.round).join(' ') },
+    { name: 'snapshot of a running VM (32 MiB dirtied)', value: snapMs, unit: 'ms' },
+    { name: 'child Pss (median of 4, 256 MiB guest)', value: median(pss), unit: 'MB', detail: pss.map((p) => p.toFixed(1)).join(' ') },
+    { name: 'parent Pss (256 MiB guest)', value: parentPss, unit: 'MB' },
+    { name: 'snapshot state / RAM allocated', value: snap.sizes.stateBytes / 1024, unit: 'KiB', detail: `RAM ${(snap.sizes.ramBytes / 2 ** 20).toFixed(1)} MiB` },
+  );
+} finally {
+  await local.stop();
+}
+
+out('');
+out(`${'figure'.padEnd(50)} ${'value'.padStart(10)}  unit  runs`);
+for (const f of figures) out(`${f.name.padEnd(50)} ${f.value.toFixed(1).padStart(10)}  ${f.unit.padEnd(4)}  ${f.detail ?? ''}`);
+if (json) process.stdout.write(JSON.stringify(figures.map((f) => ({ ...f, value: Math.round(f.value * 10) / 10 }))) + '\n');
