@@ -18,7 +18,7 @@ try {
   log(`booted ${parent.id} in ${Math.round(performance.now() - t)} ms`);
   const sh = async (id: string, script: string): Promise<string> => (await client.call('vm.exec', { id, cmd: ['/bin/sh', '-c', script] })).stdout.trim();
   // boot_id is made on first read; read it now so it is part of the state the children inherit.
-  await sh(parent.id, `cat /proc/sys/kernel/random/boot_id >/dev/null; echo "written by ${parent.id} before the fork" > /run/note; (i=0; while true; do i=$((i+1)); echo $i > /run/counter; usleep 50000; done) >/dev/null 2>&1 &`);
+  await sh(parent.id, `cat /proc/sys/kernel/random/boot_id >/dev/null; echo "written by ${parent.id} before the fork" > /run/note; (i=0; while true; do i=$((i+1)); echo $i > /run/counter.new; mv /run/counter.new /run/counter; usleep 50000; done) >/dev/null 2>&1 &`);
   t = performance.now();
   const fork = await client.call('fork', { source: parent.id, count, resumeParent: true });
   log(`forked ${count} children in ${Math.round(performance.now() - t)} ms (snapshot ${fork.snapshot.id}, ${fork.timings.snapshotMs} ms)\n`);

@@ -53,7 +53,8 @@ describe('one host forks a VM (real QEMU, real nats-server)', { timeout: 600_000
   it('forks 4 children that resume the parent: same boot id, marker, counter continues', async () => {
     const out = await sh(
       parent.id,
-      `echo ${marker} > /run/marker; (i=0; while true; do i=$((i+1)); echo $i > /run/counter; usleep 20000; done) >/dev/null 2>&1 &
+      // The counter file is replaced by rename, so a snapshot never catches it half-written.
+      `echo ${marker} > /run/marker; (i=0; while true; do i=$((i+1)); echo $i > /run/counter.new; mv /run/counter.new /run/counter; usleep 20000; done) >/dev/null 2>&1 &
        while [ ! -s /run/counter ] || [ "$(cat /run/counter)" -lt 5 ]; do usleep 10000; done
        cat /proc/sys/kernel/random/boot_id; cat /run/counter; cut -d' ' -f1 /proc/uptime`,
     );

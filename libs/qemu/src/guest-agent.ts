@@ -1,8 +1,9 @@
 import net from 'node:net';
 import { randomInt } from 'node:crypto';
-import { DeadlineError, pollUntil, withDeadline } from '@forky/base';
+import { DeadlineError, pollUntil } from '@forky/base';
 import { LineSplitter } from './lines.js';
 import { GuestAgentError, ProtocolError, QmpClosedError } from './errors.js';
+import { connectUnix } from './socket.js';
 
 export interface ExecOutput {
   exitCode: number;
@@ -43,19 +44,7 @@ export class GuestAgentClient {
 
   /** Connects to the host side of the agent channel (a chardev socket with `server=on`). */
   static async connect(path: string, timeoutMs = 5000): Promise<GuestAgentClient> {
-    const sock = net.createConnection(path);
-    await withDeadline(
-      new Promise<void>((resolve, reject) => {
-        sock.once('connect', resolve);
-        sock.once('error', reject);
-      }),
-      timeoutMs,
-      `guest agent connect ${path}`,
-    ).catch((e: unknown) => {
-      sock.destroy();
-      throw e;
-    });
-    return new GuestAgentClient(sock);
+    return new GuestAgentClient(await connectUnix(path, timeoutMs, 'guest agent'));
   }
 
   /**

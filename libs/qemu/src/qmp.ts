@@ -2,6 +2,7 @@ import net from 'node:net';
 import { DeadlineError, withDeadline } from '@forky/base';
 import { LineSplitter } from './lines.js';
 import { ProtocolError, QmpClosedError, QmpCommandError } from './errors.js';
+import { connectUnix } from './socket.js';
 
 export interface QmpEvent {
   event: string;
@@ -53,18 +54,7 @@ export class QmpClient {
 
   /** Connects to a QMP server socket (QEMU started with `server=on`). */
   static async connect(path: string, opts: QmpOptions = {}): Promise<QmpClient> {
-    const sock = net.createConnection(path);
-    await withDeadline(
-      new Promise<void>((resolve, reject) => {
-        sock.once('connect', resolve);
-        sock.once('error', reject);
-      }),
-      opts.handshakeTimeoutMs ?? 5000,
-      `QMP connect ${path}`,
-    ).catch((e: unknown) => {
-      sock.destroy();
-      throw e;
-    });
+    const sock = await connectUnix(path, opts.handshakeTimeoutMs ?? 5000, 'QMP');
     return QmpClient.handshake(sock, opts);
   }
 

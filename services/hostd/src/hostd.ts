@@ -46,6 +46,7 @@ export async function startHostd(config: Readonly<HostdConfig>, logger: Logger):
   });
   const engine = new HostEngine({
     hostId: config.hostId,
+    accelReason: probe.reason,
     runtime,
     layers: new QcowLayerStore(layout, config.qemu.img),
     snapshots: new LocalSnapshotStore(layout),
@@ -55,7 +56,7 @@ export async function startHostd(config: Readonly<HostdConfig>, logger: Logger):
     logger: log,
   });
   const nc = await connectBus({ ...config.nats, name: `forky-hostd-${config.hostId}`, logger: log });
-  const service = await startHostdService(nc, config.hostId, engine, probe.reason, HOSTD_VERSION, log);
+  const service = await startHostdService(nc, config.hostId, engine, HOSTD_VERSION, log);
   log.info({ accel: probe.accel, reason: probe.reason, qemu: probe.qemuVersion }, 'hostd serving');
 
   return {

@@ -8,9 +8,9 @@ import type { HostEngine } from './domain/engine.js';
 type Handlers = { [E in HostdEndpoint]: (req: ParsedRequestOf<E>) => Promise<ReplyOf<E>> | ReplyOf<E> };
 
 /** Maps every hostd endpoint of the contract onto the engine. */
-export function hostdHandlers(engine: HostEngine, accelReason: string): Handlers {
+export function hostdHandlers(engine: HostEngine): Handlers {
   return {
-    'host.info': async () => ({ ...(await engine.hostInfo()), accelReason }),
+    'host.info': () => engine.hostInfo(),
     'vm.boot': (r) => engine.boot(r),
     'vm.list': () => ({ vms: engine.list() }),
     'vm.show': (r) => engine.show(r.id),
@@ -34,11 +34,10 @@ export async function startHostdService(
   nc: NatsConnection,
   hostId: string,
   engine: HostEngine,
-  accelReason: string,
   version: string,
   logger: Logger,
 ): Promise<Service> {
-  const handlers = hostdHandlers(engine, accelReason);
+  const handlers = hostdHandlers(engine);
   const endpoints: EndpointDef[] = HOSTD_ENDPOINTS.map((e) => ({
     name: e.replace('.', '_'),
     subject: subjects.host(hostId, e),

@@ -45,6 +45,8 @@ export interface EngineLimits {
 
 export interface EngineDeps {
   hostId: string;
+  /** Why the runtime's accelerator was chosen (the probe's outcome). */
+  accelReason: string;
   runtime: VmRuntime;
   layers: LayerStore;
   snapshots: SnapshotStore;
@@ -75,13 +77,12 @@ export class HostEngine {
 
   // ---- queries
 
-  hostInfo(): Promise<HostInfo> {
-    return (async () => {
-      const mem = await meminfo();
-      return {
+  async hostInfo(): Promise<HostInfo> {
+    const mem = await meminfo();
+    return {
         id: this.d.hostId,
         accel: this.d.runtime.accel,
-        accelReason: '',
+        accelReason: this.d.accelReason,
         qemuVersion: this.d.runtime.qemuVersion,
         cpus: os.cpus().length,
         memTotalMiB: mem.totalMiB,
@@ -89,8 +90,7 @@ export class HostEngine {
         vms: this.#vms.size,
         snapshots: this.#snaps.size,
         images: await this.d.images.list(),
-      };
-    })();
+    };
   }
 
   list(): VmInfo[] {
@@ -188,13 +188,14 @@ export class HostEngine {
 
   async fork(req: ForkRequest): Promise<ForkResult> {
     const started = performance.now();
+    // Checked before anything is made: a fork refused for room leaves the source as it was.
+    await this.#checkCapacity(this.d.limits.childCostMiB, req.count);
     const snap = req.source.startsWith('vm-') ? await this.#snapshotVm(req.source, req.resumeParent) : this.#snap(req.source);
     const snapshotMs = performance.now() - started;
     this.#snapUsers.set(snap.info.id, (this.#snapUsers.get(snap.info.id) ?? 0) + 1);
     try {
       const image = await this.d.images.get(snap.info.image);
       this.#checkProfile(snap.info.profile, image);
-      await this.#checkCapacity(this.d.limits.childCostMiB, req.count);
       const results = await mapSettled(Array.from({ length: req.count }), this.d.limits.forkConcurrency, () => this.#restoreChild(snap, image, started));
       const children = results.flatMap((r) => (r.status === 'fulfilled' ? [r.value] : []));
       const failed = results.flatMap((r) => (r.status === 'rejected' ? [r.reason as unknown] : []));
