@@ -8,11 +8,15 @@ import {
   encodeBody,
   fromWireError,
   hostdContract,
+  schedContract,
   subjects,
   type Format,
   type HostdEndpoint,
   type ReplyOf,
   type RequestOf,
+  type SchedEndpoint,
+  type SchedReplyOf,
+  type SchedRequestOf,
 } from '@forky/contract';
 
 export interface RequestOptions {
@@ -61,5 +65,18 @@ export class HostdClient {
   async call<E extends HostdEndpoint>(endpoint: E, body: RequestOf<E>, opts: RequestOptions = {}): Promise<ReplyOf<E>> {
     const reply = await request(this.nc, subjects.host(this.hostId, endpoint), body, { ...this.defaults, ...opts });
     return (hostdContract[endpoint].reply as z.ZodType).parse(reply) as ReplyOf<E>;
+  }
+}
+
+/** A typed client of the scheduler (any instance answers: they share a queue group). */
+export class SchedulerClient {
+  constructor(
+    private readonly nc: NatsConnection,
+    private readonly defaults: RequestOptions = {},
+  ) {}
+
+  async call<E extends SchedEndpoint>(endpoint: E, body: SchedRequestOf<E>, opts: RequestOptions = {}): Promise<SchedReplyOf<E>> {
+    const reply = await request(this.nc, subjects.sched(endpoint), body, { ...this.defaults, ...opts });
+    return (schedContract[endpoint].reply as z.ZodType).parse(reply) as SchedReplyOf<E>;
   }
 }

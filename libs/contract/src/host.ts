@@ -19,3 +19,23 @@ export type HostInfo = z.infer<typeof HostInfo>;
 
 export const Empty = z.strictObject({});
 export type Empty = z.infer<typeof Empty>;
+
+/** What a hostd reports every heartbeat period, into the hosts KV bucket and on its heartbeat subject. */
+export const Heartbeat = HostInfo.extend({
+  /** When it was sent, ms since the epoch. */
+  ts: z.number(),
+  intervalMs: z.number().int().positive(),
+  vmIds: z.array(z.string()),
+  snapshotIds: z.array(z.string()),
+}).strict();
+export type Heartbeat = z.infer<typeof Heartbeat>;
+
+export const HostStatus = HostInfo.extend({
+  /** False once heartbeats have stopped for three periods. */
+  alive: z.boolean(),
+  lastSeen: z.string(),
+}).strict();
+export type HostStatus = z.infer<typeof HostStatus>;
+
+export const HostList = z.strictObject({ hosts: z.array(HostStatus) });
+export type HostList = z.infer<typeof HostList>;

@@ -11,3 +11,6 @@ export const ForkSource = z.union([VmId, SnapshotId], { error: 'must be a VM id 
 export type VmId = z.infer<typeof VmId>;
 export type SnapshotId = z.infer<typeof SnapshotId>;
 export type HostId = z.infer<typeof HostId>;
+
+/** Names a request so that sending it twice creates its VMs once. */
+export const IdempotencyKey = z.string().regex(/^[A-Za-z0-9_-]{8,64}$/, '8 to 64 of A-Z a-z 0-9 _ -');

@@ -7,3 +7,4 @@ export * from './codec.js';
 export * from './validate.js';
 export * from './subjects.js';
 export * from './endpoints.js';
+export * from './sched.js';

@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { ForkSource, HostId, ImageName, SnapshotId, VmId } from './ids.js';
+import { ForkSource, HostId, IdempotencyKey, ImageName, SnapshotId, VmId } from './ids.js';
 import { Accel, VmInfo } from './vm.js';
 
 /**
@@ -35,6 +35,7 @@ export const SnapshotCreateRequest = z.strictObject({
   vm: VmId,
   /** Resume the VM once it is frozen (default: it stays paused). */
   resume: z.boolean().default(false),
+  key: IdempotencyKey.optional(),
 });
 export type SnapshotCreateRequest = z.infer<typeof SnapshotCreateRequest>;
 
@@ -52,6 +53,7 @@ export const ForkRequest = z.strictObject({
   count: z.number().int().min(1).max(MAX_FORK_COUNT),
   /** When the source is a VM: resume it after the snapshot (default: it stays paused). */
   resumeParent: z.boolean().default(false),
+  key: IdempotencyKey.optional(),
 });
 export type ForkRequest = z.infer<typeof ForkRequest>;
 

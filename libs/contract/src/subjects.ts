@@ -23,9 +23,37 @@ export const HOSTD_ENDPOINTS = [
 ] as const;
 export type HostdEndpoint = (typeof HOSTD_ENDPOINTS)[number];
 
+export const SCHED_ENDPOINTS = [
+  'hosts',
+  'vm.boot',
+  'vm.list',
+  'vm.show',
+  'vm.pause',
+  'vm.resume',
+  'vm.destroy',
+  'vm.exec',
+  'snapshot.create',
+  'snapshot.list',
+  'snapshot.show',
+  'snapshot.delete',
+  'fork',
+  'batch',
+] as const;
+export type SchedEndpoint = (typeof SCHED_ENDPOINTS)[number];
+
 export const subjects = {
+  sched: (endpoint: SchedEndpoint): string => `${SUBJECT_ROOT}.sched.${endpoint}`,
+  heartbeat: (hostId: string): string => `${SUBJECT_ROOT}.hb.${HostId.parse(hostId)}`,
   hostPrefix: (hostId: string): string => `${SUBJECT_ROOT}.host.${HostId.parse(hostId)}`,
   host: (hostId: string, endpoint: HostdEndpoint): string => `${subjects.hostPrefix(hostId)}.${endpoint}`,
 } as const;
 
-export const SERVICE_NAMES = { hostd: 'forky-hostd' } as const;
+export const SERVICE_NAMES = { hostd: 'forky-hostd', scheduler: 'forky-scheduler' } as const;
+
+/**
+ * JetStream KV buckets: state that outlives any process. Names use `_` (nats-server 2.9 bucket names).
+ *   hosts    key <hostId>            -> Heartbeat
+ *   locator  key vm.<id> | snap.<id> -> { host }
+ *   requests key <idempotency key>   -> the request's progress and its reply
+ */
+export const BUCKETS = { hosts: 'forky_hosts', locator: 'forky_locator', requests: 'forky_requests' } as const;

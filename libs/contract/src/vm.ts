@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { HostId, ImageName, SnapshotId, VmId } from './ids.js';
+import { HostId, IdempotencyKey, ImageName, SnapshotId, VmId } from './ids.js';
 
 export const VM_STATES = ['booting', 'restoring', 'running', 'paused', 'snapshotting', 'destroying', 'destroyed', 'failed'] as const;
 export const VmState = z.enum(VM_STATES);
@@ -29,6 +29,7 @@ export const BootRequest = z.strictObject({
   image: ImageName.default('tiny'),
   memMiB: z.number().int().min(64).max(65536).default(256),
   cpus: z.number().int().min(1).max(64).default(1),
+  key: IdempotencyKey.optional(),
 });
 export type BootRequest = z.infer<typeof BootRequest>;
 

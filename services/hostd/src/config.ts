@@ -42,6 +42,10 @@ export const HostdConfig = z.strictObject({
     })
     .prefault({}),
   limits: Limits.prefault({}),
+  /** How often this host reports into the hosts bucket. */
+  heartbeatMs: z.number().int().min(100).max(60_000).default(2000),
+  /** Replicas of the KV buckets hostd creates if missing (3 on a 3-node cluster). */
+  bucketReplicas: z.number().int().min(1).max(5).default(1),
   logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
 });
 export type HostdConfig = z.infer<typeof HostdConfig>;

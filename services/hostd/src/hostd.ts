@@ -3,7 +3,9 @@ import path from 'node:path';
 import type { NatsConnection } from '@nats-io/nats-core';
 import type { Service } from '@nats-io/services';
 import type { Logger } from '@forky/base';
-import { connectBus } from '@forky/bus';
+import { connectBus, openBuckets } from '@forky/bus';
+import { subjects, type Heartbeat } from '@forky/contract';
+import { KvDirectory } from './adapters/kv-directory.js';
 import type { HostdConfig } from './config.js';
 import { HostEngine } from './domain/engine.js';
 import { ImageCatalog } from './images.js';
@@ -44,7 +46,10 @@ export async function startHostd(config: Readonly<HostdConfig>, logger: Logger):
     ...(config.qemu.tcgTbSizeMiB ? { tcgTbSizeMiB: config.qemu.tcgTbSizeMiB } : {}),
     logger: log,
   });
+  const nc = await connectBus({ ...config.nats, name: `forky-hostd-${config.hostId}`, logger: log });
+  const buckets = await openBuckets(nc, { replicas: config.bucketReplicas });
   const engine = new HostEngine({
+    directory: new KvDirectory(buckets.locator, config.hostId),
     hostId: config.hostId,
     accelReason: probe.reason,
     runtime,
@@ -55,9 +60,17 @@ export async function startHostd(config: Readonly<HostdConfig>, logger: Logger):
     limits: config.limits,
     logger: log,
   });
-  const nc = await connectBus({ ...config.nats, name: `forky-hostd-${config.hostId}`, logger: log });
   const service = await startHostdService(nc, config.hostId, engine, HOSTD_VERSION, log);
   log.info({ accel: probe.accel, reason: probe.reason, qemu: probe.qemuVersion }, 'hostd serving');
+
+  const beat = async (): Promise<void> => {
+    const hb: Heartbeat = { ...(await engine.hostInfo()), ...engine.ids(), ts: Date.now(), intervalMs: config.heartbeatMs };
+    const body = JSON.stringify(hb);
+    nc.publish(subjects.heartbeat(config.hostId), body);
+    await buckets.hosts.put(config.hostId, body);
+  };
+  await beat();
+  const timer = setInterval(() => void beat().catch((err: unknown) => log.warn({ err }, 'heartbeat failed')), config.heartbeatMs);
 
   return {
     engine,
@@ -65,6 +78,7 @@ export async function startHostd(config: Readonly<HostdConfig>, logger: Logger):
     nc,
     service,
     async stop(opts = {}) {
+      clearInterval(timer);
       await service.stop();
       if (opts.destroyVms) await engine.destroyAll();
       await nc.drain();

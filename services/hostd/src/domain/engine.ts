@@ -27,7 +27,7 @@ import type {
 } from '@forky/contract';
 import type { Image, ImageCatalog } from '../images.js';
 import type { Layout } from '../layout.js';
-import type { LayerStore, SnapshotStore, VmHandle, VmRuntime, VmSpec } from './ports.js';
+import type { Directory, LayerStore, SnapshotStore, VmHandle, VmRuntime, VmSpec } from './ports.js';
 import { assertAllowed, assertTransition } from './state.js';
 import { recordForDisk, vmInfo, writeJsonAtomic, type SnapshotRecord, type VmRecord } from './records.js';
 
@@ -54,7 +54,13 @@ export interface EngineDeps {
   layout: Layout;
   limits: EngineLimits;
   logger: Logger;
+  /** Where the cluster learns which host holds what; none for a host on its own. */
+  directory?: Directory;
 }
+
+const NO_DIRECTORY: Directory = { register: async () => undefined, unregister: async () => undefined };
+/** Idempotency keys remembered; the oldest are forgotten past this (the scheduler keeps them a day). */
+const MAX_KEYS = 10_000;
 
 /**
  * The fork logic of one host, spoken against ports (VmRuntime, LayerStore, SnapshotStore).
@@ -68,11 +74,20 @@ export class HostEngine {
   readonly #snapUsers = new Map<string, number>();
   /** Layers being made, not yet in any chain: garbage collection leaves them alone. */
   readonly #pendingLayers = new Set<string>();
+  /** Requests by idempotency key: the same key gets the same outcome, run once. */
+  readonly #byKey = new Map<string, { op: string; result: Promise<unknown> }>();
   readonly #lock = new KeyedMutex();
   readonly #log: Logger;
+  readonly #dir: Directory;
 
   constructor(private readonly d: EngineDeps) {
     this.#log = d.logger.child({ component: 'engine' });
+    this.#dir = d.directory ?? NO_DIRECTORY;
+  }
+
+  /** Ids of what this host holds, for heartbeats. */
+  ids(): { vmIds: string[]; snapshotIds: string[] } {
+    return { vmIds: [...this.#vms.keys()], snapshotIds: [...this.#snaps.keys()] };
   }
 
   // ---- queries
@@ -111,7 +126,11 @@ export class HostEngine {
 
   // ---- VM lifecycle
 
-  async boot(req: BootRequest): Promise<VmInfo> {
+  boot(req: BootRequest): Promise<VmInfo> {
+    return this.#once(req.key, 'boot', () => this.#boot(req));
+  }
+
+  async #boot(req: BootRequest): Promise<VmInfo> {
     const image = await this.d.images.get(req.image);
     await this.#checkCapacity(req.memMiB + 64, 1);
     const id = newId('vm');
@@ -154,6 +173,7 @@ export class HostEngine {
       await this.#teardown(vm);
       vm.state = 'destroyed';
       this.#vms.delete(id);
+      await this.#dir.unregister('vm', id).catch((err: unknown) => this.#log.warn({ err, vm: id }, 'locator delete failed'));
       await this.#gcLayers();
       this.#log.info({ vm: id }, 'vm destroyed');
       return this.#info(vm);
@@ -163,7 +183,7 @@ export class HostEngine {
   // ---- snapshots and forks
 
   snapshot(req: SnapshotCreateRequest): Promise<SnapshotInfo> {
-    return this.#snapshotVm(req.vm, req.resume).then((s) => s.info);
+    return this.#once(req.key, 'snapshot', () => this.#snapshotVm(req.vm, req.resume).then((s) => s.info));
   }
 
   deleteSnapshot(id: string): Promise<SnapshotInfo> {
@@ -181,12 +201,17 @@ export class HostEngine {
       }
       this.#snaps.delete(id);
       await this.d.snapshots.remove(id);
+      await this.#dir.unregister('snap', id).catch((err: unknown) => this.#log.warn({ err, snapshot: id }, 'locator delete failed'));
       await this.#gcLayers();
       return s.info;
     });
   }
 
-  async fork(req: ForkRequest): Promise<ForkResult> {
+  fork(req: ForkRequest): Promise<ForkResult> {
+    return this.#once(req.key, 'fork', () => this.#fork(req));
+  }
+
+  async #fork(req: ForkRequest): Promise<ForkResult> {
     const started = performance.now();
     // Checked before anything is made: a fork refused for room leaves the source as it was.
     await this.#checkCapacity(this.d.limits.childCostMiB, req.count);
@@ -224,6 +249,22 @@ export class HostEngine {
   }
 
   // ---- internals
+
+  /** Runs `fn` once per key; a repeat waits for and returns the first run's outcome. */
+  #once<T>(key: string | undefined, op: string, fn: () => Promise<T>): Promise<T> {
+    if (!key) return fn();
+    const seen = this.#byKey.get(key);
+    if (seen) {
+      if (seen.op !== op) return Promise.reject(new ConflictError(`idempotency key ${key} was used for a ${seen.op} request`, { field: 'key' }));
+      return seen.result as Promise<T>;
+    }
+    const result = fn();
+    // A failed request may be retried under the same key.
+    result.catch(() => this.#byKey.delete(key));
+    this.#byKey.set(key, { op, result });
+    if (this.#byKey.size > MAX_KEYS) this.#byKey.delete(this.#byKey.keys().next().value as string);
+    return result;
+  }
 
   #snapshotVm(vmId: string, resume: boolean): Promise<SnapshotRecord> {
     this.#vm(vmId);
@@ -276,6 +317,7 @@ export class HostEngine {
           diskVirtualSize: vm.diskVirtualSize,
         };
         this.#snaps.set(id, rec);
+        await this.#dir.register('snap', id);
         await writeJsonAtomic(`${this.d.layout.snapshotDir(id)}/snapshot.json`, rec);
         if (resume) await this.d.runtime.resume(h);
         await this.#setState(vm, resume ? 'running' : 'paused');
@@ -317,12 +359,14 @@ export class HostEngine {
       rec.pid = handle.pid;
       void handle.exited.then(() => this.#onExit(rec));
       rec.timings.startMs = round(performance.now() - t0);
+      await this.#dir.register('vm', rec.id);
       await this.#setState(rec, 'running');
       this.#log.info({ vm: rec.id, ms: rec.timings.startMs, from: rec.parentSnapshot ?? rec.image }, 'vm running');
       return this.#info(rec);
     } catch (e) {
       await this.#teardown(rec).catch((err: unknown) => this.#log.warn({ err, vm: rec.id }, 'cleanup after failed start'));
       this.#vms.delete(rec.id);
+      await this.#dir.unregister('vm', rec.id).catch(() => undefined);
       await this.#gcLayers();
       throw e;
     }

@@ -76,3 +76,9 @@ export interface SnapshotStore {
   scratch(id: string): string;
   remove(id: string): Promise<void>;
 }
+
+/** Tells the cluster which host holds a VM or snapshot, so any scheduler can route to it. */
+export interface Directory {
+  register(kind: 'vm' | 'snap', id: string): Promise<void>;
+  unregister(kind: 'vm' | 'snap', id: string): Promise<void>;
+}

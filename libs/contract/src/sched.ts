@@ -1,0 +1,53 @@
+import { z } from 'zod';
+import { HostId, IdempotencyKey } from './ids.js';
+import { BootRequest, ExecRequest, ExecResult, VmInfo, VmList, VmRef } from './vm.js';
+import { ForkRequest, ForkResult, SnapshotCreateRequest, SnapshotInfo, SnapshotList, SnapshotRef } from './snapshot.js';
+import { Empty, HostList } from './host.js';
+import type { SchedEndpoint } from './subjects.js';
+
+/** Where to run: a pinned host, or (default) the scheduler's choice. */
+const Placement = { host: HostId.optional() };
+
+export const SchedBootRequest = BootRequest.extend(Placement).strict();
+export type SchedBootRequest = z.infer<typeof SchedBootRequest>;
+
+export const SchedForkRequest = ForkRequest.extend(Placement).strict();
+export type SchedForkRequest = z.infer<typeof SchedForkRequest>;
+
+export const MAX_BATCH = 100;
+
+export const BatchRequest = z.strictObject({
+  items: z.array(SchedForkRequest.omit({ key: true })).min(1).max(MAX_BATCH),
+  key: IdempotencyKey.optional(),
+});
+export type BatchRequest = z.infer<typeof BatchRequest>;
+
+export const BatchItemResult = z.union([
+  z.strictObject({ ok: z.literal(true), result: ForkResult }),
+  z.strictObject({ ok: z.literal(false), error: z.strictObject({ code: z.string(), message: z.string() }) }),
+]);
+export const BatchResult = z.strictObject({ results: z.array(BatchItemResult) });
+export type BatchResult = z.infer<typeof BatchResult>;
+
+/** The scheduler's endpoints: the hostd ones, placed and forwarded, plus hosts and batch. */
+export const schedContract = {
+  hosts: { request: Empty, reply: HostList },
+  'vm.boot': { request: SchedBootRequest, reply: VmInfo },
+  'vm.list': { request: Empty, reply: VmList },
+  'vm.show': { request: VmRef, reply: VmInfo },
+  'vm.pause': { request: VmRef, reply: VmInfo },
+  'vm.resume': { request: VmRef, reply: VmInfo },
+  'vm.destroy': { request: VmRef, reply: VmInfo },
+  'vm.exec': { request: ExecRequest, reply: ExecResult },
+  'snapshot.create': { request: SnapshotCreateRequest, reply: SnapshotInfo },
+  'snapshot.list': { request: Empty, reply: SnapshotList },
+  'snapshot.show': { request: SnapshotRef, reply: SnapshotInfo },
+  'snapshot.delete': { request: SnapshotRef, reply: SnapshotInfo },
+  fork: { request: SchedForkRequest, reply: ForkResult },
+  batch: { request: BatchRequest, reply: BatchResult },
+} as const satisfies Record<SchedEndpoint, { request: z.ZodType; reply: z.ZodType }>;
+
+export type SchedContract = typeof schedContract;
+export type SchedRequestOf<E extends SchedEndpoint> = z.input<SchedContract[E]['request']>;
+export type SchedParsedRequestOf<E extends SchedEndpoint> = z.output<SchedContract[E]['request']>;
+export type SchedReplyOf<E extends SchedEndpoint> = z.output<SchedContract[E]['reply']>;

@@ -1,0 +1,30 @@
+import { z } from 'zod';
+import { parseConfig, readConfigFile } from '@forky/base';
+
+export const SchedulerConfig = z.strictObject({
+  nats: z.strictObject({
+    servers: z.array(z.string().min(1)).min(1),
+    user: z.string().optional(),
+    pass: z.string().optional(),
+    token: z.string().optional(),
+  }),
+  hostTimeoutMs: z.number().int().positive().default(600_000),
+  leaseMs: z.number().int().min(500).default(5_000),
+  childCostMiB: z.number().int().min(1).default(48),
+  bucketReplicas: z.number().int().min(1).max(5).default(1),
+  logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+});
+export type SchedulerConfig = z.infer<typeof SchedulerConfig>;
+
+const env = (k: string): string | undefined => process.env[k] || undefined;
+
+/** defaults < file (--config / FORKY_SCHEDULER_CONFIG) < env < flags */
+export function loadSchedulerConfig(flags: Record<string, unknown> = {}): Readonly<SchedulerConfig> {
+  const { config, ...flagLayer } = flags;
+  const file = readConfigFile((config as string | undefined) ?? env('FORKY_SCHEDULER_CONFIG'));
+  const fromEnv = {
+    nats: { servers: env('FORKY_NATS_URL')?.split(','), user: env('FORKY_NATS_USER'), pass: env('FORKY_NATS_PASS'), token: env('FORKY_NATS_TOKEN') },
+    logLevel: env('FORKY_LOG_LEVEL'),
+  };
+  return parseConfig(SchedulerConfig, { nats: { servers: ['nats://127.0.0.1:4222'] } }, file, fromEnv, flagLayer);
+}

@@ -1,0 +1,34 @@
+import { CapacityError, ForkyError, NotFoundError } from '@forky/base';
+import { Heartbeat, type HostStatus } from '@forky/contract';
+
+/** A host is down once it has missed three heartbeats. */
+const MISSED_BEATS = 3;
+
+export function hostStatus(raw: unknown, now: number): HostStatus | undefined {
+  const hb = Heartbeat.safeParse(raw);
+  if (!hb.success) return undefined;
+  const { ts, intervalMs, vmIds: _v, snapshotIds: _s, ...info } = hb.data;
+  return { ...info, alive: now - ts <= MISSED_BEATS * intervalMs, lastSeen: new Date(ts).toISOString() };
+}
+
+/**
+ * Picks a host for `count` VMs needing `memMiB` each: the pinned one if asked (it must be up),
+ * else the live host with the most free memory that can take them.
+ */
+export function pickHost(hosts: readonly HostStatus[], need: { memMiB: number; count: number }, pin?: string): string {
+  if (pin) {
+    const h = hosts.find((x) => x.id === pin);
+    if (!h) throw new NotFoundError('host', pin);
+    if (!h.alive) throw new ForkyError('UNAVAILABLE', `host ${pin} is down (last seen ${h.lastSeen})`, { details: { field: 'host' } });
+    return pin;
+  }
+  const live = hosts.filter((h) => h.alive);
+  if (live.length === 0) throw new ForkyError('UNAVAILABLE', 'no host is up: start hostd (forky up) and wait for its first heartbeat');
+  const fit = live.filter((h) => h.memFreeMiB >= need.memMiB * need.count).sort((a, b) => b.memFreeMiB - a.memFreeMiB);
+  const best = fit[0];
+  if (!best) {
+    const most = Math.max(...live.map((h) => h.memFreeMiB));
+    throw new CapacityError(`no host has ${need.memMiB * need.count} MiB free for ${need.count} VM(s); the most free is ${most} MiB`);
+  }
+  return best.id;
+}

@@ -1,0 +1,33 @@
+import type { NatsConnection } from '@nats-io/nats-core';
+import type { Service } from '@nats-io/services';
+import type { Logger } from '@forky/base';
+import { connectBus, openBuckets } from '@forky/bus';
+import type { SchedulerConfig } from './config.js';
+import { Scheduler } from './scheduler.js';
+import { startSchedulerService } from './service.js';
+
+export const SCHEDULER_VERSION = '0.1.0';
+
+export interface RunningScheduler {
+  scheduler: Scheduler;
+  nc: NatsConnection;
+  service: Service;
+  stop(): Promise<void>;
+}
+
+export async function startScheduler(config: Readonly<SchedulerConfig>, logger: Logger): Promise<RunningScheduler> {
+  const nc = await connectBus({ ...config.nats, name: 'forky-scheduler', logger });
+  const buckets = await openBuckets(nc, { replicas: config.bucketReplicas });
+  const scheduler = new Scheduler(nc, buckets, config, logger);
+  const service = await startSchedulerService(nc, scheduler, SCHEDULER_VERSION, logger);
+  logger.info({ servers: config.nats.servers }, 'scheduler serving');
+  return {
+    scheduler,
+    nc,
+    service,
+    async stop() {
+      await service.stop();
+      await nc.drain();
+    },
+  };
+}

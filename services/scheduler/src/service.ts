@@ -1,0 +1,45 @@
+import type { NatsConnection } from '@nats-io/nats-core';
+import type { Service } from '@nats-io/services';
+import type { Logger } from '@forky/base';
+import { startService, type EndpointDef } from '@forky/bus';
+import { SCHED_ENDPOINTS, SERVICE_NAMES, schedContract, subjects, type SchedEndpoint, type SchedParsedRequestOf } from '@forky/contract';
+import type { Scheduler } from './scheduler.js';
+
+type Handlers = { [E in SchedEndpoint]: (req: SchedParsedRequestOf<E>) => Promise<unknown> };
+
+export function schedulerHandlers(s: Scheduler): Handlers {
+  return {
+    hosts: async () => ({ hosts: await s.hosts() }),
+    'vm.boot': (r) => s.boot(r),
+    'vm.list': async () => ({ vms: await s.gather('vm.list') }),
+    'vm.show': (r) => s.forward('vm.show', r),
+    'vm.pause': (r) => s.forward('vm.pause', r),
+    'vm.resume': (r) => s.forward('vm.resume', r),
+    'vm.destroy': (r) => s.forward('vm.destroy', r),
+    'vm.exec': (r) => s.forward('vm.exec', r),
+    'snapshot.create': (r) => s.snapshot(r),
+    'snapshot.list': async () => ({ snapshots: await s.gather('snapshot.list') }),
+    'snapshot.show': (r) => s.forward('snapshot.show', r),
+    'snapshot.delete': (r) => s.forward('snapshot.delete', r),
+    fork: (r) => s.fork(r),
+    batch: (r) => s.batch(r),
+  };
+}
+
+/** The scheduler as a NATS micro service; every instance joins one queue group. */
+export function startSchedulerService(nc: NatsConnection, s: Scheduler, version: string, logger: Logger): Promise<Service> {
+  const handlers = schedulerHandlers(s);
+  const endpoints: EndpointDef[] = SCHED_ENDPOINTS.map((e) => ({
+    name: e.replace('.', '_'),
+    subject: subjects.sched(e),
+    request: schedContract[e].request,
+    reply: schedContract[e].reply,
+    handler: (req: unknown) => (handlers[e] as (r: unknown) => Promise<unknown>)(req),
+  }));
+  return startService(
+    nc,
+    { name: SERVICE_NAMES.scheduler, version, description: 'Forky Pig scheduler: places and forwards VM work', queue: SERVICE_NAMES.scheduler },
+    endpoints,
+    logger.child({ component: 'service' }),
+  );
+}
