@@ -82,7 +82,7 @@ export function loadHostdConfig(flags: Record<string, unknown> = {}, cwd = proce
     dataDir: env('FORKY_DATA_DIR'),
     ramDir: env('FORKY_RAM_DIR'),
     imagesDir: env('FORKY_IMAGES_DIR'),
-    qemu: { accel: env('FORKY_ACCEL') },
+    qemu: { accel: env('FORKY_ACCEL'), probeCacheFile: env('FORKY_PROBE_CACHE') },
     logLevel: env('FORKY_LOG_LEVEL'),
   };
   const { config: _config, ...flagLayer } = flags;

@@ -1,0 +1,1 @@
+export { up, down, status, readCluster, type ClusterFile } from './cluster.js';
