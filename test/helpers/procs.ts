@@ -13,3 +13,9 @@ export async function qemuPidsOf(vmIds: readonly string[]): Promise<number[]> {
   }
   return pids;
 }
+
+/** True while `pid` runs; a zombie (exited, not yet reaped by its parent) counts as gone. */
+export async function isRunning(pid: number): Promise<boolean> {
+  const stat = await fs.readFile(`/proc/${pid}/stat`, 'utf8').catch(() => '');
+  return stat !== '' && !/\) Z /.test(stat);
+}

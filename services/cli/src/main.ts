@@ -3,7 +3,7 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
-import { Command, Option } from 'commander';
+import { Command, InvalidArgumentError, Option } from 'commander';
 import { ForkyError, ValidationError, delay, newId } from '@forky/base';
 import { SchedulerClient, request } from '@forky/bus';
 import { BatchRequest, parseOrThrow, type SchedEndpoint, type SchedReplyOf, type SchedRequestOf, type VmInfo } from '@forky/contract';
@@ -25,7 +25,9 @@ const program = new Command('forky')
   .option('--data <dir>', 'data directory of `forky up` (also FORKY_DATA)', undefined)
   .option('--json', 'print one JSON document on stdout')
   .option('--timeout <ms>', 'deadline of one request attempt', '600000')
-  .showHelpAfterError();
+  .showHelpAfterError()
+  // Usage errors (bad option values, missing arguments) exit 2, like other bad input.
+  .exitOverride((err) => process.exit(err.exitCode === 0 ? 0 : 2));
 
 const globals = (cmd: Command): Globals => cmd.optsWithGlobals<Globals>();
 const dataOf = (cmd: Command): string => dataDirOf(globals(cmd).data);
@@ -45,7 +47,8 @@ async function withScheduler<T>(cmd: Command, fn: (call: <E extends SchedEndpoin
       } catch (err) {
         const retry = err instanceof ForkyError && (err.code === 'UNAVAILABLE' || err.code === 'TIMEOUT') && attempt < 4;
         if (!retry) throw err;
-        progress(`${e}: ${err.message}; retrying (${attempt}/3)`);
+        // A warning, not progress: shown on stderr even when it is not a terminal.
+        process.stderr.write(`forky: ${e}: ${err.message}; retrying with the same idempotency key (${attempt}/3)\n`);
         await delay(250 * attempt);
       }
     }
@@ -66,7 +69,7 @@ const printVms = (cmd: Command, vms: VmInfo[], one = false): void =>
   globals(cmd).json ? printJson(one ? vms[0] : vms) : printTable(vms as unknown as Array<Record<string, unknown>>, vmColumns);
 const positiveInt = (field: string) => (v: string): number => {
   const n = Number(v);
-  if (!Number.isInteger(n) || n < 1) throw new ValidationError(`--${field} must be a positive whole number, got ${JSON.stringify(v)}`, { field });
+  if (!Number.isInteger(n) || n < 1) throw new InvalidArgumentError(`--${field} must be a positive whole number`);
   return n;
 };
 

@@ -2,4 +2,4 @@ export { startScheduler, SCHEDULER_VERSION, type RunningScheduler } from './run.
 export { loadSchedulerConfig, SchedulerConfig } from './config.js';
 export { Scheduler } from './scheduler.js';
 export { pickHost, hostStatus } from './placement.js';
-export { requestHash } from './idempotency.js';
+export { Idempotency, requestHash } from './idempotency.js';

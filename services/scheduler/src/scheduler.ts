@@ -42,7 +42,8 @@ export class Scheduler {
     logger: Logger,
   ) {
     this.#log = logger.child({ component: 'scheduler' });
-    this.#idem = new Idempotency(buckets.requests, newId('sch'), opts.leaseMs, this.#log);
+    // The owner names the process, so an operator (or a test) can tell whose lease a request holds.
+    this.#idem = new Idempotency(buckets.requests, `${newId('sch', 6)}-pid${process.pid}`, opts.leaseMs, this.#log);
   }
 
   async hosts(): Promise<HostStatus[]> {

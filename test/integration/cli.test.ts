@@ -1,0 +1,198 @@
+import { after, before, describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFile, spawn } from 'node:child_process';
+import fs from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { promisify } from 'node:util';
+import { connect } from '@nats-io/transport-node';
+import { Kvm } from '@nats-io/kv';
+import { withDeadline } from '@forky/base';
+import type { ForkResult, VmInfo } from '@forky/contract';
+import { ensureImage, IMAGES_DIR, REPO } from '../helpers/repo.js';
+import { isRunning, qemuPidsOf } from '../helpers/procs.js';
+
+const CLI = path.join(REPO, 'services', 'cli', 'dist', 'main.js');
+const SCHEDULER = path.join(REPO, 'services', 'scheduler', 'dist', 'main.js');
+
+interface Run {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+describe('the forky CLI against a local cluster, as a new user would', { timeout: 600_000 }, () => {
+  let data: string;
+  let server: string;
+  const forky = async (args: string[], opts: { timeoutMs?: number } = {}): Promise<Run> => {
+    try {
+      const r = await promisify(execFile)(process.execPath, [CLI, ...args], { env: { ...process.env, FORKY_DATA: data }, timeout: opts.timeoutMs ?? 300_000 });
+      return { code: 0, stdout: r.stdout, stderr: r.stderr };
+    } catch (e) {
+      const err = e as { code?: number; stdout?: string; stderr?: string };
+      return { code: typeof err.code === 'number' ? err.code : 1, stdout: err.stdout ?? '', stderr: err.stderr ?? '' };
+    }
+  };
+  const json = async <T>(args: string[]): Promise<T> => {
+    const r = await forky(['--json', ...args]);
+    assert.equal(r.code, 0, `forky ${args.join(' ')}: ${r.stderr}`);
+    return JSON.parse(r.stdout) as T;
+  };
+
+  before(async () => {
+    await ensureImage();
+    data = await fs.mkdtemp(path.join(os.tmpdir(), 'fkcli-'));
+    // Share the built image and the accelerator probe of this run instead of redoing them.
+    await fs.symlink(IMAGES_DIR, path.join(data, 'images'));
+    await fs.copyFile(path.join(REPO, '.forky', 'accel-probe.json'), path.join(data, 'accel-probe.json')).catch(() => undefined);
+  });
+
+  after(async () => {
+    await forky(['down']);
+    await fs.rm(data, { recursive: true, force: true });
+  });
+
+  it('up --detach starts nats, a scheduler and a host, and returns once the host reported in', async () => {
+    const st = await json<{ server: string; processes: Array<{ role: string; pid: number; host?: string }> }>(['up', '--detach']);
+    server = st.server;
+    assert.match(server, /^nats:\/\/127\.0\.0\.1:\d+$/);
+    assert.deepEqual(st.processes.map((p) => p.role).sort(), ['hostd', 'nats', 'scheduler']);
+    const hosts = await json<Array<{ id: string; alive: boolean; accel: string; memTotalMiB: number }>>(['hosts']);
+    assert.equal(hosts.length, 1);
+    assert.equal(hosts[0]?.alive, true);
+    assert.ok((hosts[0]?.memTotalMiB ?? 0) > 0);
+    const again = await json<{ processes: Array<{ pid: number }> }>(['up', '--detach']);
+    assert.deepEqual(again.processes.map((p) => p.pid).sort(), st.processes.map((p) => p.pid).sort(), 'up again leaves what runs alone');
+    const status = await json<{ server: string; processes: unknown[] }>(['status']);
+    assert.equal(status.server, server);
+    assert.equal(status.processes.length, 3);
+  });
+
+  let parent: VmInfo;
+  let fork: ForkResult;
+
+  it('boots, execs, forks 4, lists and removes VMs through --json', async () => {
+    parent = await json<VmInfo>(['vm', 'boot']);
+    assert.equal(parent.state, 'running');
+    const ex = await json<{ exitCode: number; stdout: string }>(['vm', 'exec', parent.id, '--', 'sh', '-c', 'echo forked-from > /run/origin; cat /proc/sys/kernel/random/boot_id']);
+    assert.equal(ex.exitCode, 0);
+    const bootId = ex.stdout.trim();
+    const plain = await forky(['vm', 'exec', parent.id, '--', 'sh', '-c', 'echo out; echo err >&2; exit 7']);
+    assert.equal(plain.code, 7, 'exec exits with the command exit code');
+    assert.equal(plain.stdout, 'out\n');
+    assert.equal(plain.stderr, 'err\n');
+
+    fork = await json<ForkResult>(['fork', parent.id, '--count', '4']);
+    assert.equal(fork.children.length, 4);
+    for (const c of fork.children) {
+      const r = await json<{ stdout: string }>(['vm', 'exec', c.id, '--', 'cat', '/proc/sys/kernel/random/boot_id', '/run/origin']);
+      assert.equal(r.stdout, `${bootId}\nforked-from\n`);
+    }
+    const ls = await json<VmInfo[]>(['vm', 'ls']);
+    assert.deepEqual(ls.map((v) => v.id).sort(), [parent.id, ...fork.children.map((c) => c.id)].sort());
+
+    const rm = await json<VmInfo[]>(['vm', 'rm', ...fork.children.slice(0, 2).map((c) => c.id)]);
+    assert.deepEqual(rm.map((v) => v.state), ['destroyed', 'destroyed']);
+    assert.deepEqual(await qemuPidsOf(fork.children.slice(0, 2).map((c) => c.id)), []);
+    assert.equal((await json<VmInfo[]>(['vm', 'ls'])).length, 3);
+  });
+
+  it('says what went wrong on stderr with a non-zero exit', async () => {
+    const r = await forky(['vm', 'show', 'vm-aaaaaaaaaaaa']);
+    assert.notEqual(r.code, 0);
+    assert.match(r.stderr, /NOT_FOUND: VM "vm-aaaaaaaaaaaa" not found/);
+    assert.equal(r.stdout, '');
+    const bad = await forky(['fork', parent.id, '--count', '0']);
+    assert.equal(bad.code, 2);
+    assert.match(bad.stderr, /count/);
+  });
+
+  it('a JSON request built by hand reaches a fork and returns JSON', async () => {
+    const r = await forky(['req', 'forky.v1.sched.fork', JSON.stringify({ source: fork.snapshot.id, count: 1 })]);
+    assert.equal(r.code, 0, r.stderr);
+    const reply = JSON.parse(r.stdout) as ForkResult;
+    assert.equal(reply.children.length, 1);
+    assert.equal(reply.children[0]?.parentSnapshot, fork.snapshot.id);
+  });
+
+  it('two schedulers side by side: killing one mid-batch loses no request and duplicates no child', async () => {
+    const second = spawn(process.execPath, [SCHEDULER, '--nats', server, '--log-level', 'warn'], { stdio: 'ignore' });
+    const secondExit = new Promise<void>((r) => second.once('exit', () => r()));
+    try {
+      const nc = await connect({ servers: server });
+      const requests = await new Kvm(nc).open('forky_requests');
+      // Wait until the second scheduler has joined the queue group.
+      await withDeadline(
+        (async () => {
+          for (;;) {
+            const infos = await nc.requestMany('$SRV.PING.forky-scheduler', new Uint8Array(), { maxWait: 500 });
+            let n = 0;
+            for await (const _m of infos) n++;
+            if (n >= 2) return;
+          }
+        })(),
+        20_000,
+        'second scheduler',
+      );
+      const before = (await json<VmInfo[]>(['vm', 'ls'])).length;
+      const batchFile = path.join(data, 'batch.json');
+      await fs.writeFile(batchFile, JSON.stringify([1, 2, 3].map(() => ({ source: fork.snapshot.id, count: 1 }))));
+      const batches = [1, 2, 3, 4].map(() => forky(['--json', '--timeout', '15000', 'batch', 'submit', batchFile]));
+      // Kill the first scheduler once every batch is claimed by one of the two.
+      await withDeadline(
+        (async () => {
+          for (;;) {
+            let pending = 0;
+            for await (const k of await requests.keys()) {
+              const e = await requests.get(k);
+              if (e?.operation === 'PUT' && e.json<{ state: string }>().state === 'pending') pending++;
+            }
+            if (pending >= 4) return;
+            await new Promise((r) => setTimeout(r, 20));
+          }
+        })(),
+        60_000,
+        'batches claimed',
+      );
+      const st = await json<{ processes: Array<{ role: string; pid: number }> }>(['status']);
+      const first = st.processes.find((p) => p.role === 'scheduler');
+      assert.ok(first);
+      let onFirst = 0;
+      for await (const k of await requests.keys()) {
+        const e = await requests.get(k);
+        const v = e?.operation === 'PUT' ? e.json<{ state: string; owner: string }>() : undefined;
+        if (v?.state === 'pending' && v.owner.endsWith(`-pid${first.pid}`)) onFirst++;
+      }
+      process.kill(first.pid, 'SIGKILL');
+
+      const runs = await Promise.all(batches);
+      const retried = runs.filter((r) => /retrying/.test(r.stderr)).length;
+      for (const r of runs) assert.equal(r.code, 0, r.stderr);
+      const children = runs.flatMap((r) => (JSON.parse(r.stdout) as { results: Array<{ ok: boolean; result: ForkResult }> }).results.flatMap((x) => x.result.children.map((c) => c.id)));
+      assert.equal(children.length, 12);
+      assert.equal(new Set(children).size, 12);
+      const after = await json<VmInfo[]>(['vm', 'ls']);
+      assert.equal(after.length, before + 12, 'each child created exactly once');
+      assert.equal(retried, onFirst, 'the batches that were on the killed scheduler were retried and finished');
+      process.stderr.write(`# ${onFirst} of 4 batches were on the killed scheduler; each was retried and finished once\n`);
+      await nc.close();
+    } finally {
+      second.kill('SIGTERM');
+      await secondExit;
+    }
+    // Both schedulers are gone now: `up` again starts what is missing.
+    const again = await json<{ processes: Array<{ role: string }> }>(['up', '--detach']);
+    assert.equal(again.processes.filter((p) => p.role === 'scheduler').length, 1);
+    assert.equal((await json<{ processes: unknown[] }>(['status'])).processes.length, 3);
+  });
+
+  it('down destroys every VM and stops every process', async () => {
+    const vms = await json<VmInfo[]>(['vm', 'ls']);
+    const st = await json<{ processes: Array<{ pid: number }> }>(['status']);
+    const r = await json<{ stopped: unknown[] }>(['down']);
+    assert.ok(r.stopped.length >= 2);
+    assert.deepEqual(await qemuPidsOf(vms.map((v) => v.id)), []);
+    for (const p of st.processes) assert.equal(await isRunning(p.pid), false, `process ${p.pid} is gone`);
+    assert.deepEqual((await json<{ processes: unknown[] }>(['status'])).processes, []);
+  });
+});
