@@ -1,7 +1,8 @@
 import { z } from 'zod';
 import { HostId, IdempotencyKey } from './ids.js';
-import { BootRequest, ExecRequest, ExecResult, VmInfo, VmList, VmRef } from './vm.js';
-import { ForkRequest, ForkResult, SnapshotCreateRequest, SnapshotInfo, SnapshotList, SnapshotRef } from './snapshot.js';
+import { BootRequest, VmInfo } from './vm.js';
+import { ForkRequest, ForkResult } from './snapshot.js';
+import { hostdContract } from './endpoints.js';
 import { Empty, HostList } from './host.js';
 import type { SchedEndpoint } from './subjects.js';
 
@@ -29,20 +30,13 @@ export const BatchItemResult = z.union([
 export const BatchResult = z.strictObject({ results: z.array(BatchItemResult) });
 export type BatchResult = z.infer<typeof BatchResult>;
 
-/** The scheduler's endpoints: the hostd ones, placed and forwarded, plus hosts and batch. */
+const { 'host.info': _hostInfo, ...forwarded } = hostdContract;
+
+/** The scheduler's endpoints: the hostd ones (placed or forwarded), plus hosts and batch. */
 export const schedContract = {
+  ...forwarded,
   hosts: { request: Empty, reply: HostList },
   'vm.boot': { request: SchedBootRequest, reply: VmInfo },
-  'vm.list': { request: Empty, reply: VmList },
-  'vm.show': { request: VmRef, reply: VmInfo },
-  'vm.pause': { request: VmRef, reply: VmInfo },
-  'vm.resume': { request: VmRef, reply: VmInfo },
-  'vm.destroy': { request: VmRef, reply: VmInfo },
-  'vm.exec': { request: ExecRequest, reply: ExecResult },
-  'snapshot.create': { request: SnapshotCreateRequest, reply: SnapshotInfo },
-  'snapshot.list': { request: Empty, reply: SnapshotList },
-  'snapshot.show': { request: SnapshotRef, reply: SnapshotInfo },
-  'snapshot.delete': { request: SnapshotRef, reply: SnapshotInfo },
   fork: { request: SchedForkRequest, reply: ForkResult },
   batch: { request: BatchRequest, reply: BatchResult },
 } as const satisfies Record<SchedEndpoint, { request: z.ZodType; reply: z.ZodType }>;

@@ -23,21 +23,11 @@ export const HOSTD_ENDPOINTS = [
 ] as const;
 export type HostdEndpoint = (typeof HOSTD_ENDPOINTS)[number];
 
+/** The scheduler's endpoints: every hostd endpoint but host.info (placed or forwarded), plus its own. */
 export const SCHED_ENDPOINTS = [
   'hosts',
-  'vm.boot',
-  'vm.list',
-  'vm.show',
-  'vm.pause',
-  'vm.resume',
-  'vm.destroy',
-  'vm.exec',
-  'snapshot.create',
-  'snapshot.list',
-  'snapshot.show',
-  'snapshot.delete',
-  'fork',
   'batch',
+  ...HOSTD_ENDPOINTS.filter((e): e is Exclude<HostdEndpoint, 'host.info'> => e !== 'host.info'),
 ] as const;
 export type SchedEndpoint = (typeof SCHED_ENDPOINTS)[number];
 
