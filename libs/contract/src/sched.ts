@@ -12,7 +12,11 @@ const Placement = { host: HostId.optional() };
 export const SchedBootRequest = BootRequest.extend(Placement).strict();
 export type SchedBootRequest = z.infer<typeof SchedBootRequest>;
 
-export const SchedForkRequest = ForkRequest.extend(Placement).strict();
+export const SchedForkRequest = ForkRequest.extend({
+  ...Placement,
+  /** Spread the children over every live host (the snapshot travels through the object store). */
+  spread: z.boolean().default(false),
+}).strict();
 export type SchedForkRequest = z.infer<typeof SchedForkRequest>;
 
 export const MAX_BATCH = 100;
@@ -30,7 +34,7 @@ export const BatchItemResult = z.union([
 export const BatchResult = z.strictObject({ results: z.array(BatchItemResult) });
 export type BatchResult = z.infer<typeof BatchResult>;
 
-const { 'host.info': _hostInfo, ...forwarded } = hostdContract;
+const { 'host.info': _hostInfo, 'snapshot.publish': _publish, 'snapshot.fetch': _fetch, ...forwarded } = hostdContract;
 
 /** The scheduler's endpoints: the hostd ones (placed or forwarded), plus hosts and batch. */
 export const schedContract = {

@@ -57,9 +57,26 @@ export const ForkRequest = z.strictObject({
 });
 export type ForkRequest = z.infer<typeof ForkRequest>;
 
+/** What moving a snapshot between a host and the object store did. */
+export const TransferResult = z.strictObject({
+  id: SnapshotId,
+  host: HostId,
+  parts: z.number().int(),
+  /** Parts that actually moved (the others were already there). */
+  moved: z.number().int(),
+  /** Bytes on the wire: zero chunks and parts already present are not sent. */
+  bytes: z.number().int(),
+  /** What the parts would weigh as plain files. */
+  nominalBytes: z.number().int(),
+  ms: z.number(),
+});
+export type TransferResult = z.infer<typeof TransferResult>;
+
 export const ForkResult = z.strictObject({
   snapshot: SnapshotInfo,
   children: z.array(VmInfo),
+  /** Snapshot transfers a cross-host fork needed (none when every child runs at home). */
+  transfers: z.array(TransferResult).optional(),
   timings: z.strictObject({
     snapshotMs: z.number(),
     totalMs: z.number(),

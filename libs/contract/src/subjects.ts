@@ -19,15 +19,21 @@ export const HOSTD_ENDPOINTS = [
   'snapshot.list',
   'snapshot.show',
   'snapshot.delete',
+  'snapshot.publish',
+  'snapshot.fetch',
   'fork',
 ] as const;
 export type HostdEndpoint = (typeof HOSTD_ENDPOINTS)[number];
 
-/** The scheduler's endpoints: every hostd endpoint but host.info (placed or forwarded), plus its own. */
+/** hostd endpoints the scheduler does not offer as such: it moves snapshots itself when placing. */
+const HOST_ONLY = ['host.info', 'snapshot.publish', 'snapshot.fetch'] as const;
+type HostOnly = (typeof HOST_ONLY)[number];
+
+/** The scheduler's endpoints: every hostd endpoint but the host-only ones (placed or forwarded), plus its own. */
 export const SCHED_ENDPOINTS = [
   'hosts',
   'batch',
-  ...HOSTD_ENDPOINTS.filter((e): e is Exclude<HostdEndpoint, 'host.info'> => e !== 'host.info'),
+  ...HOSTD_ENDPOINTS.filter((e): e is Exclude<HostdEndpoint, HostOnly> => !HOST_ONLY.includes(e as HostOnly)),
 ] as const;
 export type SchedEndpoint = (typeof SCHED_ENDPOINTS)[number];
 

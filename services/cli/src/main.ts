@@ -258,11 +258,12 @@ program
   .description('fork a VM or a snapshot into N children, each resuming its state')
   .requiredOption('--count <n>', 'children', positiveInt('count'))
   .option('--host <id>', 'pin to a host')
+  .option('--spread', 'spread the children over every live host (the snapshot travels through the object store)')
   .option('--resume-parent', 'when forking a VM, resume it after the snapshot')
   .action(
-    action(async (source: string, o: { count: number; host?: string; resumeParent?: boolean }, cmd: Command) => {
+    action(async (source: string, o: { count: number; host?: string; spread?: boolean; resumeParent?: boolean }, cmd: Command) => {
       const r = await withScheduler(cmd, (call) =>
-        call('fork', { source, count: o.count, resumeParent: !!o.resumeParent, key: newId('fork', 16), ...(o.host ? { host: o.host } : {}) }),
+        call('fork', { source, count: o.count, spread: !!o.spread, resumeParent: !!o.resumeParent, key: newId('fork', 16), ...(o.host ? { host: o.host } : {}) }),
       );
       if (globals(cmd).json) printJson(r);
       else {

@@ -6,6 +6,7 @@ import type { Logger } from '@forky/base';
 import { connectBus, openBuckets } from '@forky/bus';
 import { subjects, type Heartbeat } from '@forky/contract';
 import { KvDirectory } from './adapters/kv-directory.js';
+import { ObjectPartStore } from './adapters/store/object-parts.js';
 import type { HostdConfig } from './config.js';
 import { HostEngine } from './domain/engine.js';
 import { ImageCatalog } from './images.js';
@@ -50,6 +51,7 @@ export async function startHostd(config: Readonly<HostdConfig>, logger: Logger):
   const buckets = await openBuckets(nc, { replicas: config.bucketReplicas });
   const engine = new HostEngine({
     directory: new KvDirectory(buckets.locator, config.hostId),
+    parts: await ObjectPartStore.open(nc, config.bucketReplicas),
     hostId: config.hostId,
     accelReason: probe.reason,
     runtime,

@@ -22,6 +22,8 @@ export function hostdHandlers(engine: HostEngine): Handlers {
     'snapshot.list': () => ({ snapshots: engine.listSnapshots() }),
     'snapshot.show': (r) => engine.showSnapshot(r.id),
     'snapshot.delete': (r) => engine.deleteSnapshot(r.id),
+    'snapshot.publish': (r) => engine.publish(r.id),
+    'snapshot.fetch': (r) => engine.fetch(r.id),
     fork: (r) => engine.fork(r),
   };
 }

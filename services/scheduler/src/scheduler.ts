@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import type { NatsConnection } from '@nats-io/nats-core';
-import { NotFoundError, ForkyError, asForkyError, newId, type Logger } from '@forky/base';
+import { CapacityError, NotFoundError, asForkyError, newId, type Logger } from '@forky/base';
 import { HostdClient, type Buckets } from '@forky/bus';
 import type {
   BatchRequest,
@@ -13,6 +13,7 @@ import type {
   SchedForkRequest,
   SnapshotCreateRequest,
   SnapshotInfo,
+  TransferResult,
   VmInfo,
 } from '@forky/contract';
 import { Idempotency, requestHash } from './idempotency.js';
@@ -131,16 +132,61 @@ export class Scheduler {
   }
 
   async #fork(req: Omit<SchedForkRequest, 'key'>, key: string): Promise<ForkResult> {
+    const started = performance.now();
     const kind = req.source.startsWith('vm-') ? 'vm' : 'snap';
     const home = await this.locate(kind, req.source);
-    if (req.host && req.host !== home) {
-      // Shipping a snapshot to another host is the multi-host work (JetStream object store).
-      throw new ForkyError('UNAVAILABLE', `${req.source} is on host ${home}; forking it onto ${req.host} needs cross-host shipping, not available yet`, {
-        details: { field: 'host' },
-      });
+    const hosts = await this.hosts();
+    const plan = placeChildren(hosts, home, req.count, this.opts.childCostMiB, req);
+    if (plan.size === 1 && plan.has(home)) {
+      // Everything at home: hostd snapshots a VM source itself.
+      return this.#host(home).call('fork', { source: req.source, count: req.count, resumeParent: req.resumeParent, key });
     }
-    pickHost(await this.hosts(), { memMiB: this.opts.childCostMiB, count: req.count }, home);
-    return this.#host(home).call('fork', { source: req.source, count: req.count, resumeParent: req.resumeParent, key });
+    // Children elsewhere: freeze once at home, ship the snapshot, fork it on every target.
+    const snapshot =
+      kind === 'vm'
+        ? await this.#host(home).call('snapshot.create', { vm: req.source, resume: req.resumeParent, key: subKey(key, 'snapshot') })
+        : await this.#host(home).call('snapshot.show', { id: req.source });
+    const snapshotMs = performance.now() - started;
+    // Published once, up front; each target then fetches what it lacks and forks, in parallel.
+    const transfers: TransferResult[] = [await this.#host(home).call('snapshot.publish', { id: snapshot.id })];
+    const forkOn = async (host: string, count: number, attempt: number): Promise<ForkResult> => {
+      if (host !== home) transfers.push(await this.#host(host).call('snapshot.fetch', { id: snapshot.id }));
+      return this.#host(host).call('fork', { source: snapshot.id, count, key: subKey(key, `${host}/${attempt}`) });
+    };
+    const results: ForkResult[] = [];
+    let pending = [...plan.entries()];
+    for (let attempt = 0; pending.length > 0; attempt++) {
+      const settled = await Promise.allSettled(pending.map(([h, n]) => forkOn(h, n, attempt)));
+      const failed: Array<[string, number]> = [];
+      settled.forEach((r, i) => {
+        const [h, n] = pending[i] as [string, number];
+        if (r.status === 'fulfilled') results.push(r.value);
+        else {
+          this.#log.warn({ host: h, err: r.reason }, 'a host failed its share of a fork');
+          failed.push([h, n]);
+        }
+      });
+      if (failed.length === 0) break;
+      const first = settled.find((r) => r.status === 'rejected') as PromiseRejectedResult;
+      const retryable = failed.every(([h]) => h !== home) && attempt < 2;
+      if (!retryable) throw asForkyError(first.reason);
+      // A host that failed (down, or gone mid-batch) has its share placed on the others.
+      const down = new Set(failed.map(([h]) => h));
+      const rest = (await this.hosts()).filter((h) => h.alive && !down.has(h.id));
+      const again = new Map<string, number>();
+      for (const [, n] of failed) for (const [h, m] of placeChildren(rest, home, n, this.opts.childCostMiB, { spread: true })) again.set(h, (again.get(h) ?? 0) + m);
+      pending = [...again.entries()];
+    }
+    return {
+      snapshot,
+      children: results.flatMap((r) => r.children),
+      transfers,
+      timings: {
+        snapshotMs: Math.round(snapshotMs * 10) / 10,
+        totalMs: Math.round((performance.now() - started) * 10) / 10,
+        childMs: results.flatMap((r) => r.timings.childMs),
+      },
+    };
   }
 
   #host(id: string): HostdClient {
@@ -148,8 +194,42 @@ export class Scheduler {
   }
 }
 
-/** A key per batch item, derived so that a retried batch reuses them. */
-function subKey(key: string, i: number): string {
+/**
+ * Where the children of one fork go: all at home (locality: the snapshot is there), all on a
+ * pinned host, or spread over the live hosts by free memory.
+ */
+export function placeChildren(
+  hosts: readonly HostStatus[],
+  home: string,
+  count: number,
+  childCostMiB: number,
+  req: { host?: string; spread?: boolean },
+): Map<string, number> {
+  if (req.host) {
+    pickHost(hosts, { memMiB: childCostMiB, count }, req.host);
+    return new Map([[req.host, count]]);
+  }
+  if (!req.spread) {
+    pickHost(hosts, { memMiB: childCostMiB, count }, home);
+    return new Map([[home, count]]);
+  }
+  const live = hosts.filter((h) => h.alive).map((h) => ({ id: h.id, free: h.memFreeMiB }));
+  if (live.length === 0) pickHost(hosts, { memMiB: childCostMiB, count });
+  // Home first (its children need no transfer), then by free memory; round-robin over those with room.
+  live.sort((a, b) => (a.id === home ? -1 : b.id === home ? 1 : b.free - a.free));
+  const plan = new Map<string, number>();
+  for (let i = 0, next = 0; i < count; i++) {
+    const h = live.map((_, k) => live[(next + k) % live.length]).find((x) => x && x.free >= childCostMiB);
+    if (!h) throw new CapacityError(`no room for ${count} children of ${childCostMiB} MiB across ${live.length} hosts`, { field: 'count' });
+    plan.set(h.id, (plan.get(h.id) ?? 0) + 1);
+    h.free -= childCostMiB;
+    next = (live.indexOf(h) + 1) % live.length;
+  }
+  return plan;
+}
+
+/** A key per batch item (or per host of a fork), derived so that a retry reuses them. */
+function subKey(key: string, i: number | string): string {
   return `b${createHash('sha256').update(`${key}/${i}`).digest('base64url').slice(0, 30)}`;
 }
 

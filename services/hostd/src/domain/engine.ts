@@ -19,6 +19,7 @@ import type {
   ForkRequest,
   ForkResult,
   HostInfo,
+  TransferResult,
   MachineProfile,
   SnapshotCreateRequest,
   SnapshotInfo,
@@ -27,7 +28,8 @@ import type {
 } from '@forky/contract';
 import type { Image, ImageCatalog } from '../images.js';
 import type { Layout } from '../layout.js';
-import type { Directory, LayerStore, SnapshotStore, VmHandle, VmRuntime, VmSpec } from './ports.js';
+import type { Directory, LayerStore, PartStore, SnapshotStore, VmHandle, VmRuntime, VmSpec } from './ports.js';
+import { ShippingManifest, fetch as fetchSnapshot, publish as publishSnapshot } from './shipping.js';
 import { assertAllowed, assertTransition } from './state.js';
 import { recordForDisk, vmInfo, writeJsonAtomic, type SnapshotRecord, type VmRecord } from './records.js';
 
@@ -56,6 +58,8 @@ export interface EngineDeps {
   logger: Logger;
   /** Where the cluster learns which host holds what; none for a host on its own. */
   directory?: Directory;
+  /** The object store snapshots travel through; none for a host on its own. */
+  parts?: PartStore;
 }
 
 const NO_DIRECTORY: Directory = { register: async () => undefined, unregister: async () => undefined };
@@ -248,7 +252,46 @@ export class HostEngine {
     for (const id of [...this.#snaps.keys()].reverse()) await this.deleteSnapshot(id).catch((e: unknown) => this.#log.warn({ err: e, id }, 'snapshot delete failed'));
   }
 
+  /** Puts this host's snapshot in the object store (only the parts it lacks). */
+  publish(id: string): Promise<TransferResult> {
+    this.#snap(id);
+    return this.#lock.run(id, () => publishSnapshot(this.#shipping(), this.#snap(id)));
+  }
+
+  /** Brings a published snapshot here (only the parts this host lacks). */
+  fetch(id: string): Promise<TransferResult> {
+    return this.#lock.run(id, async () => {
+      const t0 = performance.now();
+      const have = this.#snaps.get(id);
+      if (have) return { id, host: this.d.hostId, parts: 0, moved: 0, bytes: 0, nominalBytes: 0, ms: round(performance.now() - t0) };
+      const m = ShippingManifest.parse(await this.#shipping().parts.getManifest(id));
+      const image = await this.d.images.get(m.snapshot.image);
+      this.#checkProfile(m.snapshot.profile, image);
+      // Fetched layers belong to no chain until the snapshot is registered: keep them from GC.
+      for (const p of m.chain) this.#pendingLayers.add(p.layer);
+      let fetched;
+      try {
+        fetched = await fetchSnapshot(this.#shipping(), m, image);
+        this.#snaps.set(id, fetched.record);
+      } catch (e) {
+        await this.d.snapshots.remove(id);
+        throw e;
+      } finally {
+        for (const p of m.chain) this.#pendingLayers.delete(p.layer);
+      }
+      const { record, result } = fetched;
+      await writeJsonAtomic(`${this.d.layout.snapshotDir(id)}/snapshot.json`, record);
+      this.#log.info(result, 'snapshot fetched');
+      return result;
+    });
+  }
+
   // ---- internals
+
+  #shipping() {
+    if (!this.d.parts) throw new ForkyError('UNAVAILABLE', `host ${this.d.hostId} has no object store to ship snapshots through`);
+    return { hostId: this.d.hostId, parts: this.d.parts, layers: this.d.layers, snapshots: this.d.snapshots, timeoutMs: 10 * 60_000 };
+  }
 
   /** Runs `fn` once per key; a repeat waits for and returns the first run's outcome. */
   #once<T>(key: string | undefined, op: string, fn: () => Promise<T>): Promise<T> {

@@ -82,3 +82,21 @@ export interface Directory {
   register(kind: 'vm' | 'snap', id: string): Promise<void>;
   unregister(kind: 'vm' | 'snap', id: string): Promise<void>;
 }
+
+export interface UploadResult {
+  digest: string;
+  size: number;
+  /** Bytes that went on the wire (0 when the part was already there). */
+  sentBytes: number;
+  skipped: boolean;
+}
+
+/** Content-addressed snapshot parts shared by every host (the JetStream object store). */
+export interface PartStore {
+  has(digest: string): Promise<boolean>;
+  upload(file: string, known?: { digest: string; size: number }): Promise<UploadResult>;
+  /** Fetches, verifies by digest, and only then puts the part at `dest` (via a temporary name). */
+  download(digest: string, dest: string, timeoutMs: number): Promise<{ receivedBytes: number }>;
+  putManifest(id: string, manifest: unknown): Promise<void>;
+  getManifest(id: string): Promise<unknown>;
+}

@@ -1,0 +1,97 @@
+import fs from 'node:fs/promises';
+import path from 'node:path';
+import type { NatsConnection } from '@nats-io/nats-core';
+import { jetstream } from '@nats-io/jetstream';
+import { Objm, type ObjectStore } from '@nats-io/obj';
+import { ForkyError, withDeadline } from '@forky/base';
+import type { PartStore, UploadResult } from '../../domain/ports.js';
+import { SparseWriter, digestFile, encodeSparse } from './sparse.js';
+
+export const PARTS_BUCKET = 'forky_parts';
+const name = (digest: string): string => `sha256-${digest}`;
+
+/**
+ * Snapshot parts in the JetStream object store, by content address. Reading goes through an
+ * ordered consumer on the object's chunk subject, a few messages at a time, so memory stays flat
+ * whatever the part size (the object store's own get() buffers without backpressure).
+ */
+export class ObjectPartStore implements PartStore {
+  private constructor(
+    private readonly nc: NatsConnection,
+    private readonly os: ObjectStore,
+  ) {}
+
+  static async open(nc: NatsConnection, replicas = 1): Promise<ObjectPartStore> {
+    const os = await new Objm(nc).create(PARTS_BUCKET, { replicas, description: 'forky: snapshot parts by sha256' });
+    return new ObjectPartStore(nc, os);
+  }
+
+  async has(digest: string): Promise<boolean> {
+    const info = await this.os.info(name(digest));
+    return !!info && !info.deleted;
+  }
+
+  async upload(file: string, known?: { digest: string; size: number }): Promise<UploadResult> {
+    const { digest, size } = known ?? (await digestFile(file));
+    if (await this.has(digest)) return { digest, size, sentBytes: 0, skipped: true };
+    const stats = { sent: 0 };
+    const gen = encodeSparse(file, stats);
+    const rs = new ReadableStream<Uint8Array>({
+      async pull(ctl) {
+        const r = await gen.next();
+        if (r.done) ctl.close();
+        else ctl.enqueue(r.value);
+      },
+    });
+    await this.os.put({ name: name(digest), options: { max_chunk_size: 1 << 20 } }, rs);
+    return { digest, size, sentBytes: stats.sent, skipped: false };
+  }
+
+  async download(digest: string, dest: string, timeoutMs: number): Promise<{ receivedBytes: number }> {
+    const info = await this.os.info(name(digest));
+    if (!info || info.deleted) throw new ForkyError('NOT_FOUND', `part ${digest} is not in the object store`);
+    await fs.mkdir(path.dirname(dest), { recursive: true });
+    const tmp = `${dest}.partial`;
+    const fh = await fs.open(tmp, 'w');
+    const writer = new SparseWriter(fh);
+    try {
+      const js = jetstream(this.nc);
+      const consumer = await js.consumers.get(`OBJ_${PARTS_BUCKET}`, { filter_subjects: `$O.${PARTS_BUCKET}.C.${info.nuid}` });
+      const messages = await consumer.consume({ max_messages: 4 });
+      await withDeadline(
+        (async () => {
+          let seen = 0;
+          for await (const m of messages) {
+            await writer.push(m.data);
+            if (++seen >= info.chunks) break;
+          }
+        })(),
+        timeoutMs,
+        `fetching part ${digest.slice(0, 12)}`,
+      ).finally(() => void messages.close());
+      const got = writer.digest();
+      if (got !== digest) throw new ForkyError('INTERNAL', `part ${digest} arrived with digest ${got}`);
+      await fh.close();
+      await fs.rename(tmp, dest);
+      return { receivedBytes: writer.received };
+    } catch (e) {
+      await fh.close().catch(() => undefined);
+      await fs.rm(tmp, { force: true });
+      throw e;
+    }
+  }
+
+  async putManifest(id: string, manifest: unknown): Promise<void> {
+    await this.os.putBlob({ name: `manifest.${id}` }, new TextEncoder().encode(JSON.stringify(manifest)));
+  }
+
+  async getManifest(id: string): Promise<unknown> {
+    const b = await this.os.getBlob(`manifest.${id}`);
+    if (!b) throw new ForkyError('NOT_FOUND', `snapshot ${id} has not been published`);
+    return JSON.parse(new TextDecoder().decode(b)) as unknown;
+  }
+
+  async remove(digest: string): Promise<void> {
+    await this.os.delete(name(digest)).catch(() => undefined);
+  }
+}

@@ -1,0 +1,108 @@
+import { after, before, describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { connect } from '@nats-io/transport-node';
+import type { NatsConnection } from '@nats-io/nats-core';
+import { SchedulerClient, startNatsServer, type NatsServer } from '@forky/bus';
+import type { ForkResult, VmInfo } from '@forky/contract';
+import { loadSchedulerConfig, startScheduler, type RunningScheduler } from '@forky/scheduler';
+import { startTestHost, testLogger, type TestHost } from '../helpers/hostd.js';
+import { ensureImage } from '../helpers/repo.js';
+
+const lines = (s: string): string[] => s.trim().split('\n');
+
+describe('three hosts: a fork spread across them ships the snapshot through the object store', { timeout: 600_000 }, () => {
+  let nats: NatsServer;
+  let hosts: TestHost[] = [];
+  let sched: RunningScheduler;
+  let nc: NatsConnection;
+  let client: SchedulerClient;
+  let parent: VmInfo;
+  let first: ForkResult;
+  const marker = randomBytes(6).toString('hex');
+  let bootId: string;
+  let counter: number;
+
+  const sh = async (id: string, script: string): Promise<string> => {
+    const r = await client.call('vm.exec', { id, cmd: ['/bin/sh', '-c', script] });
+    assert.equal(r.exitCode, 0, r.stderr);
+    return r.stdout;
+  };
+
+  before(async () => {
+    await ensureImage();
+    nats = await startNatsServer();
+    hosts = await Promise.all(['mh-a', 'mh-b', 'mh-c'].map((id) => startTestHost(nats.url, { hostId: id })));
+    sched = await startScheduler(loadSchedulerConfig({ nats: { servers: [nats.url] }, logLevel: 'warn' }), testLogger());
+    nc = await connect({ servers: nats.url });
+    client = new SchedulerClient(nc, { timeoutMs: 300_000 });
+  });
+
+  after(async () => {
+    await sched?.stop();
+    await nc?.close();
+    await Promise.all(hosts.map((h) => h.stop()));
+    await nats?.stop();
+  });
+
+  it('sees three live hosts', async () => {
+    const { hosts: hs } = await client.call('hosts', {});
+    assert.deepEqual(hs.filter((h) => h.alive).map((h) => h.id), ['mh-a', 'mh-b', 'mh-c']);
+  });
+
+  it('forks a VM of host a into 6 children spread over 3 hosts; each resumes it', async () => {
+    parent = await client.call('vm.boot', { host: 'mh-a' });
+    assert.equal(parent.host, 'mh-a');
+    const out = await sh(
+      parent.id,
+      `echo ${marker} > /run/marker; (i=0; while true; do i=$((i+1)); echo $i > /run/c.new; mv /run/c.new /run/counter; usleep 20000; done) >/dev/null 2>&1 &
+       while [ ! -s /run/counter ] || [ "$(cat /run/counter)" -lt 5 ]; do usleep 10000; done
+       cat /proc/sys/kernel/random/boot_id /run/counter`,
+    );
+    [bootId, counter] = ((l) => [l[0] as string, Number(l[1])])(lines(out));
+
+    first = await client.call('fork', { source: parent.id, count: 6, spread: true });
+    assert.equal(first.children.length, 6);
+    const perHost = new Map<string, number>();
+    for (const c of first.children) perHost.set(c.host, (perHost.get(c.host) ?? 0) + 1);
+    assert.deepEqual([...perHost.entries()].sort(), [['mh-a', 2], ['mh-b', 2], ['mh-c', 2]]);
+    const fetched = (first.transfers ?? []).filter((t) => t.host !== 'mh-a');
+    assert.equal(fetched.length, 2, 'the snapshot was fetched by the two other hosts');
+    for (const t of fetched) {
+      assert.ok(t.moved > 0 && t.bytes > 0, `host ${t.host} fetched parts`);
+      assert.ok(t.bytes < t.nominalBytes, `zero chunks were not sent (${t.bytes} < ${t.nominalBytes})`);
+    }
+    for (const c of first.children) {
+      const [b, m, n] = lines(await sh(c.id, 'cat /proc/sys/kernel/random/boot_id /run/marker /run/counter'));
+      assert.equal(b, bootId, `${c.id} on ${c.host} has the parent's boot id`);
+      assert.equal(m, marker);
+      assert.ok(Number(n) >= counter, `${c.id} counter ${n} continues from ${counter}`);
+    }
+    process.stderr.write(`# transfers: ${JSON.stringify(first.transfers)}\n`);
+  });
+
+  it('keeps each child isolated on disk, across hosts', async () => {
+    const [one, ...others] = first.children as [VmInfo, ...VmInfo[]];
+    await sh(one.id, 'echo mine > /data/only-here && sync');
+    for (const o of others) assert.equal((await sh(o.id, 'ls /data')).includes('only-here'), false, `${o.id} on ${o.host}`);
+  });
+
+  it('a second fork of the same snapshot to the same hosts ships no part again', async () => {
+    const t0 = performance.now();
+    const again = await client.call('fork', { source: first.snapshot.id, count: 3, spread: true });
+    const ms = performance.now() - t0;
+    assert.equal(again.children.length, 3);
+    assert.deepEqual(new Set(again.children.map((c) => c.host)), new Set(['mh-a', 'mh-b', 'mh-c']));
+    for (const t of again.transfers ?? []) {
+      assert.equal(t.moved, 0, `${t.host}: nothing moved`);
+      assert.equal(t.bytes, 0, `${t.host}: no byte shipped`);
+    }
+    process.stderr.write(`# second spread fork of 3: ${Math.round(ms)} ms\n`);
+  });
+
+  it('a fork pinned to another host fetches there and runs there; bad placement is refused clearly', async () => {
+    const pinned = await client.call('fork', { source: first.snapshot.id, count: 1, host: 'mh-c' });
+    assert.equal(pinned.children[0]?.host, 'mh-c');
+    await assert.rejects(client.call('fork', { source: first.snapshot.id, count: 1, host: 'mh-zz' }), /NOT_FOUND|host "mh-zz" not found/);
+  });
+});
