@@ -2,7 +2,7 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import type { NatsConnection } from '@nats-io/nats-core';
 import { jetstream } from '@nats-io/jetstream';
-import { Objm, type ObjectStore } from '@nats-io/obj';
+import { Objm, setSha256Backend, type ObjectStore } from '@nats-io/obj';
 import { ForkyError, withDeadline } from '@forky/base';
 import type { PartStore, UploadResult } from '../../domain/ports.js';
 import { SparseWriter, digestFile, encodeSparse } from './sparse.js';
@@ -22,6 +22,8 @@ export class ObjectPartStore implements PartStore {
   ) {}
 
   static async open(nc: NatsConnection, replicas = 1): Promise<ObjectPartStore> {
+    // The object store hashes every chunk; the default pure-JS sha256 is several times slower.
+    setSha256Backend('native');
     const os = await new Objm(nc).create(PARTS_BUCKET, { replicas, description: 'forky: snapshot parts by sha256' });
     return new ObjectPartStore(nc, os);
   }
@@ -31,8 +33,12 @@ export class ObjectPartStore implements PartStore {
     return !!info && !info.deleted;
   }
 
+  /** Digests of parts already hashed here; parts are immutable, so a path's digest never changes. */
+  readonly #digests = new Map<string, { digest: string; size: number }>();
+
   async upload(file: string, known?: { digest: string; size: number }): Promise<UploadResult> {
-    const { digest, size } = known ?? (await digestFile(file));
+    const { digest, size } = known ?? this.#digests.get(file) ?? (await digestFile(file));
+    this.#digests.set(file, { digest, size });
     if (await this.has(digest)) return { digest, size, sentBytes: 0, skipped: true };
     const stats = { sent: 0 };
     const gen = encodeSparse(file, stats);
@@ -57,7 +63,8 @@ export class ObjectPartStore implements PartStore {
     try {
       const js = jetstream(this.nc);
       const consumer = await js.consumers.get(`OBJ_${PARTS_BUCKET}`, { filter_subjects: `$O.${PARTS_BUCKET}.C.${info.nuid}` });
-      const messages = await consumer.consume({ max_messages: 4 });
+      // At most 16 chunks of 1 MiB in flight: memory stays bounded, the pipe stays full.
+      const messages = await consumer.consume({ max_messages: 16 });
       await withDeadline(
         (async () => {
           let seen = 0;
