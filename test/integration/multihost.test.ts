@@ -105,4 +105,29 @@ describe('three hosts: a fork spread across them ships the snapshot through the 
     assert.equal(pinned.children[0]?.host, 'mh-c');
     await assert.rejects(client.call('fork', { source: first.snapshot.id, count: 1, host: 'mh-zz' }), /NOT_FOUND|host "mh-zz" not found/);
   });
+
+  it('a host killed during a fork is marked down, its share placed elsewhere, its VMs shown as lost', async () => {
+    const victim = hosts[2] as TestHost;
+    const itsVms = (await client.call('vm.list', {})).vms.filter((v) => v.host === victim.hostId).map((v) => v.id);
+    assert.ok(itsVms.length > 0);
+    const forking = client.call('fork', { source: first.snapshot.id, count: 6, spread: true });
+    // The host drops off the network as the fork starts: no more answers, no more heartbeats.
+    await victim.hostd.nc.close();
+    const r = await forking;
+    assert.equal(r.children.length, 6, 'all 6 children were made');
+    assert.equal(r.children.filter((c) => c.host === victim.hostId).length, 0, 'none on the dead host');
+    assert.deepEqual(new Set(r.children.map((c) => c.host)), new Set(['mh-a', 'mh-b']));
+    for (const c of r.children) assert.equal((await sh(c.id, 'cat /run/marker')).trim(), marker);
+
+    const deadline = Date.now() + 20_000;
+    for (;;) {
+      const h = (await client.call('hosts', {})).hosts.find((x) => x.id === victim.hostId);
+      if (h?.alive === false) break;
+      assert.ok(Date.now() < deadline, 'the host is marked down within 20 s');
+      await new Promise((res) => setTimeout(res, 250));
+    }
+    const lost = (await client.call('vm.list', {})).vms.filter((v) => v.host === victim.hostId);
+    assert.deepEqual(lost.map((v) => v.id).sort(), [...itsVms].sort());
+    assert.ok(lost.every((v) => v.state === 'lost'), 'its VMs are shown as lost');
+  });
 });

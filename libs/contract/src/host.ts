@@ -1,6 +1,6 @@
 import { z } from 'zod';
 import { HostId, ImageName } from './ids.js';
-import { Accel } from './vm.js';
+import { Accel, VmInfo } from './vm.js';
 
 export const HostInfo = z.strictObject({
   id: HostId,
@@ -25,7 +25,8 @@ export const Heartbeat = HostInfo.extend({
   /** When it was sent, ms since the epoch. */
   ts: z.number(),
   intervalMs: z.number().int().positive(),
-  vmIds: z.array(z.string()),
+  /** The host's VMs as of this beat: what is shown as lost if the host stops reporting. */
+  vmList: z.array(VmInfo),
   snapshotIds: z.array(z.string()),
 }).strict();
 export type Heartbeat = z.infer<typeof Heartbeat>;

@@ -1,7 +1,8 @@
 import { z } from 'zod';
 import { HostId, IdempotencyKey, ImageName, SnapshotId, VmId } from './ids.js';
 
-export const VM_STATES = ['booting', 'restoring', 'running', 'paused', 'snapshotting', 'destroying', 'destroyed', 'failed'] as const;
+/** `lost`: shown by the scheduler for a VM whose host stopped reporting; hostd never uses it. */
+export const VM_STATES = ['booting', 'restoring', 'running', 'paused', 'snapshotting', 'destroying', 'destroyed', 'failed', 'lost'] as const;
 export const VmState = z.enum(VM_STATES);
 export type VmState = z.infer<typeof VmState>;
 

@@ -49,7 +49,9 @@ export async function startHostd(config: Readonly<HostdConfig>, logger: Logger):
   });
   const nc = await connectBus({ ...config.nats, name: `forky-hostd-${config.hostId}`, logger: log });
   const buckets = await openBuckets(nc, { replicas: config.bucketReplicas });
+  let beatSoon: () => void = () => undefined;
   const engine = new HostEngine({
+    onChange: () => beatSoon(),
     directory: new KvDirectory(buckets.locator, config.hostId),
     parts: await ObjectPartStore.open(nc, config.bucketReplicas),
     hostId: config.hostId,
@@ -73,6 +75,14 @@ export async function startHostd(config: Readonly<HostdConfig>, logger: Logger):
   };
   await beat();
   const timer = setInterval(() => void beat().catch((err: unknown) => log.warn({ err }, 'heartbeat failed')), config.heartbeatMs);
+  // A change (a VM made or gone) is reported within 100 ms, not at the next period: coalesced.
+  let pendingBeat: NodeJS.Timeout | undefined;
+  beatSoon = () => {
+    pendingBeat ??= setTimeout(() => {
+      pendingBeat = undefined;
+      void beat().catch((err: unknown) => log.warn({ err }, 'heartbeat failed'));
+    }, 100);
+  };
 
   return {
     engine,
@@ -81,9 +91,12 @@ export async function startHostd(config: Readonly<HostdConfig>, logger: Logger):
     service,
     async stop(opts = {}) {
       clearInterval(timer);
-      await service.stop();
+      clearTimeout(pendingBeat);
+      beatSoon = () => undefined;
+      // Each step on its own: a lost NATS connection must not keep VMs from being cleaned up.
+      await service.stop().catch((err: unknown) => log.warn({ err }, 'service stop'));
       if (opts.destroyVms) await engine.destroyAll();
-      await nc.drain();
+      await nc.drain().catch(() => undefined);
     },
   };
 }

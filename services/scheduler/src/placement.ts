@@ -7,7 +7,7 @@ const MISSED_BEATS = 3;
 export function hostStatus(raw: unknown, now: number): HostStatus | undefined {
   const hb = Heartbeat.safeParse(raw);
   if (!hb.success) return undefined;
-  const { ts, intervalMs, vmIds: _v, snapshotIds: _s, ...info } = hb.data;
+  const { ts, intervalMs, vmList: _v, snapshotIds: _s, ...info } = hb.data;
   return { ...info, alive: now - ts <= MISSED_BEATS * intervalMs, lastSeen: new Date(ts).toISOString() };
 }
 

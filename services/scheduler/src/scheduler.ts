@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import type { NatsConnection } from '@nats-io/nats-core';
-import { CapacityError, NotFoundError, asForkyError, newId, type Logger } from '@forky/base';
+import { CapacityError, ForkyError, NotFoundError, asForkyError, newId, type Logger } from '@forky/base';
 import { HostdClient, type Buckets } from '@forky/bus';
 import type {
   BatchRequest,
@@ -48,15 +48,50 @@ export class Scheduler {
   }
 
   async hosts(): Promise<HostStatus[]> {
+    return (await this.#beats()).map((b) => b.status);
+  }
+
+  /** Every host's last heartbeat, with its liveness. */
+  async #beats(): Promise<Array<{ status: HostStatus; vms: VmInfo[] }>> {
     const now = Date.now();
-    const out: HostStatus[] = [];
+    const out: Array<{ status: HostStatus; vms: VmInfo[] }> = [];
     for await (const key of await this.buckets.hosts.keys()) {
       const e = await this.buckets.hosts.get(key);
       if (e?.operation !== 'PUT') continue;
-      const s = hostStatus(safeJson(e.string()), now);
-      if (s) out.push(s);
+      const raw = safeJson(e.string());
+      const status = hostStatus(raw, now);
+      if (status) out.push({ status, vms: (raw as { vmList?: VmInfo[] }).vmList ?? [] });
     }
-    return out.sort((a, b) => a.id.localeCompare(b.id));
+    return out.sort((a, b) => a.status.id.localeCompare(b.status.id));
+  }
+
+  /**
+   * Rejects once `host` stops reporting (misses three heartbeats): a request in flight to a host
+   * that died would otherwise wait for its whole deadline.
+   */
+  #whenDown(host: string, signal: AbortSignal): Promise<never> {
+    return new Promise((_, reject) => {
+      const timer = setInterval(() => {
+        void this.hosts().then((hs) => {
+          const h = hs.find((x) => x.id === host);
+          if (h && !h.alive) {
+            clearInterval(timer);
+            reject(new ForkyError('UNAVAILABLE', `host ${host} stopped reporting (last seen ${h.lastSeen})`, { details: { host } }));
+          }
+        }, () => undefined);
+      }, 1000);
+      signal.addEventListener('abort', () => clearInterval(timer), { once: true });
+    });
+  }
+
+  /** A call to a host that fails as soon as the host is seen down. */
+  async #onHost<T>(host: string, fn: (c: HostdClient) => Promise<T>): Promise<T> {
+    const ac = new AbortController();
+    try {
+      return await Promise.race([fn(this.#host(host)), this.#whenDown(host, ac.signal)]);
+    } finally {
+      ac.abort();
+    }
   }
 
   boot(req: SchedBootRequest): Promise<VmInfo> {
@@ -108,7 +143,10 @@ export class Scheduler {
 
   /** Every live host's VMs (or snapshots); a host that does not answer is left out and logged. */
   async gather<E extends 'vm.list' | 'snapshot.list'>(endpoint: E): Promise<unknown[]> {
-    const live = (await this.hosts()).filter((h) => h.alive);
+    const beats = await this.#beats();
+    const live = beats.map((b) => b.status).filter((h) => h.alive);
+    // A down host's VMs are shown as lost (from its last heartbeat), not silently dropped.
+    const lost = endpoint === 'vm.list' ? beats.filter((b) => !b.status.alive).flatMap((b) => b.vms.map((v) => ({ ...v, state: 'lost' as const }))) : [];
     const lists = await Promise.all(
       live.map(async (h) => {
         try {
@@ -122,7 +160,7 @@ export class Scheduler {
         }
       }),
     );
-    return lists.flat();
+    return [...lists.flat(), ...lost];
   }
 
   async locate(kind: 'vm' | 'snap', id: string): Promise<string> {
@@ -149,10 +187,11 @@ export class Scheduler {
     const snapshotMs = performance.now() - started;
     // Published once, up front; each target then fetches what it lacks and forks, in parallel.
     const transfers: TransferResult[] = [await this.#host(home).call('snapshot.publish', { id: snapshot.id })];
-    const forkOn = async (host: string, count: number, attempt: number): Promise<ForkResult> => {
-      if (host !== home) transfers.push(await this.#host(host).call('snapshot.fetch', { id: snapshot.id }));
-      return this.#host(host).call('fork', { source: snapshot.id, count, key: subKey(key, `${host}/${attempt}`) });
-    };
+    const forkOn = (host: string, count: number, attempt: number): Promise<ForkResult> =>
+      this.#onHost(host, async (c) => {
+        if (host !== home) transfers.push(await c.call('snapshot.fetch', { id: snapshot.id }));
+        return c.call('fork', { source: snapshot.id, count, key: subKey(key, `${host}/${attempt}`) });
+      });
     const results: ForkResult[] = [];
     let pending = [...plan.entries()];
     for (let attempt = 0; pending.length > 0; attempt++) {

@@ -60,6 +60,8 @@ export interface EngineDeps {
   directory?: Directory;
   /** The object store snapshots travel through; none for a host on its own. */
   parts?: PartStore;
+  /** Called when the set of VMs or snapshots changes, so a heartbeat can go out soon. */
+  onChange?: () => void;
 }
 
 const NO_DIRECTORY: Directory = { register: async () => undefined, unregister: async () => undefined };
@@ -90,8 +92,8 @@ export class HostEngine {
   }
 
   /** Ids of what this host holds, for heartbeats. */
-  ids(): { vmIds: string[]; snapshotIds: string[] } {
-    return { vmIds: [...this.#vms.keys()], snapshotIds: [...this.#snaps.keys()] };
+  ids(): { vmList: VmInfo[]; snapshotIds: string[] } {
+    return { vmList: this.list(), snapshotIds: [...this.#snaps.keys()] };
   }
 
   // ---- queries
@@ -178,6 +180,7 @@ export class HostEngine {
       vm.state = 'destroyed';
       this.#vms.delete(id);
       await this.#dir.unregister('vm', id).catch((err: unknown) => this.#log.warn({ err, vm: id }, 'locator delete failed'));
+      this.d.onChange?.();
       await this.#gcLayers();
       this.#log.info({ vm: id }, 'vm destroyed');
       return this.#info(vm);
@@ -361,6 +364,7 @@ export class HostEngine {
         };
         this.#snaps.set(id, rec);
         await this.#dir.register('snap', id);
+        this.d.onChange?.();
         await writeJsonAtomic(`${this.d.layout.snapshotDir(id)}/snapshot.json`, rec);
         if (resume) await this.d.runtime.resume(h);
         await this.#setState(vm, resume ? 'running' : 'paused');
@@ -404,6 +408,7 @@ export class HostEngine {
       rec.timings.startMs = round(performance.now() - t0);
       await this.#dir.register('vm', rec.id);
       await this.#setState(rec, 'running');
+      this.d.onChange?.();
       this.#log.info({ vm: rec.id, ms: rec.timings.startMs, from: rec.parentSnapshot ?? rec.image }, 'vm running');
       return this.#info(rec);
     } catch (e) {

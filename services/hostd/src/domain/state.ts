@@ -22,6 +22,7 @@ const TRANSITIONS: Record<VmState, readonly VmState[]> = {
   destroying: ['destroyed', 'failed'],
   destroyed: [],
   failed: ['destroying'],
+  lost: [],
 };
 
 export function assertAllowed(id: string, state: VmState, op: VmOp): void {
