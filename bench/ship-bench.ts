@@ -32,7 +32,7 @@ try {
   const remote: number[] = [];
   let shipped = 0;
   let nominal = 0;
-  let fetchMs: number[] = [];
+  const fetchMs: number[] = [];
   for (let i = 0; i < runs; i++) {
     // A fresh snapshot each run, so its parts are new to host b (the image is there already).
     const snap = await c.call('snapshot.create', { vm: parent.id, resume: true });
