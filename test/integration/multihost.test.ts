@@ -2,6 +2,7 @@ import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { connect } from '@nats-io/transport-node';
+import { Kvm } from '@nats-io/kv';
 import type { NatsConnection } from '@nats-io/nats-core';
 import { SchedulerClient, startNatsServer, type NatsServer } from '@forky/bus';
 import type { ForkResult, VmInfo } from '@forky/contract';
@@ -110,6 +111,16 @@ describe('three hosts: a fork spread across them ships the snapshot through the 
     const victim = hosts[2] as TestHost;
     const itsVms = (await client.call('vm.list', {})).vms.filter((v) => v.host === victim.hostId).map((v) => v.id);
     assert.ok(itsVms.length > 0);
+    // The cluster can only show as lost what the host's last heartbeat told it: wait for one with them all.
+    const beats = await new Kvm(nc).open('forky_hosts');
+    const seen = Date.now();
+    for (;;) {
+      const e = await beats.get(victim.hostId);
+      const listed = new Set((e?.json<{ vmList: Array<{ id: string }> }>().vmList ?? []).map((v) => v.id));
+      if (itsVms.every((id) => listed.has(id))) break;
+      assert.ok(Date.now() - seen < 10_000, 'a heartbeat lists the host VMs');
+      await new Promise((res) => setTimeout(res, 50));
+    }
     const forking = client.call('fork', { source: first.snapshot.id, count: 6, spread: true });
     // The host drops off the network as the fork starts: no more answers, no more heartbeats.
     await victim.hostd.nc.close();

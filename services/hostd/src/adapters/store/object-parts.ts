@@ -4,6 +4,7 @@ import type { NatsConnection } from '@nats-io/nats-core';
 import { jetstream } from '@nats-io/jetstream';
 import { Objm, setSha256Backend, type ObjectStore } from '@nats-io/obj';
 import { ForkyError, withDeadline } from '@forky/base';
+import { createOrOpen } from '@forky/bus';
 import type { PartStore, UploadResult } from '../../domain/ports.js';
 import { SparseWriter, digestFile, encodeSparse } from './sparse.js';
 
@@ -24,7 +25,12 @@ export class ObjectPartStore implements PartStore {
   static async open(nc: NatsConnection, replicas = 1): Promise<ObjectPartStore> {
     // The object store hashes every chunk; the default pure-JS sha256 is several times slower.
     setSha256Backend('native');
-    const os = await new Objm(nc).create(PARTS_BUCKET, { replicas, description: 'forky: snapshot parts by sha256' });
+    const objm = new Objm(nc);
+    const os = await createOrOpen(
+      () => objm.create(PARTS_BUCKET, { replicas, description: 'forky: snapshot parts by sha256' }),
+      () => objm.open(PARTS_BUCKET),
+      `object store ${PARTS_BUCKET}`,
+    );
     return new ObjectPartStore(nc, os);
   }
 
