@@ -1,0 +1,85 @@
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { randomBytes, randomInt } from 'node:crypto';
+import fs from 'node:fs';
+import { promisify } from 'node:util';
+
+const run = promisify(execFile);
+const ip = (...args: string[]): Promise<unknown> => run('ip', args);
+
+export interface NetHost {
+  ns: string;
+  addr: string;
+}
+
+export interface TestNet {
+  hosts: NetHost[];
+  /** The bridge's address in the root namespace, where the test itself runs. */
+  gateway: string;
+  /** Starts a process inside a host's namespace, its output in `logFile`. */
+  spawnIn(host: NetHost, cmd: string, args: string[], logFile: string, env?: NodeJS.ProcessEnv): ChildProcess;
+  destroy(): Promise<void>;
+}
+
+/**
+ * N test hosts, each its own network namespace with its own address on a bridge made for this
+ * run (a private /24 of our own; nothing else is on it). destroy() kills whatever still runs in
+ * the namespaces and removes them and the bridge.
+ */
+export async function createTestNet(n: number): Promise<TestNet> {
+  const id = randomBytes(2).toString('hex');
+  const subnet = `10.231.${randomInt(1, 250)}`;
+  const bridge = `fkb${id}`;
+  const hosts: NetHost[] = [];
+  const made: string[] = [];
+  const destroy = async (): Promise<void> => {
+    for (const ns of made) {
+      const pids = await run('ip', ['netns', 'pids', ns]).then((r) => r.stdout.split('\n').filter(Boolean), () => []);
+      for (const p of pids) {
+        try {
+          process.kill(Number(p), 'SIGKILL');
+        } catch {
+          /* gone */
+        }
+      }
+      await ip('netns', 'del', ns).catch(() => undefined);
+    }
+    await ip('link', 'del', bridge).catch(() => undefined);
+  };
+  try {
+    await ip('link', 'add', bridge, 'type', 'bridge');
+    await ip('addr', 'add', `${subnet}.1/24`, 'dev', bridge);
+    await ip('link', 'set', bridge, 'up');
+    for (let i = 1; i <= n; i++) {
+      const ns = `fk${id}n${i}`;
+      const veth = `fkv${id}${i}`;
+      const peer = `fkp${id}${i}`;
+      await ip('netns', 'add', ns);
+      made.push(ns);
+      await ip('link', 'add', veth, 'type', 'veth', 'peer', 'name', peer);
+      await ip('link', 'set', peer, 'netns', ns);
+      await ip('link', 'set', veth, 'master', bridge);
+      await ip('link', 'set', veth, 'up');
+      const addr = `${subnet}.${10 + i}`;
+      await ip('-n', ns, 'addr', 'add', `${addr}/24`, 'dev', peer);
+      await ip('-n', ns, 'link', 'set', peer, 'up');
+      await ip('-n', ns, 'link', 'set', 'lo', 'up');
+      hosts.push({ ns, addr });
+    }
+  } catch (e) {
+    await destroy();
+    throw e;
+  }
+  return {
+    hosts,
+    gateway: `${subnet}.1`,
+    spawnIn(host, cmd, args, logFile, env = process.env) {
+      const fd = fs.openSync(logFile, 'w');
+      try {
+        return spawn('ip', ['netns', 'exec', host.ns, cmd, ...args], { stdio: ['ignore', fd, fd], env });
+      } finally {
+        fs.closeSync(fd);
+      }
+    },
+    destroy,
+  };
+}
