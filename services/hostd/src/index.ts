@@ -6,3 +6,4 @@ export { assertAllowed, assertTransition, type VmOp } from './domain/state.js';
 export { buildArgs } from './adapters/qemu/cmdline.js';
 export { ImageCatalog, type Image } from './images.js';
 export { startEphemeralHostd, type EphemeralHostd } from './ephemeral.js';
+export { ObjectPartStore, PARTS_BUCKET } from './adapters/store/object-parts.js';

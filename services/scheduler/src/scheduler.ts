@@ -52,15 +52,16 @@ export class Scheduler {
   }
 
   /** Every host's last heartbeat, with its liveness. */
-  async #beats(): Promise<Array<{ status: HostStatus; vms: VmInfo[] }>> {
+  async #beats(): Promise<Array<{ status: HostStatus; vms: VmInfo[]; snapshotIds: string[] }>> {
     const now = Date.now();
-    const out: Array<{ status: HostStatus; vms: VmInfo[] }> = [];
+    const out: Array<{ status: HostStatus; vms: VmInfo[]; snapshotIds: string[] }> = [];
     for await (const key of await this.buckets.hosts.keys()) {
       const e = await this.buckets.hosts.get(key);
       if (e?.operation !== 'PUT') continue;
       const raw = safeJson(e.string());
       const status = hostStatus(raw, now);
-      if (status) out.push({ status, vms: (raw as { vmList?: VmInfo[] }).vmList ?? [] });
+      const r = raw as { vmList?: VmInfo[]; snapshotIds?: string[] };
+      if (status) out.push({ status, vms: r.vmList ?? [], snapshotIds: r.snapshotIds ?? [] });
     }
     return out.sort((a, b) => a.status.id.localeCompare(b.status.id));
   }
@@ -129,6 +130,17 @@ export class Scheduler {
     return this.#idem.run(key, requestHash('snapshot', req), this.opts.hostTimeoutMs, async () =>
       this.#host(await this.locate('vm', req.vm)).call('snapshot.create', { vm: req.vm, resume: req.resume, key }),
     );
+  }
+
+  /**
+   * Deletes a snapshot on every host that holds a copy (copies first, the origin last, which
+   * retires it from the object store). A copy something still depends on refuses, and stops it.
+   */
+  async deleteSnapshot(id: string): Promise<unknown> {
+    const home = await this.locate('snap', id);
+    const holders = (await this.#beats()).filter((b) => b.status.alive && b.status.id !== home && b.snapshotIds.includes(id)).map((b) => b.status.id);
+    for (const h of holders) await this.#host(h).call('snapshot.delete', { id });
+    return this.#host(home).call('snapshot.delete', { id });
   }
 
   /** Forwards a request about one VM or snapshot to the host that holds it. */

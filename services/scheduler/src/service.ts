@@ -20,7 +20,7 @@ export function schedulerHandlers(s: Scheduler): Handlers {
     'snapshot.create': (r) => s.snapshot(r),
     'snapshot.list': async () => ({ snapshots: await s.gather('snapshot.list') }),
     'snapshot.show': (r) => s.forward('snapshot.show', r),
-    'snapshot.delete': (r) => s.forward('snapshot.delete', r),
+    'snapshot.delete': (r) => s.deleteSnapshot(r.id),
     fork: (r) => s.fork(r),
     batch: (r) => s.batch(r),
   };

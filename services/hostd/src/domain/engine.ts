@@ -65,6 +65,8 @@ export interface EngineDeps {
 }
 
 const NO_DIRECTORY: Directory = { register: async () => undefined, unregister: async () => undefined };
+/** A part younger than this is never swept: its manifest may be on its way. */
+const PART_GRACE_MS = 10 * 60_000;
 /** Idempotency keys remembered; the oldest are forgotten past this (the scheduler keeps them a day). */
 const MAX_KEYS = 10_000;
 
@@ -208,7 +210,16 @@ export class HostEngine {
       }
       this.#snaps.delete(id);
       await this.d.snapshots.remove(id);
-      await this.#dir.unregister('snap', id).catch((err: unknown) => this.#log.warn({ err, snapshot: id }, 'locator delete failed'));
+      if (!s.origin) {
+        // The origin retires the published manifest; the parts only it referred to are collected.
+        await this.#dir.unregister('snap', id).catch((err: unknown) => this.#log.warn({ err, snapshot: id }, 'locator delete failed'));
+        if (this.d.parts) {
+          await this.d.parts.deleteManifest(id).catch(() => undefined);
+          const swept = await this.d.parts.sweep(PART_GRACE_MS).catch((err: unknown) => this.#log.warn({ err }, 'part sweep failed'));
+          if (swept) this.#log.info({ snapshot: id, ...swept }, 'object store swept');
+        }
+      }
+      this.d.onChange?.();
       await this.#gcLayers();
       return s.info;
     });

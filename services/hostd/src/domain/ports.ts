@@ -99,4 +99,7 @@ export interface PartStore {
   download(digest: string, dest: string, timeoutMs: number): Promise<{ receivedBytes: number }>;
   putManifest(id: string, manifest: unknown): Promise<void>;
   getManifest(id: string): Promise<unknown>;
+  deleteManifest(id: string): Promise<void>;
+  /** Deletes parts no manifest refers to, if older than `graceMs` (a publish puts parts before its manifest). */
+  sweep(graceMs: number): Promise<{ deleted: number; kept: number }>;
 }

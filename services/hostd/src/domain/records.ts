@@ -25,6 +25,8 @@ export interface VmRecord {
 
 export interface SnapshotRecord {
   info: SnapshotInfo;
+  /** For a copy fetched from another host: that host. The origin owns the published manifest. */
+  origin?: string;
   /** Disk layers, bottom to the layer frozen by this snapshot. */
   chain: string[];
   kernelCmdline: string;

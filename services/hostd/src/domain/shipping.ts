@@ -95,6 +95,7 @@ export async function fetch(d: ShippingDeps, m: ShippingManifest, image: Image):
   }
   const record: SnapshotRecord = {
     info: { ...m.snapshot, host: d.hostId },
+    origin: m.snapshot.host,
     chain: m.chain.map((c) => c.layer),
     kernelCmdline: m.kernelCmdline,
     diskVirtualSize: m.diskVirtualSize,

@@ -71,14 +71,17 @@ export class ObjectPartStore implements PartStore {
       const consumer = await js.consumers.get(`OBJ_${PARTS_BUCKET}`, { filter_subjects: `$O.${PARTS_BUCKET}.C.${info.nuid}` });
       // At most 16 chunks of 1 MiB in flight: memory stays bounded, the pipe stays full.
       const messages = await consumer.consume({ max_messages: 16 });
+      const pump = (async () => {
+        let seen = 0;
+        for await (const m of messages) {
+          await writer.push(m.data);
+          if (++seen >= info.chunks) break;
+        }
+      })();
+      // After a deadline the pump may still fail on the closed file: that is expected, not unhandled.
+      pump.catch(() => undefined);
       await withDeadline(
-        (async () => {
-          let seen = 0;
-          for await (const m of messages) {
-            await writer.push(m.data);
-            if (++seen >= info.chunks) break;
-          }
-        })(),
+        pump,
         timeoutMs,
         `fetching part ${digest.slice(0, 12)}`,
       ).finally(() => void messages.close());
@@ -104,7 +107,31 @@ export class ObjectPartStore implements PartStore {
     return JSON.parse(new TextDecoder().decode(b)) as unknown;
   }
 
-  async remove(digest: string): Promise<void> {
-    await this.os.delete(name(digest)).catch(() => undefined);
+  async deleteManifest(id: string): Promise<void> {
+    await this.os.delete(`manifest.${id}`).catch(() => undefined);
+  }
+
+  async sweep(graceMs: number): Promise<{ deleted: number; kept: number }> {
+    const all = (await this.os.list()).filter((o) => !o.deleted);
+    const used = new Set<string>();
+    for (const o of all.filter((x) => x.name.startsWith('manifest.'))) {
+      const m = (await this.getManifest(o.name.slice('manifest.'.length)).catch(() => undefined)) as
+        | { chain?: Array<{ digest: string }>; state?: { digest: string }; ram?: { digest: string } }
+        | undefined;
+      if (!m) continue;
+      for (const p of [...(m.chain ?? []), m.state, m.ram]) if (p) used.add(name(p.digest));
+    }
+    let deleted = 0;
+    let kept = 0;
+    const cutoff = Date.now() - graceMs;
+    for (const o of all.filter((x) => x.name.startsWith('sha256-'))) {
+      if (used.has(o.name) || Date.parse(o.mtime) > cutoff) {
+        kept++;
+        continue;
+      }
+      await this.os.delete(o.name);
+      deleted++;
+    }
+    return { deleted, kept };
   }
 }
