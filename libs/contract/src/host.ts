@@ -14,6 +14,12 @@ export const HostInfo = z.strictObject({
   vms: z.number().int(),
   snapshots: z.number().int(),
   images: z.array(ImageName),
+  /** What this host's VMs really cost: the sum of their QEMU processes' Pss. */
+  memCommittedMiB: z.number(),
+  /** Median Pss of this host's forked children (0 before it has any): what placing one more costs. */
+  childPssMiB: z.number(),
+  /** Memory KSM saves by merging identical pages (0 where KSM is off). */
+  ksmSavedMiB: z.number(),
 });
 export type HostInfo = z.infer<typeof HostInfo>;
 

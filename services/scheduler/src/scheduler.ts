@@ -264,16 +264,17 @@ export function placeChildren(
     pickHost(hosts, { memMiB: childCostMiB, count }, home);
     return new Map([[home, count]]);
   }
-  const live = hosts.filter((h) => h.alive).map((h) => ({ id: h.id, free: h.memFreeMiB }));
+  // A child costs what the host's children really cost (their median Pss), once it has any.
+  const live = hosts.filter((h) => h.alive).map((h) => ({ id: h.id, free: h.memFreeMiB, cost: h.childPssMiB > 0 ? h.childPssMiB : childCostMiB }));
   if (live.length === 0) pickHost(hosts, { memMiB: childCostMiB, count });
   // Home first (its children need no transfer), then by free memory; round-robin over those with room.
   live.sort((a, b) => (a.id === home ? -1 : b.id === home ? 1 : b.free - a.free));
   const plan = new Map<string, number>();
   for (let i = 0, next = 0; i < count; i++) {
-    const h = live.map((_, k) => live[(next + k) % live.length]).find((x) => x && x.free >= childCostMiB);
+    const h = live.map((_, k) => live[(next + k) % live.length]).find((x) => x && x.free >= x.cost);
     if (!h) throw new CapacityError(`no room for ${count} children of ${childCostMiB} MiB across ${live.length} hosts`, { field: 'count' });
     plan.set(h.id, (plan.get(h.id) ?? 0) + 1);
-    h.free -= childCostMiB;
+ h.free -= h.cost;
     next = (live.indexOf(h) + 1) % live.length;
   }
   return plan;

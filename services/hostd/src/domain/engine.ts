@@ -102,7 +102,12 @@ export class HostEngine {
 
   async hostInfo(): Promise<HostInfo> {
     const mem = await meminfo();
+    const pss = await Promise.all([...this.#vms.values()].map(async (v) => ({ child: !!v.parentSnapshot, mib: v.pid ? await pssMiB(v.pid) : 0 })));
+    const children = pss.filter((p) => p.child && p.mib > 0).map((p) => p.mib).sort((a, b) => a - b);
     return {
+      memCommittedMiB: Math.round(pss.reduce((a, p) => a + p.mib, 0)),
+      childPssMiB: Math.round((children[Math.floor(children.length / 2)] ?? 0) * 10) / 10,
+      ksmSavedMiB: await ksmSavedMiB(),
         id: this.d.hostId,
         accel: this.d.runtime.accel,
         accelReason: this.d.accelReason,
@@ -578,4 +583,15 @@ async function meminfo(): Promise<{ totalMiB: number; availableMiB: number }> {
   const text = await fs.readFile('/proc/meminfo', 'utf8');
   const kib = (k: string): number => Number(new RegExp(`^${k}:\\s+(\\d+)`, 'm').exec(text)?.[1] ?? 0);
   return { totalMiB: Math.floor(kib('MemTotal') / 1024), availableMiB: Math.floor(kib('MemAvailable') / 1024) };
+}
+
+async function pssMiB(pid: number): Promise<number> {
+  const text = await fs.readFile(`/proc/${pid}/smaps_rollup`, 'utf8').catch(() => '');
+  return Number(/^Pss:\s+(\d+) kB/m.exec(text)?.[1] ?? 0) / 1024;
+}
+
+/** Pages KSM shares beyond the first copy, as MiB; 0 where KSM is absent or off. */
+async function ksmSavedMiB(): Promise<number> {
+  const sharing = Number((await fs.readFile('/sys/kernel/mm/ksm/pages_sharing', 'utf8').catch(() => '0')).trim()) || 0;
+  return Math.round((sharing * 4096) / 2 ** 20);
 }

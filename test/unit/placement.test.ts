@@ -1,0 +1,62 @@
+import { describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { CapacityError, ForkyError, NotFoundError } from '@forky/base';
+import type { HostStatus } from '@forky/contract';
+import { hostStatus, pickHost, placeChildren } from '@forky/scheduler';
+
+const host = (id: string, free: number, extra: Partial<HostStatus> = {}): HostStatus => ({
+  id,
+  accel: 'tcg',
+  accelReason: '',
+  qemuVersion: '7.2.22',
+  cpus: 2,
+  memTotalMiB: 24000,
+  memFreeMiB: free,
+  vms: 0,
+  snapshots: 0,
+  images: ['tiny'],
+  memCommittedMiB: 0,
+  childPssMiB: 0,
+  ksmSavedMiB: 0,
+  alive: true,
+  lastSeen: new Date().toISOString(),
+  ...extra,
+});
+
+describe('placement', () => {
+  it('keeps children at home by default, and on a pinned host when asked', () => {
+    const hs = [host('a', 1000), host('b', 9000)];
+    assert.deepEqual([...placeChildren(hs, 'a', 3, 48, {})], [['a', 3]]);
+    assert.deepEqual([...placeChildren(hs, 'a', 3, 48, { host: 'b' })], [['b', 3]]);
+    assert.throws(() => placeChildren(hs, 'a', 1, 48, { host: 'zz' }), NotFoundError);
+    assert.throws(() => placeChildren([host('a', 1000), host('b', 9000, { alive: false })], 'a', 1, 48, { host: 'b' }), /down/);
+  });
+
+  it('spreads evenly over live hosts, home first, skipping dead and full ones', () => {
+    const hs = [host('a', 5000), host('b', 5000), host('c', 5000), host('d', 9000, { alive: false })];
+    assert.deepEqual([...placeChildren(hs, 'b', 6, 48, { spread: true })].sort(), [['a', 2], ['b', 2], ['c', 2]]);
+    const full = [host('a', 5000), host('b', 60)];
+    assert.deepEqual([...placeChildren(full, 'a', 3, 48, { spread: true })].sort(), [['a', 2], ['b', 1]]);
+    assert.throws(() => placeChildren([host('a', 100)], 'a', 5, 48, { spread: true }), CapacityError);
+  });
+
+  it('debits what a host says its children really cost', () => {
+    // b's children cost 500 MiB each: after 2 it has no room left, so the rest go to a.
+    const hs = [host('a', 5000, { childPssMiB: 50 }), host('b', 1000, { childPssMiB: 500 })];
+    assert.deepEqual([...placeChildren(hs, 'a', 6, 48, { spread: true })].sort(), [['a', 4], ['b', 2]]);
+  });
+
+  it('picks the live host with the most free memory, and says why none fits', () => {
+    assert.equal(pickHost([host('a', 1000), host('b', 3000)], { memMiB: 320, count: 1 }), 'b');
+    assert.throws(() => pickHost([host('a', 100)], { memMiB: 320, count: 1 }), /no host has 320 MiB free/);
+    assert.throws(() => pickHost([host('a', 9000, { alive: false })], { memMiB: 320, count: 1 }), (e: unknown) => e instanceof ForkyError && e.code === 'UNAVAILABLE');
+  });
+
+  it('marks a host down after three missed heartbeats', () => {
+    const { alive: _a, lastSeen: _l, ...info } = host('a', 1000);
+    const beat = (age: number) => ({ ...info, ts: Date.now() - age, intervalMs: 2000, vmList: [], snapshotIds: [] });
+    assert.equal(hostStatus(beat(5000), Date.now())?.alive, true);
+    assert.equal(hostStatus(beat(7000), Date.now())?.alive, false);
+    assert.equal(hostStatus({ nonsense: true }, Date.now()), undefined);
+  });
+});
