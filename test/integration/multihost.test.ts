@@ -99,6 +99,17 @@ describe('three hosts: a fork spread across them ships the snapshot through the 
       assert.equal(t.bytes, 0, `${t.host}: no byte shipped`);
     }
     process.stderr.write(`# second spread fork of 3: ${Math.round(ms)} ms\n`);
+    // Heartbeats report what the VMs really cost, which placement uses.
+    const deadline = Date.now() + 10_000;
+    for (;;) {
+      const hs = (await client.call('hosts', {})).hosts;
+      if (hs.every((h) => h.memCommittedMiB > 0 && h.childPssMiB > 0)) {
+        for (const h of hs) assert.ok(h.childPssMiB < 256, `${h.id}: a child costs ${h.childPssMiB} MiB, less than its 256 MiB guest`);
+        break;
+      }
+      assert.ok(Date.now() < deadline, 'heartbeats report committed memory and child cost');
+      await new Promise((res) => setTimeout(res, 250));
+    }
   });
 
   it('a fork pinned to another host fetches there and runs there; bad placement is refused clearly', async () => {
