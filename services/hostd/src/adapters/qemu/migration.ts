@@ -65,12 +65,22 @@ export async function loadState(qmp: QmpClient, socketPath: string, file: string
   const finished = qmp.waitForEvent('MIGRATION', done, timeoutMs);
   // QEMU listens on the socket by the time migrate-incoming returns.
   await qmp.execute('migrate-incoming', { uri: `unix:${socketPath}` });
+  const sock = net.createConnection(socketPath);
   try {
-    const sock = net.createConnection(socketPath);
-    await withDeadline(pipeline(createReadStream(file), sock), timeoutMs, 'device state send');
+    // QEMU closes its end as soon as it has read the end of the stream, which can race our own
+    // end of writing ("Premature close"): the MIGRATION event, not the pipe, says whether it loaded.
+    const sent = pipeline(createReadStream(file), sock).then(
+      () => undefined,
+      (e: unknown) => e,
+    );
     const ev = await finished;
-    if (ev.data?.status !== 'completed') throw await migrationError(qmp, 'loading device state', ev);
+    if (ev.data?.status !== 'completed') {
+      const sendError = await withDeadline(sent, 1000, 'state send').catch(() => undefined);
+      const err = await migrationError(qmp, 'loading device state', ev);
+      throw sendError ? new ForkyError('QEMU', `${err.message} (sending: ${(sendError as Error).message})`, { cause: sendError }) : err;
+    }
   } finally {
+    sock.destroy();
     await fs.rm(socketPath, { force: true });
   }
 }
