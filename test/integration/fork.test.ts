@@ -6,6 +6,7 @@ import path from 'node:path';
 import type { VmInfo } from '@forky/contract';
 import { startNatsServer, type NatsServer } from '@forky/bus';
 import { startTestHost, type TestHost } from '../helpers/hostd.js';
+import { guestShell } from '../helpers/guest.js';
 import { ensureImage, IMAGES_DIR } from '../helpers/repo.js';
 import { qemuPidsOf } from '../helpers/procs.js';
 
@@ -23,11 +24,7 @@ describe('one host forks a VM (real QEMU, real nats-server)', { timeout: 600_000
   let counterBeforeFork: number;
   let uptimeBeforeFork: number;
 
-  const sh = async (vm: string, script: string): Promise<string> => {
-    const r = await host.client.call('vm.exec', { id: vm, cmd: ['/bin/sh', '-c', script] });
-    assert.equal(r.exitCode, 0, `exit ${r.exitCode}: ${r.stderr}`);
-    return r.stdout;
-  };
+  const sh = guestShell((id, cmd) => host.client.call('vm.exec', { id, cmd }));
 
   before(async () => {
     await ensureImage();

@@ -8,6 +8,7 @@ import { SchedulerClient, startNatsServer, type NatsServer } from '@forky/bus';
 import type { ForkResult, VmInfo } from '@forky/contract';
 import { loadSchedulerConfig, startScheduler, type RunningScheduler } from '@forky/scheduler';
 import { startTestHost, testLogger, type TestHost } from '../helpers/hostd.js';
+import { guestShell } from '../helpers/guest.js';
 import { ensureImage } from '../helpers/repo.js';
 
 const lines = (s: string): string[] => s.trim().split('\n');
@@ -24,11 +25,7 @@ describe('three hosts: a fork spread across them ships the snapshot through the 
   let bootId: string;
   let counter: number;
 
-  const sh = async (id: string, script: string): Promise<string> => {
-    const r = await client.call('vm.exec', { id, cmd: ['/bin/sh', '-c', script] });
-    assert.equal(r.exitCode, 0, r.stderr);
-    return r.stdout;
-  };
+  const sh = guestShell((id, cmd) => client.call('vm.exec', { id, cmd }));
 
   before(async () => {
     await ensureImage();

@@ -14,6 +14,7 @@ import type { ForkResult, VmInfo } from '@forky/contract';
 import { loadSchedulerConfig, startScheduler, type RunningScheduler } from '@forky/scheduler';
 import { createTestNet, type TestNet } from '../helpers/netns.js';
 import { testLogger } from '../helpers/hostd.js';
+import { guestShell } from '../helpers/guest.js';
 import { ensureImage, IMAGES_DIR, REPO } from '../helpers/repo.js';
 
 const HOSTD = path.join(REPO, 'services', 'hostd', 'dist', 'main.js');
@@ -39,11 +40,7 @@ describe('three hosts in their own network namespaces, on a 3-node NATS cluster 
   let first: ForkResult;
   const marker = randomBytes(6).toString('hex');
 
-  const sh = async (id: string, script: string): Promise<string> => {
-    const r = await client.call('vm.exec', { id, cmd: ['/bin/sh', '-c', script] });
-    assert.equal(r.exitCode, 0, r.stderr);
-    return r.stdout;
-  };
+  const sh = guestShell((id, cmd) => client.call('vm.exec', { id, cmd }));
 
   before(async () => {
     await ensureImage();
