@@ -30,7 +30,11 @@ describe('three hosts: a fork spread across them ships the snapshot through the 
   before(async () => {
     await ensureImage();
     nats = await startNatsServer();
-    hosts = await Promise.all(['mh-a', 'mh-b', 'mh-c'].map((id) => startTestHost(nats.url, { hostId: id })));
+    // Keep every host that did start, so `after` stops them even if another failed to.
+    const started = await Promise.allSettled(['mh-a', 'mh-b', 'mh-c'].map((id) => startTestHost(nats.url, { hostId: id })));
+    hosts = started.flatMap((r) => (r.status === 'fulfilled' ? [r.value] : []));
+    const failed = started.find((r) => r.status === 'rejected');
+    if (failed) throw (failed as PromiseRejectedResult).reason;
     sched = await startScheduler(loadSchedulerConfig({ nats: { servers: [nats.url] }, logLevel: 'warn' }), testLogger());
     nc = await connect({ servers: nats.url });
     client = new SchedulerClient(nc, { timeoutMs: 300_000 });
