@@ -9,5 +9,3 @@ export function newId(prefix: string, length = 12): string {
   for (const b of bytes) s += ALPHABET[b % ALPHABET.length];
   return `${prefix}-${s}`;
 }
-
-export const ID_PATTERN = /^[a-z]{2,5}-[a-z0-9]{6,32}$/;

@@ -56,30 +56,28 @@ export class GuestAgentClient {
   }
 
   async #doSync(timeoutMs: number, attemptMs = 250): Promise<void> {
-    {
-      const deadline = Date.now() + timeoutMs;
-      let latest = 0;
+    const deadline = Date.now() + timeoutMs;
+    let latest = 0;
+    for (;;) {
+      this.#check();
+      latest = randomInt(1, 2 ** 31);
+      this.#seekingSync = true;
+      this.#splitter.reset();
+      this.#lines = [];
+      this.#sock.write(Buffer.concat([Buffer.from([SYNC_BYTE]), jsonLine({ execute: 'guest-sync-delimited', arguments: { id: latest } })]));
+      const attemptEnd = Math.min(deadline, Date.now() + attemptMs);
+      // Older attempts' replies come first (the agent answers in order); wait for ours.
       for (;;) {
-        this.#check();
-        latest = randomInt(1, 2 ** 31);
-        this.#seekingSync = true;
-        this.#splitter.reset();
-        this.#lines = [];
-        this.#sock.write(Buffer.concat([Buffer.from([SYNC_BYTE]), jsonLine({ execute: 'guest-sync-delimited', arguments: { id: latest } })]));
-        const attemptEnd = Math.min(deadline, Date.now() + attemptMs);
-        // Older attempts' replies come first (the agent answers in order); wait for ours.
-        for (;;) {
-          const line = await this.#nextLine(attemptEnd).catch(() => undefined);
-          if (line === undefined) break;
-          const msg = parse(line);
-          if (msg.return === latest) {
-            this.#inSync = true;
-            return;
-          }
-          this.#seekingSync = true;
+        const line = await this.#nextLine(attemptEnd).catch(() => undefined);
+        if (line === undefined) break;
+        const msg = parse(line);
+        if (msg.return === latest) {
+          this.#inSync = true;
+          return;
         }
-        if (Date.now() >= deadline) throw new DeadlineError('guest agent sync', timeoutMs);
+        this.#seekingSync = true;
       }
+      if (Date.now() >= deadline) throw new DeadlineError('guest agent sync', timeoutMs);
     }
   }
 

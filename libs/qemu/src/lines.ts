@@ -17,17 +17,6 @@ export class LineSplitter {
     return lines.filter((l) => l.some((b) => b !== 0x0d && b !== 0x20));
   }
 
-  /** Drops everything up to and including `byte`; returns false if it was not there (all dropped). */
-  discardThrough(byte: number): boolean {
-    const i = this.#buf.indexOf(byte);
-    if (i === -1) {
-      this.#buf = Buffer.alloc(0);
-      return false;
-    }
-    this.#buf = this.#buf.subarray(i + 1);
-    return true;
-  }
-
   reset(): void {
     this.#buf = Buffer.alloc(0);
   }

@@ -23,6 +23,8 @@ export interface ClusterFile {
 }
 
 const clusterFile = (data: string): string => path.join(data, 'cluster.json');
+/** The tmpfs directory for this cluster's VM memory, one per data directory. */
+const ramRootOf = (data: string): string => path.join('/dev/shm', `forky-${createHash('sha256').update(data).digest('hex').slice(0, 8)}`);
 
 export async function readCluster(data: string): Promise<ClusterFile | undefined> {
   try {
@@ -85,7 +87,7 @@ export async function up(opts: UpOptions): Promise<ClusterFile> {
     progress('starting the scheduler…');
     procs.push({ role: 'scheduler', pid: spawnDetached(process.execPath, [SCHEDULER_MAIN], path.join(logs, 'scheduler.log'), env) });
   }
-  const ramRoot = path.join('/dev/shm', `forky-${createHash('sha256').update(data).digest('hex').slice(0, 8)}`);
+  const ramRoot = ramRootOf(data);
   const wanted = Array.from({ length: opts.hosts }, (_, i) => `host-${i + 1}`);
   for (const host of wanted) {
     if (running.some((p) => p.role === 'hostd' && p.host === host)) continue;
@@ -144,7 +146,7 @@ export async function down(data: string): Promise<ClusterFile | undefined> {
   const order: ClusterProcess['role'][] = ['hostd', 'scheduler', 'nats'];
   for (const role of order) await Promise.all(cluster.processes.filter((p) => p.role === role).map((p) => stopProcess(p.pid)));
   await fs.rm(clusterFile(data), { force: true });
-  await fs.rm(path.join('/dev/shm', `forky-${createHash('sha256').update(data).digest('hex').slice(0, 8)}`), { recursive: true, force: true });
+  await fs.rm(ramRootOf(data), { recursive: true, force: true });
   return cluster;
 }
 

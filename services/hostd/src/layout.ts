@@ -1,4 +1,4 @@
-import { checkSocketPath, safeJoin } from '@forky/base';
+import { safeJoin } from '@forky/base';
 
 /**
  * Where everything of one host lives. Ids come from requests, so every path is built with
@@ -15,9 +15,6 @@ export class Layout {
   }
   vmRecord(id: string): string {
     return safeJoin(this.dataDir, 'vms', id, 'vm.json');
-  }
-  vmSocket(id: string, name: 'qmp' | 'qga' | 'mig'): string {
-    return checkSocketPath(safeJoin(this.dataDir, 'vms', id, `${name}.sock`));
   }
   vmRam(id: string): string {
     return safeJoin(this.ramDir, 'vms', `${id}.ram`);

@@ -144,7 +144,7 @@ export class Scheduler {
   }
 
   /** Forwards a request about one VM or snapshot to the host that holds it. */
-  async forward<E extends 'vm.show' | 'vm.pause' | 'vm.resume' | 'vm.destroy' | 'vm.exec' | 'snapshot.show' | 'snapshot.delete'>(
+  async forward<E extends 'vm.show' | 'vm.pause' | 'vm.resume' | 'vm.destroy' | 'vm.exec' | 'snapshot.show'>(
     endpoint: E,
     req: E extends 'vm.exec' ? ExecRequest : { id: string },
   ): Promise<unknown> {
