@@ -22,7 +22,14 @@ const HOSTD = path.join(REPO, 'services', 'hostd', 'dist', 'main.js');
 /** Polls `check` until it is true or the deadline passes; for conditions with no event to wait on. */
 async function until(what: string, ms: number, check: () => Promise<boolean>): Promise<void> {
   const end = Date.now() + ms;
-  while (!(await check().catch(() => false))) {
+  for (;;) {
+    let ok = false;
+    try {
+      ok = await check();
+    } catch (e) {
+      if (e instanceof Error && /exited during start/.test(e.message)) throw e;
+    }
+    if (ok) return;
     if (Date.now() > end) throw new Error(`${what}: not within ${ms} ms`);
     await delay(200);
   }
@@ -79,7 +86,16 @@ describe('three hosts in their own network namespaces, on a 3-node NATS cluster 
     }
     sched = await startScheduler(loadSchedulerConfig({ nats: { servers: urls }, bucketReplicas: 3, logLevel: 'warn' }), testLogger());
     client = new SchedulerClient(nc, { timeoutMs: 300_000 });
-    await until('three hosts report in', 90_000, async () => (await client.call('hosts', {})).hosts.filter((h) => h.alive).length === 3);
+    await until('three hosts report in', 90_000, async () => {
+      // A hostd that exits during start fails the run at once, with its own words.
+      for (const [i, p] of hostds.entries()) {
+        if (p.exitCode !== null || p.signalCode !== null) {
+          const log = await fs.readFile(path.join(dir, `hostd-${i + 1}.log`), 'utf8').catch(() => '');
+          throw new Error(`hostd ${i + 1} exited during start: ${log.trim().split('\n').slice(-5).join(' | ')}`);
+        }
+      }
+      return (await client.call('hosts', {})).hosts.filter((h) => h.alive).length === 3;
+    });
   });
 
   after(async () => {

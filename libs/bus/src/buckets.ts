@@ -27,18 +27,23 @@ export async function openBuckets(nc: NatsConnection, opts: { replicas?: number 
 
 /**
  * Creates a bucket or binds the existing one. Several processes starting at once race to create
- * the same stream; the loser's create fails ("subjects overlap with an existing stream"), so it
- * binds what the winner made, a few times with a short pause while the stream settles.
+ * the same stream; the loser's create fails ("subjects overlap with an existing stream"), and on
+ * a fresh cluster an R3 stream can take seconds to be placed and answer. So: create, else bind,
+ * again with backoff until the deadline.
  */
-export async function createOrOpen<T>(create: () => Promise<T>, open: () => Promise<T>, what: string): Promise<T> {
+export async function createOrOpen<T>(create: () => Promise<T>, open: () => Promise<T>, what: string, timeoutMs = 30_000): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
   let last: unknown;
-  for (let attempt = 0; attempt < 10; attempt++) {
-    try {
-      return attempt === 0 ? await create() : await open();
-    } catch (e) {
-      last = e;
-      await new Promise((r) => setTimeout(r, 50 * (attempt + 1)));
+  for (let attempt = 0; ; attempt++) {
+    for (const step of [create, open]) {
+      try {
+        return await step();
+      } catch (e) {
+        last = e;
+      }
     }
+    if (Date.now() > deadline) break;
+    await new Promise((r) => setTimeout(r, Math.min(1000, 50 * 2 ** attempt)));
   }
-  throw new Error(`cannot create or open ${what}: ${(last as Error)?.message ?? last}`, { cause: last });
+  throw new Error(`cannot create or open ${what} within ${timeoutMs} ms: ${(last as Error)?.message ?? last}`, { cause: last });
 }
