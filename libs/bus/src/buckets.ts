@@ -6,6 +6,7 @@ export interface Buckets {
   hosts: KV;
   locator: KV;
   requests: KV;
+  lineage: KV;
 }
 
 /**
@@ -17,12 +18,13 @@ export async function openBuckets(nc: NatsConnection, opts: { replicas?: number 
   const replicas = opts.replicas ?? 1;
   const kv = (name: string, opts: Partial<KvOptions>): Promise<KV> =>
     createOrOpen(() => kvm.create(name, { history: 1, replicas, ...opts }), () => kvm.open(name), `KV bucket ${name}`);
-  const [hosts, locator, requests] = await Promise.all([
+  const [hosts, locator, requests, lineage] = await Promise.all([
     kv(BUCKETS.hosts, { description: 'forky: host heartbeats' }),
     kv(BUCKETS.locator, { description: 'forky: which host holds each VM and snapshot' }),
     kv(BUCKETS.requests, { ttl: 24 * 3600 * 1000, description: 'forky: idempotent requests and their replies' }),
+    kv(BUCKETS.lineage, { description: 'forky: every snapshot and its parent snapshot' }),
   ]);
-  return { hosts, locator, requests };
+  return { hosts, locator, requests, lineage };
 }
 
 /**

@@ -2,7 +2,7 @@ import type { z } from 'zod';
 import { HostInfo, Empty } from './host.js';
 import type { HostdEndpoint } from './subjects.js';
 import { BootRequest, ExecRequest, ExecResult, VmInfo, VmList, VmRef } from './vm.js';
-import { ForkRequest, ForkResult, SnapshotCreateRequest, SnapshotInfo, SnapshotList, SnapshotRef, TransferResult } from './snapshot.js';
+import { ForkRequest, ForkResult, SnapshotCreateRequest, SnapshotInfo, SnapshotDeleteRequest, SnapshotDeleteResult, SnapshotList, SnapshotRef, TransferResult } from './snapshot.js';
 
 /** Request and reply schema of every hostd endpoint: the one table both sides are checked against. */
 export const hostdContract = {
@@ -17,7 +17,7 @@ export const hostdContract = {
   'snapshot.create': { request: SnapshotCreateRequest, reply: SnapshotInfo },
   'snapshot.list': { request: Empty, reply: SnapshotList },
   'snapshot.show': { request: SnapshotRef, reply: SnapshotInfo },
-  'snapshot.delete': { request: SnapshotRef, reply: SnapshotInfo },
+  'snapshot.delete': { request: SnapshotDeleteRequest, reply: SnapshotDeleteResult },
   /** Puts the snapshot's parts that the object store lacks there, with its manifest. */
   'snapshot.publish': { request: SnapshotRef, reply: TransferResult },
   /** Brings a published snapshot to this host, fetching only the parts it lacks. */

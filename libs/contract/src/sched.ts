@@ -1,7 +1,7 @@
 import { z } from 'zod';
 import { HostId, IdempotencyKey } from './ids.js';
 import { BootRequest, VmInfo } from './vm.js';
-import { ForkRequest, ForkResult } from './snapshot.js';
+import { ForkRequest, ForkResult, SnapshotTree } from './snapshot.js';
 import { hostdContract } from './endpoints.js';
 import { Empty, HostList } from './host.js';
 import type { SchedEndpoint } from './subjects.js';
@@ -43,6 +43,8 @@ export const schedContract = {
   'vm.boot': { request: SchedBootRequest, reply: VmInfo },
   fork: { request: SchedForkRequest, reply: ForkResult },
   batch: { request: BatchRequest, reply: BatchResult },
+  /** The lineage of every snapshot in the cluster, from JetStream. */
+  'snapshot.tree': { request: Empty, reply: SnapshotTree },
 } as const satisfies Record<SchedEndpoint, { request: z.ZodType; reply: z.ZodType }>;
 
 export type SchedContract = typeof schedContract;

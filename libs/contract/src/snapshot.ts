@@ -23,11 +23,22 @@ export const SnapshotInfo = z.strictObject({
   image: ImageName,
   /** The VM that was frozen. */
   vm: VmId,
-  /** The snapshot the frozen VM was itself forked from: the lineage. */
+  /** The lineage: the VM's previous snapshot, or the one it was forked from; none for a VM booted from its image. */
   parentSnapshot: SnapshotId.optional(),
+  /** Disk layers under the snapshot's state, image base included. */
+  chainDepth: z.number().int().optional(),
   profile: MachineProfile,
   createdAt: z.string(),
   sizes: z.strictObject({ stateBytes: z.number(), ramBytes: z.number(), diskBytes: z.number() }),
+  timings: z
+    .strictObject({
+      /** How long the VM was stopped, as hostd measured it: stop to its successor running. */
+      pauseMs: z.number(),
+      totalMs: z.number(),
+      /** Bytes of RAM the VM had made its own since its last snapshot, copied during the pause. */
+      privateBytes: z.number(),
+    })
+    .optional(),
 });
 export type SnapshotInfo = z.infer<typeof SnapshotInfo>;
 
@@ -42,6 +53,39 @@ export type SnapshotCreateRequest = z.infer<typeof SnapshotCreateRequest>;
 export const SnapshotRef = z.strictObject({ id: SnapshotId });
 export type SnapshotRef = z.infer<typeof SnapshotRef>;
 
+export const SnapshotDeleteRequest = z.strictObject({
+  id: SnapshotId,
+  /** Also destroy what depends on it (VMs running from it, snapshots descending from it); default: refuse. */
+  cascade: z.boolean().default(false),
+});
+export type SnapshotDeleteRequest = z.infer<typeof SnapshotDeleteRequest>;
+
+export const SnapshotDeleteResult = z.strictObject({
+  /** Snapshots deleted, dependents (with cascade) first. */
+  snapshots: z.array(SnapshotId),
+  /** VMs destroyed because they depended on them (cascade only). */
+  vms: z.array(VmId),
+});
+export type SnapshotDeleteResult = z.infer<typeof SnapshotDeleteResult>;
+
+/** One snapshot in the lineage tree, as JetStream records it. */
+export const LineageNode = z.strictObject({
+  id: SnapshotId,
+  parent: SnapshotId.optional(),
+  host: HostId,
+  image: ImageName,
+  vm: VmId,
+  createdAt: z.string(),
+  chainDepth: z.number().int().optional(),
+});
+export type LineageNode = z.infer<typeof LineageNode>;
+
+export const SnapshotTree = z.strictObject({
+  /** Every recorded snapshot; roots have no parent (they froze a VM booted from its image). */
+  nodes: z.array(LineageNode),
+});
+export type SnapshotTree = z.infer<typeof SnapshotTree>;
+
 export const SnapshotList = z.strictObject({ snapshots: z.array(SnapshotInfo) });
 export type SnapshotList = z.infer<typeof SnapshotList>;
 
@@ -51,7 +95,7 @@ export const ForkRequest = z.strictObject({
   /** A VM (snapshotted first) or a snapshot. */
   source: ForkSource,
   count: z.number().int().min(1).max(MAX_FORK_COUNT),
-  /** When the source is a VM: resume it after the snapshot (default: it stays paused). */
+  /** When the source is a VM: keep it running (a live fork; default: it stays paused). */
   resumeParent: z.boolean().default(false),
   key: IdempotencyKey.optional(),
 });
@@ -79,6 +123,8 @@ export const ForkResult = z.strictObject({
   transfers: z.array(TransferResult).optional(),
   timings: z.strictObject({
     snapshotMs: z.number(),
+    /** How long the source VM was stopped, when the fork snapshotted one. */
+    pauseMs: z.number().optional(),
     totalMs: z.number(),
     /** Per child, request start to the child's agent answering. */
     childMs: z.array(z.number()),

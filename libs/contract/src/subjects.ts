@@ -33,6 +33,7 @@ type HostOnly = (typeof HOST_ONLY)[number];
 export const SCHED_ENDPOINTS = [
   'hosts',
   'batch',
+  'snapshot.tree',
   ...HOSTD_ENDPOINTS.filter((e): e is Exclude<HostdEndpoint, HostOnly> => !HOST_ONLY.includes(e as HostOnly)),
 ] as const;
 export type SchedEndpoint = (typeof SCHED_ENDPOINTS)[number];
@@ -52,4 +53,4 @@ export const SERVICE_NAMES = { hostd: 'forky-hostd', scheduler: 'forky-scheduler
  *   locator  key vm.<id> | snap.<id> -> { host }
  *   requests key <idempotency key>   -> the request's progress and its reply
  */
-export const BUCKETS = { hosts: 'forky_hosts', locator: 'forky_locator', requests: 'forky_requests' } as const;
+export const BUCKETS = { hosts: 'forky_hosts', locator: 'forky_locator', requests: 'forky_requests', lineage: 'forky_lineage' } as const;

@@ -21,6 +21,8 @@ export const VmInfo = z.strictObject({
   parentSnapshot: SnapshotId.optional(),
   createdAt: z.string(),
   pid: z.number().int().optional(),
+  /** The NIC's MAC address; every VM has its own, children included. */
+  mac: z.string().optional(),
   /** Milliseconds spent in each step of making this VM. */
   timings: z.record(z.string(), z.number()).optional(),
 });

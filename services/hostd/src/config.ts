@@ -11,6 +11,10 @@ const Limits = z.strictObject({
   maxVms: z.number().int().min(1).max(10_000).default(1000),
   childCostMiB: z.number().int().min(1).default(48),
   reserveMiB: z.number().int().min(0).default(512),
+  /** Disk layers a VM's chain may reach (image base included) before a snapshot flattens it. */
+  maxChainDepth: z.number().int().min(2).max(64).default(8),
+  /** Bounds a guest-agent call made by hostd itself (the identity hook). */
+  agentTimeoutMs: z.number().int().positive().default(10_000),
 });
 
 export const HostdConfig = z.strictObject({

@@ -52,7 +52,7 @@ export async function startHostd(config: Readonly<HostdConfig>, logger: Logger):
   let beatSoon: () => void = () => undefined;
   const engine = new HostEngine({
     onChange: () => beatSoon(),
-    directory: new KvDirectory(buckets.locator, config.hostId),
+    directory: new KvDirectory(buckets.locator, buckets.lineage, config.hostId),
     parts: await ObjectPartStore.open(nc, config.bucketReplicas),
     hostId: config.hostId,
     accelReason: probe.reason,

@@ -21,7 +21,7 @@ export function hostdHandlers(engine: HostEngine): Handlers {
     'snapshot.create': (r) => engine.snapshot(r),
     'snapshot.list': () => ({ snapshots: engine.listSnapshots() }),
     'snapshot.show': (r) => engine.showSnapshot(r.id),
-    'snapshot.delete': (r) => engine.deleteSnapshot(r.id),
+    'snapshot.delete': (r) => engine.deleteSnapshot(r.id, r.cascade),
     'snapshot.publish': (r) => engine.publish(r.id),
     'snapshot.fetch': (r) => engine.fetch(r.id),
     fork: (r) => engine.fork(r),

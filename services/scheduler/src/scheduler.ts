@@ -1,7 +1,8 @@
 import { createHash } from 'node:crypto';
 import type { NatsConnection } from '@nats-io/nats-core';
-import { CapacityError, ForkyError, NotFoundError, asForkyError, newId, type Logger } from '@forky/base';
+import { CapacityError, ConflictError, ForkyError, NotFoundError, asForkyError, newId, type Logger } from '@forky/base';
 import { HostdClient, type Buckets } from '@forky/bus';
+import { LineageNode, type SnapshotDeleteResult, type SnapshotTree } from '@forky/contract';
 import type {
   BatchRequest,
   BatchResult,
@@ -132,15 +133,42 @@ export class Scheduler {
     );
   }
 
+  /** The lineage of every snapshot, as hosts recorded it in JetStream. */
+  async tree(): Promise<SnapshotTree> {
+    const nodes: LineageNode[] = [];
+    for await (const key of await this.buckets.lineage.keys()) {
+      const e = await this.buckets.lineage.get(key);
+      if (e && e.operation === 'PUT') nodes.push(LineageNode.parse(e.json()));
+    }
+    nodes.sort((a, b) => a.createdAt.localeCompare(b.createdAt));
+    return { nodes };
+  }
+
   /**
    * Deletes a snapshot on every host that holds a copy (copies first, the origin last, which
-   * retires it from the object store). A copy something still depends on refuses, and stops it.
+   * retires it from the object store and the lineage). Snapshots descending from it in the
+   * lineage make it refuse, unless `cascade`: then they go first, leaves first, each with its
+   * dependent VMs.
    */
-  async deleteSnapshot(id: string): Promise<unknown> {
-    const home = await this.locate('snap', id);
-    const holders = (await this.#beats()).filter((b) => b.status.alive && b.status.id !== home && b.snapshotIds.includes(id)).map((b) => b.status.id);
-    for (const h of holders) await this.#host(h).call('snapshot.delete', { id });
-    return this.#host(home).call('snapshot.delete', { id });
+  async deleteSnapshot(id: string, cascade: boolean): Promise<SnapshotDeleteResult> {
+    await this.locate('snap', id);
+    const { nodes } = await this.tree();
+    const below = descendants(nodes, id);
+    if (below.length > 0 && !cascade) {
+      throw new ConflictError(`snapshot ${id} has descendants ${below.join(', ')}; delete those first or delete with cascade`, { snapshots: below, vms: [] });
+    }
+    const out: SnapshotDeleteResult = { snapshots: [], vms: [] };
+    for (const s of [...below.reverse(), id]) {
+      const home = await this.locate('snap', s).catch(() => undefined);
+      if (!home) continue;
+      const holders = (await this.#beats()).filter((b) => b.status.alive && b.status.id !== home && b.snapshotIds.includes(s)).map((b) => b.status.id);
+      for (const h of [...holders, home]) {
+        const r = await this.#host(h).call('snapshot.delete', { id: s, cascade });
+        out.vms.push(...r.vms);
+        if (h === home) out.snapshots.push(...r.snapshots.filter((x) => !out.snapshots.includes(x)));
+      }
+    }
+    return out;
   }
 
   /** Forwards a request about one VM or snapshot to the host that holds it. */
@@ -291,4 +319,19 @@ function safeJson(s: string): unknown {
   } catch {
     return undefined;
   }
+}
+
+/** Snapshots below `id` in the lineage, breadth first (parents before their children). */
+function descendants(nodes: readonly LineageNode[], id: string): string[] {
+  const out: string[] = [];
+  const queue = [id];
+  while (queue.length > 0) {
+    const at = queue.shift() as string;
+    for (const n of nodes) {
+      if (n.parent !== at || out.includes(n.id)) continue;
+      out.push(n.id);
+      queue.push(n.id);
+    }
+  }
+  return out;
 }

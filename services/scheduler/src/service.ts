@@ -20,7 +20,8 @@ export function schedulerHandlers(s: Scheduler): Handlers {
     'snapshot.create': (r) => s.snapshot(r),
     'snapshot.list': async () => ({ snapshots: await s.gather('snapshot.list') }),
     'snapshot.show': (r) => s.forward('snapshot.show', r),
-    'snapshot.delete': (r) => s.deleteSnapshot(r.id),
+    'snapshot.delete': (r) => s.deleteSnapshot(r.id, r.cascade),
+    'snapshot.tree': () => s.tree(),
     fork: (r) => s.fork(r),
     batch: (r) => s.batch(r),
   };

@@ -1,18 +1,40 @@
 import type { KV } from '@nats-io/kv';
+import type { LineageNode, SnapshotInfo } from '@forky/contract';
 import type { Directory } from '../domain/ports.js';
 
-/** The locator KV bucket: `vm.<id>` / `snap.<id>` -> `{ host }`. */
+/**
+ * The cluster's directory in JetStream KV: the locator (`vm.<id>` / `snap.<id>` -> `{ host }`) and
+ * the lineage (`<snapshot id>` -> its node in the tree).
+ */
 export class KvDirectory implements Directory {
   constructor(
-    private readonly kv: KV,
+    private readonly locator: KV,
+    private readonly lineage: KV,
     private readonly hostId: string,
   ) {}
 
   async register(kind: 'vm' | 'snap', id: string): Promise<void> {
-    await this.kv.put(`${kind}.${id}`, JSON.stringify({ host: this.hostId }));
+    await this.locator.put(`${kind}.${id}`, JSON.stringify({ host: this.hostId }));
   }
 
   async unregister(kind: 'vm' | 'snap', id: string): Promise<void> {
-    await this.kv.delete(`${kind}.${id}`);
+    await this.locator.delete(`${kind}.${id}`);
+  }
+
+  async recordLineage(info: SnapshotInfo): Promise<void> {
+    const node: LineageNode = {
+      id: info.id,
+      ...(info.parentSnapshot ? { parent: info.parentSnapshot } : {}),
+      host: info.host,
+      image: info.image,
+      vm: info.vm,
+      createdAt: info.createdAt,
+      ...(info.chainDepth === undefined ? {} : { chainDepth: info.chainDepth }),
+    };
+    await this.lineage.put(info.id, JSON.stringify(node));
+  }
+
+  async forgetLineage(id: string): Promise<void> {
+    await this.lineage.delete(id);
   }
 }

@@ -22,6 +22,7 @@ import type {
   TransferResult,
   MachineProfile,
   SnapshotCreateRequest,
+  SnapshotDeleteResult,
   SnapshotInfo,
   VmInfo,
   VmState,
@@ -32,6 +33,8 @@ import type { Directory, LayerStore, PartStore, SnapshotStore, VmHandle, VmRunti
 import { ShippingManifest, fetch as fetchSnapshot, publish as publishSnapshot } from './shipping.js';
 import { assertAllowed, assertTransition } from './state.js';
 import { recordForDisk, vmInfo, writeJsonAtomic, type SnapshotRecord, type VmRecord } from './records.js';
+import { ksmSavedMiB, meminfo, pssMiB } from './host-stats.js';
+import { giveIdentity, newMac } from './identity.js';
 
 export interface EngineLimits {
   bootTimeoutMs: number;
@@ -43,6 +46,9 @@ export interface EngineLimits {
   childCostMiB: number;
   /** Memory kept free for the host itself. */
   reserveMiB: number;
+  /** Disk layers a VM's chain may reach before a snapshot flattens it. */
+  maxChainDepth: number;
+  agentTimeoutMs: number;
 }
 
 export interface EngineDeps {
@@ -64,7 +70,12 @@ export interface EngineDeps {
   onChange?: () => void;
 }
 
-const NO_DIRECTORY: Directory = { register: async () => undefined, unregister: async () => undefined };
+const NO_DIRECTORY: Directory = {
+  register: async () => undefined,
+  unregister: async () => undefined,
+  recordLineage: async () => undefined,
+  forgetLineage: async () => undefined,
+};
 /** A part younger than this is never swept: its manifest may be on its way. */
 const PART_GRACE_MS = 10 * 60_000;
 /** Idempotency keys remembered; the oldest are forgotten past this (the scheduler keeps them a day). */
@@ -200,34 +211,63 @@ export class HostEngine {
     return this.#once(req.key, 'snapshot', () => this.#snapshotVm(req.vm, req.resume).then((s) => s.info));
   }
 
-  deleteSnapshot(id: string): Promise<SnapshotInfo> {
+  /**
+   * Deletes a snapshot. Refused while a VM runs on its memory or disk, or another snapshot's disk
+   * or lineage descends from it; with `cascade` those go first (on this host; the scheduler walks
+   * the lineage across hosts).
+   */
+  deleteSnapshot(id: string, cascade = false): Promise<SnapshotDeleteResult> {
     this.#snap(id);
-    return this.#lock.run(id, async () => {
-      const s = this.#snap(id);
-      const frozen = s.chain.at(-1) as string;
-      const users = [...this.#vms.values()].filter((v) => v.chain.includes(frozen)).map((v) => v.id);
-      const snaps = [...this.#snaps.values()].filter((o) => o !== s && o.chain.includes(frozen)).map((o) => o.info.id);
-      if (users.length + snaps.length > 0 || (this.#snapUsers.get(id) ?? 0) > 0) {
-        throw new ConflictError(`snapshot ${id} is in use by ${[...users, ...snaps].join(', ') || 'a fork in progress'}`, {
-          vms: users,
-          snapshots: snaps,
-        });
+    return this.#lock.run(id, () => this.#deleteSnapshot(id, cascade));
+  }
+
+  async #deleteSnapshot(id: string, cascade: boolean): Promise<SnapshotDeleteResult> {
+    const s = this.#snap(id);
+    const { vms, snapshots } = this.#dependents(s);
+    const out: SnapshotDeleteResult = { snapshots: [], vms: [] };
+    if ((this.#snapUsers.get(id) ?? 0) > 0) throw new ConflictError(`snapshot ${id} is in use by a fork in progress`, { vms: [], snapshots: [] });
+    if (vms.length + snapshots.length > 0) {
+      if (!cascade) {
+        throw new ConflictError(`snapshot ${id} is in use by ${[...vms, ...snapshots].join(', ')}; destroy those first or delete with cascade`, { vms, snapshots });
       }
-      this.#snaps.delete(id);
-      await this.d.snapshots.remove(id);
-      if (!s.origin) {
-        // The origin retires the published manifest; the parts only it referred to are collected.
-        await this.#dir.unregister('snap', id).catch((err: unknown) => this.#log.warn({ err, snapshot: id }, 'locator delete failed'));
-        if (this.d.parts) {
-          await this.d.parts.deleteManifest(id).catch(() => undefined);
-          const swept = await this.d.parts.sweep(PART_GRACE_MS).catch((err: unknown) => this.#log.warn({ err }, 'part sweep failed'));
-          if (swept) this.#log.info({ snapshot: id, ...swept }, 'object store swept');
-        }
+      for (const vm of vms) {
+        await this.destroy(vm);
+        out.vms.push(vm);
       }
-      this.d.onChange?.();
-      await this.#gcLayers();
-      return s.info;
-    });
+      for (const child of snapshots) {
+        if (!this.#snaps.has(child)) continue;
+        const r = await this.#lock.run(child, () => this.#deleteSnapshot(child, true));
+        out.vms.push(...r.vms);
+        out.snapshots.push(...r.snapshots);
+      }
+    }
+    this.#snaps.delete(id);
+    await this.d.snapshots.remove(id);
+    if (!s.origin) {
+      // The origin retires the published manifest and the lineage entry; parts only it referred to are collected.
+      await this.#dir.unregister('snap', id).catch((err: unknown) => this.#log.warn({ err, snapshot: id }, 'locator delete failed'));
+      await this.#dir.forgetLineage(id).catch((err: unknown) => this.#log.warn({ err, snapshot: id }, 'lineage delete failed'));
+      if (this.d.parts) {
+        await this.d.parts.deleteManifest(id).catch(() => undefined);
+        const swept = await this.d.parts.sweep(PART_GRACE_MS).catch((err: unknown) => this.#log.warn({ err }, 'part sweep failed'));
+        if (swept) this.#log.info({ snapshot: id, ...swept }, 'object store swept');
+      }
+    }
+    this.d.onChange?.();
+    await this.#gcLayers();
+    out.snapshots.push(id);
+    return out;
+  }
+
+  /** What on this host depends on snapshot `s`: VMs on its RAM or disk layer, snapshots on its layer or below it in the lineage. */
+  #dependents(s: SnapshotRecord): { vms: string[]; snapshots: string[] } {
+    const frozen = s.chain.at(-1) as string;
+    const ram = this.d.snapshots.files(s.info.id).ram;
+    const vms = [...this.#vms.values()].filter((v) => v.chain.includes(frozen) || v.ram.file === ram).map((v) => v.id);
+    const snapshots = [...this.#snaps.values()]
+      .filter((o) => o !== s && (o.chain.includes(frozen) || o.info.parentSnapshot === s.info.id))
+      .map((o) => o.info.id);
+    return { vms, snapshots };
   }
 
   fork(req: ForkRequest): Promise<ForkResult> {
@@ -239,6 +279,7 @@ export class HostEngine {
     // Checked before anything is made: a fork refused for room leaves the source as it was.
     await this.#checkCapacity(this.d.limits.childCostMiB, req.count);
     const snap = req.source.startsWith('vm-') ? await this.#snapshotVm(req.source, req.resumeParent) : this.#snap(req.source);
+    const pauseMs = req.source.startsWith('vm-') ? snap.info.timings?.pauseMs : undefined;
     const snapshotMs = performance.now() - started;
     this.#snapUsers.set(snap.info.id, (this.#snapUsers.get(snap.info.id) ?? 0) + 1);
     try {
@@ -257,7 +298,12 @@ export class HostEngine {
       return {
         snapshot: snap.info,
         children,
-        timings: { snapshotMs: round(snapshotMs), totalMs: round(performance.now() - started), childMs: children.map((c) => c.timings?.readyMs ?? 0) },
+        timings: {
+          snapshotMs: round(snapshotMs),
+          ...(pauseMs === undefined ? {} : { pauseMs }),
+          totalMs: round(performance.now() - started),
+          childMs: children.map((c) => c.timings?.readyMs ?? 0),
+        },
       };
     } finally {
       this.#snapUsers.set(snap.info.id, (this.#snapUsers.get(snap.info.id) ?? 1) - 1);
@@ -268,7 +314,7 @@ export class HostEngine {
   async destroyAll(): Promise<void> {
     await Promise.all([...this.#vms.keys()].map((id) => this.destroy(id).catch((e: unknown) => this.#log.warn({ err: e, vm: id }, 'destroy failed'))));
     // Newest first: a later snapshot's chain runs through the layers of earlier ones.
-    for (const id of [...this.#snaps.keys()].reverse()) await this.deleteSnapshot(id).catch((e: unknown) => this.#log.warn({ err: e, id }, 'snapshot delete failed'));
+    for (const id of [...this.#snaps.keys()].reverse()) await this.deleteSnapshot(id, true).catch((e: unknown) => this.#log.warn({ err: e, id }, 'snapshot delete failed'));
   }
 
   /** Puts this host's snapshot in the object store (only the parts it lacks). */
@@ -328,71 +374,117 @@ export class HostEngine {
     return result;
   }
 
+  /**
+   * Freezes a VM into a snapshot and hands the VM over to a successor process restored from it,
+   * so the VM and the snapshot's children all map the same frozen RAM copy-on-write.
+   * Before the pause: the successor is started (waiting for state), the snapshot's RAM is begun
+   * (the VM's own RAM file renamed, or a copy of the frozen file it maps), its new disk layer made.
+   * During the pause: device state saved, the pages the VM made its own copied, state loaded into
+   * the successor. Until the successor has loaded, a failure puts the old process back as it was.
+   */
   #snapshotVm(vmId: string, resume: boolean): Promise<SnapshotRecord> {
     this.#vm(vmId);
     return this.#lock.run(vmId, async () => {
       const vm = this.#vm(vmId);
       assertAllowed(vmId, vm.state, 'snapshot');
-      if (!vm.ram.shared) {
-        throw new InvalidStateError(`cannot snapshot VM ${vmId} yet: it is a forked child whose memory is private; snapshot its parent snapshot's source instead`, {
-          id: vmId,
-        });
-      }
       const h = this.#handle(vm);
       const before = vm.state;
+      const image = await this.d.images.get(vm.image);
       await this.#setState(vm, 'snapshotting');
       const id = newId('snap');
+      const files = this.d.snapshots.files(id);
+      const frozen = vm.chain.at(-1) as string;
       const t0 = performance.now();
+      const undo: Array<() => Promise<unknown>> = [];
       try {
-        if (before === 'running') await this.d.runtime.pause(h);
-        const top = await this.#newLayer(vm.chain.at(-1) as string, vm.diskVirtualSize, async (layer) => {
-          await this.d.runtime.switchDisk(h, this.d.layers.path(layer));
-        });
-        const frozen = vm.chain.at(-1) as string;
-        vm.chain.push(top);
-        await this.d.layers.freeze(frozen);
-        await this.#persist(vm);
-        const chain = vm.chain.slice(0, -1);
-        let sizes: SnapshotInfo['sizes'];
-        try {
-          const { stateBytes } = await this.d.runtime.saveState(h, this.d.snapshots.scratch(id));
-          const { ramBytes } = await this.d.snapshots.create(id, this.d.snapshots.scratch(id), vm.ram.file);
-          const diskBytes = (await fs.stat(this.d.layers.path(frozen))).size;
-          sizes = { stateBytes, ramBytes, diskBytes };
-        } catch (e) {
-          await this.d.snapshots.remove(id);
-          throw e;
+        const ownRam = vm.ram.shared ? vm.ram.file : undefined;
+        if (ownRam) {
+          await this.d.snapshots.adoptRam(id, ownRam);
+          undo.push(() => this.d.snapshots.returnRam(id, ownRam));
+        } else {
+          await this.d.snapshots.beginRam(id, vm.ram.file);
         }
+        undo.push(() => this.d.snapshots.remove(id));
+        const top = newId('lyr');
+        this.#pendingLayers.add(top);
+        undo.push(async () => {
+          this.#pendingLayers.delete(top);
+          await this.d.layers.remove(top);
+        });
+        await this.d.layers.createOverlay(top, frozen, vm.diskVirtualSize);
+        const next: VmRecord = { ...vm, generation: vm.generation + 1, ram: { file: files.ram, shared: false }, chain: [...vm.chain, top] };
+        const successor = await this.d.runtime.prepare(this.#spec(next, image), this.d.limits.restoreTimeoutMs);
+        undo.push(() => this.d.runtime.destroy(successor));
+
+        const p0 = performance.now();
+        if (before === 'running') {
+          await this.d.runtime.pause(h);
+          undo.push(() => this.d.runtime.resume(h));
+        }
+        const { stateBytes } = await this.d.runtime.saveState(h, files.state);
+        const privateBytes = ownRam ? 0 : (await this.d.runtime.writePrivatePages(h, files.ram)).bytes;
+        const { ramBytes } = await this.d.snapshots.commitRam(id);
+        await this.d.runtime.load(successor, files.state, { run: resume, timeoutMs: this.d.limits.restoreTimeoutMs });
+        const pauseMs = round(performance.now() - p0);
+
+        // The successor is the VM from here on; the old process goes.
+        undo.length = 0;
+        this.#pendingLayers.delete(top);
+        Object.assign(vm, { handle: successor, pid: successor.pid, generation: next.generation, ram: next.ram, chain: next.chain });
+        void successor.exited.then(() => this.#onExit(vm, successor));
+        await this.d.runtime.destroy(h);
+        await this.d.layers.freeze(frozen);
         const rec: SnapshotRecord = {
           info: {
             id,
             host: this.d.hostId,
             image: vm.image,
             vm: vm.id,
-            ...(vm.parentSnapshot ? { parentSnapshot: vm.parentSnapshot } : {}),
+            ...(vm.lineage ? { parentSnapshot: vm.lineage } : {}),
+            chainDepth: vm.chain.length - 1,
             profile: this.d.runtime.profile(vm.memMiB, vm.cpus, vm.imageId),
             createdAt: new Date().toISOString(),
-            sizes,
+            sizes: { stateBytes, ramBytes, diskBytes: (await fs.stat(this.d.layers.path(frozen))).size },
+            timings: { pauseMs, totalMs: round(performance.now() - t0), privateBytes },
           },
-          chain,
+          chain: vm.chain.slice(0, -1),
           kernelCmdline: vm.kernelCmdline,
           diskVirtualSize: vm.diskVirtualSize,
         };
+        vm.lineage = id;
         this.#snaps.set(id, rec);
-        await this.#dir.register('snap', id);
-        this.d.onChange?.();
         await writeJsonAtomic(`${this.d.layout.snapshotDir(id)}/snapshot.json`, rec);
-        if (resume) await this.d.runtime.resume(h);
         await this.#setState(vm, resume ? 'running' : 'paused');
-        this.#log.info({ vm: vmId, snapshot: id, ms: round(performance.now() - t0), ...sizes }, 'snapshot taken');
+        await this.#dir.register('snap', id);
+        await this.#dir.recordLineage(rec.info).catch((err: unknown) => this.#log.warn({ err, snapshot: id }, 'lineage record failed'));
+        this.d.onChange?.();
+        if (resume) await this.d.runtime.waitAgent(successor, this.d.limits.restoreTimeoutMs);
+        await this.#flattenIfDeep(vm);
+        this.#log.info({ vm: vmId, snapshot: id, ...rec.info.timings, ...rec.info.sizes }, 'snapshot taken');
         return rec;
       } catch (e) {
-        // The VM is whole again (its disk writes go to whichever top layer it has); put it back as it was.
-        if (before === 'running') await this.d.runtime.resume(h).catch(() => undefined);
+        if (undo.length === 0) {
+          // Past the hand-over: the snapshot stands, the VM is whatever its successor is.
+          throw e;
+        }
+        for (const step of undo.reverse()) await step().catch((err: unknown) => this.#log.warn({ err, vm: vmId }, 'snapshot rollback step failed'));
         await this.#setState(vm, before).catch(() => undefined);
         throw e;
       }
     });
+  }
+
+  /** Past the configured depth, a VM's disk chain is flattened into its top layer (data unchanged). */
+  async #flattenIfDeep(vm: VmRecord): Promise<void> {
+    if (vm.chain.length <= this.d.limits.maxChainDepth) return;
+    const base = vm.chain[0] as string;
+    const t0 = performance.now();
+    await this.d.runtime.flattenDisk(this.#handle(vm), this.d.layers.path(base), 10 * 60_000);
+    const depth = vm.chain.length;
+    vm.chain = [base, vm.chain.at(-1) as string];
+    await this.#persist(vm);
+    await this.#gcLayers();
+    this.#log.info({ vm: vm.id, from: depth, to: 2, ms: round(performance.now() - t0) }, 'disk chain flattened');
   }
 
   async #restoreChild(snap: SnapshotRecord, image: Image, started: number): Promise<VmInfo> {
@@ -404,7 +496,20 @@ export class HostEngine {
       chain: [...snap.chain],
       parentSnapshot: snap.info.id,
     });
-    const info = await this.#make(rec, image, snap.chain.at(-1) as string, (spec) => this.d.runtime.restore(spec, files.state, this.d.limits.restoreTimeoutMs));
+    rec.lineage = snap.info.id;
+    const info = await this.#make(rec, image, snap.chain.at(-1) as string, async (spec) => {
+      const h = await this.d.runtime.prepare(spec, this.d.limits.restoreTimeoutMs);
+      try {
+        await this.d.runtime.load(h, files.state, { run: true, timeoutMs: this.d.limits.restoreTimeoutMs });
+        await this.d.runtime.waitAgent(h, this.d.limits.restoreTimeoutMs);
+        rec.timings.runningMs = round(performance.now() - started);
+        await giveIdentity(this.d.runtime, h, { vmId: id, hostname: id, mac: rec.mac }, this.d.limits.agentTimeoutMs);
+        return h;
+      } catch (e) {
+        await this.d.runtime.destroy(h);
+        throw e;
+      }
+    });
     rec.timings.readyMs = round(performance.now() - started);
     return { ...info, timings: rec.timings };
   }
@@ -420,7 +525,7 @@ export class HostEngine {
       const handle = await start(this.#spec(rec, image));
       rec.handle = handle;
       rec.pid = handle.pid;
-      void handle.exited.then(() => this.#onExit(rec));
+      void handle.exited.then(() => this.#onExit(rec, handle));
       rec.timings.startMs = round(performance.now() - t0);
       await this.#dir.register('vm', rec.id);
       await this.#setState(rec, 'running');
@@ -467,8 +572,9 @@ export class HostEngine {
     for (const l of await this.d.layers.list()) if (!used.has(l)) await this.d.layers.remove(l);
   }
 
-  #onExit(vm: VmRecord): void {
-    if (vm.state === 'destroying' || vm.state === 'destroyed' || !this.#vms.has(vm.id)) return;
+  #onExit(vm: VmRecord, handle: VmHandle): void {
+    // A predecessor leaving after a snapshot is not the VM failing.
+    if (vm.handle !== handle || vm.state === 'destroying' || vm.state === 'destroyed' || !this.#vms.has(vm.id)) return;
     this.#log.error({ vm: vm.id, state: vm.state }, 'QEMU exited unexpectedly');
     vm.state = 'failed';
     vm.handle = undefined;
@@ -495,6 +601,8 @@ export class HostEngine {
   ): VmRecord {
     if (this.#vms.size >= this.d.limits.maxVms) throw new CapacityError(`host ${this.d.hostId} already runs ${this.#vms.size} VMs (limit ${this.d.limits.maxVms})`);
     return {
+      generation: 0,
+      mac: newMac(new Set([...this.#vms.values()].map((v) => v.mac))),
       id,
       image: image.name,
       imageId: image.id,
@@ -511,6 +619,8 @@ export class HostEngine {
   #spec(rec: VmRecord, image: Image): VmSpec {
     return {
       id: rec.id,
+      generation: rec.generation,
+      mac: rec.mac,
       image,
       memMiB: rec.memMiB,
       cpus: rec.cpus,
@@ -578,20 +688,3 @@ export class HostEngine {
 }
 
 const round = (ms: number): number => Math.round(ms * 10) / 10;
-
-async function meminfo(): Promise<{ totalMiB: number; availableMiB: number }> {
-  const text = await fs.readFile('/proc/meminfo', 'utf8');
-  const kib = (k: string): number => Number(new RegExp(`^${k}:\\s+(\\d+)`, 'm').exec(text)?.[1] ?? 0);
-  return { totalMiB: Math.floor(kib('MemTotal') / 1024), availableMiB: Math.floor(kib('MemAvailable') / 1024) };
-}
-
-async function pssMiB(pid: number): Promise<number> {
-  const text = await fs.readFile(`/proc/${pid}/smaps_rollup`, 'utf8').catch(() => '');
-  return Number(/^Pss:\s+(\d+) kB/m.exec(text)?.[1] ?? 0) / 1024;
-}
-
-/** Pages KSM shares beyond the first copy, as MiB; 0 where KSM is absent or off. */
-async function ksmSavedMiB(): Promise<number> {
-  const sharing = Number((await fs.readFile('/sys/kernel/mm/ksm/pages_sharing', 'utf8').catch(() => '0')).trim()) || 0;
-  return Math.round((sharing * 4096) / 2 ** 20);
-}

@@ -1,9 +1,11 @@
-import type { Accel, ExecResult, MachineProfile } from '@forky/contract';
+import type { Accel, ExecResult, MachineProfile, SnapshotInfo } from '@forky/contract';
 import type { Image } from '../images.js';
 
-/** Everything the runtime needs to start one VM; paths are already checked by the layout. */
+/** Everything the runtime needs to start one VM process; paths are already checked by the layout. */
 export interface VmSpec {
   id: string;
+  /** Which process of this VM this is: a snapshot hands a VM over to a successor process. */
+  generation: number;
   image: Image;
   memMiB: number;
   cpus: number;
@@ -13,6 +15,8 @@ export interface VmSpec {
   ram: { file: string; shared: boolean };
   /** The VM's writable top disk layer. */
   diskFile: string;
+  /** The NIC's MAC address. */
+  mac: string;
   /** Directory for sockets and logs. */
   runDir: string;
 }
@@ -24,10 +28,6 @@ export interface VmHandle {
   readonly exited: Promise<void>;
 }
 
-export interface FreezeResult {
-  stateBytes: number;
-}
-
 /** The port to the hypervisor. QEMU is one adapter; a fake is another. */
 export interface VmRuntime {
   readonly accel: Accel;
@@ -36,14 +36,21 @@ export interface VmRuntime {
   profile(memMiB: number, cpus: number, imageId: string): MachineProfile;
   /** Boots and returns once the guest agent answers. */
   boot(spec: VmSpec, timeoutMs: number): Promise<VmHandle>;
-  /** Starts a VM from saved device state and returns once its guest agent answers. */
-  restore(spec: VmSpec, stateFile: string, timeoutMs: number): Promise<VmHandle>;
+  /** Starts a process that waits for saved device state; its disks stay closed to writes until then. */
+  prepare(spec: VmSpec, timeoutMs: number): Promise<VmHandle>;
+  /** Loads device state into a prepared VM and continues it (`run`) or leaves it paused. Returns once it runs. */
+  load(vm: VmHandle, stateFile: string, opts: { run: boolean; timeoutMs: number }): Promise<void>;
+  /** Waits until the guest agent of a running VM answers. */
+  waitAgent(vm: VmHandle, timeoutMs: number): Promise<void>;
   pause(vm: VmHandle): Promise<void>;
+  /** Continues a paused VM (taking its disks back if a save let go of them). */
   resume(vm: VmHandle): Promise<void>;
-  /** Moves a paused VM's disk writes to `newDiskFile`, whose backing is the current top (now read-only). */
-  switchDisk(vm: VmHandle, newDiskFile: string): Promise<void>;
-  /** Saves a paused VM's device state (not its shared RAM) to `stateFile`. */
-  saveState(vm: VmHandle, stateFile: string): Promise<FreezeResult>;
+  /** Saves a paused VM's device state (never its RAM) to `stateFile` and lets go of its disks for a successor. */
+  saveState(vm: VmHandle, stateFile: string): Promise<{ stateBytes: number }>;
+  /** Writes the pages a copy-on-write VM has made its own into `file` (a copy of its RAM file), at their offsets. */
+  writePrivatePages(vm: VmHandle, file: string): Promise<{ bytes: number }>;
+  /** Copies into the VM's top layer what the layers above `baseFile` hold, so its chain is base + top. */
+  flattenDisk(vm: VmHandle, baseFile: string, timeoutMs: number): Promise<void>;
   exec(vm: VmHandle, cmd: readonly string[], opts: { input?: string; timeoutMs: number }): Promise<ExecResult>;
   /** Stops the process (gracefully, then by force) and releases its connections. Idempotent. */
   destroy(vm: VmHandle): Promise<void>;
@@ -69,11 +76,15 @@ export interface SnapshotFiles {
 
 /** Where snapshots' device state and frozen RAM live. */
 export interface SnapshotStore {
-  /** Takes ownership of `stateFile` (moved) and a private copy of `ramFile`. */
-  create(id: string, stateFile: string, ramFile: string): Promise<{ ramBytes: number }>;
   files(id: string): SnapshotFiles;
-  /** A scratch path for a state file about to be saved. */
-  scratch(id: string): string;
+  /** Starts the snapshot's RAM as a copy of `base` (a frozen file), to be completed; returns that file. */
+  beginRam(id: string, base: string): Promise<string>;
+  /** Takes `file` (a VM's own RAM, to be written no more once the VM stops) as the snapshot's RAM, by rename. */
+  adoptRam(id: string, file: string): Promise<void>;
+  /** Gives back a RAM file adopted by a snapshot that failed. */
+  returnRam(id: string, file: string): Promise<void>;
+  /** Freezes the snapshot's RAM once complete. */
+  commitRam(id: string): Promise<{ ramBytes: number }>;
   remove(id: string): Promise<void>;
 }
 
@@ -81,6 +92,9 @@ export interface SnapshotStore {
 export interface Directory {
   register(kind: 'vm' | 'snap', id: string): Promise<void>;
   unregister(kind: 'vm' | 'snap', id: string): Promise<void>;
+  /** Records a snapshot in the cluster's lineage (its origin does; copies do not). */
+  recordLineage(info: SnapshotInfo): Promise<void>;
+  forgetLineage(id: string): Promise<void>;
 }
 
 export interface UploadResult {

@@ -12,7 +12,13 @@ export interface VmRecord {
   cpus: number;
   state: VmState;
   createdAt: string;
+  /** The snapshot this VM was forked from. */
   parentSnapshot?: string;
+  /** The snapshot the VM's state last came from or went to: the parent of its next snapshot. */
+  lineage?: string;
+  /** Which QEMU process of the VM runs now: each snapshot hands over to a successor. */
+  generation: number;
+  mac: string;
   /** Disk layers, bottom (image base) to top (the VM's own writable layer). */
   chain: string[];
   ram: { file: string; shared: boolean };
@@ -45,6 +51,7 @@ export function vmInfo(r: VmRecord, host: string, accel: VmInfo['accel']): VmInf
     createdAt: r.createdAt,
     ...(r.parentSnapshot ? { parentSnapshot: r.parentSnapshot } : {}),
     ...(r.pid ? { pid: r.pid } : {}),
+    mac: r.mac,
     timings: r.timings,
   };
 }

@@ -29,7 +29,7 @@ export function buildArgs(spec: VmSpec, m: MachineOptions, paths: LaunchPaths, i
   const args = [
     '-name', `forky-${spec.id},debug-threads=on`,
     '-nodefaults', '-no-user-config', '-display', 'none', '-no-reboot',
-    '-machine', `${m.machine},memory-backend=mem`,
+    '-machine', `${m.machine},memory-backend=mem,suppress-vmdesc=on`,
     '-accel', accel,
     '-cpu', m.cpuModel,
     '-smp', String(spec.cpus),
@@ -45,10 +45,17 @@ export function buildArgs(spec: VmSpec, m: MachineOptions, paths: LaunchPaths, i
     '-device', 'virtserialport,bus=vser0.0,chardev=qga0,name=org.qemu.guest_agent.0',
     '-object', 'rng-random,filename=/dev/urandom,id=rng0',
     '-device', 'virtio-rng-pci,rng=rng0',
-    '-chardev', `file,id=ser0,path=${esc(paths.serialLog)}`,
+    '-netdev', 'user,id=net0',
+    '-device', `virtio-net-pci,netdev=net0,mac=${spec.mac},romfile=,id=nic0`,
+    // A new generation id per process: loading state writes it into the guest and notifies it.
+    '-device', 'vmgenid,guid=auto,id=vmgenid0',
+    '-chardev', `file,id=ser0,path=${esc(paths.serialLog)},append=on`,
     '-serial', 'chardev:ser0',
     '-chardev', `socket,id=qmp0,path=${esc(paths.qmpSocket)},server=off`,
     '-mon', 'chardev=qmp0,mode=control',
+    // Device state is saved without RAM or configuration sections (xen-save-devices-state), so
+    // loading must not expect them.
+    '-global', 'migration.send-configuration=off',
   ];
   if (m.sandbox) args.push('-sandbox', 'on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny');
   if (incoming) args.push('-incoming', 'defer');

@@ -1,21 +1,19 @@
 import fs from 'node:fs/promises';
+import path from 'node:path';
 import { ForkyError, checkSocketPath, withDeadline, type Logger } from '@forky/base';
 import { GuestAgentClient, type QmpClient } from '@forky/qemu';
 import type { Accel, ExecResult, MachineProfile } from '@forky/contract';
-import type { FreezeResult, VmHandle, VmRuntime, VmSpec } from '../../domain/ports.js';
+import type { VmHandle, VmRuntime, VmSpec } from '../../domain/ports.js';
 import { buildArgs, type MachineOptions } from './cmdline.js';
 import { killGroup, launchQemu, type QemuProcess } from './process.js';
-import { loadState, saveState } from './migration.js';
-import path from 'node:path';
+import { loadState } from './migration.js';
+import { copyPrivatePages } from './private-pages.js';
 
 interface QemuVm extends VmHandle {
   proc: QemuProcess;
   qmp: QmpClient;
   agent: GuestAgentClient;
   spec: VmSpec;
-  /** The block node at the top of the disk chain: disk0 at start, the newest overlay after a freeze. */
-  topNode: string;
-  overlays: number;
 }
 
 export interface QemuRuntimeOptions extends MachineOptions {
@@ -24,7 +22,11 @@ export interface QemuRuntimeOptions extends MachineOptions {
   logger: Logger;
 }
 
-/** VmRuntime on QEMU: one process per VM, QMP for control, the guest agent for the inside. */
+/**
+ * VmRuntime on QEMU: one process per VM, QMP for control, the guest agent for the inside.
+ * Device state is saved with `xen-save-devices-state`, which writes every device but no RAM
+ * block, whatever the RAM's sharing: the RAM lives in files children map copy-on-write.
+ */
 export class QemuRuntime implements VmRuntime {
   readonly accel: Accel;
   readonly qemuVersion: string;
@@ -50,18 +52,21 @@ export class QemuRuntime implements VmRuntime {
     }
   }
 
-  async restore(spec: VmSpec, stateFile: string, timeoutMs: number): Promise<VmHandle> {
-    const deadline = Date.now() + timeoutMs;
-    const vm = await this.#start(spec, true, timeoutMs);
-    try {
-      await loadState(vm.qmp, sock(spec, 'mig'), stateFile, Math.max(1, deadline - Date.now()));
-      await vm.qmp.execute('cont');
-      await vm.agent.sync(Math.max(1, deadline - Date.now()));
-      return vm;
-    } catch (e) {
-      await this.destroy(vm);
-      throw withSerialTail(e, spec);
-    }
+  prepare(spec: VmSpec, timeoutMs: number): Promise<VmHandle> {
+    return this.#start(spec, true, timeoutMs);
+  }
+
+  async load(h: VmHandle, stateFile: string, opts: { run: boolean; timeoutMs: number }): Promise<void> {
+    const vm = h as QemuVm;
+    await loadState(vm.qmp, sock(vm.spec, 'mig'), stateFile, opts.timeoutMs);
+    if (opts.run) await vm.qmp.execute('cont');
+  }
+
+  async waitAgent(h: VmHandle, timeoutMs: number): Promise<void> {
+    const vm = h as QemuVm;
+    await vm.agent.sync(timeoutMs).catch((e: unknown) => {
+      throw withSerialTail(e, vm.spec);
+    });
   }
 
   async pause(h: VmHandle): Promise<void> {
@@ -69,21 +74,30 @@ export class QemuRuntime implements VmRuntime {
   }
 
   async resume(h: VmHandle): Promise<void> {
+    // `cont` also takes back disks a save let go of.
     await (h as QemuVm).qmp.execute('cont');
   }
 
-  async switchDisk(h: VmHandle, newDiskFile: string): Promise<void> {
+  async saveState(h: VmHandle, stateFile: string): Promise<{ stateBytes: number }> {
     const vm = h as QemuVm;
-    // The overlay was made by qemu-img with a relative backing name; blockdev-snapshot keeps it.
-    const overlay = `ov${++vm.overlays}`;
-    await vm.qmp.execute('blockdev-add', { driver: 'qcow2', 'node-name': overlay, file: { driver: 'file', filename: newDiskFile }, backing: null });
-    await vm.qmp.execute('blockdev-snapshot', { node: vm.topNode, overlay });
-    vm.topNode = overlay;
+    await fs.mkdir(path.dirname(stateFile), { recursive: true });
+    // live: the disks are flushed and let go of, so the successor can take them.
+    await vm.qmp.execute('xen-save-devices-state', { filename: stateFile, live: true }, { timeoutMs: 30_000 });
+    return { stateBytes: (await fs.stat(stateFile)).size };
   }
 
-  async saveState(h: VmHandle, stateFile: string): Promise<FreezeResult> {
+  writePrivatePages(h: VmHandle, file: string): Promise<{ bytes: number }> {
     const vm = h as QemuVm;
-    return { stateBytes: await saveState(vm.qmp, sock(vm.spec, 'mig'), stateFile, 30_000) };
+    return copyPrivatePages(vm.pid, vm.spec.ram.file, file);
+  }
+
+  async flattenDisk(h: VmHandle, baseFile: string, timeoutMs: number): Promise<void> {
+    const vm = h as QemuVm;
+    const job = `flatten${Date.now()}`;
+    const done = vm.qmp.waitForEvent('BLOCK_JOB_COMPLETED', (e) => e.data?.device === job, timeoutMs);
+    await vm.qmp.execute('block-stream', { 'job-id': job, device: 'disk0', base: baseFile, 'auto-dismiss': true });
+    const ev = await done;
+    if (ev.data?.error) throw new ForkyError('QEMU', `flattening the disk of VM ${vm.spec.id} failed: ${String(ev.data.error)}`);
   }
 
   async exec(h: VmHandle, cmd: readonly string[], opts: { input?: string; timeoutMs: number }): Promise<ExecResult> {
@@ -109,11 +123,11 @@ export class QemuRuntime implements VmRuntime {
     if (spec.ram.shared) await fs.mkdir(path.dirname(spec.ram.file), { recursive: true });
     const paths = { qmpSocket: sock(spec, 'qmp'), qgaSocket: sock(spec, 'qga'), serialLog: path.join(spec.runDir, 'serial.log') };
     const args = buildArgs(spec, this.opts, paths, incoming);
-    const log = this.opts.logger.child({ vm: spec.id });
+    const log = this.opts.logger.child({ vm: spec.id, generation: spec.generation });
     const proc = await launchQemu(this.opts.binary, args, paths.qmpSocket, path.join(spec.runDir, 'qemu.log'), timeoutMs, log);
     try {
       const agent = await GuestAgentClient.connect(paths.qgaSocket, timeoutMs);
-      return { pid: proc.pid, exited: proc.exited, proc, qmp: proc.qmp, agent, spec, topNode: 'disk0', overlays: 0 };
+      return { pid: proc.pid, exited: proc.exited, proc, qmp: proc.qmp, agent, spec };
     } catch (e) {
       killGroup(proc.pid, 'SIGKILL');
       await proc.exited;
@@ -122,8 +136,9 @@ export class QemuRuntime implements VmRuntime {
   }
 }
 
+/** Sockets are per process generation: a successor starts while its predecessor still runs. */
 function sock(spec: VmSpec, name: string): string {
-  return checkSocketPath(path.join(spec.runDir, `${name}.sock`));
+  return checkSocketPath(path.join(spec.runDir, `${name}.${spec.generation}.sock`));
 }
 
 /** A guest that never answered: the last lines of its console say why. */

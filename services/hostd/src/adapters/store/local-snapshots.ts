@@ -6,7 +6,9 @@ import type { Layout } from '../../layout.js';
 
 /**
  * Snapshots on this host: device state in the data directory, frozen RAM in the RAM directory
- * (tmpfs), where children map it copy-on-write.
+ * (tmpfs), where children map it copy-on-write. A snapshot's RAM is either the VM's own RAM file,
+ * taken over by rename (no copy at all), or a copy of the frozen file the VM was mapping, completed
+ * with the pages the VM made its own.
  */
 export class LocalSnapshotStore implements SnapshotStore {
   constructor(private readonly layout: Layout) {}
@@ -15,27 +17,27 @@ export class LocalSnapshotStore implements SnapshotStore {
     return { state: path.join(this.layout.snapshotDir(id), 'state.bin'), ram: this.layout.snapshotRam(id) };
   }
 
-  scratch(id: string): string {
-    return this.files(id).state;
+  async beginRam(id: string, base: string): Promise<string> {
+    const { ram } = await this.#dirs(id);
+    // The base is frozen, so this copy runs while the VM does; holes stay holes.
+    await execa('cp', ['--sparse=always', base, ram]);
+    await fs.chmod(ram, 0o600);
+    return ram;
   }
 
-  async create(id: string, stateFile: string, ramFile: string): Promise<{ ramBytes: number }> {
-    const files = this.files(id);
-    await fs.mkdir(path.dirname(files.state), { recursive: true });
-    await fs.mkdir(path.dirname(files.ram), { recursive: true });
-    if (stateFile !== files.state) await fs.rename(stateFile, files.state);
-    const tmp = `${files.ram}.partial`;
-    try {
-      // A private copy: the VM may run again, and the children's memory must never change under them.
-      // --sparse=always also drops pages the guest never touched or zeroed.
-      await execa('cp', ['--sparse=always', ramFile, tmp]);
-      await fs.chmod(tmp, 0o400);
-      await fs.rename(tmp, files.ram);
-    } catch (e) {
-      await fs.rm(tmp, { force: true });
-      throw e;
-    }
-    const st = await fs.stat(files.ram);
+  async adoptRam(id: string, file: string): Promise<void> {
+    // The VM keeps writing through its mapping until it is stopped; the name is all that moves.
+    await fs.rename(file, (await this.#dirs(id)).ram);
+  }
+
+  async returnRam(id: string, file: string): Promise<void> {
+    await fs.rename(this.files(id).ram, file);
+  }
+
+  async commitRam(id: string): Promise<{ ramBytes: number }> {
+    const { ram } = this.files(id);
+    await fs.chmod(ram, 0o400);
+    const st = await fs.stat(ram);
     return { ramBytes: st.blocks * 512 };
   }
 
@@ -43,5 +45,12 @@ export class LocalSnapshotStore implements SnapshotStore {
     const files = this.files(id);
     await fs.rm(path.dirname(files.state), { recursive: true, force: true });
     await fs.rm(files.ram, { force: true });
+  }
+
+  async #dirs(id: string): Promise<SnapshotFiles> {
+    const files = this.files(id);
+    await fs.mkdir(path.dirname(files.state), { recursive: true });
+    await fs.mkdir(path.dirname(files.ram), { recursive: true });
+    return files;
   }
 }

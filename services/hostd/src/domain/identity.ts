@@ -1,0 +1,33 @@
+import { randomBytes } from 'node:crypto';
+import { ForkyError } from '@forky/base';
+import type { VmHandle, VmRuntime } from './ports.js';
+
+/** A locally administered, unicast MAC address (02:…), unique among `taken`. */
+export function newMac(taken: ReadonlySet<string>): string {
+  for (;;) {
+    const b = randomBytes(6);
+    b[0] = 0x02;
+    const mac = [...b].map((x) => x.toString(16).padStart(2, '0')).join(':');
+    if (!taken.has(mac)) return mac;
+  }
+}
+
+export interface Identity {
+  vmId: string;
+  hostname: string;
+  mac: string;
+}
+
+/**
+ * Makes a restored child its own machine: the image's hook sets its VM id, hostname and MAC,
+ * mixes fresh host entropy into the guest RNG and forces a reseed (siblings would otherwise draw
+ * the same random numbers), and steps the clock to the host's (it stopped when the snapshot was
+ * taken). The VM generation id needs nothing here: every process starts with a new one
+ * (`vmgenid,guid=auto`), which QEMU writes into the guest and announces when state is loaded.
+ */
+export async function giveIdentity(runtime: VmRuntime, vm: VmHandle, id: Identity, timeoutMs: number): Promise<void> {
+  const now = Date.now();
+  const cmd = ['/etc/forky/hook', 'identity', id.vmId, id.hostname, id.mac, randomBytes(64).toString('hex'), String(Math.floor(now / 1000)), String((now % 1000) * 1e6)];
+  const r = await runtime.exec(vm, cmd, { timeoutMs });
+  if (r.exitCode !== 0) throw new ForkyError('INTERNAL', `identity hook failed in VM ${id.vmId} (exit ${r.exitCode}): ${r.stderr.trim().slice(0, 300)}`);
+}
