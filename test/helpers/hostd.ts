@@ -25,13 +25,14 @@ export function testLogger(): Logger {
  * probe result is cached beside the images, so only the first host of a run pays for a failing
  * KVM probe.
  */
-export async function startTestHost(natsUrl: string, opts: { hostId?: string } = {}): Promise<TestHost> {
+export async function startTestHost(natsUrl: string, opts: { hostId?: string; overrides?: Record<string, unknown> } = {}): Promise<TestHost> {
   const host = await startEphemeralHostd({
     natsUrl,
     imagesDir: IMAGES_DIR,
     logger: testLogger(),
     probeCacheFile: path.join(REPO, '.forky', 'accel-probe.json'),
     ...(opts.hostId ? { hostId: opts.hostId } : {}),
+    ...(opts.overrides ? { overrides: opts.overrides } : {}),
   });
   const nc = await connect({ servers: natsUrl, name: 'forky-test-client' });
   return {

@@ -9,6 +9,7 @@ import { SchedulerClient, request } from '@forky/bus';
 import { BatchRequest, parseOrThrow, type SchedEndpoint, type SchedReplyOf, type SchedRequestOf, type VmInfo } from '@forky/contract';
 import { connectTo, down, resolveServer, status, up } from './cluster.js';
 import { fail, printJson, printTable, progress } from './output.js';
+import { renderTree } from './tree.js';
 import { IMAGE_RECIPES, dataDirOf } from './paths.js';
 
 interface Globals {
@@ -252,6 +253,27 @@ snapshot
       else printTable(snapshots as unknown as Array<Record<string, unknown>>, ['id', 'host', 'vm', 'parentSnapshot', 'image', 'createdAt']);
     }),
   );
+snapshot
+  .command('tree')
+  .description('the lineage of every snapshot: image -> snapshot -> ... as recorded in JetStream')
+  .action(
+    action(async (_o: unknown, cmd: Command) => {
+      const tree = await withScheduler(cmd, (call) => call('snapshot.tree', {}));
+      if (globals(cmd).json) printJson(tree);
+      else process.stdout.write(renderTree(tree.nodes));
+    }),
+  );
+snapshot
+  .command('rm <id>')
+  .description('delete a snapshot; refused while VMs or snapshots depend on it, unless --cascade')
+  .option('--cascade', 'also destroy the VMs and snapshots that depend on it')
+  .action(
+    action(async (id: string, o: { cascade?: boolean }, cmd: Command) => {
+      const r = await withScheduler(cmd, (call) => call('snapshot.delete', { id, cascade: !!o.cascade }));
+      if (globals(cmd).json) printJson(r);
+      else process.stdout.write(`deleted ${r.snapshots.join(', ')}${r.vms.length > 0 ? `; destroyed ${r.vms.join(', ')}` : ''}\n`);
+    }),
+  );
 
 program
   .command('fork <source>')
@@ -259,15 +281,18 @@ program
   .requiredOption('--count <n>', 'children', positiveInt('count'))
   .option('--host <id>', 'pin to a host')
   .option('--spread', 'spread the children over every live host (the snapshot travels through the object store)')
-  .option('--resume-parent', 'when forking a VM, resume it after the snapshot')
+  .option('--live', 'when forking a VM, keep it running (it stops only for the pause hostd reports)')
+  .option('--resume-parent', 'the same as --live')
   .action(
-    action(async (source: string, o: { count: number; host?: string; spread?: boolean; resumeParent?: boolean }, cmd: Command) => {
+    action(async (source: string, o: { count: number; host?: string; spread?: boolean; resumeParent?: boolean; live?: boolean }, cmd: Command) => {
+      const live = !!(o.live ?? o.resumeParent);
       const r = await withScheduler(cmd, (call) =>
-        call('fork', { source, count: o.count, spread: !!o.spread, resumeParent: !!o.resumeParent, key: newId('fork', 16), ...(o.host ? { host: o.host } : {}) }),
+        call('fork', { source, count: o.count, spread: !!o.spread, resumeParent: live, key: newId('fork', 16), ...(o.host ? { host: o.host } : {}) }),
       );
       if (globals(cmd).json) printJson(r);
       else {
-        process.stdout.write(`snapshot ${r.snapshot.id}; ${r.children.length} children in ${r.timings.totalMs} ms\n`);
+        const pause = r.timings.pauseMs === undefined ? '' : `; parent paused ${r.timings.pauseMs} ms`;
+        process.stdout.write(`snapshot ${r.snapshot.id}; ${r.children.length} children in ${r.timings.totalMs} ms${pause}\n`);
         printTable(r.children as unknown as Array<Record<string, unknown>>, vmColumns);
       }
     }),

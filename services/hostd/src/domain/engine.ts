@@ -228,7 +228,10 @@ export class HostEngine {
     if ((this.#snapUsers.get(id) ?? 0) > 0) throw new ConflictError(`snapshot ${id} is in use by a fork in progress`, { vms: [], snapshots: [] });
     if (vms.length + snapshots.length > 0) {
       if (!cascade) {
-        throw new ConflictError(`snapshot ${id} is in use by ${[...vms, ...snapshots].join(', ')}; destroy those first or delete with cascade`, { vms, snapshots });
+        throw new ConflictError(
+          `snapshot ${id} is in use by ${[...vms, ...snapshots].join(', ')} (VMs forked from it or running on its memory since it was taken, snapshots below it); destroy those first or delete with cascade`,
+          { vms, snapshots },
+        );
       }
       for (const vm of vms) {
         await this.destroy(vm);

@@ -1,29 +1,9 @@
-import fs from 'node:fs/promises';
+import { closeSync, openSync, readFileSync, readSync, writeSync } from 'node:fs';
 import { ForkyError } from '@forky/base';
 
 const PAGE = 4096;
 /** Pages copied per read: big enough to amortise the syscall, small enough to stay in cache. */
 const MAX_RUN_PAGES = 256;
-
-/**
- * Copies the pages of process `pid`'s private mapping of `ramFile` that it has made its own
- * (copy-on-write faults) into `dest`, at the same offsets. Untouched pages still read through to
- * `ramFile`, which `dest` already copies, so only what changed is written.
- * /proc/<pid>/pagemap: bit 63 present, bit 62 swapped, bit 61 file-backed (clear for a private copy).
- */
-export async function copyPrivatePages(pid: number, ramFile: string, dest: string): Promise<{ bytes: number }> {
-  const maps = await findMappings(pid, ramFile);
-  const pagemap = await fs.open(`/proc/${pid}/pagemap`, 'r');
-  const mem = await fs.open(`/proc/${pid}/mem`, 'r');
-  const out = await fs.open(dest, 'r+');
-  try {
-    let bytes = 0;
-    for (const map of maps) bytes += await copyMapping(pid, map, pagemap, mem, out);
-    return { bytes };
-  } finally {
-    await Promise.all([pagemap.close(), mem.close(), out.close()]);
-  }
-}
 
 interface Mapping {
   start: number;
@@ -31,11 +11,33 @@ interface Mapping {
   offset: number;
 }
 
-async function copyMapping(pid: number, map: Mapping, pagemap: fs.FileHandle, mem: fs.FileHandle, out: fs.FileHandle): Promise<number> {
+/**
+ * Copies the pages of process `pid`'s private mapping of `ramFile` that it has made its own
+ * (copy-on-write faults) into `dest`, at the same offsets. Untouched pages still read through to
+ * `ramFile`, which `dest` already copies, so only what changed is written.
+ * /proc/<pid>/pagemap: bit 63 present, bit 62 swapped, bit 61 file-backed (clear for a private copy).
+ * Synchronous on purpose: it runs while the VM is stopped, and thousands of small reads through
+ * the thread pool cost more than the copy itself.
+ */
+export function copyPrivatePages(pid: number, ramFile: string, dest: string): { bytes: number } {
+  const maps = findMappings(pid, ramFile);
+  const fds = { pagemap: openSync(`/proc/${pid}/pagemap`, 'r'), mem: -1, out: -1 };
+  try {
+    fds.mem = openSync(`/proc/${pid}/mem`, 'r');
+    fds.out = openSync(dest, 'r+');
+    let bytes = 0;
+    for (const map of maps) bytes += copyMapping(pid, map, fds);
+    return { bytes };
+  } finally {
+    for (const fd of Object.values(fds)) if (fd >= 0) closeSync(fd);
+  }
+}
+
+function copyMapping(pid: number, map: Mapping, fds: { pagemap: number; mem: number; out: number }): number {
   const pages = (map.end - map.start) / PAGE;
   const entries = Buffer.alloc(pages * 8);
-  const { bytesRead } = await pagemap.read(entries, 0, entries.length, (map.start / PAGE) * 8);
-  if (bytesRead !== entries.length) throw new ForkyError('INTERNAL', `short pagemap read for pid ${pid}: ${bytesRead} of ${entries.length}`);
+  const got = readSync(fds.pagemap, entries, 0, entries.length, (map.start / PAGE) * 8);
+  if (got !== entries.length) throw new ForkyError('INTERNAL', `short pagemap read for pid ${pid}: ${got} of ${entries.length}`);
   const buf = Buffer.alloc(MAX_RUN_PAGES * PAGE);
   let bytes = 0;
   let i = 0;
@@ -47,9 +49,8 @@ async function copyMapping(pid: number, map: Mapping, pagemap: fs.FileHandle, me
     let n = 1;
     while (n < MAX_RUN_PAGES && i + n < pages && isPrivate(entries.readUInt32LE((i + n) * 8 + 4))) n++;
     const len = n * PAGE;
-    const got = await mem.read(buf, 0, len, map.start + i * PAGE);
-    if (got.bytesRead !== len) throw new ForkyError('INTERNAL', `short read of guest RAM of pid ${pid} at page ${i}`);
-    await out.write(buf, 0, len, map.offset + i * PAGE);
+    if (readSync(fds.mem, buf, 0, len, map.start + i * PAGE) !== len) throw new ForkyError('INTERNAL', `short read of guest RAM of pid ${pid} at page ${i}`);
+    writeSync(fds.out, buf, 0, len, map.offset + i * PAGE);
     bytes += len;
     i += n;
   }
@@ -62,9 +63,9 @@ function isPrivate(hi: number): boolean {
 }
 
 /** The process's mappings of `file` (the kernel may split one mmap into several). */
-async function findMappings(pid: number, file: string): Promise<Mapping[]> {
+function findMappings(pid: number, file: string): Mapping[] {
   const found: Mapping[] = [];
-  for (const line of (await fs.readFile(`/proc/${pid}/maps`, 'utf8')).split('\n')) {
+  for (const line of readFileSync(`/proc/${pid}/maps`, 'utf8').split('\n')) {
     // start-end perms offset dev inode path
     const m = /^([0-9a-f]+)-([0-9a-f]+) \S+ ([0-9a-f]+) \S+ \d+\s+(.*)$/.exec(line);
     if (m && m[4] === file) found.push({ start: parseInt(m[1] as string, 16), end: parseInt(m[2] as string, 16), offset: parseInt(m[3] as string, 16) });

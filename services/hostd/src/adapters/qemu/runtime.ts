@@ -86,7 +86,7 @@ export class QemuRuntime implements VmRuntime {
     return { stateBytes: (await fs.stat(stateFile)).size };
   }
 
-  writePrivatePages(h: VmHandle, file: string): Promise<{ bytes: number }> {
+  async writePrivatePages(h: VmHandle, file: string): Promise<{ bytes: number }> {
     const vm = h as QemuVm;
     return copyPrivatePages(vm.pid, vm.spec.ram.file, file);
   }
