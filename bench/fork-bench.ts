@@ -53,11 +53,36 @@ try {
     for (const c of r.children) await client.call('vm.destroy', { id: c.id });
   }
 
+  // Live forks of a parent that keeps dirtying memory: the pause hostd measures, 10 at least.
+  await client.call('vm.exec', { id: parent.id, cmd: ['/bin/sh', '-c', '(while true; do dd if=/dev/urandom of=/run/churn bs=64k count=16 2>/dev/null; usleep 50000; done) >/dev/null 2>&1 &'] });
   const liveForks: number[] = [];
-  for (let i = 0; i < runs; i++) {
+  const pauses: number[] = [];
+  for (let i = 0; i < Math.max(runs, 10); i++) {
     const [ms, r] = await timed(() => client.call('fork', { source: parent.id, count: 1, resumeParent: true }));
     liveForks.push(ms);
+    pauses.push(r.timings.pauseMs ?? NaN);
     for (const c of r.children) await client.call('vm.destroy', { id: c.id });
+  }
+
+  // The same work (32 MiB dirtied) before a snapshot of a parent and of a child of it.
+  const dirty = ['/bin/sh', '-c', 'dd if=/dev/urandom of=/run/blob bs=1M count=32 2>/dev/null'];
+  const snapParent: number[] = [];
+  const snapChild: number[] = [];
+  const pauseParent: number[] = [];
+  const pauseChild: number[] = [];
+  for (let i = 0; i < runs; i++) {
+    await client.call('vm.exec', { id: parent.id, cmd: dirty });
+    const [pm, ps] = await timed(() => client.call('snapshot.create', { vm: parent.id, resume: true }));
+    const child = (await client.call('fork', { source: ps.id, count: 1 })).children[0];
+    if (!child) throw new Error('fork gave no child');
+    await client.call('vm.exec', { id: child.id, cmd: dirty });
+    const [cm, cs] = await timed(() => client.call('snapshot.create', { vm: child.id, resume: true }));
+    snapParent.push(pm);
+    snapChild.push(cm);
+    pauseParent.push(ps.timings?.pauseMs ?? NaN);
+    pauseChild.push(cs.timings?.pauseMs ?? NaN);
+    await client.call('vm.destroy', { id: child.id });
+    await client.call('snapshot.delete', { id: cs.id });
   }
 
   const four: number[] = [];
@@ -78,7 +103,12 @@ try {
     { name: 'cold boot to agent ready', value: median(boots), unit: 'ms', detail: boots.map(Math.round).join(' ') },
     { name: 'fork 1 child from snapshot to agent ready', value: median(forks), unit: 'ms', detail: forks.map(Math.round).join(' ') },
     { name: 'boot / fork ratio', value: median(boots) / median(forks), unit: 'x' },
-    { name: 'fork 1 child from running VM (snapshot + child)', value: median(liveForks), unit: 'ms', detail: liveForks.map(Math.round).join(' ') },
+    { name: 'live fork of a running VM (snapshot + child)', value: median(liveForks), unit: 'ms', detail: liveForks.map(Math.round).join(' ') },
+    { name: 'live fork: parent pause (hostd pauseMs)', value: median(pauses), unit: 'ms', detail: pauses.map((p) => p.toFixed(1)).join(' ') },
+    { name: 'snapshot of a parent (32 MiB dirtied), request', value: median(snapParent), unit: 'ms', detail: snapParent.map(Math.round).join(' ') },
+    { name: 'snapshot of its child (32 MiB dirtied), request', value: median(snapChild), unit: 'ms', detail: snapChild.map(Math.round).join(' ') },
+    { name: 'snapshot pause: parent', value: median(pauseParent), unit: 'ms', detail: pauseParent.map((p) => p.toFixed(1)).join(' ') },
+    { name: 'snapshot pause: child', value: median(pauseChild), unit: 'ms', detail: pauseChild.map((p) => p.toFixed(1)).join(' ') },
     { name: 'fork 4 children from snapshot', value: median(four), unit: 'ms', detail: four.map(Math.round).join(' ') },
     { name: 'snapshot of a running VM (32 MiB dirtied)', value: snapMs, unit: 'ms' },
     { name: 'child Pss (median of 4, 256 MiB guest)', value: median(pss), unit: 'MB', detail: pss.map((p) => p.toFixed(1)).join(' ') },

@@ -73,7 +73,8 @@ export async function startHostd(config: Readonly<HostdConfig>, logger: Logger):
     nc.publish(subjects.heartbeat(config.hostId), body);
     await buckets.hosts.put(config.hostId, body);
   };
-  await beat();
+  // A first beat lost to a cluster still electing leaders is not fatal: the next one follows.
+  await beat().catch((err: unknown) => log.warn({ err }, 'first heartbeat failed'));
   const timer = setInterval(() => void beat().catch((err: unknown) => log.warn({ err }, 'heartbeat failed')), config.heartbeatMs);
   // A change (a VM made or gone) is reported within 100 ms, not at the next period: coalesced.
   let pendingBeat: NodeJS.Timeout | undefined;

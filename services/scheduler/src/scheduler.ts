@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import type { NatsConnection } from '@nats-io/nats-core';
-import { CapacityError, ConflictError, ForkyError, NotFoundError, asForkyError, newId, type Logger } from '@forky/base';
+import { CapacityError, ForkyError, NotFoundError, asForkyError, newId, type Logger } from '@forky/base';
 import { HostdClient, type Buckets } from '@forky/bus';
 import { LineageNode, type SnapshotDeleteResult, type SnapshotTree } from '@forky/contract';
 import type {
@@ -146,17 +146,14 @@ export class Scheduler {
 
   /**
    * Deletes a snapshot on every host that holds a copy (copies first, the origin last, which
-   * retires it from the object store and the lineage). Snapshots descending from it in the
-   * lineage make it refuse, unless `cascade`: then they go first, leaves first, each with its
-   * dependent VMs.
+   * retires it from the object store and the lineage). With `cascade`, the snapshots below it in
+   * the lineage go first, leaves first, each with the VMs that depend on it.
    */
   async deleteSnapshot(id: string, cascade: boolean): Promise<SnapshotDeleteResult> {
     await this.locate('snap', id);
     const { nodes } = await this.tree();
-    const below = descendants(nodes, id);
-    if (below.length > 0 && !cascade) {
-      throw new ConflictError(`snapshot ${id} has descendants ${below.join(', ')}; delete those first or delete with cascade`, { snapshots: below, vms: [] });
-    }
+    // Without cascade, each host refuses for what physically depends on the snapshot there.
+    const below = cascade ? descendants(nodes, id) : [];
     const out: SnapshotDeleteResult = { snapshots: [], vms: [] };
     for (const s of [...below.reverse(), id]) {
       const home = await this.locate('snap', s).catch(() => undefined);

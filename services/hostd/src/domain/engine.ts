@@ -213,8 +213,8 @@ export class HostEngine {
 
   /**
    * Deletes a snapshot. Refused while a VM runs on its memory or disk, or another snapshot's disk
-   * or lineage descends from it; with `cascade` those go first (on this host; the scheduler walks
-   * the lineage across hosts).
+   * chain runs through it; with `cascade` those go first (on this host; the scheduler walks the
+   * lineage across hosts).
    */
   deleteSnapshot(id: string, cascade = false): Promise<SnapshotDeleteResult> {
     this.#snap(id);
@@ -262,13 +262,17 @@ export class HostEngine {
     return out;
   }
 
-  /** What on this host depends on snapshot `s`: VMs on its RAM or disk layer, snapshots on its layer or below it in the lineage. */
+  /**
+   * What on this host depends on snapshot `s`: VMs on its RAM or disk layer, snapshots whose disk
+   * chain runs through its layer. A snapshot below it in the lineage alone does not: its RAM is
+   * its own, and the tree shows it with its parent gone.
+   */
   #dependents(s: SnapshotRecord): { vms: string[]; snapshots: string[] } {
     const frozen = s.chain.at(-1) as string;
     const ram = this.d.snapshots.files(s.info.id).ram;
     const vms = [...this.#vms.values()].filter((v) => v.chain.includes(frozen) || v.ram.file === ram).map((v) => v.id);
     const snapshots = [...this.#snaps.values()]
-      .filter((o) => o !== s && (o.chain.includes(frozen) || o.info.parentSnapshot === s.info.id))
+      .filter((o) => o !== s && o.chain.includes(frozen))
       .map((o) => o.info.id);
     return { vms, snapshots };
   }
