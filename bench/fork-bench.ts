@@ -97,7 +97,8 @@ try {
     }
     for (const c of r.children) await client.call('vm.destroy', { id: c.id });
   }
-  const parentPss = await pssMB(parent.pid as number);
+  // Each snapshot hands the parent to a new process: ask for its pid now.
+  const parentPss = await pssMB((await client.call('vm.show', { id: parent.id })).pid as number);
 
   figures.push(
     { name: 'cold boot to agent ready', value: median(boots), unit: 'ms', detail: boots.map(Math.round).join(' ') },

@@ -508,9 +508,12 @@ export class HostEngine {
       const h = await this.d.runtime.prepare(spec, this.d.limits.restoreTimeoutMs);
       try {
         await this.d.runtime.load(h, files.state, { run: true, timeoutMs: this.d.limits.restoreTimeoutMs });
-        await this.d.runtime.waitAgent(h, this.d.limits.restoreTimeoutMs);
         rec.timings.runningMs = round(performance.now() - started);
-        await giveIdentity(this.d.runtime, h, { vmId: id, hostname: id, mac: rec.mac }, this.d.limits.agentTimeoutMs);
+        // Both before anyone gets the child: its agent answers, and it is no longer its siblings' twin.
+        await Promise.all([
+          this.d.runtime.waitAgent(h, this.d.limits.restoreTimeoutMs),
+          giveIdentity(this.d.runtime, h, { vmId: id, hostname: id, mac: rec.mac }, this.d.limits.agentTimeoutMs),
+        ]);
         return h;
       } catch (e) {
         await this.d.runtime.destroy(h);

@@ -19,7 +19,8 @@ export interface Identity {
 }
 
 /**
- * Makes a restored child its own machine: the image's hook sets its VM id, hostname and MAC,
+ * Makes a restored child its own machine: the image's resident forky-ident (images/tiny/ident.c),
+ * told over its own serial port, sets its VM id, hostname and MAC,
  * mixes fresh host entropy into the guest RNG and forces a reseed (siblings would otherwise draw
  * the same random numbers), and steps the clock to the host's (it stopped when the snapshot was
  * taken). The VM generation id needs nothing here: every process starts with a new one
@@ -27,7 +28,7 @@ export interface Identity {
  */
 export async function giveIdentity(runtime: VmRuntime, vm: VmHandle, id: Identity, timeoutMs: number): Promise<void> {
   const now = Date.now();
-  const cmd = ['/etc/forky/hook', 'identity', id.vmId, id.hostname, id.mac, randomBytes(64).toString('hex'), String(Math.floor(now / 1000)), String((now % 1000) * 1e6)];
-  const r = await runtime.exec(vm, cmd, { timeoutMs });
-  if (r.exitCode !== 0) throw new ForkyError('INTERNAL', `identity hook failed in VM ${id.vmId} (exit ${r.exitCode}): ${r.stderr.trim().slice(0, 300)}`);
+  const line = [id.vmId, id.hostname, id.mac, randomBytes(64).toString('hex'), String(Math.floor(now / 1000)), String((now % 1000) * 1e6)].join(' ');
+  const answer = await runtime.control(vm, line, timeoutMs);
+  if (answer !== 'ok') throw new ForkyError('INTERNAL', `the guest's forky-ident refused the identity of VM ${id.vmId}: ${answer.slice(0, 300)}`);
 }

@@ -52,6 +52,8 @@ export interface VmRuntime {
   /** Copies into the VM's top layer what the layers above `baseFile` hold, so its chain is base + top. */
   flattenDisk(vm: VmHandle, baseFile: string, timeoutMs: number): Promise<void>;
   exec(vm: VmHandle, cmd: readonly string[], opts: { input?: string; timeoutMs: number }): Promise<ExecResult>;
+  /** Sends one line to the guest's control program and returns its one-line answer. */
+  control(vm: VmHandle, line: string, timeoutMs: number): Promise<string>;
   /** Stops the process (gracefully, then by force) and releases its connections. Idempotent. */
   destroy(vm: VmHandle): Promise<void>;
 }

@@ -13,6 +13,8 @@ export interface MachineOptions {
 export interface LaunchPaths {
   qmpSocket: string;
   qgaSocket: string;
+  /** hostd's line channel to the guest's forky-ident (a child's identity). */
+  ctlSocket: string;
   serialLog: string;
 }
 
@@ -43,6 +45,8 @@ export function buildArgs(spec: VmSpec, m: MachineOptions, paths: LaunchPaths, i
     '-device', 'virtio-serial-pci,id=vser0',
     '-chardev', `socket,id=qga0,path=${esc(paths.qgaSocket)},server=on,wait=off`,
     '-device', 'virtserialport,bus=vser0.0,chardev=qga0,name=org.qemu.guest_agent.0',
+    '-chardev', `socket,id=ctl0,path=${esc(paths.ctlSocket)},server=on,wait=off`,
+    '-device', 'virtserialport,bus=vser0.0,chardev=ctl0,name=org.forky.ctl.0',
     '-object', 'rng-random,filename=/dev/urandom,id=rng0',
     '-device', 'virtio-rng-pci,rng=rng0',
     '-netdev', 'user,id=net0',

@@ -8,6 +8,7 @@ import { buildArgs, type MachineOptions } from './cmdline.js';
 import { killGroup, launchQemu, type QemuProcess } from './process.js';
 import { loadState } from './migration.js';
 import { copyPrivatePages } from './private-pages.js';
+import { askLine } from './control.js';
 
 interface QemuVm extends VmHandle {
   proc: QemuProcess;
@@ -100,6 +101,10 @@ export class QemuRuntime implements VmRuntime {
     if (ev.data?.error) throw new ForkyError('QEMU', `flattening the disk of VM ${vm.spec.id} failed: ${String(ev.data.error)}`);
   }
 
+  control(h: VmHandle, line: string, timeoutMs: number): Promise<string> {
+    return askLine(sock((h as QemuVm).spec, 'ctl'), line, timeoutMs);
+  }
+
   async exec(h: VmHandle, cmd: readonly string[], opts: { input?: string; timeoutMs: number }): Promise<ExecResult> {
     return (h as QemuVm).agent.exec(cmd, opts);
   }
@@ -121,7 +126,7 @@ export class QemuRuntime implements VmRuntime {
   async #start(spec: VmSpec, incoming: boolean, timeoutMs: number): Promise<QemuVm> {
     await fs.mkdir(spec.runDir, { recursive: true });
     if (spec.ram.shared) await fs.mkdir(path.dirname(spec.ram.file), { recursive: true });
-    const paths = { qmpSocket: sock(spec, 'qmp'), qgaSocket: sock(spec, 'qga'), serialLog: path.join(spec.runDir, 'serial.log') };
+    const paths = { qmpSocket: sock(spec, 'qmp'), qgaSocket: sock(spec, 'qga'), ctlSocket: sock(spec, 'ctl'), serialLog: path.join(spec.runDir, 'serial.log') };
     const args = buildArgs(spec, this.opts, paths, incoming);
     const log = this.opts.logger.child({ vm: spec.id, generation: spec.generation });
     const proc = await launchQemu(this.opts.binary, args, paths.qmpSocket, path.join(spec.runDir, 'qemu.log'), timeoutMs, log);
