@@ -420,7 +420,7 @@ export class HostEngine {
         });
         await this.d.layers.createOverlay(top, frozen, vm.diskVirtualSize);
         const next: VmRecord = { ...vm, generation: vm.generation + 1, ram: { file: files.ram, shared: false }, chain: [...vm.chain, top] };
-        const successor = await this.d.runtime.prepare(this.#spec(next, image), this.d.limits.restoreTimeoutMs);
+        const successor = await this.d.runtime.prepare(this.#spec(next, image), { autostart: resume, timeoutMs: this.d.limits.restoreTimeoutMs });
         undo.push(() => this.d.runtime.destroy(successor));
 
         const p0 = performance.now();
@@ -431,7 +431,7 @@ export class HostEngine {
         const { stateBytes } = await this.d.runtime.saveState(h, files.state);
         const privateBytes = ownRam ? 0 : (await this.d.runtime.writePrivatePages(h, files.ram)).bytes;
         const { ramBytes } = await this.d.snapshots.commitRam(id);
-        await this.d.runtime.load(successor, files.state, { run: resume, timeoutMs: this.d.limits.restoreTimeoutMs });
+        await this.d.runtime.load(successor, files.state, this.d.limits.restoreTimeoutMs);
         const pauseMs = round(performance.now() - p0);
 
         // The successor is the VM from here on; the old process goes.
@@ -505,9 +505,9 @@ export class HostEngine {
     });
     rec.lineage = snap.info.id;
     const info = await this.#make(rec, image, snap.chain.at(-1) as string, async (spec) => {
-      const h = await this.d.runtime.prepare(spec, this.d.limits.restoreTimeoutMs);
+      const h = await this.d.runtime.prepare(spec, { autostart: true, timeoutMs: this.d.limits.restoreTimeoutMs });
       try {
-        await this.d.runtime.load(h, files.state, { run: true, timeoutMs: this.d.limits.restoreTimeoutMs });
+        await this.d.runtime.load(h, files.state, this.d.limits.restoreTimeoutMs);
         rec.timings.runningMs = round(performance.now() - started);
         // Both before anyone gets the child: its agent answers, and it is no longer its siblings' twin.
         await Promise.all([

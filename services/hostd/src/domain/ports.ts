@@ -36,10 +36,13 @@ export interface VmRuntime {
   profile(memMiB: number, cpus: number, imageId: string): MachineProfile;
   /** Boots and returns once the guest agent answers. */
   boot(spec: VmSpec, timeoutMs: number): Promise<VmHandle>;
-  /** Starts a process that waits for saved device state; its disks stay closed to writes until then. */
-  prepare(spec: VmSpec, timeoutMs: number): Promise<VmHandle>;
-  /** Loads device state into a prepared VM and continues it (`run`) or leaves it paused. Returns once it runs. */
-  load(vm: VmHandle, stateFile: string, opts: { run: boolean; timeoutMs: number }): Promise<void>;
+  /**
+   * Starts a process that waits for saved device state; its disks stay closed to writes until then.
+   * `autostart`: it runs as soon as the state is loaded; otherwise it stays paused.
+   */
+  prepare(spec: VmSpec, opts: { autostart: boolean; timeoutMs: number }): Promise<VmHandle>;
+  /** Loads device state into a prepared VM; returns once it is loaded (and running, if it autostarts). */
+  load(vm: VmHandle, stateFile: string, timeoutMs: number): Promise<void>;
   /** Waits until the guest agent of a running VM answers. */
   waitAgent(vm: VmHandle, timeoutMs: number): Promise<void>;
   pause(vm: VmHandle): Promise<void>;

@@ -18,6 +18,12 @@ export interface LaunchPaths {
   serialLog: string;
 }
 
+/**
+ * `boot`: from the kernel. `autostart`: waits for state and runs as soon as it is loaded (no
+ * `cont` round trip). `paused`: waits for state and stays stopped once it is loaded.
+ */
+export type LaunchMode = 'boot' | 'autostart' | 'paused';
+
 /** QEMU's option syntax doubles commas inside a value. */
 const esc = (s: string): string => s.replaceAll(',', ',,');
 
@@ -26,7 +32,7 @@ const esc = (s: string): string => s.replaceAll(',', ',,');
  * with the same ids and the same RAM backend id and size: device state restores only onto an
  * identical machine. QEMU dials hostd's QMP socket (server=off), so readiness is an event.
  */
-export function buildArgs(spec: VmSpec, m: MachineOptions, paths: LaunchPaths, incoming: boolean): string[] {
+export function buildArgs(spec: VmSpec, m: MachineOptions, paths: LaunchPaths, mode: LaunchMode): string[] {
   const accel = m.accel === 'tcg' && m.tcgTbSizeMiB ? `tcg,tb-size=${m.tcgTbSizeMiB}` : m.accel;
   const args = [
     '-name', `forky-${spec.id},debug-threads=on`,
@@ -62,6 +68,7 @@ export function buildArgs(spec: VmSpec, m: MachineOptions, paths: LaunchPaths, i
     '-global', 'migration.send-configuration=off',
   ];
   if (m.sandbox) args.push('-sandbox', 'on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny');
-  if (incoming) args.push('-incoming', 'defer');
+  if (mode !== 'boot') args.push('-incoming', 'defer');
+  if (mode === 'paused') args.push('-S');
   return args;
 }

@@ -13,17 +13,20 @@ import type { QmpClient, QmpEvent } from '@forky/qemu';
 
 const done = (e: QmpEvent): boolean => ['completed', 'failed', 'cancelled'].includes(String(e.data?.status));
 
-async function enableEvents(qmp: QmpClient): Promise<void> {
-  await qmp.execute('migrate-set-capabilities', { capabilities: [{ capability: 'events', state: true }] });
-}
-
-/** Feeds `file` into a QEMU started with `-incoming defer` and waits until it has loaded. */
-export async function loadState(qmp: QmpClient, socketPath: string, file: string, timeoutMs: number): Promise<void> {
+/**
+ * Makes a QEMU started with `-incoming defer` listen for state on `socketPath`. Done when the
+ * process is prepared, so loading later is one connection and no QMP round trip.
+ */
+export async function listenForState(qmp: QmpClient, socketPath: string): Promise<void> {
   await fs.rm(socketPath, { force: true });
-  await enableEvents(qmp);
-  const finished = qmp.waitForEvent('MIGRATION', done, timeoutMs);
+  await qmp.execute('migrate-set-capabilities', { capabilities: [{ capability: 'events', state: true }] });
   // QEMU listens on the socket by the time migrate-incoming returns.
   await qmp.execute('migrate-incoming', { uri: `unix:${socketPath}` });
+}
+
+/** Feeds `file` to a QEMU listening for state and waits until it has loaded (and, if it autostarts, runs). */
+export async function loadState(qmp: QmpClient, socketPath: string, file: string, timeoutMs: number): Promise<void> {
+  const finished = qmp.waitForEvent('MIGRATION', done, timeoutMs);
   const sock = net.createConnection(socketPath);
   try {
     // QEMU closes its end as soon as it has read the end of the stream, which can race our own

@@ -4,9 +4,9 @@ import { ForkyError, checkSocketPath, withDeadline, type Logger } from '@forky/b
 import { GuestAgentClient, type QmpClient } from '@forky/qemu';
 import type { Accel, ExecResult, MachineProfile } from '@forky/contract';
 import type { VmHandle, VmRuntime, VmSpec } from '../../domain/ports.js';
-import { buildArgs, type MachineOptions } from './cmdline.js';
+import { buildArgs, type LaunchMode, type MachineOptions } from './cmdline.js';
 import { killGroup, launchQemu, type QemuProcess } from './process.js';
-import { loadState } from './migration.js';
+import { listenForState, loadState } from './migration.js';
 import { copyPrivatePages } from './private-pages.js';
 import { askLine } from './control.js';
 
@@ -43,7 +43,7 @@ export class QemuRuntime implements VmRuntime {
 
   async boot(spec: VmSpec, timeoutMs: number): Promise<VmHandle> {
     const deadline = Date.now() + timeoutMs;
-    const vm = await this.#start(spec, false, timeoutMs);
+    const vm = await this.#start(spec, 'boot', timeoutMs);
     try {
       await vm.agent.sync(Math.max(1, deadline - Date.now()));
       return vm;
@@ -53,14 +53,20 @@ export class QemuRuntime implements VmRuntime {
     }
   }
 
-  prepare(spec: VmSpec, timeoutMs: number): Promise<VmHandle> {
-    return this.#start(spec, true, timeoutMs);
+  async prepare(spec: VmSpec, opts: { autostart: boolean; timeoutMs: number }): Promise<VmHandle> {
+    const vm = await this.#start(spec, opts.autostart ? 'autostart' : 'paused', opts.timeoutMs);
+    try {
+      await listenForState(vm.qmp, sock(spec, 'mig'));
+      return vm;
+    } catch (e) {
+      await this.destroy(vm);
+      throw e;
+    }
   }
 
-  async load(h: VmHandle, stateFile: string, opts: { run: boolean; timeoutMs: number }): Promise<void> {
+  async load(h: VmHandle, stateFile: string, timeoutMs: number): Promise<void> {
     const vm = h as QemuVm;
-    await loadState(vm.qmp, sock(vm.spec, 'mig'), stateFile, opts.timeoutMs);
-    if (opts.run) await vm.qmp.execute('cont');
+    await loadState(vm.qmp, sock(vm.spec, 'mig'), stateFile, timeoutMs);
   }
 
   async waitAgent(h: VmHandle, timeoutMs: number): Promise<void> {
@@ -123,11 +129,11 @@ export class QemuRuntime implements VmRuntime {
     vm.qmp.close();
   }
 
-  async #start(spec: VmSpec, incoming: boolean, timeoutMs: number): Promise<QemuVm> {
+  async #start(spec: VmSpec, mode: LaunchMode, timeoutMs: number): Promise<QemuVm> {
     await fs.mkdir(spec.runDir, { recursive: true });
     if (spec.ram.shared) await fs.mkdir(path.dirname(spec.ram.file), { recursive: true });
     const paths = { qmpSocket: sock(spec, 'qmp'), qgaSocket: sock(spec, 'qga'), ctlSocket: sock(spec, 'ctl'), serialLog: path.join(spec.runDir, 'serial.log') };
-    const args = buildArgs(spec, this.opts, paths, incoming);
+    const args = buildArgs(spec, this.opts, paths, mode);
     const log = this.opts.logger.child({ vm: spec.id, generation: spec.generation });
     const proc = await launchQemu(this.opts.binary, args, paths.qmpSocket, path.join(spec.runDir, 'qemu.log'), timeoutMs, log);
     try {
