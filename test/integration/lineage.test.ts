@@ -6,6 +6,7 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import { connect } from '@nats-io/transport-node';
 import type { NatsConnection } from '@nats-io/nats-core';
+import { pollUntil } from '@forky/base';
 import { RemoteError, SnapshotTree, type ForkResult, type SnapshotInfo, type VmInfo } from '@forky/contract';
 import { SchedulerClient, startNatsServer, type NatsServer } from '@forky/bus';
 import { loadSchedulerConfig, startScheduler, type RunningScheduler } from '@forky/scheduler';
@@ -126,6 +127,16 @@ describe('live forks, snapshot chains and lineage, a new identity per child', { 
     assert.equal(seen.uuid.size, 8, 'no two siblings draw the same random numbers');
   });
 
+  it('forks from a warm pool: a process already waiting for the snapshot takes the state', async () => {
+    // The fork of the 4 siblings made snapB hot: its pool refills in the background.
+    await pollUntil(async () => (host.hostd.engine.warmCount() > 0 ? true : undefined), { timeoutMs: 30_000, what: 'warm pool refilled' });
+    const r = await client.call('fork', { source: snapB.id, count: 1 });
+    const child = r.children[0] as VmInfo;
+    assert.equal(child.timings?.warm, 1, 'the child came from the pool');
+    assert.deepEqual(lines(await sh(child.id, 'cat /run/mark; hostname')), ['c1-snap', child.id]);
+    siblings.push(child);
+  });
+
   it(`keeps disk chains within ${MAX_DEPTH} layers: deeper chains are flattened, data unchanged`, async () => {
     const depths: number[] = [live.snapshot.chainDepth ?? -1];
     let last: SnapshotInfo | undefined;
@@ -163,6 +174,8 @@ describe('live forks, snapshot chains and lineage, a new identity per child', { 
     assert.equal((await client.call('snapshot.list', {})).snapshots.some((s) => s.id === snapB.id), false);
     await assert.rejects(() => fs.stat(path.join(host.ramDir, 'snapshots', `${snapB.id}.ram`)));
     assert.ok((await fs.readdir(path.join(host.dataDir, 'layers'))).length < layersBefore, 'layers no one uses are collected');
+    const vmDirs = await fs.readdir(path.join(host.dataDir, 'vms'));
+    assert.equal(vmDirs.length, vms.length + host.hostd.engine.warmCount(), 'no directory of a VM or pooled process is left behind');
     const tree = await client.call('snapshot.tree', {});
     assert.equal(tree.nodes.some((n) => n.id === snapB.id), false, 'the lineage forgets it');
   });

@@ -17,6 +17,20 @@ const Limits = z.strictObject({
   agentTimeoutMs: z.number().int().positive().default(10_000),
 });
 
+const Pool = z.strictObject({
+  /** QEMU processes kept started and waiting, per recently forked snapshot (0: no pool). */
+  size: z.number().int().min(0).max(64).default(1),
+  /** Snapshots that keep a pool at once; the least recently forked loses its pool first. */
+  maxSnapshots: z.number().int().min(1).max(1000).default(4),
+});
+
+const Ksm = z.strictObject({
+  /** Turn kernel same-page merging on at start (needs root; changes a host-wide setting). */
+  enabled: z.boolean().default(false),
+  pagesToScan: z.number().int().min(1).default(5000),
+  sleepMs: z.number().int().min(0).default(20),
+});
+
 export const HostdConfig = z.strictObject({
   hostId: HostId,
   nats: z.strictObject({
@@ -46,6 +60,10 @@ export const HostdConfig = z.strictObject({
     })
     .prefault({}),
   limits: Limits.prefault({}),
+  pool: Pool.prefault({}),
+  /** Simulate a host: VMs are records only, no QEMU runs (for scheduler benchmarks). */
+  dryRun: z.boolean().default(false),
+  ksm: Ksm.prefault({}),
   /** How often this host reports into the hosts bucket. */
   heartbeatMs: z.number().int().min(100).max(60_000).default(2000),
   /** Replicas of the KV buckets hostd creates if missing (3 on a 3-node cluster). */

@@ -5,6 +5,9 @@ import type { Service } from '@nats-io/services';
 import type { Logger } from '@forky/base';
 import { connectBus, openBuckets } from '@forky/bus';
 import { subjects, type Heartbeat } from '@forky/contract';
+import { enableKsm } from './adapters/ksm.js';
+import { DryRunLayerStore, DryRunRuntime } from './adapters/dry-run.js';
+import type { VmRuntime } from './domain/ports.js';
 import { KvDirectory } from './adapters/kv-directory.js';
 import { ObjectPartStore } from './adapters/store/object-parts.js';
 import type { HostdConfig } from './config.js';
@@ -36,17 +39,22 @@ export async function startHostd(config: Readonly<HostdConfig>, logger: Logger):
   const layout = new Layout(path.resolve(config.dataDir), path.resolve(config.ramDir));
   const images = new ImageCatalog(path.resolve(config.imagesDir));
 
-  const probe = await chooseAccel(config, images, log);
-  const runtime = new QemuRuntime({
-    binary: config.qemu.binary,
-    qemuVersion: probe.qemuVersion,
-    accel: probe.accel,
-    machine: config.qemu.machine,
-    cpuModel: config.qemu.cpuModel ?? (probe.accel === 'kvm' ? 'host' : 'qemu64'),
-    sandbox: config.qemu.sandbox,
-    ...(config.qemu.tcgTbSizeMiB ? { tcgTbSizeMiB: config.qemu.tcgTbSizeMiB } : {}),
-    logger: log,
-  });
+  const probe: ProbeResult = config.dryRun
+    ? { accel: 'tcg', reason: 'dry run: no QEMU is started', qemuVersion: 'dry-run' }
+    : await chooseAccel(config, images, log);
+  const runtime: VmRuntime = config.dryRun
+    ? new DryRunRuntime()
+    : new QemuRuntime({
+        binary: config.qemu.binary,
+        qemuVersion: probe.qemuVersion,
+        accel: probe.accel,
+        machine: config.qemu.machine,
+        cpuModel: config.qemu.cpuModel ?? (probe.accel === 'kvm' ? 'host' : 'qemu64'),
+        sandbox: config.qemu.sandbox,
+        ...(config.qemu.tcgTbSizeMiB ? { tcgTbSizeMiB: config.qemu.tcgTbSizeMiB } : {}),
+        logger: log,
+      });
+  if (!config.dryRun) await enableKsm(config.ksm, log);
   const nc = await connectBus({ ...config.nats, name: `forky-hostd-${config.hostId}`, logger: log });
   const buckets = await openBuckets(nc, { replicas: config.bucketReplicas });
   let beatSoon: () => void = () => undefined;
@@ -57,11 +65,12 @@ export async function startHostd(config: Readonly<HostdConfig>, logger: Logger):
     hostId: config.hostId,
     accelReason: probe.reason,
     runtime,
-    layers: new QcowLayerStore(layout, config.qemu.img),
+    layers: config.dryRun ? new DryRunLayerStore(layout) : new QcowLayerStore(layout, config.qemu.img),
     snapshots: new LocalSnapshotStore(layout),
     images,
     layout,
     limits: config.limits,
+    pool: config.pool,
     logger: log,
   });
   const service = await startHostdService(nc, config.hostId, engine, HOSTD_VERSION, log);
@@ -97,6 +106,7 @@ export async function startHostd(config: Readonly<HostdConfig>, logger: Logger):
       // Each step on its own: a lost NATS connection must not keep VMs from being cleaned up.
       await service.stop().catch((err: unknown) => log.warn({ err }, 'service stop'));
       if (opts.destroyVms) await engine.destroyAll();
+      else await engine.close().catch((err: unknown) => log.warn({ err }, 'warm pool cleanup'));
       await nc.drain().catch(() => undefined);
     },
   };

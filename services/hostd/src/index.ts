@@ -7,3 +7,4 @@ export { buildArgs } from './adapters/qemu/cmdline.js';
 export { ImageCatalog, type Image } from './images.js';
 export { startEphemeralHostd, type EphemeralHostd } from './ephemeral.js';
 export { ObjectPartStore, PARTS_BUCKET } from './adapters/store/object-parts.js';
+export { WarmPool, type WarmChild, type WarmPoolOptions } from './domain/warm-pool.js';

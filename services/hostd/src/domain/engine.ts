@@ -35,6 +35,7 @@ import { assertAllowed, assertTransition } from './state.js';
 import { recordForDisk, vmInfo, writeJsonAtomic, type SnapshotRecord, type VmRecord } from './records.js';
 import { ksmSavedMiB, meminfo, pssMiB } from './host-stats.js';
 import { giveIdentity, newMac } from './identity.js';
+import { WarmPool, type WarmChild, type WarmPoolOptions } from './warm-pool.js';
 
 export interface EngineLimits {
   bootTimeoutMs: number;
@@ -68,6 +69,8 @@ export interface EngineDeps {
   parts?: PartStore;
   /** Called when the set of VMs or snapshots changes, so a heartbeat can go out soon. */
   onChange?: () => void;
+  /** Processes kept waiting per hot snapshot (default: none). */
+  pool?: WarmPoolOptions;
 }
 
 const NO_DIRECTORY: Directory = {
@@ -98,10 +101,27 @@ export class HostEngine {
   readonly #lock = new KeyedMutex();
   readonly #log: Logger;
   readonly #dir: Directory;
+  readonly #pool: WarmPool;
 
   constructor(private readonly d: EngineDeps) {
     this.#log = d.logger.child({ component: 'engine' });
     this.#dir = d.directory ?? NO_DIRECTORY;
+    this.#pool = new WarmPool(
+      d.pool ?? { size: 0, maxSnapshots: 0 },
+      (snap) => this.#makeWarm(snap),
+      (c) => this.#discardWarm(c),
+      this.#log.child({ component: 'warm-pool' }),
+    );
+  }
+
+  /** Processes waiting in the warm pool. */
+  warmCount(): number {
+    return this.#pool.size();
+  }
+
+  /** Stops what only lives for this process (the warm pool); VMs stay. */
+  async close(): Promise<void> {
+    await this.#pool.dropAll();
   }
 
   /** Ids of what this host holds, for heartbeats. */
@@ -244,6 +264,7 @@ export class HostEngine {
         out.snapshots.push(...r.snapshots);
       }
     }
+    await this.#pool.drop(id);
     this.#snaps.delete(id);
     await this.d.snapshots.remove(id);
     if (!s.origin) {
@@ -302,6 +323,7 @@ export class HostEngine {
         const msg = `${failed.length} of ${req.count} children failed; none kept: ${first instanceof Error ? first.message : String(first)}`;
         throw new ForkyError(first instanceof ForkyError ? first.code : 'INTERNAL', msg, { cause: first });
       }
+      this.#pool.refill(snap.info.id);
       return {
         snapshot: snap.info,
         children,
@@ -319,6 +341,7 @@ export class HostEngine {
 
   /** Destroys every VM and snapshot (for `forky down` and tests). */
   async destroyAll(): Promise<void> {
+    await this.#pool.dropAll();
     await Promise.all([...this.#vms.keys()].map((id) => this.destroy(id).catch((e: unknown) => this.#log.warn({ err: e, vm: id }, 'destroy failed'))));
     // Newest first: a later snapshot's chain runs through the layers of earlier ones.
     for (const id of [...this.#snaps.keys()].reverse()) await this.deleteSnapshot(id, true).catch((e: unknown) => this.#log.warn({ err: e, id }, 'snapshot delete failed'));
@@ -495,8 +518,9 @@ export class HostEngine {
   }
 
   async #restoreChild(snap: SnapshotRecord, image: Image, started: number): Promise<VmInfo> {
-    const id = newId('vm');
     const files = this.d.snapshots.files(snap.info.id);
+    const warm = this.#pool.take(snap.info.id);
+    const id = warm?.id ?? newId('vm');
     const rec = this.#newRecord(id, image, snap.info.profile.memMiB, snap.info.profile.cpus, 'restoring', {
       ram: { file: files.ram, shared: false },
       kernelCmdline: snap.kernelCmdline,
@@ -504,8 +528,13 @@ export class HostEngine {
       parentSnapshot: snap.info.id,
     });
     rec.lineage = snap.info.id;
+    if (warm) {
+      rec.mac = warm.mac;
+      rec.chain.push(warm.top);
+      rec.timings.warm = 1;
+    }
     const info = await this.#make(rec, image, snap.chain.at(-1) as string, async (spec) => {
-      const h = await this.d.runtime.prepare(spec, { autostart: true, timeoutMs: this.d.limits.restoreTimeoutMs });
+      const h = warm ? (warm.handle as VmHandle) : await this.d.runtime.prepare(spec, { autostart: true, timeoutMs: this.d.limits.restoreTimeoutMs });
       try {
         await this.d.runtime.load(h, files.state, this.d.limits.restoreTimeoutMs);
         rec.timings.runningMs = round(performance.now() - started);
@@ -519,18 +548,53 @@ export class HostEngine {
         await this.d.runtime.destroy(h);
         throw e;
       }
-    });
+    }, !!warm);
     rec.timings.readyMs = round(performance.now() - started);
     return { ...info, timings: rec.timings };
   }
 
+  /** A process for a future child of `snapId`: its own layer, the snapshot's RAM, waiting for state. */
+  async #makeWarm(snapId: string): Promise<WarmChild> {
+    const snap = this.#snap(snapId);
+    const image = await this.d.images.get(snap.info.image);
+    const id = newId('vm');
+    const mac = newMac(new Set([...this.#vms.values()].map((v) => v.mac)));
+    const rec: VmRecord = {
+      ...this.#newRecord(id, image, snap.info.profile.memMiB, snap.info.profile.cpus, 'restoring', {
+        ram: { file: this.d.snapshots.files(snapId).ram, shared: false },
+        kernelCmdline: snap.kernelCmdline,
+        chain: [...snap.chain],
+      }),
+      mac,
+    };
+    const top = newId('lyr');
+    this.#pendingLayers.add(top);
+    try {
+      await this.d.layers.createOverlay(top, snap.chain.at(-1) as string, snap.diskVirtualSize);
+      rec.chain.push(top);
+      const handle = await this.d.runtime.prepare(this.#spec(rec, image), { autostart: true, timeoutMs: this.d.limits.restoreTimeoutMs });
+      return { id, mac, top, handle };
+    } catch (e) {
+      await this.d.layers.remove(top);
+      await fs.rm(this.d.layout.vmDir(id), { recursive: true, force: true });
+      throw e;
+    } finally {
+      this.#pendingLayers.delete(top);
+    }
+  }
+
+  async #discardWarm(c: WarmChild): Promise<void> {
+    await this.d.runtime.destroy(c.handle as VmHandle);
+    await this.d.layers.remove(c.top);
+    await fs.rm(this.d.layout.vmDir(c.id), { recursive: true, force: true });
+  }
+
   /** Gives `rec` its own top layer on `backing`, starts it with `start`, and owns the clean-up if that fails. */
-  async #make(rec: VmRecord, image: Image, backing: string, start: (spec: VmSpec) => Promise<VmHandle>): Promise<VmInfo> {
+  async #make(rec: VmRecord, image: Image, backing: string, start: (spec: VmSpec) => Promise<VmHandle>, hasTop = false): Promise<VmInfo> {
     const t0 = performance.now();
     this.#vms.set(rec.id, rec);
     try {
-      const top = await this.#newLayer(backing, image.diskVirtualSize, async () => undefined);
-      rec.chain.push(top);
+      if (!hasTop) rec.chain.push(await this.#newLayer(backing, image.diskVirtualSize, async () => undefined));
       await this.#persist(rec);
       const handle = await start(this.#spec(rec, image));
       rec.handle = handle;
@@ -576,7 +640,7 @@ export class HostEngine {
 
   /** Removes every layer no VM or snapshot refers to. */
   async #gcLayers(): Promise<void> {
-    const used = new Set<string>(this.#pendingLayers);
+    const used = new Set<string>([...this.#pendingLayers, ...this.#pool.layers()]);
     for (const v of this.#vms.values()) for (const l of v.chain) used.add(l);
     for (const s of this.#snaps.values()) for (const l of s.chain) used.add(l);
     for (const l of await this.d.layers.list()) if (!used.has(l)) await this.d.layers.remove(l);

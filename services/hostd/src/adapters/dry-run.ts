@@ -1,0 +1,97 @@
+import fs from 'node:fs/promises';
+import path from 'node:path';
+import type { Accel, ExecResult, MachineProfile } from '@forky/contract';
+import type { Image } from '../images.js';
+import type { Layout } from '../layout.js';
+import type { LayerStore, VmHandle, VmRuntime, VmSpec } from '../domain/ports.js';
+
+/**
+ * A runtime that starts nothing: VMs exist only as records (and empty files), so a host can be
+ * simulated many times on one machine. For measuring the scheduler's placement cost without QEMU
+ * in the way (`dryRun: true`); never for running guests.
+ */
+export class DryRunRuntime implements VmRuntime {
+  readonly accel: Accel = 'tcg';
+  readonly qemuVersion = 'dry-run';
+
+  profile(memMiB: number, cpus: number, imageId: string): MachineProfile {
+    return { accel: this.accel, qemuVersion: this.qemuVersion, machine: 'dry-run', cpuModel: 'none', cpus, memMiB, imageId };
+  }
+
+  async boot(spec: VmSpec): Promise<VmHandle> {
+    await fs.mkdir(path.dirname(spec.ram.file), { recursive: true });
+    await fs.writeFile(spec.ram.file, '');
+    return handle();
+  }
+
+  async prepare(): Promise<VmHandle> {
+    return handle();
+  }
+
+  async load(): Promise<void> {}
+  async waitAgent(): Promise<void> {}
+  async pause(): Promise<void> {}
+  async resume(): Promise<void> {}
+
+  async saveState(_vm: VmHandle, stateFile: string): Promise<{ stateBytes: number }> {
+    await fs.mkdir(path.dirname(stateFile), { recursive: true });
+    await fs.writeFile(stateFile, '');
+    return { stateBytes: 0 };
+  }
+
+  async writePrivatePages(): Promise<{ bytes: number }> {
+    return { bytes: 0 };
+  }
+
+  async flattenDisk(): Promise<void> {}
+
+  async exec(): Promise<ExecResult> {
+    return { exitCode: 0, stdout: '', stderr: '' };
+  }
+
+  async control(): Promise<string> {
+    return 'ok';
+  }
+
+  async destroy(): Promise<void> {}
+}
+
+/** Layers as empty files: the chain bookkeeping runs, no qemu-img does. */
+export class DryRunLayerStore implements LayerStore {
+  constructor(private readonly layout: Layout) {}
+
+  async importImage(image: Image): Promise<string> {
+    const id = `img-${image.diskSha256.slice(0, 32)}`;
+    await this.#touch(id);
+    return id;
+  }
+
+  async createOverlay(id: string): Promise<void> {
+    await this.#touch(id);
+  }
+
+  async freeze(): Promise<void> {}
+
+  path(layer: string): string {
+    return this.layout.layer(layer);
+  }
+
+  async remove(layer: string): Promise<void> {
+    await fs.rm(this.layout.layer(layer), { force: true });
+  }
+
+  async list(): Promise<string[]> {
+    const names = await fs.readdir(this.layout.layersDir()).catch(() => [] as string[]);
+    return names.filter((n) => n.endsWith('.qcow2')).map((n) => n.slice(0, -'.qcow2'.length));
+  }
+
+  async #touch(id: string): Promise<void> {
+    await fs.mkdir(this.layout.layersDir(), { recursive: true });
+    await fs.writeFile(this.layout.layer(id), '');
+  }
+}
+
+/** A process that never exits (there is none). */
+function handle(): VmHandle {
+  return { pid: 0, exited: new Promise<void>(() => undefined) };
+}
