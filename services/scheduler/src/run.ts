@@ -5,6 +5,7 @@ import { connectBus, openBuckets } from '@forky/bus';
 import type { SchedulerConfig } from './config.js';
 import { Scheduler } from './scheduler.js';
 import { startSchedulerService } from './service.js';
+import { HostView } from './host-view.js';
 
 export const SCHEDULER_VERSION = '0.1.0';
 
@@ -18,7 +19,9 @@ export interface RunningScheduler {
 export async function startScheduler(config: Readonly<SchedulerConfig>, logger: Logger): Promise<RunningScheduler> {
   const nc = await connectBus({ ...config.nats, name: 'forky-scheduler', logger });
   const buckets = await openBuckets(nc, { replicas: config.bucketReplicas });
-  const scheduler = new Scheduler(nc, buckets, config, logger);
+  const view = new HostView(buckets.hosts, logger);
+  await view.start();
+  const scheduler = new Scheduler(nc, buckets, view, config, logger);
   const service = await startSchedulerService(nc, scheduler, SCHEDULER_VERSION, logger);
   logger.info({ servers: config.nats.servers }, 'scheduler serving');
   return {
@@ -27,6 +30,7 @@ export async function startScheduler(config: Readonly<SchedulerConfig>, logger: 
     service,
     async stop() {
       await service.stop();
+      view.stop();
       await nc.drain();
     },
   };

@@ -18,6 +18,7 @@ import type {
   VmInfo,
 } from '@forky/contract';
 import { Idempotency, requestHash } from './idempotency.js';
+import type { HostView } from './host-view.js';
 import { hostStatus, pickHost } from './placement.js';
 
 export interface SchedulerOptions {
@@ -40,6 +41,8 @@ export class Scheduler {
   constructor(
     private readonly nc: NatsConnection,
     private readonly buckets: Buckets,
+    /** Heartbeats, watched from the KV bucket. */
+    private readonly view: HostView,
     private readonly opts: SchedulerOptions,
     logger: Logger,
   ) {
@@ -56,10 +59,7 @@ export class Scheduler {
   async #beats(): Promise<Array<{ status: HostStatus; vms: VmInfo[]; snapshotIds: string[] }>> {
     const now = Date.now();
     const out: Array<{ status: HostStatus; vms: VmInfo[]; snapshotIds: string[] }> = [];
-    for await (const key of await this.buckets.hosts.keys()) {
-      const e = await this.buckets.hosts.get(key);
-      if (e?.operation !== 'PUT') continue;
-      const raw = safeJson(e.string());
+    for (const raw of this.view.values()) {
       const status = hostStatus(raw, now);
       const r = raw as { vmList?: VmInfo[]; snapshotIds?: string[] };
       if (status) out.push({ status, vms: r.vmList ?? [], snapshotIds: r.snapshotIds ?? [] });
@@ -308,14 +308,6 @@ export function placeChildren(
 /** A key per batch item (or per host of a fork), derived so that a retry reuses them. */
 function subKey(key: string, i: number | string): string {
   return `b${createHash('sha256').update(`${key}/${i}`).digest('base64url').slice(0, 30)}`;
-}
-
-function safeJson(s: string): unknown {
-  try {
-    return JSON.parse(s);
-  } catch {
-    return undefined;
-  }
 }
 
 /** Snapshots below `id` in the lineage, breadth first (parents before their children). */
