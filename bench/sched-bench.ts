@@ -52,7 +52,7 @@ const sched = spawn(process.execPath, [path.join(REPO, 'services', 'scheduler', 
 const nc = await connect({ servers: nats.url, name: 'sched-bench' });
 try {
   for (let i = 0; i < nHosts; i++) {
-    hosts.push(await startEphemeralHostd({ natsUrl: nats.url, imagesDir, logger, hostId: `sim${i}`, overrides: { dryRun: true, pool: { size: 0 } } }));
+    hosts.push(await startEphemeralHostd({ natsUrl: nats.url, imagesDir, logger, hostId: `sim${i}`, overrides: { dryRun: true, pool: { size: 0 }, limits: { maxVms: 10_000 } } }));
   }
   const client = new SchedulerClient(nc, { timeoutMs: 60_000 });
   await pollUntil(async () => ((await client.call('hosts', {}).catch(() => ({ hosts: [] }))).hosts.filter((h) => h.alive).length === nHosts ? true : undefined), {
@@ -62,7 +62,7 @@ try {
   out(`scheduler bench: ${nHosts} simulated hosts, ${nRequests} placements, ${concurrency} in flight`);
 
   const direct = new HostdClient(nc, 'sim0', { timeoutMs: 60_000 });
-  const base = await drive(Math.min(nRequests, 1000), concurrency, () => direct.call('vm.boot', { memMiB: 256 }));
+  const base = await drive(Math.min(nRequests, 500), concurrency, () => direct.call('vm.boot', { memMiB: 256 }));
   const placed = new Map<string, number>();
   const viaSched = await drive(nRequests, concurrency, async () => {
     const vm = await client.call('vm.boot', { memMiB: 256 });

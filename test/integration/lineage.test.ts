@@ -129,7 +129,7 @@ describe('live forks, snapshot chains and lineage, a new identity per child', { 
 
   it('forks from a warm pool: a process already waiting for the snapshot takes the state', async () => {
     // The fork of the 4 siblings made snapB hot: its pool refills in the background.
-    await pollUntil(async () => (host.hostd.engine.warmCount() > 0 ? true : undefined), { timeoutMs: 30_000, what: 'warm pool refilled' });
+    await pollUntil(async () => (host.hostd.engine.warmCount(snapB.id) > 0 ? true : undefined), { timeoutMs: 30_000, what: 'warm pool refilled' });
     const r = await client.call('fork', { source: snapB.id, count: 1 });
     const child = r.children[0] as VmInfo;
     assert.equal(child.timings?.warm, 1, 'the child came from the pool');

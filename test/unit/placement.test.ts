@@ -52,6 +52,15 @@ describe('placement', () => {
     assert.throws(() => pickHost([host('a', 9000, { alive: false })], { memMiB: 320, count: 1 }), (e: unknown) => e instanceof ForkyError && e.code === 'UNAVAILABLE');
   });
 
+  it('spreads placements over hosts that look alike, between heartbeats', () => {
+    const hosts = Array.from({ length: 10 }, (_, i) => host(`h${i}`, 8000));
+    const used = new Set(Array.from({ length: 200 }, () => pickHost(hosts, { memMiB: 320, count: 1 })));
+    assert.ok(used.size >= 8, `200 placements used ${used.size} of 10 equal hosts`);
+    // The least free host is never one of two choices' winners.
+    const skewed = [...hosts.slice(0, 9), host('small', 400)];
+    for (let k = 0; k < 200; k++) assert.notEqual(pickHost(skewed, { memMiB: 320, count: 1 }), 'small');
+  });
+
   it('marks a host down after three missed heartbeats', () => {
     const { alive: _a, lastSeen: _l, ...info } = host('a', 1000);
     const beat = (age: number) => ({ ...info, ts: Date.now() - age, intervalMs: 2000, vmList: [], snapshotIds: [] });

@@ -24,11 +24,15 @@ export function pickHost(hosts: readonly HostStatus[], need: { memMiB: number; c
   }
   const live = hosts.filter((h) => h.alive);
   if (live.length === 0) throw new ForkyError('UNAVAILABLE', 'no host is up: start hostd (forky up) and wait for its first heartbeat');
-  const fit = live.filter((h) => h.memFreeMiB >= need.memMiB * need.count).sort((a, b) => b.memFreeMiB - a.memFreeMiB);
-  const best = fit[0];
-  if (!best) {
+  const fit = live.filter((h) => h.memFreeMiB >= need.memMiB * need.count);
+  if (fit.length === 0) {
     const most = Math.max(...live.map((h) => h.memFreeMiB));
     throw new CapacityError(`no host has ${need.memMiB * need.count} MiB free for ${need.count} VM(s); the most free is ${most} MiB`);
   }
-  return best.id;
+  // Two random choices, the one with more memory free: heartbeats lag the placements made since,
+  // and "the most free" alone would send every request between two beats to the same host.
+  const i = Math.floor(Math.random() * fit.length);
+  const j = (i + 1 + Math.floor(Math.random() * (fit.length - 1))) % fit.length;
+  const [a, b] = [fit[i] as HostStatus, fit[j] as HostStatus];
+  return (fit.length === 1 || a.memFreeMiB >= b.memFreeMiB ? a : b).id;
 }

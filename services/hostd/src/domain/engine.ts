@@ -114,9 +114,9 @@ export class HostEngine {
     );
   }
 
-  /** Processes waiting in the warm pool. */
-  warmCount(): number {
-    return this.#pool.size();
+  /** Processes waiting in the warm pool, for one snapshot or all. */
+  warmCount(snapshot?: string): number {
+    return this.#pool.size(snapshot);
   }
 
   /** Stops what only lives for this process (the warm pool); VMs stay. */

@@ -88,7 +88,9 @@ export class WarmPool {
     return [...this.#ready.values()].flatMap((l) => l.map((c) => c.top));
   }
 
-  size(): number {
+  /** Processes waiting, for one snapshot or all. */
+  size(snapshot?: string): number {
+    if (snapshot !== undefined) return this.#ready.get(snapshot)?.length ?? 0;
     return [...this.#ready.values()].reduce((a, l) => a + l.length, 0);
   }
 }
