@@ -54,6 +54,7 @@ try {
     { name: '  of which fetch on the target', value: median(fetchMs), unit: 'ms', runs: fetchMs },
     { name: 'bytes shipped to the target (last run)', value: shipped / 2 ** 20, unit: 'MiB', runs: [] as number[] },
     { name: 'nominal size of the snapshot (last run)', value: nominal / 2 ** 20, unit: 'MiB', runs: [] as number[] },
+    { name: 'snapshot shipping, effective rate (nominal bytes / fetch time)', value: nominal / 2 ** 30 / (median(fetchMs) / 1000), unit: 'GiB/s', runs: [] as number[] },
   ];
   out(`${'figure'.padEnd(48)} ${'value'.padStart(9)}  unit  runs`);
   for (const f of figures) out(`${f.name.padEnd(48)} ${f.value.toFixed(1).padStart(9)}  ${f.unit.padEnd(4)}  ${f.runs.map(Math.round).join(' ')}`);

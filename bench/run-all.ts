@@ -1,0 +1,100 @@
+/**
+ * Every figure of issue 6 against its target, from the benches that measure them, each in its
+ * own process (one after another: they share the machine's cores).
+ *   npm run bench [-- --quick] [--json]
+ * With --json: one JSON array on stdout of {name, value, unit, target, met}; the table goes to stderr.
+ */
+import { execFile } from 'node:child_process';
+import path from 'node:path';
+import { promisify } from 'node:util';
+import { REPO } from './local.js';
+
+const args = process.argv.slice(2);
+const quick = args.includes('--quick');
+const json = args.includes('--json');
+const out = (s: string): boolean => (json ? process.stderr : process.stdout).write(s + '\n');
+
+interface Figure {
+  name: string;
+  value: number;
+  unit: string;
+}
+interface Target {
+  /** The bench's figure name. */
+  from: string;
+  name: string;
+  target: number;
+  /** `max`: the value must not exceed the target; `min`: it must reach it. */
+  kind: 'max' | 'min';
+}
+
+const BENCHES: Array<{ script: string; args: string[]; targets: Target[] }> = [
+  {
+    script: 'fork-bench.js',
+    args: quick ? ['--runs', '3'] : ['--runs', '5'],
+    targets: [
+      { from: 'fork 1 child from snapshot to agent ready (cold)', name: 'fork 1 child through NATS to running, p50', target: 60, kind: 'max' },
+      { from: 'boot / fork ratio', name: 'fork vs cold boot of the same guest', target: 40, kind: 'min' },
+      { from: 'fork 1 child from the warm pool to agent ready', name: 'fork from a warm pool, p50', target: 15, kind: 'max' },
+      { from: 'live fork: parent pause (hostd pauseMs)', name: 'hot-fork parent pause, p50', target: 15, kind: 'max' },
+    ],
+  },
+  {
+    script: 'density-bench.js',
+    args: ['--children', quick ? '16' : '32'],
+    targets: [
+      { from: 'fork of 16 children, request to all answering', name: '16 children answering (through NATS, not yet the CLI)', target: 1000, kind: 'max' },
+      { from: 'fork of 100 children (not measured yet)', name: '100 children answering', target: 6000, kind: 'max' },
+      { from: 'Pss per idle child (median)', name: 'Pss of an idle child (256 MiB guest)', target: 20, kind: 'max' },
+      { from: 'live children a 24 GiB host holds at that cost (512 MiB reserved)', name: 'live children on a 24 GiB host', target: 300, kind: 'min' },
+    ],
+  },
+  {
+    script: 'cli-bench.js',
+    args: [],
+    targets: [],
+  },
+  {
+    script: 'ship-bench.js',
+    args: ['--runs', quick ? '2' : '3'],
+    targets: [
+      { from: 'cross-host fork of 1 child (parts new to host)', name: 'cross-host fork, image layers cached', target: 1000, kind: 'max' },
+      { from: 'snapshot shipping, effective rate (nominal bytes / fetch time)', name: 'snapshot shipping, effective rate', target: 1, kind: 'min' },
+    ],
+  },
+  {
+    script: 'sched-bench.js',
+    args: quick ? ['--quick'] : [],
+    targets: [
+      { from: 'scheduler placements per second', name: 'scheduler placements per second (simulated hosts)', target: 2000, kind: 'min' },
+      { from: 'scheduler overhead p99 (p99 via scheduler - p99 direct)', name: 'scheduler overhead, p99', target: 5, kind: 'max' },
+    ],
+  },
+];
+
+const results: Array<{ name: string; value: number | null; unit: string; target: number | null; met: boolean | null }> = [];
+for (const b of BENCHES) {
+  out(`running ${b.script} ${b.args.join(' ')}`);
+  let figures: Figure[] = [];
+  try {
+    const r = await promisify(execFile)(process.execPath, [path.join(REPO, 'bench', 'dist', b.script), ...b.args, '--json'], { maxBuffer: 64 << 20, timeout: 20 * 60_000 });
+    figures = JSON.parse(r.stdout.trim().split('\n').at(-1) ?? '[]') as Figure[];
+  } catch (e) {
+    out(`  ${b.script} failed: ${(e as Error).message.split('\n')[0]}`);
+  }
+  const targeted = new Set(b.targets.map((t) => t.from));
+  for (const t of b.targets) {
+    const f = figures.find((x) => x.name === t.from);
+    const value = f ? Math.round(f.value * 10) / 10 : null;
+    results.push({ name: t.name, value, unit: f?.unit ?? '', target: t.target, met: value === null ? null : t.kind === 'max' ? value <= t.target : value >= t.target });
+  }
+  for (const f of figures) if (!targeted.has(f.name)) results.push({ name: f.name, value: Math.round(f.value * 10) / 10, unit: f.unit, target: null, met: null });
+}
+
+out('');
+out(`${'figure'.padEnd(62)} ${'value'.padStart(9)} ${'unit'.padEnd(5)} ${'target'.padStart(7)}  met`);
+for (const r of results) {
+  const met = r.met === null ? '' : r.met ? 'yes' : 'NO';
+  out(`${r.name.padEnd(62)} ${(r.value === null ? 'n/a' : r.value.toFixed(1)).padStart(9)} ${r.unit.padEnd(5)} ${(r.target === null ? '' : String(r.target)).padStart(7)}  ${met}`);
+}
+if (json) process.stdout.write(JSON.stringify(results) + '\n');
