@@ -58,6 +58,18 @@ try {
   }
   // Warm: the snapshot was forked before, so its pool holds a process waiting for its state.
   await client.call('fork', { source: snap.id, count: 1 }).then((r) => Promise.all(r.children.map((c) => client.call('vm.destroy', { id: c.id }))));
+  // The same, returning as soon as the child's vCPUs run (identity and agent follow).
+  const warmRunning: number[] = [];
+  const settleAfter: number[] = [];
+  for (let i = 0; i < runs; i++) {
+    await pollUntil(async () => (local.host.hostd.engine.warmCount(snap.id) > 0 ? true : undefined), { timeoutMs: 30_000, what: 'pool refilled' });
+    const [ms, r] = await timed(() => client.call('fork', { source: snap.id, count: 1, until: 'running' }));
+    warmRunning.push(ms);
+    // The first exec waits for the child to settle: it must still answer, with its own identity.
+    const [settle] = await timed(() => client.call('vm.exec', { id: r.children[0]?.id as string, cmd: ['true'] }));
+    settleAfter.push(settle);
+    for (const c of r.children) await client.call('vm.destroy', { id: c.id });
+  }
   const warmForks: number[] = [];
   for (let i = 0; i < runs; i++) {
     await pollUntil(async () => (local.host.hostd.engine.warmCount(snap.id) > 0 ? true : undefined), { timeoutMs: 30_000, what: 'pool refilled' });
@@ -120,6 +132,9 @@ try {
     { name: 'boot / fork ratio', value: median(boots) / median(forks), unit: 'x' },
     { name: 'fork 1 child from the warm pool to agent ready', value: median(warmForks), unit: 'ms', detail: warmForks.map(Math.round).join(' ') },
     { name: 'boot / warm fork ratio', value: median(boots) / median(warmForks), unit: 'x' },
+    { name: 'fork 1 child from the warm pool to running (until: running)', value: median(warmRunning), unit: 'ms', detail: warmRunning.map(Math.round).join(' ') },
+    { name: 'boot / warm fork-to-running ratio', value: median(boots) / median(warmRunning), unit: 'x' },
+    { name: '  then the first exec (waits for identity + agent)', value: median(settleAfter), unit: 'ms', detail: settleAfter.map(Math.round).join(' ') },
     { name: 'live fork of a running VM (snapshot + child)', value: median(liveForks), unit: 'ms', detail: liveForks.map(Math.round).join(' ') },
     { name: 'live fork: parent pause (hostd pauseMs)', value: median(pauses), unit: 'ms', detail: pauses.map((p) => p.toFixed(1)).join(' ') },
     { name: 'snapshot of a parent (32 MiB dirtied), request', value: median(snapParent), unit: 'ms', detail: snapParent.map(Math.round).join(' ') },

@@ -137,6 +137,16 @@ describe('live forks, snapshot chains and lineage, a new identity per child', { 
     siblings.push(child);
   });
 
+  it('returns a fork at "running" when asked; the first exec still sees the child settled', async () => {
+    const r = await client.call('fork', { source: snapB.id, count: 2, until: 'running' });
+    for (const c of r.children) {
+      assert.equal(c.state, 'running');
+      // exec waits for the identity and the agent: the child is already itself.
+      assert.deepEqual(lines(await sh(c.id, 'hostname; cat /sys/class/net/eth0/address')), [c.id, c.mac as string]);
+    }
+    siblings.push(...r.children);
+  });
+
   it(`keeps disk chains within ${MAX_DEPTH} layers: deeper chains are flattened, data unchanged`, async () => {
     const depths: number[] = [live.snapshot.chainDepth ?? -1];
     let last: SnapshotInfo | undefined;

@@ -97,6 +97,12 @@ export const ForkRequest = z.strictObject({
   count: z.number().int().min(1).max(MAX_FORK_COUNT),
   /** When the source is a VM: keep it running (a live fork; default: it stays paused). */
   resumeParent: z.boolean().default(false),
+  /**
+   * When the fork returns. `ready`: each child runs, its agent answers and its identity is set.
+   * `running`: as soon as each child's vCPUs run; its identity and agent follow within tens of
+   * milliseconds, and any exec waits for them.
+   */
+  until: z.enum(['ready', 'running']).default('ready'),
   key: IdempotencyKey.optional(),
 });
 export type ForkRequest = z.infer<typeof ForkRequest>;

@@ -283,11 +283,12 @@ program
   .option('--spread', 'spread the children over every live host (the snapshot travels through the object store)')
   .option('--live', 'when forking a VM, keep it running (it stops only for the pause hostd reports)')
   .option('--resume-parent', 'the same as --live')
+  .addOption(new Option('--until <when>', 'return once children are ready (agent answers, identity set) or running (vCPUs run; the rest follows)').choices(['ready', 'running']).default('ready'))
   .action(
-    action(async (source: string, o: { count: number; host?: string; spread?: boolean; resumeParent?: boolean; live?: boolean }, cmd: Command) => {
+    action(async (source: string, o: { count: number; host?: string; spread?: boolean; resumeParent?: boolean; live?: boolean; until: 'ready' | 'running' }, cmd: Command) => {
       const live = !!(o.live ?? o.resumeParent);
       const r = await withScheduler(cmd, (call) =>
-        call('fork', { source, count: o.count, spread: !!o.spread, resumeParent: live, key: newId('fork', 16), ...(o.host ? { host: o.host } : {}) }),
+        call('fork', { source, count: o.count, spread: !!o.spread, resumeParent: live, until: o.until, key: newId('fork', 16), ...(o.host ? { host: o.host } : {}) }),
       );
       if (globals(cmd).json) printJson(r);
       else {

@@ -214,7 +214,7 @@ export class Scheduler {
     const plan = placeChildren(hosts, home, req.count, this.opts.childCostMiB, req);
     if (plan.size === 1 && plan.has(home)) {
       // Everything at home: hostd snapshots a VM source itself.
-      return this.#host(home).call('fork', { source: req.source, count: req.count, resumeParent: req.resumeParent, key });
+      return this.#host(home).call('fork', { source: req.source, count: req.count, resumeParent: req.resumeParent, until: req.until, key });
     }
     // Children elsewhere: freeze once at home, ship the snapshot, fork it on every target.
     const snapshot =
@@ -227,7 +227,7 @@ export class Scheduler {
     const forkOn = (host: string, count: number, attempt: number): Promise<ForkResult> =>
       this.#onHost(host, async (c) => {
         if (host !== home) transfers.push(await c.call('snapshot.fetch', { id: snapshot.id }));
-        return c.call('fork', { source: snapshot.id, count, key: subKey(key, `${host}/${attempt}`) });
+        return c.call('fork', { source: snapshot.id, count, until: req.until, key: subKey(key, `${host}/${attempt}`) });
       });
     const results: ForkResult[] = [];
     let pending = [...plan.entries()];

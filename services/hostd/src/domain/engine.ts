@@ -203,6 +203,8 @@ export class HostEngine {
   }
 
   async exec(req: ExecRequest): Promise<ExecResult> {
+    // A child returned at `running` is reached only once its identity is set and its agent answers.
+    await this.#vms.get(req.id)?.settling;
     const vm = this.#vm(req.id);
     assertAllowed(vm.id, vm.state, 'exec');
     return this.d.runtime.exec(this.#handle(vm), req.cmd, { timeoutMs: req.timeoutMs, ...(req.input === undefined ? {} : { input: req.input }) });
@@ -313,7 +315,7 @@ export class HostEngine {
     try {
       const image = await this.d.images.get(snap.info.image);
       this.#checkProfile(snap.info.profile, image);
-      const results = await mapSettled(Array.from({ length: req.count }), this.d.limits.forkConcurrency, () => this.#restoreChild(snap, image, started));
+      const results = await mapSettled(Array.from({ length: req.count }), this.d.limits.forkConcurrency, () => this.#restoreChild(snap, image, started, req.until));
       const children = results.flatMap((r) => (r.status === 'fulfilled' ? [r.value] : []));
       const failed = results.flatMap((r) => (r.status === 'rejected' ? [r.reason as unknown] : []));
       if (failed.length > 0) {
@@ -415,6 +417,8 @@ export class HostEngine {
   #snapshotVm(vmId: string, resume: boolean): Promise<SnapshotRecord> {
     this.#vm(vmId);
     return this.#lock.run(vmId, async () => {
+      // A snapshot of a child still settling would freeze it before its identity is set.
+      await this.#vms.get(vmId)?.settling;
       const vm = this.#vm(vmId);
       assertAllowed(vmId, vm.state, 'snapshot');
       const h = this.#handle(vm);
@@ -517,7 +521,7 @@ export class HostEngine {
     this.#log.info({ vm: vm.id, from: depth, to: 2, ms: round(performance.now() - t0) }, 'disk chain flattened');
   }
 
-  async #restoreChild(snap: SnapshotRecord, image: Image, started: number): Promise<VmInfo> {
+  async #restoreChild(snap: SnapshotRecord, image: Image, started: number, until: 'ready' | 'running'): Promise<VmInfo> {
     const files = this.d.snapshots.files(snap.info.id);
     const warm = this.#pool.take(snap.info.id);
     const id = warm?.id ?? newId('vm');
@@ -538,11 +542,24 @@ export class HostEngine {
       try {
         await this.d.runtime.load(h, files.state, this.d.limits.restoreTimeoutMs);
         rec.timings.runningMs = round(performance.now() - started);
-        // Both before anyone gets the child: its agent answers, and it is no longer its siblings' twin.
-        await Promise.all([
+        // Before anyone reaches the child through hostd: its agent answers, and it is no longer its siblings' twin.
+        const settle = Promise.all([
           this.d.runtime.waitAgent(h, this.d.limits.restoreTimeoutMs),
           giveIdentity(this.d.runtime, h, { vmId: id, hostname: id, mac: rec.mac }, this.d.limits.agentTimeoutMs),
-        ]);
+        ]).then(() => {
+          rec.timings.settledMs = round(performance.now() - started);
+        });
+        if (until === 'ready') {
+          await settle;
+          return h;
+        }
+        rec.settling = settle.catch(async (err: unknown) => {
+          // Returned already: the child cannot be half-made, so it goes.
+          this.#log.error({ err, vm: id }, 'child failed to settle after a fork that returned at running; destroying it');
+          await this.destroy(id).catch(() => undefined);
+          throw err;
+        });
+        rec.settling.catch(() => undefined);
         return h;
       } catch (e) {
         await this.d.runtime.destroy(h);
@@ -658,6 +675,7 @@ export class HostEngine {
   #op(id: string, op: 'pause' | 'resume', fn: (vm: VmRecord, h: VmHandle) => Promise<void>): Promise<VmInfo> {
     this.#vm(id);
     return this.#lock.run(id, async () => {
+      await this.#vms.get(id)?.settling;
       const vm = this.#vm(id);
       assertAllowed(id, vm.state, op);
       await fn(vm, this.#handle(vm));

@@ -27,6 +27,8 @@ export interface VmRecord {
   timings: Record<string, number>;
   pid?: number;
   handle?: VmHandle;
+  /** For a child returned at `running`: its identity and agent, still being settled. */
+  settling?: Promise<void>;
 }
 
 export interface SnapshotRecord {
@@ -64,7 +66,7 @@ export async function writeJsonAtomic(file: string, value: unknown): Promise<voi
   await fs.rename(tmp, file);
 }
 
-export function recordForDisk(r: VmRecord): Omit<VmRecord, 'handle'> {
-  const { handle: _handle, ...rest } = r;
+export function recordForDisk(r: VmRecord): Omit<VmRecord, 'handle' | 'settling'> {
+  const { handle: _handle, settling: _settling, ...rest } = r;
   return rest;
 }
