@@ -2,7 +2,8 @@
  * forky-ident VMID HOSTNAME MAC SEED_HEX SECONDS NANOSECONDS
  * forky-ident --serve PORT      (started at boot: applies each such line read from PORT, answers
  *                                "ok" or "err CODE WHAT"; it is in every snapshot, so a child
- *                                needs no new process to be given its identity)
+ *                                needs no new process to be given its identity; a line ending in
+ *                                " lease" also renews the DHCP lease, for bridged networks)
  * Makes a forked child, right after it is restored, its own machine:
  *  - mixes the host's fresh entropy into the kernel RNG, credits it and forces the CRNG to reseed
  *    now (siblings restored from one snapshot share its state and would otherwise produce the
@@ -24,6 +25,7 @@
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -100,12 +102,29 @@ static void reply(int fd, int code) {
   }
 }
 
+/* A new DHCP lease for the new MAC (bridged networks), in a detached process, after the answer. */
+static void renew_lease(void) {
+  pid_t pid = fork();
+  if (pid != 0) {
+    if (pid > 0) waitpid(pid, NULL, 0);
+    return;
+  }
+  if (fork() == 0) {
+    setsid();
+    execl("/etc/forky/hook", "hook", "lease", (char *)NULL);
+  }
+  _exit(0);
+}
+
 static void handle(int fd, char *line) {
-  char *argv[8] = {0};
+  char *argv[9] = {0};
   int argc = 1;
-  for (char *tok = strtok(line, " "); tok && argc < 8; tok = strtok(NULL, " ")) argv[argc++] = tok;
+  for (char *tok = strtok(line, " "); tok && argc < 9; tok = strtok(NULL, " ")) argv[argc++] = tok;
   errno = 0;
-  reply(fd, argc == 7 ? apply(argv) : fail(2, "request"));
+  int lease = argc == 8 && strcmp(argv[7], "lease") == 0;
+  int code = argc == 7 || lease ? apply(argv) : fail(2, "request");
+  reply(fd, code);
+  if (code == 0 && lease) renew_lease();
 }
 
 /* Sleeps until the port has news (SIGIO: data, or the host connecting), at most a second. */

@@ -60,6 +60,10 @@ export const HostdConfig = z.strictObject({
     })
     .prefault({}),
   limits: Limits.prefault({}),
+  /** VMs' NICs: QEMU user-mode NAT (default), or a TAP device per VM on an existing host bridge. */
+  network: z
+    .discriminatedUnion('mode', [z.strictObject({ mode: z.literal('user') }), z.strictObject({ mode: z.literal('tap'), bridge: z.string().regex(/^[A-Za-z0-9_.-]{1,15}$/) })])
+    .default({ mode: 'user' }),
   pool: Pool.prefault({}),
   /** Simulate a host: VMs are records only, no QEMU runs (for scheduler benchmarks). */
   dryRun: z.boolean().default(false),

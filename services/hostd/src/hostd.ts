@@ -51,6 +51,7 @@ export async function startHostd(config: Readonly<HostdConfig>, logger: Logger):
         machine: config.qemu.machine,
         cpuModel: config.qemu.cpuModel ?? (probe.accel === 'kvm' ? 'host' : 'qemu64'),
         sandbox: config.qemu.sandbox,
+        network: config.network,
         ...(config.qemu.tcgTbSizeMiB ? { tcgTbSizeMiB: config.qemu.tcgTbSizeMiB } : {}),
         logger: log,
       });

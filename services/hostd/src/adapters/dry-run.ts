@@ -13,6 +13,7 @@ import type { LayerStore, VmHandle, VmRuntime, VmSpec } from '../domain/ports.js
 export class DryRunRuntime implements VmRuntime {
   readonly accel: Accel = 'tcg';
   readonly qemuVersion = 'dry-run';
+  readonly bridged = false;
 
   profile(memMiB: number, cpus: number, imageId: string): MachineProfile {
     return { accel: this.accel, qemuVersion: this.qemuVersion, machine: 'dry-run', cpuModel: 'none', cpus, memMiB, imageId };

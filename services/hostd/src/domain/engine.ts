@@ -545,7 +545,7 @@ export class HostEngine {
         // Before anyone reaches the child through hostd: its agent answers, and it is no longer its siblings' twin.
         const settle = Promise.all([
           this.d.runtime.waitAgent(h, this.d.limits.restoreTimeoutMs),
-          giveIdentity(this.d.runtime, h, { vmId: id, hostname: id, mac: rec.mac }, this.d.limits.agentTimeoutMs),
+          giveIdentity(this.d.runtime, h, { vmId: id, hostname: id, mac: rec.mac, renewLease: this.d.runtime.bridged }, this.d.limits.agentTimeoutMs),
         ]).then(() => {
           rec.timings.settledMs = round(performance.now() - started);
         });

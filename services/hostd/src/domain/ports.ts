@@ -32,6 +32,8 @@ export interface VmHandle {
 export interface VmRuntime {
   readonly accel: Accel;
   readonly qemuVersion: string;
+  /** VMs sit on a shared network (TAP on a bridge): a child needs a lease of its own. */
+  readonly bridged: boolean;
   /** The profile a VM of this size gets here; a snapshot restores only where it matches. */
   profile(memMiB: number, cpus: number, imageId: string): MachineProfile;
   /** Boots and returns once the guest agent answers. */

@@ -1,5 +1,6 @@
 import type { Accel } from '@forky/contract';
 import type { VmSpec } from '../../domain/ports.js';
+import { tapName, type NetworkMode } from './tap.js';
 
 export interface MachineOptions {
   accel: Accel;
@@ -8,6 +9,7 @@ export interface MachineOptions {
   /** TCG translation buffer size; undefined keeps QEMU's default. */
   tcgTbSizeMiB?: number;
   sandbox: boolean;
+  network: NetworkMode;
 }
 
 export interface LaunchPaths {
@@ -55,7 +57,7 @@ export function buildArgs(spec: VmSpec, m: MachineOptions, paths: LaunchPaths, m
     '-device', 'virtserialport,bus=vser0.0,chardev=ctl0,name=org.forky.ctl.0',
     '-object', 'rng-random,filename=/dev/urandom,id=rng0',
     '-device', 'virtio-rng-pci,rng=rng0',
-    '-netdev', 'user,id=net0',
+    '-netdev', m.network.mode === 'tap' ? `tap,id=net0,ifname=${tapName(spec.id, spec.generation)},script=no,downscript=no` : 'user,id=net0',
     '-device', `virtio-net-pci,netdev=net0,mac=${spec.mac},romfile=,id=nic0`,
     // A new generation id per process: loading state writes it into the guest and notifies it.
     '-device', 'vmgenid,guid=auto,id=vmgenid0',

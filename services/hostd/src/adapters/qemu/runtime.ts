@@ -9,6 +9,7 @@ import { killGroup, launchQemu, type QemuProcess } from './process.js';
 import { listenForState, loadState } from './migration.js';
 import { copyPrivatePages } from './private-pages.js';
 import { askLine } from './control.js';
+import { createTap, removeTap, tapName } from './tap.js';
 
 interface QemuVm extends VmHandle {
   proc: QemuProcess;
@@ -31,10 +32,12 @@ export interface QemuRuntimeOptions extends MachineOptions {
 export class QemuRuntime implements VmRuntime {
   readonly accel: Accel;
   readonly qemuVersion: string;
+  readonly bridged: boolean;
 
   constructor(private readonly opts: QemuRuntimeOptions) {
     this.accel = opts.accel;
     this.qemuVersion = opts.qemuVersion;
+    this.bridged = opts.network.mode === 'tap';
   }
 
   profile(memMiB: number, cpus: number, imageId: string): MachineProfile {
@@ -127,6 +130,7 @@ export class QemuRuntime implements VmRuntime {
       }
     }
     vm.qmp.close();
+    if (this.opts.network.mode === 'tap') await removeTap(tapName(vm.spec.id, vm.spec.generation));
   }
 
   async #start(spec: VmSpec, mode: LaunchMode, timeoutMs: number): Promise<QemuVm> {
@@ -135,13 +139,22 @@ export class QemuRuntime implements VmRuntime {
     const paths = { qmpSocket: sock(spec, 'qmp'), qgaSocket: sock(spec, 'qga'), ctlSocket: sock(spec, 'ctl'), serialLog: path.join(spec.runDir, 'serial.log') };
     const args = buildArgs(spec, this.opts, paths, mode);
     const log = this.opts.logger.child({ vm: spec.id, generation: spec.generation });
-    const proc = await launchQemu(this.opts.binary, args, paths.qmpSocket, path.join(spec.runDir, 'qemu.log'), timeoutMs, log);
+    const tap = this.opts.network.mode === 'tap' ? tapName(spec.id, spec.generation) : undefined;
+    if (tap && this.opts.network.mode === 'tap') await createTap(tap, this.opts.network.bridge);
+    let proc: QemuProcess;
+    try {
+      proc = await launchQemu(this.opts.binary, args, paths.qmpSocket, path.join(spec.runDir, 'qemu.log'), timeoutMs, log);
+    } catch (e) {
+      if (tap) await removeTap(tap);
+      throw e;
+    }
     try {
       const agent = await GuestAgentClient.connect(paths.qgaSocket, timeoutMs);
       return { pid: proc.pid, exited: proc.exited, proc, qmp: proc.qmp, agent, spec };
     } catch (e) {
       killGroup(proc.pid, 'SIGKILL');
       await proc.exited;
+      if (tap) await removeTap(tap);
       throw e;
     }
   }
