@@ -4,16 +4,19 @@ import type { Logger } from '@forky/base';
 
 /**
  * The hosts' last heartbeats, kept current by a watch on the KV bucket: a placement reads memory,
- * not one KV get per host (with 100 hosts that was 100 round trips per request). It is a cache
- * of JetStream, rebuilt from it at start, never a source of truth: the scheduler stays stateless.
+ * not one KV get per host (with 100 hosts that was 100 round trips per request), and each beat
+ * is parsed and checked once when it arrives, not at every placement. It is a cache of
+ * JetStream, rebuilt from it at start, never a source of truth: the scheduler stays stateless.
  * Entries carry their KV revision, so the initial read and the watch can race safely.
  */
-export class HostView {
-  readonly #beats = new Map<string, { revision: number; value: unknown }>();
+export class HostView<T> {
+  readonly #beats = new Map<string, { revision: number; value: T | undefined }>();
   #watch?: QueuedIterator<{ key: string; revision: number; operation: string; string(): string }>;
 
   constructor(
     private readonly kv: KV,
+    /** Checks a beat's JSON text; undefined for one that is not valid. */
+    private readonly parse: (body: string) => T | undefined,
     private readonly log: Logger,
   ) {}
 
@@ -30,8 +33,8 @@ export class HostView {
     }
   }
 
-  /** The last heartbeat of every host that has one (parsed, unchecked). */
-  values(): unknown[] {
+  /** The last valid heartbeat of every host that has one. */
+  values(): T[] {
     return [...this.#beats.values()].flatMap((b) => (b.value === undefined ? [] : [b.value]));
   }
 
@@ -42,14 +45,6 @@ export class HostView {
   #apply(key: string, revision: number, body: string | undefined): void {
     const have = this.#beats.get(key);
     if (have && have.revision >= revision) return;
-    this.#beats.set(key, { revision, value: body === undefined ? undefined : safeJson(body) });
-  }
-}
-
-function safeJson(s: string): unknown {
-  try {
-    return JSON.parse(s);
-  } catch {
-    return undefined;
+    this.#beats.set(key, { revision, value: body === undefined ? undefined : this.parse(body) });
   }
 }

@@ -6,8 +6,12 @@ const MISSED_BEATS = 3;
 
 export function hostStatus(raw: unknown, now: number): HostStatus | undefined {
   const hb = Heartbeat.safeParse(raw);
-  if (!hb.success) return undefined;
-  const { ts, intervalMs, vmList: _v, snapshotIds: _s, ...info } = hb.data;
+  return hb.success ? beatStatus(hb.data, now) : undefined;
+}
+
+/** A checked heartbeat's host, alive or not at `now`. */
+export function beatStatus(hb: Heartbeat, now: number): HostStatus {
+  const { ts, intervalMs, vmList: _v, snapshotIds: _s, ...info } = hb;
   return { ...info, alive: now - ts <= MISSED_BEATS * intervalMs, lastSeen: new Date(ts).toISOString() };
 }
 

@@ -6,6 +6,7 @@ import type { SchedulerConfig } from './config.js';
 import { Scheduler } from './scheduler.js';
 import { startSchedulerService } from './service.js';
 import { HostView } from './host-view.js';
+import { Heartbeat } from '@forky/contract';
 
 export const SCHEDULER_VERSION = '0.1.0';
 
@@ -19,7 +20,7 @@ export interface RunningScheduler {
 export async function startScheduler(config: Readonly<SchedulerConfig>, logger: Logger): Promise<RunningScheduler> {
   const nc = await connectBus({ ...config.nats, name: 'forky-scheduler', logger });
   const buckets = await openBuckets(nc, { replicas: config.bucketReplicas });
-  const view = new HostView(buckets.hosts, logger);
+  const view = new HostView(buckets.hosts, parseBeat, logger);
   await view.start();
   const scheduler = new Scheduler(nc, buckets, view, config, logger);
   const service = await startSchedulerService(nc, scheduler, SCHEDULER_VERSION, logger);
@@ -34,4 +35,12 @@ export async function startScheduler(config: Readonly<SchedulerConfig>, logger: 
       await nc.drain();
     },
   };
+}
+
+function parseBeat(body: string): Heartbeat | undefined {
+  try {
+    return Heartbeat.safeParse(JSON.parse(body)).data;
+  } catch {
+    return undefined;
+  }
 }

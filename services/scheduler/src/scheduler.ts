@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import type { NatsConnection } from '@nats-io/nats-core';
 import { CapacityError, ForkyError, NotFoundError, asForkyError, newId, type Logger } from '@forky/base';
 import { HostdClient, type Buckets } from '@forky/bus';
-import { LineageNode, type SnapshotDeleteResult, type SnapshotTree } from '@forky/contract';
+import { LineageNode, type Heartbeat, type SnapshotDeleteResult, type SnapshotTree } from '@forky/contract';
 import type {
   BatchRequest,
   BatchResult,
@@ -19,7 +19,7 @@ import type {
 } from '@forky/contract';
 import { Idempotency, requestHash } from './idempotency.js';
 import type { HostView } from './host-view.js';
-import { hostStatus, pickHost } from './placement.js';
+import { beatStatus, pickHost } from './placement.js';
 
 export interface SchedulerOptions {
   /** How long a forwarded request may take on its host (a fork of many children is long). */
@@ -42,7 +42,7 @@ export class Scheduler {
     private readonly nc: NatsConnection,
     private readonly buckets: Buckets,
     /** Heartbeats, watched from the KV bucket. */
-    private readonly view: HostView,
+    private readonly view: HostView<Heartbeat>,
     private readonly opts: SchedulerOptions,
     logger: Logger,
   ) {
@@ -59,11 +59,7 @@ export class Scheduler {
   async #beats(): Promise<Array<{ status: HostStatus; vms: VmInfo[]; snapshotIds: string[] }>> {
     const now = Date.now();
     const out: Array<{ status: HostStatus; vms: VmInfo[]; snapshotIds: string[] }> = [];
-    for (const raw of this.view.values()) {
-      const status = hostStatus(raw, now);
-      const r = raw as { vmList?: VmInfo[]; snapshotIds?: string[] };
-      if (status) out.push({ status, vms: r.vmList ?? [], snapshotIds: r.snapshotIds ?? [] });
-    }
+    for (const hb of this.view.values()) out.push({ status: beatStatus(hb, now), vms: hb.vmList, snapshotIds: hb.snapshotIds });
     return out.sort((a, b) => a.status.id.localeCompare(b.status.id));
   }
 
