@@ -4,13 +4,11 @@ import { execFile } from 'node:child_process';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { promisify } from 'node:util';
-import { connect } from '@nats-io/transport-node';
-import type { NatsConnection } from '@nats-io/nats-core';
 import { pollUntil } from '@forky/base';
 import { RemoteError, SnapshotTree, type ForkResult, type SnapshotInfo, type VmInfo } from '@forky/contract';
 import { SchedulerClient, startNatsServer, type NatsServer } from '@forky/bus';
-import { loadSchedulerConfig, startScheduler, type RunningScheduler } from '@forky/scheduler';
-import { startTestHost, testLogger, type TestHost } from '../helpers/hostd.js';
+import { startTestScheduler, type TestScheduler } from '../helpers/scheduler.js';
+import { startTestHost, type TestHost } from '../helpers/hostd.js';
 import { guestShell } from '../helpers/guest.js';
 import { ensureImage, REPO } from '../helpers/repo.js';
 
@@ -23,8 +21,7 @@ const READ_BOTH = 'cat /run/mem; echo 3 > /proc/sys/vm/drop_caches; cat /data/di
 describe('live forks, snapshot chains and lineage, a new identity per child', { timeout: 600_000 }, () => {
   let nats: NatsServer;
   let host: TestHost;
-  let sched: RunningScheduler;
-  let nc: NatsConnection;
+  let sched: TestScheduler;
   let client: SchedulerClient;
   let parent: VmInfo;
   let live: ForkResult;
@@ -37,14 +34,12 @@ describe('live forks, snapshot chains and lineage, a new identity per child', { 
     await ensureImage();
     nats = await startNatsServer();
     host = await startTestHost(nats.url, { overrides: { limits: { maxChainDepth: MAX_DEPTH } } });
-    sched = await startScheduler(loadSchedulerConfig({ nats: { servers: [nats.url] }, logLevel: 'warn' }), testLogger());
-    nc = await connect({ servers: nats.url });
-    client = new SchedulerClient(nc, { timeoutMs: 300_000 });
+    sched = await startTestScheduler(nats.url);
+    client = sched.client;
   });
 
   after(async () => {
     await sched?.stop();
-    await nc?.close();
     await host?.stop();
     await nats?.stop();
   });

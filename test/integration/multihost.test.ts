@@ -1,13 +1,11 @@
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { connect } from '@nats-io/transport-node';
 import { Kvm } from '@nats-io/kv';
-import type { NatsConnection } from '@nats-io/nats-core';
 import { SchedulerClient, startNatsServer, type NatsServer } from '@forky/bus';
 import type { ForkResult, VmInfo } from '@forky/contract';
-import { loadSchedulerConfig, startScheduler, type RunningScheduler } from '@forky/scheduler';
-import { startTestHost, testLogger, type TestHost } from '../helpers/hostd.js';
+import { startTestScheduler, type TestScheduler } from '../helpers/scheduler.js';
+import { startTestHost, type TestHost } from '../helpers/hostd.js';
 import { guestShell } from '../helpers/guest.js';
 import { ensureImage } from '../helpers/repo.js';
 
@@ -16,8 +14,7 @@ const lines = (s: string): string[] => s.trim().split('\n');
 describe('three hosts: a fork spread across them ships the snapshot through the object store', { timeout: 600_000 }, () => {
   let nats: NatsServer;
   let hosts: TestHost[] = [];
-  let sched: RunningScheduler;
-  let nc: NatsConnection;
+  let sched: TestScheduler;
   let client: SchedulerClient;
   let parent: VmInfo;
   let first: ForkResult;
@@ -35,14 +32,12 @@ describe('three hosts: a fork spread across them ships the snapshot through the 
     hosts = started.flatMap((r) => (r.status === 'fulfilled' ? [r.value] : []));
     const failed = started.find((r) => r.status === 'rejected');
     if (failed) throw (failed as PromiseRejectedResult).reason;
-    sched = await startScheduler(loadSchedulerConfig({ nats: { servers: [nats.url] }, logLevel: 'warn' }), testLogger());
-    nc = await connect({ servers: nats.url });
-    client = new SchedulerClient(nc, { timeoutMs: 300_000 });
+    sched = await startTestScheduler(nats.url);
+    client = sched.client;
   });
 
   after(async () => {
     await sched?.stop();
-    await nc?.close();
     await Promise.all(hosts.map((h) => h.stop()));
     await nats?.stop();
   });
@@ -124,7 +119,7 @@ describe('three hosts: a fork spread across them ships the snapshot through the 
     const itsVms = (await client.call('vm.list', {})).vms.filter((v) => v.host === victim.hostId).map((v) => v.id);
     assert.ok(itsVms.length > 0);
     // The cluster can only show as lost what the host's last heartbeat told it: wait for one with them all.
-    const beats = await new Kvm(nc).open('forky_hosts');
+    const beats = await new Kvm(sched.nc).open('forky_hosts');
     const seen = Date.now();
     for (;;) {
       const e = await beats.get(victim.hostId);

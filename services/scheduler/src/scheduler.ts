@@ -147,9 +147,8 @@ export class Scheduler {
    */
   async deleteSnapshot(id: string, cascade: boolean): Promise<SnapshotDeleteResult> {
     await this.locate('snap', id);
-    const { nodes } = await this.tree();
     // Without cascade, each host refuses for what physically depends on the snapshot there.
-    const below = cascade ? descendants(nodes, id) : [];
+    const below = cascade ? descendants((await this.tree()).nodes, id) : [];
     const out: SnapshotDeleteResult = { snapshots: [], vms: [] };
     for (const s of [...below.reverse(), id]) {
       const home = await this.locate('snap', s).catch(() => undefined);

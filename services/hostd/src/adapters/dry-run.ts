@@ -2,8 +2,8 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import type { Accel, ExecResult, MachineProfile } from '@forky/contract';
 import type { Image } from '../images.js';
-import type { Layout } from '../layout.js';
-import type { LayerStore, VmHandle, VmRuntime, VmSpec } from '../domain/ports.js';
+import type { VmHandle, VmRuntime, VmSpec } from '../domain/ports.js';
+import { QcowLayerStore } from './qemu/layers.js';
 
 /**
  * A runtime that starts nothing: VMs exist only as records (and empty files), so a host can be
@@ -58,33 +58,18 @@ export class DryRunRuntime implements VmRuntime {
 }
 
 /** Layers as empty files: the chain bookkeeping runs, no qemu-img does. */
-export class DryRunLayerStore implements LayerStore {
-  constructor(private readonly layout: Layout) {}
-
-  async importImage(image: Image): Promise<string> {
+export class DryRunLayerStore extends QcowLayerStore {
+  override async importImage(image: Image): Promise<string> {
     const id = `img-${image.diskSha256.slice(0, 32)}`;
     await this.#touch(id);
     return id;
   }
 
-  async createOverlay(id: string): Promise<void> {
+  override async createOverlay(id: string): Promise<void> {
     await this.#touch(id);
   }
 
-  async freeze(): Promise<void> {}
-
-  path(layer: string): string {
-    return this.layout.layer(layer);
-  }
-
-  async remove(layer: string): Promise<void> {
-    await fs.rm(this.layout.layer(layer), { force: true });
-  }
-
-  async list(): Promise<string[]> {
-    const names = await fs.readdir(this.layout.layersDir()).catch(() => [] as string[]);
-    return names.filter((n) => n.endsWith('.qcow2')).map((n) => n.slice(0, -'.qcow2'.length));
-  }
+  override async freeze(): Promise<void> {}
 
   async #touch(id: string): Promise<void> {
     await fs.mkdir(this.layout.layersDir(), { recursive: true });

@@ -308,8 +308,9 @@ export class HostEngine {
     const started = performance.now();
     // Checked before anything is made: a fork refused for room leaves the source as it was.
     await this.#checkCapacity(this.d.limits.childCostMiB, req.count);
-    const snap = req.source.startsWith('vm-') ? await this.#snapshotVm(req.source, req.resumeParent) : this.#snap(req.source);
-    const pauseMs = req.source.startsWith('vm-') ? snap.info.timings?.pauseMs : undefined;
+    const fromVm = req.source.startsWith('vm-');
+    const snap = fromVm ? await this.#snapshotVm(req.source, req.resumeParent) : this.#snap(req.source);
+    const pauseMs = fromVm ? snap.info.timings?.pauseMs : undefined;
     const snapshotMs = performance.now() - started;
     this.#snapUsers.set(snap.info.id, (this.#snapUsers.get(snap.info.id) ?? 0) + 1);
     try {
@@ -414,11 +415,11 @@ export class HostEngine {
    * During the pause: device state saved, the pages the VM made its own copied, state loaded into
    * the successor. Until the successor has loaded, a failure puts the old process back as it was.
    */
-  #snapshotVm(vmId: string, resume: boolean): Promise<SnapshotRecord> {
-    this.#vm(vmId);
+  async #snapshotVm(vmId: string, resume: boolean): Promise<SnapshotRecord> {
+    // A snapshot of a child still settling would freeze it before its identity is set. Waited for
+    // outside the lock: a child that fails to settle is destroyed, which takes the lock.
+    await this.#vm(vmId).settling;
     return this.#lock.run(vmId, async () => {
-      // A snapshot of a child still settling would freeze it before its identity is set.
-      await this.#vms.get(vmId)?.settling;
       const vm = this.#vm(vmId);
       assertAllowed(vmId, vm.state, 'snapshot');
       const h = this.#handle(vm);
@@ -574,29 +575,21 @@ export class HostEngine {
   async #makeWarm(snapId: string): Promise<WarmChild> {
     const snap = this.#snap(snapId);
     const image = await this.d.images.get(snap.info.image);
-    const id = newId('vm');
-    const mac = newMac(new Set([...this.#vms.values()].map((v) => v.mac)));
-    const rec: VmRecord = {
-      ...this.#newRecord(id, image, snap.info.profile.memMiB, snap.info.profile.cpus, 'restoring', {
-        ram: { file: this.d.snapshots.files(snapId).ram, shared: false },
-        kernelCmdline: snap.kernelCmdline,
-        chain: [...snap.chain],
-      }),
-      mac,
-    };
-    const top = newId('lyr');
-    this.#pendingLayers.add(top);
+    const rec = this.#newRecord(newId('vm'), image, snap.info.profile.memMiB, snap.info.profile.cpus, 'restoring', {
+      ram: { file: this.d.snapshots.files(snapId).ram, shared: false },
+      kernelCmdline: snap.kernelCmdline,
+      chain: [...snap.chain],
+    });
+    let handle: VmHandle | undefined;
     try {
-      await this.d.layers.createOverlay(top, snap.chain.at(-1) as string, snap.diskVirtualSize);
-      rec.chain.push(top);
-      const handle = await this.d.runtime.prepare(this.#spec(rec, image), { autostart: true, timeoutMs: this.d.limits.restoreTimeoutMs });
-      return { id, mac, top, handle };
+      const top = await this.#newLayer(snap.chain.at(-1) as string, snap.diskVirtualSize, async (layer) => {
+        rec.chain.push(layer);
+        handle = await this.d.runtime.prepare(this.#spec(rec, image), { autostart: true, timeoutMs: this.d.limits.restoreTimeoutMs });
+      });
+      return { id: rec.id, mac: rec.mac, top, handle: handle as VmHandle };
     } catch (e) {
-      await this.d.layers.remove(top);
-      await fs.rm(this.d.layout.vmDir(id), { recursive: true, force: true });
+      await fs.rm(this.d.layout.vmDir(rec.id), { recursive: true, force: true });
       throw e;
-    } finally {
-      this.#pendingLayers.delete(top);
     }
   }
 
@@ -672,10 +665,10 @@ export class HostEngine {
     void this.#persist(vm).catch(() => undefined);
   }
 
-  #op(id: string, op: 'pause' | 'resume', fn: (vm: VmRecord, h: VmHandle) => Promise<void>): Promise<VmInfo> {
-    this.#vm(id);
+  async #op(id: string, op: 'pause' | 'resume', fn: (vm: VmRecord, h: VmHandle) => Promise<void>): Promise<VmInfo> {
+    // Outside the lock, as in #snapshotVm.
+    await this.#vm(id).settling;
     return this.#lock.run(id, async () => {
-      await this.#vms.get(id)?.settling;
       const vm = this.#vm(id);
       assertAllowed(id, vm.state, op);
       await fn(vm, this.#handle(vm));

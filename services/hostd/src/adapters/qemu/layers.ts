@@ -11,7 +11,7 @@ import type { Layout } from '../../layout.js';
  */
 export class QcowLayerStore implements LayerStore {
   constructor(
-    private readonly layout: Layout,
+    protected readonly layout: Layout,
     private readonly qemuImg = 'qemu-img',
   ) {}
 

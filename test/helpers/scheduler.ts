@@ -1,0 +1,25 @@
+import { connect } from '@nats-io/transport-node';
+import type { NatsConnection } from '@nats-io/nats-core';
+import { SchedulerClient } from '@forky/bus';
+import { loadSchedulerConfig, startScheduler } from '@forky/scheduler';
+import { testLogger } from './hostd.js';
+
+export interface TestScheduler {
+  client: SchedulerClient;
+  nc: NatsConnection;
+  stop(): Promise<void>;
+}
+
+/** A real scheduler in this process, and a client connection to call it through NATS. */
+export async function startTestScheduler(natsUrl: string): Promise<TestScheduler> {
+  const sched = await startScheduler(loadSchedulerConfig({ nats: { servers: [natsUrl] }, logLevel: 'warn' }), testLogger());
+  const nc = await connect({ servers: natsUrl });
+  return {
+    client: new SchedulerClient(nc, { timeoutMs: 300_000 }),
+    nc,
+    async stop() {
+      await sched.stop();
+      await nc.close();
+    },
+  };
+}
