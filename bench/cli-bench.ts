@@ -1,7 +1,8 @@
 /**
  * End to end through the CLI, as a user runs it: `forky vm boot` vs `forky fork SNAP --count 1`,
- * each a fresh CLI process, request to the child's agent answering.
- *   node bench/dist/cli-bench.js [--runs N] [--json]
+ * each a fresh CLI process, request to the child's agent answering; then batches of 16 and of
+ * 100 children (`--big N` changes 100; `--big 0` skips it).
+ *   node bench/dist/cli-bench.js [--runs N] [--big N] [--json]
  */
 import { execFile } from 'node:child_process';
 import fs from 'node:fs/promises';
@@ -13,6 +14,7 @@ import { REPO } from './local.js';
 const args = process.argv.slice(2);
 const json = args.includes('--json');
 const runs = Number(args[args.indexOf('--runs') + 1] || 0) || 5;
+const big = args.includes('--big') ? Number(args[args.indexOf('--big') + 1]) : 100;
 const out = (s: string): boolean => (json ? process.stderr : process.stdout).write(s + '\n');
 const CLI = path.join(REPO, 'services', 'cli', 'dist', 'main.js');
 const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] as number;
@@ -43,7 +45,20 @@ try {
     forks.push(r.ms);
     await forky('vm', 'rm', ...(r.out as { children: Array<{ id: string }> }).children.map((c) => c.id));
   }
+  // Batches: every child answers its agent before the CLI returns (the default `until: ready`).
+  const batch = async (count: number): Promise<number> => {
+    const r = await forky('fork', snap.id, '--count', String(count));
+    const ids = (r.out as { children: Array<{ id: string }> }).children.map((c) => c.id);
+    if (ids.length !== count) throw new Error(`fork of ${count} gave ${ids.length} children`);
+    for (let i = 0; i < ids.length; i += 50) await forky('vm', 'rm', ...ids.slice(i, i + 50));
+    return r.ms;
+  };
+  const sixteen = [];
+  for (let i = 0; i < Math.max(1, Math.ceil(runs / 2)); i++) sixteen.push(await batch(16));
+  const hundred = big > 0 ? [await batch(big)] : [];
   const figures = [
+    { name: 'forky fork SNAP --count 16, end to end', value: median(sixteen), unit: 'ms', runs: sixteen },
+    ...(big > 0 ? [{ name: `forky fork SNAP --count ${big}, end to end`, value: median(hundred), unit: 'ms', runs: hundred }] : []),
     { name: 'forky vm boot, end to end', value: median(boots), unit: 'ms', runs: boots },
     { name: 'forky fork SNAP --count 1, end to end', value: median(forks), unit: 'ms', runs: forks },
     { name: 'boot / fork ratio', value: median(boots) / median(forks), unit: 'x', runs: [] as number[] },
