@@ -1,4 +1,4 @@
-// Runs the compiled tests of a kind (unit | integration | all) with node's test runner, one file
+// Runs the compiled tests of a kind (unit | integration | faults | all) with node's test runner, one file
 // at a time: the integration tests share the machine's 2 cores and its QEMU processes.
 import { spawnSync } from 'node:child_process';
 import { readdirSync, statSync } from 'node:fs';
@@ -7,7 +7,7 @@ import { fileURLToPath } from 'node:url';
 
 const root = path.join(path.dirname(fileURLToPath(import.meta.url)), 'dist');
 const kind = process.argv[2] ?? 'all';
-const kinds = kind === 'all' ? ['unit', 'integration'] : [kind];
+const kinds = kind === 'all' ? ['unit', 'integration', 'faults'] : [kind];
 const files = [];
 const walk = (dir) => {
   for (const e of readdirSync(dir)) {

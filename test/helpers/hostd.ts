@@ -1,6 +1,6 @@
 import path from 'node:path';
 import { connect } from '@nats-io/transport-node';
-import type { NatsConnection } from '@nats-io/nats-core';
+import type { ConnectionOptions, NatsConnection } from '@nats-io/nats-core';
 import { createLogger, type Logger } from '@forky/base';
 import { HostdClient } from '@forky/bus';
 import { startEphemeralHostd, type Hostd } from '@forky/hostd';
@@ -25,7 +25,10 @@ export function testLogger(): Logger {
  * probe result is cached beside the images, so only the first host of a run pays for a failing
  * KVM probe.
  */
-export async function startTestHost(natsUrl: string, opts: { hostId?: string; overrides?: Record<string, unknown> } = {}): Promise<TestHost> {
+export async function startTestHost(
+  natsUrl: string,
+  opts: { hostId?: string; overrides?: Record<string, unknown>; clientOptions?: Partial<ConnectionOptions> } = {},
+): Promise<TestHost> {
   const host = await startEphemeralHostd({
     natsUrl,
     imagesDir: IMAGES_DIR,
@@ -34,7 +37,7 @@ export async function startTestHost(natsUrl: string, opts: { hostId?: string; ov
     ...(opts.hostId ? { hostId: opts.hostId } : {}),
     ...(opts.overrides ? { overrides: opts.overrides } : {}),
   });
-  const nc = await connect({ servers: natsUrl, name: 'forky-test-client' });
+  const nc = await connect({ servers: natsUrl, name: 'forky-test-client', ...opts.clientOptions });
   return {
     ...host,
     client: new HostdClient(nc, host.hostId, { timeoutMs: 120_000 }),

@@ -1,5 +1,5 @@
 import { connect } from '@nats-io/transport-node';
-import type { NatsConnection } from '@nats-io/nats-core';
+import type { ConnectionOptions, NatsConnection } from '@nats-io/nats-core';
 import { SchedulerClient } from '@forky/bus';
 import { loadSchedulerConfig, startScheduler } from '@forky/scheduler';
 import { testLogger } from './hostd.js';
@@ -11,9 +11,12 @@ export interface TestScheduler {
 }
 
 /** A real scheduler in this process, and a client connection to call it through NATS. */
-export async function startTestScheduler(natsUrl: string): Promise<TestScheduler> {
-  const sched = await startScheduler(loadSchedulerConfig({ nats: { servers: [natsUrl] }, logLevel: 'warn' }), testLogger());
-  const nc = await connect({ servers: natsUrl });
+export async function startTestScheduler(
+  natsUrl: string,
+  opts: { nats?: Record<string, unknown>; clientOptions?: Partial<ConnectionOptions> } = {},
+): Promise<TestScheduler> {
+  const sched = await startScheduler(loadSchedulerConfig({ nats: { servers: [natsUrl], ...opts.nats }, logLevel: 'warn' }), testLogger());
+  const nc = await connect({ servers: natsUrl, ...opts.clientOptions });
   return {
     client: new SchedulerClient(nc, { timeoutMs: 300_000 }),
     nc,

@@ -6,6 +6,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { connect } from '@nats-io/transport-node';
+import { connectBus } from '@forky/bus';
 import { Kvm } from '@nats-io/kv';
 import { withDeadline } from '@forky/base';
 import type { ForkResult, VmInfo } from '@forky/contract';
@@ -116,10 +117,18 @@ describe('the forky CLI against a local cluster, as a new user would', { timeout
   });
 
   it('two schedulers side by side: killing one mid-batch loses no request and duplicates no child', async () => {
-    const second = spawn(process.execPath, [SCHEDULER, '--nats', server, '--log-level', 'warn'], { stdio: 'ignore' });
+    // `forky up` made users by default: the second scheduler and this test use theirs.
+    const authDir = path.join(data, 'auth');
+    const cluster = JSON.parse(await fs.readFile(path.join(data, 'cluster.json'), 'utf8')) as { authFile?: string };
+    assert.equal(cluster.authFile, path.join(authDir, 'operator.json'));
+    await assert.rejects(connect({ servers: server, reconnect: false }), /Authorization/i, 'the local cluster refuses a client without credentials');
+    const second = spawn(process.execPath, [SCHEDULER, '--nats', server, '--log-level', 'warn'], {
+      stdio: 'ignore',
+      env: { ...process.env, FORKY_NATS_AUTH_FILE: path.join(authDir, 'scheduler.json') },
+    });
     const secondExit = new Promise<void>((r) => second.once('exit', () => r()));
     try {
-      const nc = await connect({ servers: server });
+      const nc = await connectBus({ servers: server, name: 'cli-test', authFile: cluster.authFile });
       const requests = await new Kvm(nc).open('forky_requests');
       // Wait until the second scheduler has joined the queue group.
       await withDeadline(

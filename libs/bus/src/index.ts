@@ -1,5 +1,18 @@
-export { connectBus, type BusOptions, type BusAuth } from './connect.js';
+export { connectBus, NatsConfig, natsConfigFromEnv, type BusOptions, type BusAuth, type BusTls } from './connect.js';
+export {
+  Credentials,
+  authorizationConfig,
+  hostPermissions,
+  hostUser,
+  inboxPrefixOf,
+  newClusterAuth,
+  newCredentials,
+  readCredentials,
+  schedulerPermissions,
+  writeCredentials,
+  type ClusterAuth,
+} from './auth.js';
 export { startService, type EndpointDef, type ServiceDef } from './service.js';
 export { request, HostdClient, SchedulerClient, type RequestOptions } from './client.js';
 export { openBuckets, createOrOpen, type Buckets } from './buckets.js';
-export { startNatsServer, type NatsServer, type NatsServerOptions } from './nats-server.js';
+export { startNatsServer, writeServerConfig, type NatsServer, type NatsServerOptions } from './nats-server.js';

@@ -3,6 +3,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { withDeadline } from '@forky/base';
+import { authorizationConfig, type ClusterAuth } from './auth.js';
 
 export interface NatsServer {
   url: string;
@@ -19,6 +20,19 @@ export interface NatsServerOptions {
   storeDir?: string;
   /** Client port; default one the kernel picks. */
   port?: number;
+  /** Users and their permissions (see auth.ts); default: no authentication. */
+  auth?: ClusterAuth;
+  /** TLS for client connections. */
+  tls?: { certFile: string; keyFile: string };
+}
+
+/** The nats-server config file for `auth` and `tls` (JSON, which nats-server reads), mode 0600. */
+export async function writeServerConfig(file: string, opts: Pick<NatsServerOptions, 'auth' | 'tls'>): Promise<void> {
+  const conf = {
+    ...(opts.auth ? authorizationConfig(opts.auth) : {}),
+    ...(opts.tls ? { tls: { cert_file: opts.tls.certFile, key_file: opts.tls.keyFile, timeout: 5 } } : {}),
+  };
+  await fs.writeFile(file, JSON.stringify(conf, null, 2), { mode: 0o600 });
 }
 
 /**
@@ -28,7 +42,13 @@ export interface NatsServerOptions {
 export async function startNatsServer(opts: NatsServerOptions = {}): Promise<NatsServer> {
   const ownStore = !opts.storeDir;
   const storeDir = opts.storeDir ?? (await fs.mkdtemp(path.join(os.tmpdir(), 'forky-nats-')));
-  const child = spawn(opts.binary ?? 'nats-server', ['-a', '127.0.0.1', '-p', String(opts.port ?? -1), '-js', '-sd', storeDir], { stdio: ['ignore', 'ignore', 'pipe'] });
+  const args = ['-a', '127.0.0.1', '-p', String(opts.port ?? -1), '-js', '-sd', storeDir];
+  if (opts.auth || opts.tls) {
+    const conf = path.join(storeDir, 'forky-nats.conf');
+    await writeServerConfig(conf, opts);
+    args.unshift('-c', conf);
+  }
+  const child = spawn(opts.binary ?? 'nats-server', args, { stdio: ['ignore', 'ignore', 'pipe'] });
   const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
   let log = '';
   const port = await withDeadline(

@@ -7,7 +7,7 @@ import { Command, InvalidArgumentError, Option } from 'commander';
 import { ForkyError, ValidationError, delay, newId } from '@forky/base';
 import { SchedulerClient, request } from '@forky/bus';
 import { BatchRequest, parseOrThrow, type SchedEndpoint, type SchedReplyOf, type SchedRequestOf, type VmInfo } from '@forky/contract';
-import { connectTo, down, resolveServer, status, up } from './cluster.js';
+import { connectTo, down, resolveConnection, status, up } from './cluster.js';
 import { fail, printJson, printTable, progress } from './output.js';
 import { renderTree } from './tree.js';
 import { IMAGE_RECIPES, dataDirOf } from './paths.js';
@@ -39,7 +39,7 @@ const dataOf = (cmd: Command): string => dataDirOf(globals(cmd).data);
  */
 async function withScheduler<T>(cmd: Command, fn: (call: <E extends SchedEndpoint>(e: E, body: SchedRequestOf<E>) => Promise<SchedReplyOf<E>>) => Promise<T>): Promise<T> {
   const g = globals(cmd);
-  const nc = await connectTo(await resolveServer(g.server, dataOf(cmd)));
+  const nc = await connectTo(await resolveConnection(g.server, dataOf(cmd)));
   const client = new SchedulerClient(nc, { timeoutMs: Number(g.timeout) });
   const call = async <E extends SchedEndpoint>(e: E, body: SchedRequestOf<E>): Promise<SchedReplyOf<E>> => {
     for (let attempt = 1; ; attempt++) {
@@ -81,10 +81,12 @@ program
   .description('start a local cluster: nats-server, the scheduler, N hostd; build the guest image if missing')
   .option('--hosts <n>', 'number of hosts', positiveInt('hosts'), 1)
   .option('--detach', 'return once every host has reported in (default: stay and stop all on Ctrl-C)')
+  .option('--no-auth', 'no NATS users: anyone who reaches the port may act (default: a user per host, the scheduler and an operator, in <data>/auth)')
+  .option('--tls', 'NATS over TLS, with a self-signed certificate in <data>/auth')
   .action(
-    action(async (o: { hosts: number; detach?: boolean }, cmd: Command) => {
+    action(async (o: { hosts: number; detach?: boolean; auth: boolean; tls?: boolean }, cmd: Command) => {
       const data = dataOf(cmd);
-      const cluster = await up({ data, hosts: o.hosts });
+      const cluster = await up({ data, hosts: o.hosts, auth: o.auth, tls: o.tls === true });
       const st = { server: cluster.server, processes: cluster.processes };
       if (globals(cmd).json) printJson(st);
       else {
@@ -337,7 +339,7 @@ program
         throw new ValidationError(`the request body is not JSON: ${(e as Error).message}`, { field: 'json' });
       }
       const g = globals(cmd);
-      const nc = await connectTo(await resolveServer(g.server, dataOf(cmd)));
+      const nc = await connectTo(await resolveConnection(g.server, dataOf(cmd)));
       try {
         printJson(await request(nc, subject, value, { format: 'json', timeoutMs: Number(g.timeout) }));
       } finally {

@@ -1,6 +1,7 @@
 import os from 'node:os';
 import path from 'node:path';
 import { z } from 'zod';
+import { NatsConfig, natsConfigFromEnv } from '@forky/bus';
 import { parseConfig, readConfigFile } from '@forky/base';
 import { HostId } from '@forky/contract';
 
@@ -33,12 +34,7 @@ const Ksm = z.strictObject({
 
 export const HostdConfig = z.strictObject({
   hostId: HostId,
-  nats: z.strictObject({
-    servers: z.array(z.string().min(1)).min(1),
-    user: z.string().optional(),
-    pass: z.string().optional(),
-    token: z.string().optional(),
-  }),
+  nats: NatsConfig,
   dataDir: z.string().min(1),
   ramDir: z.string().min(1),
   imagesDir: z.string().min(1),
@@ -99,12 +95,7 @@ export function loadHostdConfig(flags: Record<string, unknown> = {}, cwd = proce
   const file = readConfigFile((flags.config as string | undefined) ?? env('FORKY_HOSTD_CONFIG'));
   const fromEnv = {
     hostId: env('FORKY_HOST_ID'),
-    nats: {
-      servers: env('FORKY_NATS_URL')?.split(','),
-      user: env('FORKY_NATS_USER'),
-      pass: env('FORKY_NATS_PASS'),
-      token: env('FORKY_NATS_TOKEN'),
-    },
+    nats: natsConfigFromEnv(),
     dataDir: env('FORKY_DATA_DIR'),
     ramDir: env('FORKY_RAM_DIR'),
     imagesDir: env('FORKY_IMAGES_DIR'),

@@ -1,13 +1,9 @@
 import { z } from 'zod';
+import { NatsConfig, natsConfigFromEnv } from '@forky/bus';
 import { parseConfig, readConfigFile } from '@forky/base';
 
 export const SchedulerConfig = z.strictObject({
-  nats: z.strictObject({
-    servers: z.array(z.string().min(1)).min(1),
-    user: z.string().optional(),
-    pass: z.string().optional(),
-    token: z.string().optional(),
-  }),
+  nats: NatsConfig,
   hostTimeoutMs: z.number().int().positive().default(600_000),
   leaseMs: z.number().int().min(500).default(5_000),
   childCostMiB: z.number().int().min(1).default(48),
@@ -23,7 +19,7 @@ export function loadSchedulerConfig(flags: Record<string, unknown> = {}): Readon
   const { config, ...flagLayer } = flags;
   const file = readConfigFile((config as string | undefined) ?? env('FORKY_SCHEDULER_CONFIG'));
   const fromEnv = {
-    nats: { servers: env('FORKY_NATS_URL')?.split(','), user: env('FORKY_NATS_USER'), pass: env('FORKY_NATS_PASS'), token: env('FORKY_NATS_TOKEN') },
+    nats: natsConfigFromEnv(),
     logLevel: env('FORKY_LOG_LEVEL'),
   };
   return parseConfig(SchedulerConfig, { nats: { servers: ['nats://127.0.0.1:4222'] } }, file, fromEnv, flagLayer);
