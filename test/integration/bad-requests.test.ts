@@ -1,30 +1,15 @@
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import fs from 'node:fs/promises';
-import path from 'node:path';
 import { headers } from '@nats-io/nats-core';
 import { pack, unpack } from 'msgpackr';
 import { subjects, type HostdEndpoint, type VmInfo } from '@forky/contract';
 import { startNatsServer, type NatsServer } from '@forky/bus';
 import { startTestHost, type TestHost } from '../helpers/hostd.js';
 import { ensureImage } from '../helpers/repo.js';
+import { fileTree as tree } from '../helpers/files.js';
 
 const enc = new TextEncoder();
 const dec = new TextDecoder();
-
-/** Every file below `dir`, with size: "nothing changed" is checked against this. */
-async function tree(dir: string): Promise<string[]> {
-  const out: string[] = [];
-  const walk = async (d: string): Promise<void> => {
-    for (const e of await fs.readdir(d, { withFileTypes: true }).catch(() => [])) {
-      const p = path.join(d, e.name);
-      if (e.isDirectory()) await walk(p);
-      else if (!e.name.endsWith('.log')) out.push(`${path.relative(dir, p)}:${e.isSocket() ? 'sock' : (await fs.stat(p)).size}`);
-    }
-  };
-  await walk(dir);
-  return out.sort();
-}
 
 describe('bad requests get a typed error and change nothing', { timeout: 300_000 }, () => {
   let nats: NatsServer;

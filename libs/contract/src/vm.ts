@@ -46,8 +46,8 @@ export const ExecRequest = z.strictObject({
   id: VmId,
   cmd: z.array(z.string().max(65536)).min(1).max(256),
   timeoutMs: z.number().int().min(1).max(600_000).default(30_000),
-  /** Text passed to the command's standard input. */
-  input: z.string().max(1 << 20).optional(),
+  /** Text passed to the command's standard input (at most 512 KiB: the whole request must fit NATS's 1 MiB max_payload). */
+  input: z.string().max(1 << 19).optional(),
 });
 export type ExecRequest = z.infer<typeof ExecRequest>;
 

@@ -92,22 +92,30 @@ export class Scheduler {
     }
   }
 
+  /**
+   * Runs a request once per idempotency key. A request without a key cannot be sent again under
+   * it, so it is not recorded (a bad or hostile request leaves nothing in the requests bucket);
+   * hostd still gets a fresh key, so the scheduler's own retries to it stay deduplicated.
+   */
+  #once<T>(endpoint: string, req: { key?: string | undefined } & Record<string, unknown>, fn: (key: string) => Promise<T>): Promise<T> {
+    if (!req.key) return fn(newId('req', 16));
+    const key = req.key;
+    return this.#idem.run(key, requestHash(endpoint, req), this.opts.hostTimeoutMs, () => fn(key));
+  }
+
   boot(req: SchedBootRequest): Promise<VmInfo> {
-    const key = req.key ?? newId('req', 16);
-    return this.#idem.run(key, requestHash('boot', req), this.opts.hostTimeoutMs, async () => {
+    return this.#once('boot', req, async (key) => {
       const host = pickHost(await this.hosts(), { memMiB: req.memMiB + 64, count: 1 }, req.host);
       return this.#host(host).call('vm.boot', { image: req.image, memMiB: req.memMiB, cpus: req.cpus, key });
     });
   }
 
   fork(req: SchedForkRequest): Promise<ForkResult> {
-    const key = req.key ?? newId('req', 16);
-    return this.#idem.run(key, requestHash('fork', req), this.opts.hostTimeoutMs, () => this.#fork(req, key));
+    return this.#once('fork', req, (key) => this.#fork(req, key));
   }
 
   batch(req: BatchRequest): Promise<BatchResult> {
-    const key = req.key ?? newId('req', 16);
-    return this.#idem.run(key, requestHash('batch', req), this.opts.hostTimeoutMs, async () => {
+    return this.#once('batch', req, async (key) => {
       const results: BatchResult['results'] = [];
       // One item after another: each fork already runs its children in parallel on its host.
       for (const [i, item] of req.items.entries()) {
@@ -123,8 +131,7 @@ export class Scheduler {
   }
 
   snapshot(req: SnapshotCreateRequest): Promise<SnapshotInfo> {
-    const key = req.key ?? newId('req', 16);
-    return this.#idem.run(key, requestHash('snapshot', req), this.opts.hostTimeoutMs, async () =>
+    return this.#once('snapshot', req, async (key) =>
       this.#host(await this.locate('vm', req.vm)).call('snapshot.create', { vm: req.vm, resume: req.resume, key }),
     );
   }
