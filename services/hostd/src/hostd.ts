@@ -12,6 +12,7 @@ import { KvDirectory } from './adapters/kv-directory.js';
 import { ObjectPartStore } from './adapters/store/object-parts.js';
 import type { HostdConfig } from './config.js';
 import { HostEngine } from './domain/engine.js';
+import type { RecoveryReport } from './domain/recovery.js';
 import { ImageCatalog } from './images.js';
 import { Layout } from './layout.js';
 import { QcowLayerStore } from './adapters/qemu/layers.js';
@@ -24,6 +25,8 @@ export const HOSTD_VERSION = '0.1.0';
 
 export interface Hostd {
   readonly engine: HostEngine;
+  /** What this start took back from an earlier hostd (see recovery.ts). */
+  readonly recovered: RecoveryReport;
   readonly probe: ProbeResult;
   readonly nc: NatsConnection;
   readonly service: Service;
@@ -74,6 +77,8 @@ export async function startHostd(config: Readonly<HostdConfig>, logger: Logger):
     pool: config.pool,
     logger: log,
   });
+  // Before serving: VMs an earlier hostd of this data directory left running are taken back.
+  const recovered = await engine.recover();
   const service = await startHostdService(nc, config.hostId, engine, HOSTD_VERSION, log);
   log.info({ accel: probe.accel, reason: probe.reason, qemu: probe.qemuVersion }, 'hostd serving');
 
@@ -97,6 +102,7 @@ export async function startHostd(config: Readonly<HostdConfig>, logger: Logger):
 
   return {
     engine,
+    recovered,
     probe,
     nc,
     service,

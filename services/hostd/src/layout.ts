@@ -10,6 +10,25 @@ export class Layout {
     readonly ramDir: string,
   ) {}
 
+  vmsDir(): string {
+    return safeJoin(this.dataDir, 'vms');
+  }
+  vmRamDir(): string {
+    return safeJoin(this.ramDir, 'vms');
+  }
+  snapshotsDir(): string {
+    return safeJoin(this.dataDir, 'snapshots');
+  }
+  snapshotRamDir(): string {
+    return safeJoin(this.ramDir, 'snapshots');
+  }
+  /** The outcome of a finished request with an idempotency key (keys are [A-Za-z0-9_-]). */
+  requestRecord(key: string): string {
+    return safeJoin(this.dataDir, 'requests', `${key}.json`);
+  }
+  requestsDir(): string {
+    return safeJoin(this.dataDir, 'requests');
+  }
   vmDir(id: string): string {
     return safeJoin(this.dataDir, 'vms', id);
   }

@@ -2,7 +2,7 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import type { Accel, ExecResult, MachineProfile } from '@forky/contract';
 import type { Image } from '../images.js';
-import type { VmHandle, VmRuntime, VmSpec } from '../domain/ports.js';
+import type { RunningProcess, VmHandle, VmRuntime, VmSpec } from '../domain/ports.js';
 import { QcowLayerStore } from './qemu/layers.js';
 
 /**
@@ -55,6 +55,15 @@ export class DryRunRuntime implements VmRuntime {
   }
 
   async destroy(): Promise<void> {}
+
+  attach(): Promise<{ handle: VmHandle; status: string }> {
+    // No process outlives a dry-run hostd: its VMs are gone after a restart.
+    return Promise.reject(new Error('a dry-run host has no processes to attach to'));
+  }
+
+  async processes(): Promise<RunningProcess[]> {
+    return [];
+  }
 }
 
 /** Layers as empty files: the chain bookkeeping runs, no qemu-img does. */

@@ -33,6 +33,7 @@ import type { Directory, LayerStore, PartStore, SnapshotStore, VmHandle, VmRunti
 import { ShippingManifest, fetch as fetchSnapshot, publish as publishSnapshot } from './shipping.js';
 import { assertAllowed, assertTransition } from './state.js';
 import { recordForDisk, vmInfo, writeJsonAtomic, type SnapshotRecord, type VmRecord } from './records.js';
+import { recoverHost, type RecoveryReport } from './recovery.js';
 import { ksmSavedMiB, meminfo, pssMiB } from './host-stats.js';
 import { giveIdentity, newMac } from './identity.js';
 import { WarmPool, type WarmChild, type WarmPoolOptions } from './warm-pool.js';
@@ -183,6 +184,7 @@ export class HostEngine {
       kernelCmdline: `${image.cmdline} forky.hostname=${id}`,
       chain: [],
     });
+    if (req.key) rec.requestKey = req.key;
     const base = await this.d.layers.importImage(image);
     rec.chain.push(base);
     return this.#make(rec, image, base, (spec) => this.d.runtime.boot(spec, this.d.limits.bootTimeoutMs));
@@ -316,7 +318,7 @@ export class HostEngine {
     try {
       const image = await this.d.images.get(snap.info.image);
       this.#checkProfile(snap.info.profile, image);
-      const results = await mapSettled(Array.from({ length: req.count }), this.d.limits.forkConcurrency, () => this.#restoreChild(snap, image, started, req.until));
+      const results = await mapSettled(Array.from({ length: req.count }), this.d.limits.forkConcurrency, () => this.#restoreChild(snap, image, started, req.until, req.key));
       const children = results.flatMap((r) => (r.status === 'fulfilled' ? [r.value] : []));
       const failed = results.flatMap((r) => (r.status === 'rejected' ? [r.reason as unknown] : []));
       if (failed.length > 0) {
@@ -399,12 +401,52 @@ export class HostEngine {
       if (seen.op !== op) return Promise.reject(new ConflictError(`idempotency key ${key} was used for a ${seen.op} request`, { field: 'key' }));
       return seen.result as Promise<T>;
     }
-    const result = fn();
+    const result = fn().then(async (value) => {
+      // On disk too: after a restart, a retry gets this reply instead of a second set of VMs.
+      await writeJsonAtomic(this.d.layout.requestRecord(key), { op, result: value });
+      return value;
+    });
     // A failed request may be retried under the same key.
     result.catch(() => this.#byKey.delete(key));
-    this.#byKey.set(key, { op, result });
-    if (this.#byKey.size > MAX_KEYS) this.#byKey.delete(this.#byKey.keys().next().value as string);
+    this.#remember(key, op, result);
     return result;
+  }
+
+  #remember(key: string, op: string, result: Promise<unknown>): void {
+    this.#byKey.set(key, { op, result });
+    if (this.#byKey.size <= MAX_KEYS) return;
+    const oldest = this.#byKey.keys().next().value as string;
+    this.#byKey.delete(oldest);
+    void fs.rm(this.d.layout.requestRecord(oldest), { force: true });
+  }
+
+  /**
+   * Takes back what an earlier hostd of this data directory left: see recovery.ts. Runs once,
+   * before the host serves.
+   */
+  async recover(): Promise<RecoveryReport> {
+    const r = await recoverHost({
+      runtime: this.d.runtime,
+      layers: this.d.layers,
+      snapshots: this.d.snapshots,
+      layout: this.d.layout,
+      images: this.d.images,
+      spec: async (rec) => this.#spec(rec, await this.d.images.get(rec.image)),
+      logger: this.#log,
+    });
+    for (const s of r.snaps) this.#snaps.set(s.info.id, s);
+    for (const v of r.vms) {
+      this.#vms.set(v.id, v);
+      const h = v.handle;
+      if (h) void h.exited.then(() => this.#onExit(v, h));
+      await this.#dir.register('vm', v.id).catch(() => undefined);
+    }
+    for (const id of r.report.removed) await this.#dir.unregister('vm', id).catch(() => undefined);
+    for (const q of r.requests) this.#remember(q.key, q.op, Promise.resolve(q.result));
+    await this.#gcLayers();
+    if (r.vms.length + r.report.removed.length + r.report.orphansKilled > 0) this.#log.info(r.report, 'recovered after a restart');
+    this.d.onChange?.();
+    return r.report;
   }
 
   /**
@@ -425,14 +467,17 @@ export class HostEngine {
       const h = this.#handle(vm);
       const before = vm.state;
       const image = await this.d.images.get(vm.image);
-      await this.#setState(vm, 'snapshotting');
       const id = newId('snap');
+      const top = newId('lyr');
+      const ownRam = vm.ram.shared ? vm.ram.file : undefined;
+      // Persisted with the state: a restart mid-snapshot knows what to roll back or forward.
+      vm.snapshotPlan = { id, top, from: before, ...(ownRam ? { ownRam } : {}) };
+      await this.#setState(vm, 'snapshotting');
       const files = this.d.snapshots.files(id);
       const frozen = vm.chain.at(-1) as string;
       const t0 = performance.now();
       const undo: Array<() => Promise<unknown>> = [];
       try {
-        const ownRam = vm.ram.shared ? vm.ram.file : undefined;
         if (ownRam) {
           await this.d.snapshots.adoptRam(id, ownRam);
           undo.push(() => this.d.snapshots.returnRam(id, ownRam));
@@ -440,7 +485,6 @@ export class HostEngine {
           await this.d.snapshots.beginRam(id, vm.ram.file);
         }
         undo.push(() => this.d.snapshots.remove(id));
-        const top = newId('lyr');
         this.#pendingLayers.add(top);
         undo.push(async () => {
           this.#pendingLayers.delete(top);
@@ -487,6 +531,7 @@ export class HostEngine {
           diskVirtualSize: vm.diskVirtualSize,
         };
         vm.lineage = id;
+        delete vm.snapshotPlan;
         this.#snaps.set(id, rec);
         await writeJsonAtomic(`${this.d.layout.snapshotDir(id)}/snapshot.json`, rec);
         await this.#setState(vm, resume ? 'running' : 'paused');
@@ -503,6 +548,7 @@ export class HostEngine {
           throw e;
         }
         for (const step of undo.reverse()) await step().catch((err: unknown) => this.#log.warn({ err, vm: vmId }, 'snapshot rollback step failed'));
+        delete vm.snapshotPlan;
         await this.#setState(vm, before).catch(() => undefined);
         throw e;
       }
@@ -522,7 +568,7 @@ export class HostEngine {
     this.#log.info({ vm: vm.id, from: depth, to: 2, ms: round(performance.now() - t0) }, 'disk chain flattened');
   }
 
-  async #restoreChild(snap: SnapshotRecord, image: Image, started: number, until: 'ready' | 'running'): Promise<VmInfo> {
+  async #restoreChild(snap: SnapshotRecord, image: Image, started: number, until: 'ready' | 'running', requestKey?: string): Promise<VmInfo> {
     const files = this.d.snapshots.files(snap.info.id);
     const warm = this.#pool.take(snap.info.id);
     const id = warm?.id ?? newId('vm');
@@ -533,6 +579,7 @@ export class HostEngine {
       parentSnapshot: snap.info.id,
     });
     rec.lineage = snap.info.id;
+    if (requestKey) rec.requestKey = requestKey;
     if (warm) {
       rec.mac = warm.mac;
       rec.chain.push(warm.top);

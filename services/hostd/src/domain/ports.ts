@@ -28,6 +28,14 @@ export interface VmHandle {
   readonly exited: Promise<void>;
 }
 
+/** A VM process found running on this host (after a restart), whoever started it. */
+export interface RunningProcess {
+  pid: number;
+  vmId: string;
+  generation: number;
+  kill(): Promise<void>;
+}
+
 /** The port to the hypervisor. QEMU is one adapter; a fake is another. */
 export interface VmRuntime {
   readonly accel: Accel;
@@ -59,6 +67,10 @@ export interface VmRuntime {
   exec(vm: VmHandle, cmd: readonly string[], opts: { input?: string; timeoutMs: number }): Promise<ExecResult>;
   /** Sends one line to the guest's control program and returns its one-line answer. */
   control(vm: VmHandle, line: string, timeoutMs: number): Promise<string>;
+  /** Takes over a process an earlier hostd started; `status` is QEMU's run state (`running`, `paused`, …). */
+  attach(spec: VmSpec, pid: number, timeoutMs: number): Promise<{ handle: VmHandle; status: string }>;
+  /** Every VM process of this host's data directory, ours or left by an earlier hostd. */
+  processes(vmsDir: string): Promise<RunningProcess[]>;
   /** Stops the process (gracefully, then by force) and releases its connections. Idempotent. */
   destroy(vm: VmHandle): Promise<void>;
 }

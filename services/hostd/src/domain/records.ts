@@ -29,6 +29,10 @@ export interface VmRecord {
   handle?: VmHandle;
   /** For a child returned at `running`: its identity and agent, still being settled. */
   settling?: Promise<void>;
+  /** The idempotency key of the request that made it: a restart keeps it only if that request finished. */
+  requestKey?: string;
+  /** A snapshot being taken, persisted before the pause, so a restart can roll it back or forward. */
+  snapshotPlan?: { id: string; top: string; from: VmState; ownRam?: string };
 }
 
 export interface SnapshotRecord {

@@ -14,6 +14,8 @@ export interface MachineOptions {
 
 export interface LaunchPaths {
   qmpSocket: string;
+  /** A second QMP monitor QEMU listens on: a restarted hostd re-attaches through it. */
+  qmpServerSocket: string;
   qgaSocket: string;
   /** hostd's line channel to the guest's forky-ident (a child's identity). */
   ctlSocket: string;
@@ -65,6 +67,8 @@ export function buildArgs(spec: VmSpec, m: MachineOptions, paths: LaunchPaths, m
     '-serial', 'chardev:ser0',
     '-chardev', `socket,id=qmp0,path=${esc(paths.qmpSocket)},server=off`,
     '-mon', 'chardev=qmp0,mode=control',
+    '-chardev', `socket,id=qmp1,path=${esc(paths.qmpServerSocket)},server=on,wait=off`,
+    '-mon', 'chardev=qmp1,mode=control',
     // Device state is saved without RAM or configuration sections (xen-save-devices-state), so
     // loading must not expect them.
     '-global', 'migration.send-configuration=off',

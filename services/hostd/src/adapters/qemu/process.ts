@@ -77,3 +77,65 @@ export function killGroup(pid: number, signal: NodeJS.Signals): void {
     }
   }
 }
+
+/**
+ * A process we did not start (an earlier hostd did): no exit event reaches us, so its exit is
+ * seen by polling, sooner once its QMP connection closes.
+ */
+export function watchProcess(pid: number, qmp: QmpClient): QemuProcess {
+  let exited = false;
+  const alive = (): boolean => {
+    try {
+      process.kill(pid, 0);
+      return true;
+    } catch {
+      return false;
+    }
+  };
+  const exitedP = new Promise<void>((resolve) => {
+    const check = (): void => {
+      if (alive()) return;
+      clearInterval(timer);
+      exited = true;
+      resolve();
+    };
+    const timer = setInterval(check, 500);
+    timer.unref();
+    void qmp.closed.then(() => setTimeout(check, 50).unref());
+  });
+  return { pid, qmp, exited: exitedP, isExited: () => exited };
+}
+
+/** Kills a process group we may not own and waits (5 s at most) until it is gone. */
+export async function killAndWait(pid: number): Promise<void> {
+  killGroup(pid, 'SIGKILL');
+  const deadline = Date.now() + 5000;
+  while (Date.now() < deadline) {
+    try {
+      process.kill(pid, 0);
+    } catch {
+      return;
+    }
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+/**
+ * QEMU processes whose sockets live under `vmsDir` (`-name forky-<vm>`, `qmp.<generation>.sock`):
+ * the VMs of this host, found from /proc after a restart.
+ */
+export async function findQemuProcesses(vmsDir: string): Promise<Array<{ pid: number; vmId: string; generation: number }>> {
+  const out: Array<{ pid: number; vmId: string; generation: number }> = [];
+  for (const entry of await fs.readdir('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    const args = await fs.readFile(`/proc/${entry}/cmdline`, 'utf8').then((t) => t.split('\0'), () => [] as string[]);
+    const name = args[args.indexOf('-name') + 1];
+    const vmId = /^forky-(vm-[a-z0-9]{12}),/.exec(name ?? '')?.[1];
+    if (!vmId || args.indexOf('-name') < 0) continue;
+    const qmp = args.find((a) => a.includes(`${vmsDir}/${vmId}/qmp.`));
+    const generation = /\/qmp\.(\d+)\.sock/.exec(qmp ?? '')?.[1];
+    if (generation === undefined) continue;
+    out.push({ pid: Number(entry), vmId, generation: Number(generation) });
+  }
+  return out;
+}

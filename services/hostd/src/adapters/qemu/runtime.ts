@@ -1,11 +1,11 @@
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { ForkyError, checkSocketPath, withDeadline, type Logger } from '@forky/base';
-import { GuestAgentClient, type QmpClient } from '@forky/qemu';
+import { GuestAgentClient, QmpClient } from '@forky/qemu';
 import type { Accel, ExecResult, MachineProfile } from '@forky/contract';
-import type { VmHandle, VmRuntime, VmSpec } from '../../domain/ports.js';
+import type { RunningProcess, VmHandle, VmRuntime, VmSpec } from '../../domain/ports.js';
 import { buildArgs, type LaunchMode, type MachineOptions } from './cmdline.js';
-import { killGroup, launchQemu, type QemuProcess } from './process.js';
+import { findQemuProcesses, killAndWait, killGroup, launchQemu, watchProcess, type QemuProcess } from './process.js';
 import { listenForState, loadState } from './migration.js';
 import { copyPrivatePages } from './private-pages.js';
 import { askLine } from './control.js';
@@ -133,10 +133,28 @@ export class QemuRuntime implements VmRuntime {
     if (this.opts.network.mode === 'tap') await removeTap(tapName(vm.spec.id, vm.spec.generation));
   }
 
+  async attach(spec: VmSpec, pid: number, timeoutMs: number): Promise<{ handle: VmHandle; status: string }> {
+    const qmp = await QmpClient.connect(sock(spec, 'qmpd'), { handshakeTimeoutMs: timeoutMs });
+    try {
+      const { status } = await qmp.execute<{ status: string }>('query-status', undefined, { timeoutMs });
+      const agent = await GuestAgentClient.connect(sock(spec, 'qga'), timeoutMs);
+      const proc = watchProcess(pid, qmp);
+      const vm: QemuVm = { pid, exited: proc.exited, proc, qmp, agent, spec };
+      return { handle: vm, status };
+    } catch (e) {
+      qmp.close();
+      throw e;
+    }
+  }
+
+  async processes(vmsDir: string): Promise<RunningProcess[]> {
+    return (await findQemuProcesses(vmsDir)).map((p) => ({ ...p, kill: () => killAndWait(p.pid) }));
+  }
+
   async #start(spec: VmSpec, mode: LaunchMode, timeoutMs: number): Promise<QemuVm> {
     await fs.mkdir(spec.runDir, { recursive: true });
     if (spec.ram.shared) await fs.mkdir(path.dirname(spec.ram.file), { recursive: true });
-    const paths = { qmpSocket: sock(spec, 'qmp'), qgaSocket: sock(spec, 'qga'), ctlSocket: sock(spec, 'ctl'), serialLog: path.join(spec.runDir, 'serial.log') };
+    const paths = { qmpSocket: sock(spec, 'qmp'), qmpServerSocket: sock(spec, 'qmpd'), qgaSocket: sock(spec, 'qga'), ctlSocket: sock(spec, 'ctl'), serialLog: path.join(spec.runDir, 'serial.log') };
     const args = buildArgs(spec, this.opts, paths, mode);
     const log = this.opts.logger.child({ vm: spec.id, generation: spec.generation });
     const tap = this.opts.network.mode === 'tap' ? tapName(spec.id, spec.generation) : undefined;

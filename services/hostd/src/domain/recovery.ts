@@ -1,0 +1,172 @@
+import fs from 'node:fs/promises';
+import path from 'node:path';
+import type { Logger } from '@forky/base';
+import type { ImageCatalog } from '../images.js';
+import type { Layout } from '../layout.js';
+import type { LayerStore, RunningProcess, SnapshotStore, VmRuntime, VmSpec } from './ports.js';
+import { recordForDisk, writeJsonAtomic, type SnapshotRecord, type VmRecord } from './records.js';
+
+export interface RecoveryReport {
+  /** VMs whose QEMU ran on and that this hostd now drives. */
+  adopted: string[];
+  /** VMs caught mid-snapshot and put back as they were (the snapshot discarded). */
+  rolledBack: string[];
+  /** Half-made VMs (a fork or boot that never finished), VMs whose QEMU died meanwhile. */
+  removed: string[];
+  /** QEMU processes that belonged to no VM (warm pool, successors of a failed snapshot). */
+  orphansKilled: number;
+  /** Files and directories that belonged to nothing. */
+  strayFilesRemoved: number;
+}
+
+export interface RecoveryDeps {
+  runtime: VmRuntime;
+  layers: LayerStore;
+  snapshots: SnapshotStore;
+  layout: Layout;
+  images: ImageCatalog;
+  spec: (rec: VmRecord) => Promise<VmSpec>;
+  logger: Logger;
+}
+
+export interface Recovered {
+  vms: VmRecord[];
+  snaps: SnapshotRecord[];
+  /** Finished requests by idempotency key: a retry gets the same reply. */
+  requests: Array<{ key: string; op: string; result: unknown }>;
+  report: RecoveryReport;
+}
+
+const ATTACH_TIMEOUT_MS = 5000;
+
+/**
+ * What a restarted hostd finds on disk and in /proc, made whole again: every VM whose QEMU still
+ * runs is adopted; a snapshot caught half-way is rolled back (or forward, if its successor had
+ * taken over); VMs of requests that never finished are removed (forks are all or nothing); and
+ * processes and files that belong to nothing are removed. The job kqemu.sh did by hand.
+ */
+export async function recoverHost(d: RecoveryDeps): Promise<Recovered> {
+  const log = d.logger.child({ component: 'recovery' });
+  const report: RecoveryReport = { adopted: [], rolledBack: [], removed: [], orphansKilled: 0, strayFilesRemoved: 0 };
+  const requests = await readJsonDir<{ op: string; result: unknown }>(d.layout.requestsDir());
+  const finished = new Set(requests.map((r) => r.name));
+  const snaps = (await readJsonDir<SnapshotRecord>(d.layout.snapshotsDir(), 'snapshot.json')).map((s) => s.value);
+  const snapIds = new Set(snaps.map((s) => s.info.id));
+  const procs = await d.runtime.processes(d.layout.vmsDir());
+  const claimed = new Set<RunningProcess>();
+  const vms: VmRecord[] = [];
+
+  for (const { value: rec } of await readJsonDir<VmRecord>(d.layout.vmsDir(), 'vm.json')) {
+    const mine = procs.filter((p) => p.vmId === rec.id);
+    const proc = (gen: number): RunningProcess | undefined => mine.find((p) => p.generation === gen);
+    const attach = async (r: VmRecord, p: RunningProcess): Promise<string> => {
+      const { handle, status } = await d.runtime.attach(await d.spec(r), p.pid, ATTACH_TIMEOUT_MS);
+      claimed.add(p);
+      r.handle = handle;
+      r.pid = p.pid;
+      return status;
+    };
+    const remove = async (why: string): Promise<void> => {
+      for (const p of mine) await p.kill();
+      mine.forEach((p) => claimed.add(p));
+      if (rec.ram.shared) await fs.rm(rec.ram.file, { force: true });
+      await fs.rm(d.layout.vmDir(rec.id), { recursive: true, force: true });
+      report.removed.push(rec.id);
+      log.warn({ vm: rec.id, state: rec.state, why }, 'VM removed on restart');
+    };
+    try {
+      if (rec.requestKey && !finished.has(rec.requestKey)) {
+        await remove(`the request that made it (${rec.requestKey}) never finished`);
+      } else if (rec.state === 'snapshotting' && rec.snapshotPlan) {
+        const plan = rec.snapshotPlan;
+        const old = proc(rec.generation);
+        const successor = proc(rec.generation + 1);
+        if (old) {
+          // Not handed over yet: the old process is the VM; the snapshot goes.
+          if (successor) await successor.kill();
+          if (successor) claimed.add(successor);
+          const snapRam = d.snapshots.files(plan.id).ram;
+          if (plan.ownRam && (await exists(snapRam)) && !(await exists(plan.ownRam))) await fs.rename(snapRam, plan.ownRam);
+          await d.snapshots.remove(plan.id);
+          await d.layers.remove(plan.top).catch(() => undefined);
+          const status = await attach(rec, old);
+          // `cont` also takes back the disks a device-state save let go of.
+          if (plan.from === 'running' && status !== 'running') await d.runtime.resume(rec.handle as NonNullable<VmRecord['handle']>);
+          rec.state = plan.from;
+          delete rec.snapshotPlan;
+          report.rolledBack.push(rec.id);
+        } else if (successor && snapIds.has(plan.id)) {
+          // Handed over and recorded: the successor is the VM.
+          await d.layers.freeze(rec.chain.at(-1) as string).catch(() => undefined);
+          Object.assign(rec, { generation: rec.generation + 1, ram: { file: d.snapshots.files(plan.id).ram, shared: false }, chain: [...rec.chain, plan.top], lineage: plan.id });
+          rec.state = (await attach(rec, successor)) === 'running' ? 'running' : 'paused';
+          delete rec.snapshotPlan;
+          report.adopted.push(rec.id);
+        } else {
+          await remove('its process exited mid-snapshot');
+          if (!snapIds.has(plan.id)) await d.snapshots.remove(plan.id);
+        }
+      } else if (rec.state === 'running' || rec.state === 'paused') {
+        const p = proc(rec.generation);
+        if (!p) await remove('its QEMU exited while hostd was down');
+        else {
+          rec.state = (await attach(rec, p)) === 'running' ? 'running' : 'paused';
+          report.adopted.push(rec.id);
+        }
+      } else {
+        await remove(`it was ${rec.state} when hostd stopped`);
+      }
+    } catch (err) {
+      await remove(`re-attaching failed: ${(err as Error).message}`).catch(() => undefined);
+    }
+    if (!report.removed.includes(rec.id)) {
+      await writeJsonAtomic(d.layout.vmRecord(rec.id), recordForDisk(rec));
+      vms.push(rec);
+    }
+  }
+
+  for (const p of procs) {
+    if (claimed.has(p)) continue;
+    await p.kill();
+    report.orphansKilled++;
+  }
+  report.strayFilesRemoved += await removeStray(d.layout.vmsDir(), new Set(vms.map((v) => v.id)));
+  report.strayFilesRemoved += await removeStray(d.layout.snapshotsDir(), snapIds);
+  const rams = new Set([...vms.map((v) => v.ram.file), ...snaps.map((s) => d.snapshots.files(s.info.id).ram)]);
+  for (const dir of [d.layout.vmRamDir(), d.layout.snapshotRamDir()]) {
+    for (const f of await fs.readdir(dir).catch(() => [] as string[])) {
+      if (rams.has(path.join(dir, f))) continue;
+      await fs.rm(path.join(dir, f), { force: true });
+      report.strayFilesRemoved++;
+    }
+  }
+  return { vms, snaps, requests: requests.map((r) => ({ key: r.name, ...r.value })), report };
+}
+
+/** Removes entries of `dir` whose name is not in `keep`. */
+async function removeStray(dir: string, keep: Set<string>): Promise<number> {
+  let n = 0;
+  for (const e of await fs.readdir(dir).catch(() => [] as string[])) {
+    if (keep.has(e)) continue;
+    await fs.rm(path.join(dir, e), { recursive: true, force: true });
+    n++;
+  }
+  return n;
+}
+
+/** `dir/<name>/<file>` (or `dir/<name>.json` without `file`), parsed; unreadable ones are skipped. */
+async function readJsonDir<T>(dir: string, file?: string): Promise<Array<{ name: string; value: T }>> {
+  const out: Array<{ name: string; value: T }> = [];
+  for (const e of await fs.readdir(dir).catch(() => [] as string[])) {
+    if (!file && !e.endsWith('.json')) continue;
+    const p = file ? path.join(dir, e, file) : path.join(dir, e);
+    try {
+      out.push({ name: file ? e : e.slice(0, -'.json'.length), value: JSON.parse(await fs.readFile(p, 'utf8')) as T });
+    } catch {
+      // Half-written or missing: what it described is cleaned up as stray.
+    }
+  }
+  return out;
+}
+
+const exists = (f: string): Promise<boolean> => fs.access(f).then(() => true, () => false);
