@@ -11,22 +11,14 @@ import { pollUntil, withDeadline } from '@forky/base';
 import { HostdClient, startNatsServer, type NatsServer } from '@forky/bus';
 import type { ForkResult, VmInfo } from '@forky/contract';
 import { fileTree } from '../helpers/files.js';
-import { isRunning } from '../helpers/procs.js';
+import { qemuPidsWhere } from '../helpers/procs.js';
 import { IMAGES_DIR, REPO, ensureImage } from '../helpers/repo.js';
 
 const HOSTD = path.join(REPO, 'services', 'hostd', 'dist', 'main.js');
 const HOST = 'restart-h1';
 
 /** QEMU processes whose sockets live in `dir`: every process of this host, whoever owns it. */
-async function qemuIn(dir: string): Promise<number[]> {
-  const pids: number[] = [];
-  for (const e of await fs.readdir('/proc')) {
-    if (!/^\d+$/.test(e)) continue;
-    const cmd = await fs.readFile(`/proc/${e}/cmdline`, 'utf8').catch(() => '');
-    if (cmd.includes('qemu-system') && cmd.includes(dir) && (await isRunning(Number(e)))) pids.push(Number(e));
-  }
-  return pids.sort((a, b) => a - b);
-}
+const qemuIn = (dir: string): Promise<number[]> => qemuPidsWhere((cmd) => cmd.includes(dir));
 
 /** The recovery report a hostd logged at start, if it recovered anything. */
 async function lastRecovery(log: string): Promise<Record<string, unknown> | undefined> {

@@ -1,7 +1,7 @@
 import fs from 'node:fs/promises';
 
-/** Pids of live QEMU processes started for any of `vmIds` (found by their `-name forky-<id>`). */
-export async function qemuPidsOf(vmIds: readonly string[]): Promise<number[]> {
+/** Pids of live QEMU processes whose command line passes `match`, in ascending order. */
+export async function qemuPidsWhere(match: (cmdline: string) => boolean): Promise<number[]> {
   const pids: number[] = [];
   for (const entry of await fs.readdir('/proc')) {
     if (!/^\d+$/.test(entry)) continue;
@@ -9,9 +9,14 @@ export async function qemuPidsOf(vmIds: readonly string[]): Promise<number[]> {
     if (!cmd.includes('qemu-system')) continue;
     const stat = await fs.readFile(`/proc/${entry}/stat`, 'utf8').catch(() => '');
     if (/\) Z /.test(stat)) continue; // a zombie is gone, only not yet reaped
-    if (vmIds.some((id) => cmd.includes(`forky-${id},`))) pids.push(Number(entry));
+    if (match(cmd)) pids.push(Number(entry));
   }
-  return pids;
+  return pids.sort((a, b) => a - b);
+}
+
+/** Pids of live QEMU processes started for any of `vmIds` (found by their `-name forky-<id>`). */
+export function qemuPidsOf(vmIds: readonly string[]): Promise<number[]> {
+  return qemuPidsWhere((cmd) => vmIds.some((id) => cmd.includes(`forky-${id},`)));
 }
 
 /** True while `pid` runs; a zombie (exited, not yet reaped by its parent) counts as gone. */

@@ -32,7 +32,7 @@ import type { Layout } from '../layout.js';
 import type { Directory, LayerStore, PartStore, SnapshotStore, VmHandle, VmRuntime, VmSpec } from './ports.js';
 import { ShippingManifest, fetch as fetchSnapshot, publish as publishSnapshot } from './shipping.js';
 import { assertAllowed, assertTransition } from './state.js';
-import { recordForDisk, vmInfo, writeJsonAtomic, type SnapshotRecord, type VmRecord } from './records.js';
+import { recordForDisk, removeVmFiles, vmInfo, writeJsonAtomic, type SnapshotRecord, type VmRecord } from './records.js';
 import { recoverHost, type RecoveryReport } from './recovery.js';
 import { ksmSavedMiB, meminfo, pssMiB } from './host-stats.js';
 import { giveIdentity, newMac } from './identity.js';
@@ -430,7 +430,6 @@ export class HostEngine {
       layers: this.d.layers,
       snapshots: this.d.snapshots,
       layout: this.d.layout,
-      images: this.d.images,
       spec: async (rec) => this.#spec(rec, await this.d.images.get(rec.image)),
       logger: this.#log,
     });
@@ -691,8 +690,7 @@ export class HostEngine {
   async #teardown(vm: VmRecord): Promise<void> {
     if (vm.handle) await this.d.runtime.destroy(vm.handle);
     vm.handle = undefined;
-    if (vm.ram.shared) await fs.rm(vm.ram.file, { force: true });
-    await fs.rm(this.d.layout.vmDir(vm.id), { recursive: true, force: true });
+    await removeVmFiles(vm, this.d.layout.vmDir(vm.id));
   }
 
   /** Removes every layer no VM or snapshot refers to. */

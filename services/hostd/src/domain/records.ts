@@ -70,6 +70,12 @@ export async function writeJsonAtomic(file: string, value: unknown): Promise<voi
   await fs.rename(tmp, file);
 }
 
+/** Removes what a VM leaves on disk once its process is gone: its own RAM file (if it owns one) and its directory. */
+export async function removeVmFiles(vm: VmRecord, vmDir: string): Promise<void> {
+  if (vm.ram.shared) await fs.rm(vm.ram.file, { force: true });
+  await fs.rm(vmDir, { recursive: true, force: true });
+}
+
 export function recordForDisk(r: VmRecord): Omit<VmRecord, 'handle' | 'settling'> {
   const { handle: _handle, settling: _settling, ...rest } = r;
   return rest;

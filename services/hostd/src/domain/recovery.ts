@@ -1,10 +1,9 @@
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import type { Logger } from '@forky/base';
-import type { ImageCatalog } from '../images.js';
 import type { Layout } from '../layout.js';
 import type { LayerStore, RunningProcess, SnapshotStore, VmRuntime, VmSpec } from './ports.js';
-import { recordForDisk, writeJsonAtomic, type SnapshotRecord, type VmRecord } from './records.js';
+import { recordForDisk, removeVmFiles, writeJsonAtomic, type SnapshotRecord, type VmRecord } from './records.js';
 
 export interface RecoveryReport {
   /** VMs whose QEMU ran on and that this hostd now drives. */
@@ -24,7 +23,6 @@ export interface RecoveryDeps {
   layers: LayerStore;
   snapshots: SnapshotStore;
   layout: Layout;
-  images: ImageCatalog;
   spec: (rec: VmRecord) => Promise<VmSpec>;
   logger: Logger;
 }
@@ -69,8 +67,7 @@ export async function recoverHost(d: RecoveryDeps): Promise<Recovered> {
     const remove = async (why: string): Promise<void> => {
       for (const p of mine) await p.kill();
       mine.forEach((p) => claimed.add(p));
-      if (rec.ram.shared) await fs.rm(rec.ram.file, { force: true });
-      await fs.rm(d.layout.vmDir(rec.id), { recursive: true, force: true });
+      await removeVmFiles(rec, d.layout.vmDir(rec.id));
       report.removed.push(rec.id);
       log.warn({ vm: rec.id, state: rec.state, why }, 'VM removed on restart');
     };
@@ -85,8 +82,8 @@ export async function recoverHost(d: RecoveryDeps): Promise<Recovered> {
           // Not handed over yet: the old process is the VM; the snapshot goes.
           if (successor) await successor.kill();
           if (successor) claimed.add(successor);
-          const snapRam = d.snapshots.files(plan.id).ram;
-          if (plan.ownRam && (await exists(snapRam)) && !(await exists(plan.ownRam))) await fs.rename(snapRam, plan.ownRam);
+          // The VM's own RAM, if the snapshot had taken it by rename, goes back.
+          if (plan.ownRam && (await exists(d.snapshots.files(plan.id).ram)) && !(await exists(plan.ownRam))) await d.snapshots.returnRam(plan.id, plan.ownRam);
           await d.snapshots.remove(plan.id);
           await d.layers.remove(plan.top).catch(() => undefined);
           const status = await attach(rec, old);

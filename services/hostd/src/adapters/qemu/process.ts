@@ -2,7 +2,7 @@ import fs from 'node:fs/promises';
 import { openSync, closeSync } from 'node:fs';
 import net from 'node:net';
 import { spawn } from 'node:child_process';
-import { ForkyError, withDeadline, type Logger } from '@forky/base';
+import { ForkyError, pollUntil, withDeadline, type Logger } from '@forky/base';
 import { QmpClient } from '@forky/qemu';
 
 export interface QemuProcess {
@@ -84,17 +84,9 @@ export function killGroup(pid: number, signal: NodeJS.Signals): void {
  */
 export function watchProcess(pid: number, qmp: QmpClient): QemuProcess {
   let exited = false;
-  const alive = (): boolean => {
-    try {
-      process.kill(pid, 0);
-      return true;
-    } catch {
-      return false;
-    }
-  };
   const exitedP = new Promise<void>((resolve) => {
     const check = (): void => {
-      if (alive()) return;
+      if (pidAlive(pid)) return;
       clearInterval(timer);
       exited = true;
       resolve();
@@ -109,14 +101,16 @@ export function watchProcess(pid: number, qmp: QmpClient): QemuProcess {
 /** Kills a process group we may not own and waits (5 s at most) until it is gone. */
 export async function killAndWait(pid: number): Promise<void> {
   killGroup(pid, 'SIGKILL');
-  const deadline = Date.now() + 5000;
-  while (Date.now() < deadline) {
-    try {
-      process.kill(pid, 0);
-    } catch {
-      return;
-    }
-    await new Promise((r) => setTimeout(r, 20));
+  await pollUntil(async () => (pidAlive(pid) ? undefined : true), { timeoutMs: 5000, intervalMs: 20, what: `process ${pid} gone` }).catch(() => undefined);
+}
+
+/** Signal 0: true while a process with this pid exists (ours or not). */
+function pidAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
   }
 }
 
