@@ -10,7 +10,8 @@ import type { NatsConnection, Subscription } from '@nats-io/nats-core';
 import { Kvm } from '@nats-io/kv';
 import { withDeadline } from '@forky/base';
 import { HostdClient, inboxPrefixOf, newClusterAuth, startNatsServer, type ClusterAuth, type NatsServer } from '@forky/bus';
-import { BUCKETS, subjects } from '@forky/contract';
+import { jetstream } from '@nats-io/jetstream';
+import { BUCKETS, JOBS_CONSUMER, STREAMS, subjects } from '@forky/contract';
 import { startTestHost, type TestHost } from '../helpers/hostd.js';
 import { startTestScheduler, type TestScheduler } from '../helpers/scheduler.js';
 
@@ -60,7 +61,11 @@ describe('authentication and per-host authorization (real nats-server with users
     assert.equal(info.id, 'h1');
     const hosts = await sched.client.call('hosts', {});
     assert.ok(hosts.hosts.some((h) => h.id === 'h1' && h.alive), 'the scheduler sees h1 through the hosts bucket');
-    t.diagnostic('hostd h1, the scheduler and the operator connected with their own users; h1 reported in');
+    // A keyed request goes through the jobs stream, which the scheduler user may use.
+    const vm = await sched.client.call('vm.boot', { key: 'auth-boot-through-jobs' });
+    assert.equal(vm.host, 'h1');
+    await sched.client.call('vm.destroy', { id: vm.id });
+    t.diagnostic('hostd h1, the scheduler and the operator connected with their own users; h1 reported in; a keyed boot went through the jobs stream');
   });
 
   it('refuses connections without credentials or with a wrong password', async () => {
@@ -120,7 +125,11 @@ describe('authentication and per-host authorization (real nats-server with users
       // Dropping the cluster's state is for the operator only.
       await assert.rejects(nc.request(`$JS.API.STREAM.DELETE.KV_${BUCKETS.hosts}`, '', { timeout: 2000 }));
       assert.ok(await kvOp.status(), 'the hosts bucket still exists');
-      t.diagnostic('h1 forging h2 heartbeats, calling h2, writing requests, deleting a bucket: all refused; nothing changed');
+      // The scheduler's job queue: a host may neither queue a job nor take or inspect one.
+      await assert.rejects(jetstream(nc).publish(subjects.job('fork'), '{}', { timeout: 2000 }));
+      await assert.rejects(nc.request(`$JS.API.CONSUMER.MSG.NEXT.${STREAMS.jobs}.${JOBS_CONSUMER}`, '{"batch":1,"expires":1000000000}', { timeout: 2000 }));
+      await assert.rejects(nc.request(`$JS.API.STREAM.INFO.${STREAMS.jobs}`, '', { timeout: 2000 }));
+      t.diagnostic('h1 forging h2 heartbeats, calling h2, writing requests, deleting a bucket, queueing or taking jobs: all refused; nothing changed');
     } finally {
       await nc.close();
       await op.close();

@@ -1,20 +1,18 @@
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs/promises';
-import { openSync, closeSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { connect } from '@nats-io/transport-node';
 import type { NatsConnection } from '@nats-io/nats-core';
-import { pollUntil, withDeadline } from '@forky/base';
+import { pollUntil } from '@forky/base';
 import { HostdClient, startNatsServer, type NatsServer } from '@forky/bus';
 import type { ForkResult, VmInfo } from '@forky/contract';
 import { fileTree } from '../helpers/files.js';
 import { qemuPidsWhere } from '../helpers/procs.js';
-import { IMAGES_DIR, REPO, ensureImage } from '../helpers/repo.js';
+import { ensureImage } from '../helpers/repo.js';
+import { HOSTD_MAIN, hostdEnv, logLines, spawnService, type ServiceProc } from '../helpers/service-proc.js';
 
-const HOSTD = path.join(REPO, 'services', 'hostd', 'dist', 'main.js');
 const HOST = 'restart-h1';
 
 /** QEMU processes whose sockets live in `dir`: every process of this host, whoever owns it. */
@@ -22,12 +20,7 @@ const qemuIn = (dir: string): Promise<number[]> => qemuPidsWhere((cmd) => cmd.in
 
 /** The recovery report a hostd logged at start, if it recovered anything. */
 async function lastRecovery(log: string): Promise<Record<string, unknown> | undefined> {
-  const lines = (await fs.readFile(log, 'utf8')).trim().split('\n');
-  for (const l of lines.reverse()) {
-    const j = JSON.parse(l) as Record<string, unknown>;
-    if (j.msg === 'recovered after a restart') return j;
-  }
-  return undefined;
+  return (await logLines(log, 'recovered after a restart')).at(-1);
 }
 
 describe('hostd killed with SIGKILL and restarted re-adopts its VMs and cleans up', { timeout: 600_000 }, () => {
@@ -35,7 +28,7 @@ describe('hostd killed with SIGKILL and restarted re-adopts its VMs and cleans u
   let nc: NatsConnection;
   let client: HostdClient;
   let dir: string;
-  let hostd: ChildProcess | undefined;
+  let hostd: ServiceProc | undefined;
   const dataDir = (): string => path.join(dir, 'data');
   const ramDir = (): string => path.join('/dev/shm', path.basename(dir));
   const log = (): string => path.join(dir, 'hostd.log');
@@ -43,29 +36,12 @@ describe('hostd killed with SIGKILL and restarted re-adopts its VMs and cleans u
   const shortClient = (): HostdClient => new HostdClient(nc, HOST, { timeoutMs: 20_000 });
 
   const startHostd = async (): Promise<void> => {
-    const fd = openSync(log(), 'a');
-    hostd = spawn(process.execPath, [HOSTD], {
-      stdio: ['ignore', fd, fd],
-      env: {
-        ...process.env,
-        FORKY_HOST_ID: HOST,
-        FORKY_NATS_URL: nats.url,
-        FORKY_DATA_DIR: dataDir(),
-        FORKY_RAM_DIR: ramDir(),
-        FORKY_IMAGES_DIR: IMAGES_DIR,
-        FORKY_PROBE_CACHE: path.join(REPO, '.forky', 'accel-probe.json'),
-        FORKY_LOG_LEVEL: 'info',
-      },
-    });
-    closeSync(fd);
-    // Ready when it answers: a real reply, within a deadline.
-    await pollUntil(() => client.call('host.info', {}, { timeoutMs: 1000 }).then(() => true, () => undefined), { timeoutMs: 60_000, intervalMs: 100, what: 'hostd answering' });
+    hostd = await spawnService(HOSTD_MAIN, hostdEnv({ hostId: HOST, natsUrl: nats.url, dataDir: dataDir(), ramDir: ramDir() }), log(), () =>
+      client.call('host.info', {}, { timeoutMs: 1000 }).then(() => true, () => false),
+    );
   };
   const killHostd = async (): Promise<void> => {
-    const p = hostd as ChildProcess;
-    const gone = new Promise<void>((r) => p.once('exit', () => r()));
-    p.kill('SIGKILL');
-    await withDeadline(gone, 5000, 'hostd killed');
+    await hostd?.kill();
     hostd = undefined;
   };
   /** VM records on disk, with their state and the request that made them. */

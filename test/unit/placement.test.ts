@@ -63,7 +63,7 @@ describe('placement', () => {
 
   it('marks a host down after three missed heartbeats', () => {
     const { alive: _a, lastSeen: _l, ...info } = host('a', 1000);
-    const beat = (age: number) => ({ ...info, ts: Date.now() - age, intervalMs: 2000, vmList: [], snapshotIds: [] });
+    const beat = (age: number) => ({ ...info, ts: Date.now() - age, intervalMs: 2000, instance: 'i1', vmList: [], snapshotIds: [] });
     assert.equal(hostStatus(beat(5000), Date.now())?.alive, true);
     assert.equal(hostStatus(beat(7000), Date.now())?.alive, false);
     assert.equal(hostStatus({ nonsense: true }, Date.now()), undefined);

@@ -3,7 +3,7 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import { z } from 'zod';
 import { ForkyError } from '@forky/base';
-import { BUCKETS, HostId, SUBJECT_ROOT, subjects } from '@forky/contract';
+import { BUCKETS, HostId, STREAMS, SUBJECT_ROOT, subjects } from '@forky/contract';
 
 /** A NATS user and password, as kept in a 0600 file (`nats.authFile`). */
 export const Credentials = z.strictObject({ user: z.string().min(1), pass: z.string().min(1) });
@@ -49,6 +49,14 @@ const JS_ADMIN_ONLY = [
   '$JS.API.STREAM.MSG.DELETE.>',
   ...Object.values(BUCKETS).map((b) => `$JS.API.STREAM.PURGE.KV_${b}`),
 ];
+/** The scheduler's job queue: hosts may not read, take, ack or inspect jobs. */
+const JOBS_API = [
+  `$JS.API.STREAM.*.${STREAMS.jobs}`,
+  `$JS.API.CONSUMER.*.${STREAMS.jobs}`,
+  `$JS.API.CONSUMER.*.${STREAMS.jobs}.>`,
+  `$JS.API.CONSUMER.*.*.${STREAMS.jobs}.>`,
+  `$JS.ACK.${STREAMS.jobs}.>`,
+];
 /** What every service needs to use KV and the object store (requests, acks, flow control). */
 const JS_CLIENT = ['$JS.API.>', '$JS.ACK.>', '$JS.FC.>'];
 
@@ -69,18 +77,18 @@ export function hostPermissions(hostId: string): Permissions {
         ...JS_CLIENT,
       ],
       // Deleting a part purges its chunks: OBJ_forky_parts may be purged, the KV streams not.
-      deny: JS_ADMIN_ONLY,
+      deny: [...JS_ADMIN_ONLY, ...JOBS_API],
     },
     subscribe: { allow: [`${subjects.hostPrefix(hostId)}.>`, '$SRV.>', `${inboxPrefixOf(hostUser(hostId))}.>`] },
     allow_responses: true,
   };
 }
 
-/** The scheduler calls every host and serves its own endpoints; it reports no heartbeat. */
+/** The scheduler calls every host, queues and takes jobs, and serves its own endpoints; it reports no heartbeat. */
 export function schedulerPermissions(user = 'scheduler'): Permissions {
   return {
     publish: {
-      allow: [`${SUBJECT_ROOT}.host.>`, `$KV.${BUCKETS.requests}.>`, ...JS_CLIENT],
+      allow: [`${SUBJECT_ROOT}.host.>`, subjects.jobs, `$KV.${BUCKETS.requests}.>`, ...JS_CLIENT],
       deny: JS_ADMIN_ONLY,
     },
     subscribe: { allow: [`${SUBJECT_ROOT}.sched.>`, '$SRV.>', `${inboxPrefixOf(user)}.>`] },

@@ -31,6 +31,8 @@ export const Heartbeat = HostInfo.extend({
   /** When it was sent, ms since the epoch. */
   ts: z.number(),
   intervalMs: z.number().int().positive(),
+  /** Names this hostd process: a new one means the host restarted, and requests in flight to it were lost. */
+  instance: z.string().min(1).max(64),
   /** The host's VMs as of this beat: what is shown as lost if the host stops reporting. */
   vmList: z.array(VmInfo),
   snapshotIds: z.array(z.string()),

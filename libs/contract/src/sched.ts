@@ -51,3 +51,22 @@ export type SchedContract = typeof schedContract;
 export type SchedRequestOf<E extends SchedEndpoint> = z.input<SchedContract[E]['request']>;
 export type SchedParsedRequestOf<E extends SchedEndpoint> = z.output<SchedContract[E]['request']>;
 export type SchedReplyOf<E extends SchedEndpoint> = z.output<SchedContract[E]['reply']>;
+
+/**
+ * A keyed request that changes the cluster is queued as a job on the work-queue stream, so any
+ * scheduler can finish it when the one that took it dies. The request is the endpoint's parsed
+ * request; the worker validates it again against the same schema.
+ */
+export const JOB_ENDPOINTS = ['vm.boot', 'snapshot.create', 'fork', 'batch'] as const satisfies readonly SchedEndpoint[];
+export type JobEndpoint = (typeof JOB_ENDPOINTS)[number];
+
+export const Job = z.strictObject({
+  v: z.literal(1),
+  endpoint: z.enum(JOB_ENDPOINTS),
+  key: IdempotencyKey,
+  /** The digest of the request (requestHash): the same key must mean the same request. */
+  hash: z.string().regex(/^[0-9a-f]{32}$/),
+  request: z.record(z.string(), z.unknown()),
+  submittedAt: z.string(),
+});
+export type Job = z.infer<typeof Job>;

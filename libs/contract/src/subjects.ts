@@ -43,7 +43,17 @@ export const subjects = {
   heartbeat: (hostId: string): string => `${SUBJECT_ROOT}.hb.${HostId.parse(hostId)}`,
   hostPrefix: (hostId: string): string => `${SUBJECT_ROOT}.host.${HostId.parse(hostId)}`,
   host: (hostId: string, endpoint: HostdEndpoint): string => `${subjects.hostPrefix(hostId)}.${endpoint}`,
+  /** Jobs waiting for a scheduler (the work-queue stream's subjects). */
+  job: (endpoint: SchedEndpoint): string => `${SUBJECT_ROOT}.jobs.${endpoint}`,
+  jobs: `${SUBJECT_ROOT}.jobs.>`,
 } as const;
+
+/**
+ * JetStream streams besides the buckets.
+ *   jobs  work queue of keyed scheduler requests; consumer `schedulers` is shared by every scheduler
+ */
+export const STREAMS = { jobs: 'FORKY_JOBS' } as const;
+export const JOBS_CONSUMER = 'schedulers';
 
 export const SERVICE_NAMES = { hostd: 'forky-hostd', scheduler: 'forky-scheduler' } as const;
 

@@ -2,7 +2,7 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import type { NatsConnection } from '@nats-io/nats-core';
 import type { Service } from '@nats-io/services';
-import type { Logger } from '@forky/base';
+import { newId, type Logger } from '@forky/base';
 import { connectBus, openBuckets } from '@forky/bus';
 import { subjects, type Heartbeat } from '@forky/contract';
 import { enableKsm } from './adapters/ksm.js';
@@ -82,8 +82,9 @@ export async function startHostd(config: Readonly<HostdConfig>, logger: Logger):
   const service = await startHostdService(nc, config.hostId, engine, HOSTD_VERSION, log);
   log.info({ accel: probe.accel, reason: probe.reason, qemu: probe.qemuVersion }, 'hostd serving');
 
+  const instance = newId('hd', 12);
   const beat = async (): Promise<void> => {
-    const hb: Heartbeat = { ...(await engine.hostInfo()), ...engine.ids(), ts: Date.now(), intervalMs: config.heartbeatMs };
+    const hb: Heartbeat = { ...(await engine.hostInfo()), ...engine.ids(), ts: Date.now(), intervalMs: config.heartbeatMs, instance };
     const body = JSON.stringify(hb);
     nc.publish(subjects.heartbeat(config.hostId), body);
     await buckets.hosts.put(config.hostId, body);

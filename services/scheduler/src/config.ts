@@ -7,6 +7,12 @@ export const SchedulerConfig = z.strictObject({
   hostTimeoutMs: z.number().int().positive().default(600_000),
   leaseMs: z.number().int().min(500).default(5_000),
   childCostMiB: z.number().int().min(1).default(48),
+  /** A job whose scheduler stops showing signs of life for this long goes to another scheduler. */
+  jobAckWaitMs: z.number().int().min(1_000).default(30_000),
+  /** Deliveries of one job (first try and retries after hosts failed) before it is recorded as failed. */
+  jobMaxDeliver: z.number().int().min(1).max(100).default(5),
+  /** Jobs one scheduler runs at once. */
+  jobConcurrency: z.number().int().min(1).max(256).default(8),
   bucketReplicas: z.number().int().min(1).max(5).default(1),
   logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
 });

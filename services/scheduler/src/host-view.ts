@@ -38,6 +38,11 @@ export class HostView<T> {
     return [...this.#beats.values()].flatMap((b) => (b.value === undefined ? [] : [b.value]));
   }
 
+  /** One host's last valid heartbeat. */
+  get(key: string): T | undefined {
+    return this.#beats.get(key)?.value;
+  }
+
   stop(): void {
     this.#watch?.stop();
   }

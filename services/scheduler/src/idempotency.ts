@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import type { KV } from '@nats-io/kv';
-import { ConflictError, DeadlineError, ForkyError, asForkyError, delay, type Logger } from '@forky/base';
+import { ConflictError, DeadlineError, ForkyError, asForkyError, delay, type ErrorCode, type Logger } from '@forky/base';
 import { RemoteError } from '@forky/contract';
 
 interface Entry {
@@ -10,13 +10,29 @@ interface Entry {
   leaseUntil: number;
   reply?: unknown;
   error?: { code: string; message: string };
+  /** A failed attempt that will be made again (its job goes back to the queue). */
+  retry?: boolean;
+}
+
+export interface Recorded {
+  entry: Entry;
+  revision: number;
 }
 
 /** A stable digest of a request, without its key: the same key must mean the same request. */
 export function requestHash(endpoint: string, req: Record<string, unknown>): string {
   const { key: _key, ...rest } = req;
-  const canon = JSON.stringify(rest, Object.keys(rest).sort());
-  return createHash('sha256').update(`${endpoint}\n${canon}`).digest('hex').slice(0, 32);
+  return createHash('sha256').update(`${endpoint}\n${canonical(rest)}`).digest('hex').slice(0, 32);
+}
+
+/** JSON with every object's keys sorted, at every depth (a replacer array would drop nested keys). */
+function canonical(v: unknown): string {
+  if (Array.isArray(v)) return `[${v.map(canonical).join(',')}]`;
+  if (v !== null && typeof v === 'object') {
+    const o = v as Record<string, unknown>;
+    return `{${Object.keys(o).filter((k) => o[k] !== undefined).sort().map((k) => `${JSON.stringify(k)}:${canonical(o[k])}`).join(',')}}`;
+  }
+  return JSON.stringify(v) ?? 'null';
 }
 
 /**
@@ -34,12 +50,44 @@ export class Idempotency {
     private readonly log: Logger,
   ) {}
 
-  async run<T>(key: string, hash: string, timeoutMs: number, fn: () => Promise<T>): Promise<T> {
+  /** What the bucket says about a key now. */
+  async peek(key: string): Promise<Recorded | undefined> {
+    const e = await this.kv.get(key);
+    return e?.operation === 'PUT' ? { entry: e.json<Entry>(), revision: e.revision } : undefined;
+  }
+
+  /**
+   * Waits for the request under `key` to end (a write after revision `since` that is done, or
+   * failed for good) and returns its reply or throws its error, whichever scheduler ran it.
+   */
+  async outcome<T>(key: string, hash: string, since: number, timeoutMs: number): Promise<T> {
+    const watch = await this.kv.watch({ key });
+    const timer = setTimeout(() => watch.stop(), timeoutMs);
+    try {
+      for await (const e of watch) {
+        if (e.revision <= since || e.operation !== 'PUT') continue;
+        const entry = e.json<Entry>();
+        if (entry.hash !== hash) throw new ConflictError(`idempotency key ${key} was already used for a different request`, { field: 'key' });
+        if (entry.state === 'done') return entry.reply as T;
+        if (entry.state === 'failed' && !entry.retry) throw new ForkyError((entry.error?.code ?? 'INTERNAL') as ErrorCode, entry.error?.message ?? 'failed');
+      }
+    } finally {
+      clearTimeout(timer);
+      watch.stop();
+    }
+    throw new DeadlineError(`request ${key} (still queued or running; ask again with the same key for its outcome)`, timeoutMs);
+  }
+
+  /**
+   * Runs `fn` once for `key`, or returns what an earlier run under it returned. `willRetry` says
+   * whether a failure will be tried again (it is then recorded as such, and waiters keep waiting).
+   */
+  async run<T>(key: string, hash: string, timeoutMs: number, fn: () => Promise<T>, willRetry: (e: ForkyError) => boolean = () => false): Promise<T> {
     const deadline = Date.now() + timeoutMs;
     for (;;) {
       const claim = (): string => JSON.stringify({ state: 'pending', hash, owner: this.owner, leaseUntil: Date.now() + this.leaseMs } satisfies Entry);
       try {
-        return await this.#work(key, hash, await this.kv.create(key, claim()), fn);
+        return await this.#work(key, hash, await this.kv.create(key, claim()), fn, willRetry);
       } catch (e) {
         if (!isClaimLost(e)) throw e;
       }
@@ -51,7 +99,7 @@ export class Idempotency {
       if (entry.state === 'failed' || entry.leaseUntil < Date.now()) {
         // A failed request may be retried; a lapsed lease means its owner died.
         try {
-          return await this.#work(key, hash, await this.kv.update(key, claim(), got.revision), fn);
+          return await this.#work(key, hash, await this.kv.update(key, claim(), got.revision), fn, willRetry);
         } catch (e) {
           if (!isClaimLost(e)) throw e;
           continue;
@@ -62,7 +110,7 @@ export class Idempotency {
     }
   }
 
-  async #work<T>(key: string, hash: string, revision: number, fn: () => Promise<T>): Promise<T> {
+  async #work<T>(key: string, hash: string, revision: number, fn: () => Promise<T>, willRetry: (e: ForkyError) => boolean): Promise<T> {
     let rev = revision;
     const renew = setInterval(() => {
       const v = JSON.stringify({ state: 'pending', hash, owner: this.owner, leaseUntil: Date.now() + this.leaseMs } satisfies Entry);
@@ -79,8 +127,9 @@ export class Idempotency {
     } catch (e) {
       clearInterval(renew);
       const fe = asForkyError(e);
+      const retry = willRetry(fe);
       await this.kv
-        .put(key, JSON.stringify({ state: 'failed', hash, owner: this.owner, leaseUntil: 0, error: { code: fe.code, message: fe.message } } satisfies Entry))
+        .put(key, JSON.stringify({ state: 'failed', hash, owner: this.owner, leaseUntil: 0, error: { code: fe.code, message: fe.message }, ...(retry ? { retry } : {}) } satisfies Entry))
         .catch(() => undefined);
       throw fe instanceof RemoteError ? new ForkyError(fe.code, fe.message, { cause: fe, ...(fe.details ? { details: fe.details } : {}) }) : fe;
     }

@@ -11,7 +11,7 @@ export function hostStatus(raw: unknown, now: number): HostStatus | undefined {
 
 /** A checked heartbeat's host, alive or not at `now`. */
 export function beatStatus(hb: Heartbeat, now: number): HostStatus {
-  const { ts, intervalMs, vmList: _v, snapshotIds: _s, ...info } = hb;
+  const { ts, intervalMs, instance: _i, vmList: _v, snapshotIds: _s, ...info } = hb;
   return { ...info, alive: now - ts <= MISSED_BEATS * intervalMs, lastSeen: new Date(ts).toISOString() };
 }
 

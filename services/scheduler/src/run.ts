@@ -1,7 +1,7 @@
 import type { NatsConnection } from '@nats-io/nats-core';
 import type { Service } from '@nats-io/services';
 import type { Logger } from '@forky/base';
-import { connectBus, openBuckets } from '@forky/bus';
+import { JobQueue, connectBus, openBuckets } from '@forky/bus';
 import type { SchedulerConfig } from './config.js';
 import { Scheduler } from './scheduler.js';
 import { startSchedulerService } from './service.js';
@@ -22,8 +22,10 @@ export async function startScheduler(config: Readonly<SchedulerConfig>, logger: 
   const buckets = await openBuckets(nc, { replicas: config.bucketReplicas });
   const view = new HostView(buckets.hosts, parseBeat, logger);
   await view.start();
-  const scheduler = new Scheduler(nc, buckets, view, config, logger);
+  const jobs = await JobQueue.open(nc, { replicas: config.bucketReplicas, ackWaitMs: config.jobAckWaitMs, maxDeliver: config.jobMaxDeliver }, logger);
+  const scheduler = new Scheduler(nc, buckets, view, jobs, config, logger);
   const service = await startSchedulerService(nc, scheduler, SCHEDULER_VERSION, logger);
+  jobs.work(config.jobConcurrency, (d) => scheduler.runJob(d));
   logger.info({ servers: config.nats.servers }, 'scheduler serving');
   return {
     scheduler,
@@ -31,6 +33,7 @@ export async function startScheduler(config: Readonly<SchedulerConfig>, logger: 
     service,
     async stop() {
       await service.stop();
+      await jobs.stop();
       view.stop();
       await nc.drain();
     },

@@ -1,8 +1,8 @@
 import { createHash } from 'node:crypto';
 import type { NatsConnection } from '@nats-io/nats-core';
-import { CapacityError, ForkyError, NotFoundError, asForkyError, newId, type Logger } from '@forky/base';
-import { HostdClient, type Buckets } from '@forky/bus';
-import { LineageNode, type Heartbeat, type SnapshotDeleteResult, type SnapshotTree } from '@forky/contract';
+import { CapacityError, ConflictError, ForkyError, NotFoundError, asForkyError, newId, type ErrorCode, type Logger } from '@forky/base';
+import { HostdClient, type Buckets, type JobDelivery, type JobOutcome, type JobQueue } from '@forky/bus';
+import { LineageNode, schedContract, type Heartbeat, type Job, type JobEndpoint, type SchedParsedRequestOf, type SnapshotDeleteResult, type SnapshotTree } from '@forky/contract';
 import type {
   BatchRequest,
   BatchResult,
@@ -31,8 +31,9 @@ export interface SchedulerOptions {
 
 /**
  * Stateless: what hosts there are comes from their heartbeats, where a VM lives from the locator
- * bucket, what a request already did from the requests bucket. Any number of schedulers can run;
- * one dying loses nothing but the requests it was answering, which a retry under the same key finishes.
+ * bucket, what a keyed request already did from the requests bucket, and the keyed requests not yet
+ * done wait in the jobs stream. Any number of schedulers can run; one dying loses only keyless
+ * requests in flight: its jobs go to another scheduler, which finishes them under the same keys.
  */
 export class Scheduler {
   readonly #idem: Idempotency;
@@ -43,6 +44,8 @@ export class Scheduler {
     private readonly buckets: Buckets,
     /** Heartbeats, watched from the KV bucket. */
     private readonly view: HostView<Heartbeat>,
+    /** Keyed requests go through it, so they outlive the scheduler that took them. */
+    private readonly jobs: JobQueue,
     private readonly opts: SchedulerOptions,
     logger: Logger,
   ) {
@@ -64,20 +67,22 @@ export class Scheduler {
   }
 
   /**
-   * Rejects once `host` stops reporting (misses three heartbeats): a request in flight to a host
-   * that died would otherwise wait for its whole deadline.
+   * Rejects once `host` stops reporting (misses three heartbeats) or reports as a new process: a
+   * request in flight to a host that died would otherwise wait for its whole deadline, and one to
+   * a host that restarted would never be answered (the new process re-adopts VMs, not requests).
    */
   #whenDown(host: string, signal: AbortSignal): Promise<never> {
+    const instance = this.view.get(host)?.instance;
     return new Promise((_, reject) => {
       const timer = setInterval(() => {
-        void this.hosts().then((hs) => {
-          const h = hs.find((x) => x.id === host);
-          if (h && !h.alive) {
-            clearInterval(timer);
-            reject(new ForkyError('UNAVAILABLE', `host ${host} stopped reporting (last seen ${h.lastSeen})`, { details: { host } }));
-          }
-        }, () => undefined);
-      }, 1000);
+        const hb = this.view.get(host);
+        if (!hb) return;
+        const down = !beatStatus(hb, Date.now()).alive;
+        if (!down && (!instance || hb.instance === instance)) return;
+        clearInterval(timer);
+        const why = down ? `stopped reporting (last seen ${new Date(hb.ts).toISOString()})` : 'restarted; the request in flight to it was lost';
+        reject(new ForkyError('UNAVAILABLE', `host ${host} ${why}`, { details: { host } }));
+      }, 500);
       signal.addEventListener('abort', () => clearInterval(timer), { once: true });
     });
   }
@@ -93,47 +98,117 @@ export class Scheduler {
   }
 
   /**
-   * Runs a request once per idempotency key. A request without a key cannot be sent again under
-   * it, so it is not recorded (a bad or hostile request leaves nothing in the requests bucket);
-   * hostd still gets a fresh key, so the scheduler's own retries to it stay deduplicated.
+   * A keyless request runs here and now: it cannot be asked for again, so nothing of it is
+   * recorded (a bad or hostile request leaves nothing behind); hostd still gets a fresh key, so
+   * the scheduler's own retries to it stay deduplicated. A keyed one becomes a job (see #submit).
    */
-  #once<T>(endpoint: string, req: { key?: string | undefined } & Record<string, unknown>, fn: (key: string) => Promise<T>): Promise<T> {
+  #once<E extends JobEndpoint, T>(endpoint: E, req: JobRequest<E>, precheck: () => Promise<unknown>, fn: (key: string) => Promise<T>): Promise<T> {
     if (!req.key) return fn(newId('req', 16));
-    const key = req.key;
-    return this.#idem.run(key, requestHash(endpoint, req), this.opts.hostTimeoutMs, () => fn(key));
+    return this.#submit(endpoint, req as JobRequest<E> & { key: string }, precheck);
+  }
+
+  /**
+   * Queues a keyed request on the jobs stream and waits for its outcome in the requests bucket.
+   * Whichever scheduler takes the job runs it (the one answering may die; the job is not lost),
+   * and a repeat of a finished request gets the recorded reply.
+   */
+  async #submit<T>(endpoint: JobEndpoint, req: Record<string, unknown> & { key: string }, precheck: () => Promise<unknown>): Promise<T> {
+    const hash = requestHash(endpoint, req);
+    const now = await this.#idem.peek(req.key);
+    if (now && now.entry.hash !== hash) throw new ConflictError(`idempotency key ${req.key} was already used for a different request`, { field: 'key' });
+    if (now?.entry.state === 'done') return now.entry.reply as T;
+    const running = now && ((now.entry.state === 'pending' && now.entry.leaseUntil > Date.now()) || (now.entry.state === 'failed' && now.entry.retry));
+    if (!running) {
+      // What can be refused at once is, before anything is queued or recorded.
+      await precheck();
+      const job: Job = { v: 1, endpoint, key: req.key, hash, request: req, submittedAt: new Date().toISOString() };
+      await this.jobs.submit(job, `${req.key}@${now?.revision ?? 0}`);
+    }
+    return this.#idem.outcome<T>(req.key, hash, now?.revision ?? 0, this.opts.hostTimeoutMs);
+  }
+
+  /**
+   * Runs one delivery of a job. A failure that a later attempt may not meet (a host down or not
+   * answering) sends the job back to the queue, with a growing delay, until its last delivery.
+   */
+  async runJob(d: JobDelivery): Promise<JobOutcome> {
+    const { job } = d;
+    const log = this.#log.child({ job: job.key, endpoint: job.endpoint, attempt: d.attempt });
+    const parsed = schedContract[job.endpoint].request.safeParse(job.request);
+    if (!parsed.success || requestHash(job.endpoint, job.request) !== job.hash) return { ack: false, drop: 'request does not match its schema or hash' };
+    try {
+      await this.#idem.run(job.key, job.hash, this.opts.hostTimeoutMs, () => this.#perform(job.endpoint, parsed.data, job.key, d.last), (e) => !d.last && TRANSIENT.has(e.code));
+      log.info('job done');
+      return { ack: true };
+    } catch (e) {
+      const fe = asForkyError(e);
+      if (!d.last && TRANSIENT.has(fe.code)) {
+        log.warn({ err: fe }, 'job failed for now; it goes back to the queue');
+        return { ack: false, retryInMs: Math.min(30_000, 2_000 * 2 ** (d.attempt - 1)) };
+      }
+      // Recorded as failed (the client sees the error); the job itself is finished.
+      log.warn({ err: fe }, 'job failed');
+      return { ack: true };
+    }
+  }
+
+  #perform(endpoint: JobEndpoint, req: unknown, key: string, last: boolean): Promise<unknown> {
+    switch (endpoint) {
+      case 'vm.boot':
+        return this.#boot(req as SchedBootRequest, key);
+      case 'snapshot.create':
+        return this.#snapshot(req as SnapshotCreateRequest, key);
+      case 'fork':
+        return this.#fork(req as SchedForkRequest, key);
+      case 'batch':
+        return this.#batch(req as BatchRequest, key, last);
+    }
   }
 
   boot(req: SchedBootRequest): Promise<VmInfo> {
-    return this.#once('boot', req, async (key) => {
-      const host = pickHost(await this.hosts(), { memMiB: req.memMiB + 64, count: 1 }, req.host);
-      return this.#host(host).call('vm.boot', { image: req.image, memMiB: req.memMiB, cpus: req.cpus, key });
-    });
+    return this.#once('vm.boot', req, () => this.#bootHost(req), (key) => this.#boot(req, key));
+  }
+
+  async #bootHost(req: SchedBootRequest): Promise<string> {
+    return pickHost(await this.hosts(), { memMiB: req.memMiB + 64, count: 1 }, req.host);
+  }
+
+  async #boot(req: SchedBootRequest, key: string): Promise<VmInfo> {
+    return this.#onHost(await this.#bootHost(req), (c) => c.call('vm.boot', { image: req.image, memMiB: req.memMiB, cpus: req.cpus, key }));
   }
 
   fork(req: SchedForkRequest): Promise<ForkResult> {
-    return this.#once('fork', req, (key) => this.#fork(req, key));
+    return this.#once('fork', req, () => this.locate(req.source.startsWith('vm-') ? 'vm' : 'snap', req.source), (key) => this.#fork(req, key));
   }
 
   batch(req: BatchRequest): Promise<BatchResult> {
-    return this.#once('batch', req, async (key) => {
-      const results: BatchResult['results'] = [];
-      // One item after another: each fork already runs its children in parallel on its host.
-      for (const [i, item] of req.items.entries()) {
-        try {
-          results.push({ ok: true, result: await this.#fork(item, subKey(key, i)) });
-        } catch (e) {
-          const fe = asForkyError(e);
-          results.push({ ok: false, error: { code: fe.code, message: fe.message } });
-        }
+    return this.#once('batch', req, async () => undefined, (key) => this.#batch(req, key, true));
+  }
+
+  async #batch(req: BatchRequest, key: string, last: boolean): Promise<BatchResult> {
+    const results: BatchResult['results'] = [];
+    // One item after another: each fork already runs its children in parallel on its host.
+    for (const [i, item] of req.items.entries()) {
+      try {
+        results.push({ ok: true, result: await this.#fork(item, subKey(key, i)) });
+      } catch (e) {
+        const fe = asForkyError(e);
+        results.push({ ok: false, error: { code: fe.code, message: fe.message } });
       }
-      return { results };
-    });
+    }
+    // Items whose host went away are tried again with the job (the done ones are replayed by
+    // their hosts under the same keys), unless this is its last attempt.
+    const transient = results.filter((r) => !r.ok && TRANSIENT.has(r.error.code as ErrorCode)).length;
+    if (transient > 0 && !last) throw new ForkyError('UNAVAILABLE', `${transient} of ${results.length} batch items failed on hosts that did not answer`);
+    return { results };
   }
 
   snapshot(req: SnapshotCreateRequest): Promise<SnapshotInfo> {
-    return this.#once('snapshot', req, async (key) =>
-      this.#host(await this.locate('vm', req.vm)).call('snapshot.create', { vm: req.vm, resume: req.resume, key }),
-    );
+    return this.#once('snapshot.create', req, () => this.locate('vm', req.vm), (key) => this.#snapshot(req, key));
+  }
+
+  async #snapshot(req: SnapshotCreateRequest, key: string): Promise<SnapshotInfo> {
+    return this.#onHost(await this.locate('vm', req.vm), (c) => c.call('snapshot.create', { vm: req.vm, resume: req.resume, key }));
   }
 
   /** The lineage of every snapshot, as hosts recorded it in JetStream. */
@@ -216,16 +291,16 @@ export class Scheduler {
     const plan = placeChildren(hosts, home, req.count, this.opts.childCostMiB, req);
     if (plan.size === 1 && plan.has(home)) {
       // Everything at home: hostd snapshots a VM source itself.
-      return this.#host(home).call('fork', { source: req.source, count: req.count, resumeParent: req.resumeParent, until: req.until, key });
+      return this.#onHost(home, (c) => c.call('fork', { source: req.source, count: req.count, resumeParent: req.resumeParent, until: req.until, key }));
     }
     // Children elsewhere: freeze once at home, ship the snapshot, fork it on every target.
     const snapshot =
       kind === 'vm'
-        ? await this.#host(home).call('snapshot.create', { vm: req.source, resume: req.resumeParent, key: subKey(key, 'snapshot') })
-        : await this.#host(home).call('snapshot.show', { id: req.source });
+        ? await this.#onHost(home, (c) => c.call('snapshot.create', { vm: req.source, resume: req.resumeParent, key: subKey(key, 'snapshot') }))
+        : await this.#onHost(home, (c) => c.call('snapshot.show', { id: req.source }));
     const snapshotMs = performance.now() - started;
     // Published once, up front; each target then fetches what it lacks and forks, in parallel.
-    const transfers: TransferResult[] = [await this.#host(home).call('snapshot.publish', { id: snapshot.id })];
+    const transfers: TransferResult[] = [await this.#onHost(home, (c) => c.call('snapshot.publish', { id: snapshot.id }))];
     const forkOn = (host: string, count: number, attempt: number): Promise<ForkResult> =>
       this.#onHost(host, async (c) => {
         if (host !== home) transfers.push(await c.call('snapshot.fetch', { id: snapshot.id }));
@@ -306,6 +381,11 @@ export function placeChildren(
   }
   return plan;
 }
+
+/** Failures a later attempt may not meet: a host down, or not answering in time. */
+const TRANSIENT: ReadonlySet<ErrorCode> = new Set<ErrorCode>(['UNAVAILABLE', 'TIMEOUT']);
+
+type JobRequest<E extends JobEndpoint> = SchedParsedRequestOf<E>;
 
 /** A key per batch item (or per host of a fork), derived so that a retry reuses them. */
 function subKey(key: string, i: number | string): string {
