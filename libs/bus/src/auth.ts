@@ -91,7 +91,7 @@ export function schedulerPermissions(user = 'scheduler'): Permissions {
       allow: [`${SUBJECT_ROOT}.host.>`, subjects.jobs, `$KV.${BUCKETS.requests}.>`, ...JS_CLIENT],
       deny: JS_ADMIN_ONLY,
     },
-    subscribe: { allow: [`${SUBJECT_ROOT}.sched.>`, '$SRV.>', `${inboxPrefixOf(user)}.>`] },
+    subscribe: { allow: [`${SUBJECT_ROOT}.sched.>`, subjects.heartbeats, '$SRV.>', `${inboxPrefixOf(user)}.>`] },
     allow_responses: true,
   };
 }

@@ -17,3 +17,4 @@ export { request, HostdClient, SchedulerClient, type RequestOptions } from './cl
 export { openBuckets, createOrOpen, type Buckets } from './buckets.js';
 export { startNatsServer, writeServerConfig, type NatsServer, type NatsServerOptions } from './nats-server.js';
 export { JobQueue, type JobQueueOptions, type JobOutcome, type JobDelivery } from './jobs.js';
+export { isTransientNatsError, retryTransient } from './retry.js';

@@ -3,6 +3,7 @@ import { AckPolicy, DeliverPolicy, RetentionPolicy, StorageType, jetstream, jets
 import type { Logger } from '@forky/base';
 import { JOBS_CONSUMER, Job, STREAMS, decodeBody, encodeBody, subjects } from '@forky/contract';
 import { createOrOpen } from './buckets.js';
+import { retryTransient } from './retry.js';
 
 export interface JobQueueOptions {
   /** 3 where a 3-node JetStream cluster exists. */
@@ -77,7 +78,9 @@ export class JobQueue {
 
   /** Queues a job; `dedupeId` names this submission (repeats of it within two minutes are dropped). */
   async submit(job: Job, dedupeId: string): Promise<void> {
-    await jetstream(this.nc).publish(subjects.job(job.endpoint), encodeBody(Job.parse(job), 'json'), { msgID: dedupeId });
+    const body = encodeBody(Job.parse(job), 'json');
+    // The message id makes a repeat after a lost ack harmless.
+    await retryTransient('job publish', () => jetstream(this.nc).publish(subjects.job(job.endpoint), body, { msgID: dedupeId }), { log: this.log });
   }
 
   /** Runs `concurrency` workers, each taking one job at a time, until `stop`. */

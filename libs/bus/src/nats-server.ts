@@ -8,6 +8,8 @@ import { authorizationConfig, type ClusterAuth } from './auth.js';
 export interface NatsServer {
   url: string;
   port: number;
+  /** Where other nodes route to, when this node is part of a cluster. */
+  clusterUrl?: string;
   storeDir: string;
   process: ChildProcess;
   stop(): Promise<void>;
@@ -24,6 +26,12 @@ export interface NatsServerOptions {
   auth?: ClusterAuth;
   /** TLS for client connections. */
   tls?: { certFile: string; keyFile: string };
+  /**
+   * A node of a JetStream cluster: its server name (stable across restarts: JetStream knows its
+   * peers by it), its route port and every node's route URL (a JetStream cluster refuses to start
+   * without configured routes, so the ports are known before any node starts).
+   */
+  cluster?: { name: string; serverName: string; port: number; routes: string[] };
 }
 
 /** The nats-server config file for `auth` and `tls` (JSON, which nats-server reads), mode 0600. */
@@ -43,6 +51,10 @@ export async function startNatsServer(opts: NatsServerOptions = {}): Promise<Nat
   const ownStore = !opts.storeDir;
   const storeDir = opts.storeDir ?? (await fs.mkdtemp(path.join(os.tmpdir(), 'forky-nats-')));
   const args = ['-a', '127.0.0.1', '-p', String(opts.port ?? -1), '-js', '-sd', storeDir];
+  if (opts.cluster) {
+    const c = opts.cluster;
+    args.push('-n', c.serverName, '--cluster_name', c.name, '--cluster', `nats://127.0.0.1:${c.port}`, '--routes', c.routes.join(','));
+  }
   if (opts.auth || opts.tls) {
     const conf = path.join(storeDir, 'forky-nats.conf');
     await writeServerConfig(conf, opts);
@@ -54,6 +66,8 @@ export async function startNatsServer(opts: NatsServerOptions = {}): Promise<Nat
   const port = await withDeadline(
     new Promise<number>((resolve, reject) => {
       child.stderr?.on('data', (d: Buffer) => {
+        // Only the start is needed; the rest is drained and dropped.
+        if (log.length > 1 << 16) return;
         log += d.toString();
         const m = /Listening for client connections on [\d.]+:(\d+)/.exec(log);
         if (m?.[1] && log.includes('Server is ready')) resolve(Number(m[1]));
@@ -67,6 +81,7 @@ export async function startNatsServer(opts: NatsServerOptions = {}): Promise<Nat
   return {
     url: `nats://127.0.0.1:${port}`,
     port,
+    ...(opts.cluster ? { clusterUrl: `nats://127.0.0.1:${opts.cluster.port}` } : {}),
     storeDir,
     process: child,
     async stop() {

@@ -41,6 +41,8 @@ export type SchedEndpoint = (typeof SCHED_ENDPOINTS)[number];
 export const subjects = {
   sched: (endpoint: SchedEndpoint): string => `${SUBJECT_ROOT}.sched.${endpoint}`,
   heartbeat: (hostId: string): string => `${SUBJECT_ROOT}.hb.${HostId.parse(hostId)}`,
+  /** Every host's heartbeat. */
+  heartbeats: `${SUBJECT_ROOT}.hb.*`,
   hostPrefix: (hostId: string): string => `${SUBJECT_ROOT}.host.${HostId.parse(hostId)}`,
   host: (hostId: string, endpoint: HostdEndpoint): string => `${subjects.hostPrefix(hostId)}.${endpoint}`,
   /** Jobs waiting for a scheduler (the work-queue stream's subjects). */

@@ -1,55 +1,64 @@
 import type { KV } from '@nats-io/kv';
-import type { QueuedIterator } from '@nats-io/nats-core';
+import type { NatsConnection, Subscription } from '@nats-io/nats-core';
 import type { Logger } from '@forky/base';
 
 /**
- * The hosts' last heartbeats, kept current by a watch on the KV bucket: a placement reads memory,
- * not one KV get per host (with 100 hosts that was 100 round trips per request), and each beat
- * is parsed and checked once when it arrives, not at every placement. It is a cache of
- * JetStream, rebuilt from it at start, never a source of truth: the scheduler stays stateless.
- * Entries carry their KV revision, so the initial read and the watch can race safely.
+ * The hosts' last heartbeats, kept current from the heartbeat subjects: a placement reads memory,
+ * not one KV get per host, and each beat is parsed and checked once when it arrives. It starts
+ * from the hosts bucket (what every host last reported) and is never a source of truth: the
+ * scheduler stays stateless.
+ *
+ * The live feed is a core subscription, not a KV watch: the client re-subscribes on its own when
+ * it moves to another node, while a watch (an ordered consumer) can stall for tens of seconds
+ * when the node leading the bucket dies (measured: test/faults/nats-cluster.test.ts). A beat
+ * counts only on its own host's subject, and a newer `ts` wins, so the two sources can race.
  */
-export class HostView<T> {
-  readonly #beats = new Map<string, { revision: number; value: T | undefined }>();
-  #watch?: QueuedIterator<{ key: string; revision: number; operation: string; string(): string }>;
+export class HostView<T extends { id: string; ts: number }> {
+  readonly #beats = new Map<string, T>();
+  #sub?: Subscription;
 
   constructor(
+    private readonly nc: NatsConnection,
     private readonly kv: KV,
+    /** The wildcard subject of every host's heartbeat, and how to get the host id from one. */
+    private readonly feed: { subject: string; hostOf: (subject: string) => string | undefined },
     /** Checks a beat's JSON text; undefined for one that is not valid. */
     private readonly parse: (body: string) => T | undefined,
     private readonly log: Logger,
   ) {}
 
   async start(): Promise<void> {
-    this.#watch = await this.kv.watch();
-    void (async () => {
-      for await (const e of this.#watch as AsyncIterable<{ key: string; revision: number; operation: string; string(): string }>) {
-        this.#apply(e.key, e.revision, e.operation === 'PUT' ? e.string() : undefined);
-      }
-    })().catch((err: unknown) => this.log.warn({ err }, 'heartbeat watch ended'));
+    this.#sub = this.nc.subscribe(this.feed.subject, {
+      callback: (err, msg) => {
+        if (err) return this.log.warn({ err }, 'heartbeat subscription failed');
+        this.#apply(this.feed.hostOf(msg.subject), msg.string());
+      },
+    });
     for await (const key of await this.kv.keys()) {
       const e = await this.kv.get(key);
-      if (e) this.#apply(key, e.revision, e.operation === 'PUT' ? e.string() : undefined);
+      if (e?.operation === 'PUT') this.#apply(key, e.string());
     }
   }
 
   /** The last valid heartbeat of every host that has one. */
   values(): T[] {
-    return [...this.#beats.values()].flatMap((b) => (b.value === undefined ? [] : [b.value]));
+    return [...this.#beats.values()];
   }
 
   /** One host's last valid heartbeat. */
-  get(key: string): T | undefined {
-    return this.#beats.get(key)?.value;
+  get(host: string): T | undefined {
+    return this.#beats.get(host);
   }
 
   stop(): void {
-    this.#watch?.stop();
+    this.#sub?.unsubscribe();
   }
 
-  #apply(key: string, revision: number, body: string | undefined): void {
-    const have = this.#beats.get(key);
-    if (have && have.revision >= revision) return;
-    this.#beats.set(key, { revision, value: body === undefined ? undefined : this.parse(body) });
+  #apply(host: string | undefined, body: string): void {
+    const beat = this.parse(body);
+    if (!host || !beat || beat.id !== host) return;
+    const have = this.#beats.get(host);
+    if (have && have.ts >= beat.ts) return;
+    this.#beats.set(host, beat);
   }
 }

@@ -1,6 +1,7 @@
 import { createHash } from 'node:crypto';
 import type { KV } from '@nats-io/kv';
 import { ConflictError, DeadlineError, ForkyError, asForkyError, delay, type ErrorCode, type Logger } from '@forky/base';
+import { retryTransient } from '@forky/bus';
 import { RemoteError } from '@forky/contract';
 
 interface Entry {
@@ -52,30 +53,49 @@ export class Idempotency {
 
   /** What the bucket says about a key now. */
   async peek(key: string): Promise<Recorded | undefined> {
-    const e = await this.kv.get(key);
+    const e = await retryTransient('requests get', () => this.kv.get(key), { log: this.log });
     return e?.operation === 'PUT' ? { entry: e.json<Entry>(), revision: e.revision } : undefined;
   }
 
   /**
    * Waits for the request under `key` to end (a write after revision `since` that is done, or
-   * failed for good) and returns its reply or throws its error, whichever scheduler ran it.
+   * failed for good) and returns its reply or throws its error, whichever scheduler ran it. A
+   * watch tells at once; a read every 2 s is the safety net, since a watch can stall for tens of
+   * seconds while the cluster replaces a dead node.
    */
-  async outcome<T>(key: string, hash: string, since: number, timeoutMs: number): Promise<T> {
-    const watch = await this.kv.watch({ key });
-    const timer = setTimeout(() => watch.stop(), timeoutMs);
-    try {
-      for await (const e of watch) {
-        if (e.revision <= since || e.operation !== 'PUT') continue;
+  outcome<T>(key: string, hash: string, since: number, timeoutMs: number): Promise<T> {
+    return new Promise<T>((resolve, reject) => {
+      let settled = false;
+      let watch: { stop(): void } | undefined;
+      const finish = (f: () => void): void => {
+        if (settled) return;
+        settled = true;
+        clearTimeout(timer);
+        clearInterval(poll);
+        watch?.stop();
+        f();
+      };
+      const see = (e: { revision: number; operation: string; json<J>(): J } | null): void => {
+        if (!e || e.revision <= since || e.operation !== 'PUT') return;
         const entry = e.json<Entry>();
-        if (entry.hash !== hash) throw new ConflictError(`idempotency key ${key} was already used for a different request`, { field: 'key' });
-        if (entry.state === 'done') return entry.reply as T;
-        if (entry.state === 'failed' && !entry.retry) throw new ForkyError((entry.error?.code ?? 'INTERNAL') as ErrorCode, entry.error?.message ?? 'failed');
-      }
-    } finally {
-      clearTimeout(timer);
-      watch.stop();
-    }
-    throw new DeadlineError(`request ${key} (still queued or running; ask again with the same key for its outcome)`, timeoutMs);
+        if (entry.hash !== hash) finish(() => reject(new ConflictError(`idempotency key ${key} was already used for a different request`, { field: 'key' })));
+        else if (entry.state === 'done') finish(() => resolve(entry.reply as T));
+        else if (entry.state === 'failed' && !entry.retry) finish(() => reject(new ForkyError((entry.error?.code ?? 'INTERNAL') as ErrorCode, entry.error?.message ?? 'failed')));
+      };
+      const timer = setTimeout(
+        () => finish(() => reject(new DeadlineError(`request ${key} (still queued or running; ask again with the same key for its outcome)`, timeoutMs))),
+        timeoutMs,
+      );
+      const poll = setInterval(() => void this.kv.get(key).then(see, () => undefined), 2_000);
+      void this.kv.watch({ key }).then(
+        async (w) => {
+          watch = w;
+          if (settled) return w.stop();
+          for await (const e of w) see(e);
+        },
+        (err: unknown) => this.log.warn({ err, key }, 'watching a request failed; reading it every 2 s instead'),
+      );
+    });
   }
 
   /**
@@ -122,15 +142,15 @@ export class Idempotency {
     try {
       const reply = await fn();
       clearInterval(renew);
-      await this.kv.put(key, JSON.stringify({ state: 'done', hash, owner: this.owner, leaseUntil: 0, reply } satisfies Entry));
+      const done = JSON.stringify({ state: 'done', hash, owner: this.owner, leaseUntil: 0, reply } satisfies Entry);
+      await retryTransient('requests put', () => this.kv.put(key, done), { log: this.log });
       return reply;
     } catch (e) {
       clearInterval(renew);
       const fe = asForkyError(e);
       const retry = willRetry(fe);
-      await this.kv
-        .put(key, JSON.stringify({ state: 'failed', hash, owner: this.owner, leaseUntil: 0, error: { code: fe.code, message: fe.message }, ...(retry ? { retry } : {}) } satisfies Entry))
-        .catch(() => undefined);
+      const failed = JSON.stringify({ state: 'failed', hash, owner: this.owner, leaseUntil: 0, error: { code: fe.code, message: fe.message }, ...(retry ? { retry } : {}) } satisfies Entry);
+      await retryTransient('requests put', () => this.kv.put(key, failed), { log: this.log }).catch(() => undefined);
       throw fe instanceof RemoteError ? new ForkyError(fe.code, fe.message, { cause: fe, ...(fe.details ? { details: fe.details } : {}) }) : fe;
     }
   }

@@ -6,7 +6,7 @@ import type { SchedulerConfig } from './config.js';
 import { Scheduler } from './scheduler.js';
 import { startSchedulerService } from './service.js';
 import { HostView } from './host-view.js';
-import { Heartbeat } from '@forky/contract';
+import { Heartbeat, subjects } from '@forky/contract';
 
 export const SCHEDULER_VERSION = '0.1.0';
 
@@ -20,7 +20,7 @@ export interface RunningScheduler {
 export async function startScheduler(config: Readonly<SchedulerConfig>, logger: Logger): Promise<RunningScheduler> {
   const nc = await connectBus({ ...config.nats, name: 'forky-scheduler', logger });
   const buckets = await openBuckets(nc, { replicas: config.bucketReplicas });
-  const view = new HostView(buckets.hosts, parseBeat, logger);
+  const view = new HostView(nc, buckets.hosts, { subject: subjects.heartbeats, hostOf: (s) => s.split('.').at(-1) }, parseBeat, logger);
   await view.start();
   const jobs = await JobQueue.open(nc, { replicas: config.bucketReplicas, ackWaitMs: config.jobAckWaitMs, maxDeliver: config.jobMaxDeliver }, logger);
   const scheduler = new Scheduler(nc, buckets, view, jobs, config, logger);

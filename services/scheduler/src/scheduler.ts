@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import type { NatsConnection } from '@nats-io/nats-core';
 import { CapacityError, ConflictError, ForkyError, NotFoundError, asForkyError, newId, type ErrorCode, type Logger } from '@forky/base';
-import { HostdClient, type Buckets, type JobDelivery, type JobOutcome, type JobQueue } from '@forky/bus';
+import { HostdClient, retryTransient, type Buckets, type JobDelivery, type JobOutcome, type JobQueue } from '@forky/bus';
 import { LineageNode, schedContract, type Heartbeat, type Job, type JobEndpoint, type SchedParsedRequestOf, type SnapshotDeleteResult, type SnapshotTree } from '@forky/contract';
 import type {
   BatchRequest,
@@ -213,11 +213,15 @@ export class Scheduler {
 
   /** The lineage of every snapshot, as hosts recorded it in JetStream. */
   async tree(): Promise<SnapshotTree> {
-    const nodes: LineageNode[] = [];
-    for await (const key of await this.buckets.lineage.keys()) {
-      const e = await this.buckets.lineage.get(key);
-      if (e && e.operation === 'PUT') nodes.push(LineageNode.parse(e.json()));
-    }
+    // Read whole again if the cluster fails over half-way (a read is safe to repeat).
+    const nodes = await retryTransient('lineage read', async () => {
+      const out: LineageNode[] = [];
+      for await (const key of await this.buckets.lineage.keys()) {
+        const e = await this.buckets.lineage.get(key);
+        if (e && e.operation === 'PUT') out.push(LineageNode.parse(e.json()));
+      }
+      return out;
+    }, { log: this.#log });
     nodes.sort((a, b) => a.createdAt.localeCompare(b.createdAt));
     return { nodes };
   }
@@ -278,7 +282,7 @@ export class Scheduler {
   }
 
   async locate(kind: 'vm' | 'snap', id: string): Promise<string> {
-    const e = await this.buckets.locator.get(`${kind}.${id}`);
+    const e = await retryTransient('locator get', () => this.buckets.locator.get(`${kind}.${id}`), { log: this.#log });
     if (e?.operation !== 'PUT') throw new NotFoundError(kind === 'vm' ? 'VM' : 'snapshot', id);
     return (e.json<{ host: string }>()).host;
   }

@@ -1,10 +1,12 @@
 import type { KV } from '@nats-io/kv';
 import type { LineageNode, SnapshotInfo } from '@forky/contract';
+import { retryTransient } from '@forky/bus';
 import type { Directory } from '../domain/ports.js';
 
 /**
  * The cluster's directory in JetStream KV: the locator (`vm.<id>` / `snap.<id>` -> `{ host }`) and
- * the lineage (`<snapshot id>` -> its node in the tree).
+ * the lineage (`<snapshot id>` -> its node in the tree). Every write is idempotent, and is tried
+ * again while the cluster is failing over (a lost locator entry would orphan a VM).
  */
 export class KvDirectory implements Directory {
   constructor(
@@ -14,11 +16,11 @@ export class KvDirectory implements Directory {
   ) {}
 
   async register(kind: 'vm' | 'snap', id: string): Promise<void> {
-    await this.locator.put(`${kind}.${id}`, JSON.stringify({ host: this.hostId }));
+    await retryTransient('locator put', () => this.locator.put(`${kind}.${id}`, JSON.stringify({ host: this.hostId })));
   }
 
   async unregister(kind: 'vm' | 'snap', id: string): Promise<void> {
-    await this.locator.delete(`${kind}.${id}`);
+    await retryTransient('locator delete', () => this.locator.delete(`${kind}.${id}`));
   }
 
   async recordLineage(info: SnapshotInfo): Promise<void> {
@@ -31,10 +33,10 @@ export class KvDirectory implements Directory {
       createdAt: info.createdAt,
       ...(info.chainDepth === undefined ? {} : { chainDepth: info.chainDepth }),
     };
-    await this.lineage.put(info.id, JSON.stringify(node));
+    await retryTransient('lineage put', () => this.lineage.put(info.id, JSON.stringify(node)));
   }
 
   async forgetLineage(id: string): Promise<void> {
-    await this.lineage.delete(id);
+    await retryTransient('lineage delete', () => this.lineage.delete(id));
   }
 }

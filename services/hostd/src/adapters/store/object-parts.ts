@@ -28,7 +28,12 @@ export class ObjectPartStore implements PartStore {
     const objm = new Objm(nc);
     const os = await createOrOpen(
       () => objm.create(PARTS_BUCKET, { replicas, description: 'forky: snapshot parts by sha256' }),
-      () => objm.open(PARTS_BUCKET),
+      async () => {
+        // open() only binds a name; status() proves the store exists.
+        const store = await objm.open(PARTS_BUCKET);
+        await store.status();
+        return store;
+      },
       `object store ${PARTS_BUCKET}`,
     );
     return new ObjectPartStore(nc, os);
