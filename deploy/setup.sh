@@ -23,6 +23,13 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
+# QEMU drops to this user once started (hostd's qemu.runAs: auto): a system user with no login,
+# no home and no password. Made only where we are root; without it, QEMU runs as hostd's user.
+if [ "$(id -u)" -eq 0 ] && ! id forky-qemu >/dev/null 2>&1; then
+  say "adding the system user forky-qemu (QEMU runs as it)"
+  useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin forky-qemu
+fi
+
 if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
   say "installing npm dependencies"
   npm ci --no-audit --no-fund --loglevel=error

@@ -6,7 +6,7 @@ import type { NatsConnection } from '@nats-io/nats-core';
 import { jetstreamManager } from '@nats-io/jetstream';
 import { Objm } from '@nats-io/obj';
 import { pollUntil } from '@forky/base';
-import { HostdClient, JobQueue, SchedulerClient, createOrOpen, openBuckets, retryTransient } from '@forky/bus';
+import { HostdClient, JobQueue, SchedulerClient, createOrOpen, openBuckets, resolveReplicas, retryTransient } from '@forky/bus';
 import { BUCKETS, STREAMS } from '@forky/contract';
 import { startTestHost, testLogger, type TestHost } from '../helpers/hostd.js';
 import { startNatsCluster, type TestCluster } from '../helpers/nats-cluster.js';
@@ -41,6 +41,8 @@ describe('a NATS node killed mid-batch on a 3-node cluster (R3 state)', { timeou
     cluster = await startNatsCluster(3);
     op = await connect({ servers: cluster.urls, maxReconnectAttempts: -1, reconnectTimeWait: 250 });
     // The state the services use, made at R3 up front, so its leaders can be read before choosing a victim.
+    // What hostd and the scheduler choose on their own (`bucketReplicas: auto`) on this cluster.
+    assert.equal(resolveReplicas(op, 'auto'), 3);
     await openBuckets(op, { replicas: 3 });
     const jobs = await JobQueue.open(op, { replicas: 3, ackWaitMs: 5000, maxDeliver: 5 }, testLogger());
     await jobs.stop();
@@ -56,8 +58,8 @@ describe('a NATS node killed mid-batch on a 3-node cluster (R3 state)', { timeou
     victim = cluster.names.indexOf(top);
     // hostd and the scheduler know only the victim's URL: they must find the others on their own.
     const url = cluster.urls[victim] as string;
-    host = await startTestHost(url, { hostId: 'nf-h1', overrides: { bucketReplicas: 3, nats: { servers: [url] } } });
-    sched = await startTestScheduler(url, { config: { bucketReplicas: 3, jobAckWaitMs: 5000, leaseMs: 2000 } });
+    host = await startTestHost(url, { hostId: 'nf-h1', overrides: { nats: { servers: [url] } } });
+    sched = await startTestScheduler(url, { config: { jobAckWaitMs: 5000, leaseMs: 2000 } });
   });
   after(async () => {
     await sched?.stop().catch(() => undefined);

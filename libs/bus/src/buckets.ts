@@ -1,5 +1,6 @@
 import type { NatsConnection } from '@nats-io/nats-core';
 import { Kvm, type KV, type KvOptions } from '@nats-io/kv';
+import { z } from 'zod';
 import { BUCKETS } from '@forky/contract';
 
 export interface Buckets {
@@ -55,4 +56,19 @@ export async function createOrOpen<T>(create: () => Promise<T>, open: () => Prom
     await new Promise((r) => setTimeout(r, Math.min(1000, 50 * 2 ** attempt)));
   }
   throw new Error(`cannot create or open ${what} within ${timeoutMs} ms: ${(last as Error)?.message ?? last}`, { cause: last });
+}
+
+/** `bucketReplicas` in a config: a number, or `auto` (3 on a JetStream cluster of 3 or more nodes, else 1). */
+export const BucketReplicas = z.union([z.literal('auto'), z.number().int().min(1).max(5)]).default('auto');
+export type BucketReplicas = z.infer<typeof BucketReplicas>;
+
+/**
+ * How many replicas the cluster's state gets. `auto` reads what the server told the client: the
+ * cluster it is part of and its peers' client URLs (every node's, itself included). Buckets that
+ * exist keep the replicas they were made with; this applies only to the ones created now.
+ */
+export function resolveReplicas(nc: NatsConnection, configured: BucketReplicas): number {
+  if (configured !== 'auto') return configured;
+  const info = nc.info;
+  return info?.cluster && (info.connect_urls?.length ?? 0) >= 3 ? 3 : 1;
 }

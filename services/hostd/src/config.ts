@@ -1,7 +1,7 @@
 import os from 'node:os';
 import path from 'node:path';
 import { z } from 'zod';
-import { NatsConfig, natsConfigFromEnv } from '@forky/bus';
+import { BucketReplicas, NatsConfig, natsConfigFromEnv } from '@forky/bus';
 import { parseConfig, readConfigFile } from '@forky/base';
 import { HostId } from '@forky/contract';
 
@@ -48,6 +48,8 @@ export const HostdConfig = z.strictObject({
       cpuModel: z.string().optional(),
       tcgTbSizeMiB: z.number().int().min(1).max(2048).optional(),
       sandbox: z.boolean().default(true),
+      /** Whom QEMU runs as: `auto` (forky-qemu where the host allows), `none` (hostd's user), or a user name. */
+      runAs: z.string().regex(/^[a-z_][a-z0-9_-]{0,31}$/, 'auto, none or a user name').default('auto'),
       probeTimeoutMs: z.number().int().positive().default(8000),
       /** Default: <dataDir>/accel-probe.json. */
       probeCacheFile: z.string().optional(),
@@ -67,7 +69,8 @@ export const HostdConfig = z.strictObject({
   /** How often this host reports into the hosts bucket. */
   heartbeatMs: z.number().int().min(100).max(60_000).default(2000),
   /** Replicas of the KV buckets hostd creates if missing (3 on a 3-node cluster). */
-  bucketReplicas: z.number().int().min(1).max(5).default(1),
+  /** Replicas of the buckets and streams this service creates: `auto` is 3 on a cluster of 3 or more nodes. */
+  bucketReplicas: BucketReplicas,
   logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
 });
 export type HostdConfig = z.infer<typeof HostdConfig>;

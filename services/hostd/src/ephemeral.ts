@@ -27,6 +27,8 @@ export async function startEphemeralHostd(opts: {
 }): Promise<EphemeralHostd> {
   const hostId = opts.hostId ?? newId('h', 6).replace('-', '');
   const dataDir = await fs.mkdtemp(path.join('/tmp', `fk-${hostId}-`));
+  // mkdtemp makes it 0700; QEMU, once it has dropped to its own user, must pass through it (not list it).
+  await fs.chmod(dataDir, 0o711);
   const ramDir = path.join('/dev/shm', path.basename(dataDir));
   const remove = async (): Promise<void> => {
     await fs.rm(dataDir, { recursive: true, force: true });

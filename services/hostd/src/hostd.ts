@@ -3,7 +3,7 @@ import path from 'node:path';
 import type { NatsConnection } from '@nats-io/nats-core';
 import type { Service } from '@nats-io/services';
 import { newId, type Logger } from '@forky/base';
-import { connectBus, openBuckets } from '@forky/bus';
+import { connectBus, openBuckets, resolveReplicas } from '@forky/bus';
 import { subjects, type Heartbeat } from '@forky/contract';
 import { enableKsm } from './adapters/ksm.js';
 import { DryRunLayerStore, DryRunRuntime } from './adapters/dry-run.js';
@@ -17,6 +17,7 @@ import { ImageCatalog } from './images.js';
 import { Layout } from './layout.js';
 import { QcowLayerStore } from './adapters/qemu/layers.js';
 import { QemuRuntime } from './adapters/qemu/runtime.js';
+import { resolveRunAs } from './adapters/qemu/run-as.js';
 import { probeAccel, qemuVersion, type ProbeResult } from './adapters/qemu/probe.js';
 import { LocalSnapshotStore } from './adapters/store/local-snapshots.js';
 import { startHostdService } from './service.js';
@@ -45,6 +46,7 @@ export async function startHostd(config: Readonly<HostdConfig>, logger: Logger):
   const probe: ProbeResult = config.dryRun
     ? { accel: 'tcg', reason: 'dry run: no QEMU is started', qemuVersion: 'dry-run' }
     : await chooseAccel(config, images, log);
+  const runAs = config.dryRun ? undefined : await resolveRunAs(config.qemu.runAs, [layout.dataDir, layout.ramDir], log);
   const runtime: VmRuntime = config.dryRun
     ? new DryRunRuntime()
     : new QemuRuntime({
@@ -54,18 +56,20 @@ export async function startHostd(config: Readonly<HostdConfig>, logger: Logger):
         machine: config.qemu.machine,
         cpuModel: config.qemu.cpuModel ?? (probe.accel === 'kvm' ? 'host' : 'qemu64'),
         sandbox: config.qemu.sandbox,
+        ...(runAs ? { runAs } : {}),
         network: config.network,
         ...(config.qemu.tcgTbSizeMiB ? { tcgTbSizeMiB: config.qemu.tcgTbSizeMiB } : {}),
         logger: log,
       });
   if (!config.dryRun) await enableKsm(config.ksm, log);
   const nc = await connectBus({ ...config.nats, name: `forky-hostd-${config.hostId}`, logger: log });
-  const buckets = await openBuckets(nc, { replicas: config.bucketReplicas });
+  const replicas = resolveReplicas(nc, config.bucketReplicas);
+  const buckets = await openBuckets(nc, { replicas });
   let beatSoon: () => void = () => undefined;
   const engine = new HostEngine({
     onChange: () => beatSoon(),
     directory: new KvDirectory(buckets.locator, buckets.lineage, config.hostId),
-    parts: await ObjectPartStore.open(nc, config.bucketReplicas),
+    parts: await ObjectPartStore.open(nc, replicas),
     hostId: config.hostId,
     accelReason: probe.reason,
     runtime,

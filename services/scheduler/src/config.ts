@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { NatsConfig, natsConfigFromEnv } from '@forky/bus';
+import { BucketReplicas, NatsConfig, natsConfigFromEnv } from '@forky/bus';
 import { parseConfig, readConfigFile } from '@forky/base';
 
 export const SchedulerConfig = z.strictObject({
@@ -13,7 +13,8 @@ export const SchedulerConfig = z.strictObject({
   jobMaxDeliver: z.number().int().min(1).max(100).default(5),
   /** Jobs one scheduler runs at once. */
   jobConcurrency: z.number().int().min(1).max(256).default(8),
-  bucketReplicas: z.number().int().min(1).max(5).default(1),
+  /** Replicas of the buckets and streams this service creates: `auto` is 3 on a cluster of 3 or more nodes. */
+  bucketReplicas: BucketReplicas,
   logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
 });
 export type SchedulerConfig = z.infer<typeof SchedulerConfig>;

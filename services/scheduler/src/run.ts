@@ -1,7 +1,7 @@
 import type { NatsConnection } from '@nats-io/nats-core';
 import type { Service } from '@nats-io/services';
 import type { Logger } from '@forky/base';
-import { JobQueue, connectBus, openBuckets } from '@forky/bus';
+import { JobQueue, connectBus, openBuckets, resolveReplicas } from '@forky/bus';
 import type { SchedulerConfig } from './config.js';
 import { Scheduler } from './scheduler.js';
 import { startSchedulerService } from './service.js';
@@ -19,14 +19,15 @@ export interface RunningScheduler {
 
 export async function startScheduler(config: Readonly<SchedulerConfig>, logger: Logger): Promise<RunningScheduler> {
   const nc = await connectBus({ ...config.nats, name: 'forky-scheduler', logger });
-  const buckets = await openBuckets(nc, { replicas: config.bucketReplicas });
+  const replicas = resolveReplicas(nc, config.bucketReplicas);
+  const buckets = await openBuckets(nc, { replicas });
   const view = new HostView(nc, buckets.hosts, { subject: subjects.heartbeats, hostOf: (s) => s.split('.').at(-1) }, parseBeat, logger);
   await view.start();
-  const jobs = await JobQueue.open(nc, { replicas: config.bucketReplicas, ackWaitMs: config.jobAckWaitMs, maxDeliver: config.jobMaxDeliver }, logger);
+  const jobs = await JobQueue.open(nc, { replicas, ackWaitMs: config.jobAckWaitMs, maxDeliver: config.jobMaxDeliver }, logger);
   const scheduler = new Scheduler(nc, buckets, view, jobs, config, logger);
   const service = await startSchedulerService(nc, scheduler, SCHEDULER_VERSION, logger);
   jobs.work(config.jobConcurrency, (d) => scheduler.runJob(d));
-  logger.info({ servers: config.nats.servers }, 'scheduler serving');
+  logger.info({ servers: config.nats.servers, replicas }, 'scheduler serving');
   return {
     scheduler,
     nc,

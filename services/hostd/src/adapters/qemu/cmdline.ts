@@ -10,6 +10,8 @@ export interface MachineOptions {
   tcgTbSizeMiB?: number;
   sandbox: boolean;
   network: NetworkMode;
+  /** The unprivileged user QEMU switches to once started; undefined keeps hostd's user. */
+  runAs?: { user: string };
 }
 
 export interface LaunchPaths {
@@ -73,7 +75,10 @@ export function buildArgs(spec: VmSpec, m: MachineOptions, paths: LaunchPaths, m
     // loading must not expect them.
     '-global', 'migration.send-configuration=off',
   ];
-  if (m.sandbox) args.push('-sandbox', 'on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny');
+  // A process that has dropped to an unprivileged user has nothing to elevate to, and the
+  // switch itself is a setuid call that elevateprivileges=deny would kill (SIGSYS; tried).
+  if (m.sandbox) args.push('-sandbox', `on,obsolete=deny,elevateprivileges=${m.runAs ? 'allow' : 'deny'},spawn=deny,resourcecontrol=deny`);
+  if (m.runAs) args.push('-runas', m.runAs.user);
   if (mode !== 'boot') args.push('-incoming', 'defer');
   if (mode === 'paused') args.push('-S');
   return args;

@@ -10,6 +10,7 @@ import { listenForState, loadState } from './migration.js';
 import { copyPrivatePages } from './private-pages.js';
 import { askLine } from './control.js';
 import { createTap, removeTap, tapName } from './tap.js';
+import { handOver, type RunAs } from './run-as.js';
 
 interface QemuVm extends VmHandle {
   proc: QemuProcess;
@@ -18,7 +19,8 @@ interface QemuVm extends VmHandle {
   spec: VmSpec;
 }
 
-export interface QemuRuntimeOptions extends MachineOptions {
+export interface QemuRuntimeOptions extends Omit<MachineOptions, 'runAs'> {
+  runAs?: RunAs;
   binary: string;
   qemuVersion: string;
   logger: Logger;
@@ -91,6 +93,7 @@ export class QemuRuntime implements VmRuntime {
   async saveState(h: VmHandle, stateFile: string): Promise<{ stateBytes: number }> {
     const vm = h as QemuVm;
     await fs.mkdir(path.dirname(stateFile), { recursive: true });
+    await handOver(path.dirname(stateFile), this.opts.runAs);
     // live: the disks are flushed and let go of, so the successor can take them.
     await vm.qmp.execute('xen-save-devices-state', { filename: stateFile, live: true }, { timeoutMs: 30_000 });
     return { stateBytes: (await fs.stat(stateFile)).size };
@@ -153,6 +156,8 @@ export class QemuRuntime implements VmRuntime {
 
   async #start(spec: VmSpec, mode: LaunchMode, timeoutMs: number): Promise<QemuVm> {
     await fs.mkdir(spec.runDir, { recursive: true });
+    // QEMU listens for device state here after it has dropped root.
+    await handOver(spec.runDir, this.opts.runAs);
     if (spec.ram.shared) await fs.mkdir(path.dirname(spec.ram.file), { recursive: true });
     const paths = { qmpSocket: sock(spec, 'qmp'), qmpServerSocket: sock(spec, 'qmpd'), qgaSocket: sock(spec, 'qga'), ctlSocket: sock(spec, 'ctl'), serialLog: path.join(spec.runDir, 'serial.log') };
     const args = buildArgs(spec, this.opts, paths, mode);
