@@ -20,19 +20,31 @@ export interface ServiceProc {
  * Starts `script` with `env`, logging to `log` (appended), and waits until `ready` says it serves
  * (a real answer, polled within a deadline). A process that exits first fails the wait.
  */
-export async function spawnService(script: string, env: Record<string, string>, log: string, ready: () => Promise<boolean>): Promise<ServiceProc> {
+export async function spawnService(
+  script: string,
+  env: Record<string, string>,
+  log: string,
+  ready: () => Promise<boolean>,
+  opts: { timeoutMs?: number } = {},
+): Promise<ServiceProc> {
   const fd = openSync(log, 'a');
   const child = spawn(process.execPath, [script], { stdio: ['ignore', fd, fd], env: { ...process.env, ...env } });
   closeSync(fd);
   let exited: number | null | undefined;
   child.once('exit', (code) => (exited = code));
-  await pollUntil(
-    async () => {
-      if (exited !== undefined) throw new Error(`${path.basename(script)} exited (${exited}) before it served; see ${log}`);
-      return (await ready()) ? true : undefined;
-    },
-    { timeoutMs: 60_000, intervalMs: 100, what: `${path.basename(path.dirname(path.dirname(script)))} serving` },
-  );
+  try {
+    await pollUntil(
+      async () => {
+        if (exited !== undefined) throw new Error(`${path.basename(script)} exited (${exited}) before it served; see ${log}`);
+        return (await ready()) ? true : undefined;
+      },
+      { timeoutMs: opts.timeoutMs ?? 60_000, intervalMs: 100, what: `${path.basename(path.dirname(path.dirname(script)))} serving` },
+    );
+  } catch (e) {
+    // A process that never served is this helper's to stop: left running, it would keep the test alive.
+    if (exited === undefined) child.kill('SIGKILL');
+    throw e;
+  }
   return {
     child,
     log,

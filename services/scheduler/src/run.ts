@@ -20,9 +20,13 @@ export interface RunningScheduler {
 export async function startScheduler(config: Readonly<SchedulerConfig>, logger: Logger): Promise<RunningScheduler> {
   const nc = await connectBus({ ...config.nats, name: 'forky-scheduler', logger });
   const replicas = resolveReplicas(nc, config.bucketReplicas);
+  // Each start-up step is logged, so a start that hangs says where.
+  logger.info('opening buckets');
   const buckets = await openBuckets(nc, { replicas });
   const view = new HostView(nc, buckets.hosts, { subject: subjects.heartbeats, hostOf: (s) => s.split('.').at(-1) }, parseBeat, logger);
+  logger.info('reading hosts');
   await view.start();
+  logger.info('opening the jobs stream');
   const jobs = await JobQueue.open(nc, { replicas, ackWaitMs: config.jobAckWaitMs, maxDeliver: config.jobMaxDeliver }, logger);
   const scheduler = new Scheduler(nc, buckets, view, jobs, config, logger);
   const service = await startSchedulerService(nc, scheduler, SCHEDULER_VERSION, logger);
