@@ -6,14 +6,15 @@ import type { NatsConnection } from '@nats-io/nats-core';
 import { jetstreamManager } from '@nats-io/jetstream';
 import { Objm } from '@nats-io/obj';
 import { pollUntil } from '@forky/base';
-import { HostdClient, JobQueue, SchedulerClient, createOrOpen, openBuckets, resolveReplicas, retryTransient } from '@forky/bus';
+import { HostdClient, JobQueue, SchedulerClient, openBuckets, resolveReplicas, retryTransient } from '@forky/bus';
+import { ObjectPartStore, PARTS_BUCKET } from '@forky/hostd';
 import { BUCKETS, STREAMS } from '@forky/contract';
 import { startTestHost, testLogger, type TestHost } from '../helpers/hostd.js';
 import { startNatsCluster, type TestCluster } from '../helpers/nats-cluster.js';
 import { ensureImage } from '../helpers/repo.js';
 import { startTestScheduler, type TestScheduler } from '../helpers/scheduler.js';
 
-const STATE_STREAMS = [...Object.values(BUCKETS).map((b) => `KV_${b}`), 'OBJ_forky_parts', STREAMS.jobs];
+const STATE_STREAMS = [...Object.values(BUCKETS).map((b) => `KV_${b}`), `OBJ_${PARTS_BUCKET}`, STREAMS.jobs];
 
 /** Counts the reconnects of a connection from now on. */
 function reconnects(nc: NatsConnection): { count: number } {
@@ -46,8 +47,7 @@ describe('a NATS node killed mid-batch on a 3-node cluster (R3 state)', { timeou
     await openBuckets(op, { replicas: 3 });
     const jobs = await JobQueue.open(op, { replicas: 3, ackWaitMs: 5000, maxDeliver: 5 }, testLogger());
     await jobs.stop();
-    const objm = new Objm(op);
-    await createOrOpen(() => objm.create('forky_parts', { replicas: 3, description: 'forky: snapshot parts by sha256' }), async () => { const o = await objm.open('forky_parts'); await o.status(); return o; }, 'forky_parts');
+    await ObjectPartStore.open(op, 3);
     const jsm = await jetstreamManager(op);
     const leads = new Map<string, number>();
     for (const s of STATE_STREAMS) {
@@ -111,7 +111,7 @@ describe('a NATS node killed mid-batch on a 3-node cluster (R3 state)', { timeou
       assert.equal((await client.call('snapshot.show', { id })).id, id, `${id} located`);
     }
     t.diagnostic(`batch answered ${batchMs} ms after the kill`);
-    const parts = await new Objm(op).open('forky_parts');
+    const parts = await new Objm(op).open(PARTS_BUCKET);
     // A reader, like any client, tries again while the cluster settles (a consumer create can time out).
     const read = <T>(what: string, fn: () => Promise<T>): Promise<T> => retryTransient(what, fn, { timeoutMs: 60_000 });
     const manifest = JSON.parse(new TextDecoder().decode((await read('manifest', () => parts.getBlob(`manifest.${s0.id}`))) ?? new Uint8Array())) as {

@@ -17,15 +17,8 @@ export interface Buckets {
 export async function openBuckets(nc: NatsConnection, opts: { replicas?: number } = {}): Promise<Buckets> {
   const kvm = new Kvm(nc);
   const replicas = opts.replicas ?? 1;
-  // open() only binds a name; status() proves the bucket exists (a create that failed while a
-  // cluster was electing its leader would otherwise leave a handle to nothing).
-  const open = async (name: string): Promise<KV> => {
-    const kv = await kvm.open(name);
-    await kv.status();
-    return kv;
-  };
   const kv = (name: string, opts: Partial<KvOptions>): Promise<KV> =>
-    createOrOpen(() => kvm.create(name, { history: 1, replicas, ...opts }), () => open(name), `KV bucket ${name}`);
+    createOrOpen(() => kvm.create(name, { history: 1, replicas, ...opts }), () => bindExisting(kvm.open(name)), `KV bucket ${name}`);
   const [hosts, locator, requests, lineage] = await Promise.all([
     kv(BUCKETS.hosts, { description: 'forky: host heartbeats' }),
     kv(BUCKETS.locator, { description: 'forky: which host holds each VM and snapshot' }),
@@ -33,6 +26,17 @@ export async function openBuckets(nc: NatsConnection, opts: { replicas?: number 
     kv(BUCKETS.lineage, { description: 'forky: every snapshot and its parent snapshot' }),
   ]);
   return { hosts, locator, requests, lineage };
+}
+
+/**
+ * A bound KV bucket or object store, once its status proves it exists: open() only binds a name,
+ * and a create that failed while a cluster was electing its leader would otherwise leave a
+ * handle to nothing.
+ */
+export async function bindExisting<T extends { status(): Promise<unknown> }>(bound: Promise<T>): Promise<T> {
+  const store = await bound;
+  await store.status();
+  return store;
 }
 
 /**

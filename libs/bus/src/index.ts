@@ -14,7 +14,7 @@ export {
 } from './auth.js';
 export { startService, type EndpointDef, type ServiceDef } from './service.js';
 export { request, HostdClient, SchedulerClient, type RequestOptions } from './client.js';
-export { openBuckets, createOrOpen, resolveReplicas, BucketReplicas, type Buckets } from './buckets.js';
+export { openBuckets, createOrOpen, bindExisting, resolveReplicas, BucketReplicas, type Buckets } from './buckets.js';
 export { startNatsServer, writeServerConfig, type NatsServer, type NatsServerOptions } from './nats-server.js';
 export { JobQueue, type JobQueueOptions, type JobOutcome, type JobDelivery } from './jobs.js';
 export { isTransientNatsError, retryTransient } from './retry.js';

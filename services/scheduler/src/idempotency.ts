@@ -15,6 +15,16 @@ interface Entry {
   retry?: boolean;
 }
 
+/** A request under this key is being run, or will be run again: a new submission would be a duplicate. */
+export function underWay(entry: Entry, now = Date.now()): boolean {
+  return (entry.state === 'pending' && entry.leaseUntil > now) || (entry.state === 'failed' && !!entry.retry);
+}
+
+/** The one error for a key sent again with a different request. */
+export function keyReused(key: string): ConflictError {
+  return new ConflictError(`idempotency key ${key} was already used for a different request`, { field: 'key' });
+}
+
 export interface Recorded {
   entry: Entry;
   revision: number;
@@ -78,7 +88,7 @@ export class Idempotency {
       const see = (e: { revision: number; operation: string; json<J>(): J } | null): void => {
         if (!e || e.revision <= since || e.operation !== 'PUT') return;
         const entry = e.json<Entry>();
-        if (entry.hash !== hash) finish(() => reject(new ConflictError(`idempotency key ${key} was already used for a different request`, { field: 'key' })));
+        if (entry.hash !== hash) finish(() => reject(keyReused(key)));
         else if (entry.state === 'done') finish(() => resolve(entry.reply as T));
         else if (entry.state === 'failed' && !entry.retry) finish(() => reject(new ForkyError((entry.error?.code ?? 'INTERNAL') as ErrorCode, entry.error?.message ?? 'failed')));
       };
@@ -114,7 +124,7 @@ export class Idempotency {
       const got = await this.kv.get(key);
       if (!got || got.operation !== 'PUT') continue;
       const entry = got.json<Entry>();
-      if (entry.hash !== hash) throw new ConflictError(`idempotency key ${key} was already used for a different request`, { field: 'key' });
+      if (entry.hash !== hash) throw keyReused(key);
       if (entry.state === 'done') return entry.reply as T;
       if (entry.state === 'failed' || entry.leaseUntil < Date.now()) {
         // A failed request may be retried; a lapsed lease means its owner died.

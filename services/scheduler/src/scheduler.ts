@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import type { NatsConnection } from '@nats-io/nats-core';
-import { CapacityError, ConflictError, ForkyError, NotFoundError, asForkyError, newId, type ErrorCode, type Logger } from '@forky/base';
+import { CapacityError, ForkyError, NotFoundError, asForkyError, newId, type ErrorCode, type Logger } from '@forky/base';
 import { HostdClient, retryTransient, type Buckets, type JobDelivery, type JobOutcome, type JobQueue } from '@forky/bus';
 import { LineageNode, schedContract, type Heartbeat, type Job, type JobEndpoint, type SchedParsedRequestOf, type SnapshotDeleteResult, type SnapshotTree } from '@forky/contract';
 import type {
@@ -17,7 +17,7 @@ import type {
   TransferResult,
   VmInfo,
 } from '@forky/contract';
-import { Idempotency, requestHash } from './idempotency.js';
+import { Idempotency, keyReused, requestHash, underWay } from './idempotency.js';
 import type { HostView } from './host-view.js';
 import { beatStatus, pickHost } from './placement.js';
 
@@ -102,9 +102,9 @@ export class Scheduler {
    * recorded (a bad or hostile request leaves nothing behind); hostd still gets a fresh key, so
    * the scheduler's own retries to it stay deduplicated. A keyed one becomes a job (see #submit).
    */
-  #once<E extends JobEndpoint, T>(endpoint: E, req: JobRequest<E>, precheck: () => Promise<unknown>, fn: (key: string) => Promise<T>): Promise<T> {
+  #once<E extends JobEndpoint, T>(endpoint: E, req: SchedParsedRequestOf<E>, precheck: () => Promise<unknown>, fn: (key: string) => Promise<T>): Promise<T> {
     if (!req.key) return fn(newId('req', 16));
-    return this.#submit(endpoint, req as JobRequest<E> & { key: string }, precheck);
+    return this.#submit(endpoint, req as SchedParsedRequestOf<E> & { key: string }, precheck);
   }
 
   /**
@@ -115,10 +115,9 @@ export class Scheduler {
   async #submit<T>(endpoint: JobEndpoint, req: Record<string, unknown> & { key: string }, precheck: () => Promise<unknown>): Promise<T> {
     const hash = requestHash(endpoint, req);
     const now = await this.#idem.peek(req.key);
-    if (now && now.entry.hash !== hash) throw new ConflictError(`idempotency key ${req.key} was already used for a different request`, { field: 'key' });
+    if (now && now.entry.hash !== hash) throw keyReused(req.key);
     if (now?.entry.state === 'done') return now.entry.reply as T;
-    const running = now && ((now.entry.state === 'pending' && now.entry.leaseUntil > Date.now()) || (now.entry.state === 'failed' && now.entry.retry));
-    if (!running) {
+    if (!now || !underWay(now.entry)) {
       // What can be refused at once is, before anything is queued or recorded.
       await precheck();
       const job: Job = { v: 1, endpoint, key: req.key, hash, request: req, submittedAt: new Date().toISOString() };
@@ -136,13 +135,14 @@ export class Scheduler {
     const log = this.#log.child({ job: job.key, endpoint: job.endpoint, attempt: d.attempt });
     const parsed = schedContract[job.endpoint].request.safeParse(job.request);
     if (!parsed.success || requestHash(job.endpoint, job.request) !== job.hash) return { ack: false, drop: 'request does not match its schema or hash' };
+    const retryLater = (e: ForkyError): boolean => !d.last && TRANSIENT.has(e.code);
     try {
-      await this.#idem.run(job.key, job.hash, this.opts.hostTimeoutMs, () => this.#perform(job.endpoint, parsed.data, job.key, d.last), (e) => !d.last && TRANSIENT.has(e.code));
+      await this.#idem.run(job.key, job.hash, this.opts.hostTimeoutMs, () => this.#perform(job.endpoint, parsed.data, job.key, d.last), retryLater);
       log.info('job done');
       return { ack: true };
     } catch (e) {
       const fe = asForkyError(e);
-      if (!d.last && TRANSIENT.has(fe.code)) {
+      if (retryLater(fe)) {
         log.warn({ err: fe }, 'job failed for now; it goes back to the queue');
         return { ack: false, retryInMs: Math.min(30_000, 2_000 * 2 ** (d.attempt - 1)) };
       }
@@ -388,8 +388,6 @@ export function placeChildren(
 
 /** Failures a later attempt may not meet: a host down, or not answering in time. */
 const TRANSIENT: ReadonlySet<ErrorCode> = new Set<ErrorCode>(['UNAVAILABLE', 'TIMEOUT']);
-
-type JobRequest<E extends JobEndpoint> = SchedParsedRequestOf<E>;
 
 /** A key per batch item (or per host of a fork), derived so that a retry reuses them. */
 function subKey(key: string, i: number | string): string {

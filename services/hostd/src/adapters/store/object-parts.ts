@@ -4,7 +4,7 @@ import type { NatsConnection } from '@nats-io/nats-core';
 import { jetstream } from '@nats-io/jetstream';
 import { Objm, setSha256Backend, type ObjectStore } from '@nats-io/obj';
 import { ForkyError, withDeadline } from '@forky/base';
-import { createOrOpen } from '@forky/bus';
+import { bindExisting, createOrOpen } from '@forky/bus';
 import type { PartStore, UploadResult } from '../../domain/ports.js';
 import { SparseWriter, digestFile, encodeSparse } from './sparse.js';
 
@@ -28,12 +28,7 @@ export class ObjectPartStore implements PartStore {
     const objm = new Objm(nc);
     const os = await createOrOpen(
       () => objm.create(PARTS_BUCKET, { replicas, description: 'forky: snapshot parts by sha256' }),
-      async () => {
-        // open() only binds a name; status() proves the store exists.
-        const store = await objm.open(PARTS_BUCKET);
-        await store.status();
-        return store;
-      },
+      () => bindExisting(objm.open(PARTS_BUCKET)),
       `object store ${PARTS_BUCKET}`,
     );
     return new ObjectPartStore(nc, os);
