@@ -43,7 +43,9 @@ export async function spawnService(
   } catch (e) {
     // A process that never served is this helper's to stop: left running, it would keep the test alive.
     if (exited === undefined) child.kill('SIGKILL');
-    throw e;
+    // The log's last lines say which step it was in; the test's temp directory may not outlive it.
+    const tail = (await fs.readFile(log, 'utf8').catch(() => '')).trimEnd().split('\n').slice(-8).join('\n');
+    throw new Error(`${(e as Error).message}\nlast lines of ${log}:\n${tail}`, { cause: e });
   }
   return {
     child,

@@ -15,6 +15,8 @@ export const SchedulerConfig = z.strictObject({
   jobConcurrency: z.number().int().min(1).max(256).default(8),
   /** Replicas of the buckets and streams this service creates: `auto` is 3 on a cluster of 3 or more nodes. */
   bucketReplicas: BucketReplicas,
+  /** Bound on each start-up step (opening buckets, reading hosts, the jobs stream); a hung step starts over. */
+  startStepTimeoutMs: z.number().int().min(1_000).default(20_000),
   logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
 });
 export type SchedulerConfig = z.infer<typeof SchedulerConfig>;

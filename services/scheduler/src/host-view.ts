@@ -1,6 +1,6 @@
 import type { KV } from '@nats-io/kv';
 import type { NatsConnection, Subscription } from '@nats-io/nats-core';
-import type { Logger } from '@forky/base';
+import { withDeadline, type Logger } from '@forky/base';
 
 /**
  * The hosts' last heartbeats, kept current from the heartbeat subjects: a placement reads memory,
@@ -27,17 +27,33 @@ export class HostView<T extends { id: string; ts: number }> {
     private readonly log: Logger,
   ) {}
 
-  async start(): Promise<void> {
+  async start(seedTimeoutMs = 5_000): Promise<void> {
     this.#sub = this.nc.subscribe(this.feed.subject, {
       callback: (err, msg) => {
         if (err) return this.log.warn({ err }, 'heartbeat subscription failed');
         this.#apply(this.feed.hostOf(msg.subject), msg.string());
       },
     });
-    for await (const key of await this.kv.keys()) {
-      const e = await this.kv.get(key);
-      if (e?.operation === 'PUT') this.#apply(key, e.string());
-    }
+    await this.#seed(seedTimeoutMs);
+  }
+
+  /**
+   * The bucket only seeds the view: beats arrive every period anyway. So a listing that does not
+   * finish in time (an ordered consumer that never delivers, as once seen right after a
+   * scheduler was killed mid-job) is given up, not waited on: start-up must not hang on it.
+   */
+  async #seed(timeoutMs: number): Promise<void> {
+    const keys = await withDeadline(this.kv.keys(), timeoutMs, 'listing the hosts bucket');
+    const read = (async () => {
+      for await (const key of keys) {
+        const e = await this.kv.get(key);
+        if (e?.operation === 'PUT') this.#apply(key, e.string());
+      }
+    })();
+    await withDeadline(read, timeoutMs, 'reading the hosts bucket').catch((err: unknown) => {
+      keys.stop();
+      this.log.warn({ err, hosts: this.#beats.size }, 'the hosts bucket was not read in time; heartbeats will fill the view');
+    });
   }
 
   /** The last valid heartbeat of every host that has one. */

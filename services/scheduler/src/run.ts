@@ -1,6 +1,6 @@
 import type { NatsConnection } from '@nats-io/nats-core';
 import type { Service } from '@nats-io/services';
-import type { Logger } from '@forky/base';
+import { DeadlineError, withDeadline, type Logger } from '@forky/base';
 import { JobQueue, connectBus, openBuckets, resolveReplicas } from '@forky/bus';
 import type { SchedulerConfig } from './config.js';
 import { Scheduler } from './scheduler.js';
@@ -17,21 +17,51 @@ export interface RunningScheduler {
   stop(): Promise<void>;
 }
 
+/** Start-up attempts before giving up (the process then exits non-zero, for its supervisor). */
+const START_ATTEMPTS = 3;
+
+/**
+ * Connects and starts serving. Every start-up step has a deadline: a step that hangs fails its
+ * attempt, the connection is closed, and the next attempt starts over on a new one.
+ */
 export async function startScheduler(config: Readonly<SchedulerConfig>, logger: Logger): Promise<RunningScheduler> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await startOnce(config, logger);
+    } catch (err) {
+      if (!(err instanceof DeadlineError) || attempt >= START_ATTEMPTS) throw err;
+      logger.warn({ err, attempt }, 'a start-up step hung; starting over on a new connection');
+    }
+  }
+}
+
+async function startOnce(config: Readonly<SchedulerConfig>, logger: Logger): Promise<RunningScheduler> {
   const nc = await connectBus({ ...config.nats, name: 'forky-scheduler', logger });
-  const replicas = resolveReplicas(nc, config.bucketReplicas);
-  // Each start-up step is logged, so a start that hangs says where.
-  logger.info('opening buckets');
-  const buckets = await openBuckets(nc, { replicas });
-  const view = new HostView(nc, buckets.hosts, { subject: subjects.heartbeats, hostOf: (s) => s.split('.').at(-1) }, parseBeat, logger);
-  logger.info('reading hosts');
-  await view.start();
-  logger.info('opening the jobs stream');
-  const jobs = await JobQueue.open(nc, { replicas, ackWaitMs: config.jobAckWaitMs, maxDeliver: config.jobMaxDeliver }, logger);
-  const scheduler = new Scheduler(nc, buckets, view, jobs, config, logger);
-  const service = await startSchedulerService(nc, scheduler, SCHEDULER_VERSION, logger);
-  jobs.work(config.jobConcurrency, (d) => scheduler.runJob(d));
-  logger.info({ servers: config.nats.servers, replicas }, 'scheduler serving');
+  // Each step is logged and bounded, so a start that hangs says where, and does not hang for good.
+  const step = <T>(what: string, fn: () => Promise<T>): Promise<T> => {
+    logger.info(what);
+    return withDeadline(fn(), config.startStepTimeoutMs, `scheduler start-up: ${what}`);
+  };
+  try {
+    const replicas = resolveReplicas(nc, config.bucketReplicas);
+    const buckets = await step('opening buckets', () => openBuckets(nc, { replicas }));
+    const view = new HostView(nc, buckets.hosts, { subject: subjects.heartbeats, hostOf: (s) => s.split('.').at(-1) }, parseBeat, logger);
+    await step('reading hosts', () => view.start(config.startStepTimeoutMs / 2));
+    const jobs = await step('opening the jobs stream', () =>
+      JobQueue.open(nc, { replicas, ackWaitMs: config.jobAckWaitMs, maxDeliver: config.jobMaxDeliver }, logger),
+    );
+    const scheduler = new Scheduler(nc, buckets, view, jobs, config, logger);
+    const service = await step('adding the service', () => startSchedulerService(nc, scheduler, SCHEDULER_VERSION, logger));
+    jobs.work(config.jobConcurrency, (d) => scheduler.runJob(d));
+    logger.info({ servers: config.nats.servers, replicas }, 'scheduler serving');
+    return running(nc, scheduler, service, jobs, view);
+  } catch (err) {
+    await nc.close().catch(() => undefined);
+    throw err;
+  }
+}
+
+function running(nc: NatsConnection, scheduler: Scheduler, service: Service, jobs: JobQueue, view: HostView<Heartbeat>): RunningScheduler {
   return {
     scheduler,
     nc,
