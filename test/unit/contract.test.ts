@@ -33,7 +33,7 @@ describe('codec', () => {
 
 describe('schemas', () => {
   it('fills defaults and rejects unknown fields, naming them', () => {
-    assert.deepEqual(BootRequest.parse({}), { image: 'tiny', memMiB: 256, cpus: 1 });
+    assert.deepEqual(BootRequest.parse({}), { image: 'tiny', memMiB: 256, cpus: 1, gpus: 0 });
     assert.throws(() => parseOrThrow(BootRequest, { imag: 'tiny' }, 'boot'), (e: unknown) => e instanceof ValidationError && /imag/.test(e.message));
   });
 

@@ -18,6 +18,7 @@ const host = (id: string, free: number, extra: Partial<HostStatus> = {}): HostSt
   memCommittedMiB: 0,
   childPssMiB: 0,
   ksmSavedMiB: 0,
+  gpus: { total: 0, free: 0 },
   alive: true,
   lastSeen: new Date().toISOString(),
   ...extra,
@@ -59,6 +60,17 @@ describe('placement', () => {
     // The least free host is never one of two choices' winners.
     const skewed = [...hosts.slice(0, 9), host('small', 400)];
     for (let k = 0; k < 200; k++) assert.notEqual(pickHost(skewed, { memMiB: 320, count: 1 }), 'small');
+  });
+
+  it('places GPU VMs only where GPUs are free, pinned or not, and says how many are', () => {
+    const gpu = (total: number, free: number) => ({ gpus: { total, free } });
+    const hs = [host('big', 90000), host('g', 1000, gpu(2, 1)), host('dead', 1000, { ...gpu(4, 4), alive: false })];
+    assert.equal(pickHost(hs, { memMiB: 320, count: 1, gpus: 1 }), 'g');
+    assert.equal(pickHost(hs, { memMiB: 320, count: 1 }), 'big');
+    const over = (): string => pickHost(hs, { memMiB: 320, count: 1, gpus: 2 });
+    assert.throws(over, (e: unknown) => e instanceof CapacityError && e.details?.field === 'gpus' && /g 1 of 2 free/.test(e.message));
+    assert.throws(() => pickHost(hs, { memMiB: 320, count: 1, gpus: 1 }, 'big'), (e: unknown) => e instanceof CapacityError && /host big has 0 free GPU/.test(e.message));
+    assert.throws(() => pickHost([host('x', 9000)], { memMiB: 320, count: 1, gpus: 1 }), /no live host has a GPU bound to vfio-pci/);
   });
 
   it('marks a host down after three missed heartbeats', () => {

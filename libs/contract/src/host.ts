@@ -20,6 +20,8 @@ export const HostInfo = z.strictObject({
   childPssMiB: z.number(),
   /** Memory KSM saves by merging identical pages (0 where KSM is off). */
   ksmSavedMiB: z.number(),
+  /** GPUs bound to vfio-pci that VMs can be given, and how many no VM holds. */
+  gpus: z.strictObject({ total: z.number().int(), free: z.number().int() }),
 });
 export type HostInfo = z.infer<typeof HostInfo>;
 

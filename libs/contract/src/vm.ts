@@ -23,6 +23,8 @@ export const VmInfo = z.strictObject({
   pid: z.number().int().optional(),
   /** The NIC's MAC address; every VM has its own, children included. */
   mac: z.string().optional(),
+  /** PCI addresses of the host GPU functions passed through to it (VFIO). */
+  gpus: z.array(z.string()).optional(),
   /** Milliseconds spent in each step of making this VM. */
   timings: z.record(z.string(), z.number()).optional(),
 });
@@ -32,6 +34,8 @@ export const BootRequest = z.strictObject({
   image: ImageName.default('tiny'),
   memMiB: z.number().int().min(64).max(65536).default(256),
   cpus: z.number().int().min(1).max(64).default(1),
+  /** Host GPUs passed through (VFIO), each a whole IOMMU group. Such a VM cannot be snapshotted or forked. */
+  gpus: z.number().int().min(0).max(16).default(0),
   key: IdempotencyKey.optional(),
 });
 export type BootRequest = z.infer<typeof BootRequest>;

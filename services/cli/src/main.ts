@@ -73,6 +73,11 @@ const positiveInt = (field: string) => (v: string): number => {
   if (!Number.isInteger(n) || n < 1) throw new InvalidArgumentError(`--${field} must be a positive whole number`);
   return n;
 };
+const nonNegativeInt = (field: string) => (v: string): number => {
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 0) throw new InvalidArgumentError(`--${field} must be a whole number, 0 or more`);
+  return n;
+};
 
 // ---- cluster
 
@@ -135,7 +140,10 @@ program
     action(async (_o: unknown, cmd: Command) => {
       const { hosts } = await withScheduler(cmd, (call) => call('hosts', {}));
       if (globals(cmd).json) printJson(hosts);
-      else printTable(hosts, ['id', 'alive', 'accel', 'cpus', 'memTotalMiB', 'memFreeMiB', 'vms', 'snapshots', 'lastSeen']);
+      else printTable(
+          hosts.map((h) => ({ ...h, gpus: `${h.gpus.free}/${h.gpus.total}` })),
+          ['id', 'alive', 'accel', 'cpus', 'memTotalMiB', 'memFreeMiB', 'gpus', 'vms', 'snapshots', 'lastSeen'],
+        );
     }),
   );
 
@@ -184,11 +192,14 @@ vm.command('boot')
   .option('--image <name>', 'image', 'tiny')
   .option('--mem <MiB>', 'memory', positiveInt('mem'), 256)
   .option('--cpus <n>', 'vCPUs', positiveInt('cpus'), 1)
+  .option('--gpus <n>', 'host GPUs passed through (VFIO); such a VM cannot be snapshotted or forked', nonNegativeInt('gpus'), 0)
   .option('--host <id>', 'pin to a host')
   .action(
-    action(async (o: { image: string; mem: number; cpus: number; host?: string }, cmd: Command) => {
+    action(async (o: { image: string; mem: number; cpus: number; gpus: number; host?: string }, cmd: Command) => {
       const key = newId('boot', 16);
-      const v = await withScheduler(cmd, (call) => call('vm.boot', { image: o.image, memMiB: o.mem, cpus: o.cpus, key, ...(o.host ? { host: o.host } : {}) }));
+      const v = await withScheduler(cmd, (call) =>
+        call('vm.boot', { image: o.image, memMiB: o.mem, cpus: o.cpus, key, ...(o.gpus ? { gpus: o.gpus } : {}), ...(o.host ? { host: o.host } : {}) }),
+      );
       printVms(cmd, [v], true);
     }),
   );

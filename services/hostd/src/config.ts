@@ -66,6 +66,12 @@ export const HostdConfig = z.strictObject({
   /** Simulate a host: VMs are records only, no QEMU runs (for scheduler benchmarks). */
   dryRun: z.boolean().default(false),
   ksm: Ksm.prefault({}),
+  gpu: z
+    .strictObject({
+      /** Where PCI devices are listed: GPUs bound to vfio-pci are found under it (tests use a fake tree). */
+      sysfsRoot: z.string().min(1).default('/sys'),
+    })
+    .prefault({}),
   /** How often this host reports into the hosts bucket. */
   heartbeatMs: z.number().int().min(100).max(60_000).default(2000),
   /** Replicas of the KV buckets hostd creates if missing (3 on a 3-node cluster). */

@@ -6,6 +6,8 @@ import { newId, type Logger } from '@forky/base';
 import { connectBus, openBuckets, resolveReplicas } from '@forky/bus';
 import { subjects, type Heartbeat } from '@forky/contract';
 import { enableKsm } from './adapters/ksm.js';
+import { discoverGpus } from './adapters/gpu.js';
+import { GpuAllocator } from './domain/gpus.js';
 import { DryRunLayerStore, DryRunRuntime } from './adapters/dry-run.js';
 import type { VmRuntime } from './domain/ports.js';
 import { KvDirectory } from './adapters/kv-directory.js';
@@ -62,6 +64,7 @@ export async function startHostd(config: Readonly<HostdConfig>, logger: Logger):
         logger: log,
       });
   if (!config.dryRun) await enableKsm(config.ksm, log);
+  const { gpus } = await discoverGpus(config.gpu.sysfsRoot, log);
   const nc = await connectBus({ ...config.nats, name: `forky-hostd-${config.hostId}`, logger: log });
   const replicas = resolveReplicas(nc, config.bucketReplicas);
   const buckets = await openBuckets(nc, { replicas });
@@ -79,6 +82,7 @@ export async function startHostd(config: Readonly<HostdConfig>, logger: Logger):
     layout,
     limits: config.limits,
     pool: config.pool,
+    gpus: new GpuAllocator(gpus, config.hostId),
     logger: log,
   });
   // Before serving: VMs an earlier hostd of this data directory left running are taken back.

@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import type { KV } from '@nats-io/kv';
 import { ConflictError, DeadlineError, ForkyError, asForkyError, delay, type ErrorCode, type Logger } from '@forky/base';
 import { retryTransient } from '@forky/bus';
-import { RemoteError } from '@forky/contract';
+import { RemoteError, toWireError } from '@forky/contract';
 
 interface Entry {
   state: 'pending' | 'done' | 'failed';
@@ -10,7 +10,8 @@ interface Entry {
   owner: string;
   leaseUntil: number;
   reply?: unknown;
-  error?: { code: string; message: string };
+  /** The failure, as a caller gets it: code, message and the field at fault, never a stack. */
+  error?: { code: string; message: string; details?: Record<string, unknown> };
   /** A failed attempt that will be made again (its job goes back to the queue). */
   retry?: boolean;
 }
@@ -90,7 +91,7 @@ export class Idempotency {
         const entry = e.json<Entry>();
         if (entry.hash !== hash) finish(() => reject(keyReused(key)));
         else if (entry.state === 'done') finish(() => resolve(entry.reply as T));
-        else if (entry.state === 'failed' && !entry.retry) finish(() => reject(new ForkyError((entry.error?.code ?? 'INTERNAL') as ErrorCode, entry.error?.message ?? 'failed')));
+        else if (entry.state === 'failed' && !entry.retry) finish(() => reject(new ForkyError((entry.error?.code ?? 'INTERNAL') as ErrorCode, entry.error?.message ?? 'failed', entry.error?.details ? { details: entry.error.details } : undefined)));
       };
       const timer = setTimeout(
         () => finish(() => reject(new DeadlineError(`request ${key} (still queued or running; ask again with the same key for its outcome)`, timeoutMs))),
@@ -159,7 +160,7 @@ export class Idempotency {
       clearInterval(renew);
       const fe = asForkyError(e);
       const retry = willRetry(fe);
-      const failed = JSON.stringify({ state: 'failed', hash, owner: this.owner, leaseUntil: 0, error: { code: fe.code, message: fe.message }, ...(retry ? { retry } : {}) } satisfies Entry);
+      const failed = JSON.stringify({ state: 'failed', hash, owner: this.owner, leaseUntil: 0, error: toWireError(fe).error, ...(retry ? { retry } : {}) } satisfies Entry);
       await retryTransient('requests put', () => this.kv.put(key, failed), { log: this.log }).catch(() => undefined);
       throw fe instanceof RemoteError ? new ForkyError(fe.code, fe.message, { cause: fe, ...(fe.details ? { details: fe.details } : {}) }) : fe;
     }

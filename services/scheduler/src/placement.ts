@@ -16,21 +16,34 @@ export function beatStatus(hb: Heartbeat, now: number): HostStatus {
 }
 
 /**
- * Picks a host for `count` VMs needing `memMiB` each: the pinned one if asked (it must be up),
- * else the live host with the most free memory that can take them.
+ * Picks a host for `count` VMs needing `memMiB` (and `gpus` free passthrough GPUs) each: the
+ * pinned one if asked (it must be up and have the GPUs), else the live host with the most free
+ * memory that can take them. Heartbeats lag: hostd settles GPUs itself and refuses one too many.
  */
-export function pickHost(hosts: readonly HostStatus[], need: { memMiB: number; count: number }, pin?: string): string {
+export function pickHost(hosts: readonly HostStatus[], need: { memMiB: number; count: number; gpus?: number }, pin?: string): string {
+  const gpus = (need.gpus ?? 0) * need.count;
   if (pin) {
     const h = hosts.find((x) => x.id === pin);
     if (!h) throw new NotFoundError('host', pin);
     if (!h.alive) throw new ForkyError('UNAVAILABLE', `host ${pin} is down (last seen ${h.lastSeen})`, { details: { field: 'host' } });
+    if (h.gpus.free < gpus) throw new CapacityError(`host ${pin} has ${h.gpus.free} free GPU(s) of ${h.gpus.total}; ${gpus} asked`, { field: 'gpus' });
     return pin;
   }
   const live = hosts.filter((h) => h.alive);
   if (live.length === 0) throw new ForkyError('UNAVAILABLE', 'no host is up: start hostd (forky up) and wait for its first heartbeat');
-  const fit = live.filter((h) => h.memFreeMiB >= need.memMiB * need.count);
+  const withGpus = live.filter((h) => h.gpus.free >= gpus);
+  if (withGpus.length === 0) {
+    const total = live.reduce((a, h) => a + h.gpus.total, 0);
+    throw new CapacityError(
+      total === 0
+        ? `no live host has a GPU bound to vfio-pci; ${gpus} asked`
+        : `no host has ${gpus} free GPU(s): ${live.filter((h) => h.gpus.total > 0).map((h) => `${h.id} ${h.gpus.free} of ${h.gpus.total}`).join(', ')} free`,
+      { field: 'gpus' },
+    );
+  }
+  const fit = withGpus.filter((h) => h.memFreeMiB >= need.memMiB * need.count);
   if (fit.length === 0) {
-    const most = Math.max(...live.map((h) => h.memFreeMiB));
+    const most = Math.max(...withGpus.map((h) => h.memFreeMiB));
     throw new CapacityError(`no host has ${need.memMiB * need.count} MiB free for ${need.count} VM(s); the most free is ${most} MiB`);
   }
   // Two random choices, the one with more memory free: heartbeats lag the placements made since,

@@ -170,11 +170,11 @@ export class Scheduler {
   }
 
   async #bootHost(req: SchedBootRequest): Promise<string> {
-    return pickHost(await this.hosts(), { memMiB: req.memMiB + 64, count: 1 }, req.host);
+    return pickHost(await this.hosts(), { memMiB: req.memMiB + 64, count: 1, gpus: req.gpus }, req.host);
   }
 
   async #boot(req: SchedBootRequest, key: string): Promise<VmInfo> {
-    return this.#onHost(await this.#bootHost(req), (c) => c.call('vm.boot', { image: req.image, memMiB: req.memMiB, cpus: req.cpus, key }));
+    return this.#onHost(await this.#bootHost(req), (c) => c.call('vm.boot', { image: req.image, memMiB: req.memMiB, cpus: req.cpus, gpus: req.gpus, key }));
   }
 
   fork(req: SchedForkRequest): Promise<ForkResult> {

@@ -4,6 +4,7 @@ import type { Accel, ExecResult, MachineProfile } from '@forky/contract';
 import type { Image } from '../images.js';
 import type { RunningProcess, VmHandle, VmRuntime, VmSpec } from '../domain/ports.js';
 import { QcowLayerStore } from './qemu/layers.js';
+import { buildArgs, type LaunchMode } from './qemu/cmdline.js';
 
 /**
  * A runtime that starts nothing: VMs exist only as records (and empty files), so a host can be
@@ -22,10 +23,12 @@ export class DryRunRuntime implements VmRuntime {
   async boot(spec: VmSpec): Promise<VmHandle> {
     await fs.mkdir(path.dirname(spec.ram.file), { recursive: true });
     await fs.writeFile(spec.ram.file, '');
+    await writeArgs(spec, 'boot');
     return handle();
   }
 
-  async prepare(): Promise<VmHandle> {
+  async prepare(spec: VmSpec, opts: { autostart: boolean }): Promise<VmHandle> {
+    await writeArgs(spec, opts.autostart ? 'autostart' : 'paused');
     return handle();
   }
 
@@ -89,4 +92,20 @@ export class DryRunLayerStore extends QcowLayerStore {
 /** A process that never exits (there is none). */
 function handle(): VmHandle {
   return { pid: 0, exited: new Promise<void>(() => undefined) };
+}
+
+/**
+ * Writes the QEMU command line this VM would have had (`qemu-args.json` in its run directory):
+ * what a dry run shows of a VM, the GPUs passed through included.
+ */
+async function writeArgs(spec: VmSpec, mode: LaunchMode): Promise<void> {
+  const at = (f: string): string => path.join(spec.runDir, f);
+  const args = buildArgs(
+    spec,
+    { accel: 'tcg', machine: 'pc', cpuModel: 'qemu64', sandbox: true, network: { mode: 'user' } },
+    { qmpSocket: at('qmp.sock'), qmpServerSocket: at('qmp-server.sock'), qgaSocket: at('qga.sock'), ctlSocket: at('ctl.sock'), serialLog: at('serial.log') },
+    mode,
+  );
+  await fs.mkdir(spec.runDir, { recursive: true });
+  await fs.writeFile(at('qemu-args.json'), JSON.stringify(args));
 }

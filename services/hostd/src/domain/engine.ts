@@ -37,6 +37,7 @@ import { recoverHost, type RecoveryReport } from './recovery.js';
 import { ksmSavedMiB, meminfo, pssMiB } from './host-stats.js';
 import { giveIdentity, newMac } from './identity.js';
 import { WarmPool, type WarmChild, type WarmPoolOptions } from './warm-pool.js';
+import { GpuAllocator } from './gpus.js';
 
 export interface EngineLimits {
   bootTimeoutMs: number;
@@ -72,6 +73,8 @@ export interface EngineDeps {
   onChange?: () => void;
   /** Processes kept waiting per hot snapshot (default: none). */
   pool?: WarmPoolOptions;
+  /** Who holds this host's passthrough GPUs (default: the host has none). */
+  gpus?: GpuAllocator;
 }
 
 const NO_DIRECTORY: Directory = {
@@ -103,9 +106,11 @@ export class HostEngine {
   readonly #log: Logger;
   readonly #dir: Directory;
   readonly #pool: WarmPool;
+  readonly #gpus: GpuAllocator;
 
   constructor(private readonly d: EngineDeps) {
     this.#log = d.logger.child({ component: 'engine' });
+    this.#gpus = d.gpus ?? new GpuAllocator([], d.hostId);
     this.#dir = d.directory ?? NO_DIRECTORY;
     this.#pool = new WarmPool(
       d.pool ?? { size: 0, maxSnapshots: 0 },
@@ -140,6 +145,7 @@ export class HostEngine {
       memCommittedMiB: Math.round(pss.reduce((a, p) => a + p.mib, 0)),
       childPssMiB: Math.round((children[Math.floor(children.length / 2)] ?? 0) * 10) / 10,
       ksmSavedMiB: await ksmSavedMiB(),
+      gpus: { total: this.#gpus.total, free: this.#gpus.free },
         id: this.d.hostId,
         accel: this.d.runtime.accel,
         accelReason: this.d.accelReason,
@@ -185,7 +191,13 @@ export class HostEngine {
       chain: [],
     });
     if (req.key) rec.requestKey = req.key;
-    const base = await this.d.layers.importImage(image);
+    // Taken before anything is made; #make's clean-up gives them back if the boot fails.
+    const gpus = this.#gpus.take(id, req.gpus);
+    if (gpus.length > 0) rec.gpus = gpus.map((g) => ({ group: g.group, functions: g.functions }));
+    const base = await this.d.layers.importImage(image).catch((e: unknown) => {
+      this.#gpus.release(id);
+      throw e;
+    });
     rec.chain.push(base);
     return this.#make(rec, image, base, (spec) => this.d.runtime.boot(spec, this.d.limits.bootTimeoutMs));
   }
@@ -232,6 +244,7 @@ export class HostEngine {
   // ---- snapshots and forks
 
   snapshot(req: SnapshotCreateRequest): Promise<SnapshotInfo> {
+    this.#refuseGpuSnapshot(req.vm, 'vm');
     return this.#once(req.key, 'snapshot', () => this.#snapshotVm(req.vm, req.resume).then((s) => s.info));
   }
 
@@ -311,6 +324,7 @@ export class HostEngine {
     // Checked before anything is made: a fork refused for room leaves the source as it was.
     await this.#checkCapacity(this.d.limits.childCostMiB, req.count);
     const fromVm = req.source.startsWith('vm-');
+    if (fromVm) this.#refuseGpuSnapshot(req.source, 'source');
     const snap = fromVm ? await this.#snapshotVm(req.source, req.resumeParent) : this.#snap(req.source);
     const pauseMs = fromVm ? snap.info.timings?.pauseMs : undefined;
     const snapshotMs = performance.now() - started;
@@ -436,6 +450,7 @@ export class HostEngine {
     for (const s of r.snaps) this.#snaps.set(s.info.id, s);
     for (const v of r.vms) {
       this.#vms.set(v.id, v);
+      this.#gpus.adopt(v.id, (v.gpus ?? []).map((g) => g.group));
       const h = v.handle;
       if (h) void h.exited.then(() => this.#onExit(v, h));
       await this.#dir.register('vm', v.id).catch(() => undefined);
@@ -690,6 +705,7 @@ export class HostEngine {
   async #teardown(vm: VmRecord): Promise<void> {
     if (vm.handle) await this.d.runtime.destroy(vm.handle);
     vm.handle = undefined;
+    this.#gpus.release(vm.id);
     await removeVmFiles(vm, this.d.layout.vmDir(vm.id));
   }
 
@@ -751,6 +767,7 @@ export class HostEngine {
       id: rec.id,
       generation: rec.generation,
       mac: rec.mac,
+      gpus: (rec.gpus ?? []).flatMap((g) => g.functions),
       image,
       memMiB: rec.memMiB,
       cpus: rec.cpus,
@@ -759,6 +776,21 @@ export class HostEngine {
       diskFile: this.d.layers.path(rec.chain.at(-1) as string),
       runDir: this.d.layout.vmDir(rec.id),
     };
+  }
+
+  /**
+   * The fork rule for GPUs: a VM holding a passed-through GPU is never snapshotted, so never
+   * forked. QEMU cannot save a VFIO device's state (it blocks migration), and a child must not
+   * share its parent's device. Refused before anything is touched; the VM keeps running.
+   */
+  #refuseGpuSnapshot(vmId: string, field: string): void {
+    const vm = this.#vms.get(vmId);
+    if (!vm?.gpus?.length) return;
+    const fns = vm.gpus.flatMap((g) => g.functions).join(', ');
+    throw new IncompatibleError(
+      `VM ${vmId} holds passed-through GPU ${fns}: a VFIO device's state cannot be saved or cloned, so this VM cannot be snapshotted or forked. Fork a VM booted without --gpus, and boot GPU VMs from the image`,
+      { field, gpus: fns },
+    );
   }
 
   #checkProfile(p: MachineProfile, image: Image): void {

@@ -17,6 +17,8 @@ export interface VmSpec {
   diskFile: string;
   /** The NIC's MAC address. */
   mac: string;
+  /** Host PCI functions passed through with VFIO. */
+  gpus: string[];
   /** Directory for sockets and logs. */
   runDir: string;
 }

@@ -19,6 +19,8 @@ export interface VmRecord {
   /** Which QEMU process of the VM runs now: each snapshot hands over to a successor. */
   generation: number;
   mac: string;
+  /** GPUs passed through: IOMMU groups and their PCI functions. */
+  gpus?: Array<{ group: string; functions: string[] }>;
   /** Disk layers, bottom (image base) to top (the VM's own writable layer). */
   chain: string[];
   ram: { file: string; shared: boolean };
@@ -58,6 +60,7 @@ export function vmInfo(r: VmRecord, host: string, accel: VmInfo['accel']): VmInf
     ...(r.parentSnapshot ? { parentSnapshot: r.parentSnapshot } : {}),
     ...(r.pid ? { pid: r.pid } : {}),
     mac: r.mac,
+    ...(r.gpus?.length ? { gpus: r.gpus.flatMap((g) => g.functions) } : {}),
     timings: r.timings,
   };
 }

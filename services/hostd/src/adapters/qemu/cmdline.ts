@@ -75,6 +75,8 @@ export function buildArgs(spec: VmSpec, m: MachineOptions, paths: LaunchPaths, m
     // loading must not expect them.
     '-global', 'migration.send-configuration=off',
   ];
+  // Passed-through functions come last, after every device a snapshot's state names.
+  for (const [i, bdf] of spec.gpus.entries()) args.push('-device', `vfio-pci,host=${bdf},id=gpu${i}`);
   // A process that has dropped to an unprivileged user has nothing to elevate to, and the
   // switch itself is a setuid call that elevateprivileges=deny would kill (SIGSYS; tried).
   if (m.sandbox) args.push('-sandbox', `on,obsolete=deny,elevateprivileges=${m.runAs ? 'allow' : 'deny'},spawn=deny,resourcecontrol=deny`);
