@@ -7,7 +7,7 @@ import { jetstreamManager } from '@nats-io/jetstream';
 import { Objm } from '@nats-io/obj';
 import { pollUntil } from '@forky/base';
 import { HostdClient, JobQueue, SchedulerClient, openBuckets, resolveReplicas, retryTransient } from '@forky/bus';
-import { ObjectPartStore, PARTS_BUCKET } from '@forky/hostd';
+import { ObjectPartStore, PARTS_BUCKET } from '@forky/bus';
 import { BUCKETS, STREAMS } from '@forky/contract';
 import { startTestHost, testLogger, type TestHost } from '../helpers/hostd.js';
 import { startNatsCluster, type TestCluster } from '../helpers/nats-cluster.js';

@@ -8,7 +8,7 @@ import { connect } from '@nats-io/transport-node';
 import type { NatsConnection } from '@nats-io/nats-core';
 import { DeadlineError } from '@forky/base';
 import { startNatsServer, type NatsServer } from '@forky/bus';
-import { ObjectPartStore } from '@forky/hostd';
+import { ObjectPartStore } from '@forky/bus';
 
 const sha = async (f: string): Promise<string> => createHash('sha256').update(await fs.readFile(f)).digest('hex');
 

@@ -18,3 +18,5 @@ export { openBuckets, createOrOpen, bindExisting, resolveReplicas, BucketReplica
 export { startNatsServer, writeServerConfig, type NatsServer, type NatsServerOptions } from './nats-server.js';
 export { JobQueue, type JobQueueOptions, type JobOutcome, type JobDelivery } from './jobs.js';
 export { isTransientNatsError, retryTransient } from './retry.js';
+export { ObjectPartStore, PARTS_BUCKET, type UploadResult } from './object-parts.js';
+export { digestFile } from './sparse.js';

@@ -6,7 +6,6 @@ export { assertAllowed, assertTransition, type VmOp } from './domain/state.js';
 export { buildArgs } from './adapters/qemu/cmdline.js';
 export { ImageCatalog, type Image } from './images.js';
 export { startEphemeralHostd, type EphemeralHostd } from './ephemeral.js';
-export { ObjectPartStore, PARTS_BUCKET } from './adapters/store/object-parts.js';
 export { WarmPool, type WarmChild, type WarmPoolOptions } from './domain/warm-pool.js';
 export { lookupUser, resolveRunAs, DEFAULT_QEMU_USER, type RunAs } from './adapters/qemu/run-as.js';
 export { discoverGpus, type GpuDiscovery } from './adapters/gpu.js';

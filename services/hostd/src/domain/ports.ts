@@ -1,3 +1,4 @@
+import type { UploadResult } from '@forky/bus';
 import type { Accel, ExecResult, MachineProfile, SnapshotInfo } from '@forky/contract';
 import type { Image } from '../images.js';
 
@@ -118,13 +119,8 @@ export interface Directory {
   forgetLineage(id: string): Promise<void>;
 }
 
-export interface UploadResult {
-  digest: string;
-  size: number;
-  /** Bytes that went on the wire (0 when the part was already there). */
-  sentBytes: number;
-  skipped: boolean;
-}
+
+export type { UploadResult };
 
 /** Content-addressed snapshot parts shared by every host (the JetStream object store). */
 export interface PartStore {

@@ -4,11 +4,18 @@ import type { NatsConnection } from '@nats-io/nats-core';
 import { jetstream } from '@nats-io/jetstream';
 import { Objm, setSha256Backend, type ObjectStore } from '@nats-io/obj';
 import { ForkyError, withDeadline } from '@forky/base';
-import { bindExisting, createOrOpen } from '@forky/bus';
-import type { PartStore, UploadResult } from '../../domain/ports.js';
+import { bindExisting, createOrOpen } from './buckets.js';
 import { SparseWriter, digestFile, encodeSparse } from './sparse.js';
 
 export const PARTS_BUCKET = 'forky_parts';
+
+export interface UploadResult {
+  digest: string;
+  size: number;
+  /** Bytes that went on the wire (0 when the part was already there). */
+  sentBytes: number;
+  skipped: boolean;
+}
 const name = (digest: string): string => `sha256-${digest}`;
 
 /**
@@ -16,7 +23,7 @@ const name = (digest: string): string => `sha256-${digest}`;
  * ordered consumer on the object's chunk subject, a few messages at a time, so memory stays flat
  * whatever the part size (the object store's own get() buffers without backpressure).
  */
-export class ObjectPartStore implements PartStore {
+export class ObjectPartStore {
   private constructor(
     private readonly nc: NatsConnection,
     private readonly os: ObjectStore,
