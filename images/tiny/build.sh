@@ -26,7 +26,7 @@ cmdline="console=ttyS0 quiet panic=-1 random.trust_cpu=on i8042.noaux i8042.nokb
 
 versions=""
 for p in "${pkgs[@]}"; do versions+="$p=$(candidate "$p") "; done
-input_key=$( { cat "$0" "$here/init" "$here/hook" "$here/udhcpc" "$here/ident.c" "$here/modules"; echo "$versions"; gcc --version | head -1; echo "$cmdline"; } | sha256sum | cut -c1-64)
+input_key=$( { cat "$0" "$here/init" "$here/hook" "$here/udhcpc" "$here/ident.c" "$here/modules" "$here/app-mount" "$here/app-release"; echo "$versions"; gcc --version | head -1; echo "$cmdline"; } | sha256sum | cut -c1-64)
 
 verify() {
   [ -f "$dest/manifest.json" ] || return 1
@@ -68,6 +68,8 @@ done < "$here/modules"
 install -m 0755 "$here/init" "$r/init"
 install -m 0755 "$here/hook" "$r/etc/forky/hook"
 install -m 0755 "$here/udhcpc" "$r/etc/forky/udhcpc"
+install -m 0755 "$here/app-mount" "$r/etc/forky/app-mount"
+install -m 0755 "$here/app-release" "$r/etc/forky/app-release"
 gcc -static -Os -s -o "$r/usr/sbin/forky-ident" "$here/ident.c"
 install -m 0644 "$here/modules" "$r/etc/forky/modules"
 echo "root:x:0:0:root:/root:/bin/sh" > "$r/etc/passwd"

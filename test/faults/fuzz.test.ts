@@ -27,6 +27,8 @@ import { startTestScheduler, type TestScheduler } from '../helpers/scheduler.js'
 const TOTAL = Number(process.env.FORKY_FUZZ_REQUESTS ?? 10_000);
 const SEED = Number(process.env.FORKY_FUZZ_SEED ?? 20261125);
 const enc = new TextEncoder();
+/** The digest of an app layer that no store holds. */
+const NO_LAYER = 'e'.repeat(64);
 
 /** mulberry32: a small seeded PRNG, so a failing request can be replayed from the seed. */
 function prng(seed: number): () => number {
@@ -40,7 +42,7 @@ function prng(seed: number): () => number {
   };
 }
 
-type Kind = 'id' | 'key' | 'name' | 'int' | 'bool' | 'cmd' | 'text' | 'items' | 'enum';
+type Kind = 'id' | 'key' | 'name' | 'int' | 'bool' | 'cmd' | 'text' | 'items' | 'enum' | 'apps';
 interface Base {
   body: Record<string, unknown>;
   fields: Record<string, Kind>;
@@ -105,6 +107,8 @@ describe('fuzz: hostile requests to every endpoint get a typed error and change 
       'vm.resume': { body: { id: vm.id }, fields: id, required: ['id'] },
       'vm.destroy': { body: { id: vm.id }, fields: id, required: ['id'] },
       'vm.exec': { body: { id: vm.id, cmd: ['true'], timeoutMs: 5000 }, fields: { id: 'id', cmd: 'cmd', timeoutMs: 'int', input: 'text' }, required: ['id', 'cmd'] },
+      // A layer no store has: the valid form is refused (NOT_FOUND) before the VM is touched.
+      'vm.app': { body: { id: vm.id, apps: [{ layer: NO_LAYER, mount: '/app' }] }, fields: { id: 'id', apps: 'apps', key: 'key' }, required: ['id', 'apps'] },
       'snapshot.create': { body: { vm: vm.id, resume: true }, fields: { vm: 'id', resume: 'bool', key: 'key' }, required: ['vm'] },
       'snapshot.list': { body: {}, fields: {}, required: [] },
       'snapshot.show': { body: { id: snap.id }, fields: id, required: ['id'] },
@@ -147,6 +151,24 @@ describe('fuzz: hostile requests to every endpoint get a typed error and change 
           return pick(['true', [], [1], [null], [{}], Array.from({ length: 300 }, () => 'x'), ['x'.repeat(70_000)], null, {}]);
         case 'text':
           return pick([1, null, [], {}, 'x'.repeat((1 << 19) + 1)]);
+        case 'apps':
+          return pick([
+            [],
+            {},
+            null,
+            [{ layer: NO_LAYER }],
+            [{ layer: 'ab', mount: '/app' }],
+            [{ layer: NO_LAYER, mount: '/app/../../etc' }],
+            [{ layer: NO_LAYER, mount: 'app' }],
+            [{ layer: NO_LAYER, mount: '/' }],
+            [{ layer: NO_LAYER, mount: '/data/x' }],
+            [{ layer: NO_LAYER, mount: '/proc' }],
+            [{ layer: NO_LAYER, mount: '/a b' }],
+            [{ layer: `${NO_LAYER.slice(1)}/`, mount: '/app' }],
+            [{ layer: NO_LAYER, mount: '/app', x: 1 }],
+            [{ layer: NO_LAYER, mount: '/app' }, { layer: NO_LAYER, mount: '/app' }],
+            Array.from({ length: 5 }, (_, i) => ({ layer: NO_LAYER, mount: `/a${i}` })),
+          ]);
         case 'items':
           return pick([[], {}, 'x', null, [{}], [{ source: snap.id }], [{ source: snap.id, count: 0 }], [{ source: snap.id, count: 1, x: 1 }], Array.from({ length: 1001 }, () => ({ source: snap.id, count: 1 }))]);
       }

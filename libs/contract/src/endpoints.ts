@@ -1,7 +1,7 @@
 import type { z } from 'zod';
 import { HostInfo, Empty } from './host.js';
 import type { HostdEndpoint } from './subjects.js';
-import { BootRequest, ExecRequest, ExecResult, VmInfo, VmList, VmRef } from './vm.js';
+import { BootRequest, ExecRequest, ExecResult, VmAppRequest, VmInfo, VmList, VmRef } from './vm.js';
 import { ForkRequest, ForkResult, SnapshotCreateRequest, SnapshotInfo, SnapshotDeleteRequest, SnapshotDeleteResult, SnapshotList, SnapshotRef, TransferResult } from './snapshot.js';
 
 /** Request and reply schema of every hostd endpoint: the one table both sides are checked against. */
@@ -14,6 +14,7 @@ export const hostdContract = {
   'vm.resume': { request: VmRef, reply: VmInfo },
   'vm.destroy': { request: VmRef, reply: VmInfo },
   'vm.exec': { request: ExecRequest, reply: ExecResult },
+  'vm.app': { request: VmAppRequest, reply: VmInfo },
   'snapshot.create': { request: SnapshotCreateRequest, reply: SnapshotInfo },
   'snapshot.list': { request: Empty, reply: SnapshotList },
   'snapshot.show': { request: SnapshotRef, reply: SnapshotInfo },

@@ -1,4 +1,5 @@
 export * from './ids.js';
+export * from './app.js';
 export * from './vm.js';
 export * from './snapshot.js';
 export * from './host.js';

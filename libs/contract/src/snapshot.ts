@@ -1,6 +1,7 @@
 import { z } from 'zod';
 import { ForkSource, HostId, IdempotencyKey, ImageName, SnapshotId, VmId } from './ids.js';
 import { Accel, VmInfo } from './vm.js';
+import { AppList } from './app.js';
 
 /**
  * What a restore must match exactly: device state is not portable across any of these
@@ -103,6 +104,8 @@ export const ForkRequest = z.strictObject({
    * milliseconds, and any exec waits for them.
    */
   until: z.enum(['ready', 'running']).default('ready'),
+  /** App layers every child mounts once it runs, on top of what it inherited. */
+  apps: AppList.optional(),
   key: IdempotencyKey.optional(),
 });
 export type ForkRequest = z.infer<typeof ForkRequest>;

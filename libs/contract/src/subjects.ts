@@ -15,6 +15,7 @@ export const HOSTD_ENDPOINTS = [
   'vm.resume',
   'vm.destroy',
   'vm.exec',
+  'vm.app',
   'snapshot.create',
   'snapshot.list',
   'snapshot.show',

@@ -1,5 +1,6 @@
 import { z } from 'zod';
 import { HostId, IdempotencyKey, ImageName, SnapshotId, VmId } from './ids.js';
+import { AppList, AppMount } from './app.js';
 
 /** `lost`: shown by the scheduler for a VM whose host stopped reporting; hostd never uses it. */
 export const VM_STATES = ['booting', 'restoring', 'running', 'paused', 'snapshotting', 'destroying', 'destroyed', 'failed', 'lost'] as const;
@@ -25,6 +26,8 @@ export const VmInfo = z.strictObject({
   mac: z.string().optional(),
   /** PCI addresses of the host GPU functions passed through to it (VFIO). */
   gpus: z.array(z.string()).optional(),
+  /** App layers mounted in the guest (overlay: read-only layer, writes kept on the VM's own disk). */
+  apps: z.array(AppMount).optional(),
   /** Milliseconds spent in each step of making this VM. */
   timings: z.record(z.string(), z.number()).optional(),
 });
@@ -36,11 +39,24 @@ export const BootRequest = z.strictObject({
   cpus: z.number().int().min(1).max(64).default(1),
   /** Host GPUs passed through (VFIO), each a whole IOMMU group. Such a VM cannot be snapshotted or forked. */
   gpus: z.number().int().min(0).max(16).default(0),
+  /** App layers to mount once the guest is up. */
+  apps: AppList.optional(),
   key: IdempotencyKey.optional(),
 });
 export type BootRequest = z.infer<typeof BootRequest>;
 
 export const VmRef = z.strictObject({ id: VmId });
+
+/**
+ * Mounts app layers in a running VM: a layer at a new mount point is added; at a mount point the
+ * VM already has, it replaces the old layer (the VM's own writes there stay on top).
+ */
+export const VmAppRequest = z.strictObject({
+  id: VmId,
+  apps: AppList.min(1),
+  key: IdempotencyKey.optional(),
+});
+export type VmAppRequest = z.infer<typeof VmAppRequest>;
 export type VmRef = z.infer<typeof VmRef>;
 
 export const VmList = z.strictObject({ vms: z.array(VmInfo) });

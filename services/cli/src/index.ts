@@ -1,1 +1,2 @@
 export { up, down, status, readCluster, type ClusterFile } from './cluster.js';
+export { packAppDir, parseAppSpec, uploadApps } from './apps.js';

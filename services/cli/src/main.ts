@@ -7,7 +7,9 @@ import { Command, InvalidArgumentError, Option } from 'commander';
 import { ForkyError, ValidationError, delay, newId } from '@forky/base';
 import { SchedulerClient, request } from '@forky/bus';
 import { BatchRequest, parseOrThrow, type SchedEndpoint, type SchedReplyOf, type SchedRequestOf, type VmInfo } from '@forky/contract';
+import type { NatsConnection } from '@nats-io/nats-core';
 import { connectTo, down, resolveConnection, status, up } from './cluster.js';
+import { uploadApps } from './apps.js';
 import { fail, printJson, printTable, progress } from './output.js';
 import { renderTree } from './tree.js';
 import { IMAGE_RECIPES, dataDirOf } from './paths.js';
@@ -37,7 +39,10 @@ const dataOf = (cmd: Command): string => dataDirOf(globals(cmd).data);
  * Runs `fn` with a scheduler client. A request that finds no scheduler or gets no answer is sent
  * again under the same idempotency key, so a scheduler dying mid-request costs a retry, not a VM.
  */
-async function withScheduler<T>(cmd: Command, fn: (call: <E extends SchedEndpoint>(e: E, body: SchedRequestOf<E>) => Promise<SchedReplyOf<E>>) => Promise<T>): Promise<T> {
+async function withScheduler<T>(
+  cmd: Command,
+  fn: (call: <E extends SchedEndpoint>(e: E, body: SchedRequestOf<E>) => Promise<SchedReplyOf<E>>, nc: NatsConnection) => Promise<T>,
+): Promise<T> {
   const g = globals(cmd);
   const nc = await connectTo(await resolveConnection(g.server, dataOf(cmd)));
   const client = new SchedulerClient(nc, { timeoutMs: Number(g.timeout) });
@@ -55,7 +60,7 @@ async function withScheduler<T>(cmd: Command, fn: (call: <E extends SchedEndpoin
     }
   };
   try {
-    return await fn(call);
+    return await fn(call, nc);
   } finally {
     await nc.close();
   }
@@ -73,6 +78,8 @@ const positiveInt = (field: string) => (v: string): number => {
   if (!Number.isInteger(n) || n < 1) throw new InvalidArgumentError(`--${field} must be a positive whole number`);
   return n;
 };
+const collect = (v: string, acc: string[]): string[] => [...acc, v];
+const APP_HELP = 'a host directory the guest sees at /mnt (default /app), read-only underneath, writable per VM (repeatable)';
 const nonNegativeInt = (field: string) => (v: string): number => {
   const n = Number(v);
   if (!Number.isInteger(n) || n < 0) throw new InvalidArgumentError(`--${field} must be a whole number, 0 or more`);
@@ -193,13 +200,15 @@ vm.command('boot')
   .option('--mem <MiB>', 'memory', positiveInt('mem'), 256)
   .option('--cpus <n>', 'vCPUs', positiveInt('cpus'), 1)
   .option('--gpus <n>', 'host GPUs passed through (VFIO); such a VM cannot be snapshotted or forked', nonNegativeInt('gpus'), 0)
+  .option('--app <dir[:/mnt]>', APP_HELP, collect, [])
   .option('--host <id>', 'pin to a host')
   .action(
-    action(async (o: { image: string; mem: number; cpus: number; gpus: number; host?: string }, cmd: Command) => {
+    action(async (o: { image: string; mem: number; cpus: number; gpus: number; app: string[]; host?: string }, cmd: Command) => {
       const key = newId('boot', 16);
-      const v = await withScheduler(cmd, (call) =>
-        call('vm.boot', { image: o.image, memMiB: o.mem, cpus: o.cpus, key, ...(o.gpus ? { gpus: o.gpus } : {}), ...(o.host ? { host: o.host } : {}) }),
-      );
+      const v = await withScheduler(cmd, async (call, nc) => {
+        const apps = await uploadApps(nc, o.app);
+        return call('vm.boot', { image: o.image, memMiB: o.mem, cpus: o.cpus, key, ...(o.gpus ? { gpus: o.gpus } : {}), ...(apps.length ? { apps } : {}), ...(o.host ? { host: o.host } : {}) });
+      });
       printVms(cmd, [v], true);
     }),
   );
@@ -225,6 +234,15 @@ vm.command('rm <ids...>')
         return out;
       });
       printVms(cmd, gone);
+    }),
+  );
+vm.command('app <id>')
+  .description('mount host directories in a running VM: a new mount point, or a changed directory as a new layer in place of the old')
+  .requiredOption('--app <dir[:/mnt]>', APP_HELP, collect, [])
+  .action(
+    action(async (id: string, o: { app: string[] }, cmd: Command) => {
+      const v = await withScheduler(cmd, async (call, nc) => call('vm.app', { id, apps: await uploadApps(nc, o.app), key: newId('app', 16) }));
+      printVms(cmd, [v], true);
     }),
   );
 vm.command('exec <id> <cmd...>')
@@ -297,12 +315,14 @@ program
   .option('--live', 'when forking a VM, keep it running (it stops only for the pause hostd reports)')
   .option('--resume-parent', 'the same as --live')
   .addOption(new Option('--until <when>', 'return once children are ready (agent answers, identity set) or running (vCPUs run; the rest follows)').choices(['ready', 'running']).default('ready'))
+  .option('--app <dir[:/mnt]>', `${APP_HELP}; every child mounts it`, collect, [])
   .action(
-    action(async (source: string, o: { count: number; host?: string; spread?: boolean; resumeParent?: boolean; live?: boolean; until: 'ready' | 'running' }, cmd: Command) => {
+    action(async (source: string, o: { count: number; host?: string; spread?: boolean; resumeParent?: boolean; live?: boolean; until: 'ready' | 'running'; app: string[] }, cmd: Command) => {
       const live = !!(o.live ?? o.resumeParent);
-      const r = await withScheduler(cmd, (call) =>
-        call('fork', { source, count: o.count, spread: !!o.spread, resumeParent: live, until: o.until, key: newId('fork', 16), ...(o.host ? { host: o.host } : {}) }),
-      );
+      const r = await withScheduler(cmd, async (call, nc) => {
+        const apps = await uploadApps(nc, o.app);
+        return call('fork', { source, count: o.count, spread: !!o.spread, resumeParent: live, until: o.until, key: newId('fork', 16), ...(apps.length ? { apps } : {}), ...(o.host ? { host: o.host } : {}) });
+      });
       if (globals(cmd).json) printJson(r);
       else {
         const pause = r.timings.pauseMs === undefined ? '' : `; parent paused ${r.timings.pauseMs} ms`;

@@ -6,6 +6,7 @@ import { newId, type Logger } from '@forky/base';
 import { ObjectPartStore, connectBus, openBuckets, resolveReplicas } from '@forky/bus';
 import { subjects, type Heartbeat } from '@forky/contract';
 import { enableKsm } from './adapters/ksm.js';
+import { LocalAppLayers } from './adapters/store/app-layers.js';
 import { discoverGpus } from './adapters/gpu.js';
 import { GpuAllocator } from './domain/gpus.js';
 import { DryRunLayerStore, DryRunRuntime } from './adapters/dry-run.js';
@@ -68,10 +69,12 @@ export async function startHostd(config: Readonly<HostdConfig>, logger: Logger):
   const replicas = resolveReplicas(nc, config.bucketReplicas);
   const buckets = await openBuckets(nc, { replicas });
   let beatSoon: () => void = () => undefined;
+  const parts = await ObjectPartStore.open(nc, replicas);
   const engine = new HostEngine({
     onChange: () => beatSoon(),
     directory: new KvDirectory(buckets.locator, buckets.lineage, config.hostId),
-    parts: await ObjectPartStore.open(nc, replicas),
+    parts,
+    appLayers: new LocalAppLayers(layout, parts),
     hostId: config.hostId,
     accelReason: probe.reason,
     runtime,

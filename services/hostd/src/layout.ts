@@ -47,6 +47,13 @@ export class Layout {
   layersDir(): string {
     return safeJoin(this.dataDir, 'layers');
   }
+  appsDir(): string {
+    return safeJoin(this.dataDir, 'apps');
+  }
+  /** An app layer, by the sha256 of its image (checked by the contract: 64 hex digits). */
+  appLayer(digest: string): string {
+    return safeJoin(this.dataDir, 'apps', `${digest}.ext4`);
+  }
   layer(id: string): string {
     return safeJoin(this.dataDir, 'layers', `${id}.qcow2`);
   }

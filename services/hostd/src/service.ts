@@ -18,6 +18,7 @@ export function hostdHandlers(engine: HostEngine): Handlers {
     'vm.resume': (r) => engine.resume(r.id),
     'vm.destroy': (r) => engine.destroy(r.id),
     'vm.exec': (r) => engine.exec(r),
+    'vm.app': (r) => engine.apps(r),
     'snapshot.create': (r) => engine.snapshot(r),
     'snapshot.list': () => ({ snapshots: engine.listSnapshots() }),
     'snapshot.show': (r) => engine.showSnapshot(r.id),

@@ -7,6 +7,7 @@ import type {
   BatchRequest,
   BatchResult,
   ExecRequest,
+  VmAppRequest,
   ForkResult,
   HostStatus,
   HostdEndpoint,
@@ -174,7 +175,7 @@ export class Scheduler {
   }
 
   async #boot(req: SchedBootRequest, key: string): Promise<VmInfo> {
-    return this.#onHost(await this.#bootHost(req), (c) => c.call('vm.boot', { image: req.image, memMiB: req.memMiB, cpus: req.cpus, gpus: req.gpus, key }));
+    return this.#onHost(await this.#bootHost(req), (c) => c.call('vm.boot', { image: req.image, memMiB: req.memMiB, cpus: req.cpus, gpus: req.gpus, ...(req.apps ? { apps: req.apps } : {}), key }));
   }
 
   fork(req: SchedForkRequest): Promise<ForkResult> {
@@ -250,9 +251,9 @@ export class Scheduler {
   }
 
   /** Forwards a request about one VM or snapshot to the host that holds it. */
-  async forward<E extends 'vm.show' | 'vm.pause' | 'vm.resume' | 'vm.destroy' | 'vm.exec' | 'snapshot.show'>(
+  async forward<E extends 'vm.show' | 'vm.pause' | 'vm.resume' | 'vm.destroy' | 'vm.exec' | 'vm.app' | 'snapshot.show'>(
     endpoint: E,
-    req: E extends 'vm.exec' ? ExecRequest : { id: string },
+    req: E extends 'vm.exec' ? ExecRequest : E extends 'vm.app' ? VmAppRequest : { id: string },
   ): Promise<unknown> {
     const kind = endpoint.startsWith('vm.') ? 'vm' : 'snap';
     const host = await this.locate(kind, req.id);
@@ -295,7 +296,7 @@ export class Scheduler {
     const plan = placeChildren(hosts, home, req.count, this.opts.childCostMiB, req);
     if (plan.size === 1 && plan.has(home)) {
       // Everything at home: hostd snapshots a VM source itself.
-      return this.#onHost(home, (c) => c.call('fork', { source: req.source, count: req.count, resumeParent: req.resumeParent, until: req.until, key }));
+      return this.#onHost(home, (c) => c.call('fork', { source: req.source, count: req.count, resumeParent: req.resumeParent, until: req.until, ...(req.apps ? { apps: req.apps } : {}), key }));
     }
     // Children elsewhere: freeze once at home, ship the snapshot, fork it on every target.
     const snapshot =
@@ -308,7 +309,7 @@ export class Scheduler {
     const forkOn = (host: string, count: number, attempt: number): Promise<ForkResult> =>
       this.#onHost(host, async (c) => {
         if (host !== home) transfers.push(await c.call('snapshot.fetch', { id: snapshot.id }));
-        return c.call('fork', { source: snapshot.id, count, until: req.until, key: subKey(key, `${host}/${attempt}`) });
+        return c.call('fork', { source: snapshot.id, count, until: req.until, ...(req.apps ? { apps: req.apps } : {}), key: subKey(key, `${host}/${attempt}`) });
       });
     const results: ForkResult[] = [];
     let pending = [...plan.entries()];

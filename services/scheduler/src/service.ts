@@ -17,6 +17,7 @@ export function schedulerHandlers(s: Scheduler): Handlers {
     'vm.resume': (r) => s.forward('vm.resume', r),
     'vm.destroy': (r) => s.forward('vm.destroy', r),
     'vm.exec': (r) => s.forward('vm.exec', r),
+    'vm.app': (r) => s.forward('vm.app', r),
     'snapshot.create': (r) => s.snapshot(r),
     'snapshot.list': async () => ({ snapshots: await s.gather('snapshot.list') }),
     'snapshot.show': (r) => s.forward('snapshot.show', r),

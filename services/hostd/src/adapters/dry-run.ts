@@ -57,6 +57,8 @@ export class DryRunRuntime implements VmRuntime {
     return 'ok';
   }
 
+  async attachDisk(): Promise<void> {}
+  async detachDisk(): Promise<void> {}
   async destroy(): Promise<void> {}
 
   attach(): Promise<{ handle: VmHandle; status: string }> {

@@ -16,6 +16,7 @@ import type {
   BootRequest,
   ExecRequest,
   ExecResult,
+  AppMount,
   ForkRequest,
   ForkResult,
   HostInfo,
@@ -24,12 +25,14 @@ import type {
   SnapshotCreateRequest,
   SnapshotDeleteResult,
   SnapshotInfo,
+  VmAppRequest,
   VmInfo,
   VmState,
 } from '@forky/contract';
 import type { Image, ImageCatalog } from '../images.js';
 import type { Layout } from '../layout.js';
-import type { Directory, LayerStore, PartStore, SnapshotStore, VmHandle, VmRuntime, VmSpec } from './ports.js';
+import type { AppLayerStore, Directory, LayerStore, PartStore, SnapshotStore, VmHandle, VmRuntime, VmSpec } from './ports.js';
+import { AppMounter } from './apps.js';
 import { ShippingManifest, fetch as fetchSnapshot, publish as publishSnapshot } from './shipping.js';
 import { assertAllowed, assertTransition } from './state.js';
 import { recordForDisk, removeVmFiles, vmInfo, writeJsonAtomic, type SnapshotRecord, type VmRecord } from './records.js';
@@ -60,6 +63,8 @@ export interface EngineDeps {
   accelReason: string;
   runtime: VmRuntime;
   layers: LayerStore;
+  /** App layers (packed directories) kept on this host. */
+  appLayers: AppLayerStore;
   snapshots: SnapshotStore;
   images: ImageCatalog;
   layout: Layout;
@@ -107,10 +112,15 @@ export class HostEngine {
   readonly #dir: Directory;
   readonly #pool: WarmPool;
   readonly #gpus: GpuAllocator;
+  readonly #apps: AppMounter;
 
   constructor(private readonly d: EngineDeps) {
     this.#log = d.logger.child({ component: 'engine' });
     this.#gpus = d.gpus ?? new GpuAllocator([], d.hostId);
+    this.#apps = new AppMounter(d.runtime, d.appLayers, this.#log.child({ component: 'apps' }), {
+      fetchMs: 10 * 60_000,
+      guestMs: Math.max(30_000, d.limits.agentTimeoutMs),
+    });
     this.#dir = d.directory ?? NO_DIRECTORY;
     this.#pool = new WarmPool(
       d.pool ?? { size: 0, maxSnapshots: 0 },
@@ -194,12 +204,27 @@ export class HostEngine {
     // Taken before anything is made; #make's clean-up gives them back if the boot fails.
     const gpus = this.#gpus.take(id, req.gpus);
     if (gpus.length > 0) rec.gpus = gpus.map((g) => ({ group: g.group, functions: g.functions }));
-    const base = await this.d.layers.importImage(image).catch((e: unknown) => {
+    const unpin = this.#apps.pin((req.apps ?? []).map((a) => a.layer));
+    let base: string;
+    try {
+      if (req.apps?.length) rec.apps = await this.#apps.forBoot(req.apps);
+      base = await this.d.layers.importImage(image);
+    } catch (e) {
       this.#gpus.release(id);
+      unpin();
       throw e;
-    });
+    }
     rec.chain.push(base);
-    return this.#make(rec, image, base, (spec) => this.d.runtime.boot(spec, this.d.limits.bootTimeoutMs));
+    return this.#make(rec, image, base, async (spec) => {
+      const h = await this.d.runtime.boot(spec, this.d.limits.bootTimeoutMs);
+      try {
+        await this.#apps.mountAll(rec, h);
+      } catch (e) {
+        await this.d.runtime.destroy(h);
+        throw e;
+      }
+      return h;
+    }).finally(unpin);
   }
 
   pause(id: string): Promise<VmInfo> {
@@ -222,6 +247,22 @@ export class HostEngine {
     const vm = this.#vm(req.id);
     assertAllowed(vm.id, vm.state, 'exec');
     return this.d.runtime.exec(this.#handle(vm), req.cmd, { timeoutMs: req.timeoutMs, ...(req.input === undefined ? {} : { input: req.input }) });
+  }
+
+  /** Mounts app layers in a running VM (new mount points, or new layers at old ones). */
+  apps(req: VmAppRequest): Promise<VmInfo> {
+    return this.#once(req.key, 'app', async () => {
+      await this.#vms.get(req.id)?.settling;
+      return this.#lock.run(req.id, async () => {
+        const vm = this.#vm(req.id);
+        assertAllowed(vm.id, vm.state, 'app');
+        await this.#apps.apply(vm, this.#handle(vm), req.apps, () => this.#persist(vm));
+        this.#log.info({ vm: vm.id, apps: req.apps }, 'app layers mounted');
+        this.d.onChange?.();
+        await this.#gcLayers();
+        return this.#info(vm);
+      });
+    });
   }
 
   destroy(id: string): Promise<VmInfo> {
@@ -332,7 +373,7 @@ export class HostEngine {
     try {
       const image = await this.d.images.get(snap.info.image);
       this.#checkProfile(snap.info.profile, image);
-      const results = await mapSettled(Array.from({ length: req.count }), this.d.limits.forkConcurrency, () => this.#restoreChild(snap, image, started, req.until, req.key));
+      const results = await mapSettled(Array.from({ length: req.count }), this.d.limits.forkConcurrency, () => this.#restoreChild(snap, image, started, req.until, req.key, req.apps));
       const children = results.flatMap((r) => (r.status === 'fulfilled' ? [r.value] : []));
       const failed = results.flatMap((r) => (r.status === 'rejected' ? [r.reason as unknown] : []));
       if (failed.length > 0) {
@@ -383,6 +424,7 @@ export class HostEngine {
       this.#checkProfile(m.snapshot.profile, image);
       // Fetched layers belong to no chain until the snapshot is registered: keep them from GC.
       for (const p of m.chain) this.#pendingLayers.add(p.layer);
+      const unpin = this.#apps.pin((m.apps ?? []).map((a) => a.layer));
       let fetched;
       try {
         fetched = await fetchSnapshot(this.#shipping(), m, image);
@@ -392,6 +434,7 @@ export class HostEngine {
         throw e;
       } finally {
         for (const p of m.chain) this.#pendingLayers.delete(p.layer);
+        unpin();
       }
       const { record, result } = fetched;
       await writeJsonAtomic(`${this.d.layout.snapshotDir(id)}/snapshot.json`, record);
@@ -404,7 +447,7 @@ export class HostEngine {
 
   #shipping() {
     if (!this.d.parts) throw new ForkyError('UNAVAILABLE', `host ${this.d.hostId} has no object store to ship snapshots through`);
-    return { hostId: this.d.hostId, parts: this.d.parts, layers: this.d.layers, snapshots: this.d.snapshots, timeoutMs: 10 * 60_000 };
+    return { hostId: this.d.hostId, parts: this.d.parts, layers: this.d.layers, appLayers: this.d.appLayers, snapshots: this.d.snapshots, timeoutMs: 10 * 60_000 };
   }
 
   /** Runs `fn` once per key; a repeat waits for and returns the first run's outcome. */
@@ -543,6 +586,7 @@ export class HostEngine {
           chain: vm.chain.slice(0, -1),
           kernelCmdline: vm.kernelCmdline,
           diskVirtualSize: vm.diskVirtualSize,
+          ...(vm.apps?.length ? { apps: vm.apps.map((a) => ({ ...a })) } : {}),
         };
         vm.lineage = id;
         delete vm.snapshotPlan;
@@ -582,7 +626,7 @@ export class HostEngine {
     this.#log.info({ vm: vm.id, from: depth, to: 2, ms: round(performance.now() - t0) }, 'disk chain flattened');
   }
 
-  async #restoreChild(snap: SnapshotRecord, image: Image, started: number, until: 'ready' | 'running', requestKey?: string): Promise<VmInfo> {
+  async #restoreChild(snap: SnapshotRecord, image: Image, started: number, until: 'ready' | 'running', requestKey?: string, apps?: AppMount[]): Promise<VmInfo> {
     const files = this.d.snapshots.files(snap.info.id);
     const warm = this.#pool.take(snap.info.id);
     const id = warm?.id ?? newId('vm');
@@ -593,6 +637,7 @@ export class HostEngine {
       parentSnapshot: snap.info.id,
     });
     rec.lineage = snap.info.id;
+    if (snap.apps?.length) rec.apps = snap.apps.map((a) => ({ ...a }));
     if (requestKey) rec.requestKey = requestKey;
     if (warm) {
       rec.mac = warm.mac;
@@ -608,9 +653,12 @@ export class HostEngine {
         const settle = Promise.all([
           this.d.runtime.waitAgent(h, this.d.limits.restoreTimeoutMs),
           giveIdentity(this.d.runtime, h, { vmId: id, hostname: id, mac: rec.mac, renewLease: this.d.runtime.bridged }, this.d.limits.agentTimeoutMs),
-        ]).then(() => {
-          rec.timings.settledMs = round(performance.now() - started);
-        });
+        ])
+          // Apps asked for the children come after identity: each child mounts them as itself.
+          .then(() => (apps?.length ? this.#apps.apply(rec, h, apps, () => this.#persist(rec)) : undefined))
+          .then(() => {
+            rec.timings.settledMs = round(performance.now() - started);
+          });
         if (until === 'ready') {
           await settle;
           return h;
@@ -641,6 +689,7 @@ export class HostEngine {
       kernelCmdline: snap.kernelCmdline,
       chain: [...snap.chain],
     });
+    if (snap.apps?.length) rec.apps = snap.apps.map((a) => ({ ...a }));
     let handle: VmHandle | undefined;
     try {
       const top = await this.#newLayer(snap.chain.at(-1) as string, snap.diskVirtualSize, async (layer) => {
@@ -715,6 +764,9 @@ export class HostEngine {
     for (const v of this.#vms.values()) for (const l of v.chain) used.add(l);
     for (const s of this.#snaps.values()) for (const l of s.chain) used.add(l);
     for (const l of await this.d.layers.list()) if (!used.has(l)) await this.d.layers.remove(l);
+    const apps = new Set<string>();
+    for (const r of [...this.#vms.values(), ...this.#snaps.values()]) for (const a of r.apps ?? []) apps.add(a.layer);
+    for (const l of await this.d.appLayers.list()) if (!apps.has(l) && !this.#apps.isPinned(l)) await this.d.appLayers.remove(l);
   }
 
   #onExit(vm: VmRecord, handle: VmHandle): void {
@@ -768,6 +820,7 @@ export class HostEngine {
       generation: rec.generation,
       mac: rec.mac,
       gpus: (rec.gpus ?? []).flatMap((g) => g.functions),
+      appDisks: this.#apps.disks(rec.apps),
       image,
       memMiB: rec.memMiB,
       cpus: rec.cpus,

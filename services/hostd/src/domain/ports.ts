@@ -20,8 +20,21 @@ export interface VmSpec {
   mac: string;
   /** Host PCI functions passed through with VFIO. */
   gpus: string[];
+  /** App layers' read-only disks, each at its own PCI slot. */
+  appDisks: AppDisk[];
   /** Directory for sockets and logs. */
   runDir: string;
+}
+
+/**
+ * A read-only app layer as a disk. Its slot fixes its PCI address, so a successor or a child
+ * started with it on the command line matches the device state of a VM it was hot-plugged into.
+ */
+export interface AppDisk {
+  slot: number;
+  file: string;
+  /** What the guest finds it by (/sys/block/vdX/serial); at most 20 characters. */
+  serial: string;
 }
 
 /** A running QEMU process as the runtime tracks it; opaque to the engine. */
@@ -74,6 +87,10 @@ export interface VmRuntime {
   attach(spec: VmSpec, pid: number, timeoutMs: number): Promise<{ handle: VmHandle; status: string }>;
   /** Every VM process of this host's data directory, ours or left by an earlier hostd. */
   processes(vmsDir: string): Promise<RunningProcess[]>;
+  /** Hot-plugs a read-only app disk into a running VM; returns once the device is added. */
+  attachDisk(vm: VmHandle, disk: AppDisk, timeoutMs: number): Promise<void>;
+  /** Unplugs the app disk at `slot`; returns once the guest has let it go and its file is closed. */
+  detachDisk(vm: VmHandle, slot: number, timeoutMs: number): Promise<void>;
   /** Stops the process (gracefully, then by force) and releases its connections. Idempotent. */
   destroy(vm: VmHandle): Promise<void>;
 }
@@ -89,6 +106,15 @@ export interface LayerStore {
   path(layer: string): string;
   remove(layer: string): Promise<void>;
   list(): Promise<string[]>;
+}
+
+/** App layers (packed directories) kept on this host by digest, fetched from the part store when missing. */
+export interface AppLayerStore {
+  /** The layer's file here, fetched (and verified) first if this host lacks it. */
+  ensure(digest: string, timeoutMs: number): Promise<string>;
+  path(digest: string): string;
+  list(): Promise<string[]>;
+  remove(digest: string): Promise<void>;
 }
 
 export interface SnapshotFiles {

@@ -2,6 +2,7 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import type { SnapshotInfo, VmInfo, VmState } from '@forky/contract';
 import type { VmHandle } from './ports.js';
+import { mountedApps, type AppDevice } from './apps.js';
 
 /** What hostd knows of one VM; `handle` only while its process is ours. */
 export interface VmRecord {
@@ -21,6 +22,8 @@ export interface VmRecord {
   mac: string;
   /** GPUs passed through: IOMMU groups and their PCI functions. */
   gpus?: Array<{ group: string; functions: string[] }>;
+  /** App disks plugged in (on its command line or hot-plugged), and where the guest mounts each. */
+  apps?: AppDevice[];
   /** Disk layers, bottom (image base) to top (the VM's own writable layer). */
   chain: string[];
   ram: { file: string; shared: boolean };
@@ -45,6 +48,8 @@ export interface SnapshotRecord {
   chain: string[];
   kernelCmdline: string;
   diskVirtualSize: number;
+  /** The VM's app disks when it was frozen: its successor and children start with the same devices. */
+  apps?: AppDevice[];
 }
 
 export function vmInfo(r: VmRecord, host: string, accel: VmInfo['accel']): VmInfo {
@@ -61,6 +66,7 @@ export function vmInfo(r: VmRecord, host: string, accel: VmInfo['accel']): VmInf
     ...(r.pid ? { pid: r.pid } : {}),
     mac: r.mac,
     ...(r.gpus?.length ? { gpus: r.gpus.flatMap((g) => g.functions) } : {}),
+    ...(mountedApps(r.apps) ? { apps: mountedApps(r.apps) } : {}),
     timings: r.timings,
   };
 }

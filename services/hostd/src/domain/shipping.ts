@@ -1,9 +1,9 @@
 import fs from 'node:fs/promises';
 import { z } from 'zod';
 import { IncompatibleError } from '@forky/base';
-import { SnapshotInfo, type TransferResult } from '@forky/contract';
+import { LayerDigest, MountPoint, SnapshotInfo, type TransferResult } from '@forky/contract';
 import type { Image } from '../images.js';
-import type { LayerStore, PartStore, SnapshotStore } from './ports.js';
+import type { AppLayerStore, LayerStore, PartStore, SnapshotStore } from './ports.js';
 import type { SnapshotRecord } from './records.js';
 
 const Part = z.strictObject({ digest: z.string().regex(/^[0-9a-f]{64}$/), size: z.number().int().nonnegative() });
@@ -17,6 +17,8 @@ export const ShippingManifest = z.strictObject({
   chain: z.array(Part.extend({ layer: z.string().regex(/^(img|lyr)-[a-z0-9]{6,64}$/) })),
   state: Part,
   ram: Part,
+  /** App disks: each layer is a part under its own digest, fetched into the host's app layers. */
+  apps: z.array(z.strictObject({ slot: z.number().int().min(0).max(63), layer: LayerDigest, mount: MountPoint.optional(), size: z.number().int().nonnegative() })).optional(),
 });
 export type ShippingManifest = z.infer<typeof ShippingManifest>;
 
@@ -24,6 +26,7 @@ export interface ShippingDeps {
   hostId: string;
   parts: PartStore;
   layers: LayerStore;
+  appLayers: AppLayerStore;
   snapshots: SnapshotStore;
   timeoutMs: number;
 }
@@ -42,6 +45,13 @@ export async function publish(d: ShippingDeps, rec: SnapshotRecord): Promise<Tra
   const state = await d.parts.upload(files.state);
   const ram = await d.parts.upload(files.ram);
   ups.push(state, ram);
+  const apps: NonNullable<ShippingManifest['apps']> = [];
+  for (const a of rec.apps ?? []) {
+    const file = d.appLayers.path(a.layer);
+    const up = await d.parts.upload(file, { digest: a.layer, size: (await fs.stat(file)).size });
+    ups.push(up);
+    apps.push({ ...a, size: up.size });
+  }
   const manifest: ShippingManifest = {
     v: 1,
     snapshot: rec.info,
@@ -50,6 +60,7 @@ export async function publish(d: ShippingDeps, rec: SnapshotRecord): Promise<Tra
     chain,
     state: { digest: state.digest, size: state.size },
     ram: { digest: ram.digest, size: ram.size },
+    ...(apps.length ? { apps } : {}),
   };
   await d.parts.putManifest(rec.info.id, manifest);
   return summary(rec.info.id, d.hostId, ups.map((u) => ({ size: u.size, bytes: u.sentBytes, moved: !u.skipped })), t0);
@@ -93,7 +104,13 @@ export async function fetch(d: ShippingDeps, m: ShippingManifest, image: Image):
     const r = await d.parts.download(p.digest, dest, d.timeoutMs);
     moves.push({ size: p.size, bytes: r.receivedBytes, moved: true });
   }
+  for (const a of m.apps ?? []) {
+    const had = (await d.appLayers.list()).includes(a.layer);
+    await d.appLayers.ensure(a.layer, d.timeoutMs);
+    moves.push({ size: a.size, bytes: had ? 0 : a.size, moved: !had });
+  }
   const record: SnapshotRecord = {
+    ...(m.apps?.length ? { apps: m.apps.map(({ size: _s, ...a }) => a) } : {}),
     info: { ...m.snapshot, host: d.hostId },
     origin: m.snapshot.host,
     chain: m.chain.map((c) => c.layer),

@@ -2,13 +2,15 @@ import { InvalidStateError } from '@forky/base';
 import type { VmState } from '@forky/contract';
 
 /** The operations a request can ask of a VM, and the states that allow each. */
-export type VmOp = 'pause' | 'resume' | 'snapshot' | 'exec' | 'destroy';
+export type VmOp = 'pause' | 'resume' | 'snapshot' | 'exec' | 'app' | 'destroy';
 
 const ALLOWED: Record<VmOp, readonly VmState[]> = {
   pause: ['running'],
   resume: ['paused'],
   snapshot: ['running', 'paused'],
   exec: ['running'],
+  // The guest mounts the layer itself, so it must run.
+  app: ['running'],
   destroy: ['booting', 'restoring', 'running', 'paused', 'snapshotting', 'failed'],
 };
 

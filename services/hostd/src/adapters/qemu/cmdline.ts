@@ -1,5 +1,5 @@
 import type { Accel } from '@forky/contract';
-import type { VmSpec } from '../../domain/ports.js';
+import type { AppDisk, VmSpec } from '../../domain/ports.js';
 import { tapName, type NetworkMode } from './tap.js';
 
 export interface MachineOptions {
@@ -54,6 +54,7 @@ export function buildArgs(spec: VmSpec, m: MachineOptions, paths: LaunchPaths, m
     '-append', spec.kernelCmdline,
     '-blockdev', JSON.stringify({ driver: 'qcow2', 'node-name': 'disk0', file: { driver: 'file', filename: spec.diskFile } }),
     '-device', 'virtio-blk-pci,drive=disk0,id=vda',
+    ...spec.appDisks.flatMap((d) => ['-blockdev', JSON.stringify(appBlockdev(d)), '-device', appDevice(d)]),
     '-device', 'virtio-serial-pci,id=vser0',
     '-chardev', `socket,id=qga0,path=${esc(paths.qgaSocket)},server=on,wait=off`,
     '-device', 'virtserialport,bus=vser0.0,chardev=qga0,name=org.qemu.guest_agent.0',
@@ -84,4 +85,17 @@ export function buildArgs(spec: VmSpec, m: MachineOptions, paths: LaunchPaths, m
   if (mode !== 'boot') args.push('-incoming', 'defer');
   if (mode === 'paused') args.push('-S');
   return args;
+}
+
+/** App disks sit at fixed slots from 0x10 up, clear of the devices QEMU places itself. */
+export const APP_SLOT_BASE = 0x10;
+
+/** The read-only block node of an app disk; the same for the command line and a hot-plug. */
+export function appBlockdev(d: AppDisk): Record<string, unknown> {
+  return { driver: 'raw', 'node-name': `app${d.slot}`, 'read-only': true, file: { driver: 'file', filename: d.file, 'read-only': true } };
+}
+
+/** The device of an app disk, as `-device` takes it. */
+export function appDevice(d: AppDisk): string {
+  return `virtio-blk-pci,drive=app${d.slot},id=app${d.slot},serial=${d.serial},addr=0x${(APP_SLOT_BASE + d.slot).toString(16)}`;
 }

@@ -3,8 +3,8 @@ import path from 'node:path';
 import { ForkyError, checkSocketPath, withDeadline, type Logger } from '@forky/base';
 import { GuestAgentClient, QmpClient } from '@forky/qemu';
 import type { Accel, ExecResult, MachineProfile } from '@forky/contract';
-import type { RunningProcess, VmHandle, VmRuntime, VmSpec } from '../../domain/ports.js';
-import { buildArgs, type LaunchMode, type MachineOptions } from './cmdline.js';
+import type { AppDisk, RunningProcess, VmHandle, VmRuntime, VmSpec } from '../../domain/ports.js';
+import { APP_SLOT_BASE, appBlockdev, buildArgs, type LaunchMode, type MachineOptions } from './cmdline.js';
 import { findQemuProcesses, killAndWait, killGroup, launchQemu, watchProcess, type QemuProcess } from './process.js';
 import { listenForState, loadState } from './migration.js';
 import { copyPrivatePages } from './private-pages.js';
@@ -119,6 +119,28 @@ export class QemuRuntime implements VmRuntime {
 
   async exec(h: VmHandle, cmd: readonly string[], opts: { input?: string; timeoutMs: number }): Promise<ExecResult> {
     return (h as QemuVm).agent.exec(cmd, opts);
+  }
+
+  async attachDisk(h: VmHandle, disk: AppDisk, timeoutMs: number): Promise<void> {
+    const vm = h as QemuVm;
+    await vm.qmp.execute('blockdev-add', appBlockdev(disk), { timeoutMs });
+    try {
+      await vm.qmp.execute('device_add', { driver: 'virtio-blk-pci', drive: `app${disk.slot}`, id: `app${disk.slot}`, serial: disk.serial, addr: `0x${(APP_SLOT_BASE + disk.slot).toString(16)}` }, { timeoutMs });
+    } catch (e) {
+      await vm.qmp.execute('blockdev-del', { 'node-name': `app${disk.slot}` }, { timeoutMs }).catch(() => undefined);
+      throw e;
+    }
+  }
+
+  async detachDisk(h: VmHandle, slot: number, timeoutMs: number): Promise<void> {
+    const vm = h as QemuVm;
+    const id = `app${slot}`;
+    // The guest must agree to the unplug (ACPI eject); the event says it has.
+    const gone = vm.qmp.waitForEvent('DEVICE_DELETED', (e) => e.data?.device === id, timeoutMs);
+    gone.catch(() => undefined);
+    await vm.qmp.execute('device_del', { id }, { timeoutMs });
+    await gone;
+    await vm.qmp.execute('blockdev-del', { 'node-name': id }, { timeoutMs });
   }
 
   async destroy(h: VmHandle): Promise<void> {
