@@ -34,6 +34,7 @@ async function treeDigest(dir: string): Promise<string> {
 describe('app-directory overlays: a host directory, read-only underneath, writable per VM, through forks', { timeout: 600_000 }, () => {
   let nats: NatsServer;
   let host: TestHost;
+  let hostB: TestHost;
   let sched: TestScheduler;
   let nc: NatsConnection;
   let client: SchedulerClient;
@@ -54,6 +55,7 @@ describe('app-directory overlays: a host directory, read-only underneath, writab
     await fs.writeFile(path.join(toolsDir, 'tool.txt'), 'a tool\n');
     nats = await startNatsServer();
     host = await startTestHost(nats.url, { hostId: 'apps-a' });
+    hostB = await startTestHost(nats.url, { hostId: 'apps-b' });
     sched = await startTestScheduler(nats.url);
     nc = await connect({ servers: nats.url });
     client = new SchedulerClient(nc, { timeoutMs: 300_000 });
@@ -63,6 +65,7 @@ describe('app-directory overlays: a host directory, read-only underneath, writab
     await nc?.close();
     await sched?.stop();
     await host?.stop();
+    await hostB?.stop();
     await nats?.stop();
     for (const d of [appDir, toolsDir]) if (d) await fs.rm(d, { recursive: true, force: true });
   });
@@ -71,7 +74,7 @@ describe('app-directory overlays: a host directory, read-only underneath, writab
     const t0 = performance.now();
     [app] = (await uploadApps(nc, [`${appDir}:/opt/app`])) as [AppMount];
     const packMs = performance.now() - t0;
-    parent = await client.call('vm.boot', { apps: [app], key: 'apps-boot' });
+    parent = await client.call('vm.boot', { apps: [app], host: 'apps-a', key: 'apps-boot' });
     assert.deepEqual(parent.apps, [app]);
     assert.equal((await sh(parent.id, '/opt/app/bin/run.sh')).trim(), 'app says v1');
     // Read-only underneath: the layer's own mount refuses writes; the overlay takes them.
@@ -137,6 +140,16 @@ describe('app-directory overlays: a host directory, read-only underneath, writab
       assert.equal(await sh(c.id, 'cat /opt/tools/tool.txt /opt/app/hello.txt'), 'a tool\nv2\n');
     }
     assert.equal(await sh(parent.id, 'ls /opt/tools 2>/dev/null || echo none'), 'none\n', 'the parent did not get it');
+  });
+
+  it('a layer travels with its snapshot: a child on another host reads it', async (t) => {
+    const fork = await client.call('fork', { source: parent.id, count: 2, spread: true, resumeParent: true, key: 'apps-fork-spread' });
+    const away = fork.children.filter((c) => c.host === 'apps-b');
+    assert.ok(away.length > 0, `a child on apps-b: ${fork.children.map((c) => c.host).join(', ')}`);
+    for (const c of away) assert.equal(await sh(c.id, 'cat /opt/app/hello.txt /opt/app/parent.txt'), 'v2\nparent\n');
+    const there = await fs.readdir(path.join(hostB.dataDir, 'apps'));
+    assert.ok(there.includes(`${app.layer}.ext4`), 'apps-b fetched the layer by its digest');
+    t.diagnostic(`${away.length} child(ren) on apps-b read layer ${app.layer.slice(0, 12)}…, fetched from the object store with the snapshot`);
   });
 
   it('refuses bad app requests with a typed error naming the field, and changes nothing', async () => {
