@@ -22,6 +22,7 @@ export async function startLocal(logLevel: 'warn' | 'info' = 'warn') {
     nats,
     host,
     client,
+    nc,
     async stop() {
       await host.stop();
       await nc.close();
