@@ -11,6 +11,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { uploadApps } from '@forky/cli';
 import { startLocal } from './local.js';
+import { median, timed } from './stats.js';
 
 const args = process.argv.slice(2);
 const json = args.includes('--json');
@@ -19,16 +20,6 @@ const runs = opt('--runs', 3);
 const mib = opt('--mib', 64);
 const out = (s: string): boolean => (json ? process.stderr : process.stdout).write(s + '\n');
 
-const median = (xs: number[]): number => {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = Math.floor(s.length / 2);
-  return s.length % 2 ? (s[m] as number) : ((s[m - 1] as number) + (s[m] as number)) / 2;
-};
-const timed = async <T>(fn: () => Promise<T>): Promise<[number, T]> => {
-  const t = performance.now();
-  const v = await fn();
-  return [performance.now() - t, v];
-};
 const round = (x: number): number => Math.round(x * 10) / 10;
 
 interface Figure { name: string; value: number; unit: string }

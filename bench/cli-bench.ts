@@ -10,6 +10,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { REPO } from './local.js';
+import { median } from './stats.js';
 
 const args = process.argv.slice(2);
 const json = args.includes('--json');
@@ -17,7 +18,6 @@ const runs = Number(args[args.indexOf('--runs') + 1] || 0) || 5;
 const big = args.includes('--big') ? Number(args[args.indexOf('--big') + 1]) : 100;
 const out = (s: string): boolean => (json ? process.stderr : process.stdout).write(s + '\n');
 const CLI = path.join(REPO, 'services', 'cli', 'dist', 'main.js');
-const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] as number;
 
 const data = await fs.mkdtemp(path.join(os.tmpdir(), 'fkbench-'));
 await fs.mkdir(path.join(REPO, '.forky', 'images'), { recursive: true });

@@ -6,22 +6,13 @@
 import fs from 'node:fs/promises';
 import { pollUntil } from '@forky/base';
 import { startLocal } from './local.js';
+import { median, timed } from './stats.js';
 
 const args = process.argv.slice(2);
 const json = args.includes('--json');
 const runs = Number(args[args.indexOf('--runs') + 1] || 0) || (args.includes('--quick') ? 3 : 5);
 const out = (s: string): boolean => (json ? process.stderr : process.stdout).write(s + '\n');
 
-const median = (xs: number[]): number => {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = Math.floor(s.length / 2);
-  return s.length % 2 ? (s[m] as number) : ((s[m - 1] as number) + (s[m] as number)) / 2;
-};
-const timed = async <T>(fn: () => Promise<T>): Promise<[number, T]> => {
-  const t = performance.now();
-  const v = await fn();
-  return [performance.now() - t, v];
-};
 const pssMB = async (pid: number): Promise<number> => {
   const t = await fs.readFile(`/proc/${pid}/smaps_rollup`, 'utf8');
   return Number(/^Pss:\s+(\d+) kB/m.exec(t)?.[1] ?? NaN) / 1024;

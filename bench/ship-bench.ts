@@ -10,12 +10,12 @@ import { SchedulerClient, startNatsServer } from '@forky/bus';
 import { startEphemeralHostd } from '@forky/hostd';
 import { loadSchedulerConfig, startScheduler } from '@forky/scheduler';
 import { REPO } from './local.js';
+import { median } from './stats.js';
 
 const args = process.argv.slice(2);
 const json = args.includes('--json');
 const runs = Number(args[args.indexOf('--runs') + 1] || 0) || 3;
 const out = (s: string): boolean => (json ? process.stderr : process.stdout).write(s + '\n');
-const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] as number;
 
 const logger = createLogger({ level: 'warn', name: 'bench' });
 const nats = await startNatsServer();
