@@ -109,6 +109,22 @@ describe('the forky CLI against a local cluster, as a new user would', { timeout
     assert.match(bad.stderr, /count/);
   });
 
+  it('vm app --app DIR:/mnt gives a running VM a host directory; a bad mount point is refused', async () => {
+    const vm = fork.children[3] as VmInfo;
+    const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'fkcli-app-'));
+    try {
+      await fs.writeFile(path.join(dir, 'f.txt'), 'from the host\n');
+      const v = await json<VmInfo>(['vm', 'app', vm.id, '--app', `${dir}:/opt/x`]);
+      assert.deepEqual(v.apps?.map((a) => a.mount), ['/opt/x']);
+      assert.equal((await json<{ stdout: string }>(['vm', 'exec', vm.id, '--', 'cat', '/opt/x/f.txt'])).stdout, 'from the host\n');
+      const bad = await forky(['vm', 'app', vm.id, '--app', `${dir}:/etc/x`]);
+      assert.equal(bad.code, 2, bad.stderr);
+      assert.match(bad.stderr, /mount point \/etc\/x may not be or be under/);
+    } finally {
+      await fs.rm(dir, { recursive: true, force: true });
+    }
+  });
+
   it('a JSON request built by hand reaches a fork and returns JSON', async () => {
     const r = await forky(['req', 'forky.v1.sched.fork', JSON.stringify({ source: fork.snapshot.id, count: 1 })]);
     assert.equal(r.code, 0, r.stderr);

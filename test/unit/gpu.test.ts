@@ -71,10 +71,10 @@ describe('GPU allocation', () => {
 
 describe('QEMU command line of a GPU VM', () => {
   it('passes every function through with vfio-pci, after the devices a snapshot names', () => {
-    const spec = {
+    const spec: VmSpec = {
       id: 'vm-gpu',
       generation: 0,
-      image: { kernel: '/k', initrd: '/i' },
+      image: { kernel: '/k', initrd: '/i' } as VmSpec['image'],
       memMiB: 256,
       cpus: 1,
       kernelCmdline: 'console=ttyS0',
@@ -82,8 +82,9 @@ describe('QEMU command line of a GPU VM', () => {
       diskFile: '/d.qcow2',
       mac: '52:54:00:00:00:01',
       gpus: ['0000:01:00.0', '0000:01:00.1'],
+      appDisks: [],
       runDir: '/run/x',
-    } as unknown as VmSpec;
+    };
     const p = { qmpSocket: '/q', qmpServerSocket: '/s', qgaSocket: '/g', ctlSocket: '/c', serialLog: '/l' };
     const args = buildArgs(spec, { accel: 'kvm', machine: 'pc', cpuModel: 'host', sandbox: true, network: { mode: 'user' } }, p, 'boot');
     const devices = args.flatMap((a, i) => (args[i - 1] === '-device' ? [a] : []));

@@ -10,3 +10,4 @@ export { WarmPool, type WarmChild, type WarmPoolOptions } from './domain/warm-po
 export { lookupUser, resolveRunAs, DEFAULT_QEMU_USER, type RunAs } from './adapters/qemu/run-as.js';
 export { discoverGpus, type GpuDiscovery } from './adapters/gpu.js';
 export { GpuAllocator, type Gpu } from './domain/gpus.js';
+export { AppMounter, APP_SLOTS, appSerial, type AppDevice } from './domain/apps.js';
