@@ -167,5 +167,15 @@ describe('app-directory overlays: a host directory, read-only underneath, writab
     await bad({ apps: [{ layer: app.layer, mount: '/data/x' }] }, 'BAD_REQUEST');
     await bad({ apps: [{ layer: 'f'.repeat(64), mount: '/opt/other' }] }, 'NOT_FOUND');
     assert.deepEqual(await client.call('vm.show', { id: parent.id }), before);
+    // A fork whose children's layer no store has is refused before the parent is snapshotted.
+    const counts = async (): Promise<string> => `${(await client.call('vm.list', {})).vms.length} ${(await client.call('snapshot.list', {})).snapshots.length}`;
+    const was = await counts();
+    const e = await client.call('fork', { source: parent.id, count: 2, apps: [{ layer: 'f'.repeat(64), mount: '/opt/z' }] }).then(
+      () => assert.fail('accepted'),
+      (err: unknown) => err,
+    );
+    assert.ok(e instanceof ForkyError && e.code === 'NOT_FOUND', String(e));
+    assert.equal(await counts(), was, 'no snapshot, no child');
+    assert.deepEqual(await client.call('vm.show', { id: parent.id }), before);
   });
 });

@@ -85,14 +85,7 @@ export class AppMounter {
    * restart finds what is plugged in.
    */
   async apply(vm: AppTarget, h: VmHandle, wanted: readonly AppMount[], persist: () => Promise<void>): Promise<void> {
-    const devices = (vm.apps ??= []);
-    const todo = wanted.filter((w) => !devices.some((d) => d.mount === w.mount && d.layer === w.layer));
-    const mounts = new Set([...devices.flatMap((d) => (d.mount ? [d.mount] : [])), ...wanted.map((w) => w.mount)]);
-    if (mounts.size > MAX_APPS) throw new ValidationError(`VM ${vm.id} would have ${mounts.size} app mounts; at most ${MAX_APPS}`, { field: 'apps' });
-    const free = Array.from({ length: APP_SLOTS }, (_, i) => i).filter((s) => !devices.some((d) => d.slot === s));
-    if (free.length < todo.length) {
-      throw new CapacityError(`VM ${vm.id} has ${free.length} free app slot(s) (old layers still plugged); ${todo.length} needed`, { field: 'apps' });
-    }
+    const { todo, free } = this.plan(vm, wanted);
     const unpin = this.pin(todo.map((w) => w.layer));
     try {
       await Promise.all(todo.map((w) => this.layers.ensure(w.layer, this.timeouts.fetchMs)));
@@ -121,6 +114,34 @@ export class AppMounter {
       if (old) delete old.mount;
       await persist();
       if (old) await this.#unplug(vm, h, old, persist);
+    }
+  }
+
+  /**
+   * What `apply` would plug in, and the slots it would use; refuses (naming `apps`) what cannot
+   * be done, so a caller can check before it changes anything.
+   */
+  plan(vm: AppTarget, wanted: readonly AppMount[]): { todo: AppMount[]; free: number[] } {
+    const devices = vm.apps ?? [];
+    const todo = wanted.filter((w) => !devices.some((d) => d.mount === w.mount && d.layer === w.layer));
+    const mounts = new Set([...devices.flatMap((d) => (d.mount ? [d.mount] : [])), ...wanted.map((w) => w.mount)]);
+    if (mounts.size > MAX_APPS) throw new ValidationError(`${vm.id} would have ${mounts.size} app mounts; at most ${MAX_APPS}`, { field: 'apps' });
+    const free = Array.from({ length: APP_SLOTS }, (_, i) => i).filter((s) => !devices.some((d) => d.slot === s));
+    if (free.length < todo.length) {
+      throw new CapacityError(`${vm.id} has ${free.length} free app slot(s) (old layers still plugged); ${todo.length} needed`, { field: 'apps' });
+    }
+    return { todo, free };
+  }
+
+  /** Fetches `apps`' layers now and keeps them until the returned function is called. */
+  async prefetch(apps: readonly AppMount[]): Promise<() => void> {
+    const unpin = this.pin(apps.map((a) => a.layer));
+    try {
+      await Promise.all(apps.map((a) => this.layers.ensure(a.layer, this.timeouts.fetchMs)));
+      return unpin;
+    } catch (e) {
+      unpin();
+      throw e;
     }
   }
 

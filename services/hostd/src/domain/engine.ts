@@ -357,7 +357,15 @@ export class HostEngine {
   }
 
   fork(req: ForkRequest): Promise<ForkResult> {
-    return this.#once(req.key, 'fork', () => this.#fork(req));
+    return this.#once(req.key, 'fork', async () => {
+      // The children's apps are fetched (or refused) before the source is touched.
+      const unpin = await this.#apps.prefetch(req.apps ?? []);
+      try {
+        return await this.#fork(req);
+      } finally {
+        unpin();
+      }
+    });
   }
 
   async #fork(req: ForkRequest): Promise<ForkResult> {
@@ -366,6 +374,7 @@ export class HostEngine {
     await this.#checkCapacity(this.d.limits.childCostMiB, req.count);
     const fromVm = req.source.startsWith('vm-');
     if (fromVm) this.#refuseGpuSnapshot(req.source, 'source');
+    if (req.apps?.length) this.#apps.plan({ id: `each child of ${req.source}`, apps: (fromVm ? this.#vms.get(req.source) : this.#snaps.get(req.source))?.apps ?? [] }, req.apps);
     const snap = fromVm ? await this.#snapshotVm(req.source, req.resumeParent) : this.#snap(req.source);
     const pauseMs = fromVm ? snap.info.timings?.pauseMs : undefined;
     const snapshotMs = performance.now() - started;
