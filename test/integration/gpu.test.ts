@@ -3,23 +3,14 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { ForkyError, pollUntil } from '@forky/base';
+import { pollUntil } from '@forky/base';
 import { startNatsServer, type NatsServer } from '@forky/bus';
 import type { VmInfo } from '@forky/contract';
 import { startTestScheduler, type TestScheduler } from '../helpers/scheduler.js';
 import { startTestHost, type TestHost } from '../helpers/hostd.js';
 import { ensureImage } from '../helpers/repo.js';
 import { TWO_GPUS, writeFakeSysfs } from '../helpers/fake-sysfs.js';
-
-/** The error a call failed with; fails the test if it did not fail. */
-const refused = async (p: Promise<unknown>): Promise<ForkyError> => {
-  const e = await p.then(
-    () => assert.fail('the call succeeded'),
-    (err: unknown) => err,
-  );
-  assert.ok(e instanceof ForkyError, String(e));
-  return e;
-};
+import { refused } from '../helpers/errors.js';
 
 /**
  * GPU passthrough on simulated hosts: hostd discovers GPUs from a fake sysfs tree and runs its

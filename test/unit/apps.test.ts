@@ -22,7 +22,7 @@ function fakeRuntime(failGuest?: RegExp): { runtime: VmRuntime; calls: string[] 
   } as unknown as VmRuntime;
   return { runtime, calls };
 }
-const layers = { ensure: async (d: string) => `/apps/${d}.ext4`, path: (d: string) => `/apps/${d}.ext4`, list: async () => [], remove: async () => undefined };
+const layers = { ensure: async () => ({ fetched: false, receivedBytes: 0 }), path: (d: string) => `/apps/${d}.ext4`, list: async () => [], remove: async () => undefined };
 const handle = {} as VmHandle;
 
 describe('app layers', () => {

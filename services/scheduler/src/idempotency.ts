@@ -1,8 +1,8 @@
 import { createHash } from 'node:crypto';
 import type { KV } from '@nats-io/kv';
-import { ConflictError, DeadlineError, ForkyError, asForkyError, delay, type ErrorCode, type Logger } from '@forky/base';
+import { ConflictError, DeadlineError, ForkyError, asForkyError, delay, type Logger } from '@forky/base';
 import { retryTransient } from '@forky/bus';
-import { RemoteError, toWireError } from '@forky/contract';
+import { RemoteError, fromWireError, toWireError, type WireError } from '@forky/contract';
 
 interface Entry {
   state: 'pending' | 'done' | 'failed';
@@ -11,7 +11,7 @@ interface Entry {
   leaseUntil: number;
   reply?: unknown;
   /** The failure, as a caller gets it: code, message and the field at fault, never a stack. */
-  error?: { code: string; message: string; details?: Record<string, unknown> };
+  error?: WireError['error'];
   /** A failed attempt that will be made again (its job goes back to the queue). */
   retry?: boolean;
 }
@@ -91,7 +91,7 @@ export class Idempotency {
         const entry = e.json<Entry>();
         if (entry.hash !== hash) finish(() => reject(keyReused(key)));
         else if (entry.state === 'done') finish(() => resolve(entry.reply as T));
-        else if (entry.state === 'failed' && !entry.retry) finish(() => reject(new ForkyError((entry.error?.code ?? 'INTERNAL') as ErrorCode, entry.error?.message ?? 'failed', entry.error?.details ? { details: entry.error.details } : undefined)));
+        else if (entry.state === 'failed' && !entry.retry) finish(() => reject(fromWireError({ error: entry.error ?? { code: 'INTERNAL', message: 'failed' } }, key)));
       };
       const timer = setTimeout(
         () => finish(() => reject(new DeadlineError(`request ${key} (still queued or running; ask again with the same key for its outcome)`, timeoutMs))),

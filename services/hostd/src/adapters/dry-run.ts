@@ -4,7 +4,7 @@ import type { Accel, ExecResult, MachineProfile } from '@forky/contract';
 import type { Image } from '../images.js';
 import type { RunningProcess, VmHandle, VmRuntime, VmSpec } from '../domain/ports.js';
 import { QcowLayerStore } from './qemu/layers.js';
-import { buildArgs, type LaunchMode } from './qemu/cmdline.js';
+import { buildArgs, launchPaths, type LaunchMode } from './qemu/cmdline.js';
 
 /**
  * A runtime that starts nothing: VMs exist only as records (and empty files), so a host can be
@@ -101,13 +101,7 @@ function handle(): VmHandle {
  * what a dry run shows of a VM, the GPUs passed through included.
  */
 async function writeArgs(spec: VmSpec, mode: LaunchMode): Promise<void> {
-  const at = (f: string): string => path.join(spec.runDir, f);
-  const args = buildArgs(
-    spec,
-    { accel: 'tcg', machine: 'pc', cpuModel: 'qemu64', sandbox: true, network: { mode: 'user' } },
-    { qmpSocket: at('qmp.sock'), qmpServerSocket: at('qmp-server.sock'), qgaSocket: at('qga.sock'), ctlSocket: at('ctl.sock'), serialLog: at('serial.log') },
-    mode,
-  );
+  const args = buildArgs(spec, { accel: 'tcg', machine: 'pc', cpuModel: 'qemu64', sandbox: true, network: { mode: 'user' } }, launchPaths(spec), mode);
   await fs.mkdir(spec.runDir, { recursive: true });
-  await fs.writeFile(at('qemu-args.json'), JSON.stringify(args));
+  await fs.writeFile(path.join(spec.runDir, 'qemu-args.json'), JSON.stringify(args));
 }

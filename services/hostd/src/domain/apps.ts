@@ -23,6 +23,11 @@ export function mountedApps(devices: readonly AppDevice[] | undefined): AppMount
   return m.length > 0 ? m.sort((a, b) => a.mount.localeCompare(b.mount)) : undefined;
 }
 
+/** The devices of a VM booting with `apps`: on its command line, a slot each in order. */
+export function bootDevices(apps: readonly AppMount[]): AppDevice[] {
+  return apps.map((a, slot) => ({ slot, layer: a.layer, mount: a.mount }));
+}
+
 export interface AppTarget {
   id: string;
   apps?: AppDevice[];
@@ -64,13 +69,11 @@ export class AppMounter {
 
   /** The disks of `devices`, for a command line. */
   disks(devices: readonly AppDevice[] | undefined): AppDisk[] {
-    return (devices ?? []).map((d) => ({ slot: d.slot, file: this.layers.path(d.layer), serial: appSerial(d) }));
+    return (devices ?? []).map((d) => this.#disk(d));
   }
 
-  /** Devices for a VM about to boot with `apps`, their layers fetched here first. */
-  async forBoot(apps: readonly AppMount[]): Promise<AppDevice[]> {
-    await Promise.all(apps.map((a) => this.layers.ensure(a.layer, this.timeouts.fetchMs)));
-    return apps.map((a, slot) => ({ slot, layer: a.layer, mount: a.mount }));
+  #disk(d: AppDevice): AppDisk {
+    return { slot: d.slot, file: this.layers.path(d.layer), serial: appSerial(d) };
   }
 
   /** Mounts, in a guest that has just booted, the apps its command line gave it. */
@@ -86,9 +89,8 @@ export class AppMounter {
    */
   async apply(vm: AppTarget, h: VmHandle, wanted: readonly AppMount[], persist: () => Promise<void>): Promise<void> {
     const { todo, free } = this.plan(vm, wanted);
-    const unpin = this.pin(todo.map((w) => w.layer));
+    const unpin = await this.prefetch(todo);
     try {
-      await Promise.all(todo.map((w) => this.layers.ensure(w.layer, this.timeouts.fetchMs)));
       for (const [i, w] of todo.entries()) await this.#replace(vm, h, { slot: free[i] as number, layer: w.layer }, w.mount, persist);
     } finally {
       unpin();
@@ -98,23 +100,21 @@ export class AppMounter {
   /** Plugs `dev` in, mounts it at `mount`, and lets go of the layer that was there. */
   async #replace(vm: AppTarget, h: VmHandle, dev: AppDevice, mount: string, persist: () => Promise<void>): Promise<void> {
     const devices = (vm.apps ??= []);
-    {
-      const disk = { slot: dev.slot, file: this.layers.path(dev.layer), serial: appSerial(dev) };
-      await this.runtime.attachDisk(h, disk, this.timeouts.guestMs);
-      devices.push(dev);
-      await persist();
-      try {
-        await this.#guest(vm.id, h, [MOUNT, disk.serial, mount]);
-      } catch (e) {
-        await this.#unplug(vm, h, dev, persist);
-        throw e;
-      }
-      const old = devices.find((d) => d !== dev && d.mount === mount);
-      dev.mount = mount;
-      if (old) delete old.mount;
-      await persist();
-      if (old) await this.#unplug(vm, h, old, persist);
+    const disk = this.#disk(dev);
+    await this.runtime.attachDisk(h, disk, this.timeouts.guestMs);
+    devices.push(dev);
+    await persist();
+    try {
+      await this.#guest(vm.id, h, [MOUNT, disk.serial, mount]);
+    } catch (e) {
+      await this.#unplug(vm, h, dev, persist);
+      throw e;
     }
+    const old = devices.find((d) => d !== dev && d.mount === mount);
+    dev.mount = mount;
+    if (old) delete old.mount;
+    await persist();
+    if (old) await this.#unplug(vm, h, old, persist);
   }
 
   /**

@@ -32,7 +32,7 @@ import type {
 import type { Image, ImageCatalog } from '../images.js';
 import type { Layout } from '../layout.js';
 import type { AppLayerStore, Directory, LayerStore, PartStore, SnapshotStore, VmHandle, VmRuntime, VmSpec } from './ports.js';
-import { AppMounter } from './apps.js';
+import { AppMounter, bootDevices } from './apps.js';
 import { ShippingManifest, fetch as fetchSnapshot, publish as publishSnapshot } from './shipping.js';
 import { assertAllowed, assertTransition } from './state.js';
 import { recordForDisk, removeVmFiles, vmInfo, writeJsonAtomic, type SnapshotRecord, type VmRecord } from './records.js';
@@ -204,16 +204,17 @@ export class HostEngine {
     // Taken before anything is made; #make's clean-up gives them back if the boot fails.
     const gpus = this.#gpus.take(id, req.gpus);
     if (gpus.length > 0) rec.gpus = gpus.map((g) => ({ group: g.group, functions: g.functions }));
-    const unpin = this.#apps.pin((req.apps ?? []).map((a) => a.layer));
+    let unpin = (): void => undefined;
     let base: string;
     try {
-      if (req.apps?.length) rec.apps = await this.#apps.forBoot(req.apps);
+      unpin = await this.#apps.prefetch(req.apps ?? []);
       base = await this.d.layers.importImage(image);
     } catch (e) {
       this.#gpus.release(id);
       unpin();
       throw e;
     }
+    if (req.apps?.length) rec.apps = bootDevices(req.apps);
     rec.chain.push(base);
     return this.#make(rec, image, base, async (spec) => {
       const h = await this.d.runtime.boot(spec, this.d.limits.bootTimeoutMs);
@@ -639,14 +640,7 @@ export class HostEngine {
     const files = this.d.snapshots.files(snap.info.id);
     const warm = this.#pool.take(snap.info.id);
     const id = warm?.id ?? newId('vm');
-    const rec = this.#newRecord(id, image, snap.info.profile.memMiB, snap.info.profile.cpus, 'restoring', {
-      ram: { file: files.ram, shared: false },
-      kernelCmdline: snap.kernelCmdline,
-      chain: [...snap.chain],
-      parentSnapshot: snap.info.id,
-    });
-    rec.lineage = snap.info.id;
-    if (snap.apps?.length) rec.apps = snap.apps.map((a) => ({ ...a }));
+    const rec = this.#childRecord(id, snap, image);
     if (requestKey) rec.requestKey = requestKey;
     if (warm) {
       rec.mac = warm.mac;
@@ -689,16 +683,24 @@ export class HostEngine {
     return { ...info, timings: rec.timings };
   }
 
+  /** The record of a child of `snap`, restoring: its RAM, disk chain and app disks are the snapshot's. */
+  #childRecord(id: string, snap: SnapshotRecord, image: Image): VmRecord {
+    const rec = this.#newRecord(id, image, snap.info.profile.memMiB, snap.info.profile.cpus, 'restoring', {
+      ram: { file: this.d.snapshots.files(snap.info.id).ram, shared: false },
+      kernelCmdline: snap.kernelCmdline,
+      chain: [...snap.chain],
+      parentSnapshot: snap.info.id,
+    });
+    rec.lineage = snap.info.id;
+    if (snap.apps?.length) rec.apps = snap.apps.map((a) => ({ ...a }));
+    return rec;
+  }
+
   /** A process for a future child of `snapId`: its own layer, the snapshot's RAM, waiting for state. */
   async #makeWarm(snapId: string): Promise<WarmChild> {
     const snap = this.#snap(snapId);
     const image = await this.d.images.get(snap.info.image);
-    const rec = this.#newRecord(newId('vm'), image, snap.info.profile.memMiB, snap.info.profile.cpus, 'restoring', {
-      ram: { file: this.d.snapshots.files(snapId).ram, shared: false },
-      kernelCmdline: snap.kernelCmdline,
-      chain: [...snap.chain],
-    });
-    if (snap.apps?.length) rec.apps = snap.apps.map((a) => ({ ...a }));
+    const rec = this.#childRecord(newId('vm'), snap, image);
     let handle: VmHandle | undefined;
     try {
       const top = await this.#newLayer(snap.chain.at(-1) as string, snap.diskVirtualSize, async (layer) => {

@@ -110,8 +110,8 @@ export interface LayerStore {
 
 /** App layers (packed directories) kept on this host by digest, fetched from the part store when missing. */
 export interface AppLayerStore {
-  /** The layer's file here, fetched (and verified) first if this host lacks it. */
-  ensure(digest: string, timeoutMs: number): Promise<string>;
+  /** Makes sure this host has the layer, fetching (and verifying) it if not; says what moved. */
+  ensure(digest: string, timeoutMs: number): Promise<{ fetched: boolean; receivedBytes: number }>;
   path(digest: string): string;
   list(): Promise<string[]>;
   remove(digest: string): Promise<void>;

@@ -53,6 +53,7 @@ export interface SnapshotRecord {
 }
 
 export function vmInfo(r: VmRecord, host: string, accel: VmInfo['accel']): VmInfo {
+  const apps = mountedApps(r.apps);
   return {
     id: r.id,
     host,
@@ -66,7 +67,7 @@ export function vmInfo(r: VmRecord, host: string, accel: VmInfo['accel']): VmInf
     ...(r.pid ? { pid: r.pid } : {}),
     mac: r.mac,
     ...(r.gpus?.length ? { gpus: r.gpus.flatMap((g) => g.functions) } : {}),
-    ...(mountedApps(r.apps) ? { apps: mountedApps(r.apps) } : {}),
+    ...(apps ? { apps } : {}),
     timings: r.timings,
   };
 }

@@ -105,9 +105,8 @@ export async function fetch(d: ShippingDeps, m: ShippingManifest, image: Image):
     moves.push({ size: p.size, bytes: r.receivedBytes, moved: true });
   }
   for (const a of m.apps ?? []) {
-    const had = (await d.appLayers.list()).includes(a.layer);
-    await d.appLayers.ensure(a.layer, d.timeoutMs);
-    moves.push({ size: a.size, bytes: had ? 0 : a.size, moved: !had });
+    const r = await d.appLayers.ensure(a.layer, d.timeoutMs);
+    moves.push({ size: a.size, bytes: r.receivedBytes, moved: r.fetched });
   }
   const record: SnapshotRecord = {
     ...(m.apps?.length ? { apps: m.apps.map(({ size: _s, ...a }) => a) } : {}),

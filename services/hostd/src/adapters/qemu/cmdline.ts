@@ -1,3 +1,5 @@
+import path from 'node:path';
+import { checkSocketPath } from '@forky/base';
 import type { Accel } from '@forky/contract';
 import type { AppDisk, VmSpec } from '../../domain/ports.js';
 import { tapName, type NetworkMode } from './tap.js';
@@ -54,7 +56,7 @@ export function buildArgs(spec: VmSpec, m: MachineOptions, paths: LaunchPaths, m
     '-append', spec.kernelCmdline,
     '-blockdev', JSON.stringify({ driver: 'qcow2', 'node-name': 'disk0', file: { driver: 'file', filename: spec.diskFile } }),
     '-device', 'virtio-blk-pci,drive=disk0,id=vda',
-    ...spec.appDisks.flatMap((d) => ['-blockdev', JSON.stringify(appBlockdev(d)), '-device', appDevice(d)]),
+    ...spec.appDisks.flatMap((d) => ['-blockdev', JSON.stringify(appBlockdev(d)), '-device', deviceArg(appDevice(d))]),
     '-device', 'virtio-serial-pci,id=vser0',
     '-chardev', `socket,id=qga0,path=${esc(paths.qgaSocket)},server=on,wait=off`,
     '-device', 'virtserialport,bus=vser0.0,chardev=qga0,name=org.qemu.guest_agent.0',
@@ -95,7 +97,27 @@ export function appBlockdev(d: AppDisk): Record<string, unknown> {
   return { driver: 'raw', 'node-name': `app${d.slot}`, 'read-only': true, file: { driver: 'file', filename: d.file, 'read-only': true } };
 }
 
-/** The device of an app disk, as `-device` takes it. */
-export function appDevice(d: AppDisk): string {
-  return `virtio-blk-pci,drive=app${d.slot},id=app${d.slot},serial=${d.serial},addr=0x${(APP_SLOT_BASE + d.slot).toString(16)}`;
+/** The device of an app disk, as `device_add` takes it; `deviceArg` makes the `-device` form of the same. */
+export function appDevice(d: AppDisk): { driver: string } & Record<string, string> {
+  return { driver: 'virtio-blk-pci', drive: `app${d.slot}`, id: `app${d.slot}`, serial: d.serial, addr: `0x${(APP_SLOT_BASE + d.slot).toString(16)}` };
+}
+
+function deviceArg({ driver, ...props }: { driver: string } & Record<string, string>): string {
+  return [driver, ...Object.entries(props).map(([k, v]) => `${k}=${esc(v)}`)].join(',');
+}
+
+/** A socket of one process of a VM: per generation, since a successor starts while its predecessor still runs. */
+export function vmSocket(spec: VmSpec, name: string): string {
+  return checkSocketPath(path.join(spec.runDir, `${name}.${spec.generation}.sock`));
+}
+
+/** Where one process of a VM has its monitors, channels and console. */
+export function launchPaths(spec: VmSpec): LaunchPaths {
+  return {
+    qmpSocket: vmSocket(spec, 'qmp'),
+    qmpServerSocket: vmSocket(spec, 'qmpd'),
+    qgaSocket: vmSocket(spec, 'qga'),
+    ctlSocket: vmSocket(spec, 'ctl'),
+    serialLog: path.join(spec.runDir, 'serial.log'),
+  };
 }

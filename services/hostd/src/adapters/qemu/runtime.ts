@@ -1,10 +1,10 @@
 import fs from 'node:fs/promises';
 import path from 'node:path';
-import { ForkyError, checkSocketPath, withDeadline, type Logger } from '@forky/base';
+import { ForkyError, withDeadline, type Logger } from '@forky/base';
 import { GuestAgentClient, QmpClient } from '@forky/qemu';
 import type { Accel, ExecResult, MachineProfile } from '@forky/contract';
 import type { AppDisk, RunningProcess, VmHandle, VmRuntime, VmSpec } from '../../domain/ports.js';
-import { APP_SLOT_BASE, appBlockdev, buildArgs, type LaunchMode, type MachineOptions } from './cmdline.js';
+import { appBlockdev, appDevice, buildArgs, launchPaths, vmSocket as sock, type LaunchMode, type MachineOptions } from './cmdline.js';
 import { findQemuProcesses, killAndWait, killGroup, launchQemu, watchProcess, type QemuProcess } from './process.js';
 import { listenForState, loadState } from './migration.js';
 import { copyPrivatePages } from './private-pages.js';
@@ -125,7 +125,7 @@ export class QemuRuntime implements VmRuntime {
     const vm = h as QemuVm;
     await vm.qmp.execute('blockdev-add', appBlockdev(disk), { timeoutMs });
     try {
-      await vm.qmp.execute('device_add', { driver: 'virtio-blk-pci', drive: `app${disk.slot}`, id: `app${disk.slot}`, serial: disk.serial, addr: `0x${(APP_SLOT_BASE + disk.slot).toString(16)}` }, { timeoutMs });
+      await vm.qmp.execute('device_add', appDevice(disk), { timeoutMs });
     } catch (e) {
       await vm.qmp.execute('blockdev-del', { 'node-name': `app${disk.slot}` }, { timeoutMs }).catch(() => undefined);
       throw e;
@@ -181,7 +181,7 @@ export class QemuRuntime implements VmRuntime {
     // QEMU listens for device state here after it has dropped root.
     await handOver(spec.runDir, this.opts.runAs);
     if (spec.ram.shared) await fs.mkdir(path.dirname(spec.ram.file), { recursive: true });
-    const paths = { qmpSocket: sock(spec, 'qmp'), qmpServerSocket: sock(spec, 'qmpd'), qgaSocket: sock(spec, 'qga'), ctlSocket: sock(spec, 'ctl'), serialLog: path.join(spec.runDir, 'serial.log') };
+    const paths = launchPaths(spec);
     const args = buildArgs(spec, this.opts, paths, mode);
     const log = this.opts.logger.child({ vm: spec.id, generation: spec.generation });
     const tap = this.opts.network.mode === 'tap' ? tapName(spec.id, spec.generation) : undefined;
@@ -203,11 +203,6 @@ export class QemuRuntime implements VmRuntime {
       throw e;
     }
   }
-}
-
-/** Sockets are per process generation: a successor starts while its predecessor still runs. */
-function sock(spec: VmSpec, name: string): string {
-  return checkSocketPath(path.join(spec.runDir, `${name}.${spec.generation}.sock`));
 }
 
 /** A guest that never answered: the last lines of its console say why. */

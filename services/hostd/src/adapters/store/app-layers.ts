@@ -9,7 +9,7 @@ import type { AppLayerStore, PartStore } from '../../domain/ports.js';
  * dropped to its own user, opens a hot-plugged layer after the drop.
  */
 export class LocalAppLayers implements AppLayerStore {
-  readonly #fetching = new Map<string, Promise<string>>();
+  readonly #fetching = new Map<string, Promise<{ fetched: boolean; receivedBytes: number }>>();
 
   constructor(
     private readonly layout: Layout,
@@ -20,7 +20,7 @@ export class LocalAppLayers implements AppLayerStore {
     return this.layout.appLayer(digest);
   }
 
-  ensure(digest: string, timeoutMs: number): Promise<string> {
+  ensure(digest: string, timeoutMs: number): Promise<{ fetched: boolean; receivedBytes: number }> {
     // One fetch per layer however many VMs ask for it at once.
     let p = this.#fetching.get(digest);
     if (!p) {
@@ -30,18 +30,18 @@ export class LocalAppLayers implements AppLayerStore {
     return p;
   }
 
-  async #ensure(digest: string, timeoutMs: number): Promise<string> {
+  async #ensure(digest: string, timeoutMs: number): Promise<{ fetched: boolean; receivedBytes: number }> {
     const file = this.path(digest);
-    if (await fs.access(file).then(() => true, () => false)) return file;
+    if (await fs.access(file).then(() => true, () => false)) return { fetched: false, receivedBytes: 0 };
     if (!this.parts) throw new NotFoundError('app layer', digest);
     if (!(await this.parts.has(digest))) {
       throw new ForkyError('NOT_FOUND', `app layer ${digest} is in no store: upload it first (forky does, for --app)`, { details: { field: 'apps' } });
     }
     await fs.mkdir(this.layout.appsDir(), { recursive: true, mode: 0o755 });
     await fs.chmod(this.layout.appsDir(), 0o755);
-    await this.parts.download(digest, file, timeoutMs);
+    const { receivedBytes } = await this.parts.download(digest, file, timeoutMs);
     await fs.chmod(file, 0o444);
-    return file;
+    return { fetched: true, receivedBytes };
   }
 
   async list(): Promise<string[]> {
