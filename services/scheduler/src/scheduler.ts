@@ -43,7 +43,7 @@ export class Scheduler {
   constructor(
     private readonly nc: NatsConnection,
     private readonly buckets: Buckets,
-    /** Heartbeats, watched from the KV bucket. */
+    /** Heartbeats, followed on their subjects (seeded from the hosts bucket). */
     private readonly view: HostView<Heartbeat>,
     /** Keyed requests go through it, so they outlive the scheduler that took them. */
     private readonly jobs: JobQueue,
