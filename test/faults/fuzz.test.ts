@@ -2,98 +2,60 @@ import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { headers } from '@nats-io/nats-core';
 import { Kvm } from '@nats-io/kv';
-import { pack } from 'msgpackr';
-import { ErrorCodes } from '@forky/base';
-import { startNatsServer, type NatsServer } from '@forky/bus';
-import {
-  BUCKETS,
-  HOSTD_ENDPOINTS,
-  SCHED_ENDPOINTS,
-  decodeBody,
-  hostdContract,
-  schedContract,
-  subjects,
-  type HostdEndpoint,
-  type SchedEndpoint,
-  type SnapshotInfo,
-  type VmInfo,
-} from '@forky/contract';
-import { fileTree } from '../helpers/files.js';
-import { startTestHost, type TestHost } from '../helpers/hostd.js';
+import { ErrorCodes, ForkyError } from '@forky/base';
+import { BUCKETS, HOSTD_ENDPOINTS, SCHED_ENDPOINTS, decodeBody, hostdContract, schedContract, subjects, type HostdEndpoint, type SchedEndpoint, type SnapshotInfo, type VmInfo } from '@forky/contract';
+import { FuzzCluster } from '../helpers/fuzz-cluster.js';
+import { NO_LAYER, RAW_HEADER_BLOCKS, hostileBodies, type Base, type Hostile } from '../helpers/fuzz-bodies.js';
+import { GHOST_SNAP, GHOST_VM, HOSTILE_VALUES, HostileWriter, ODD_TOKENS } from '../helpers/fuzz-entries.js';
 import { qemuPidsOf } from '../helpers/procs.js';
 import { ensureImage } from '../helpers/repo.js';
-import { startTestScheduler, type TestScheduler } from '../helpers/scheduler.js';
 
 const TOTAL = Number(process.env.FORKY_FUZZ_REQUESTS ?? 10_000);
 const SEED = Number(process.env.FORKY_FUZZ_SEED ?? 20261125);
-const enc = new TextEncoder();
-/** The digest of an app layer that no store holds. */
-const NO_LAYER = 'e'.repeat(64);
+/** `1`: the host runs no QEMU (its VMs are records), for a run on a busy machine. */
+const DRY_RUN = process.env.FORKY_FUZZ_DRY_RUN === '1';
+const HOST = 'fz1';
+const ROGUE = 'fz2';
+/** Reply subjects with bytes no client makes, each still UTF-8 (the client answers what it decodes). */
+const ODD_REPLY_SUFFIXES = [[0x01], [0x00], [0x7f], [0x1b, 0x5b, 0x32, 0x4a], [0xc3, 0xbc], [0xe2, 0x80, 0xa8]].map((b) => Buffer.from(b));
 
-/** mulberry32: a small seeded PRNG, so a failing request can be replayed from the seed. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
+/** What came back: the error status and content type from the headers, and the body. */
+interface Answer {
+  status?: string;
+  contentType?: string;
+  data: Uint8Array;
 }
+const count = (m: Map<string, number>, k: string): void => void m.set(k, (m.get(k) ?? 0) + 1);
+const figures = (m: Map<string, number>): string => [...m.entries()].sort().map(([c, n]) => `${c || '(none)'} ${n}`).join(', ');
 
-type Kind = 'id' | 'key' | 'name' | 'int' | 'bool' | 'cmd' | 'text' | 'items' | 'enum' | 'apps';
-interface Base {
-  body: Record<string, unknown>;
-  fields: Record<string, Kind>;
-  /** Fields whose absence makes the request invalid (others have defaults: removing them is harmless). */
-  required: string[];
-}
-
-const BAD_STRINGS = ['', '../../../etc/passwd', '/etc/shadow', 'vm-../../../../tmp/x', 'snap-aaaaaaaaaaaa/../../x', 'x'.repeat(70_000), 'vm-AAAAAAAAAAAA', '\u0000', 'vm-\u0000aaaaaaaaaa', 'vm-aaaaaaaaaaa\n', '%2e%2e%2f', '😀'.repeat(20), ' vm-aaaaaaaaaaaa'];
-const NOT_STRINGS = [0, 1.5, -1, true, false, null, [], {}, ['vm-aaaaaaaaaaaa'], { id: 'x' }];
-const BAD_INTS = ['1', '256', 1.5, -1, 1e300, -1e300, 2 ** 60, Number.MAX_SAFE_INTEGER + 2, true, null, [], {}, [1]];
-const BAD_BOOLS = ['true', 'false', 1, 0, null, [], {}, 'yes'];
-const UNKNOWN_KEYS = ['x', '__proto__', 'constructor', 'prototype', 'toString', 'ID', 'hostId', 'a'.repeat(300), '', 'id ', '$where'];
-
-describe('fuzz: hostile requests to every endpoint get a typed error and change nothing', { timeout: 900_000 }, () => {
-  let nats: NatsServer;
-  let host: TestHost;
-  let sched: TestScheduler;
+describe('fuzz: hostile requests, headers, subjects and KV entries get a typed error, crash nothing and change nothing', { timeout: 900_000 }, () => {
+  let c: FuzzCluster;
   let vm: VmInfo;
   let snap: SnapshotInfo;
 
   const state = async () => ({
-    vms: (await host.client.call('vm.list', {})).vms.map((v) => `${v.id}:${v.state}:${v.pid}`).sort(),
-    snapshots: (await host.client.call('snapshot.list', {})).snapshots.map((s) => s.id).sort(),
+    vms: (await c.host.call('vm.list', {})).vms.map((v) => `${v.id}:${v.state}:${v.pid}`).sort(),
+    snapshots: (await c.host.call('snapshot.list', {})).snapshots.map((s) => s.id).sort(),
     qemu: (await qemuPidsOf([vm.id])).length,
-    files: [...(await fileTree(host.dataDir)), ...(await fileTree(host.ramDir))],
-    locator: await keys(BUCKETS.locator),
-    requests: await keys(BUCKETS.requests),
-    lineage: await keys(BUCKETS.lineage),
+    files: await c.files(),
+    locator: await c.keys(BUCKETS.locator),
+    requests: await c.keys(BUCKETS.requests),
+    lineage: await c.keys(BUCKETS.lineage),
   });
-  const keys = async (bucket: string): Promise<string[]> => {
-    const kv = await new Kvm(host.nc).open(bucket);
-    const out: string[] = [];
-    for await (const k of await kv.keys()) out.push(k);
-    return out.sort();
-  };
 
   before(async () => {
     await ensureImage();
-    nats = await startNatsServer();
-    host = await startTestHost(nats.url);
-    sched = await startTestScheduler(nats.url);
-    vm = await host.client.call('vm.boot', {});
+    c = await FuzzCluster.start(HOST, ROGUE, { dryRun: DRY_RUN });
+    vm = await c.host.call('vm.boot', {});
     // A second VM is snapshotted (paused), so the fuzzed VM keeps running and its snapshot exists.
-    const other = await host.client.call('vm.boot', {});
-    snap = await host.client.call('snapshot.create', { vm: other.id, resume: false });
-    await host.client.call('vm.destroy', { id: other.id });
+    const other = await c.host.call('vm.boot', {});
+    snap = await c.host.call('snapshot.create', { vm: other.id, resume: false });
+    await c.host.call('vm.destroy', { id: other.id });
   });
   after(async () => {
-    await sched?.stop();
-    await host?.stop();
-    await nats?.stop();
+    await c?.host.call('vm.destroy', { id: vm?.id ?? '' }).catch(() => undefined);
+    await c?.host.call('snapshot.delete', { id: snap?.id ?? '', cascade: true }).catch(() => undefined);
+    await c?.close();
   });
 
   it(`${TOTAL} requests, seed ${SEED}`, async (t) => {
@@ -127,95 +89,22 @@ describe('fuzz: hostile requests to every endpoint get a typed error and change 
       batch: { body: { items: [{ source: snap.id, count: 1 }] }, fields: { items: 'items', key: 'key' }, required: ['items'] },
     };
     const targets = [
-      ...HOSTD_ENDPOINTS.map((e) => ({ subject: subjects.host(host.hostId, e), name: `hostd ${e}`, base: hostBases[e], schema: hostdContract[e].request })),
+      ...HOSTD_ENDPOINTS.map((e) => ({ subject: subjects.host(HOST, e), name: `hostd ${e}`, base: hostBases[e], schema: hostdContract[e].request })),
       ...SCHED_ENDPOINTS.map((e) => ({ subject: subjects.sched(e), name: `sched ${e}`, base: schedBases[e], schema: schedContract[e].request })),
     ];
-
-    const rnd = prng(SEED);
-    const pick = <T>(xs: readonly T[]): T => xs[Math.floor(rnd() * xs.length)] as T;
-    const badFor = (kind: Kind): unknown => {
-      switch (kind) {
-        case 'id':
-          return pick([...BAD_STRINGS, ...NOT_STRINGS, 'vm-zzzzzzzzzzzz', 'snap-zzzzzzzzzzzz']);
-        case 'key':
-          return pick([...BAD_STRINGS, ...NOT_STRINGS, 'short', 'k'.repeat(65)]);
-        case 'name':
-          return pick([...BAD_STRINGS, ...NOT_STRINGS, 'no-such-thing']);
-        case 'int':
-          return pick(BAD_INTS);
-        case 'bool':
-          return pick(BAD_BOOLS);
-        case 'enum':
-          return pick(['READY', 'now', '', 1, null, ['ready']]);
-        case 'cmd':
-          return pick(['true', [], [1], [null], [{}], Array.from({ length: 300 }, () => 'x'), ['x'.repeat(70_000)], null, {}]);
-        case 'text':
-          return pick([1, null, [], {}, 'x'.repeat((1 << 19) + 1)]);
-        case 'apps':
-          return pick([
-            [],
-            {},
-            null,
-            [{ layer: NO_LAYER }],
-            [{ layer: 'ab', mount: '/app' }],
-            [{ layer: NO_LAYER, mount: '/app/../../etc' }],
-            [{ layer: NO_LAYER, mount: 'app' }],
-            [{ layer: NO_LAYER, mount: '/' }],
-            [{ layer: NO_LAYER, mount: '/data/x' }],
-            [{ layer: NO_LAYER, mount: '/proc' }],
-            [{ layer: NO_LAYER, mount: '/a b' }],
-            [{ layer: `${NO_LAYER.slice(1)}/`, mount: '/app' }],
-            [{ layer: NO_LAYER, mount: '/app', x: 1 }],
-            [{ layer: NO_LAYER, mount: '/app' }, { layer: NO_LAYER, mount: '/app' }],
-            Array.from({ length: 5 }, (_, i) => ({ layer: NO_LAYER, mount: `/a${i}` })),
-          ]);
-        case 'items':
-          return pick([[], {}, 'x', null, [{}], [{ source: snap.id }], [{ source: snap.id, count: 0 }], [{ source: snap.id, count: 1, x: 1 }], Array.from({ length: 1001 }, () => ({ source: snap.id, count: 1 }))]);
+    const { rnd, pick, hostile } = hostileBodies(SEED, snap.id);
+    /** True if `h` decoded as `contentType` is a valid request: an accident, not hostile. */
+    const valid = (schema: (typeof targets)[number]['schema'], h: Hostile, contentType: string | undefined): boolean => {
+      try {
+        return schema.safeParse(decodeBody(h.data, contentType).value).success && !/zzzz|no-such/.test(h.how);
+      } catch {
+        return false;
       }
-    };
-    /** One hostile body: a mutation of a valid request, or a broken encoding. */
-    const hostile = (base: Base): { data: Uint8Array; contentType?: string; how: string } => {
-      const fields = Object.keys(base.fields);
-      const format = rnd() < 0.5 ? 'json' : 'msgpack';
-      const encode = (v: unknown): Uint8Array => (format === 'json' ? enc.encode(JSON.stringify(v)) : pack(v));
-      const r = rnd();
-      if (r < 0.3 && fields.length > 0) {
-        const f = pick(fields);
-        const v = badFor(base.fields[f] as Kind);
-        return { data: encode({ ...base.body, [f]: v }), how: `${format} ${f}=${JSON.stringify(v)?.slice(0, 60)}` };
-      }
-      if (r < 0.45) {
-        const k = pick(UNKNOWN_KEYS);
-        const body = { ...base.body };
-        Object.defineProperty(body, k, { value: pick([1, 'x', null, { polluted: true }]), enumerable: true, configurable: true, writable: true });
-        return { data: encode(body), how: `${format} unknown field ${JSON.stringify(k.slice(0, 20))}` };
-      }
-      if (r < 0.55 && base.required.length > 0) {
-        const { [pick(base.required)]: _gone, ...rest } = base.body;
-        return { data: encode(rest), how: `${format} missing a required field` };
-      }
-      if (r < 0.7) {
-        // Truncated: never to zero bytes, which is the valid empty request `{}`.
-        const full = encode(base.body);
-        const cut = 1 + Math.floor(rnd() * Math.max(1, full.length - 1));
-        return { data: full.slice(0, cut), how: `${format} truncated to ${cut} of ${full.length}` };
-      }
-      if (r < 0.8) {
-        const data = new Uint8Array(1 + Math.floor(rnd() * 200)).map(() => Math.floor(rnd() * 256));
-        return { data, how: 'random bytes' };
-      }
-      if (r < 0.85) return { data: encode(pick([[base.body], 'text', 42, null, true])), how: `${format} not a map` };
-      if (r < 0.9) return { data: encode(base.body), contentType: format === 'json' ? 'application/msgpack' : 'application/json', how: `${format} with the other content type` };
-      if (r < 0.95) {
-        const depth = 1000 + Math.floor(rnd() * 50_000);
-        const data = format === 'json' ? enc.encode(`{"x":${'['.repeat(depth)}${']'.repeat(depth)}}`) : new Uint8Array([0x81, 0xa1, 0x78, ...new Array<number>(depth).fill(0x91), 0xc0]);
-        return { data, how: `${format} nested ${depth} deep` };
-      }
-      return { data: enc.encode(pick(['{', '{"id":', '{"a":1}}', '{"a":NaN}', "{'a':1}", '{"count":1,}', `{"x":"${'y'.repeat(900_000)}"}`])), how: 'broken JSON' };
     };
 
     const before = await state();
     const codes = new Map<string, number>();
+    const cases = new Map<string, number>();
     let sent = 0;
     let skipped = 0;
     const failures: string[] = [];
@@ -223,38 +112,46 @@ describe('fuzz: hostile requests to every endpoint get a typed error and change 
     while (jobs.length < TOTAL) {
       const target = targets[jobs.length % targets.length] as (typeof targets)[number];
       const h = hostile(target.base);
-      // A mutation that happens to be valid (random bytes decoding to `{}`) is not hostile: skip it.
-      try {
-        if (target.schema.safeParse(decodeBody(h.data, h.contentType).value).success && !/zzzz|no-such/.test(h.how)) {
-          skipped++;
-          continue;
-        }
-      } catch {
-        // Undecodable: hostile, as wanted.
+      // How it is sent: by the client, with raw header blocks the client refuses to make, or to an odd reply subject.
+      const way = rnd();
+      const block = way < 0.06 ? pick(RAW_HEADER_BLOCKS) : undefined;
+      const suffix = way >= 0.06 && way < 0.1 && !h.contentType ? pick(ODD_REPLY_SUFFIXES) : undefined;
+      const effective = block ? (block.format === 'msgpack' ? 'application/msgpack' : undefined) : h.contentType;
+      if (block?.format !== 'unparsable' && valid(target.schema, h, effective)) {
+        skipped++;
+        continue;
       }
+      const label = block ? `raw headers: ${block.how}` : suffix ? `reply subject ${suffix.toString('hex')}` : 'client';
+      count(cases, block ? 'raw-headers' : suffix ? 'odd-reply' : h.category);
       jobs.push(async () => {
-        const hdrs = headers();
-        if (h.contentType) hdrs.set('Content-Type', h.contentType);
-        let msg;
+        let answer: Answer | undefined;
         try {
-          msg = await host.nc.request(target.subject, h.data, { timeout: 10_000, ...(h.contentType ? { headers: hdrs } : {}) });
+          if (block || suffix) {
+            const r = await c.raw.request(target.subject, Buffer.from(h.data), { ...(block ? { headers: Buffer.from(block.block) } : {}), ...(suffix ? { replySuffix: suffix } : {}), timeoutMs: 10_000 });
+            if (!r) throw new Error('no reply within 10 s');
+            answer = { data: r.data, status: /Nats-Service-Error-Code: (\d+)/.exec(r.headers)?.[1], contentType: /Content-Type: ([^\r]*)/.exec(r.headers)?.[1] };
+          } else {
+            const hdrs = headers();
+            if (h.contentType) hdrs.set('Content-Type', h.contentType);
+            const msg = await c.op.request(target.subject, h.data, { timeout: 10_000, ...(h.contentType ? { headers: hdrs } : {}) });
+            answer = { data: msg.data, status: msg.headers?.get('Nats-Service-Error-Code') || undefined, contentType: msg.headers?.get('Content-Type') || undefined };
+          }
         } catch (e) {
-          failures.push(`${target.name} (${h.how}): no reply: ${(e as Error).message}`);
+          failures.push(`${target.name} (${h.how}; ${label}): no reply: ${(e as Error).message}`);
           return;
         }
         sent++;
-        const status = msg.headers?.get('Nats-Service-Error-Code');
         let reply: { error?: { code?: string; message?: string } } | undefined;
         try {
-          reply = decodeBody(msg.data, msg.headers?.get('Content-Type') || undefined).value as typeof reply;
+          reply = decodeBody(answer.data, answer.contentType).value as typeof reply;
         } catch {
           reply = undefined;
         }
         const code = reply?.error?.code ?? '';
-        codes.set(code, (codes.get(code) ?? 0) + 1);
-        if (!status) failures.push(`${target.name} (${h.how}): answered without an error`);
-        else if (!(code in ErrorCodes) || code === 'INTERNAL' || code === 'QEMU') failures.push(`${target.name} (${h.how}): error code ${JSON.stringify(code)}: ${reply?.error?.message}`);
-        else if (/\n\s+at |node:internal|\.js:\d+/.test(reply?.error?.message ?? '')) failures.push(`${target.name} (${h.how}): a stack on the wire`);
+        count(codes, code);
+        if (!answer.status) failures.push(`${target.name} (${h.how}; ${label}): answered without an error`);
+        else if (!(code in ErrorCodes) || code === 'INTERNAL' || code === 'QEMU') failures.push(`${target.name} (${h.how}; ${label}): error code ${JSON.stringify(code)}: ${reply?.error?.message}`);
+        else if (/\n\s+at |node:internal|\.js:\d+/.test(reply?.error?.message ?? '')) failures.push(`${target.name} (${h.how}; ${label}): a stack on the wire`);
       });
     }
     // 16 in flight: enough to overlap, few enough that no request waits near its deadline.
@@ -264,12 +161,77 @@ describe('fuzz: hostile requests to every endpoint get a typed error and change 
     }));
 
     const afterState = await state();
+    assert.equal(c.crashes(), 0, 'no service process exited');
     assert.deepEqual(afterState, before, 'no state changed: VMs, snapshots, QEMU processes, files, KV keys');
-    assert.equal((await host.client.call('host.info', {})).id, host.hostId, 'hostd still answers');
-    assert.equal((await sched.client.call('hosts', {})).hosts.length, 1, 'the scheduler still answers');
-    t.diagnostic(`requests tried: ${jobs.length} over ${targets.length} endpoints (${skipped} accidental valid ones skipped); answered: ${sent}; crashes: 0; state changes: 0`);
-    t.diagnostic(`error codes: ${[...codes.entries()].map(([c, n]) => `${c || '(none)'} ${n}`).join(', ')}`);
+    assert.equal((await c.host.call('host.info', {})).id, HOST, 'hostd still answers');
+    assert.equal((await c.sched.call('hosts', {})).hosts.length, 1, 'the scheduler still answers');
+    t.diagnostic(`requests tried: ${jobs.length} over ${targets.length} endpoints (${skipped} accidental valid ones skipped); answered: ${sent}; crashes: ${c.crashes()}; state changes: 0`);
+    t.diagnostic(`error codes: ${figures(codes)}`);
+    t.diagnostic(`cases: ${figures(cases)}`);
     assert.deepEqual(failures.slice(0, 20), [], `${failures.length} requests were not answered with a typed error`);
     assert.ok(jobs.length >= TOTAL);
+  });
+
+  it('hostile entries in every bucket a host may write, and heartbeats on odd subjects: read back, logged, ignored', async (t) => {
+    const before = await state();
+    const tree = (await c.sched.call('snapshot.tree', {})).nodes;
+    const vmIds = (await c.sched.call('vm.list', {})).vms.map((v) => v.id).sort();
+    const realBeat = (await (await new Kvm(c.op).open(BUCKETS.hosts)).get(HOST))?.value ?? new Uint8Array();
+    const writer = await HostileWriter.open(c.nats.url, c.nats.port, ROGUE, c.auth.hosts[ROGUE] as { user: string; pass: string });
+    const codes = new Map<string, number>();
+    const failures: string[] = [];
+    let probes = 0;
+    let oddBeats = 0;
+    /** One read after the entries are in: `expect` is the code it must fail with, or 'ok' and a check. */
+    const probe = async (name: string, call: () => Promise<unknown>, expect: string, check?: (r: unknown) => void): Promise<void> => {
+      probes++;
+      const got = await call().then(
+        (r) => {
+          check?.(r);
+          return 'ok';
+        },
+        (e: unknown) => (e instanceof ForkyError ? e.code : `untyped: ${String(e)}`),
+      );
+      count(codes, got);
+      if (got !== expect && !(expect === 'typed' && got in ErrorCodes)) failures.push(`${name}: ${got}, expected ${expect}`);
+    };
+    const reads = async (how: string): Promise<void> => {
+      await probe(`hosts (${how})`, () => c.sched.call('hosts', {}), 'ok', (r) => assert.deepEqual((r as { hosts: Array<{ id: string }> }).hosts.map((h) => h.id), [HOST]));
+      await probe(`vm.show ghost (${how})`, () => c.sched.call('vm.show', { id: GHOST_VM }), 'NOT_FOUND');
+      await probe(`snapshot.show ghost (${how})`, () => c.sched.call('snapshot.show', { id: GHOST_SNAP }), 'NOT_FOUND');
+      await probe(`fork ghost (${how})`, () => c.sched.call('fork', { source: GHOST_SNAP, count: 1 }), 'NOT_FOUND');
+      await probe(`snapshot.delete ghost (${how})`, () => c.sched.call('snapshot.delete', { id: GHOST_SNAP }), 'NOT_FOUND');
+      await probe(`snapshot.tree (${how})`, () => c.sched.call('snapshot.tree', {}), 'ok', (r) => assert.deepEqual((r as { nodes: unknown }).nodes, tree));
+      await probe(`vm.show real (${how})`, () => c.sched.call('vm.show', { id: vm.id }), 'ok');
+      await probe(`vm.list (${how})`, () => c.sched.call('vm.list', {}), 'ok', (r) => assert.deepEqual((r as { vms: VmInfo[] }).vms.map((v) => v.id).sort(), vmIds));
+      // A manifest that is not one, in the parts store: refused with a code, nothing fetched.
+      await probe(`hostd snapshot.fetch ghost (${how})`, () => c.host.call('snapshot.fetch', { id: GHOST_SNAP }), 'typed');
+      await probe(`hostd host.info (${how})`, () => c.host.call('host.info', {}), 'ok');
+    };
+    try {
+      for (const v of HOSTILE_VALUES) {
+        await writer.writeEverywhere(v.value);
+        // Heartbeats on subjects no host has (the operator may publish anywhere): garbage, and a real beat replayed.
+        for (const tok of ODD_TOKENS) {
+          for (const body of [v.value, realBeat]) c.raw.publish(Buffer.concat([Buffer.from('forky.v1.hb.'), tok]), Buffer.from(body));
+          oddBeats += 2;
+        }
+        await c.raw.flush();
+        await reads(v.how);
+      }
+      // A scheduler that starts now reads the hosts bucket, the rogue's last value in it, from scratch.
+      await c.stop(c.procs[1] as (typeof c.procs)[number]);
+      await c.startScheduler('sched-b');
+      await reads('a scheduler started after');
+    } finally {
+      await writer.removeAll();
+      await writer.close();
+    }
+    assert.equal(c.crashes(), 0, 'no service process exited');
+    assert.deepEqual(await state(), before, 'no state changed: VMs, snapshots, QEMU processes, files, KV keys');
+    t.diagnostic(`hostile entries: ${writer.written} writes of ${HOSTILE_VALUES.length} values with host ${ROGUE}'s credentials (hosts key, heartbeat, locator, lineage, parts; ${ODD_TOKENS.length} odd keys per bucket); ${oddBeats} heartbeats on odd subjects`);
+    const unanswered = (codes.get('TIMEOUT') ?? 0) + (codes.get('UNAVAILABLE') ?? 0);
+    t.diagnostic(`reads after them: ${probes} tried, answered: ${probes - unanswered}; crashes: ${c.crashes()}; state changes: 0; codes: ${figures(codes)}`);
+    assert.deepEqual(failures.slice(0, 20), [], `${failures.length} reads went wrong`);
   });
 });

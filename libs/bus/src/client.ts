@@ -1,6 +1,6 @@
-import { headers, type NatsConnection } from '@nats-io/nats-core';
+import { headers, type Msg, type NatsConnection } from '@nats-io/nats-core';
 import type { z } from 'zod';
-import { DeadlineError, ForkyError } from '@forky/base';
+import { DeadlineError, ForkyError, asForkyError } from '@forky/base';
 import {
   CONTENT_TYPE,
   WireError,
@@ -18,21 +18,33 @@ import {
   type SchedReplyOf,
   type SchedRequestOf,
 } from '@forky/contract';
+import { PastDeadlineError, outgoingTimes, setTimeHeaders } from './deadlines.js';
+import { headerOf, setHeader } from './headers.js';
 
 export interface RequestOptions {
   timeoutMs?: number;
   format?: Format;
+  /** Epoch ms when the caller gives up (Forky-Deadline); the request's deadline is never later than now + timeoutMs. */
+  deadline?: number;
+  /** Epoch ms by which the service must have started it (Forky-Start-By): the caller may give up on it from then. */
+  startBy?: number;
 }
 
 /**
  * Sends a request and returns the reply body, or throws the remote error as a RemoteError
- * (code + message), a DeadlineError, or UNAVAILABLE when nothing serves the subject.
+ * (code + message), a DeadlineError, or UNAVAILABLE when nothing serves the subject. It carries
+ * its deadline (see outgoingTimes: sent from a handler, never later than that request's), so a
+ * service that reads it too late refuses it rather than doing work nobody waits for.
  */
 export async function request(nc: NatsConnection, subject: string, body: unknown, opts: RequestOptions = {}): Promise<unknown> {
   const format = opts.format ?? 'msgpack';
-  const timeoutMs = opts.timeoutMs ?? 30_000;
+  const now = Date.now();
+  const times = outgoingTimes({ timeoutMs: opts.timeoutMs ?? 30_000, deadline: opts.deadline, startBy: opts.startBy }, now);
+  const timeoutMs = Math.floor(times.deadline - now);
+  if (timeoutMs < 1) throw new PastDeadlineError(`request ${subject} not sent: its caller gave up at ${new Date(times.deadline).toISOString()}`, { deadline: times.deadline });
   const h = headers();
-  h.set('Content-Type', CONTENT_TYPE[format]);
+  setHeader(h, 'Content-Type', CONTENT_TYPE[format]);
+  setTimeHeaders(h, times);
   let msg;
   try {
     msg = await nc.request(subject, encodeBody(body, format), { timeout: timeoutMs, headers: h });
@@ -45,13 +57,22 @@ export async function request(nc: NatsConnection, subject: string, body: unknown
     if (cause.name === 'TimeoutError' || /timeout/i.test(err.message)) throw new DeadlineError(`request ${subject}`, timeoutMs, e);
     throw new ForkyError('UNAVAILABLE', `request ${subject} failed: ${err.message}`, { cause: e });
   }
-  const decoded = decodeBody(msg.data, msg.headers?.get('Content-Type') || undefined).value;
+  const decoded = decodeReply(msg, subject);
   if (msg.headers?.get('Nats-Service-Error-Code')) {
     const w = WireError.safeParse(decoded);
     if (w.success) throw fromWireError(w.data, subject);
     throw new ForkyError('INTERNAL', `${subject}: ${msg.headers.get('Nats-Service-Error') || 'service error'}`);
   }
   return decoded;
+}
+
+/** A reply that cannot be read (not a body, headers the client cannot parse) is the service's fault: INTERNAL, not BAD_REQUEST. */
+function decodeReply(msg: Msg, subject: string): unknown {
+  try {
+    return decodeBody(msg.data, headerOf(msg, 'Content-Type')).value;
+  } catch (e) {
+    throw new ForkyError('INTERNAL', `${subject}: the reply cannot be read: ${asForkyError(e).message}`, { cause: e });
+  }
 }
 
 /** A typed client of one hostd. */

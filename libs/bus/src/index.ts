@@ -20,3 +20,6 @@ export { JobQueue, type JobQueueOptions, type JobOutcome, type JobDelivery } fro
 export { isTransientNatsError, retryTransient } from './retry.js';
 export { ObjectPartStore, PARTS_BUCKET, type UploadResult } from './object-parts.js';
 export { digestFile } from './sparse.js';
+export { headerOf, safeHeaders, setHeader } from './headers.js';
+export { PastDeadlineError, callerDeadline, refuseIfLate, type CallerTimes } from './deadlines.js';
+export { LocatorEntry, entryValue, isReadableKey, logBadEntry, parseJsonBytes } from './entries.js';

@@ -1,8 +1,9 @@
-import { nanos, type NatsConnection } from '@nats-io/nats-core';
+import { headers, nanos, type NatsConnection } from '@nats-io/nats-core';
 import { AckPolicy, DeliverPolicy, RetentionPolicy, StorageType, jetstream, jetstreamManager, type Consumer, type JsMsg } from '@nats-io/jetstream';
 import type { Logger } from '@forky/base';
-import { JOBS_CONSUMER, Job, STREAMS, decodeBody, encodeBody, subjects } from '@forky/contract';
+import { DEADLINE_HEADERS, JOBS_CONSUMER, Job, STREAMS, decodeBody, encodeBody, parseTimeHeader, subjects } from '@forky/contract';
 import { createOrOpen } from './buckets.js';
+import { headerOf, setHeader } from './headers.js';
 import { retryTransient } from './retry.js';
 
 export interface JobQueueOptions {
@@ -10,7 +11,7 @@ export interface JobQueueOptions {
   replicas: number;
   /** How long a job may go without a sign of life before it is given to another scheduler. */
   ackWaitMs: number;
-  /** Deliveries of one job before it is dropped (its outcome is then recorded as failed). */
+  /** Deliveries of one job that may run it (the last one's failure is recorded as final). */
   maxDeliver: number;
 }
 
@@ -21,8 +22,12 @@ export interface JobDelivery {
   job: Job;
   /** 1 on the first delivery. */
   attempt: number;
-  /** No delivery will follow this one. */
+  /** The last delivery that may run the job: no run follows this one. */
   last: boolean;
+  /** Past the last run (that run ended without a word: its worker died): the job is to be failed on the record, not run. */
+  pastLast: boolean;
+  /** Epoch ms when the job's client gives up (Forky-Deadline of its message), if it says. */
+  deadline?: number;
 }
 
 /**
@@ -66,21 +71,30 @@ export class JobQueue {
           ack_policy: AckPolicy.Explicit,
           deliver_policy: DeliverPolicy.All,
           ack_wait: nanos(opts.ackWaitMs),
-          max_deliver: opts.maxDeliver,
+          max_deliver: maxDeliveries(opts),
           num_replicas: opts.replicas,
         }),
       () => jsm.consumers.info(STREAMS.jobs, JOBS_CONSUMER),
       `consumer ${JOBS_CONSUMER} of ${STREAMS.jobs}`,
     );
+    // A consumer made before the extra delivery existed (or with another maxDeliver) is brought in line.
+    const info = await jsm.consumers.info(STREAMS.jobs, JOBS_CONSUMER);
+    if (info.config.max_deliver !== maxDeliveries(opts)) await jsm.consumers.update(STREAMS.jobs, JOBS_CONSUMER, { max_deliver: maxDeliveries(opts) });
     const consumer = await jetstream(nc).consumers.get(STREAMS.jobs, JOBS_CONSUMER);
     return new JobQueue(nc, consumer, opts, log.child({ component: 'jobs' }));
   }
 
-  /** Queues a job; `dedupeId` names this submission (repeats of it within two minutes are dropped). */
-  async submit(job: Job, dedupeId: string): Promise<void> {
+  /**
+   * Queues a job; `dedupeId` names this submission (repeats of it within two minutes are dropped),
+   * `deadline` is when its client gives up. The deadline is a header, not a field of the Job: a
+   * scheduler of the previous version still takes such a job (its Job schema is strict).
+   */
+  async submit(job: Job, dedupeId: string, deadline?: number): Promise<void> {
     const body = encodeBody(Job.parse(job), 'json');
+    const h = headers();
+    if (deadline !== undefined) setHeader(h, DEADLINE_HEADERS.deadline, String(Math.floor(deadline)));
     // The message id makes a repeat after a lost ack harmless.
-    await retryTransient('job publish', () => jetstream(this.nc).publish(subjects.job(job.endpoint), body, { msgID: dedupeId }), { log: this.log });
+    await retryTransient('job publish', () => jetstream(this.nc).publish(subjects.job(job.endpoint), body, { msgID: dedupeId, ...(deadline !== undefined ? { headers: h } : {}) }), { log: this.log });
   }
 
   /** Runs `concurrency` workers, each taking one job at a time, until `stop`. */
@@ -121,7 +135,7 @@ export class JobQueue {
     // The server must hear from us within ackWait, or it gives the job to someone else.
     const alive = setInterval(() => msg.working(), Math.max(200, this.opts.ackWaitMs / 3));
     try {
-      const outcome = await run({ job, attempt, last: attempt >= this.opts.maxDeliver });
+      const outcome = await run({ job, attempt, last: attempt >= this.opts.maxDeliver, pastLast: attempt > this.opts.maxDeliver, ...jobDeadline(msg, this.log) });
       if (outcome.ack) msg.ack();
       else if ('retryInMs' in outcome) msg.nak(outcome.retryInMs);
       else msg.term(outcome.drop);
@@ -143,5 +157,25 @@ export class JobQueue {
     let timer: NodeJS.Timeout | undefined;
     await Promise.race([Promise.allSettled(this.#loops), new Promise((r) => (timer = setTimeout(r, graceMs)))]);
     clearTimeout(timer);
+  }
+}
+
+/**
+ * Deliveries the server makes: one more than may run the job. A last run whose worker dies says
+ * nothing; the extra delivery, after ackWait, is the one that records the job failed (else it
+ * would sit unfinished, its client waiting for an outcome no one writes).
+ */
+function maxDeliveries(opts: JobQueueOptions): number {
+  return opts.maxDeliver + 1;
+}
+
+/** The job's client deadline from its message; a malformed one is logged and taken as none. */
+function jobDeadline(msg: JsMsg, log: Logger): { deadline?: number } {
+  try {
+    const deadline = parseTimeHeader(DEADLINE_HEADERS.deadline, headerOf(msg, DEADLINE_HEADERS.deadline));
+    return deadline === undefined ? {} : { deadline };
+  } catch (err) {
+    log.warn({ err, seq: msg.seq }, 'a job\'s deadline header is not a time; it is taken as none');
+    return {};
   }
 }

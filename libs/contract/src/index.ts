@@ -9,3 +9,5 @@ export * from './validate.js';
 export * from './subjects.js';
 export * from './endpoints.js';
 export * from './sched.js';
+export * from './safe-text.js';
+export * from './deadlines.js';

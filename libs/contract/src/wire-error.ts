@@ -1,5 +1,11 @@
 import { z } from 'zod';
 import { ErrorCodes, ForkyError, type ErrorCode } from '@forky/base';
+import { boundedText } from './safe-text.js';
+
+/** A message on the wire is for people: a few lines at most, whatever made it. */
+const MAX_MESSAGE = 4000;
+/** Details larger than this (as JSON) are left off, but for the field at fault. */
+const MAX_DETAILS = 16_000;
 
 /** The body of an error reply: a code and a message, never a stack. */
 export const WireError = z.strictObject({
@@ -13,7 +19,8 @@ export type WireError = z.infer<typeof WireError>;
 
 export function toWireError(err: ForkyError): WireError {
   const details = err.details && safeDetails(err.details);
-  return { error: { code: err.code, message: err.message, ...(details ? { details } : {}) } };
+  const code = err.code in ErrorCodes ? err.code : 'INTERNAL';
+  return { error: { code, message: boundedText(err.message, MAX_MESSAGE), ...(details ? { details } : {}) } };
 }
 
 /** A ForkyError rebuilt on the caller's side from a reply. */
@@ -26,13 +33,15 @@ export class RemoteError extends ForkyError {
 
 export function fromWireError(w: WireError, subject: string): RemoteError {
   const code = (w.error.code in ErrorCodes ? w.error.code : 'INTERNAL') as ErrorCode;
-  return new RemoteError(code, w.error.message, subject, w.error.details);
+  return new RemoteError(code, boundedText(w.error.message, MAX_MESSAGE), subject, w.error.details);
 }
 
-/** Details go on the wire only if they are plain data. */
+/** Details go on the wire only if they are plain data, and not too much of it. */
 function safeDetails(d: Record<string, unknown>): Record<string, unknown> | undefined {
   try {
-    return JSON.parse(JSON.stringify(d)) as Record<string, unknown>;
+    const text = JSON.stringify(d);
+    if (text.length <= MAX_DETAILS) return JSON.parse(text) as Record<string, unknown>;
+    return typeof d.field === 'string' ? { field: boundedText(d.field, 200) } : undefined;
   } catch {
     return undefined;
   }

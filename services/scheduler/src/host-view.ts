@@ -1,6 +1,7 @@
 import type { KV } from '@nats-io/kv';
 import type { NatsConnection, Subscription } from '@nats-io/nats-core';
 import { withDeadline, type Logger } from '@forky/base';
+import { isReadableKey, logBadEntry } from '@forky/bus';
 
 /**
  * The hosts' last heartbeats, kept current from the heartbeat subjects: a placement reads memory,
@@ -31,7 +32,7 @@ export class HostView<T extends { id: string; ts: number }> {
     this.#sub = this.nc.subscribe(this.feed.subject, {
       callback: (err, msg) => {
         if (err) return this.log.warn({ err }, 'heartbeat subscription failed');
-        this.#apply(this.feed.hostOf(msg.subject), msg.string());
+        this.#apply(this.feed.hostOf(msg.subject), msg.string(), `heartbeat ${msg.subject}`);
       },
     });
     await this.#seed(seedTimeoutMs);
@@ -46,8 +47,10 @@ export class HostView<T extends { id: string; ts: number }> {
     const keys = await withDeadline(this.kv.keys(), timeoutMs, 'listing the hosts bucket');
     const read = (async () => {
       for await (const key of keys) {
+        // A key the client would throw on (stored by a raw publish) is skipped, not the rest.
+        if (!isReadableKey(key)) continue;
         const e = await this.kv.get(key);
-        if (e?.operation === 'PUT') this.#apply(key, e.string());
+        if (e?.operation === 'PUT') this.#apply(key, e.string(), `${e.bucket}/${key}`);
       }
     })();
     await withDeadline(read, timeoutMs, 'reading the hosts bucket').catch((err: unknown) => {
@@ -70,9 +73,13 @@ export class HostView<T extends { id: string; ts: number }> {
     this.#sub?.unsubscribe();
   }
 
-  #apply(host: string | undefined, body: string): void {
+  /** A beat that is not valid, or not its sender's own, is logged (throttled, one line) and dropped. */
+  #apply(host: string | undefined, body: string, where: string): void {
     const beat = this.parse(body);
-    if (!host || !beat || beat.id !== host) return;
+    if (!host || !beat || beat.id !== host) {
+      logBadEntry(this.log, where, beat ? `a beat of ${beat.id} sent for ${host ?? 'no host'}` : 'not a valid heartbeat', body);
+      return;
+    }
     const have = this.#beats.get(host);
     if (have && have.ts >= beat.ts) return;
     this.#beats.set(host, beat);

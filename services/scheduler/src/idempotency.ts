@@ -1,20 +1,27 @@
 import { createHash } from 'node:crypto';
-import type { KV } from '@nats-io/kv';
+import type { KV, KvEntry } from '@nats-io/kv';
 import { ConflictError, DeadlineError, ForkyError, asForkyError, delay, type Logger } from '@forky/base';
-import { retryTransient } from '@forky/bus';
-import { RemoteError, fromWireError, toWireError, type WireError } from '@forky/contract';
+import { z } from 'zod';
+import { entryValue, retryTransient } from '@forky/bus';
+import { RemoteError, WireError, fromWireError, toWireError } from '@forky/contract';
 
-interface Entry {
-  state: 'pending' | 'done' | 'failed';
-  hash: string;
-  owner: string;
-  leaseUntil: number;
-  reply?: unknown;
+/**
+ * A key's record in the requests bucket. It is read back, so it is checked: a record that is
+ * not one (written by hand, or garbage) is logged and counts as no record. Loose, so a field a
+ * newer scheduler adds does not make an older one drop the record.
+ */
+const Entry = z.looseObject({
+  state: z.enum(['pending', 'done', 'failed']),
+  hash: z.string().max(128),
+  owner: z.string().max(256),
+  leaseUntil: z.number(),
+  reply: z.unknown().optional(),
   /** The failure, as a caller gets it: code, message and the field at fault, never a stack. */
-  error?: WireError['error'];
+  error: WireError.shape.error.optional(),
   /** A failed attempt that will be made again (its job goes back to the queue). */
-  retry?: boolean;
-}
+  retry: z.boolean().optional(),
+});
+type Entry = z.infer<typeof Entry>;
 
 /** A request under this key is being run, or will be run again: a new submission would be a duplicate. */
 export function underWay(entry: Entry, now = Date.now()): boolean {
@@ -65,7 +72,8 @@ export class Idempotency {
   /** What the bucket says about a key now. */
   async peek(key: string): Promise<Recorded | undefined> {
     const e = await retryTransient('requests get', () => this.kv.get(key), { log: this.log });
-    return e?.operation === 'PUT' ? { entry: e.json<Entry>(), revision: e.revision } : undefined;
+    const entry = entryValue(Entry, e, this.log);
+    return entry && e ? { entry, revision: e.revision } : undefined;
   }
 
   /**
@@ -86,26 +94,28 @@ export class Idempotency {
         watch?.stop();
         f();
       };
-      const see = (e: { revision: number; operation: string; json<J>(): J } | null): void => {
-        if (!e || e.revision <= since || e.operation !== 'PUT') return;
-        const entry = e.json<Entry>();
+      const see = (e: KvEntry | null): void => {
+        if (!e || e.revision <= since) return;
+        const entry = entryValue(Entry, e, this.log);
+        if (!entry) return;
         if (entry.hash !== hash) finish(() => reject(keyReused(key)));
         else if (entry.state === 'done') finish(() => resolve(entry.reply as T));
         else if (entry.state === 'failed' && !entry.retry) finish(() => reject(fromWireError({ error: entry.error ?? { code: 'INTERNAL', message: 'failed' } }, key)));
       };
       const timer = setTimeout(
-        () => finish(() => reject(new DeadlineError(`request ${key} (still queued or running; ask again with the same key for its outcome)`, timeoutMs))),
+        () => finish(() => reject(new DeadlineError(`request ${key} (one not started by its deadline is failed, not run; one under way finishes: ask again with the same key for its outcome)`, timeoutMs))),
         timeoutMs,
       );
       const poll = setInterval(() => void this.kv.get(key).then(see, () => undefined), 2_000);
-      void this.kv.watch({ key }).then(
-        async (w) => {
+      // A watch that fails to start, or ends in an error, leaves the poll: logged, never unhandled.
+      this.kv
+        .watch({ key })
+        .then(async (w) => {
           watch = w;
           if (settled) return w.stop();
           for await (const e of w) see(e);
-        },
-        (err: unknown) => this.log.warn({ err, key }, 'watching a request failed; reading it every 2 s instead'),
-      );
+        })
+        .catch((err: unknown) => this.log.warn({ err, key }, 'watching a request failed; reading it every 2 s instead'));
     });
   }
 
@@ -124,11 +134,11 @@ export class Idempotency {
       }
       const got = await this.kv.get(key);
       if (!got || got.operation !== 'PUT') continue;
-      const entry = got.json<Entry>();
-      if (entry.hash !== hash) throw keyReused(key);
-      if (entry.state === 'done') return entry.reply as T;
-      if (entry.state === 'failed' || entry.leaseUntil < Date.now()) {
-        // A failed request may be retried; a lapsed lease means its owner died.
+      const entry = entryValue(Entry, got, this.log);
+      if (entry && entry.hash !== hash) throw keyReused(key);
+      if (entry?.state === 'done') return entry.reply as T;
+      if (!entry || entry.state === 'failed' || entry.leaseUntil < Date.now()) {
+        // A failed request may be retried; a lapsed lease means its owner died; a record that is not one is no claim.
         try {
           return await this.#work(key, hash, await this.kv.update(key, claim(), got.revision), fn, willRetry);
         } catch (e) {

@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import type { NatsConnection } from '@nats-io/nats-core';
 import { CapacityError, ForkyError, NotFoundError, asForkyError, newId, type ErrorCode, type Logger } from '@forky/base';
-import { HostdClient, retryTransient, type Buckets, type JobDelivery, type JobOutcome, type JobQueue } from '@forky/bus';
+import { HostdClient, callerDeadline, retryTransient, type Buckets, type JobDelivery, type JobOutcome, type JobQueue } from '@forky/bus';
 import { LineageNode, schedContract, type Heartbeat, type Job, type JobEndpoint, type SchedParsedRequestOf, type SnapshotDeleteResult, type SnapshotTree } from '@forky/contract';
 import type {
   BatchRequest,
@@ -21,6 +21,8 @@ import type {
 import { Idempotency, keyReused, requestHash, underWay } from './idempotency.js';
 import type { HostView } from './host-view.js';
 import { beatStatus, pickHost } from './placement.js';
+import { lineageNodes, locatorHost } from './directory-reads.js';
+import { StartByClient, failUnrun, hostGone, jobRefusal, mayStillStart, startWindowMs } from './deadlines.js';
 
 export interface SchedulerOptions {
   /** How long a forwarded request may take on its host (a fork of many children is long). */
@@ -71,8 +73,10 @@ export class Scheduler {
    * Rejects once `host` stops reporting (misses three heartbeats) or reports as a new process: a
    * request in flight to a host that died would otherwise wait for its whole deadline, and one to
    * a host that restarted would never be answered (the new process re-adopts VMs, not requests).
+   * A host that stopped reporting may only be stopped: it is given up once past `startBy()` (and
+   * the clock skew allowed), when it refuses what it was sent, however late it reads it.
    */
-  #whenDown(host: string, signal: AbortSignal): Promise<never> {
+  #whenDown(host: string, signal: AbortSignal, startBy: () => number): Promise<never> {
     const instance = this.view.get(host)?.instance;
     return new Promise((_, reject) => {
       const timer = setInterval(() => {
@@ -80,19 +84,20 @@ export class Scheduler {
         if (!hb) return;
         const down = !beatStatus(hb, Date.now()).alive;
         if (!down && (!instance || hb.instance === instance)) return;
+        if (down && (!instance || hb.instance === instance) && mayStillStart(startBy())) return;
         clearInterval(timer);
-        const why = down ? `stopped reporting (last seen ${new Date(hb.ts).toISOString()})` : 'restarted; the request in flight to it was lost';
-        reject(new ForkyError('UNAVAILABLE', `host ${host} ${why}`, { details: { host } }));
+        reject(hostGone(host, hb.ts, down, startBy()));
       }, 500);
       signal.addEventListener('abort', () => clearInterval(timer), { once: true });
     });
   }
 
-  /** A call to a host that fails as soon as the host is seen down. */
+  /** A call to a host that fails once the host is seen down and can no longer start it. */
   async #onHost<T>(host: string, fn: (c: HostdClient) => Promise<T>): Promise<T> {
     const ac = new AbortController();
+    const c = new StartByClient(this.nc, host, { timeoutMs: this.opts.hostTimeoutMs }, startWindowMs(this.view.get(host)?.intervalMs), ac.signal);
     try {
-      return await Promise.race([fn(this.#host(host)), this.#whenDown(host, ac.signal)]);
+      return await Promise.race([fn(c), this.#whenDown(host, ac.signal, () => c.latestStartBy)]);
     } finally {
       ac.abort();
     }
@@ -115,6 +120,8 @@ export class Scheduler {
    */
   async #submit<T>(endpoint: JobEndpoint, req: Record<string, unknown> & { key: string }, precheck: () => Promise<unknown>): Promise<T> {
     const hash = requestHash(endpoint, req);
+    // The job does not start past its client's deadline, and nobody waits for its outcome after it.
+    const deadline = callerDeadline() ?? Date.now() + this.opts.hostTimeoutMs;
     const now = await this.#idem.peek(req.key);
     if (now && now.entry.hash !== hash) throw keyReused(req.key);
     if (now?.entry.state === 'done') return now.entry.reply as T;
@@ -122,20 +129,23 @@ export class Scheduler {
       // What can be refused at once is, before anything is queued or recorded.
       await precheck();
       const job: Job = { v: 1, endpoint, key: req.key, hash, request: req, submittedAt: new Date().toISOString() };
-      await this.jobs.submit(job, `${req.key}@${now?.revision ?? 0}`);
+      await this.jobs.submit(job, `${req.key}@${now?.revision ?? 0}`, deadline);
     }
-    return this.#idem.outcome<T>(req.key, hash, now?.revision ?? 0, this.opts.hostTimeoutMs);
+    return this.#idem.outcome<T>(req.key, hash, now?.revision ?? 0, Math.max(1, Math.min(this.opts.hostTimeoutMs, deadline - Date.now())));
   }
 
   /**
    * Runs one delivery of a job. A failure that a later attempt may not meet (a host down or not
    * answering) sends the job back to the queue, with a growing delay, until its last delivery.
+   * One past its last run, or first taken after its client's deadline, is failed, not run.
    */
   async runJob(d: JobDelivery): Promise<JobOutcome> {
     const { job } = d;
     const log = this.#log.child({ job: job.key, endpoint: job.endpoint, attempt: d.attempt });
     const parsed = schedContract[job.endpoint].request.safeParse(job.request);
     if (!parsed.success || requestHash(job.endpoint, job.request) !== job.hash) return { ack: false, drop: 'request does not match its schema or hash' };
+    const refusal = jobRefusal(d);
+    if (refusal) return failUnrun(this.#idem, d, refusal, { waitMs: 2 * this.opts.leaseMs, startWindowMs: Math.max(0, ...this.view.values().map((b) => startWindowMs(b.intervalMs))) }, log);
     const retryLater = (e: ForkyError): boolean => !d.last && TRANSIENT.has(e.code);
     try {
       await this.#idem.run(job.key, job.hash, this.opts.hostTimeoutMs, () => this.#perform(job.endpoint, parsed.data, job.key, d.last), retryLater);
@@ -215,14 +225,7 @@ export class Scheduler {
   /** The lineage of every snapshot, as hosts recorded it in JetStream. */
   async tree(): Promise<SnapshotTree> {
     // Read whole again if the cluster fails over half-way (a read is safe to repeat).
-    const nodes = await retryTransient('lineage read', async () => {
-      const out: LineageNode[] = [];
-      for await (const key of await this.buckets.lineage.keys()) {
-        const e = await this.buckets.lineage.get(key);
-        if (e && e.operation === 'PUT') out.push(LineageNode.parse(e.json()));
-      }
-      return out;
-    }, { log: this.#log });
+    const nodes = await retryTransient('lineage read', () => lineageNodes(this.buckets.lineage, this.#log), { log: this.#log });
     nodes.sort((a, b) => a.createdAt.localeCompare(b.createdAt));
     return { nodes };
   }
@@ -283,9 +286,11 @@ export class Scheduler {
   }
 
   async locate(kind: 'vm' | 'snap', id: string): Promise<string> {
+    // An entry that is not valid (any host may write the locator) is as good as none.
     const e = await retryTransient('locator get', () => this.buckets.locator.get(`${kind}.${id}`), { log: this.#log });
-    if (e?.operation !== 'PUT') throw new NotFoundError(kind === 'vm' ? 'VM' : 'snapshot', id);
-    return (e.json<{ host: string }>()).host;
+    const host = locatorHost(e, this.#log);
+    if (!host) throw new NotFoundError(kind === 'vm' ? 'VM' : 'snapshot', id);
+    return host;
   }
 
   async #fork(req: Omit<SchedForkRequest, 'key'>, key: string): Promise<ForkResult> {
