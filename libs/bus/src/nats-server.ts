@@ -34,33 +34,53 @@ export interface NatsServerOptions {
   cluster?: { name: string; serverName: string; port: number; routes: string[] };
 }
 
-/** The nats-server config file for `auth` and `tls` (JSON, which nats-server reads), mode 0600. */
-export async function writeServerConfig(file: string, opts: Pick<NatsServerOptions, 'auth' | 'tls'>): Promise<void> {
-  const conf = {
+/** What a nats-server config says: everything the server runs with, so a reload or restart changes only what the file changed. */
+export interface ServerConfig extends Pick<NatsServerOptions, 'auth' | 'tls' | 'port' | 'cluster'> {
+  /** JetStream store (nats-server keeps its files in `<storeDir>/jetstream`); no JetStream without it. */
+  storeDir?: string;
+  /** Listen address; default loopback. */
+  host?: string;
+}
+
+/**
+ * The nats-server config for `opts` (JSON, which nats-server reads). JetStream, the port and the
+ * address are in the file, not flags: a SIGHUP reload applies the file, and a server reloaded
+ * from a file without a `jetstream` block shuts JetStream down.
+ */
+export function serverConfig(opts: ServerConfig): Record<string, unknown> {
+  const c = opts.cluster;
+  return {
+    host: opts.host ?? '127.0.0.1',
+    port: opts.port ?? -1,
+    ...(opts.storeDir ? { jetstream: { store_dir: opts.storeDir } } : {}),
+    ...(c ? { server_name: c.serverName, cluster: { name: c.name, host: '127.0.0.1', port: c.port, routes: c.routes } } : {}),
     ...(opts.auth ? authorizationConfig(opts.auth) : {}),
     ...(opts.tls ? { tls: { cert_file: opts.tls.certFile, key_file: opts.tls.keyFile, timeout: 5 } } : {}),
   };
-  await fs.writeFile(file, JSON.stringify(conf, null, 2), { mode: 0o600 });
+}
+
+/** Writes the config (mode 0600: it holds passwords); true if the file changed. */
+export async function writeServerConfig(file: string, opts: ServerConfig): Promise<boolean> {
+  const text = JSON.stringify(serverConfig(opts), null, 2);
+  if ((await fs.readFile(file, 'utf8').catch(() => undefined)) === text) return false;
+  await fs.writeFile(file, text, { mode: 0o600 });
+  // writeFile keeps the mode of a file that exists.
+  await fs.chmod(file, 0o600);
+  return true;
 }
 
 /**
  * Starts nats-server (from PATH) with JetStream, on loopback, on a port the kernel picks unless
- * told (-p -1). Ready when it logs the port it listens on and "Server is ready": no port race, no sleep.
+ * told (-1), from a config file (see serverConfig). Ready when it logs the port it listens on
+ * and "Server is ready": no port race, no sleep.
  */
 export async function startNatsServer(opts: NatsServerOptions = {}): Promise<NatsServer> {
   const ownStore = !opts.storeDir;
   const storeDir = opts.storeDir ?? (await fs.mkdtemp(path.join(os.tmpdir(), 'forky-nats-')));
-  const args = ['-a', '127.0.0.1', '-p', String(opts.port ?? -1), '-js', '-sd', storeDir];
-  if (opts.cluster) {
-    const c = opts.cluster;
-    args.push('-n', c.serverName, '--cluster_name', c.name, '--cluster', `nats://127.0.0.1:${c.port}`, '--routes', c.routes.join(','));
-  }
-  if (opts.auth || opts.tls) {
-    const conf = path.join(storeDir, 'forky-nats.conf');
-    await writeServerConfig(conf, opts);
-    args.unshift('-c', conf);
-  }
-  const child = spawn(opts.binary ?? 'nats-server', args, { stdio: ['ignore', 'ignore', 'pipe'] });
+  await fs.mkdir(storeDir, { recursive: true });
+  const conf = path.join(storeDir, 'forky-nats.conf');
+  await writeServerConfig(conf, { ...opts, storeDir });
+  const child = spawn(opts.binary ?? 'nats-server', ['-c', conf], { stdio: ['ignore', 'ignore', 'pipe'] });
   const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
   let log = '';
   const port = await withDeadline(

@@ -7,9 +7,11 @@ import type { NatsConnection } from '@nats-io/nats-core';
 import { ForkyError, delay } from '@forky/base';
 import { HostdClient, SchedulerClient, connectBus } from '@forky/bus';
 import { prepareLocalAuth } from './local-auth.js';
+import { recordedPort, startLocalNats, writeNatsConf } from './local-nats.js';
 import { HOSTD_MAIN, IMAGE_RECIPES, SCHEDULER_MAIN } from './paths.js';
-import { isAlive, spawnDetached, stopProcess, waitForLog } from './procs.js';
+import { isAlive, spawnDetached, stopProcess } from './procs.js';
 import { progress } from './output.js';
+import { findClusterQemu, killQemu, removeRamDir, type ClusterQemu } from './vm-sweep.js';
 
 export interface ClusterProcess {
   role: 'nats' | 'scheduler' | 'hostd';
@@ -103,17 +105,17 @@ export async function up(opts: UpOptions): Promise<ClusterFile> {
   const secure = opts.auth !== false || opts.tls === true;
   const { auth, changed } = secure ? await prepareLocalAuth(data, wanted, opts.tls === true) : { auth: undefined, changed: false };
   const natsRunning = running.find((p) => p.role === 'nats');
-  // New hosts on a running server: it reloads its users on SIGHUP.
-  if (natsRunning && changed) process.kill(natsRunning.pid, 'SIGHUP');
-
+  const port = (await recordedPort(data)) ?? (server ? Number(new URL(server).port) : undefined);
+  if (natsRunning && port) {
+    // New hosts on a running server: it reloads the config (users; the rest unchanged) on SIGHUP.
+    if ((await writeNatsConf(data, auth, port)) || changed) process.kill(natsRunning.pid, 'SIGHUP');
+    server = `nats://127.0.0.1:${port}`;
+  }
   if (!natsRunning) {
     progress('starting nats-server…');
-    const log = path.join(logs, 'nats.log');
-    const conf = auth ? ['-c', auth.serverConf] : [];
-    const pid = spawnDetached('nats-server', [...conf, '-a', '127.0.0.1', '-p', '-1', '-js', '-sd', path.join(data, 'nats')], log);
-    const m = await waitForLog(log, /Listening for client connections on [\d.]+:(\d+)[\s\S]*Server is ready/, pid, 15_000, 'nats-server start');
-    server = `nats://127.0.0.1:${m[1]}`;
-    procs.push({ role: 'nats', pid });
+    const nats = await startLocalNats(data, auth, port, running.length > 0);
+    server = `nats://127.0.0.1:${nats.port}`;
+    procs.push({ role: 'nats', pid: nats.pid });
   }
   if (!server) throw new ForkyError('INTERNAL', 'nats-server runs but its address is unknown; run `forky down` first');
 
@@ -126,7 +128,7 @@ export async function up(opts: UpOptions): Promise<ClusterFile> {
   if (!running.some((p) => p.role === 'scheduler')) {
     progress('starting the scheduler…');
     const schedEnv = { ...env, ...(auth ? { FORKY_NATS_AUTH_FILE: auth.schedulerFile } : {}) };
-    procs.push({ role: 'scheduler', pid: spawnDetached(process.execPath, [SCHEDULER_MAIN], path.join(logs, 'scheduler.log'), schedEnv) });
+    procs.push({ role: 'scheduler', pid: spawnDetached('the scheduler', process.execPath, [SCHEDULER_MAIN], path.join(logs, 'scheduler.log'), schedEnv).pid });
   }
   const ramRoot = ramRootOf(data);
   for (const host of wanted) {
@@ -141,7 +143,7 @@ export async function up(opts: UpOptions): Promise<ClusterFile> {
       FORKY_PROBE_CACHE: path.join(data, 'accel-probe.json'),
       ...(auth ? { FORKY_NATS_AUTH_FILE: auth.hostFile(host) } : {}),
     };
-    procs.push({ role: 'hostd', pid: spawnDetached(process.execPath, [HOSTD_MAIN], path.join(logs, `hostd-${host}.log`), hostEnv), host });
+    procs.push({ role: 'hostd', pid: spawnDetached(`hostd ${host}`, process.execPath, [HOSTD_MAIN], path.join(logs, `hostd-${host}.log`), hostEnv).pid, host });
   }
   const cluster: ClusterFile = {
     server,
@@ -171,29 +173,70 @@ export async function up(opts: UpOptions): Promise<ClusterFile> {
   return cluster;
 }
 
-/** Destroys every VM and snapshot of the cluster's hosts, then stops its processes. */
-export async function down(data: string): Promise<ClusterFile | undefined> {
+/** What `forky down` did. */
+export interface DownReport {
+  /** The cluster's processes (nats-server, scheduler, hostd), now stopped. */
+  stopped: ClusterProcess[];
+  /** VMs hostd destroyed when asked. */
+  destroyed: string[];
+  /** QEMU processes of this data directory that no hostd stopped (it was gone or failed), killed by `down` itself. */
+  killed: ClusterQemu[];
+  ramDir: string;
+  ramFilesRemoved: number;
+}
+
+/**
+ * Destroys every VM and snapshot through the cluster's hosts, stops its processes, then kills any
+ * QEMU of this data directory still running (hostd was dead, or failed to destroy it) and removes
+ * the RAM directory: no VM of the data directory outlives `down`. Fails, keeping cluster.json,
+ * if something could not be stopped. Undefined when there was nothing to do.
+ */
+export async function down(data: string): Promise<DownReport | undefined> {
   const cluster = await readCluster(data);
-  if (!cluster) return undefined;
-  const hosts = cluster.processes.filter((p) => p.role === 'hostd' && isAlive(p.pid));
-  if (hosts.length > 0) {
-    const nc = await connectTo(cluster).catch(() => undefined);
-    if (nc) {
-      for (const p of hosts) {
-        const c = new HostdClient(nc, p.host as string, { timeoutMs: 60_000 });
-        const vms = await c.call('vm.list', {}).catch(() => ({ vms: [] }));
-        await Promise.all(vms.vms.map((v) => c.call('vm.destroy', { id: v.id }).catch(() => undefined)));
-        const snaps = await c.call('snapshot.list', {}).catch(() => ({ snapshots: [] }));
-        for (const s of [...snaps.snapshots].reverse()) await c.call('snapshot.delete', { id: s.id }).catch(() => undefined);
-      }
-      await nc.close();
+  const destroyed: string[] = [];
+  const hosts = (cluster?.processes ?? []).filter((p) => p.role === 'hostd' && isAlive(p.pid));
+  const nc = cluster && hosts.length > 0 ? await connectTo(cluster).catch(() => undefined) : undefined;
+  if (nc) {
+    for (const p of hosts) {
+      const c = new HostdClient(nc, p.host as string, { timeoutMs: 60_000 });
+      // A list answers at once from a live hostd; a hung one is dealt with below.
+      const vms = await c.call('vm.list', {}, { timeoutMs: 10_000 }).catch(() => ({ vms: [] }));
+      await Promise.all(vms.vms.map((v) => c.call('vm.destroy', { id: v.id }).then(() => destroyed.push(v.id), () => undefined)));
+      const snaps = await c.call('snapshot.list', {}, { timeoutMs: 10_000 }).catch(() => ({ snapshots: [] }));
+      for (const s of [...snaps.snapshots].reverse()) await c.call('snapshot.delete', { id: s.id }).catch(() => undefined);
     }
+    await nc.close();
   }
-  const order: ClusterProcess['role'][] = ['hostd', 'scheduler', 'nats'];
-  for (const role of order) await Promise.all(cluster.processes.filter((p) => p.role === role).map((p) => stopProcess(p.pid)));
+  const failed: string[] = [];
+  for (const role of ['hostd', 'scheduler', 'nats'] as const) {
+    await Promise.all(
+      (cluster?.processes ?? []).filter((p) => p.role === role).map(async (p) => {
+        if (!(await stopProcess(p.pid))) failed.push(`${p.host ?? p.role} (pid ${p.pid})`);
+      }),
+    );
+  }
+  // After hostd is gone, so nothing starts a VM meanwhile.
+  const ramDir = ramRootOf(data);
+  const killed = await findClusterQemu([data, ramDir]);
+  for (const f of await killQemu(killed)) failed.push(`QEMU pid ${f.pid}${f.vm ? ` (${f.vm})` : ''}: ${f.why}`);
+  const ramFilesRemoved = await removeRamDir(ramDir);
+  if (failed.length > 0) throw new ForkyError('INTERNAL', `could not stop ${failed.join(', ')}; run \`forky down\` again, or kill them by hand`, { details: { failed } });
   await fs.rm(clusterFile(data), { force: true });
-  await fs.rm(ramRootOf(data), { recursive: true, force: true });
-  return cluster;
+  if (!cluster && killed.length === 0 && ramFilesRemoved === 0) return undefined;
+  return { stopped: cluster?.processes ?? [], destroyed, killed, ramDir, ramFilesRemoved };
+}
+
+/** `down`'s report for people: one line. */
+export function describeDown(r: DownReport | undefined): string {
+  if (!r) return 'no cluster here\n';
+  const parts = [`stopped ${r.stopped.length} processes`];
+  if (r.destroyed.length > 0) parts.push(`destroyed ${r.destroyed.length} VMs through hostd`);
+  if (r.killed.length > 0) {
+    const vms = r.killed.map((k) => k.vm ?? `pid ${k.pid}`).join(', ');
+    parts.push(`killed ${r.killed.length} QEMU process${r.killed.length === 1 ? '' : 'es'} no hostd stopped (${vms})`);
+  }
+  if (r.ramFilesRemoved > 0) parts.push(`removed ${r.ramFilesRemoved} RAM file${r.ramFilesRemoved === 1 ? '' : 's'} in ${r.ramDir}`);
+  return `${parts.join('; ')}\n`;
 }
 
 export async function status(data: string): Promise<{ server: string | null; processes: ClusterProcess[] }> {

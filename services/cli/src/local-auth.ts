@@ -3,13 +3,15 @@ import path from 'node:path';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { ForkyError } from '@forky/base';
-import { hostUser, newClusterAuth, newCredentials, writeCredentials, writeServerConfig, type ClusterAuth } from '@forky/bus';
+import { hostUser, newClusterAuth, newCredentials, writeCredentials, type ClusterAuth } from '@forky/bus';
 
 /** Where `forky up` keeps a local cluster's secrets: `<data>/auth`, 0700. */
 export interface LocalAuth {
   dir: string;
-  /** The nats-server config (users, permissions, TLS). */
-  serverConf: string;
+  /** The users and their permissions, for the nats-server config (see local-nats.ts). */
+  users: ClusterAuth;
+  /** The server's certificate and key, when TLS is on. */
+  tls?: { certFile: string; keyFile: string };
   operatorFile: string;
   schedulerFile: string;
   hostFile(host: string): string;
@@ -21,8 +23,8 @@ const ALL = 'cluster-auth.json';
 
 /**
  * Makes (or extends, keeping what exists) the users of a local cluster: an operator for the CLI,
- * the scheduler, one user per host. Returns whether the server config changed (a running
- * nats-server must reload it).
+ * the scheduler, one user per host. Returns whether users or certificate changed (a running
+ * nats-server must reload its config).
  */
 export async function prepareLocalAuth(data: string, hosts: readonly string[], tls: boolean): Promise<{ auth: LocalAuth; changed: boolean }> {
   const dir = path.join(data, 'auth');
@@ -42,25 +44,26 @@ export async function prepareLocalAuth(data: string, hosts: readonly string[], t
     next.hosts[h] = newCredentials(hostUser(h));
     changed = true;
   }
+  const keyFile = path.join(dir, 'server-key.pem');
+  const certFile = path.join(dir, 'server-cert.pem');
   const auth: LocalAuth = {
     dir,
-    serverConf: path.join(dir, 'nats.conf'),
+    users: next,
+    ...(tls ? { tls: { certFile, keyFile } } : {}),
     operatorFile: path.join(dir, 'operator.json'),
     schedulerFile: path.join(dir, 'scheduler.json'),
     hostFile: (h) => path.join(dir, `${hostUser(h)}.json`),
-    ...(tls ? { caFile: path.join(dir, 'server-cert.pem') } : {}),
+    ...(tls ? { caFile: certFile } : {}),
   };
-  const keyFile = path.join(dir, 'server-key.pem');
   if (auth.caFile && !(await exists(auth.caFile))) {
     await selfSignedCert(auth.caFile, keyFile);
     changed = true;
   }
-  if (changed || !(await exists(auth.serverConf))) {
+  if (changed || !(await exists(auth.operatorFile))) {
     await fs.writeFile(all, JSON.stringify(next), { mode: 0o600 });
     await writeCredentials(auth.operatorFile, next.operator);
     await writeCredentials(auth.schedulerFile, next.scheduler);
     for (const [h, c] of Object.entries(next.hosts)) await writeCredentials(auth.hostFile(h), c);
-    await writeServerConfig(auth.serverConf, { auth: next, ...(auth.caFile ? { tls: { certFile: auth.caFile, keyFile } } : {}) });
     changed = true;
   }
   return { auth, changed };

@@ -5,10 +5,11 @@ import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { ForkyError, ValidationError, delay, newId } from '@forky/base';
-import { SchedulerClient, request } from '@forky/bus';
+import { SchedulerClient } from '@forky/bus';
 import { BatchRequest, parseOrThrow, type SchedEndpoint, type SchedReplyOf, type SchedRequestOf, type VmInfo } from '@forky/contract';
 import type { NatsConnection } from '@nats-io/nats-core';
-import { connectTo, down, resolveConnection, status, up } from './cluster.js';
+import { connectTo, describeDown, down, resolveConnection, status, up } from './cluster.js';
+import { rawRequest } from './req.js';
 import { uploadApps } from './apps.js';
 import { fail, printJson, printTable, progress } from './output.js';
 import { renderTree } from './tree.js';
@@ -120,9 +121,9 @@ program
   .description('destroy every VM and snapshot, and stop the local cluster')
   .action(
     action(async (_o: unknown, cmd: Command) => {
-      const stopped = await down(dataOf(cmd));
-      if (globals(cmd).json) printJson({ stopped: stopped?.processes ?? [] });
-      else process.stdout.write(stopped ? `stopped ${stopped.processes.length} processes\n` : 'no cluster here\n');
+      const r = await down(dataOf(cmd));
+      if (globals(cmd).json) printJson(r ?? { stopped: [] });
+      else process.stdout.write(describeDown(r));
     }),
   );
 
@@ -372,7 +373,7 @@ program
       const g = globals(cmd);
       const nc = await connectTo(await resolveConnection(g.server, dataOf(cmd)));
       try {
-        printJson(await request(nc, subject, value, { format: 'json', timeoutMs: Number(g.timeout) }));
+        printJson(await rawRequest(nc, subject, value, Number(g.timeout)));
       } finally {
         await nc.close();
       }
