@@ -76,8 +76,8 @@ export class IncompatibleError extends ForkyError {
 
 export class CapacityError extends ForkyError {
   override readonly name = 'CapacityError';
-  constructor(message: string, details?: ErrorDetails) {
-    super('CAPACITY', message, { details });
+  constructor(message: string, details?: ErrorDetails, cause?: unknown) {
+    super('CAPACITY', message, { details, cause });
   }
 }
 
@@ -88,9 +88,30 @@ export class DeadlineError extends ForkyError {
   }
 }
 
-/** Wraps anything thrown into a ForkyError, keeping ForkyErrors as they are. */
+/**
+ * A write the filesystem had no room for: errno ENOSPC (or EDQUOT) from a system call, or a
+ * tool's message for it (`cp`, `qemu-img` report strerror on stderr).
+ */
+export function isNoSpace(err: unknown): boolean {
+  const code = typeof err === 'object' && err !== null ? (err as { code?: unknown }).code : undefined;
+  if (code === 'ENOSPC' || code === 'EDQUOT') return true;
+  const text = err instanceof Error ? `${err.message} ${String((err as { stderr?: unknown }).stderr ?? '')}` : String(err);
+  return /No space left on device|Disk quota exceeded/.test(text);
+}
+
+/** Wraps anything thrown into a ForkyError, keeping ForkyErrors as they are; a full disk is CAPACITY. */
 export function asForkyError(err: unknown): ForkyError {
   if (err instanceof ForkyError) return err;
   const message = err instanceof Error ? err.message : String(err);
+  if (isNoSpace(err)) {
+    // What was being written, where the error says (fs errors carry path and syscall).
+    const { path, dest, syscall } = (err ?? {}) as { path?: unknown; dest?: unknown; syscall?: unknown };
+    const where = typeof dest === 'string' ? dest : typeof path === 'string' ? path : undefined;
+    return new CapacityError(
+      `no space left on device${where ? ` writing ${where}` : ''}${typeof syscall === 'string' ? ` (${syscall})` : ''}: ${message}`,
+      { ...(where ? { file: where } : {}) },
+      err,
+    );
+  }
   return new ForkyError('INTERNAL', message, { cause: err });
 }

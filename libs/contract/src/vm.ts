@@ -21,7 +21,10 @@ export const VmInfo = z.strictObject({
   /** The snapshot this VM was forked from, if any. */
   parentSnapshot: SnapshotId.optional(),
   createdAt: z.string(),
+  /** The QEMU process; a failed VM has none. */
   pid: z.number().int().optional(),
+  /** For a failed VM: when its process was found gone, and why. */
+  failure: z.strictObject({ at: z.string(), reason: z.string() }).optional(),
   /** The NIC's MAC address; every VM has its own, children included. */
   mac: z.string().optional(),
   /** PCI addresses of the host GPU functions passed through to it (VFIO). */

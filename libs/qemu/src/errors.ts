@@ -39,3 +39,34 @@ export class GuestAgentError extends ForkyError {
     super('QEMU', `guest agent ${command} failed: ${errorClass}: ${desc}`, { details: { command, errorClass } });
   }
 }
+
+/**
+ * A guest agent reply longer than the client reads (its bytes were discarded as they came). The
+ * stream stays in step: the next command is answered as usual.
+ */
+export class ReplyTooLargeError extends ForkyError {
+  override readonly name = 'ReplyTooLargeError';
+  constructor(
+    readonly command: string,
+    readonly limitBytes: number,
+    readonly bytes: number,
+  ) {
+    super('CAPACITY', `guest agent reply to ${command} is ${bytes} bytes, over the ${limitBytes}-byte limit`, { details: { command, limitBytes, bytes } });
+  }
+}
+
+/** A command in the guest wrote more output than an exec returns; it ran, its output is lost. */
+export class ExecOutputTooLargeError extends ForkyError {
+  override readonly name = 'ExecOutputTooLargeError';
+  constructor(
+    readonly program: string,
+    what: string,
+    readonly limitBytes: number,
+    cause?: unknown,
+  ) {
+    super('CAPACITY', `output of guest command ${JSON.stringify(program.slice(0, 100))} exceeds ${limitBytes} bytes (${what}); write large output to a file in the guest instead`, {
+      cause,
+      details: { limitBytes },
+    });
+  }
+}

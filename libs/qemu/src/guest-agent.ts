@@ -1,8 +1,8 @@
 import net from 'node:net';
 import { randomInt } from 'node:crypto';
 import { DeadlineError, pollUntil } from '@forky/base';
-import { LineSplitter } from './lines.js';
-import { GuestAgentError, ProtocolError, QmpClosedError } from './errors.js';
+import { BoundedLineSplitter, OverlongLine } from './lines.js';
+import { ExecOutputTooLargeError, GuestAgentError, ProtocolError, QmpClosedError, ReplyTooLargeError } from './errors.js';
 import { connectUnix } from './socket.js';
 
 export interface ExecOutput {
@@ -12,6 +12,15 @@ export interface ExecOutput {
 }
 
 const SYNC_BYTE = 0xff;
+/**
+ * The longest agent reply line read; the rest of a longer one is discarded as it streams in.
+ * guest-exec-status carries a command's whole output base64 in one line (qemu-ga keeps up to
+ * 16 MiB of it): unbounded, one 50 MB exec held ~100 MB in hostd. Output past ~1 MiB cannot be
+ * answered anyway (NATS max_payload is 1 MiB); 2 MiB of base64 is 1.5 MiB of output, above that.
+ */
+export const MAX_REPLY_LINE = 2 << 20;
+/** Lines waiting unread: the agent answers one per request, so more is a guest talking out of turn. */
+const MAX_QUEUED_LINES = 16;
 
 /**
  * A client of the QEMU guest agent protocol (QGA) over the host side of its virtio-serial channel.
@@ -23,17 +32,17 @@ const SYNC_BYTE = 0xff;
  */
 export class GuestAgentClient {
   #sock: net.Socket;
-  #splitter = new LineSplitter();
-  #lines: Buffer[] = [];
+  #splitter = new BoundedLineSplitter(MAX_REPLY_LINE);
+  #lines: Array<Buffer | OverlongLine> = [];
   #wake: (() => void) | undefined;
   #closed: Error | undefined;
   #queue: Promise<unknown> = Promise.resolve();
   #inSync = false;
   #seekingSync = false;
 
-  private constructor(sock: net.Socket) {
+  private constructor(sock: net.Socket, reads: { to?: (chunk: Buffer) => void }) {
     this.#sock = sock;
-    sock.on('data', (chunk: Buffer) => this.#onData(chunk));
+    reads.to = (chunk) => this.#onData(chunk);
     const onEnd = (e?: Error): void => {
       this.#closed ??= new QmpClosedError('guest agent', e);
       this.#wake?.();
@@ -44,7 +53,13 @@ export class GuestAgentClient {
 
   /** Connects to the host side of the agent channel (a chardev socket with `server=on`). */
   static async connect(path: string, timeoutMs = 5000): Promise<GuestAgentClient> {
-    return new GuestAgentClient(await connectUnix(path, timeoutMs, 'guest agent'));
+    // Reads go to one reused buffer: a huge reply being discarded allocates nothing.
+    const reads: { to?: (chunk: Buffer) => void } = {};
+    const early: Buffer[] = [];
+    const sock = await connectUnix(path, timeoutMs, 'guest agent', (chunk) => (reads.to ? reads.to(chunk) : early.push(Buffer.from(chunk))));
+    const client = new GuestAgentClient(sock, reads);
+    for (const chunk of early) reads.to?.(chunk);
+    return client;
   }
 
   /**
@@ -70,6 +85,7 @@ export class GuestAgentClient {
       for (;;) {
         const line = await this.#nextLine(attemptEnd).catch(() => undefined);
         if (line === undefined) break;
+        if (line instanceof OverlongLine) continue;
         const msg = parse(line);
         if (msg.return === latest) {
           this.#inSync = true;
@@ -87,49 +103,61 @@ export class GuestAgentClient {
       if (!this.#inSync) await this.#doSync(timeoutMs);
       this.#sock.write(jsonLine(args === undefined ? { execute: command } : { execute: command, arguments: args }));
       try {
-        const msg = parse(await this.#nextLine(Date.now() + timeoutMs));
+        const line = await this.#nextLine(Date.now() + timeoutMs);
+        // Discarded whole, up to its newline: the stream is still in step.
+        if (line instanceof OverlongLine) throw new ReplyTooLargeError(command, MAX_REPLY_LINE, line.bytes);
+        const msg = parse(line);
         if (msg.error) {
           const e = msg.error as { class?: string; desc?: string };
           throw new GuestAgentError(command, e.class ?? 'Unknown', e.desc ?? '');
         }
         return msg.return as T;
       } catch (e) {
-        if (!(e instanceof GuestAgentError)) this.#inSync = false;
+        if (!(e instanceof GuestAgentError || e instanceof ReplyTooLargeError)) this.#inSync = false;
         throw e instanceof DeadlineError ? new DeadlineError(`guest agent ${command}`, timeoutMs) : e;
       }
     });
   }
 
-  /** Runs a program in the guest (PATH is searched) and returns its exit code and output. */
-  async exec(cmd: readonly string[], opts: { input?: string; timeoutMs?: number } = {}): Promise<ExecOutput> {
+  /**
+   * Runs a program in the guest (PATH is searched) and returns its exit code and output.
+   * Output (stdout and stderr, as UTF-8) over `maxOutputBytes`, or an agent reply over
+   * MAX_REPLY_LINE, fails the exec with an ExecOutputTooLargeError.
+   */
+  async exec(cmd: readonly string[], opts: { input?: string; timeoutMs?: number; maxOutputBytes?: number } = {}): Promise<ExecOutput> {
     const timeoutMs = opts.timeoutMs ?? 30_000;
     const deadline = Date.now() + timeoutMs;
-    const [path, ...arg] = cmd;
-    const { pid } = await this.execute<{ pid: number }>('guest-exec', {
+    const [path = '', ...arg] = cmd;
+    const started = await this.execute<unknown>('guest-exec', {
       path,
       arg,
       'capture-output': true,
       ...(opts.input === undefined ? {} : { 'input-data': Buffer.from(opts.input).toString('base64') }),
     });
-    type Status = { exited: boolean; exitcode?: number; signal?: number; 'out-data'?: string; 'err-data'?: string };
+    const pid = (started as { pid?: unknown } | null)?.pid;
+    if (!Number.isSafeInteger(pid)) throw new ProtocolError(`guest agent: guest-exec returned no pid: ${JSON.stringify(started)?.slice(0, 200)}`);
+    let st: ExecStatus;
     try {
-      const st = await pollUntil(
+      st = await pollUntil(
         async () => {
-          const s = await this.execute<Status>('guest-exec-status', { pid }, Math.max(1, deadline - Date.now()));
+          const s = execStatus(await this.execute<unknown>('guest-exec-status', { pid }, Math.max(1, deadline - Date.now())));
           return s.exited ? s : undefined;
         },
         { timeoutMs, intervalMs: 2, maxIntervalMs: 50, what: `guest exec ${path}` },
       );
-      return {
-        exitCode: st.exitcode ?? 128 + (st.signal ?? 0),
-        stdout: Buffer.from(st['out-data'] ?? '', 'base64').toString('utf8'),
-        stderr: Buffer.from(st['err-data'] ?? '', 'base64').toString('utf8'),
-      };
     } catch (e) {
+      // The agent reports output only once the command has exited, and then forgets it.
+      if (e instanceof ReplyTooLargeError) throw new ExecOutputTooLargeError(path, `as the guest agent's base64 reply, ${e.bytes} bytes`, e.limitBytes, e);
       // Best effort: do not leave a runaway command behind in the guest.
       await this.execute('guest-exec', { path: 'kill', arg: ['-9', String(pid)] }, 2000).catch(() => undefined);
       throw e;
     }
+    const stdout = Buffer.from(st['out-data'] ?? '', 'base64').toString('utf8');
+    const stderr = Buffer.from(st['err-data'] ?? '', 'base64').toString('utf8');
+    const max = opts.maxOutputBytes ?? Infinity;
+    const bytes = Buffer.byteLength(stdout) + Buffer.byteLength(stderr);
+    if (bytes > max) throw new ExecOutputTooLargeError(path, `${bytes} bytes of stdout and stderr`, max);
+    return { exitCode: st.exitcode ?? 128 + (st.signal ?? 0), stdout, stderr };
   }
 
   close(): void {
@@ -157,6 +185,11 @@ export class GuestAgentClient {
         chunk = chunk.subarray(at + 1);
       }
       this.#lines.push(...this.#splitter.push(chunk));
+      if (this.#lines.length > MAX_QUEUED_LINES) {
+        // Nobody waits for these: drop them, and resync before the next command.
+        this.#lines = [];
+        this.#inSync = false;
+      }
     } catch (e) {
       this.#closed = new ProtocolError(`guest agent: ${(e as Error).message}`, e);
       this.#sock.destroy();
@@ -164,7 +197,7 @@ export class GuestAgentClient {
     this.#wake?.();
   }
 
-  async #nextLine(deadline: number): Promise<Buffer> {
+  async #nextLine(deadline: number): Promise<Buffer | OverlongLine> {
     for (;;) {
       const line = this.#lines.shift();
       if (line) return line;
@@ -181,6 +214,19 @@ export class GuestAgentClient {
       this.#wake = undefined;
     }
   }
+}
+
+type ExecStatus = { exited: boolean; exitcode?: number; signal?: number; 'out-data'?: string; 'err-data'?: string };
+
+/** guest-exec-status's reply, checked: it comes from the guest. */
+function execStatus(v: unknown): ExecStatus {
+  const s = (typeof v === 'object' && v !== null ? v : {}) as Record<string, unknown>;
+  const int = (k: string): boolean => s[k] === undefined || Number.isSafeInteger(s[k]);
+  const text = (k: string): boolean => s[k] === undefined || typeof s[k] === 'string';
+  if (typeof s.exited !== 'boolean' || !int('exitcode') || !int('signal') || !text('out-data') || !text('err-data')) {
+    throw new ProtocolError(`guest agent: guest-exec-status reply is malformed: ${JSON.stringify(v)?.slice(0, 200)}`);
+  }
+  return s as ExecStatus;
 }
 
 function jsonLine(v: unknown): Buffer {

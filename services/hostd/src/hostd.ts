@@ -22,6 +22,7 @@ import { QemuRuntime } from './adapters/qemu/runtime.js';
 import { resolveRunAs } from './adapters/qemu/run-as.js';
 import { probeAccel, qemuVersion, type ProbeResult } from './adapters/qemu/probe.js';
 import { LocalSnapshotStore } from './adapters/store/local-snapshots.js';
+import { StatfsRamSpace } from './adapters/ram-space.js';
 import { startHostdService } from './service.js';
 
 export const HOSTD_VERSION = '0.1.0';
@@ -85,6 +86,8 @@ export async function startHostd(config: Readonly<HostdConfig>, logger: Logger):
     limits: config.limits,
     pool: config.pool,
     gpus: new GpuAllocator(gpus, config.hostId),
+    // A dry run's RAM files stay empty: nothing to admit against.
+    ...(config.dryRun ? {} : { ramSpace: new StatfsRamSpace(layout.ramDir) }),
     logger: log,
   });
   // Before serving: VMs an earlier hostd of this data directory left running are taken back.

@@ -5,6 +5,7 @@ import {
   ConflictError,
   ForkyError,
   IncompatibleError,
+  asForkyError,
   InvalidStateError,
   KeyedMutex,
   NotFoundError,
@@ -31,15 +32,16 @@ import type {
 } from '@forky/contract';
 import type { Image, ImageCatalog } from '../images.js';
 import type { Layout } from '../layout.js';
-import type { AppLayerStore, Directory, LayerStore, PartStore, SnapshotStore, VmHandle, VmRuntime, VmSpec } from './ports.js';
+import type { AppLayerStore, Directory, LayerStore, PartStore, RamSpace, SnapshotStore, VmHandle, VmRuntime, VmSpec } from './ports.js';
+import { RamAdmission, UNLIMITED_RAM, knownRamFiles, ramNeed, type RamHold } from './admission.js';
 import { AppMounter, bootDevices } from './apps.js';
 import { ShippingManifest, fetch as fetchSnapshot, publish as publishSnapshot } from './shipping.js';
 import { assertAllowed, assertTransition } from './state.js';
-import { recordForDisk, removeVmFiles, vmInfo, writeJsonAtomic, type SnapshotRecord, type VmRecord } from './records.js';
+import { markFailed, recordForDisk, removeRuntimeFiles, removeVmFiles, vmInfo, writeJsonAtomic, type SnapshotRecord, type VmRecord } from './records.js';
 import { recoverHost, type RecoveryReport } from './recovery.js';
 import { ksmSavedMiB, meminfo, pssMiB } from './host-stats.js';
 import { giveIdentity, newMac } from './identity.js';
-import { WarmPool, type WarmChild, type WarmPoolOptions } from './warm-pool.js';
+import { WarmPool, loadWarm, type WarmChild, type WarmPoolOptions } from './warm-pool.js';
 import { GpuAllocator } from './gpus.js';
 
 export interface EngineLimits {
@@ -80,6 +82,8 @@ export interface EngineDeps {
   pool?: WarmPoolOptions;
   /** Who holds this host's passthrough GPUs (default: the host has none). */
   gpus?: GpuAllocator;
+  /** The RAM directory's filesystem, for admission (default: unchecked, as in a dry run). */
+  ramSpace?: RamSpace;
 }
 
 const NO_DIRECTORY: Directory = {
@@ -113,6 +117,7 @@ export class HostEngine {
   readonly #pool: WarmPool;
   readonly #gpus: GpuAllocator;
   readonly #apps: AppMounter;
+  readonly #ram: RamAdmission;
 
   constructor(private readonly d: EngineDeps) {
     this.#log = d.logger.child({ component: 'engine' });
@@ -122,6 +127,8 @@ export class HostEngine {
       guestMs: Math.max(30_000, d.limits.agentTimeoutMs),
     });
     this.#dir = d.directory ?? NO_DIRECTORY;
+    const ramFiles = () => knownRamFiles(this.#vms.values(), this.#snaps.values(), (id) => d.snapshots.files(id).ram);
+    this.#ram = new RamAdmission(d.ramSpace ?? UNLIMITED_RAM, d.hostId, ramFiles, this.#log.child({ component: 'ram-admission' }));
     this.#pool = new WarmPool(
       d.pool ?? { size: 0, maxSnapshots: 0 },
       (snap) => this.#makeWarm(snap),
@@ -188,13 +195,14 @@ export class HostEngine {
   // ---- VM lifecycle
 
   boot(req: BootRequest): Promise<VmInfo> {
-    return this.#once(req.key, 'boot', () => this.#boot(req));
+    return this.#once(req.key, 'boot', () => this.#ram.during((hold) => this.#boot(req, hold)));
   }
 
-  async #boot(req: BootRequest): Promise<VmInfo> {
+  async #boot(req: BootRequest, hold: RamHold): Promise<VmInfo> {
     const image = await this.d.images.get(req.image);
     await this.#checkCapacity(req.memMiB + 64, 1);
     const id = newId('vm');
+    await hold.admit(ramNeed.boot(this.d.layout.vmRam(id), req.memMiB), 'memMiB');
     const rec = this.#newRecord(id, image, req.memMiB, req.cpus, 'booting', {
       ram: { file: this.d.layout.vmRam(id), shared: true },
       kernelCmdline: `${image.cmdline} forky.hostname=${id}`,
@@ -273,6 +281,8 @@ export class HostEngine {
       assertAllowed(id, vm.state, 'destroy');
       await this.#setState(vm, 'destroying');
       await this.#teardown(vm);
+      // The zero pages this child's first touches filled in its snapshot's frozen file go back.
+      if (!vm.ram.shared) await this.#ram.reclaim(vm.ram.file);
       vm.state = 'destroyed';
       this.#vms.delete(id);
       await this.#dir.unregister('vm', id).catch((err: unknown) => this.#log.warn({ err, vm: id }, 'locator delete failed'));
@@ -287,7 +297,7 @@ export class HostEngine {
 
   snapshot(req: SnapshotCreateRequest): Promise<SnapshotInfo> {
     this.#refuseGpuSnapshot(req.vm, 'vm');
-    return this.#once(req.key, 'snapshot', () => this.#snapshotVm(req.vm, req.resume).then((s) => s.info));
+    return this.#once(req.key, 'snapshot', () => this.#ram.during((hold) => this.#snapshotVm(req.vm, req.resume, hold)).then((s) => s.info));
   }
 
   /**
@@ -362,21 +372,22 @@ export class HostEngine {
       // The children's apps are fetched (or refused) before the source is touched.
       const unpin = await this.#apps.prefetch(req.apps ?? []);
       try {
-        return await this.#fork(req);
+        return await this.#ram.during((hold) => this.#fork(req, hold));
       } finally {
         unpin();
       }
     });
   }
 
-  async #fork(req: ForkRequest): Promise<ForkResult> {
+  async #fork(req: ForkRequest, hold: RamHold): Promise<ForkResult> {
     const started = performance.now();
     // Checked before anything is made: a fork refused for room leaves the source as it was.
     await this.#checkCapacity(this.d.limits.childCostMiB, req.count);
     const fromVm = req.source.startsWith('vm-');
     if (fromVm) this.#refuseGpuSnapshot(req.source, 'source');
     if (req.apps?.length) this.#apps.plan({ id: `each child of ${req.source}`, apps: (fromVm ? this.#vms.get(req.source) : this.#snaps.get(req.source))?.apps ?? [] }, req.apps);
-    const snap = fromVm ? await this.#snapshotVm(req.source, req.resumeParent) : this.#snap(req.source);
+    await hold.admit(fromVm ? ramNeed.forkVm(this.#vm(req.source)) : ramNeed.forkSnapshot(this.#snap(req.source).info, this.d.snapshots.files(req.source).ram), 'source');
+    const snap = fromVm ? await this.#snapshotVm(req.source, req.resumeParent, hold) : this.#snap(req.source);
     const pauseMs = fromVm ? snap.info.timings?.pauseMs : undefined;
     const snapshotMs = performance.now() - started;
     this.#snapUsers.set(snap.info.id, (this.#snapUsers.get(snap.info.id) ?? 0) + 1);
@@ -391,7 +402,7 @@ export class HostEngine {
         await Promise.all(children.map((c) => this.destroy(c.id).catch(() => undefined)));
         const first = failed[0];
         const msg = `${failed.length} of ${req.count} children failed; none kept: ${first instanceof Error ? first.message : String(first)}`;
-        throw new ForkyError(first instanceof ForkyError ? first.code : 'INTERNAL', msg, { cause: first });
+        throw new ForkyError(asForkyError(first).code, msg, { cause: first });
       }
       this.#pool.refill(snap.info.id);
       return {
@@ -524,7 +535,7 @@ export class HostEngine {
    * During the pause: device state saved, the pages the VM made its own copied, state loaded into
    * the successor. Until the successor has loaded, a failure puts the old process back as it was.
    */
-  async #snapshotVm(vmId: string, resume: boolean): Promise<SnapshotRecord> {
+  async #snapshotVm(vmId: string, resume: boolean, hold: RamHold): Promise<SnapshotRecord> {
     // A snapshot of a child still settling would freeze it before its identity is set. Waited for
     // outside the lock: a child that fails to settle is destroyed, which takes the lock.
     await this.#vm(vmId).settling;
@@ -536,6 +547,7 @@ export class HostEngine {
       const image = await this.d.images.get(vm.image);
       const id = newId('snap');
       const top = newId('lyr');
+      await hold.admit(ramNeed.snapshot(vm, this.d.snapshots.files(id).ram), 'vm');
       const ownRam = vm.ram.shared ? vm.ram.file : undefined;
       // Persisted with the state: a restart mid-snapshot knows what to roll back or forward.
       vm.snapshotPlan = { id, top, from: before, ...(ownRam ? { ownRam } : {}) };
@@ -648,9 +660,14 @@ export class HostEngine {
       rec.timings.warm = 1;
     }
     const info = await this.#make(rec, image, snap.chain.at(-1) as string, async (spec) => {
-      const h = warm ? (warm.handle as VmHandle) : await this.d.runtime.prepare(spec, { autostart: true, timeoutMs: this.d.limits.restoreTimeoutMs });
+      let h = warm ? (warm.handle as VmHandle) : await this.d.runtime.prepare(spec, { autostart: true, timeoutMs: this.d.limits.restoreTimeoutMs });
       try {
-        await this.d.runtime.load(h, files.state, this.d.limits.restoreTimeoutMs);
+        if (!warm) await this.d.runtime.load(h, files.state, this.d.limits.restoreTimeoutMs);
+        else {
+          const loaded = await loadWarm(this.d.runtime, h, spec, files.state, this.d.limits.restoreTimeoutMs, this.#log);
+          h = loaded.handle;
+          if (loaded.replaced) delete rec.timings.warm;
+        }
         rec.timings.runningMs = round(performance.now() - started);
         // Before anyone reaches the child through hostd: its agent answers, and it is no longer its siblings' twin.
         const settle = Promise.all([
@@ -707,7 +724,7 @@ export class HostEngine {
         rec.chain.push(layer);
         handle = await this.d.runtime.prepare(this.#spec(rec, image), { autostart: true, timeoutMs: this.d.limits.restoreTimeoutMs });
       });
-      return { id: rec.id, mac: rec.mac, top, handle: handle as VmHandle };
+      return { id: rec.id, mac: rec.mac, top, handle: handle as VmHandle, exited: (handle as VmHandle).exited };
     } catch (e) {
       await fs.rm(this.d.layout.vmDir(rec.id), { recursive: true, force: true });
       throw e;
@@ -783,10 +800,18 @@ export class HostEngine {
   #onExit(vm: VmRecord, handle: VmHandle): void {
     // A predecessor leaving after a snapshot is not the VM failing.
     if (vm.handle !== handle || vm.state === 'destroying' || vm.state === 'destroyed' || !this.#vms.has(vm.id)) return;
-    this.#log.error({ vm: vm.id, state: vm.state }, 'QEMU exited unexpectedly');
-    vm.state = 'failed';
-    vm.handle = undefined;
-    void this.#persist(vm).catch(() => undefined);
+    this.#log.error({ vm: vm.id, state: vm.state, pid: handle.pid }, 'QEMU exited unexpectedly');
+    markFailed(vm, `its QEMU process (pid ${handle.pid}) exited unexpectedly while it was ${vm.state}; see qemu.log and serial.log in its directory`);
+    this.#gpus.release(vm.id);
+    this.d.onChange?.();
+    // Under the VM's lock, so a destroy meanwhile cannot be followed by this record written back.
+    void this.#lock
+      .run(vm.id, async () => {
+        if (this.#vms.get(vm.id) !== vm || vm.state !== 'failed') return;
+        await removeRuntimeFiles(vm, this.d.layout.vmDir(vm.id));
+        await this.#persist(vm);
+      })
+      .catch((err: unknown) => this.#log.warn({ err, vm: vm.id }, 'failed VM cleanup'));
   }
 
   async #op(id: string, op: 'pause' | 'resume', fn: (vm: VmRecord, h: VmHandle) => Promise<void>): Promise<VmInfo> {

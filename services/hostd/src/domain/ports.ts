@@ -160,3 +160,20 @@ export interface PartStore {
   /** Deletes parts no manifest refers to, if older than `graceMs` (a publish puts parts before its manifest). */
   sweep(graceMs: number): Promise<{ deleted: number; kept: number }>;
 }
+
+/**
+ * The filesystem (a tmpfs) of the RAM directory. Its files grow as guests touch memory, so
+ * admission weighs what they really take against what they may still take (see admission.ts).
+ */
+export interface RamSpace {
+  readonly dir: string;
+  /** Bytes the filesystem can still give to new data. */
+  freeBytes(): Promise<number>;
+  /** Bytes `file` really takes (its allocated blocks, not its length); 0 if it does not exist. */
+  allocatedBytes(file: string): Promise<number>;
+  /**
+   * Gives back a frozen RAM file's all-zero pages (holes that children's faults filled): its
+   * content is unchanged, and copy-on-write mappings keep their own pages. Returns bytes freed.
+   */
+  reclaim(file: string): Promise<number>;
+}

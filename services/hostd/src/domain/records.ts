@@ -31,6 +31,8 @@ export interface VmRecord {
   diskVirtualSize: number;
   timings: Record<string, number>;
   pid?: number;
+  /** Set when its process died (with hostd up or down): when that was seen, and why. */
+  failure?: { at: string; reason: string };
   handle?: VmHandle;
   /** For a child returned at `running`: its identity and agent, still being settled. */
   settling?: Promise<void>;
@@ -64,7 +66,9 @@ export function vmInfo(r: VmRecord, host: string, accel: VmInfo['accel']): VmInf
     accel,
     createdAt: r.createdAt,
     ...(r.parentSnapshot ? { parentSnapshot: r.parentSnapshot } : {}),
-    ...(r.pid ? { pid: r.pid } : {}),
+    // A failed VM's pid is a dead process's (or, later, someone else's).
+    ...(r.pid && r.state !== 'failed' ? { pid: r.pid } : {}),
+    ...(r.failure ? { failure: r.failure } : {}),
     mac: r.mac,
     ...(r.gpus?.length ? { gpus: r.gpus.flatMap((g) => g.functions) } : {}),
     ...(apps ? { apps } : {}),
@@ -84,6 +88,27 @@ export async function writeJsonAtomic(file: string, value: unknown): Promise<voi
 export async function removeVmFiles(vm: VmRecord, vmDir: string): Promise<void> {
   if (vm.ram.shared) await fs.rm(vm.ram.file, { force: true });
   await fs.rm(vmDir, { recursive: true, force: true });
+}
+
+/**
+ * Marks a VM whose QEMU is gone as failed: no process, no pid, no GPUs (a dead process holds no
+ * device), no snapshot in progress, and why. Its record, logs and disk stay until it is destroyed.
+ */
+export function markFailed(vm: VmRecord, reason: string): void {
+  vm.state = 'failed';
+  vm.failure = { at: new Date().toISOString(), reason };
+  vm.handle = undefined;
+  delete vm.pid;
+  delete vm.gpus;
+  delete vm.snapshotPlan;
+}
+
+/** Removes what only a live process uses: the VM's own RAM file (tmpfs memory) and its sockets. */
+export async function removeRuntimeFiles(vm: VmRecord, vmDir: string): Promise<void> {
+  if (vm.ram.shared) await fs.rm(vm.ram.file, { force: true });
+  for (const f of await fs.readdir(vmDir).catch(() => [] as string[])) {
+    if (f.endsWith('.sock')) await fs.rm(path.join(vmDir, f), { force: true });
+  }
 }
 
 export function recordForDisk(r: VmRecord): Omit<VmRecord, 'handle' | 'settling'> {

@@ -3,15 +3,17 @@ import path from 'node:path';
 import type { Logger } from '@forky/base';
 import type { Layout } from '../layout.js';
 import type { LayerStore, RunningProcess, SnapshotStore, VmRuntime, VmSpec } from './ports.js';
-import { recordForDisk, removeVmFiles, writeJsonAtomic, type SnapshotRecord, type VmRecord } from './records.js';
+import { markFailed, recordForDisk, removeRuntimeFiles, removeVmFiles, writeJsonAtomic, type SnapshotRecord, type VmRecord } from './records.js';
 
 export interface RecoveryReport {
   /** VMs whose QEMU ran on and that this hostd now drives. */
   adopted: string[];
   /** VMs caught mid-snapshot and put back as they were (the snapshot discarded). */
   rolledBack: string[];
-  /** Half-made VMs (a fork or boot that never finished), VMs whose QEMU died meanwhile. */
+  /** Half-made VMs (a fork or boot that never finished), VMs being destroyed. */
   removed: string[];
+  /** VMs whose QEMU died while hostd was down: kept as `failed`, as if it had died with hostd up. */
+  failed: string[];
   /** QEMU processes that belonged to no VM (warm pool, successors of a failed snapshot). */
   orphansKilled: number;
   /** Files and directories that belonged to nothing. */
@@ -40,12 +42,13 @@ const ATTACH_TIMEOUT_MS = 5000;
 /**
  * What a restarted hostd finds on disk and in /proc, made whole again: every VM whose QEMU still
  * runs is adopted; a snapshot caught half-way is rolled back (or forward, if its successor had
- * taken over); VMs of requests that never finished are removed (forks are all or nothing); and
- * processes and files that belong to nothing are removed. The job kqemu.sh did by hand.
+ * taken over); VMs of requests that never finished are removed (forks are all or nothing); a VM
+ * whose QEMU died meanwhile is kept as `failed`, as when it dies with hostd up (listed until
+ * destroyed); and processes and files that belong to nothing are removed. The job kqemu.sh did by hand.
  */
 export async function recoverHost(d: RecoveryDeps): Promise<Recovered> {
   const log = d.logger.child({ component: 'recovery' });
-  const report: RecoveryReport = { adopted: [], rolledBack: [], removed: [], orphansKilled: 0, strayFilesRemoved: 0 };
+  const report: RecoveryReport = { adopted: [], rolledBack: [], removed: [], failed: [], orphansKilled: 0, strayFilesRemoved: 0 };
   const requests = await readJsonDir<{ op: string; result: unknown }>(d.layout.requestsDir());
   const finished = new Set(requests.map((r) => r.name));
   const snaps = (await readJsonDir<SnapshotRecord>(d.layout.snapshotsDir(), 'snapshot.json')).map((s) => s.value);
@@ -71,8 +74,20 @@ export async function recoverHost(d: RecoveryDeps): Promise<Recovered> {
       report.removed.push(rec.id);
       log.warn({ vm: rec.id, state: rec.state, why }, 'VM removed on restart');
     };
+    /** Its process is gone (or unusable): what is left of it is a failed VM, cleaned as engine's #onExit does. */
+    const fail = async (why: string): Promise<void> => {
+      // Attached before something else failed: let go of it first.
+      if (rec.handle) await d.runtime.destroy(rec.handle).catch(() => undefined);
+      for (const p of mine) await p.kill();
+      mine.forEach((p) => claimed.add(p));
+      log.warn({ vm: rec.id, state: rec.state, why }, 'VM failed while hostd was down');
+      markFailed(rec, why);
+      await removeRuntimeFiles(rec, d.layout.vmDir(rec.id));
+      report.failed.push(rec.id);
+    };
+    const unfinished = !!rec.requestKey && !finished.has(rec.requestKey);
     try {
-      if (rec.requestKey && !finished.has(rec.requestKey)) {
+      if (unfinished) {
         await remove(`the request that made it (${rec.requestKey}) never finished`);
       } else if (rec.state === 'snapshotting' && rec.snapshotPlan) {
         const plan = rec.snapshotPlan;
@@ -100,21 +115,26 @@ export async function recoverHost(d: RecoveryDeps): Promise<Recovered> {
           delete rec.snapshotPlan;
           report.adopted.push(rec.id);
         } else {
-          await remove('its process exited mid-snapshot');
+          // Neither process runs: an unrecorded snapshot goes (its layer is collected as unused).
           if (!snapIds.has(plan.id)) await d.snapshots.remove(plan.id);
+          await fail('its QEMU exited mid-snapshot while hostd was down');
         }
       } else if (rec.state === 'running' || rec.state === 'paused') {
         const p = proc(rec.generation);
-        if (!p) await remove('its QEMU exited while hostd was down');
+        if (!p) await fail('its QEMU exited while hostd was down');
         else {
           rec.state = (await attach(rec, p)) === 'running' ? 'running' : 'paused';
           report.adopted.push(rec.id);
         }
+      } else if (rec.state === 'failed') {
+        // Failed before the restart: it stays so, and any process of it left is an orphan.
+        await removeRuntimeFiles(rec, d.layout.vmDir(rec.id));
       } else {
         await remove(`it was ${rec.state} when hostd stopped`);
       }
     } catch (err) {
-      await remove(`re-attaching failed: ${(err as Error).message}`).catch(() => undefined);
+      const why = `re-attaching failed: ${(err as Error).message}`;
+      await (unfinished ? remove(why) : fail(why)).catch(() => remove(why)).catch(() => undefined);
     }
     if (!report.removed.includes(rec.id)) {
       await writeJsonAtomic(d.layout.vmRecord(rec.id), recordForDisk(rec));

@@ -1,5 +1,6 @@
 import { closeSync, openSync, readFileSync, readSync, writeSync } from 'node:fs';
-import { ForkyError } from '@forky/base';
+import { ForkyError, isNoSpace } from '@forky/base';
+import { ramDirFull } from '../ram-space.js';
 
 const PAGE = 4096;
 /** Pages copied per read: big enough to amortise the syscall, small enough to stay in cache. */
@@ -26,14 +27,14 @@ export function copyPrivatePages(pid: number, ramFile: string, dest: string): { 
     fds.mem = openSync(`/proc/${pid}/mem`, 'r');
     fds.out = openSync(dest, 'r+');
     let bytes = 0;
-    for (const map of maps) bytes += copyMapping(pid, map, fds);
+    for (const map of maps) bytes += copyMapping(pid, map, fds, dest);
     return { bytes };
   } finally {
     for (const fd of Object.values(fds)) if (fd >= 0) closeSync(fd);
   }
 }
 
-function copyMapping(pid: number, map: Mapping, fds: { pagemap: number; mem: number; out: number }): number {
+function copyMapping(pid: number, map: Mapping, fds: { pagemap: number; mem: number; out: number }, dest: string): number {
   const pages = (map.end - map.start) / PAGE;
   const entries = Buffer.alloc(pages * 8);
   const got = readSync(fds.pagemap, entries, 0, entries.length, (map.start / PAGE) * 8);
@@ -50,7 +51,12 @@ function copyMapping(pid: number, map: Mapping, fds: { pagemap: number; mem: num
     while (n < MAX_RUN_PAGES && i + n < pages && isPrivate(entries.readUInt32LE((i + n) * 8 + 4))) n++;
     const len = n * PAGE;
     if (readSync(fds.mem, buf, 0, len, map.start + i * PAGE) !== len) throw new ForkyError('INTERNAL', `short read of guest RAM of pid ${pid} at page ${i}`);
-    writeSync(fds.out, buf, 0, len, map.offset + i * PAGE);
+    try {
+      writeSync(fds.out, buf, 0, len, map.offset + i * PAGE);
+    } catch (e) {
+      if (isNoSpace(e)) throw ramDirFull(`the pages process ${pid} made its own`, dest, e);
+      throw e;
+    }
     bytes += len;
     i += n;
   }

@@ -12,6 +12,12 @@ import { askLine } from './control.js';
 import { createTap, removeTap, tapName } from './tap.js';
 import { handOver, type RunAs } from './run-as.js';
 
+/**
+ * The most output (stdout and stderr, UTF-8) an exec returns: the reply must fit NATS's 1 MiB
+ * max_payload; 64 KiB is left for the rest of the reply and its headers.
+ */
+const EXEC_MAX_OUTPUT = (1 << 20) - (64 << 10);
+
 interface QemuVm extends VmHandle {
   proc: QemuProcess;
   qmp: QmpClient;
@@ -118,7 +124,7 @@ export class QemuRuntime implements VmRuntime {
   }
 
   async exec(h: VmHandle, cmd: readonly string[], opts: { input?: string; timeoutMs: number }): Promise<ExecResult> {
-    return (h as QemuVm).agent.exec(cmd, opts);
+    return (h as QemuVm).agent.exec(cmd, { ...opts, maxOutputBytes: EXEC_MAX_OUTPUT });
   }
 
   async attachDisk(h: VmHandle, disk: AppDisk, timeoutMs: number): Promise<void> {

@@ -1,7 +1,9 @@
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { execa } from 'execa';
+import { isNoSpace } from '@forky/base';
 import type { SnapshotFiles, SnapshotStore } from '../../domain/ports.js';
+import { ramDirFull } from '../ram-space.js';
 import type { Layout } from '../../layout.js';
 
 /**
@@ -19,8 +21,15 @@ export class LocalSnapshotStore implements SnapshotStore {
 
   async beginRam(id: string, base: string): Promise<string> {
     const { ram } = await this.#dirs(id);
-    // The base is frozen, so this copy runs while the VM does; holes stay holes.
-    await execa('cp', ['--sparse=always', base, ram]);
+    try {
+      // The base is frozen, so this copy runs while the VM does; holes stay holes.
+      await execa('cp', ['--sparse=always', base, ram]);
+    } catch (e) {
+      // Nothing of a copy that did not fit stays behind (the engine undoes only what began).
+      await this.remove(id);
+      if (isNoSpace(e)) throw ramDirFull(`snapshot ${id}'s copy of ${base}`, ram, e);
+      throw e;
+    }
     await fs.chmod(ram, 0o600);
     return ram;
   }
