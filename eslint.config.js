@@ -15,5 +15,12 @@ export default tseslint.config(
       'no-restricted-imports': ['error', { patterns: [{ group: ['@forky/*/*'], message: 'import a lib through its index (@forky/<lib>)' }, { group: ['**/libs/*/src/**', '**/services/*/src/**'], message: 'no deep imports into another package' }] }],
     },
   },
-  { files: ['test/**', 'bench/**'], rules: { 'no-console': 'off' } },
+  {
+    files: ['test/**', 'bench/**'],
+    rules: {
+      'no-console': 'off',
+      // Tests may also reach a package's internal face (its internal.ts), and nothing deeper.
+      'no-restricted-imports': ['error', { patterns: [{ group: ['@forky/*/*', '!@forky/*/internal'], message: 'import a package through its index, or its internal face (@forky/<pkg>/internal)' }, { group: ['**/libs/*/src/**', '**/services/*/src/**'], message: 'no deep imports into another package' }] }],
+    },
+  },
 );

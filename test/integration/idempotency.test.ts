@@ -4,7 +4,7 @@ import { connect } from '@nats-io/transport-node';
 import type { NatsConnection } from '@nats-io/nats-core';
 import { ConflictError, silentLogger } from '@forky/base';
 import { openBuckets, startNatsServer, type Buckets, type NatsServer } from '@forky/bus';
-import { Idempotency } from '@forky/scheduler';
+import { Idempotency } from '@forky/scheduler/internal';
 
 describe('idempotent requests across schedulers (real nats-server, KV)', { timeout: 60_000 }, () => {
   let nats: NatsServer;

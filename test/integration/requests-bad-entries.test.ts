@@ -4,7 +4,7 @@ import { connect } from '@nats-io/transport-node';
 import type { NatsConnection } from '@nats-io/nats-core';
 import { pino } from 'pino';
 import { openBuckets, startNatsServer, type Buckets, type NatsServer } from '@forky/bus';
-import { Idempotency } from '@forky/scheduler';
+import { Idempotency } from '@forky/scheduler/internal';
 
 /** Entries in the requests bucket that are not records: written by hand, by garbage, by another version. */
 const NOT_RECORDS: Array<string | Uint8Array> = ['{}', 'null', '', '{"state":"done"}', '{"state":"done","hash":1,"owner":"x","leaseUntil":0}', Uint8Array.from([0xff, 0x7b]), '{"state":"pending","hash":"h1","owner":"x","leaseUntil":"soon"}'];

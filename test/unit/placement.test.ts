@@ -2,7 +2,7 @@ import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { CapacityError, ForkyError, NotFoundError } from '@forky/base';
 import type { HostStatus } from '@forky/contract';
-import { hostStatus, pickHost, placeChildren } from '@forky/scheduler';
+import { hostStatus, pickHost, placeChildren } from '@forky/scheduler/internal';
 
 const host = (id: string, free: number, extra: Partial<HostStatus> = {}): HostStatus => ({
   id,

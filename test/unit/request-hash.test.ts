@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { requestHash } from '@forky/scheduler';
+import { requestHash } from '@forky/scheduler/internal';
 
 describe('requestHash: the same idempotency key must mean the same request', () => {
   it('tells apart requests that differ only in nested fields (a batch\'s items)', () => {

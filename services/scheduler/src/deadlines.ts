@@ -3,18 +3,18 @@ import { ForkyError, delay, type Logger } from '@forky/base';
 import { HostdClient, PastDeadlineError, refuseIfLate, type JobDelivery, type JobOutcome, type RequestOptions } from '@forky/bus';
 import { CLOCK_SKEW_MS, type HostdEndpoint, type ReplyOf, type RequestOf } from '@forky/contract';
 import type { Idempotency } from './idempotency.js';
+import { MISSED_BEATS } from './placement.js';
 
 /**
  * A call to a host has as long to start there as the host may go without reporting before it is
- * seen down (three beats, as in placement.ts), so giving it up on liveness takes hardly longer
- * than seeing the host down did (CLOCK_SKEW_MS more); never under 2 s, so that a live host
- * busy for a moment does not refuse it.
+ * seen down (MISSED_BEATS beats), so giving it up on liveness takes hardly longer than seeing the
+ * host down did (CLOCK_SKEW_MS more); never under 2 s, so that a live host busy for a moment does
+ * not refuse it.
  */
-const START_WINDOW_BEATS = 3;
 const MIN_START_WINDOW_MS = 2_000;
 
 export function startWindowMs(intervalMs: number | undefined): number {
-  return Math.max(START_WINDOW_BEATS * (intervalMs ?? 2_000), MIN_START_WINDOW_MS);
+  return Math.max(MISSED_BEATS * (intervalMs ?? 2_000), MIN_START_WINDOW_MS);
 }
 
 /**
@@ -26,11 +26,11 @@ export function mayStillStart(startBy: number, now = Date.now()): boolean {
 }
 
 /**
- * The client of one host call (#onHost). Each request it sends carries a start-by (its send
- * time + the window), and the latest is kept: the scheduler gives the call up on liveness only
- * past it, when the host, however late it reads the request, refuses it. Once the call is given
- * up, nothing more is sent: the next step of it (a fork after a fetch) would be work done after
- * the caller was told it failed.
+ * The client of one host call (Hosts.onHost). Each request it sends carries a start-by (its
+ * send time + the window), and the latest is kept: the scheduler gives the call up on liveness
+ * only past it, when the host, however late it reads the request, refuses it. Once the call is
+ * given up, nothing more is sent: the next step of it (a fork after a fetch) would be work done
+ * after the caller was told it failed.
  */
 export class StartByClient extends HostdClient {
   #latest = 0;

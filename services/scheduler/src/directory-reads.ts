@@ -1,6 +1,6 @@
 import type { KV, KvEntry } from '@nats-io/kv';
-import type { Logger } from '@forky/base';
-import { LocatorEntry, entryValue, isReadableKey, logBadEntry } from '@forky/bus';
+import { NotFoundError, type Logger } from '@forky/base';
+import { LocatorEntry, entryValue, isReadableKey, logBadEntry, retryTransient } from '@forky/bus';
 import { LineageNode } from '@forky/contract';
 
 /**
@@ -12,6 +12,23 @@ import { LineageNode } from '@forky/contract';
 /** The host a locator entry names, or undefined (absent, deleted or not valid). */
 export function locatorHost(entry: KvEntry | null, log: Logger): string | undefined {
   return entryValue(LocatorEntry, entry, log)?.host;
+}
+
+/** What a locator key names: a VM or a snapshot. */
+export type Located = 'vm' | 'snap';
+
+/** The kind of a fork source, by its id. */
+export function sourceKind(source: string): Located {
+  return source.startsWith('vm-') ? 'vm' : 'snap';
+}
+
+/** The host that holds a VM or snapshot, or NOT_FOUND. */
+export async function locate(kv: KV, kind: Located, id: string, log: Logger): Promise<string> {
+  // An entry that is not valid (any host may write the locator) is as good as none.
+  const e = await retryTransient('locator get', () => kv.get(`${kind}.${id}`), { log });
+  const host = locatorHost(e, log);
+  if (!host) throw new NotFoundError(kind === 'vm' ? 'VM' : 'snapshot', id);
+  return host;
 }
 
 /** Every valid node of the lineage bucket, in no order. */

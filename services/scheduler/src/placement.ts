@@ -1,8 +1,8 @@
 import { CapacityError, ForkyError, NotFoundError } from '@forky/base';
 import { Heartbeat, type HostStatus } from '@forky/contract';
 
-/** A host is down once it has missed three heartbeats. */
-const MISSED_BEATS = 3;
+/** A host is down once it has missed this many heartbeats. */
+export const MISSED_BEATS = 3;
 
 export function hostStatus(raw: unknown, now: number): HostStatus | undefined {
   const hb = Heartbeat.safeParse(raw);
@@ -52,4 +52,39 @@ export function pickHost(hosts: readonly HostStatus[], need: { memMiB: number; c
   const j = (i + 1 + Math.floor(Math.random() * (fit.length - 1))) % fit.length;
   const [a, b] = [fit[i] as HostStatus, fit[j] as HostStatus];
   return (fit.length === 1 || a.memFreeMiB >= b.memFreeMiB ? a : b).id;
+}
+
+/**
+ * Where the children of one fork go: all at home (locality: the snapshot is there), all on a
+ * pinned host, or spread over the live hosts by free memory.
+ */
+export function placeChildren(
+  hosts: readonly HostStatus[],
+  home: string,
+  count: number,
+  childCostMiB: number,
+  req: { host?: string; spread?: boolean },
+): Map<string, number> {
+  if (req.host) {
+    pickHost(hosts, { memMiB: childCostMiB, count }, req.host);
+    return new Map([[req.host, count]]);
+  }
+  if (!req.spread) {
+    pickHost(hosts, { memMiB: childCostMiB, count }, home);
+    return new Map([[home, count]]);
+  }
+  // A child costs what the host's children really cost (their median Pss), once it has any.
+  const live = hosts.filter((h) => h.alive).map((h) => ({ id: h.id, free: h.memFreeMiB, cost: h.childPssMiB > 0 ? h.childPssMiB : childCostMiB }));
+  if (live.length === 0) pickHost(hosts, { memMiB: childCostMiB, count });
+  // Home first (its children need no transfer), then by free memory; round-robin over those with room.
+  live.sort((a, b) => (a.id === home ? -1 : b.id === home ? 1 : b.free - a.free));
+  const plan = new Map<string, number>();
+  for (let i = 0, next = 0; i < count; i++) {
+    const h = live.map((_, k) => live[(next + k) % live.length]).find((x) => x && x.free >= x.cost);
+    if (!h) throw new CapacityError(`no room for ${count} children of ${childCostMiB} MiB across ${live.length} hosts`, { field: 'count' });
+    plan.set(h.id, (plan.get(h.id) ?? 0) + 1);
+    h.free -= h.cost;
+    next = (live.indexOf(h) + 1) % live.length;
+  }
+  return plan;
 }

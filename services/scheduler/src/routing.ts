@@ -1,0 +1,39 @@
+import type { ExecRequest, HostdEndpoint, VmAppRequest } from '@forky/contract';
+import type { SchedContext } from './context.js';
+
+/** The requests about one VM or snapshot, which its host answers. */
+export type Forwarded = 'vm.show' | 'vm.pause' | 'vm.resume' | 'vm.destroy' | 'vm.exec' | 'vm.app' | 'snapshot.show';
+export type ForwardedRequest<E extends Forwarded> = E extends 'vm.exec' ? ExecRequest : E extends 'vm.app' ? VmAppRequest : { id: string };
+
+/**
+ * Forwards a request about one VM or snapshot to the host that holds it, once and whole: an
+ * exec's `key`, if the client gave one, goes with it (hostd dedupes exec by key). It is not
+ * re-sent here: a keyless exec or destroy must not run twice.
+ */
+export async function forward<E extends Forwarded>(ctx: SchedContext, endpoint: E, req: ForwardedRequest<E>): Promise<unknown> {
+  const kind = endpoint.startsWith('vm.') ? 'vm' : 'snap';
+  const host = await ctx.locate(kind, req.id);
+  return ctx.hosts.client(host).call(endpoint as HostdEndpoint, req as never);
+}
+
+/** Every live host's VMs (or snapshots); a host that does not answer is left out and logged. */
+export async function gather(ctx: SchedContext, endpoint: 'vm.list' | 'snapshot.list'): Promise<unknown[]> {
+  const beats = ctx.hosts.beats();
+  const live = beats.map((b) => b.status).filter((h) => h.alive);
+  // A down host's VMs are shown as lost (from its last heartbeat), not silently dropped.
+  const lost = endpoint === 'vm.list' ? beats.filter((b) => !b.status.alive).flatMap((b) => b.vms.map((v) => ({ ...v, state: 'lost' as const }))) : [];
+  const lists = await Promise.all(
+    live.map(async (h) => {
+      try {
+        const c = ctx.hosts.client(h.id);
+        return endpoint === 'vm.list'
+          ? (await c.call('vm.list', {}, { timeoutMs: 10_000 })).vms
+          : (await c.call('snapshot.list', {}, { timeoutMs: 10_000 })).snapshots;
+      } catch (err) {
+        ctx.log.warn({ err, host: h.id }, `${endpoint} failed on a host`);
+        return [];
+      }
+    }),
+  );
+  return [...lists.flat(), ...lost];
+}
