@@ -109,6 +109,24 @@ describe('the forky CLI against a local cluster, as a new user would', { timeout
     assert.match(bad.stderr, /count/);
   });
 
+  it('vm exec --timeout: a command that outlives it fails with TIMEOUT and ran exactly once', async () => {
+    // The parent stays paused after its fork: a running child does the exec.
+    const vm = fork.children[2] as VmInfo;
+    const t0 = Date.now();
+    const r = await forky(['vm', 'exec', vm.id, '--timeout', '2000', '--', 'sh', '-c', 'echo run >> /tmp/runs; sleep 5']);
+    const ms = Date.now() - t0;
+    assert.equal(r.code, 1, r.stderr);
+    assert.match(r.stderr, /TIMEOUT/);
+    assert.doesNotMatch(r.stderr, /retrying/, 'the exec\'s own timeout is a reply, not a lost one');
+    const runs = await json<{ stdout: string }>(['vm', 'exec', vm.id, '--', 'cat', '/tmp/runs']);
+    assert.equal(runs.stdout, 'run\n', 'the command ran once');
+    process.stderr.write(`# exec --timeout 2000 of a 5 s command: failed after ${ms} ms; /tmp/runs has ${runs.stdout.split('\n').length - 1} line\n`);
+    // The old spelling still works.
+    const old = await forky(['vm', 'exec', vm.id, '--exec-timeout', '2000', '--', 'sleep', '5']);
+    assert.equal(old.code, 1);
+    assert.match(old.stderr, /TIMEOUT/);
+  });
+
   it('vm app --app DIR:/mnt gives a running VM a host directory; a bad mount point is refused', async () => {
     const vm = fork.children[3] as VmInfo;
     const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'fkcli-app-'));
@@ -165,7 +183,7 @@ describe('the forky CLI against a local cluster, as a new user would', { timeout
       const before = (await json<VmInfo[]>(['vm', 'ls'])).length;
       const batchFile = path.join(data, 'batch.json');
       await fs.writeFile(batchFile, JSON.stringify([1, 2, 3, 4].map(() => ({ source: fork.snapshot.id, count: 1 }))));
-      const batches = [1, 2, 3, 4].map(() => forky(['--json', '--timeout', '15000', 'batch', 'submit', batchFile]));
+      const batches = [1, 2, 3, 4].map(() => forky(['--json', '--request-timeout', '15000', 'batch', 'submit', batchFile]));
       // Kill the first scheduler once every batch is claimed by one of the two (a fast batch may
       // already be done by then: it counts as claimed, and is not retried).
       await withDeadline(

@@ -5,7 +5,7 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { DeadlineError, ForkyError } from '@forky/base';
-import { BoundedLineSplitter, GuestAgentClient, GuestAgentError, OverlongLine } from '@forky/qemu';
+import { BoundedLineSplitter, GuestAgentClient, GuestAgentError, OverlongLine } from '@forky/qemu/internal';
 
 /**
  * A fake guest agent of our own that behaves like qemu-ga on the wire: 0xFF resets its parser

@@ -4,7 +4,7 @@ import { headers } from '@nats-io/nats-core';
 import { pack } from 'msgpackr';
 import { z } from 'zod';
 import { ForkyError, ValidationError } from '@forky/base';
-import { LocatorEntry, isReadableKey, parseJsonBytes, safeHeaders } from '@forky/bus';
+import { LocatorEntry, isReadableKey, parseJsonBytes, safeHeaders } from '@forky/bus/internal';
 import { BootRequest, HEADER_MAX_BYTES, boundedText, decodeBody, fieldPath, headerText, parseOrThrow, quoteText, toWireError, truncateUtf8 } from '@forky/contract';
 
 /** mulberry32, so a failing string can be found again from the seed. */

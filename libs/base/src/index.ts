@@ -1,7 +1,21 @@
-export * from './errors.js';
-export * from './deadline.js';
-export * from './paths.js';
-export * from './ids.js';
-export * from './logger.js';
-export * from './mutex.js';
-export * from './config.js';
+export {
+  ErrorCodes,
+  ForkyError,
+  ValidationError,
+  NotFoundError,
+  InvalidStateError,
+  ConflictError,
+  IncompatibleError,
+  CapacityError,
+  DeadlineError,
+  asForkyError,
+  isNoSpace,
+  type ErrorCode,
+  type ErrorDetails,
+} from './errors.js';
+export { withDeadline, delay, pollUntil, mapSettled, type PollOptions } from './deadline.js';
+export { safeJoin, checkSocketPath } from './paths.js';
+export { newId } from './ids.js';
+export { createLogger, silentLogger, type Logger, type LoggerOptions } from './logger.js';
+export { KeyedMutex } from './mutex.js';
+export { readConfigFile, parseConfig } from './config.js';

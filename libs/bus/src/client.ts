@@ -20,6 +20,10 @@ import {
 } from '@forky/contract';
 import { PastDeadlineError, outgoingTimes, setTimeHeaders } from './deadlines.js';
 import { headerOf, setHeader } from './headers.js';
+import { attemptBy, sendWithRetries, type RetryOptions } from './resend.js';
+
+/** The deadline of a request whose options name none. */
+const DEFAULT_TIMEOUT_MS = 30_000;
 
 export interface RequestOptions {
   timeoutMs?: number;
@@ -39,7 +43,7 @@ export interface RequestOptions {
 export async function request(nc: NatsConnection, subject: string, body: unknown, opts: RequestOptions = {}): Promise<unknown> {
   const format = opts.format ?? 'msgpack';
   const now = Date.now();
-  const times = outgoingTimes({ timeoutMs: opts.timeoutMs ?? 30_000, deadline: opts.deadline, startBy: opts.startBy }, now);
+  const times = outgoingTimes({ timeoutMs: opts.timeoutMs ?? DEFAULT_TIMEOUT_MS, deadline: opts.deadline, startBy: opts.startBy }, now);
   const timeoutMs = Math.floor(times.deadline - now);
   if (timeoutMs < 1) throw new PastDeadlineError(`request ${subject} not sent: its caller gave up at ${new Date(times.deadline).toISOString()}`, { deadline: times.deadline });
   const h = headers();
@@ -75,16 +79,35 @@ function decodeReply(msg: Msg, subject: string): unknown {
   }
 }
 
+export interface ClientOptions extends RequestOptions {
+  /**
+   * Send a request again when its reply is lost, if it is a read or carries an idempotency key
+   * (see resend.ts); without this option every request is sent once.
+   */
+  retry?: RetryOptions;
+}
+
+/** One request, re-sent after a lost reply when `retry` is set and the request allows it. */
+function send(nc: NatsConnection, endpoint: HostdEndpoint | SchedEndpoint, subject: string, body: unknown, opts: ClientOptions): Promise<unknown> {
+  const { retry, ...reqOpts } = opts;
+  if (!retry) return request(nc, subject, body, reqOpts);
+  const once = (): Promise<unknown> => {
+    const { deadline } = outgoingTimes({ timeoutMs: reqOpts.timeoutMs ?? DEFAULT_TIMEOUT_MS, deadline: reqOpts.deadline });
+    return attemptBy(deadline, `request ${subject}`, () => request(nc, subject, body, reqOpts));
+  };
+  return sendWithRetries(endpoint, body, once, retry);
+}
+
 /** A typed client of one hostd. */
 export class HostdClient {
   constructor(
     private readonly nc: NatsConnection,
     readonly hostId: string,
-    private readonly defaults: RequestOptions = {},
+    private readonly defaults: ClientOptions = {},
   ) {}
 
-  async call<E extends HostdEndpoint>(endpoint: E, body: RequestOf<E>, opts: RequestOptions = {}): Promise<ReplyOf<E>> {
-    const reply = await request(this.nc, subjects.host(this.hostId, endpoint), body, { ...this.defaults, ...opts });
+  async call<E extends HostdEndpoint>(endpoint: E, body: RequestOf<E>, opts: ClientOptions = {}): Promise<ReplyOf<E>> {
+    const reply = await send(this.nc, endpoint, subjects.host(this.hostId, endpoint), body, { ...this.defaults, ...opts });
     return (hostdContract[endpoint].reply as z.ZodType).parse(reply) as ReplyOf<E>;
   }
 }
@@ -93,11 +116,11 @@ export class HostdClient {
 export class SchedulerClient {
   constructor(
     private readonly nc: NatsConnection,
-    private readonly defaults: RequestOptions = {},
+    private readonly defaults: ClientOptions = {},
   ) {}
 
-  async call<E extends SchedEndpoint>(endpoint: E, body: SchedRequestOf<E>, opts: RequestOptions = {}): Promise<SchedReplyOf<E>> {
-    const reply = await request(this.nc, subjects.sched(endpoint), body, { ...this.defaults, ...opts });
+  async call<E extends SchedEndpoint>(endpoint: E, body: SchedRequestOf<E>, opts: ClientOptions = {}): Promise<SchedReplyOf<E>> {
+    const reply = await send(this.nc, endpoint, subjects.sched(endpoint), body, { ...this.defaults, ...opts });
     return (schedContract[endpoint].reply as z.ZodType).parse(reply) as SchedReplyOf<E>;
   }
 }

@@ -13,13 +13,14 @@ export {
   type ClusterAuth,
 } from './auth.js';
 export { startService, type EndpointDef, type ServiceDef } from './service.js';
-export { request, HostdClient, SchedulerClient, type RequestOptions } from './client.js';
+export { request, HostdClient, SchedulerClient, type ClientOptions, type RequestOptions } from './client.js';
+export { isLostReply, isResendable, keyOf, sendWithRetries, type RetryNotice, type RetryOptions } from './resend.js';
 export { openBuckets, createOrOpen, bindExisting, resolveReplicas, BucketReplicas, type Buckets } from './buckets.js';
 export { startNatsServer, writeServerConfig, type NatsServer, type NatsServerOptions } from './nats-server.js';
 export { JobQueue, type JobQueueOptions, type JobOutcome, type JobDelivery } from './jobs.js';
 export { isTransientNatsError, retryTransient } from './retry.js';
 export { ObjectPartStore, PARTS_BUCKET, type UploadResult } from './object-parts.js';
 export { digestFile } from './sparse.js';
-export { headerOf, safeHeaders, setHeader } from './headers.js';
+export { headerOf, setHeader } from './headers.js';
 export { PastDeadlineError, callerDeadline, refuseIfLate, type CallerTimes } from './deadlines.js';
-export { LocatorEntry, entryValue, isReadableKey, logBadEntry, parseJsonBytes } from './entries.js';
+export { LocatorEntry, entryValue, isReadableKey, logBadEntry } from './entries.js';

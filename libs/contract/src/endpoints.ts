@@ -1,6 +1,6 @@
 import type { z } from 'zod';
 import { HostInfo, Empty } from './host.js';
-import type { HostdEndpoint } from './subjects.js';
+import type { HostdEndpoint, SchedEndpoint } from './subjects.js';
 import { BootRequest, ExecRequest, ExecResult, VmAppRequest, VmInfo, VmList, VmRef } from './vm.js';
 import { ForkRequest, ForkResult, SnapshotCreateRequest, SnapshotInfo, SnapshotDeleteRequest, SnapshotDeleteResult, SnapshotList, SnapshotRef, TransferResult } from './snapshot.js';
 
@@ -30,3 +30,35 @@ export type HostdContract = typeof hostdContract;
 export type RequestOf<E extends HostdEndpoint> = z.input<HostdContract[E]['request']>;
 export type ParsedRequestOf<E extends HostdEndpoint> = z.output<HostdContract[E]['request']>;
 export type ReplyOf<E extends HostdEndpoint> = z.output<HostdContract[E]['reply']>;
+
+/**
+ * What each endpoint does to the cluster, for clients deciding whether a lost reply may be asked
+ * again: a `read` changes nothing, so it may be re-sent; a `write` may be re-sent only under an
+ * idempotency key the receiver dedupes. Every hostd and scheduler endpoint is listed.
+ */
+export const ENDPOINT_KINDS = {
+  'host.info': 'read',
+  hosts: 'read',
+  'vm.list': 'read',
+  'vm.show': 'read',
+  'snapshot.list': 'read',
+  'snapshot.show': 'read',
+  'snapshot.tree': 'read',
+  'vm.boot': 'write',
+  'vm.pause': 'write',
+  'vm.resume': 'write',
+  'vm.destroy': 'write',
+  'vm.exec': 'write',
+  'vm.app': 'write',
+  'snapshot.create': 'write',
+  'snapshot.delete': 'write',
+  'snapshot.publish': 'write',
+  'snapshot.fetch': 'write',
+  fork: 'write',
+  batch: 'write',
+} as const satisfies Record<HostdEndpoint | SchedEndpoint, 'read' | 'write'>;
+
+/** An endpoint that only reads: asking twice is the same as asking once. */
+export function isReadEndpoint(endpoint: HostdEndpoint | SchedEndpoint): boolean {
+  return ENDPOINT_KINDS[endpoint] === 'read';
+}

@@ -4,8 +4,9 @@ import { Accel, VmInfo } from './vm.js';
 import { AppList } from './app.js';
 
 /**
- * What a restore must match exactly: device state is not portable across any of these
- * (../shared/notes/qemu-fork-facts.md), so a mismatch is refused before QEMU is started.
+ * What a restore must match exactly: QEMU loads saved device state only into the same
+ * accelerator, QEMU version, machine type, CPU model, vCPU count and RAM size (and the disk
+ * under it must be the same image), so a mismatch is refused before QEMU is started.
  */
 export const MachineProfile = z.strictObject({
   accel: Accel,

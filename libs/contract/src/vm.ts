@@ -71,6 +71,8 @@ export const ExecRequest = z.strictObject({
   timeoutMs: z.number().int().min(1).max(600_000).default(30_000),
   /** Text passed to the command's standard input (at most 512 KiB: the whole request must fit NATS's 1 MiB max_payload). */
   input: z.string().max(1 << 19).optional(),
+  /** A repeat under the same key returns the first run's result instead of running the command again. */
+  key: IdempotencyKey.optional(),
 });
 export type ExecRequest = z.infer<typeof ExecRequest>;
 

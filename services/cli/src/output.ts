@@ -5,15 +5,17 @@ export function printJson(v: unknown): void {
   process.stdout.write(JSON.stringify(v, null, 2) + '\n');
 }
 
-export function printTable(rows: Array<Record<string, unknown>>, columns: string[]): void {
-  if (rows.length === 0) {
-    process.stdout.write('(none)\n');
-    return;
-  }
+/** Rows as a table of the named columns, upper-case headers; a missing value is `-`. */
+export function formatTable<T extends object>(rows: readonly T[], columns: ReadonlyArray<keyof T & string>): string {
+  if (rows.length === 0) return '(none)\n';
   const cells = rows.map((r) => columns.map((c) => fmt(r[c])));
   const widths = columns.map((c, i) => Math.max(c.length, ...cells.map((row) => (row[i] as string).length)));
   const line = (vals: string[]): string => vals.map((v, i) => v.padEnd(widths[i] as number)).join('  ').trimEnd();
-  process.stdout.write([line(columns.map((c) => c.toUpperCase())), ...cells.map(line)].join('\n') + '\n');
+  return [line(columns.map((c) => c.toUpperCase())), ...cells.map(line)].join('\n') + '\n';
+}
+
+export function printTable<T extends object>(rows: readonly T[], columns: ReadonlyArray<keyof T & string>): void {
+  process.stdout.write(formatTable(rows, columns));
 }
 
 const fmt = (v: unknown): string => (v === undefined || v === null ? '-' : typeof v === 'object' ? JSON.stringify(v) : String(v));
@@ -23,11 +25,10 @@ export function progress(msg: string): void {
   if (process.stderr.isTTY) process.stderr.write(`${msg}\n`);
 }
 
-/** An error for people: what went wrong and what to do; the exit code says which kind. */
-export function fail(e: unknown): never {
+/** An error for people: what went wrong and what to do (the exit code says which kind). */
+export function describeError(e: unknown): string {
   const fe = e instanceof ForkyError ? e : undefined;
   const msg = fe ? `${fe.code}: ${fe.message}` : e instanceof Error ? e.message : String(e);
   const hint = fe?.code === 'UNAVAILABLE' ? '\nhint: is the cluster up? `forky up --detach`, or pass --server / FORKY_SERVER' : '';
-  process.stderr.write(`forky: ${msg}${hint}\n`);
-  process.exit(fe?.code === 'BAD_REQUEST' ? 2 : 1);
+  return `forky: ${msg}${hint}\n`;
 }

@@ -1,0 +1,110 @@
+import { Option, type Command } from 'commander';
+import { newId } from '@forky/base';
+import type { VmInfo } from '@forky/contract';
+import { printJson, printTable } from '../output.js';
+import { APP_HELP, collect, nonNegativeInt, positiveInt, type CliContext } from './context.js';
+
+export const VM_COLUMNS = ['id', 'host', 'state', 'image', 'memMiB', 'parentSnapshot', 'pid'] as const satisfies ReadonlyArray<keyof VmInfo>;
+
+/** The exec's own deadline in the guest when neither --timeout nor --exec-timeout is given. */
+const EXEC_TIMEOUT_MS = 30_000;
+
+interface BootOptions {
+  image: string;
+  mem: number;
+  cpus: number;
+  gpus: number;
+  app: string[];
+  host?: string;
+}
+
+/** `forky vm boot | ls | show | pause | resume | rm | app | exec`. */
+export function registerVm(program: Command, cli: CliContext): void {
+  const printVms = (cmd: Command, vms: VmInfo[], one = false): void =>
+    cli.json(cmd) ? printJson(one ? vms[0] : vms) : printTable(vms, VM_COLUMNS);
+  const vm = program.command('vm').description('virtual machines');
+
+  vm.command('boot')
+    .description('boot a VM; returns once its guest agent answers')
+    .option('--image <name>', 'image', 'tiny')
+    .option('--mem <MiB>', 'memory', positiveInt('mem'), 256)
+    .option('--cpus <n>', 'vCPUs', positiveInt('cpus'), 1)
+    .option('--gpus <n>', 'host GPUs passed through (VFIO); such a VM cannot be snapshotted or forked', nonNegativeInt('gpus'), 0)
+    .option('--app <dir[:/mnt]>', APP_HELP, collect, [])
+    .option('--host <id>', 'pin to a host')
+    .action(
+      cli.action(async (o: BootOptions, cmd: Command) => {
+        const key = newId('boot', 16);
+        const v = await cli.withSession(cmd, async (s) => {
+          const apps = await s.uploadApps(o.app);
+          return s.call('vm.boot', {
+            image: o.image,
+            memMiB: o.mem,
+            cpus: o.cpus,
+            key,
+            ...(o.gpus ? { gpus: o.gpus } : {}),
+            ...(apps.length ? { apps } : {}),
+            ...(o.host ? { host: o.host } : {}),
+          });
+        });
+        printVms(cmd, [v], true);
+      }),
+    );
+
+  vm.command('ls')
+    .description('list VMs on every host')
+    .action(cli.action(async (_o: unknown, cmd: Command) => printVms(cmd, (await cli.withSession(cmd, (s) => s.call('vm.list', {}))).vms)));
+
+  // No key in these requests' contract: the client sends them once (a lost reply is not re-sent).
+  for (const [name, endpoint, what] of [
+    ['show', 'vm.show', 'show a VM'],
+    ['pause', 'vm.pause', 'pause a VM'],
+    ['resume', 'vm.resume', 'resume a paused VM'],
+  ] as const) {
+    vm.command(`${name} <id>`)
+      .description(what)
+      .action(cli.action(async (id: string, _o: unknown, cmd: Command) => printVms(cmd, [await cli.withSession(cmd, (s) => s.call(endpoint, { id }))], true)));
+  }
+
+  vm.command('rm <ids...>')
+    .description('destroy VMs: their processes and files are gone')
+    .action(
+      cli.action(async (ids: string[], _o: unknown, cmd: Command) => {
+        const gone = await cli.withSession(cmd, async (s) => {
+          const out: VmInfo[] = [];
+          for (const id of ids) out.push(await s.call('vm.destroy', { id }));
+          return out;
+        });
+        printVms(cmd, gone);
+      }),
+    );
+
+  vm.command('app <id>')
+    .description('mount host directories in a running VM: a new mount point, or a changed directory as a new layer in place of the old')
+    .requiredOption('--app <dir[:/mnt]>', APP_HELP, collect, [])
+    .action(
+      cli.action(async (id: string, o: { app: string[] }, cmd: Command) => {
+        const key = newId('app', 16);
+        const v = await cli.withSession(cmd, async (s) => s.call('vm.app', { id, apps: await s.uploadApps(o.app), key }));
+        printVms(cmd, [v], true);
+      }),
+    );
+
+  vm.command('exec <id> <cmd...>')
+    .description('run a command in the guest: forky vm exec ID [--timeout MS] -- CMD ARGS…; exits with its exit code')
+    .option('--timeout <ms>', `deadline of the command in the guest (default ${EXEC_TIMEOUT_MS})`, positiveInt('timeout'))
+    .addOption(new Option('--exec-timeout <ms>', 'the same as --timeout').argParser(positiveInt('exec-timeout')).hideHelp())
+    .action(
+      cli.action(async (id: string, argv: string[], o: { timeout?: number; execTimeout?: number }, cmd: Command) => {
+        // Keyed, so a retry after a lost reply gets the first run's result instead of running it again.
+        const body = { id, cmd: argv, timeoutMs: o.timeout ?? o.execTimeout ?? EXEC_TIMEOUT_MS, key: newId('exec', 16) };
+        const r = await cli.withSession(cmd, (s) => s.call('vm.exec', body));
+        if (cli.json(cmd)) printJson(r);
+        else {
+          process.stdout.write(r.stdout);
+          process.stderr.write(r.stderr);
+        }
+        process.exitCode = r.exitCode;
+      }),
+    );
+}

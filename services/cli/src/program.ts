@@ -1,0 +1,35 @@
+import { Command } from 'commander';
+import { openSession } from './session.js';
+import { CliContext, positiveInt, type CliDeps } from './commands/context.js';
+import { registerCluster } from './commands/cluster.js';
+import { registerImage } from './commands/image.js';
+import { registerVm } from './commands/vm.js';
+import { registerSnapshot } from './commands/snapshot.js';
+import { registerFork } from './commands/fork.js';
+import { registerBatch } from './commands/batch.js';
+import { registerReq } from './commands/req.js';
+
+const DEFAULT_DEPS: CliDeps = { openSession, exit: (code) => process.exit(code) };
+
+/** The `forky` program with every command; `deps` replaces the cluster and the process exit (tests). */
+export function buildProgram(deps: Partial<CliDeps> = {}): Command {
+  const cli = new CliContext({ ...DEFAULT_DEPS, ...deps });
+  const program = new Command('forky')
+    .description('Forky Pig: fork virtual machines like processes')
+    .version('0.1.0')
+    .option('--server <url>', 'NATS server of the cluster (also FORKY_SERVER; default: the one `forky up` started)')
+    .option('--data <dir>', 'data directory of `forky up` (also FORKY_DATA)', undefined)
+    .option('--json', 'print one JSON document on stdout')
+    .option('--request-timeout <ms>', 'deadline of one request attempt', positiveInt('request-timeout'), 600_000)
+    .showHelpAfterError()
+    // Usage errors (bad option values, missing arguments) exit 2, like other bad input.
+    .exitOverride((err) => cli.deps.exit(err.exitCode === 0 ? 0 : 2));
+  registerCluster(program, cli);
+  registerImage(program, cli);
+  registerVm(program, cli);
+  registerSnapshot(program, cli);
+  registerFork(program, cli);
+  registerBatch(program, cli);
+  registerReq(program, cli);
+  return program;
+}

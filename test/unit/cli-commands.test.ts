@@ -1,0 +1,115 @@
+import { afterEach, describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { buildProgram, formatTable, type Session, type SessionOptions } from '@forky/cli';
+import type { VmInfo } from '@forky/contract';
+
+const VM: VmInfo = { id: 'vm-aaaaaaaaaaaa', host: 'h1', state: 'running', image: 'tiny', memMiB: 256, cpus: 1, accel: 'tcg', createdAt: '2026-01-01T00:00:00.000Z' };
+const SNAP = {
+  id: 'snap-aaaaaaaaaaaa',
+  host: 'h1',
+  image: 'tiny',
+  vm: VM.id,
+  profile: { accel: 'tcg', qemuVersion: '9', machine: 'q35', cpuModel: 'max', cpus: 1, memMiB: 256, imageId: 'x' },
+  createdAt: VM.createdAt,
+  sizes: { stateBytes: 0, ramBytes: 0, diskBytes: 0 },
+};
+
+class ExitError extends Error {
+  constructor(readonly code: number) {
+    super(`exit ${code}`);
+  }
+}
+
+/** Runs `forky ARGS` against a session of our own that records each request and answers `reply`. */
+async function run(args: string[], reply: unknown): Promise<{ sent: Array<[string, unknown]>; opened: SessionOptions[]; stdout: string; code?: number }> {
+  const sent: Array<[string, unknown]> = [];
+  const opened: SessionOptions[] = [];
+  const session: Session = {
+    call: async (endpoint, body) => {
+      sent.push([endpoint, body]);
+      return reply as never;
+    },
+    uploadApps: async () => [],
+    raw: async (subject, body) => (sent.push([subject, body]), reply),
+    close: async () => undefined,
+  };
+  let stdout = '';
+  const write = process.stdout.write.bind(process.stdout);
+  const writeErr = process.stderr.write.bind(process.stderr);
+  process.stdout.write = ((s: string) => ((stdout += s), true)) as typeof process.stdout.write;
+  process.stderr.write = (() => true) as typeof process.stderr.write;
+  try {
+    const program = buildProgram({ openSession: async (o) => (opened.push(o), session), exit: (code) => { throw new ExitError(code); } });
+    await program.parseAsync(['node', 'forky', ...args]);
+    return { sent, opened, stdout };
+  } catch (e) {
+    if (e instanceof ExitError) return { sent, opened, stdout, code: e.code };
+    throw e;
+  } finally {
+    process.stdout.write = write;
+    process.stderr.write = writeErr;
+  }
+}
+
+describe('CLI commands parse their arguments into requests (no cluster)', () => {
+  afterEach(() => {
+    process.exitCode = undefined;
+  });
+
+  it('vm exec --timeout is the command\'s own deadline, and the request carries a key', async () => {
+    const r = await run(['--json', 'vm', 'exec', VM.id, '--timeout', '2000', '--', 'sh', '-c', 'echo run'], { exitCode: 3, stdout: 'run\n', stderr: '' });
+    assert.equal(r.sent.length, 1);
+    const [endpoint, body] = r.sent[0] as [string, { id: string; cmd: string[]; timeoutMs: number; key: string }];
+    assert.equal(endpoint, 'vm.exec');
+    assert.deepEqual({ ...body, key: undefined }, { id: VM.id, cmd: ['sh', '-c', 'echo run'], timeoutMs: 2000, key: undefined });
+    assert.match(body.key, /^exec-[a-z0-9]{16}$/);
+    assert.equal(process.exitCode, 3, 'exits with the command\'s exit code');
+    assert.equal(JSON.parse(r.stdout).stdout, 'run\n');
+    assert.equal(r.opened[0]?.requestTimeoutMs, 600_000, 'the request deadline keeps its default');
+  });
+
+  it('--exec-timeout is kept as an alias; no option means 30 s; each exec has its own key', async () => {
+    const a = await run(['vm', 'exec', VM.id, '--exec-timeout', '1500', '--', 'true'], { exitCode: 0, stdout: '', stderr: '' });
+    const b = await run(['vm', 'exec', VM.id, '--', 'true'], { exitCode: 0, stdout: '', stderr: '' });
+    const bodyA = a.sent[0]?.[1] as { timeoutMs: number; key: string };
+    const bodyB = b.sent[0]?.[1] as { timeoutMs: number; key: string };
+    assert.equal(bodyA.timeoutMs, 1500);
+    assert.equal(bodyB.timeoutMs, 30_000);
+    assert.notEqual(bodyA.key, bodyB.key);
+  });
+
+  it('--request-timeout sets the deadline of one request attempt, before or after the command', async () => {
+    const before = await run(['--request-timeout', '1234', 'vm', 'ls'], { vms: [] });
+    const after = await run(['vm', 'ls', '--request-timeout', '4321'], { vms: [] });
+    assert.equal(before.opened[0]?.requestTimeoutMs, 1234);
+    assert.equal(after.opened[0]?.requestTimeoutMs, 4321);
+  });
+
+  it('fork sends a keyed request with its options; bad input exits 2 before anything is sent', async () => {
+    const r = await run(['--json', 'fork', VM.id, '--count', '3', '--live', '--until', 'running'], { snapshot: SNAP, children: [VM], timings: { snapshotMs: 1, totalMs: 2, childMs: [2] } });
+    const [endpoint, body] = r.sent[0] as [string, Record<string, unknown>];
+    assert.equal(endpoint, 'fork');
+    assert.deepEqual({ ...body, key: undefined }, { source: VM.id, count: 3, spread: false, resumeParent: true, until: 'running', key: undefined });
+    assert.match(String(body.key), /^fork-/);
+    const bad = await run(['fork', VM.id, '--count', '0'], {});
+    assert.equal(bad.code, 2);
+    assert.deepEqual(bad.sent, []);
+    const badExec = await run(['vm', 'exec', VM.id, '--timeout', 'soon', '--', 'true'], {});
+    assert.equal(badExec.code, 2);
+    assert.deepEqual(badExec.sent, []);
+  });
+
+  it('vm ls prints a table of the VM columns', async () => {
+    const r = await run(['vm', 'ls'], { vms: [VM] });
+    assert.deepEqual(r.sent, [['vm.list', {}]]);
+    assert.equal(r.stdout, formatTable([VM], ['id', 'host', 'state', 'image', 'memMiB', 'parentSnapshot', 'pid']));
+    assert.match(r.stdout, /^ID +HOST +STATE +IMAGE +MEMMIB +PARENTSNAPSHOT +PID\nvm-aaaaaaaaaaaa +h1 +running +tiny +256 +- +-\n$/);
+  });
+
+  it('snapshot rm --cascade and vm pause are sent as asked, without a key (their contract has none)', async () => {
+    const rm = await run(['snapshot', 'rm', SNAP.id, '--cascade'], { snapshots: [SNAP.id], vms: [] });
+    assert.deepEqual(rm.sent, [['snapshot.delete', { id: SNAP.id, cascade: true }]]);
+    const pause = await run(['vm', 'pause', VM.id], VM);
+    assert.deepEqual(pause.sent, [['vm.pause', { id: VM.id }]]);
+  });
+});
