@@ -2,11 +2,11 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import type { TestContext } from 'node:test';
 import { createLogger, silentLogger, type Logger } from '@forky/base';
-import { HostEngine, ImageCatalog, type EngineLimits, type LayerStore, type SnapshotStore } from '@forky/hostd';
+import { HostEngine, ImageCatalog, type EngineLimits, type LayerStore, type SnapshotStore } from '@forky/hostd/internal';
 import { FaultPlan, withFaults } from './fault-plan.js';
 import { FaultRuntime } from './fault-runtime.js';
 import { fileTree } from './files.js';
-import { DryRunLayerStore, DryRunRuntime, Layout, LocalAppLayers, LocalSnapshotStore } from './hostd-internals.js';
+import { DryRunLayerStore, DryRunRuntime, FileRecordStore, Layout, LocalAppLayers, LocalSnapshotStore, ProcHostStats } from './hostd-internals.js';
 import { MemoryDirectory } from './memory-directory.js';
 
 /** One hostd engine without QEMU or NATS: dry-run processes, real stores over a temp dir, faults on call. */
@@ -98,6 +98,8 @@ function build(s: Shared): EngineHost {
     layers,
     appLayers: new LocalAppLayers(layout),
     snapshots,
+    records: new FileRecordStore(layout),
+    stats: new ProcHostStats(),
     images: new ImageCatalog(path.join(s.root, 'images')),
     layout,
     limits: s.limits,

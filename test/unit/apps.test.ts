@@ -2,7 +2,7 @@ import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { CapacityError, ValidationError, createLogger } from '@forky/base';
 import { AppMount } from '@forky/contract';
-import { AppMounter, type AppDevice, type VmHandle, type VmRuntime } from '@forky/hostd';
+import { AppMounter, type AppDevice, type VmHandle, type VmRuntime } from '@forky/hostd/internal';
 import { parseAppSpec } from '@forky/cli';
 
 const L1 = '1'.repeat(64);

@@ -87,7 +87,7 @@ describe('engine: deleting a snapshot', { concurrency: true }, () => {
 
   // Issue 20: "`snapshot rm --cascade` never destroys the VM the snapshot was taken from (it keeps
   // running on a private copy, or the removal is refused and says why)". Today the cascade
-  // destroys that VM (HostEngine#deleteSnapshot counts it among the dependents).
+  // destroys that VM (services/hostd/src/domain/ops/delete-snapshot.ts counts it among the dependents).
   it.todo("issue 20: deleting a VM's own latest snapshot with cascade keeps the VM running", async (t) => {
     const h = await hostFor(t);
     const vm = await boot(h);

@@ -65,24 +65,14 @@ const CASES: Case[] = [
 const COMMITTED = 'directory.recordLineage#1';
 
 /**
- * Steps found broken today (HostEngine#snapshotVm in services/hostd/src/domain/engine.ts; not ours
- * to fix here). Each still runs, as a todo, so the report shows the day it passes.
- * `whole`: the host does not come out whole; `reply`: it does, but the call fails for a snapshot that stands.
+ * Steps still broken (services/hostd/src/domain/ops/snapshot.ts). Each still runs, as a todo, so
+ * the report shows the day it passes. `reply`: the host comes out whole, but the call fails for a
+ * snapshot that stands. Fixed by issue 16 and now plain tests: a failure at the first step left
+ * the VM `snapshotting`; undo removed a booted VM's adopted RAM before giving it back; a failure
+ * after the hand-over and before the record left the VM `snapshotting`; directory.register was
+ * not caught. Past the hand-over every step is carried through (tried twice, then logged).
  */
 function knownBroken(step: string, steps: string[]): { whole?: string; reply?: string } {
-  if (step === 'snapshots.adoptRam#1' || step === 'snapshots.beginRam#1') {
-    return { whole: 'the VM is left `snapshotting` (pause, exec and snapshot refused until destroyed): with the undo list still empty, the catch takes the failure for one past the hand-over and rethrows without setting the state back' };
-  }
-  const handOver = steps.indexOf('runtime.load#1');
-  if (steps.includes('snapshots.adoptRam#1') && steps.indexOf(step) > 0 && steps.indexOf(step) <= handOver) {
-    return { whole: "the VM's own RAM file is deleted: undo runs newest first, so snapshots.remove (which removes the adopted RAM) comes before snapshots.returnRam, whose rename then fails and is only logged; the VM runs on an unlinked file and its next snapshot fails with ENOENT" };
-  }
-  if (step === 'runtime.destroy#1' || step === 'layers.freeze#1') {
-    return { whole: 'past the hand-over but before the snapshot is recorded: the VM is left `snapshotting` on its successor, the snapshot is not recorded and its state and RAM files stay even after the VM is destroyed (and a failed destroy leaves the old process running)' };
-  }
-  if (step === 'directory.register#1') {
-    return { whole: "the snapshot is recorded and the VM set, but the call fails and the cluster is never told where the snapshot is: #dir.register('snap') is not caught as recordLineage is" };
-  }
   const committed = steps.indexOf(COMMITTED);
   if (committed >= 0 && steps.indexOf(step) > committed) {
     return { reply: 'the snapshot stands but the call fails (a failure past the hand-over is rethrown): the caller never learns its id, and a keyed retry makes a second one' };

@@ -235,12 +235,10 @@ describe('engine: fork', { concurrency: true }, () => {
     await settleFails(t, new Promise<void>((r) => (release = r)), () => release());
   });
 
-  // BUG (engine.ts #restoreChild/#make, records.ts writeJsonAtomic): when the settle fails before
-  // #make has finished, its destroy (under the VM's lock) and #make's setState('running') (outside
-  // it) persist vm.json at once through the same temp name (vm.json.<pid>.tmp); one rename fails
-  // ENOENT, the destroy is abandoned (its error swallowed), and the child stays listed
-  // `destroying` for good: process running, files kept, a second destroy refused INVALID_STATE.
-  it.todo('a child whose settle fails at once (before the fork has returned) is destroyed too', (t) => settleFails(t));
+  // Was a bug: the settle's destroy raced the make (both wrote vm.json through one temp name, one
+  // rename failed ENOENT and the child stayed `destroying`). The destroy now waits for the make,
+  // and each write of a record has a temp name of its own (adapters/store/records.ts).
+  it('a child whose settle fails at once (before the fork has returned) is destroyed too', (t) => settleFails(t));
 });
 
 reportDuration('engine lifecycle, capacity and fork');

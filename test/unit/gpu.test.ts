@@ -4,7 +4,7 @@ import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { CapacityError, createLogger } from '@forky/base';
-import { GpuAllocator, buildArgs, discoverGpus, type VmSpec } from '@forky/hostd';
+import { GpuAllocator, buildArgs, discoverGpus, type VmSpec } from '@forky/hostd/internal';
 import { TWO_GPUS, writeFakeSysfs } from '../helpers/fake-sysfs.js';
 
 const log = createLogger({ level: 'silent', name: 'test' });

@@ -1,45 +1,15 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { ForkyError, silentLogger, type Logger } from '@forky/base';
+import { ForkyError, silentLogger } from '@forky/base';
 
-// The admission module is not in @forky/hostd's index: loaded from its build by file URL, with
-// the shapes used here written out (a moved file fails here, by name).
-interface RamFile {
-  file?: string;
-  nominalBytes: number;
-}
-interface RamNeed {
-  what: string;
-  files: RamFile[];
-}
-interface RamHold {
-  admit(need: RamNeed, field: string): Promise<void>;
-}
-interface RamSpace {
-  readonly dir: string;
-  freeBytes(): Promise<number>;
-  allocatedBytes(file: string): Promise<number>;
-  reclaim(file: string): Promise<number>;
-}
+import { RamAdmission, ramNeed, type RamFile, type RamNeed, type RamSpace } from '@forky/hostd/internal';
+
+/** A VM as admission weighs it. */
 interface VmRam {
   id: string;
   memMiB: number;
   ram: { file: string; shared: boolean };
 }
-interface AdmissionModule {
-  RamAdmission: new (space: RamSpace, hostId: string, known: () => RamFile[], log: Logger) => {
-    during<T>(fn: (hold: RamHold) => Promise<T>): Promise<T>;
-    reclaim(file: string): Promise<void>;
-  };
-  ramNeed: {
-    boot(file: string, memMiB: number): RamNeed;
-    snapshot(vm: VmRam, file: string): RamNeed;
-    forkVm(vm: VmRam): RamNeed;
-    forkSnapshot(snap: { id: string; profile: { memMiB: number } }, file: string): RamNeed;
-  };
-}
-const dist = new URL('.', import.meta.resolve('@forky/hostd'));
-const { RamAdmission, ramNeed } = (await import(new URL('domain/admission.js', dist).href)) as AdmissionModule;
 
 const MiB = 2 ** 20;
 

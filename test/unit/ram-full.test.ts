@@ -6,12 +6,10 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { ForkyError, asForkyError } from '@forky/base';
-import type { SnapshotStore } from '@forky/hostd';
+import { Layout, LocalSnapshotStore } from '@forky/hostd/internal';
 import { fileTree } from '../helpers/files.js';
 
 const run = promisify(execFile);
-const dist = new URL('.', import.meta.resolve('@forky/hostd'));
-const load = async <T>(file: string, name: string): Promise<T> => ((await import(new URL(file, dist).href)) as Record<string, T>)[name] as T;
 
 /** A full filesystem for real: a 4 MiB tmpfs (needs root to mount), unmounted after. */
 describe('a full RAM directory gives typed errors (real tmpfs)', { skip: process.getuid?.() !== 0 && 'mounting a tmpfs needs root' }, () => {
@@ -58,9 +56,7 @@ describe('a full RAM directory gives typed errors (real tmpfs)', { skip: process
   });
 
   it("refuses a snapshot's RAM copy that does not fit with CAPACITY, and leaves nothing of it", async () => {
-    const Layout = await load<new (d: string, r: string) => unknown>('layout.js', 'Layout');
-    const Store = await load<new (layout: unknown) => SnapshotStore>('adapters/store/local-snapshots.js', 'LocalSnapshotStore');
-    const store = new Store(new Layout(dataDir, mnt));
+    const store = new LocalSnapshotStore(new Layout(dataDir, mnt));
     const before = [...(await fileTree(mnt)), ...(await fileTree(path.join(dataDir, 'snapshots')))];
     const e = await store.beginRam('snap-full', base).then(() => assert.fail('the copy fit'), (err: unknown) => err);
     assert.ok(e instanceof ForkyError && e.code === 'CAPACITY', String(e));

@@ -1,18 +1,7 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { pollUntil, silentLogger } from '@forky/base';
-import { WarmPool, type VmHandle, type VmRuntime, type VmSpec, type WarmChild } from '@forky/hostd';
-
-type LoadWarm = (
-  runtime: VmRuntime,
-  h: VmHandle,
-  spec: VmSpec,
-  stateFile: string,
-  timeoutMs: number,
-  log: ReturnType<typeof silentLogger>,
-) => Promise<{ handle: VmHandle; replaced: boolean }>;
-// Not in the package's index: loaded from its build, as test/helpers/hostd-internals.ts does.
-const { loadWarm } = (await import(new URL('domain/warm-pool.js', new URL('.', import.meta.resolve('@forky/hostd'))).href)) as { loadWarm: LoadWarm };
+import { WarmPool, loadWarm, type VmHandle, type VmRuntime, type VmSpec, type WarmChild } from '@forky/hostd/internal';
 
 /** A runtime of fake processes, enough for loadWarm: only the fresh one (pid 2) loads, as a dead one's closed QMP socket fails. */
 function fakeRuntime() {

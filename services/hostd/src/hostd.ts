@@ -22,6 +22,8 @@ import { QemuRuntime } from './adapters/qemu/runtime.js';
 import { resolveRunAs } from './adapters/qemu/run-as.js';
 import { probeAccel, qemuVersion, type ProbeResult } from './adapters/qemu/probe.js';
 import { LocalSnapshotStore } from './adapters/store/local-snapshots.js';
+import { FileRecordStore } from './adapters/store/records.js';
+import { ProcHostStats } from './adapters/host-stats.js';
 import { StatfsRamSpace } from './adapters/ram-space.js';
 import { startHostdService } from './service.js';
 
@@ -81,6 +83,8 @@ export async function startHostd(config: Readonly<HostdConfig>, logger: Logger):
     runtime,
     layers: config.dryRun ? new DryRunLayerStore(layout) : new QcowLayerStore(layout, config.qemu.img),
     snapshots: new LocalSnapshotStore(layout),
+    records: new FileRecordStore(layout),
+    stats: new ProcHostStats(),
     images,
     layout,
     limits: config.limits,

@@ -1,13 +1,10 @@
+// The public face of @forky/hostd: what other packages use (start a hostd, its config, the engine
+// and the ports to build one). Tests reach the rest through internal.ts (`@forky/hostd/internal`).
 export { startHostd, HOSTD_VERSION, type Hostd } from './hostd.js';
 export { loadHostdConfig, HostdConfig, type HostdConfigInput, defaultHostId } from './config.js';
-export { HostEngine, type EngineDeps, type EngineLimits } from './domain/engine.js';
-export type { VmRuntime, VmHandle, VmSpec, LayerStore, SnapshotStore } from './domain/ports.js';
-export { assertAllowed, assertTransition, type VmOp } from './domain/state.js';
-export { buildArgs } from './adapters/qemu/cmdline.js';
-export { ImageCatalog, type Image } from './images.js';
 export { startEphemeralHostd, type EphemeralHostd } from './ephemeral.js';
-export { WarmPool, type WarmChild, type WarmPoolOptions } from './domain/warm-pool.js';
+export { HostEngine, type EngineDeps, type EngineLimits } from './domain/engine.js';
+export type { VmRuntime, VmHandle, VmSpec, LayerStore, SnapshotStore, RecordStore, HostStats } from './domain/ports.js';
+export type { Image } from './images.js';
+export { assertAllowed, assertTransition, type VmOp } from './domain/state.js';
 export { lookupUser, resolveRunAs, DEFAULT_QEMU_USER, type RunAs } from './adapters/qemu/run-as.js';
-export { discoverGpus, type GpuDiscovery } from './adapters/gpu.js';
-export { GpuAllocator, type Gpu } from './domain/gpus.js';
-export { AppMounter, APP_SLOTS, appSerial, type AppDevice } from './domain/apps.js';

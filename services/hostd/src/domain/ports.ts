@@ -1,6 +1,7 @@
 import type { UploadResult } from '@forky/bus';
 import type { Accel, ExecResult, MachineProfile, SnapshotInfo } from '@forky/contract';
 import type { Image } from '../images.js';
+import type { SnapshotRecord, VmRecord } from './records.js';
 
 /** Everything the runtime needs to start one VM process; paths are already checked by the layout. */
 export interface VmSpec {
@@ -52,8 +53,11 @@ export interface RunningProcess {
   kill(): Promise<void>;
 }
 
-/** The port to the hypervisor. QEMU is one adapter; a fake is another. */
-export interface VmRuntime {
+/**
+ * The port to the hypervisor. QEMU is one adapter; a fake is another. `H` is the adapter's own
+ * handle: the engine holds it opaquely, the adapter gets its own type back without a cast.
+ */
+export interface VmRuntime<H extends VmHandle = VmHandle> {
   readonly accel: Accel;
   readonly qemuVersion: string;
   /** VMs sit on a shared network (TAP on a bridge): a child needs a lease of its own. */
@@ -61,38 +65,38 @@ export interface VmRuntime {
   /** The profile a VM of this size gets here; a snapshot restores only where it matches. */
   profile(memMiB: number, cpus: number, imageId: string): MachineProfile;
   /** Boots and returns once the guest agent answers. */
-  boot(spec: VmSpec, timeoutMs: number): Promise<VmHandle>;
+  boot(spec: VmSpec, timeoutMs: number): Promise<H>;
   /**
    * Starts a process that waits for saved device state; its disks stay closed to writes until then.
    * `autostart`: it runs as soon as the state is loaded; otherwise it stays paused.
    */
-  prepare(spec: VmSpec, opts: { autostart: boolean; timeoutMs: number }): Promise<VmHandle>;
+  prepare(spec: VmSpec, opts: { autostart: boolean; timeoutMs: number }): Promise<H>;
   /** Loads device state into a prepared VM; returns once it is loaded (and running, if it autostarts). */
-  load(vm: VmHandle, stateFile: string, timeoutMs: number): Promise<void>;
+  load(vm: H, stateFile: string, timeoutMs: number): Promise<void>;
   /** Waits until the guest agent of a running VM answers. */
-  waitAgent(vm: VmHandle, timeoutMs: number): Promise<void>;
-  pause(vm: VmHandle): Promise<void>;
+  waitAgent(vm: H, timeoutMs: number): Promise<void>;
+  pause(vm: H): Promise<void>;
   /** Continues a paused VM (taking its disks back if a save let go of them). */
-  resume(vm: VmHandle): Promise<void>;
+  resume(vm: H): Promise<void>;
   /** Saves a paused VM's device state (never its RAM) to `stateFile` and lets go of its disks for a successor. */
-  saveState(vm: VmHandle, stateFile: string): Promise<{ stateBytes: number }>;
+  saveState(vm: H, stateFile: string): Promise<{ stateBytes: number }>;
   /** Writes the pages a copy-on-write VM has made its own into `file` (a copy of its RAM file), at their offsets. */
-  writePrivatePages(vm: VmHandle, file: string): Promise<{ bytes: number }>;
+  writePrivatePages(vm: H, file: string): Promise<{ bytes: number }>;
   /** Copies into the VM's top layer what the layers above `baseFile` hold, so its chain is base + top. */
-  flattenDisk(vm: VmHandle, baseFile: string, timeoutMs: number): Promise<void>;
-  exec(vm: VmHandle, cmd: readonly string[], opts: { input?: string; timeoutMs: number }): Promise<ExecResult>;
+  flattenDisk(vm: H, baseFile: string, timeoutMs: number): Promise<void>;
+  exec(vm: H, cmd: readonly string[], opts: { input?: string; timeoutMs: number }): Promise<ExecResult>;
   /** Sends one line to the guest's control program and returns its one-line answer. */
-  control(vm: VmHandle, line: string, timeoutMs: number): Promise<string>;
+  control(vm: H, line: string, timeoutMs: number): Promise<string>;
   /** Takes over a process an earlier hostd started; `status` is QEMU's run state (`running`, `paused`, …). */
-  attach(spec: VmSpec, pid: number, timeoutMs: number): Promise<{ handle: VmHandle; status: string }>;
+  attach(spec: VmSpec, pid: number, timeoutMs: number): Promise<{ handle: H; status: string }>;
   /** Every VM process of this host's data directory, ours or left by an earlier hostd. */
   processes(vmsDir: string): Promise<RunningProcess[]>;
   /** Hot-plugs a read-only app disk into a running VM; returns once the device is added. */
-  attachDisk(vm: VmHandle, disk: AppDisk, timeoutMs: number): Promise<void>;
+  attachDisk(vm: H, disk: AppDisk, timeoutMs: number): Promise<void>;
   /** Unplugs the app disk at `slot`; returns once the guest has let it go and its file is closed. */
-  detachDisk(vm: VmHandle, slot: number, timeoutMs: number): Promise<void>;
+  detachDisk(vm: H, slot: number, timeoutMs: number): Promise<void>;
   /** Stops the process (gracefully, then by force) and releases its connections. Idempotent. */
-  destroy(vm: VmHandle): Promise<void>;
+  destroy(vm: H): Promise<void>;
 }
 
 /** Disk layers: a base per image, frozen layers owned by snapshots, a writable top per VM. */
@@ -104,6 +108,8 @@ export interface LayerStore {
   /** Makes a layer read-only: it now belongs to a snapshot. */
   freeze(layer: string): Promise<void>;
   path(layer: string): string;
+  /** The layer file's size (what a snapshot reports as its disk). */
+  bytes(layer: string): Promise<number>;
   remove(layer: string): Promise<void>;
   list(): Promise<string[]>;
 }
@@ -133,6 +139,8 @@ export interface SnapshotStore {
   returnRam(id: string, file: string): Promise<void>;
   /** Freezes the snapshot's RAM once complete. */
   commitRam(id: string): Promise<{ ramBytes: number }>;
+  /** Which of the snapshot's files are on this host (a fetch brings only the missing ones). */
+  present(id: string): Promise<{ state: boolean; ram: boolean }>;
   remove(id: string): Promise<void>;
 }
 
@@ -144,7 +152,6 @@ export interface Directory {
   recordLineage(info: SnapshotInfo): Promise<void>;
   forgetLineage(id: string): Promise<void>;
 }
-
 
 export type { UploadResult };
 
@@ -163,7 +170,7 @@ export interface PartStore {
 
 /**
  * The filesystem (a tmpfs) of the RAM directory. Its files grow as guests touch memory, so
- * admission weighs what they really take against what they may still take (see admission.ts).
+ * admission weighs what they really take against what they may still take (see ram-admission.ts).
  */
 export interface RamSpace {
   readonly dir: string;
@@ -176,4 +183,34 @@ export interface RamSpace {
    * content is unchanged, and copy-on-write mappings keep their own pages. Returns bytes freed.
    */
   reclaim(file: string): Promise<number>;
+}
+
+/** Where hostd keeps its records (VMs, snapshots, finished keyed requests) and the files a VM leaves. */
+export interface RecordStore {
+  saveVm(rec: VmRecord): Promise<void>;
+  saveSnapshot(rec: SnapshotRecord): Promise<void>;
+  /** A finished keyed request's reply: after a restart, a retry gets it instead of a second run. */
+  saveRequest(key: string, op: string, result: unknown): Promise<void>;
+  forgetRequest(key: string): Promise<void>;
+  /** What a VM leaves once its process is gone: its own RAM file (if it owns one) and its directory. */
+  removeVm(vm: Pick<VmRecord, 'id' | 'ram'>): Promise<void>;
+  /** What only a live process uses: the VM's own RAM file and its sockets (its record and logs stay). */
+  removeRuntime(vm: Pick<VmRecord, 'id' | 'ram'>): Promise<void>;
+  /** Every record kept, for a restarted hostd; an unreadable one is left out (and swept as stray). */
+  loadAll(): Promise<{ vms: VmRecord[]; snaps: SnapshotRecord[]; requests: Array<{ key: string; op: string; result: unknown }> }>;
+  /** Removes VM and snapshot directories and RAM files that belong to none of `keep`; says how many. */
+  sweep(keep: { vms: ReadonlySet<string>; snaps: ReadonlySet<string>; rams: ReadonlySet<string> }): Promise<number>;
+  /** Whether a file hostd keeps (a RAM file, mid-snapshot) is there. */
+  exists(file: string): Promise<boolean>;
+}
+
+/** What the host's kernel says of its memory. */
+export interface HostStats {
+  /** Logical CPUs. */
+  cpus(): number;
+  meminfo(): Promise<{ totalMiB: number; availableMiB: number }>;
+  /** A process's proportional set size; 0 if it is gone. */
+  pssMiB(pid: number): Promise<number>;
+  /** Pages KSM shares beyond the first copy, as MiB; 0 where KSM is absent or off. */
+  ksmSavedMiB(): Promise<number>;
 }

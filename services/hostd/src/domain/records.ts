@@ -1,5 +1,3 @@
-import fs from 'node:fs/promises';
-import path from 'node:path';
 import type { SnapshotInfo, VmInfo, VmState } from '@forky/contract';
 import type { VmHandle } from './ports.js';
 import { mountedApps, type AppDevice } from './apps.js';
@@ -76,20 +74,6 @@ export function vmInfo(r: VmRecord, host: string, accel: VmInfo['accel']): VmInf
   };
 }
 
-/** Writes JSON via a temporary name, so a crash leaves the old file or the new one. */
-export async function writeJsonAtomic(file: string, value: unknown): Promise<void> {
-  await fs.mkdir(path.dirname(file), { recursive: true });
-  const tmp = `${file}.${process.pid}.tmp`;
-  await fs.writeFile(tmp, JSON.stringify(value, null, 2));
-  await fs.rename(tmp, file);
-}
-
-/** Removes what a VM leaves on disk once its process is gone: its own RAM file (if it owns one) and its directory. */
-export async function removeVmFiles(vm: VmRecord, vmDir: string): Promise<void> {
-  if (vm.ram.shared) await fs.rm(vm.ram.file, { force: true });
-  await fs.rm(vmDir, { recursive: true, force: true });
-}
-
 /**
  * Marks a VM whose QEMU is gone as failed: no process, no pid, no GPUs (a dead process holds no
  * device), no snapshot in progress, and why. Its record, logs and disk stay until it is destroyed.
@@ -101,14 +85,6 @@ export function markFailed(vm: VmRecord, reason: string): void {
   delete vm.pid;
   delete vm.gpus;
   delete vm.snapshotPlan;
-}
-
-/** Removes what only a live process uses: the VM's own RAM file (tmpfs memory) and its sockets. */
-export async function removeRuntimeFiles(vm: VmRecord, vmDir: string): Promise<void> {
-  if (vm.ram.shared) await fs.rm(vm.ram.file, { force: true });
-  for (const f of await fs.readdir(vmDir).catch(() => [] as string[])) {
-    if (f.endsWith('.sock')) await fs.rm(path.join(vmDir, f), { force: true });
-  }
 }
 
 export function recordForDisk(r: VmRecord): Omit<VmRecord, 'handle' | 'settling'> {

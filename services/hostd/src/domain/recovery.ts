@@ -1,9 +1,7 @@
-import fs from 'node:fs/promises';
-import path from 'node:path';
 import type { Logger } from '@forky/base';
 import type { Layout } from '../layout.js';
-import type { LayerStore, RunningProcess, SnapshotStore, VmRuntime, VmSpec } from './ports.js';
-import { markFailed, recordForDisk, removeRuntimeFiles, removeVmFiles, writeJsonAtomic, type SnapshotRecord, type VmRecord } from './records.js';
+import type { LayerStore, RecordStore, RunningProcess, SnapshotStore, VmRuntime, VmSpec } from './ports.js';
+import { markFailed, type SnapshotRecord, type VmRecord } from './records.js';
 
 export interface RecoveryReport {
   /** VMs whose QEMU ran on and that this hostd now drives. */
@@ -24,6 +22,7 @@ export interface RecoveryDeps {
   runtime: VmRuntime;
   layers: LayerStore;
   snapshots: SnapshotStore;
+  records: RecordStore;
   layout: Layout;
   spec: (rec: VmRecord) => Promise<VmSpec>;
   logger: Logger;
@@ -44,20 +43,19 @@ const ATTACH_TIMEOUT_MS = 5000;
  * runs is adopted; a snapshot caught half-way is rolled back (or forward, if its successor had
  * taken over); VMs of requests that never finished are removed (forks are all or nothing); a VM
  * whose QEMU died meanwhile is kept as `failed`, as when it dies with hostd up (listed until
- * destroyed); and processes and files that belong to nothing are removed. The job kqemu.sh did by hand.
+ * destroyed); and processes and files that belong to nothing are removed.
  */
 export async function recoverHost(d: RecoveryDeps): Promise<Recovered> {
   const log = d.logger.child({ component: 'recovery' });
   const report: RecoveryReport = { adopted: [], rolledBack: [], removed: [], failed: [], orphansKilled: 0, strayFilesRemoved: 0 };
-  const requests = await readJsonDir<{ op: string; result: unknown }>(d.layout.requestsDir());
-  const finished = new Set(requests.map((r) => r.name));
-  const snaps = (await readJsonDir<SnapshotRecord>(d.layout.snapshotsDir(), 'snapshot.json')).map((s) => s.value);
+  const { vms: records, snaps, requests } = await d.records.loadAll();
+  const finished = new Set(requests.map((r) => r.key));
   const snapIds = new Set(snaps.map((s) => s.info.id));
   const procs = await d.runtime.processes(d.layout.vmsDir());
   const claimed = new Set<RunningProcess>();
   const vms: VmRecord[] = [];
 
-  for (const { value: rec } of await readJsonDir<VmRecord>(d.layout.vmsDir(), 'vm.json')) {
+  for (const rec of records) {
     const mine = procs.filter((p) => p.vmId === rec.id);
     const proc = (gen: number): RunningProcess | undefined => mine.find((p) => p.generation === gen);
     const attach = async (r: VmRecord, p: RunningProcess): Promise<string> => {
@@ -70,11 +68,11 @@ export async function recoverHost(d: RecoveryDeps): Promise<Recovered> {
     const remove = async (why: string): Promise<void> => {
       for (const p of mine) await p.kill();
       mine.forEach((p) => claimed.add(p));
-      await removeVmFiles(rec, d.layout.vmDir(rec.id));
+      await d.records.removeVm(rec);
       report.removed.push(rec.id);
       log.warn({ vm: rec.id, state: rec.state, why }, 'VM removed on restart');
     };
-    /** Its process is gone (or unusable): what is left of it is a failed VM, cleaned as engine's #onExit does. */
+    /** Its process is gone (or unusable): what is left of it is a failed VM, cleaned as host.ts does when a process dies with hostd up. */
     const fail = async (why: string): Promise<void> => {
       // Attached before something else failed: let go of it first.
       if (rec.handle) await d.runtime.destroy(rec.handle).catch(() => undefined);
@@ -82,7 +80,7 @@ export async function recoverHost(d: RecoveryDeps): Promise<Recovered> {
       mine.forEach((p) => claimed.add(p));
       log.warn({ vm: rec.id, state: rec.state, why }, 'VM failed while hostd was down');
       markFailed(rec, why);
-      await removeRuntimeFiles(rec, d.layout.vmDir(rec.id));
+      await d.records.removeRuntime(rec);
       report.failed.push(rec.id);
     };
     const unfinished = !!rec.requestKey && !finished.has(rec.requestKey);
@@ -98,7 +96,7 @@ export async function recoverHost(d: RecoveryDeps): Promise<Recovered> {
           if (successor) await successor.kill();
           if (successor) claimed.add(successor);
           // The VM's own RAM, if the snapshot had taken it by rename, goes back.
-          if (plan.ownRam && (await exists(d.snapshots.files(plan.id).ram)) && !(await exists(plan.ownRam))) await d.snapshots.returnRam(plan.id, plan.ownRam);
+          if (plan.ownRam && (await d.records.exists(d.snapshots.files(plan.id).ram)) && !(await d.records.exists(plan.ownRam))) await d.snapshots.returnRam(plan.id, plan.ownRam);
           await d.snapshots.remove(plan.id);
           await d.layers.remove(plan.top).catch(() => undefined);
           const status = await attach(rec, old);
@@ -128,7 +126,7 @@ export async function recoverHost(d: RecoveryDeps): Promise<Recovered> {
         }
       } else if (rec.state === 'failed') {
         // Failed before the restart: it stays so, and any process of it left is an orphan.
-        await removeRuntimeFiles(rec, d.layout.vmDir(rec.id));
+        await d.records.removeRuntime(rec);
       } else {
         await remove(`it was ${rec.state} when hostd stopped`);
       }
@@ -137,7 +135,7 @@ export async function recoverHost(d: RecoveryDeps): Promise<Recovered> {
       await (unfinished ? remove(why) : fail(why)).catch(() => remove(why)).catch(() => undefined);
     }
     if (!report.removed.includes(rec.id)) {
-      await writeJsonAtomic(d.layout.vmRecord(rec.id), recordForDisk(rec));
+      await d.records.saveVm(rec);
       vms.push(rec);
     }
   }
@@ -147,43 +145,7 @@ export async function recoverHost(d: RecoveryDeps): Promise<Recovered> {
     await p.kill();
     report.orphansKilled++;
   }
-  report.strayFilesRemoved += await removeStray(d.layout.vmsDir(), new Set(vms.map((v) => v.id)));
-  report.strayFilesRemoved += await removeStray(d.layout.snapshotsDir(), snapIds);
   const rams = new Set([...vms.map((v) => v.ram.file), ...snaps.map((s) => d.snapshots.files(s.info.id).ram)]);
-  for (const dir of [d.layout.vmRamDir(), d.layout.snapshotRamDir()]) {
-    for (const f of await fs.readdir(dir).catch(() => [] as string[])) {
-      if (rams.has(path.join(dir, f))) continue;
-      await fs.rm(path.join(dir, f), { force: true });
-      report.strayFilesRemoved++;
-    }
-  }
-  return { vms, snaps, requests: requests.map((r) => ({ key: r.name, ...r.value })), report };
+  report.strayFilesRemoved += await d.records.sweep({ vms: new Set(vms.map((v) => v.id)), snaps: snapIds, rams });
+  return { vms, snaps, requests, report };
 }
-
-/** Removes entries of `dir` whose name is not in `keep`. */
-async function removeStray(dir: string, keep: Set<string>): Promise<number> {
-  let n = 0;
-  for (const e of await fs.readdir(dir).catch(() => [] as string[])) {
-    if (keep.has(e)) continue;
-    await fs.rm(path.join(dir, e), { recursive: true, force: true });
-    n++;
-  }
-  return n;
-}
-
-/** `dir/<name>/<file>` (or `dir/<name>.json` without `file`), parsed; unreadable ones are skipped. */
-async function readJsonDir<T>(dir: string, file?: string): Promise<Array<{ name: string; value: T }>> {
-  const out: Array<{ name: string; value: T }> = [];
-  for (const e of await fs.readdir(dir).catch(() => [] as string[])) {
-    if (!file && !e.endsWith('.json')) continue;
-    const p = file ? path.join(dir, e, file) : path.join(dir, e);
-    try {
-      out.push({ name: file ? e : e.slice(0, -'.json'.length), value: JSON.parse(await fs.readFile(p, 'utf8')) as T });
-    } catch {
-      // Half-written or missing: what it described is cleaned up as stray.
-    }
-  }
-  return out;
-}
-
-const exists = (f: string): Promise<boolean> => fs.access(f).then(() => true, () => false);

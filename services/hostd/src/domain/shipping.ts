@@ -48,6 +48,7 @@ export async function publish(d: ShippingDeps, rec: SnapshotRecord): Promise<Tra
   const apps: NonNullable<ShippingManifest['apps']> = [];
   for (const a of rec.apps ?? []) {
     const file = d.appLayers.path(a.layer);
+    // Its size read here: AppLayerStore has no size of its own yet (the one file read the domain still does).
     const up = await d.parts.upload(file, { digest: a.layer, size: (await fs.stat(file)).size });
     ups.push(up);
     apps.push({ ...a, size: up.size });
@@ -93,11 +94,12 @@ export async function fetch(d: ShippingDeps, m: ShippingManifest, image: Image):
     }
   }
   const files = d.snapshots.files(id);
-  for (const [p, dest] of [
-    [m.state, files.state],
-    [m.ram, files.ram],
+  const present = await d.snapshots.present(id);
+  for (const [p, dest, there] of [
+    [m.state, files.state, present.state],
+    [m.ram, files.ram, present.ram],
   ] as const) {
-    if (await fs.stat(dest).then(() => true, () => false)) {
+    if (there) {
       moves.push({ size: p.size, bytes: 0, moved: false });
       continue;
     }

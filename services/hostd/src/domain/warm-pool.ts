@@ -2,12 +2,13 @@ import { withDeadline, type Logger } from '@forky/base';
 import type { VmHandle, VmRuntime, VmSpec } from './ports.js';
 
 /** A process started for a snapshot and waiting for its state: a child minus the last steps. */
-export interface WarmChild {
+/** `H`: the runtime's handle (opaque to the pool). */
+export interface WarmChild<H = unknown> {
   id: string;
   mac: string;
   /** The child's own top layer, already made on the snapshot's layer. */
   top: string;
-  handle: unknown;
+  handle: H;
   /** Resolves when its process exits: a waiting process that dies leaves the pool then. */
   exited: Promise<void>;
 }
@@ -24,14 +25,14 @@ export interface WarmPoolOptions {
 
 /**
  * Per snapshot, a few QEMU processes already started, its RAM mapped, listening for its state:
- * a fork takes one and only loads the state (qemu-fork-facts.md: ~7 ms instead of a ~35 ms
+ * a fork takes one and only loads the state (~7 ms instead of a ~35 ms
  * process start). A snapshot becomes hot when it is forked; a take refills in the background.
  * The pool never outlives its snapshot: `drop` before the snapshot goes. A waiting process that
  * exits is taken out (and its files discarded) when it exits, never handed to a fork, and replaced
  * (unless a snapshot's processes keep dying: then only its next fork tops it up again).
  */
-export class WarmPool {
-  readonly #ready = new Map<string, WarmChild[]>();
+export class WarmPool<H = unknown> {
+  readonly #ready = new Map<string, Array<WarmChild<H>>>();
   /** Refills in flight, so a drop can wait for them. */
   readonly #filling = new Map<string, Promise<void>>();
   readonly #dropped = new Set<string>();
@@ -40,13 +41,13 @@ export class WarmPool {
 
   constructor(
     private readonly opts: WarmPoolOptions,
-    private readonly make: (snapshot: string) => Promise<WarmChild>,
-    private readonly discard: (child: WarmChild) => Promise<void>,
+    private readonly make: (snapshot: string) => Promise<WarmChild<H>>,
+    private readonly discard: (child: WarmChild<H>) => Promise<void>,
     private readonly log: Logger,
   ) {}
 
   /** A waiting process for `snapshot`, if one is ready. Marks the snapshot hot and refills. */
-  take(snapshot: string): WarmChild | undefined {
+  take(snapshot: string): WarmChild<H> | undefined {
     if (this.opts.size === 0) return undefined;
     const list = this.#ready.get(snapshot) ?? [];
     const child = list.shift();
@@ -93,7 +94,7 @@ export class WarmPool {
   }
 
   /** A waiting process exited: out of the pool, its files gone, and a new one in its place. */
-  #died(snapshot: string, child: WarmChild): void {
+  #died(snapshot: string, child: WarmChild<H>): void {
     const list = this.#ready.get(snapshot);
     const at = list?.indexOf(child) ?? -1;
     if (!list || at === -1) return; // taken by a fork, or dropped: no longer the pool's

@@ -42,6 +42,10 @@ export class QcowLayerStore implements LayerStore {
     return this.layout.layer(layer);
   }
 
+  async bytes(layer: string): Promise<number> {
+    return (await fs.stat(this.layout.layer(layer))).size;
+  }
+
   async remove(layer: string): Promise<void> {
     await fs.rm(this.layout.layer(layer), { force: true });
   }

@@ -18,7 +18,7 @@ import { handOver, type RunAs } from './run-as.js';
  */
 const EXEC_MAX_OUTPUT = (1 << 20) - (64 << 10);
 
-interface QemuVm extends VmHandle {
+export interface QemuVm extends VmHandle {
   proc: QemuProcess;
   qmp: QmpClient;
   agent: GuestAgentClient;
@@ -37,7 +37,7 @@ export interface QemuRuntimeOptions extends Omit<MachineOptions, 'runAs'> {
  * Device state is saved with `xen-save-devices-state`, which writes every device but no RAM
  * block, whatever the RAM's sharing: the RAM lives in files children map copy-on-write.
  */
-export class QemuRuntime implements VmRuntime {
+export class QemuRuntime implements VmRuntime<QemuVm> {
   readonly accel: Accel;
   readonly qemuVersion: string;
   readonly bridged: boolean;
@@ -52,7 +52,7 @@ export class QemuRuntime implements VmRuntime {
     return { accel: this.accel, qemuVersion: this.qemuVersion, machine: this.opts.machine, cpuModel: this.opts.cpuModel, cpus, memMiB, imageId };
   }
 
-  async boot(spec: VmSpec, timeoutMs: number): Promise<VmHandle> {
+  async boot(spec: VmSpec, timeoutMs: number): Promise<QemuVm> {
     const deadline = Date.now() + timeoutMs;
     const vm = await this.#start(spec, 'boot', timeoutMs);
     try {
@@ -64,7 +64,7 @@ export class QemuRuntime implements VmRuntime {
     }
   }
 
-  async prepare(spec: VmSpec, opts: { autostart: boolean; timeoutMs: number }): Promise<VmHandle> {
+  async prepare(spec: VmSpec, opts: { autostart: boolean; timeoutMs: number }): Promise<QemuVm> {
     const vm = await this.#start(spec, opts.autostart ? 'autostart' : 'paused', opts.timeoutMs);
     try {
       await listenForState(vm.qmp, sock(spec, 'mig'));
@@ -75,29 +75,26 @@ export class QemuRuntime implements VmRuntime {
     }
   }
 
-  async load(h: VmHandle, stateFile: string, timeoutMs: number): Promise<void> {
-    const vm = h as QemuVm;
+  async load(vm: QemuVm, stateFile: string, timeoutMs: number): Promise<void> {
     await loadState(vm.qmp, sock(vm.spec, 'mig'), stateFile, timeoutMs);
   }
 
-  async waitAgent(h: VmHandle, timeoutMs: number): Promise<void> {
-    const vm = h as QemuVm;
+  async waitAgent(vm: QemuVm, timeoutMs: number): Promise<void> {
     await vm.agent.sync(timeoutMs).catch((e: unknown) => {
       throw withSerialTail(e, vm.spec);
     });
   }
 
-  async pause(h: VmHandle): Promise<void> {
-    await (h as QemuVm).qmp.execute('stop');
+  async pause(vm: QemuVm): Promise<void> {
+    await vm.qmp.execute('stop');
   }
 
-  async resume(h: VmHandle): Promise<void> {
+  async resume(vm: QemuVm): Promise<void> {
     // `cont` also takes back disks a save let go of.
-    await (h as QemuVm).qmp.execute('cont');
+    await vm.qmp.execute('cont');
   }
 
-  async saveState(h: VmHandle, stateFile: string): Promise<{ stateBytes: number }> {
-    const vm = h as QemuVm;
+  async saveState(vm: QemuVm, stateFile: string): Promise<{ stateBytes: number }> {
     await fs.mkdir(path.dirname(stateFile), { recursive: true });
     await handOver(path.dirname(stateFile), this.opts.runAs);
     // live: the disks are flushed and let go of, so the successor can take them.
@@ -105,13 +102,11 @@ export class QemuRuntime implements VmRuntime {
     return { stateBytes: (await fs.stat(stateFile)).size };
   }
 
-  async writePrivatePages(h: VmHandle, file: string): Promise<{ bytes: number }> {
-    const vm = h as QemuVm;
+  async writePrivatePages(vm: QemuVm, file: string): Promise<{ bytes: number }> {
     return copyPrivatePages(vm.pid, vm.spec.ram.file, file);
   }
 
-  async flattenDisk(h: VmHandle, baseFile: string, timeoutMs: number): Promise<void> {
-    const vm = h as QemuVm;
+  async flattenDisk(vm: QemuVm, baseFile: string, timeoutMs: number): Promise<void> {
     const job = `flatten${Date.now()}`;
     const done = vm.qmp.waitForEvent('BLOCK_JOB_COMPLETED', (e) => e.data?.device === job, timeoutMs);
     await vm.qmp.execute('block-stream', { 'job-id': job, device: 'disk0', base: baseFile, 'auto-dismiss': true });
@@ -119,16 +114,15 @@ export class QemuRuntime implements VmRuntime {
     if (ev.data?.error) throw new ForkyError('QEMU', `flattening the disk of VM ${vm.spec.id} failed: ${String(ev.data.error)}`);
   }
 
-  control(h: VmHandle, line: string, timeoutMs: number): Promise<string> {
-    return askLine(sock((h as QemuVm).spec, 'ctl'), line, timeoutMs);
+  control(vm: QemuVm, line: string, timeoutMs: number): Promise<string> {
+    return askLine(sock(vm.spec, 'ctl'), line, timeoutMs);
   }
 
-  async exec(h: VmHandle, cmd: readonly string[], opts: { input?: string; timeoutMs: number }): Promise<ExecResult> {
-    return (h as QemuVm).agent.exec(cmd, { ...opts, maxOutputBytes: EXEC_MAX_OUTPUT });
+  async exec(vm: QemuVm, cmd: readonly string[], opts: { input?: string; timeoutMs: number }): Promise<ExecResult> {
+    return vm.agent.exec(cmd, { ...opts, maxOutputBytes: EXEC_MAX_OUTPUT });
   }
 
-  async attachDisk(h: VmHandle, disk: AppDisk, timeoutMs: number): Promise<void> {
-    const vm = h as QemuVm;
+  async attachDisk(vm: QemuVm, disk: AppDisk, timeoutMs: number): Promise<void> {
     await vm.qmp.execute('blockdev-add', appBlockdev(disk), { timeoutMs });
     try {
       await vm.qmp.execute('device_add', appDevice(disk), { timeoutMs });
@@ -138,8 +132,7 @@ export class QemuRuntime implements VmRuntime {
     }
   }
 
-  async detachDisk(h: VmHandle, slot: number, timeoutMs: number): Promise<void> {
-    const vm = h as QemuVm;
+  async detachDisk(vm: QemuVm, slot: number, timeoutMs: number): Promise<void> {
     const id = `app${slot}`;
     // The guest must agree to the unplug (ACPI eject); the event says it has.
     const gone = vm.qmp.waitForEvent('DEVICE_DELETED', (e) => e.data?.device === id, timeoutMs);
@@ -149,8 +142,7 @@ export class QemuRuntime implements VmRuntime {
     await vm.qmp.execute('blockdev-del', { 'node-name': id }, { timeoutMs });
   }
 
-  async destroy(h: VmHandle): Promise<void> {
-    const vm = h as QemuVm;
+  async destroy(vm: QemuVm): Promise<void> {
     vm.agent?.close();
     if (!vm.proc.isExited()) {
       await vm.qmp.execute('quit', undefined, { timeoutMs: 2000 }).catch(() => undefined);
@@ -164,7 +156,7 @@ export class QemuRuntime implements VmRuntime {
     if (this.opts.network.mode === 'tap') await removeTap(tapName(vm.spec.id, vm.spec.generation));
   }
 
-  async attach(spec: VmSpec, pid: number, timeoutMs: number): Promise<{ handle: VmHandle; status: string }> {
+  async attach(spec: VmSpec, pid: number, timeoutMs: number): Promise<{ handle: QemuVm; status: string }> {
     const qmp = await QmpClient.connect(sock(spec, 'qmpd'), { handshakeTimeoutMs: timeoutMs });
     try {
       const { status } = await qmp.execute<{ status: string }>('query-status', undefined, { timeoutMs });

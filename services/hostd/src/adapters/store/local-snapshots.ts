@@ -50,6 +50,12 @@ export class LocalSnapshotStore implements SnapshotStore {
     return { ramBytes: st.blocks * 512 };
   }
 
+  async present(id: string): Promise<{ state: boolean; ram: boolean }> {
+    const there = (f: string): Promise<boolean> => fs.stat(f).then(() => true, () => false);
+    const f = this.files(id);
+    return { state: await there(f.state), ram: await there(f.ram) };
+  }
+
   async remove(id: string): Promise<void> {
     const files = this.files(id);
     await fs.rm(path.dirname(files.state), { recursive: true, force: true });

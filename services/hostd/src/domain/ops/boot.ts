@@ -1,0 +1,41 @@
+import { newId } from '@forky/base';
+import type { BootRequest, VmInfo } from '@forky/contract';
+import { admitVms, ramNeed, type RamHold } from '../admission.js';
+import { bootDevices } from '../apps.js';
+import type { Host } from '../host.js';
+import { withRollback } from '../rollback.js';
+import { makeVm } from './make.js';
+
+/** Boots a VM from an image: admitted first (VMs, memory, RAM directory, GPUs, apps), then made. */
+export async function boot(host: Host, req: BootRequest, hold: RamHold): Promise<VmInfo> {
+  const { d } = host;
+  const image = await d.images.get(req.image);
+  await admitVms(host, req.memMiB + 64, 1);
+  const id = newId('vm');
+  await hold.admit(ramNeed.boot(d.layout.vmRam(id), req.memMiB), 'memMiB');
+  const rec = host.newRecord(id, image, req.memMiB, req.cpus, 'booting', {
+    ram: { file: d.layout.vmRam(id), shared: true },
+    kernelCmdline: `${image.cmdline} forky.hostname=${id}`,
+    chain: [],
+  });
+  if (req.key) rec.requestKey = req.key;
+  return withRollback(host.log, { vm: id }, async (rb) => {
+    const gpus = host.gpus.take(id, req.gpus);
+    rb.push('give back the GPUs', () => host.gpus.release(id));
+    if (gpus.length > 0) rec.gpus = gpus.map((g) => ({ group: g.group, functions: g.functions }));
+    const unpin = await host.apps.prefetch(req.apps ?? []);
+    try {
+      const base = await d.layers.importImage(image);
+      if (req.apps?.length) rec.apps = bootDevices(req.apps);
+      rec.chain.push(base);
+      return await makeVm(host, rb, rec, image, base, async (spec, rb) => {
+        const h = await d.runtime.boot(spec, d.limits.bootTimeoutMs);
+        rb.push('stop the process', () => d.runtime.destroy(h));
+        await host.apps.mountAll(rec, h);
+        return h;
+      });
+    } finally {
+      unpin();
+    }
+  });
+}

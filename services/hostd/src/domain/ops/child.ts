@@ -1,0 +1,91 @@
+import { newId } from '@forky/base';
+import type { AppMount, VmInfo } from '@forky/contract';
+import type { Image } from '../../images.js';
+import { round, type Host } from '../host.js';
+import { giveIdentity } from '../identity.js';
+import type { VmHandle } from '../ports.js';
+import type { SnapshotRecord } from '../records.js';
+import { withRollback } from '../rollback.js';
+import { loadWarm } from '../warm-pool.js';
+import { destroyVm } from './lifecycle.js';
+import { makeVm } from './make.js';
+
+export interface ChildOptions {
+  /** When the fork started, for the child's timings. */
+  started: number;
+  until: 'ready' | 'running';
+  requestKey?: string;
+  apps?: AppMount[];
+}
+
+/**
+ * One child of a fork: a process (from the warm pool, or started now) loads the snapshot's state,
+ * its agent answers and it gets its own identity (and the fork's apps). At `running` it is
+ * returned before that settles; one that fails to settle then is destroyed.
+ */
+export async function restoreChild(host: Host, snap: SnapshotRecord, image: Image, o: ChildOptions): Promise<VmInfo> {
+  const { d } = host;
+  const files = d.snapshots.files(snap.info.id);
+  const warm = host.pool.take(snap.info.id);
+  const id = warm?.id ?? newId('vm');
+  const rec = host.childRecord(id, snap, image);
+  if (o.requestKey) rec.requestKey = o.requestKey;
+  if (warm) {
+    rec.mac = warm.mac;
+    rec.chain.push(warm.top);
+    rec.timings.warm = 1;
+  }
+  // A settle failing before the child is made waits for that: its destroy must not race the make.
+  let made!: () => void;
+  const madeDone = new Promise<void>((resolve) => (made = resolve));
+  const info = await withRollback(host.log, { vm: id }, (rb) => {
+    if (warm) rb.push('remove the warm layer', () => d.layers.remove(warm.top));
+    return makeVm(
+      host,
+      rb,
+      rec,
+      image,
+      snap.chain.at(-1) as string,
+      async (spec, rb) => {
+        let h: VmHandle = warm ? warm.handle : await d.runtime.prepare(spec, { autostart: true, timeoutMs: d.limits.restoreTimeoutMs });
+        // Reads `h` when undone: a warm process that died is replaced by a fresh one.
+        rb.push('stop the process', () => d.runtime.destroy(h));
+        if (!warm) await d.runtime.load(h, files.state, d.limits.restoreTimeoutMs);
+        else {
+          const loaded = await loadWarm(d.runtime, h, spec, files.state, d.limits.restoreTimeoutMs, host.log);
+          h = loaded.handle;
+          if (loaded.replaced) delete rec.timings.warm;
+        }
+        rec.timings.runningMs = round(performance.now() - o.started);
+        // Before anyone reaches the child through hostd: its agent answers, and it is no longer its siblings' twin.
+        const handle = h;
+        const settle = Promise.all([
+          d.runtime.waitAgent(handle, d.limits.restoreTimeoutMs),
+          giveIdentity(d.runtime, handle, { vmId: id, hostname: id, mac: rec.mac, renewLease: d.runtime.bridged }, d.limits.agentTimeoutMs),
+        ])
+          // Apps asked for the children come after identity: each child mounts them as itself.
+          .then(() => (o.apps?.length ? host.apps.apply(rec, handle, o.apps, () => host.persist(rec)) : undefined))
+          .then(() => {
+            rec.timings.settledMs = round(performance.now() - o.started);
+          });
+        if (o.until === 'ready') {
+          await settle;
+          return handle;
+        }
+        rec.settling = settle.catch(async (err: unknown) => {
+          await madeDone;
+          // Returned already: the child cannot be half-made, so it goes.
+          host.log.error({ err, vm: id }, 'child failed to settle after a fork that returned at running; destroying it');
+          await destroyVm(host, id).catch(() => undefined);
+          await host.changed();
+          throw err;
+        });
+        rec.settling.catch(() => undefined);
+        return handle;
+      },
+      !!warm,
+    );
+  }).finally(() => made());
+  rec.timings.readyMs = round(performance.now() - o.started);
+  return { ...info, timings: rec.timings };
+}

@@ -1,0 +1,21 @@
+// What tests (and benches) of @forky/hostd reach beyond its public face (index.ts): the engine's
+// parts, the dry-run runtime and the local stores it is tested on. Not for other packages' code.
+export * from './index.js';
+export { buildArgs } from './adapters/qemu/cmdline.js';
+export { ImageCatalog } from './images.js';
+export { WarmPool, loadWarm, type WarmChild, type WarmPoolOptions } from './domain/warm-pool.js';
+export { discoverGpus, type GpuDiscovery } from './adapters/gpu.js';
+export { GpuAllocator, type Gpu } from './domain/gpus.js';
+export { AppMounter, APP_SLOTS, appSerial, type AppDevice } from './domain/apps.js';
+export { Host, type WarmMaker } from './domain/host.js';
+export { Requests, EXEC_MEMORY } from './domain/requests.js';
+export { Rollback, withRollback } from './domain/rollback.js';
+export { admitVms, checkProfile, refuseGpuSnapshot, RamAdmission, UNLIMITED_RAM, knownRamFiles, ramNeed, type RamFile, type RamHold, type RamNeed } from './domain/admission.js';
+export type { AppLayerStore, Directory, PartStore, RamSpace, RunningProcess, AppDisk, SnapshotFiles } from './domain/ports.js';
+export type { SnapshotRecord, VmRecord } from './domain/records.js';
+export { Layout } from './layout.js';
+export { DryRunLayerStore, DryRunRuntime } from './adapters/dry-run.js';
+export { LocalSnapshotStore } from './adapters/store/local-snapshots.js';
+export { LocalAppLayers } from './adapters/store/app-layers.js';
+export { FileRecordStore, writeJsonAtomic } from './adapters/store/records.js';
+export { ProcHostStats } from './adapters/host-stats.js';
