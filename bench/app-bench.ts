@@ -22,7 +22,11 @@ const out = (s: string): boolean => (json ? process.stderr : process.stdout).wri
 
 const round = (x: number): number => Math.round(x * 10) / 10;
 
-interface Figure { name: string; value: number; unit: string }
+interface Figure {
+  name: string;
+  value: number;
+  unit: string;
+}
 
 const local = await startLocal();
 const { client } = local;
@@ -58,13 +62,18 @@ try {
 
   const plain = await client.call('vm.boot', {});
   const withApp = await client.call('vm.boot', { apps });
-  const [readMs, r] = await timed(() => client.call('vm.exec', { id: withApp.id, cmd: ['/bin/sh', '-c', 'cat /opt/app/*.bin | wc -c'], timeoutMs: 300_000 }));
+  const [readMs, r] = await timed(() =>
+    client.call('vm.exec', { id: withApp.id, cmd: ['/bin/sh', '-c', 'cat /opt/app/*.bin | wc -c'], timeoutMs: 300_000 }),
+  );
   if (Number(r.stdout.trim()) !== mib << 20) throw new Error(`read ${r.stdout.trim()} bytes, not ${mib << 20}`);
 
   const forkPlain: number[] = [];
   const forkApp: number[] = [];
   for (let i = 0; i < runs; i++) {
-    for (const [vm, list] of [[plain, forkPlain], [withApp, forkApp]] as const) {
+    for (const [vm, list] of [
+      [plain, forkPlain],
+      [withApp, forkApp],
+    ] as const) {
       const snap = await client.call('snapshot.create', { vm: vm.id, resume: true });
       const [ms, f] = await timed(() => client.call('fork', { source: snap.id, count: 1 }));
       list.push(ms);

@@ -24,7 +24,10 @@ await fs.mkdir(path.join(REPO, '.forky', 'images'), { recursive: true });
 await fs.symlink(path.join(REPO, '.forky', 'images'), path.join(data, 'images'));
 const forky = async (...a: string[]): Promise<{ ms: number; out: unknown }> => {
   const t = performance.now();
-  const r = await promisify(execFile)(process.execPath, [CLI, '--json', ...a], { env: { ...process.env, FORKY_DATA: data }, maxBuffer: 16 << 20 });
+  const r = await promisify(execFile)(process.execPath, [CLI, '--json', ...a], {
+    env: { ...process.env, FORKY_DATA: data },
+    maxBuffer: 16 << 20,
+  });
   return { ms: performance.now() - t, out: JSON.parse(r.stdout) as unknown };
 };
 try {
@@ -65,8 +68,12 @@ try {
     { name: 'forky status (CLI start + exit, no request)', value: median(noop), unit: 'ms', runs: noop },
   ];
   out(`${'figure'.padEnd(46)} ${'median'.padStart(8)}  unit  runs`);
-  for (const f of figures) out(`${f.name.padEnd(46)} ${f.value.toFixed(1).padStart(8)}  ${f.unit.padEnd(4)}  ${f.runs.map(Math.round).join(' ')}`);
-  if (json) process.stdout.write(JSON.stringify(figures.map((f) => ({ ...f, value: Math.round(f.value * 10) / 10, runs: f.runs.map(Math.round) }))) + '\n');
+  for (const f of figures)
+    out(`${f.name.padEnd(46)} ${f.value.toFixed(1).padStart(8)}  ${f.unit.padEnd(4)}  ${f.runs.map(Math.round).join(' ')}`);
+  if (json)
+    process.stdout.write(
+      JSON.stringify(figures.map((f) => ({ ...f, value: Math.round(f.value * 10) / 10, runs: f.runs.map(Math.round) }))) + '\n',
+    );
 } finally {
   await forky('down').catch(() => undefined);
   await fs.rm(data, { recursive: true, force: true });

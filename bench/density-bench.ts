@@ -15,8 +15,10 @@ const json = args.includes('--json');
 const out = (s: string): boolean => (json ? process.stderr : process.stdout).write(s + '\n');
 const KSM = '/sys/kernel/mm/ksm';
 const ksmRead = async (f: string): Promise<number> => Number((await fs.readFile(`${KSM}/${f}`, 'utf8')).trim());
-const availMiB = async (): Promise<number> => Number(/^MemAvailable:\s+(\d+)/m.exec(await fs.readFile('/proc/meminfo', 'utf8'))?.[1]) / 1024;
-const pssMB = async (pid: number): Promise<number> => Number(/^Pss:\s+(\d+) kB/m.exec(await fs.readFile(`/proc/${pid}/smaps_rollup`, 'utf8'))?.[1] ?? NaN) / 1024;
+const availMiB = async (): Promise<number> =>
+  Number(/^MemAvailable:\s+(\d+)/m.exec(await fs.readFile('/proc/meminfo', 'utf8'))?.[1]) / 1024;
+const pssMB = async (pid: number): Promise<number> =>
+  Number(/^Pss:\s+(\d+) kB/m.exec(await fs.readFile(`/proc/${pid}/smaps_rollup`, 'utf8'))?.[1] ?? NaN) / 1024;
 
 const local = await startLocal();
 const { client } = local;
@@ -48,7 +50,11 @@ try {
         await fs.writeFile(`${KSM}/sleep_millisecs`, '10');
         await fs.writeFile(`${KSM}/run`, '1');
         const scans = await ksmRead('full_scans');
-        await pollUntil(async () => ((await ksmRead('full_scans')) >= scans + 2 ? true : undefined), { timeoutMs: 120_000, intervalMs: 200, what: 'two full KSM scans' });
+        await pollUntil(async () => ((await ksmRead('full_scans')) >= scans + 2 ? true : undefined), {
+          timeoutMs: 120_000,
+          intervalMs: 200,
+          what: 'two full KSM scans',
+        });
         const avail = await availMiB();
         ksm = { perChild: (before - avail) / kids.length, savedMiB: ((await ksmRead('pages_sharing')) * 4096) / 2 ** 20 };
       } finally {
@@ -61,10 +67,25 @@ try {
   }
   const total = Number(/^MemTotal:\s+(\d+)/m.exec(await fs.readFile('/proc/meminfo', 'utf8'))?.[1]) / 1024;
   const figures = [
-    { name: 'fork of 16 children through NATS (no CLI), to all answering', value: [...batches].sort((a, b) => a - b)[Math.floor(batches.length / 2)] as number, unit: 'ms', target: 1000 },
+    {
+      name: 'fork of 16 children through NATS (no CLI), to all answering',
+      value: [...batches].sort((a, b) => a - b)[Math.floor(batches.length / 2)] as number,
+      unit: 'ms',
+      target: 1000,
+    },
     { name: 'host memory per idle child (MemAvailable drop / children)', value: perChild, unit: 'MiB' },
-    { name: 'Pss per idle child (median)', value: [...pss].sort((a, b) => a - b)[Math.floor(pss.length / 2)] as number, unit: 'MB', target: 20 },
-    { name: 'live children a 24 GiB host holds at that cost (512 MiB reserved)', value: (24 * 1024 - 512) / perChild, unit: '', target: 300 },
+    {
+      name: 'Pss per idle child (median)',
+      value: [...pss].sort((a, b) => a - b)[Math.floor(pss.length / 2)] as number,
+      unit: 'MB',
+      target: 20,
+    },
+    {
+      name: 'live children a 24 GiB host holds at that cost (512 MiB reserved)',
+      value: (24 * 1024 - 512) / perChild,
+      unit: '',
+      target: 300,
+    },
     ...(ksm
       ? [
           { name: 'host memory per idle child with KSM on (same children)', value: ksm.perChild, unit: 'MiB' },
@@ -72,8 +93,14 @@ try {
         ]
       : []),
     { name: `this host (${Math.round(total)} MiB): children that fit`, value: (before - 512) / perChild, unit: '' },
-  ].map((f) => ({ ...f, met: f.target === undefined ? undefined : f.unit === 'ms' || f.unit === 'MB' ? f.value <= f.target : f.value >= f.target }));
-  for (const f of figures) out(`${f.name.padEnd(70)} ${f.value.toFixed(1).padStart(8)} ${f.unit.padEnd(4)} ${f.target === undefined ? '' : `target ${f.target} ${f.met ? 'met' : 'NOT met'}`}`);
+  ].map((f) => ({
+    ...f,
+    met: f.target === undefined ? undefined : f.unit === 'ms' || f.unit === 'MB' ? f.value <= f.target : f.value >= f.target,
+  }));
+  for (const f of figures)
+    out(
+      `${f.name.padEnd(70)} ${f.value.toFixed(1).padStart(8)} ${f.unit.padEnd(4)} ${f.target === undefined ? '' : `target ${f.target} ${f.met ? 'met' : 'NOT met'}`}`,
+    );
   if (json) process.stdout.write(JSON.stringify(figures) + '\n');
 } finally {
   await local.stop();

@@ -18,7 +18,12 @@ const pssMB = async (pid: number): Promise<number> => {
   return Number(/^Pss:\s+(\d+) kB/m.exec(t)?.[1] ?? NaN) / 1024;
 };
 
-interface Figure { name: string; value: number; unit: string; detail?: string }
+interface Figure {
+  name: string;
+  value: number;
+  unit: string;
+  detail?: string;
+}
 
 const local = await startLocal();
 const { client } = local;
@@ -48,12 +53,17 @@ try {
     for (const c of r.children) await client.call('vm.destroy', { id: c.id });
   }
   // Warm: the snapshot was forked before, so its pool holds a process waiting for its state.
-  await client.call('fork', { source: snap.id, count: 1 }).then((r) => Promise.all(r.children.map((c) => client.call('vm.destroy', { id: c.id }))));
+  await client
+    .call('fork', { source: snap.id, count: 1 })
+    .then((r) => Promise.all(r.children.map((c) => client.call('vm.destroy', { id: c.id }))));
   // The same, returning as soon as the child's vCPUs run (identity and agent follow).
   const warmRunning: number[] = [];
   const settleAfter: number[] = [];
   for (let i = 0; i < runs; i++) {
-    await pollUntil(async () => (local.host.hostd.engine.warmCount(snap.id) > 0 ? true : undefined), { timeoutMs: 30_000, what: 'pool refilled' });
+    await pollUntil(async () => (local.host.hostd.engine.warmCount(snap.id) > 0 ? true : undefined), {
+      timeoutMs: 30_000,
+      what: 'pool refilled',
+    });
     const [ms, r] = await timed(() => client.call('fork', { source: snap.id, count: 1, until: 'running' }));
     warmRunning.push(ms);
     // The first exec waits for the child to settle: it must still answer, with its own identity.
@@ -63,7 +73,10 @@ try {
   }
   const warmForks: number[] = [];
   for (let i = 0; i < runs; i++) {
-    await pollUntil(async () => (local.host.hostd.engine.warmCount(snap.id) > 0 ? true : undefined), { timeoutMs: 30_000, what: 'pool refilled' });
+    await pollUntil(async () => (local.host.hostd.engine.warmCount(snap.id) > 0 ? true : undefined), {
+      timeoutMs: 30_000,
+      what: 'pool refilled',
+    });
     const [ms, r] = await timed(() => client.call('fork', { source: snap.id, count: 1 }));
     if (r.children[0]?.timings?.warm !== 1) throw new Error('the fork did not come from the pool');
     warmForks.push(ms);
@@ -71,7 +84,14 @@ try {
   }
 
   // Live forks of a parent that keeps dirtying memory: the pause hostd measures, 10 at least.
-  await client.call('vm.exec', { id: parent.id, cmd: ['/bin/sh', '-c', '(while true; do dd if=/dev/urandom of=/run/churn bs=64k count=16 2>/dev/null; usleep 50000; done) >/dev/null 2>&1 &'] });
+  await client.call('vm.exec', {
+    id: parent.id,
+    cmd: [
+      '/bin/sh',
+      '-c',
+      '(while true; do dd if=/dev/urandom of=/run/churn bs=64k count=16 2>/dev/null; usleep 50000; done) >/dev/null 2>&1 &',
+    ],
+  });
   const liveForks: number[] = [];
   const pauses: number[] = [];
   for (let i = 0; i < Math.max(runs, 10); i++) {
@@ -121,22 +141,62 @@ try {
     { name: 'cold boot to agent ready', value: median(boots), unit: 'ms', detail: boots.map(Math.round).join(' ') },
     { name: 'fork 1 child from snapshot to agent ready (cold)', value: median(forks), unit: 'ms', detail: forks.map(Math.round).join(' ') },
     { name: 'boot / fork ratio', value: median(boots) / median(forks), unit: 'x' },
-    { name: 'fork 1 child from the warm pool to agent ready', value: median(warmForks), unit: 'ms', detail: warmForks.map(Math.round).join(' ') },
+    {
+      name: 'fork 1 child from the warm pool to agent ready',
+      value: median(warmForks),
+      unit: 'ms',
+      detail: warmForks.map(Math.round).join(' '),
+    },
     { name: 'boot / warm fork ratio', value: median(boots) / median(warmForks), unit: 'x' },
-    { name: 'fork 1 child from the warm pool to running (until: running)', value: median(warmRunning), unit: 'ms', detail: warmRunning.map(Math.round).join(' ') },
+    {
+      name: 'fork 1 child from the warm pool to running (until: running)',
+      value: median(warmRunning),
+      unit: 'ms',
+      detail: warmRunning.map(Math.round).join(' '),
+    },
     { name: 'boot / warm fork-to-running ratio', value: median(boots) / median(warmRunning), unit: 'x' },
-    { name: '  then the first exec (waits for identity + agent)', value: median(settleAfter), unit: 'ms', detail: settleAfter.map(Math.round).join(' ') },
-    { name: 'live fork of a running VM (snapshot + child)', value: median(liveForks), unit: 'ms', detail: liveForks.map(Math.round).join(' ') },
-    { name: 'live fork: parent pause (hostd pauseMs)', value: median(pauses), unit: 'ms', detail: pauses.map((p) => p.toFixed(1)).join(' ') },
-    { name: 'snapshot of a parent (32 MiB dirtied), request', value: median(snapParent), unit: 'ms', detail: snapParent.map(Math.round).join(' ') },
-    { name: 'snapshot of its child (32 MiB dirtied), request', value: median(snapChild), unit: 'ms', detail: snapChild.map(Math.round).join(' ') },
+    {
+      name: '  then the first exec (waits for identity + agent)',
+      value: median(settleAfter),
+      unit: 'ms',
+      detail: settleAfter.map(Math.round).join(' '),
+    },
+    {
+      name: 'live fork of a running VM (snapshot + child)',
+      value: median(liveForks),
+      unit: 'ms',
+      detail: liveForks.map(Math.round).join(' '),
+    },
+    {
+      name: 'live fork: parent pause (hostd pauseMs)',
+      value: median(pauses),
+      unit: 'ms',
+      detail: pauses.map((p) => p.toFixed(1)).join(' '),
+    },
+    {
+      name: 'snapshot of a parent (32 MiB dirtied), request',
+      value: median(snapParent),
+      unit: 'ms',
+      detail: snapParent.map(Math.round).join(' '),
+    },
+    {
+      name: 'snapshot of its child (32 MiB dirtied), request',
+      value: median(snapChild),
+      unit: 'ms',
+      detail: snapChild.map(Math.round).join(' '),
+    },
     { name: 'snapshot pause: parent', value: median(pauseParent), unit: 'ms', detail: pauseParent.map((p) => p.toFixed(1)).join(' ') },
     { name: 'snapshot pause: child', value: median(pauseChild), unit: 'ms', detail: pauseChild.map((p) => p.toFixed(1)).join(' ') },
     { name: 'fork 4 children from snapshot', value: median(four), unit: 'ms', detail: four.map(Math.round).join(' ') },
     { name: 'snapshot of a running VM (32 MiB dirtied)', value: snapMs, unit: 'ms' },
     { name: 'child Pss (median of 4, 256 MiB guest)', value: median(pss), unit: 'MB', detail: pss.map((p) => p.toFixed(1)).join(' ') },
     { name: 'parent Pss (256 MiB guest)', value: parentPss, unit: 'MB' },
-    { name: 'snapshot state / RAM allocated', value: snap.sizes.stateBytes / 1024, unit: 'KiB', detail: `RAM ${(snap.sizes.ramBytes / 2 ** 20).toFixed(1)} MiB` },
+    {
+      name: 'snapshot state / RAM allocated',
+      value: snap.sizes.stateBytes / 1024,
+      unit: 'KiB',
+      detail: `RAM ${(snap.sizes.ramBytes / 2 ** 20).toFixed(1)} MiB`,
+    },
   );
 } finally {
   await local.stop();

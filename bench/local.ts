@@ -15,7 +15,12 @@ export async function startLocal(logLevel: 'warn' | 'info' = 'warn') {
   await promisify(execFile)('bash', [path.join(REPO, 'images', 'tiny', 'build.sh'), imagesDir], { maxBuffer: 16 << 20 });
   const nats = await startNatsServer();
   const logger = createLogger({ level: logLevel, name: 'forky' });
-  const host = await startEphemeralHostd({ natsUrl: nats.url, imagesDir, logger, probeCacheFile: path.join(REPO, '.forky', 'accel-probe.json') });
+  const host = await startEphemeralHostd({
+    natsUrl: nats.url,
+    imagesDir,
+    logger,
+    probeCacheFile: path.join(REPO, '.forky', 'accel-probe.json'),
+  });
   const nc = await connect({ servers: nats.url, name: 'forky-bench' });
   const client = new HostdClient(nc, host.hostId, { timeoutMs: 300_000 });
   return {

@@ -33,10 +33,25 @@ const BENCHES: Array<{ script: string; args: string[]; targets: Target[] }> = [
     script: 'fork-bench.js',
     args: quick ? ['--runs', '3'] : ['--runs', '5'],
     targets: [
-      { from: 'fork 1 child from snapshot to agent ready (cold)', name: 'fork 1 child through NATS to running, p50', target: 60, kind: 'max' },
+      {
+        from: 'fork 1 child from snapshot to agent ready (cold)',
+        name: 'fork 1 child through NATS to running, p50',
+        target: 60,
+        kind: 'max',
+      },
       { from: 'boot / fork ratio', name: 'fork vs cold boot of the same guest', target: 40, kind: 'min' },
-      { from: 'fork 1 child from the warm pool to agent ready', name: 'fork from a warm pool to agent ready, p50', target: 15, kind: 'max' },
-      { from: 'fork 1 child from the warm pool to running (until: running)', name: 'fork from a warm pool to running, p50', target: 15, kind: 'max' },
+      {
+        from: 'fork 1 child from the warm pool to agent ready',
+        name: 'fork from a warm pool to agent ready, p50',
+        target: 15,
+        kind: 'max',
+      },
+      {
+        from: 'fork 1 child from the warm pool to running (until: running)',
+        name: 'fork from a warm pool to running, p50',
+        target: 15,
+        kind: 'max',
+      },
       { from: 'boot / warm fork-to-running ratio', name: 'warm fork to running vs cold boot', target: 40, kind: 'min' },
       { from: 'live fork: parent pause (hostd pauseMs)', name: 'hot-fork parent pause, p50', target: 15, kind: 'max' },
     ],
@@ -46,7 +61,12 @@ const BENCHES: Array<{ script: string; args: string[]; targets: Target[] }> = [
     args: ['--children', quick ? '16' : '32'],
     targets: [
       { from: 'Pss per idle child (median)', name: 'Pss of an idle child (256 MiB guest)', target: 20, kind: 'max' },
-      { from: 'live children a 24 GiB host holds at that cost (512 MiB reserved)', name: 'live children on a 24 GiB host', target: 300, kind: 'min' },
+      {
+        from: 'live children a 24 GiB host holds at that cost (512 MiB reserved)',
+        name: 'live children on a 24 GiB host',
+        target: 300,
+        kind: 'min',
+      },
     ],
   },
   {
@@ -62,7 +82,12 @@ const BENCHES: Array<{ script: string; args: string[]; targets: Target[] }> = [
     args: ['--runs', quick ? '2' : '3'],
     targets: [
       { from: 'cross-host fork of 1 child (parts new to host)', name: 'cross-host fork, image layers cached', target: 1000, kind: 'max' },
-      { from: 'snapshot shipping, effective rate (nominal bytes / fetch time)', name: 'snapshot shipping, effective rate', target: 1, kind: 'min' },
+      {
+        from: 'snapshot shipping, effective rate (nominal bytes / fetch time)',
+        name: 'snapshot shipping, effective rate',
+        target: 1,
+        kind: 'min',
+      },
     ],
   },
   {
@@ -80,7 +105,10 @@ for (const b of BENCHES) {
   out(`running ${b.script} ${b.args.join(' ')}`);
   let figures: Figure[] = [];
   try {
-    const r = await promisify(execFile)(process.execPath, [path.join(REPO, 'bench', 'dist', b.script), ...b.args, '--json'], { maxBuffer: 64 << 20, timeout: 20 * 60_000 });
+    const r = await promisify(execFile)(process.execPath, [path.join(REPO, 'bench', 'dist', b.script), ...b.args, '--json'], {
+      maxBuffer: 64 << 20,
+      timeout: 20 * 60_000,
+    });
     figures = JSON.parse(r.stdout.trim().split('\n').at(-1) ?? '[]') as Figure[];
   } catch (e) {
     out(`  ${b.script} failed: ${(e as Error).message.split('\n')[0]}`);
@@ -89,15 +117,24 @@ for (const b of BENCHES) {
   for (const t of b.targets) {
     const f = figures.find((x) => x.name === t.from);
     const value = f ? Math.round(f.value * 10) / 10 : null;
-    results.push({ name: t.name, value, unit: f?.unit ?? '', target: t.target, met: value === null ? null : t.kind === 'max' ? value <= t.target : value >= t.target });
+    results.push({
+      name: t.name,
+      value,
+      unit: f?.unit ?? '',
+      target: t.target,
+      met: value === null ? null : t.kind === 'max' ? value <= t.target : value >= t.target,
+    });
   }
-  for (const f of figures) if (!targeted.has(f.name)) results.push({ name: f.name, value: Math.round(f.value * 10) / 10, unit: f.unit, target: null, met: null });
+  for (const f of figures)
+    if (!targeted.has(f.name)) results.push({ name: f.name, value: Math.round(f.value * 10) / 10, unit: f.unit, target: null, met: null });
 }
 
 out('');
 out(`${'figure'.padEnd(62)} ${'value'.padStart(9)} ${'unit'.padEnd(5)} ${'target'.padStart(7)}  met`);
 for (const r of results) {
   const met = r.met === null ? '' : r.met ? 'yes' : 'NO';
-  out(`${r.name.padEnd(62)} ${(r.value === null ? 'n/a' : r.value.toFixed(1)).padStart(9)} ${r.unit.padEnd(5)} ${(r.target === null ? '' : String(r.target)).padStart(7)}  ${met}`);
+  out(
+    `${r.name.padEnd(62)} ${(r.value === null ? 'n/a' : r.value.toFixed(1)).padStart(9)} ${r.unit.padEnd(5)} ${(r.target === null ? '' : String(r.target)).padStart(7)}  ${met}`,
+  );
 }
 if (json) process.stdout.write(JSON.stringify(results) + '\n');

@@ -53,14 +53,22 @@ async function cpuMs(pid: number): Promise<number> {
 
 const nats = await startNatsServer();
 const workerProcs: ChildProcess[] = [];
-const sched = spawn(process.execPath, [path.join(REPO, 'services', 'scheduler', 'bin', 'forky-scheduler.js'), '--nats', nats.url, '--log-level', 'warn'], { stdio: 'ignore' });
+const sched = spawn(
+  process.execPath,
+  [path.join(REPO, 'services', 'scheduler', 'bin', 'forky-scheduler.js'), '--nats', nats.url, '--log-level', 'warn'],
+  { stdio: 'ignore' },
+);
 const nc = await connect({ servers: nats.url, name: 'sched-bench' });
 try {
   // Hosts spread over worker processes, so they do not share one event loop with each other or us.
   await Promise.all(
     Array.from({ length: workers }, (_, w) => {
       const count = Math.floor(nHosts / workers) + (w < nHosts % workers ? 1 : 0);
-      const p = spawn(process.execPath, [path.join(REPO, 'bench', 'dist', 'sim-hosts.js'), '--nats', nats.url, '--prefix', `sim${w}x`, '--count', String(count)], { stdio: ['ignore', 'pipe', 'inherit'] });
+      const p = spawn(
+        process.execPath,
+        [path.join(REPO, 'bench', 'dist', 'sim-hosts.js'), '--nats', nats.url, '--prefix', `sim${w}x`, '--count', String(count)],
+        { stdio: ['ignore', 'pipe', 'inherit'] },
+      );
       workerProcs.push(p);
       return new Promise<void>((resolve, reject) => {
         p.stdout?.on('data', (d: Buffer) => d.toString().includes('ready') && resolve());
@@ -69,10 +77,14 @@ try {
     }),
   );
   const client = new SchedulerClient(nc, { timeoutMs: 60_000 });
-  await pollUntil(async () => ((await client.call('hosts', {}).catch(() => ({ hosts: [] }))).hosts.filter((h) => h.alive).length === nHosts ? true : undefined), {
-    timeoutMs: 60_000,
-    what: `${nHosts} simulated hosts alive`,
-  });
+  await pollUntil(
+    async () =>
+      (await client.call('hosts', {}).catch(() => ({ hosts: [] }))).hosts.filter((h) => h.alive).length === nHosts ? true : undefined,
+    {
+      timeoutMs: 60_000,
+      what: `${nHosts} simulated hosts alive`,
+    },
+  );
   out(`scheduler bench: ${nHosts} simulated hosts in ${workers} processes, ${nRequests} placements, ${concurrency} in flight`);
 
   const direct = new HostdClient(nc, 'sim0x0', { timeoutMs: 60_000 });
@@ -103,7 +115,10 @@ try {
     { name: 'placements per second one core of scheduler would allow', value: 1000 / schedCpu, unit: '/s' },
   ];
   out('');
-  for (const f of figures) out(`${f.name.padEnd(58)} ${f.value.toFixed(1).padStart(9)} ${f.unit.padEnd(3)} ${'target' in f ? `target ${f.target} ${f.met ? 'met' : 'NOT met'}` : ''}`);
+  for (const f of figures)
+    out(
+      `${f.name.padEnd(58)} ${f.value.toFixed(1).padStart(9)} ${f.unit.padEnd(3)} ${'target' in f ? `target ${f.target} ${f.met ? 'met' : 'NOT met'}` : ''}`,
+    );
   if (json) process.stdout.write(JSON.stringify(figures.map((f) => ({ ...f, value: Math.round(f.value * 10) / 10 }))) + '\n');
 } finally {
   sched.kill('SIGTERM');

@@ -21,7 +21,9 @@ const logger = createLogger({ level: 'warn', name: 'bench' });
 const nats = await startNatsServer();
 const imagesDir = path.join(REPO, '.forky', 'images');
 const probeCacheFile = path.join(REPO, '.forky', 'accel-probe.json');
-const [a, b] = (await Promise.all(['bench-a', 'bench-b'].map((hostId) => startEphemeralHostd({ natsUrl: nats.url, imagesDir, logger, hostId, probeCacheFile })))) as [Awaited<ReturnType<typeof startEphemeralHostd>>, Awaited<ReturnType<typeof startEphemeralHostd>>];
+const [a, b] = (await Promise.all(
+  ['bench-a', 'bench-b'].map((hostId) => startEphemeralHostd({ natsUrl: nats.url, imagesDir, logger, hostId, probeCacheFile })),
+)) as [Awaited<ReturnType<typeof startEphemeralHostd>>, Awaited<ReturnType<typeof startEphemeralHostd>>];
 const sched = await startScheduler(loadSchedulerConfig({ nats: { servers: [nats.url] }, logLevel: 'warn' }), logger);
 const nc = await connect({ servers: nats.url });
 const c = new SchedulerClient(nc, { timeoutMs: 300_000 });
@@ -54,10 +56,16 @@ try {
     { name: '  of which fetch on the target', value: median(fetchMs), unit: 'ms', runs: fetchMs },
     { name: 'bytes shipped to the target (last run)', value: shipped / 2 ** 20, unit: 'MiB', runs: [] as number[] },
     { name: 'nominal size of the snapshot (last run)', value: nominal / 2 ** 20, unit: 'MiB', runs: [] as number[] },
-    { name: 'snapshot shipping, effective rate (nominal bytes / fetch time)', value: nominal / 2 ** 30 / (median(fetchMs) / 1000), unit: 'GiB/s', runs: [] as number[] },
+    {
+      name: 'snapshot shipping, effective rate (nominal bytes / fetch time)',
+      value: nominal / 2 ** 30 / (median(fetchMs) / 1000),
+      unit: 'GiB/s',
+      runs: [] as number[],
+    },
   ];
   out(`${'figure'.padEnd(48)} ${'value'.padStart(9)}  unit  runs`);
-  for (const f of figures) out(`${f.name.padEnd(48)} ${f.value.toFixed(1).padStart(9)}  ${f.unit.padEnd(4)}  ${f.runs.map(Math.round).join(' ')}`);
+  for (const f of figures)
+    out(`${f.name.padEnd(48)} ${f.value.toFixed(1).padStart(9)}  ${f.unit.padEnd(4)}  ${f.runs.map(Math.round).join(' ')}`);
   if (json) process.stdout.write(JSON.stringify(figures) + '\n');
 } finally {
   await sched.stop();

@@ -19,5 +19,9 @@ const walk = (dir) => {
 for (const k of kinds) walk(path.join(root, k));
 files.sort();
 const extra = process.argv.slice(3);
-const r = spawnSync(process.execPath, ['--test', '--test-concurrency=1', `--test-timeout=${kind === 'unit' ? 30_000 : 600_000}`, ...extra, ...files], { stdio: 'inherit' });
+const r = spawnSync(
+  process.execPath,
+  ['--test', '--test-concurrency=1', `--test-timeout=${kind === 'unit' ? 30_000 : 600_000}`, ...extra, ...files],
+  { stdio: 'inherit' },
+);
 process.exit(r.status ?? 1);

@@ -60,12 +60,17 @@ describe('authentication and per-host authorization (real nats-server with users
     const info = await h1.client.call('host.info', {});
     assert.equal(info.id, 'h1');
     const hosts = await sched.client.call('hosts', {});
-    assert.ok(hosts.hosts.some((h) => h.id === 'h1' && h.alive), 'the scheduler sees h1 through the hosts bucket');
+    assert.ok(
+      hosts.hosts.some((h) => h.id === 'h1' && h.alive),
+      'the scheduler sees h1 through the hosts bucket',
+    );
     // A keyed request goes through the jobs stream, which the scheduler user may use.
     const vm = await sched.client.call('vm.boot', { key: 'auth-boot-through-jobs' });
     assert.equal(vm.host, 'h1');
     await sched.client.call('vm.destroy', { id: vm.id });
-    t.diagnostic('hostd h1, the scheduler and the operator connected with their own users; h1 reported in; a keyed boot went through the jobs stream');
+    t.diagnostic(
+      'hostd h1, the scheduler and the operator connected with their own users; h1 reported in; a keyed boot went through the jobs stream',
+    );
   });
 
   it('refuses connections without credentials or with a wrong password', async () => {
@@ -73,7 +78,7 @@ describe('authentication and per-host authorization (real nats-server with users
     await assert.rejects(connect({ servers: nats.url, user: 'hostd-h1', pass: 'wrong', reconnect: false }), /Authorization/i);
   });
 
-  it('a host using its own credentials cannot subscribe to another host\'s subjects or read others\' replies', async (t) => {
+  it("a host using its own credentials cannot subscribe to another host's subjects or read others' replies", async (t) => {
     const nc = await as(auth.hosts.h1 as { user: string; pass: string });
     try {
       const other = nc.subscribe(`${subjects.hostPrefix('h2')}.>`);
@@ -127,9 +132,13 @@ describe('authentication and per-host authorization (real nats-server with users
       assert.ok(await kvOp.status(), 'the hosts bucket still exists');
       // The scheduler's job queue: a host may neither queue a job nor take or inspect one.
       await assert.rejects(jetstream(nc).publish(subjects.job('fork'), '{}', { timeout: 2000 }));
-      await assert.rejects(nc.request(`$JS.API.CONSUMER.MSG.NEXT.${STREAMS.jobs}.${JOBS_CONSUMER}`, '{"batch":1,"expires":1000000000}', { timeout: 2000 }));
+      await assert.rejects(
+        nc.request(`$JS.API.CONSUMER.MSG.NEXT.${STREAMS.jobs}.${JOBS_CONSUMER}`, '{"batch":1,"expires":1000000000}', { timeout: 2000 }),
+      );
       await assert.rejects(nc.request(`$JS.API.STREAM.INFO.${STREAMS.jobs}`, '', { timeout: 2000 }));
-      t.diagnostic('h1 forging h2 heartbeats, calling h2, writing requests, deleting a bucket, queueing or taking jobs: all refused; nothing changed');
+      t.diagnostic(
+        'h1 forging h2 heartbeats, calling h2, writing requests, deleting a bucket, queueing or taking jobs: all refused; nothing changed',
+      );
     } finally {
       await nc.close();
       await op.close();
@@ -147,14 +156,33 @@ describe('TLS (a self-signed certificate)', { timeout: 120_000 }, () => {
     const certFile = path.join(dir, 'cert.pem');
     const keyFile = path.join(dir, 'key.pem');
     await promisify(execFile)('openssl', [
-      'req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-days', '1',
-      '-subj', '/CN=forky-test', '-addext', 'subjectAltName=IP:127.0.0.1,DNS:localhost', '-keyout', keyFile, '-out', certFile,
+      'req',
+      '-x509',
+      '-newkey',
+      'ec',
+      '-pkeyopt',
+      'ec_paramgen_curve:prime256v1',
+      '-nodes',
+      '-days',
+      '1',
+      '-subj',
+      '/CN=forky-test',
+      '-addext',
+      'subjectAltName=IP:127.0.0.1,DNS:localhost',
+      '-keyout',
+      keyFile,
+      '-out',
+      certFile,
     ]);
     const auth = newClusterAuth(['t1']);
     nats = await startNatsServer({ auth, tls: { certFile, keyFile } });
     const tls = { caFile: certFile };
     const op = { user: auth.operator.user, pass: auth.operator.pass, inboxPrefix: inboxPrefixOf(auth.operator.user), tls };
-    host = await startTestHost(nats.url, { hostId: 't1', overrides: { nats: { servers: [nats.url], ...auth.hosts.t1, tls } }, clientOptions: op });
+    host = await startTestHost(nats.url, {
+      hostId: 't1',
+      overrides: { nats: { servers: [nats.url], ...auth.hosts.t1, tls } },
+      clientOptions: op,
+    });
   });
   after(async () => {
     await host?.stop();

@@ -39,26 +39,33 @@ describe('QEMU runs as an unprivileged user, sandboxed', { timeout: 300_000 }, (
     await nats?.stop();
   });
 
-  it('boots, snapshots and forks with every QEMU process as forky-qemu, seccomp on, no new privileges', { skip: root ? false : 'hostd is not root here: QEMU cannot be started as another user' }, async (t) => {
-    const who = await lookupUser('forky-qemu');
-    assert.ok(who, 'deploy/setup.sh made the forky-qemu user');
-    const vm = await host.client.call('vm.boot', {});
-    await host.client.call('vm.exec', { id: vm.id, cmd: ['/bin/sh', '-c', 'echo confined > /run/mark'] });
-    const snap = await host.client.call('snapshot.create', { vm: vm.id, resume: true });
-    const fork = await host.client.call('fork', { source: snap.id, count: 2 });
-    for (const c of fork.children) assert.equal((await host.client.call('vm.exec', { id: c.id, cmd: ['cat', '/run/mark'] })).stdout.trim(), 'confined');
-    const vms = (await host.client.call('vm.list', {})).vms;
-    assert.equal(vms.length, 3);
-    for (const v of vms) {
-      const c = await confinement(v.pid as number);
-      assert.deepEqual(c.uids, [who.uid, who.uid, who.uid, who.uid], `${v.id}: real, effective, saved and fs uid are forky-qemu`);
-      assert.equal(c.noNewPrivs, 1, `${v.id}: no_new_privs`);
-      assert.equal(c.seccomp, 2, `${v.id}: a seccomp filter`);
-      assert.ok(c.cmdline.includes('-runas'));
-      assert.ok(c.cmdline.some((a) => a.startsWith('on,obsolete=deny,elevateprivileges=allow,spawn=deny,resourcecontrol=deny')));
-    }
-    t.diagnostic(`3 QEMU processes (booted and resumed after a snapshot, 2 forked children) run as forky-qemu (uid ${who.uid}), seccomp mode 2, no_new_privs 1; children resumed the parent's memory`);
-  });
+  it(
+    'boots, snapshots and forks with every QEMU process as forky-qemu, seccomp on, no new privileges',
+    { skip: root ? false : 'hostd is not root here: QEMU cannot be started as another user' },
+    async (t) => {
+      const who = await lookupUser('forky-qemu');
+      assert.ok(who, 'deploy/setup.sh made the forky-qemu user');
+      const vm = await host.client.call('vm.boot', {});
+      await host.client.call('vm.exec', { id: vm.id, cmd: ['/bin/sh', '-c', 'echo confined > /run/mark'] });
+      const snap = await host.client.call('snapshot.create', { vm: vm.id, resume: true });
+      const fork = await host.client.call('fork', { source: snap.id, count: 2 });
+      for (const c of fork.children)
+        assert.equal((await host.client.call('vm.exec', { id: c.id, cmd: ['cat', '/run/mark'] })).stdout.trim(), 'confined');
+      const vms = (await host.client.call('vm.list', {})).vms;
+      assert.equal(vms.length, 3);
+      for (const v of vms) {
+        const c = await confinement(v.pid as number);
+        assert.deepEqual(c.uids, [who.uid, who.uid, who.uid, who.uid], `${v.id}: real, effective, saved and fs uid are forky-qemu`);
+        assert.equal(c.noNewPrivs, 1, `${v.id}: no_new_privs`);
+        assert.equal(c.seccomp, 2, `${v.id}: a seccomp filter`);
+        assert.ok(c.cmdline.includes('-runas'));
+        assert.ok(c.cmdline.some((a) => a.startsWith('on,obsolete=deny,elevateprivileges=allow,spawn=deny,resourcecontrol=deny')));
+      }
+      t.diagnostic(
+        `3 QEMU processes (booted and resumed after a snapshot, 2 forked children) run as forky-qemu (uid ${who.uid}), seccomp mode 2, no_new_privs 1; children resumed the parent's memory`,
+      );
+    },
+  );
 
   it('refuses a runAs user that does not exist, naming the field', { skip: root ? false : 'needs root' }, async () => {
     const err = await startTestHost(nats.url, { hostId: 'confined-h2', overrides: { qemu: { runAs: 'no-such-user' } } }).then(

@@ -50,17 +50,40 @@ describe('deadlines: no work after the caller was told it failed', { timeout: 30
     const config = path.join(dir, `${id}.json`);
     // One beat a second: a stopped host is seen down after 3 s.
     await fs.writeFile(config, JSON.stringify({ dryRun: true, pool: { size: 0 }, heartbeatMs: 1000 }));
-    const env = { ...hostdEnv({ hostId: id, natsUrl: nats.url, dataDir: path.join(dir, id), ramDir: ramDir(id) }), FORKY_HOSTD_CONFIG: config };
+    const env = {
+      ...hostdEnv({ hostId: id, natsUrl: nats.url, dataDir: path.join(dir, id), ramDir: ramDir(id) }),
+      FORKY_HOSTD_CONFIG: config,
+    };
     clients.set(id, new HostdClient(nc, id, { timeoutMs: 30_000 }));
-    hostd.set(id, await spawnService(HOSTD_MAIN, env, path.join(dir, `${id}.log`), () => host(id).call('host.info', {}, { timeoutMs: 1000 }).then(() => true, () => false)));
+    hostd.set(
+      id,
+      await spawnService(HOSTD_MAIN, env, path.join(dir, `${id}.log`), () =>
+        host(id)
+          .call('host.info', {}, { timeoutMs: 1000 })
+          .then(
+            () => true,
+            () => false,
+          ),
+      ),
+    );
   };
   /** One job at a time and one delivery each, so a test can queue a job behind another and see its last delivery. */
   const startScheduler = async (name: string): Promise<ServiceProc> => {
     const config = path.join(dir, `${name}.json`);
-    await fs.writeFile(config, JSON.stringify({ jobAckWaitMs: 1000, leaseMs: 1000, jobMaxDeliver: 1, jobConcurrency: 1, logLevel: 'info' }));
+    await fs.writeFile(
+      config,
+      JSON.stringify({ jobAckWaitMs: 1000, leaseMs: 1000, jobMaxDeliver: 1, jobConcurrency: 1, logLevel: 'info' }),
+    );
     const probe = new SchedulerClient(nc, { timeoutMs: 1000 });
-    const p = await spawnService(SCHEDULER_MAIN, { FORKY_NATS_URL: nats.url, FORKY_SCHEDULER_CONFIG: config }, path.join(dir, `${name}.log`), () =>
-      probe.call('hosts', {}).then((r) => [A, B].every((id) => r.hosts.some((h) => h.id === id && h.alive)), () => false),
+    const p = await spawnService(
+      SCHEDULER_MAIN,
+      { FORKY_NATS_URL: nats.url, FORKY_SCHEDULER_CONFIG: config },
+      path.join(dir, `${name}.log`),
+      () =>
+        probe.call('hosts', {}).then(
+          (r) => [A, B].every((id) => r.hosts.some((h) => h.id === id && h.alive)),
+          () => false,
+        ),
     );
     scheds.push(p);
     return p;
@@ -79,11 +102,19 @@ describe('deadlines: no work after the caller was told it failed', { timeout: 30
    * Waits (bounded) until `id` has finished one more request on each endpoint than in `before`:
    * the queued request was read and its handler (if any) has ended, so what it made is there.
    */
-  const settled = async (id: string, before: Map<string, EndpointFigures['data']>, endpoints: string[]): Promise<Map<string, EndpointFigures['data']>> =>
+  const settled = async (
+    id: string,
+    before: Map<string, EndpointFigures['data']>,
+    endpoints: string[],
+  ): Promise<Map<string, EndpointFigures['data']>> =>
     pollUntil(
       async () => {
         const now = await figures(id);
-        return endpoints.every((e) => (now.get(e)?.requests ?? 0) > (before.get(e)?.requests ?? 0) && (now.get(e)?.totalMs ?? 0) > (before.get(e)?.totalMs ?? 0)) ? now : undefined;
+        return endpoints.every(
+          (e) => (now.get(e)?.requests ?? 0) > (before.get(e)?.requests ?? 0) && (now.get(e)?.totalMs ?? 0) > (before.get(e)?.totalMs ?? 0),
+        )
+          ? now
+          : undefined;
       },
       { timeoutMs: 30_000, intervalMs: 50, what: `${id} finished the requests queued while it was stopped` },
     );
@@ -92,19 +123,29 @@ describe('deadlines: no work after the caller was told it failed', { timeout: 30
     return e?.operation === 'PUT' ? e.json<Entry>() : undefined;
   };
   const finished = (key: string, timeoutMs: number): Promise<Entry> =>
-    pollUntil(async () => {
-      const e = await entry(key);
-      return e && (e.state === 'done' || (e.state === 'failed' && !e.retry)) ? e : undefined;
-    }, { timeoutMs, intervalMs: 50, what: `request ${key} recorded as finished` });
+    pollUntil(
+      async () => {
+        const e = await entry(key);
+        return e && (e.state === 'done' || (e.state === 'failed' && !e.retry)) ? e : undefined;
+      },
+      { timeoutMs, intervalMs: 50, what: `request ${key} recorded as finished` },
+    );
   const failure = async (p: Promise<unknown>): Promise<ForkyError> => {
-    const e = await p.then(() => assert.fail('the call succeeded'), (err: unknown) => err);
+    const e = await p.then(
+      () => assert.fail('the call succeeded'),
+      (err: unknown) => err,
+    );
     assert.ok(e instanceof ForkyError, String(e));
     return e;
   };
   /** Stops a host, once the scheduler sees it alive (an earlier test may have just continued it). */
   const stop = async (id: string): Promise<void> => {
     const probe = new SchedulerClient(nc, { timeoutMs: 1000 });
-    await pollUntil(async () => ((await probe.call('hosts', {}).catch(() => ({ hosts: [] }))).hosts.some((h) => h.id === id && h.alive) ? true : undefined), { timeoutMs: 10_000, intervalMs: 50, what: `${id} seen alive` });
+    await pollUntil(
+      async () =>
+        (await probe.call('hosts', {}).catch(() => ({ hosts: [] }))).hosts.some((h) => h.id === id && h.alive) ? true : undefined,
+      { timeoutMs: 10_000, intervalMs: 50, what: `${id} seen alive` },
+    );
     hostd.get(id)?.child.kill('SIGSTOP');
   };
   const cont = (id: string): void => void hostd.get(id)?.child.kill('SIGCONT');
@@ -157,14 +198,20 @@ describe('deadlines: no work after the caller was told it failed', { timeout: 30
     t.diagnostic(`hostd on SIGCONT: fork ${after.get('fork')?.lastError}; boot ${after.get('vm_boot')?.lastError}`);
   });
 
-  it('a keyed job still queued at its caller\'s deadline is failed on the record, not run', async (t) => {
+  it("a keyed job still queued at its caller's deadline is failed on the record, not run", async (t) => {
     const vmsOnB = await vmIds(B);
     const figuresBefore = await figures(A);
     await stop(A);
     try {
       // The one job worker is held by a fork on the stopped host...
-      const first = failure(new SchedulerClient(nc, { timeoutMs: 60_000 }).call('fork', { key: 'deadline-held', source: snapshotId, count: 2 }));
-      await pollUntil(async () => ((await entry('deadline-held'))?.state === 'pending' ? true : undefined), { timeoutMs: 10_000, intervalMs: 20, what: 'the first job under way' });
+      const first = failure(
+        new SchedulerClient(nc, { timeoutMs: 60_000 }).call('fork', { key: 'deadline-held', source: snapshotId, count: 2 }),
+      );
+      await pollUntil(async () => ((await entry('deadline-held'))?.state === 'pending' ? true : undefined), {
+        timeoutMs: 10_000,
+        intervalMs: 20,
+        what: 'the first job under way',
+      });
       // ...so a boot on the live host waits in the queue past its caller's 1.5 s.
       const late = await failure(new SchedulerClient(nc, { timeoutMs: 1_500 }).call('vm.boot', { key: 'deadline-late', host: B }));
       assert.equal(late.code, 'TIMEOUT');
@@ -189,8 +236,14 @@ describe('deadlines: no work after the caller was told it failed', { timeout: 30
     const killed = scheds.at(-1) as ServiceProc;
     await stop(A);
     try {
-      void new SchedulerClient(nc, { timeoutMs: 20_000 }).call('fork', { key: 'deadline-orphan', source: snapshotId, count: 2 }).catch(() => undefined);
-      await pollUntil(async () => ((await entry('deadline-orphan'))?.state === 'pending' ? true : undefined), { timeoutMs: 10_000, intervalMs: 20, what: 'the job under way' });
+      void new SchedulerClient(nc, { timeoutMs: 20_000 })
+        .call('fork', { key: 'deadline-orphan', source: snapshotId, count: 2 })
+        .catch(() => undefined);
+      await pollUntil(async () => ((await entry('deadline-orphan'))?.state === 'pending' ? true : undefined), {
+        timeoutMs: 10_000,
+        intervalMs: 20,
+        what: 'the job under way',
+      });
       // Its one allowed delivery dies with its scheduler, the host call to A still queued.
       await killed.kill();
       const killedAt = Date.now();

@@ -41,8 +41,15 @@ describe('durable jobs: a scheduler or hostd killed mid-job, and the job still c
   const ramDir = (): string => path.join('/dev/shm', path.basename(dir));
 
   const startHostd = async (): Promise<void> => {
-    hostd = await spawnService(HOSTD_MAIN, hostdEnv({ hostId: HOST, natsUrl: nats.url, dataDir: dataDir(), ramDir: ramDir() }), path.join(dir, 'hostd.log'), () =>
-      host.call('host.info', {}, { timeoutMs: 1000 }).then(() => true, () => false),
+    hostd = await spawnService(
+      HOSTD_MAIN,
+      hostdEnv({ hostId: HOST, natsUrl: nats.url, dataDir: dataDir(), ramDir: ramDir() }),
+      path.join(dir, 'hostd.log'),
+      () =>
+        host.call('host.info', {}, { timeoutMs: 1000 }).then(
+          () => true,
+          () => false,
+        ),
     );
   };
   /** A scheduler process; fast redelivery, so the test does not wait 30 s for a dead one's job. */
@@ -50,8 +57,15 @@ describe('durable jobs: a scheduler or hostd killed mid-job, and the job still c
     const config = path.join(dir, `${name}.json`);
     await fs.writeFile(config, JSON.stringify({ jobAckWaitMs: 3000, leaseMs: 1000, logLevel: 'info' }));
     const probe = new SchedulerClient(nc, { timeoutMs: 1000 });
-    const p = await spawnService(SCHEDULER_MAIN, { FORKY_NATS_URL: nats.url, FORKY_SCHEDULER_CONFIG: config }, path.join(dir, `${name}.log`), () =>
-      probe.call('hosts', {}).then((r) => r.hosts.some((h) => h.id === HOST && h.alive), () => false),
+    const p = await spawnService(
+      SCHEDULER_MAIN,
+      { FORKY_NATS_URL: nats.url, FORKY_SCHEDULER_CONFIG: config },
+      path.join(dir, `${name}.log`),
+      () =>
+        probe.call('hosts', {}).then(
+          (r) => r.hosts.some((h) => h.id === HOST && h.alive),
+          () => false,
+        ),
     );
     scheds.push(p);
     return p;
@@ -62,10 +76,13 @@ describe('durable jobs: a scheduler or hostd killed mid-job, and the job still c
   };
   /** The outcome of a key in the requests bucket, once done or failed for good. */
   const finished = (key: string, timeoutMs: number): Promise<Entry> =>
-    pollUntil(async () => {
-      const e = await entry(key);
-      return e && (e.state === 'done' || (e.state === 'failed' && !(e as { retry?: boolean }).retry)) ? e : undefined;
-    }, { timeoutMs, intervalMs: 50, what: `job ${key} finished` });
+    pollUntil(
+      async () => {
+        const e = await entry(key);
+        return e && (e.state === 'done' || (e.state === 'failed' && !(e as { retry?: boolean }).retry)) ? e : undefined;
+      },
+      { timeoutMs, intervalMs: 50, what: `job ${key} finished` },
+    );
   const vmIds = async (): Promise<string[]> => (await host.call('vm.list', {})).vms.map((v) => v.id).sort();
   /** Jobs still queued, and deliveries so far against jobs published (a redelivery adds one). */
   const jobsState = async (): Promise<{ messages: number; deliveries: number; published: number }> => {
@@ -101,10 +118,17 @@ describe('durable jobs: a scheduler or hostd killed mid-job, and the job still c
     const a = await startScheduler('sched-a');
     const before = await vmIds();
     const key = 'jobs-batch-scheduler-crash';
-    const items = [{ source: snapshotId, count: 3 }, { source: snapshotId, count: 3 }];
+    const items = [
+      { source: snapshotId, count: 3 },
+      { source: snapshotId, count: 3 },
+    ];
     // The client sends once and gives up: nobody asks again.
     const sent = new SchedulerClient(nc, { timeoutMs: 3000 }).call('batch', { key, items }).catch((e: unknown) => e);
-    await pollUntil(async () => ((await vmIds()).length > before.length ? true : undefined), { timeoutMs: 60_000, intervalMs: 5, what: 'a first child of the batch' });
+    await pollUntil(async () => ((await vmIds()).length > before.length ? true : undefined), {
+      timeoutMs: 60_000,
+      intervalMs: 5,
+      what: 'a first child of the batch',
+    });
     const atKill = await entry(key);
     assert.equal(atKill?.state, 'pending', 'the job was under way when its scheduler died');
     assert.match(atKill?.owner ?? '', new RegExp(`pid${a.child.pid}$`), 'scheduler A had it');
@@ -119,7 +143,9 @@ describe('durable jobs: a scheduler or hostd killed mid-job, and the job still c
     assert.match(done.owner, new RegExp(`pid${b.child.pid}$`), 'scheduler B finished it');
     const results = (done.reply as BatchResult).results;
     assert.equal(results.length, 2);
-    const children = results.flatMap((r) => (r.ok ? r.result.children.map((c) => c.id) : assert.fail(`item failed: ${r.error.code} ${r.error.message}`)));
+    const children = results.flatMap((r) =>
+      r.ok ? r.result.children.map((c) => c.id) : assert.fail(`item failed: ${r.error.code} ${r.error.message}`),
+    );
     assert.equal(new Set(children).size, 6);
     const nowIds = await vmIds();
     assert.deepEqual(nowIds, [...before, ...children].sort(), 'exactly the 6 children were made: none twice, none left over');
@@ -130,7 +156,10 @@ describe('durable jobs: a scheduler or hostd killed mid-job, and the job still c
     assert.equal(attempt, 2, 'B ran its second delivery');
     // A client asking again under the key gets the same children, without a second run.
     const again = await new SchedulerClient(nc, { timeoutMs: 60_000 }).call('batch', { key, items });
-    assert.deepEqual(again.results.flatMap((r) => (r.ok ? r.result.children.map((c) => c.id) : [])), children);
+    assert.deepEqual(
+      again.results.flatMap((r) => (r.ok ? r.result.children.map((c) => c.id) : [])),
+      children,
+    );
     assert.deepEqual(await vmIds(), nowIds);
     // A child of the job is a child of the snapshot.
     assert.equal((await host.call('vm.exec', { id: children[5] as string, cmd: ['cat', '/run/mark'] })).stdout.trim(), 'from-parent');
@@ -147,8 +176,14 @@ describe('durable jobs: a scheduler or hostd killed mid-job, and the job still c
   it('a hostd killed mid-fork and restarted: the job goes back to the queue and makes each child once', async (t) => {
     const before = await vmIds();
     const key = 'jobs-fork-hostd-crash';
-    const sent = new SchedulerClient(nc, { timeoutMs: 300_000 }).call('fork', { key, source: snapshotId, count: 6 }).catch((e: unknown) => e as Error);
-    await pollUntil(async () => ((await vmIds()).length > before.length ? true : undefined), { timeoutMs: 60_000, intervalMs: 5, what: 'a first child of the fork' });
+    const sent = new SchedulerClient(nc, { timeoutMs: 300_000 })
+      .call('fork', { key, source: snapshotId, count: 6 })
+      .catch((e: unknown) => e as Error);
+    await pollUntil(async () => ((await vmIds()).length > before.length ? true : undefined), {
+      timeoutMs: 60_000,
+      intervalMs: 5,
+      what: 'a first child of the fork',
+    });
     const childrenAtKill = (await vmIds()).length - before.length;
     await hostd?.kill();
     const killedAt = Date.now();
@@ -165,7 +200,9 @@ describe('durable jobs: a scheduler or hostd killed mid-job, and the job still c
     assert.equal((await jobsState()).messages, 0);
     const e = await entry(key);
     assert.equal(e?.state, 'done');
-    const schedLog = (await logLines(scheds.at(-1)?.log as string, 'job failed for now; it goes back to the queue')).filter((l) => l.job === key);
+    const schedLog = (await logLines(scheds.at(-1)?.log as string, 'job failed for now; it goes back to the queue')).filter(
+      (l) => l.job === key,
+    );
     assert.ok(schedLog.length >= 1, 'the scheduler saw the host go away and queued the job again');
     t.diagnostic(
       `hostd killed with ${childrenAtKill} of 6 children made; restarted (recovery: ${JSON.stringify({ adopted: (recovery?.adopted as string[] | undefined)?.length, removed: (recovery?.removed as string[] | undefined)?.length, orphansKilled: recovery?.orphansKilled, strayFilesRemoved: recovery?.strayFilesRemoved })}); the job was retried ${schedLog.length} time(s) and answered the client's one request ${tookMs} ms after the kill; VMs: ${before.length} -> ${nowIds.length}`,

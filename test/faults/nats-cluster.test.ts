@@ -51,7 +51,10 @@ describe('a NATS node killed mid-batch on a 3-node cluster (R3 state)', { timeou
     const jsm = await jetstreamManager(op);
     const leads = new Map<string, number>();
     for (const s of STATE_STREAMS) {
-      const leader = await pollUntil(async () => (await jsm.streams.info(s).catch(() => undefined))?.cluster?.leader, { timeoutMs: 30_000, what: `${s} has a leader` });
+      const leader = await pollUntil(async () => (await jsm.streams.info(s).catch(() => undefined))?.cluster?.leader, {
+        timeoutMs: 30_000,
+        what: `${s} has a leader`,
+      });
       leads.set(leader, (leads.get(leader) ?? 0) + 1);
     }
     const top = [...leads.entries()].sort((a, b) => b[1] - a[1])[0]?.[0] as string;
@@ -71,7 +74,10 @@ describe('a NATS node killed mid-batch on a 3-node cluster (R3 state)', { timeou
   it('the batch completes, no acknowledged snapshot is lost, and every client reconnects', async (t) => {
     const client = new SchedulerClient(op, { timeoutMs: 300_000 });
     const hostc = new HostdClient(op, 'nf-h1', { timeoutMs: 120_000 });
-    await pollUntil(async () => ((await client.call('hosts', {})).hosts.some((h) => h.alive) ? true : undefined), { timeoutMs: 30_000, what: 'host reported in' });
+    await pollUntil(async () => ((await client.call('hosts', {})).hosts.some((h) => h.alive) ? true : undefined), {
+      timeoutMs: 30_000,
+      what: 'host reported in',
+    });
     const parent = await client.call('vm.boot', { key: 'nf-boot-parent' });
     await hostc.call('vm.exec', { id: parent.id, cmd: ['/bin/sh', '-c', 'echo acked > /run/mark'] });
     // Acknowledged before the fault: a snapshot and its parts in the object store.
@@ -89,14 +95,19 @@ describe('a NATS node killed mid-batch on a 3-node cluster (R3 state)', { timeou
       { source: parent.id, count: 2, resumeParent: true },
     ];
     const sent = client.call('batch', { key, items }).catch((e: unknown) => e as Error);
-    await pollUntil(async () => ((await hostc.call('vm.list', {})).vms.length > before ? true : undefined), { timeoutMs: 60_000, intervalMs: 5, what: 'the batch under way' });
+    await pollUntil(async () => ((await hostc.call('vm.list', {})).vms.length > before ? true : undefined), {
+      timeoutMs: 60_000,
+      intervalMs: 5,
+      what: 'the batch under way',
+    });
     const killedAt = Date.now();
     await cluster.kill(victim);
 
     const r = await sent;
     if (r instanceof Error) assert.fail(`the batch failed: ${r.message}`);
     const batchMs = Date.now() - killedAt;
-    for (const [i, item] of r.results.entries()) assert.ok(item.ok, `item ${i}: ${item.ok ? '' : `${item.error.code} ${item.error.message}`}`);
+    for (const [i, item] of r.results.entries())
+      assert.ok(item.ok, `item ${i}: ${item.ok ? '' : `${item.error.code} ${item.error.message}`}`);
     const ok = r.results.flatMap((x) => (x.ok ? [x.result] : []));
     const children = ok.flatMap((x) => x.children.map((c) => c.id));
     assert.equal(new Set(children).size, 8);
@@ -107,19 +118,26 @@ describe('a NATS node killed mid-batch on a 3-node cluster (R3 state)', { timeou
     const acked = [s0.id, ...ok.map((x) => x.snapshot.id)];
     const tree = await client.call('snapshot.tree', {});
     for (const id of acked) {
-      assert.ok(tree.nodes.some((n) => n.id === id), `${id} in the lineage`);
+      assert.ok(
+        tree.nodes.some((n) => n.id === id),
+        `${id} in the lineage`,
+      );
       assert.equal((await client.call('snapshot.show', { id })).id, id, `${id} located`);
     }
     t.diagnostic(`batch answered ${batchMs} ms after the kill`);
     const parts = await new Objm(op).open(PARTS_BUCKET);
     // A reader, like any client, tries again while the cluster settles (a consumer create can time out).
     const read = <T>(what: string, fn: () => Promise<T>): Promise<T> => retryTransient(what, fn, { timeoutMs: 60_000 });
-    const manifest = JSON.parse(new TextDecoder().decode((await read('manifest', () => parts.getBlob(`manifest.${s0.id}`))) ?? new Uint8Array())) as {
+    const manifest = JSON.parse(
+      new TextDecoder().decode((await read('manifest', () => parts.getBlob(`manifest.${s0.id}`))) ?? new Uint8Array()),
+    ) as {
       chain?: Array<{ digest: string }>;
       state?: { digest: string };
       ram?: { digest: string };
     };
-    const digests = [...(manifest.chain ?? []), manifest.state, manifest.ram].filter((p): p is { digest: string } => !!p).map((p) => p.digest);
+    const digests = [...(manifest.chain ?? []), manifest.state, manifest.ram]
+      .filter((p): p is { digest: string } => !!p)
+      .map((p) => p.digest);
     assert.ok(digests.length >= 3, 'the manifest names its parts');
     for (const d of digests) {
       // Parts are stored sparse-encoded: whole means every byte the object store recorded for it.
@@ -127,7 +145,11 @@ describe('a NATS node killed mid-batch on a 3-node cluster (R3 state)', { timeou
       const blob = await read('part', () => parts.getBlob(`sha256-${d}`));
       assert.ok(info && blob, `part ${d.slice(0, 12)} present`);
       assert.equal(blob.length, info.size, `part ${d.slice(0, 12)} has all its bytes`);
-      assert.equal(createHash('sha256').update(blob).digest('base64url'), info.digest.replace(/^SHA-256=/, '').replace(/=+$/, ''), `part ${d.slice(0, 12)} whole`);
+      assert.equal(
+        createHash('sha256').update(blob).digest('base64url'),
+        info.digest.replace(/^SHA-256=/, '').replace(/=+$/, ''),
+        `part ${d.slice(0, 12)} whole`,
+      );
     }
 
     // The services moved to the surviving nodes by themselves and go on working.

@@ -37,7 +37,10 @@ describe('hostd killed with SIGKILL and restarted re-adopts its VMs and cleans u
 
   const startHostd = async (): Promise<void> => {
     hostd = await spawnService(HOSTD_MAIN, hostdEnv({ hostId: HOST, natsUrl: nats.url, dataDir: dataDir(), ramDir: ramDir() }), log(), () =>
-      client.call('host.info', {}, { timeoutMs: 1000 }).then(() => true, () => false),
+      client.call('host.info', {}, { timeoutMs: 1000 }).then(
+        () => true,
+        () => false,
+      ),
     );
   };
   const killHostd = async (): Promise<void> => {
@@ -48,7 +51,10 @@ describe('hostd killed with SIGKILL and restarted re-adopts its VMs and cleans u
   const records = async (): Promise<Array<{ id: string; state: string; requestKey?: string }>> => {
     const out = [];
     for (const id of await fs.readdir(path.join(dataDir(), 'vms')).catch(() => [] as string[])) {
-      const r = await fs.readFile(path.join(dataDir(), 'vms', id, 'vm.json'), 'utf8').then((t) => JSON.parse(t) as { id: string; state: string; requestKey?: string }, () => undefined);
+      const r = await fs.readFile(path.join(dataDir(), 'vms', id, 'vm.json'), 'utf8').then(
+        (t) => JSON.parse(t) as { id: string; state: string; requestKey?: string },
+        () => undefined,
+      );
       if (r) out.push(r);
     }
     return out;
@@ -80,11 +86,20 @@ describe('hostd killed with SIGKILL and restarted re-adopts its VMs and cleans u
     await client.call('vm.pause', { id: c.id });
     const live = new Map((await client.call('vm.list', {})).vms.map((v) => [v.id, v]));
     // The warm pool now holds a process for the snapshot: an orphan once hostd dies.
-    await pollUntil(async () => ((await qemuIn(dir)).length > live.size ? true : undefined), { timeoutMs: 30_000, what: 'warm pool filled' });
+    await pollUntil(async () => ((await qemuIn(dir)).length > live.size ? true : undefined), {
+      timeoutMs: 30_000,
+      what: 'warm pool filled',
+    });
 
     // A fork of 6 under a key, killed half-way: some children exist, the request never finished.
-    const half = shortClient().call('fork', { source: first.snapshot.id, count: 6, key: 'restart-fork-2' }).catch((e: unknown) => e);
-    await pollUntil(async () => ((await records()).some((r) => r.requestKey === 'restart-fork-2') ? true : undefined), { timeoutMs: 60_000, intervalMs: 5, what: 'a child of the batch on disk' });
+    const half = shortClient()
+      .call('fork', { source: first.snapshot.id, count: 6, key: 'restart-fork-2' })
+      .catch((e: unknown) => e);
+    await pollUntil(async () => ((await records()).some((r) => r.requestKey === 'restart-fork-2') ? true : undefined), {
+      timeoutMs: 60_000,
+      intervalMs: 5,
+      what: 'a child of the batch on disk',
+    });
     await killHostd();
     const orphansBefore = (await qemuIn(dir)).length;
 
@@ -101,19 +116,32 @@ describe('hostd killed with SIGKILL and restarted re-adopts its VMs and cleans u
     await client.call('vm.resume', { id: c.id });
     assert.equal((await client.call('vm.exec', { id: c.id, cmd: ['cat', '/run/mark'] })).stdout.trim(), 'before-crash');
     // No process or file belongs to nothing (a new warm process may start after a fork only).
-    assert.deepEqual(await qemuIn(dir), [...after.values()].map((v) => v.pid as number).sort((x, y) => x - y), 'no orphan QEMU');
+    assert.deepEqual(
+      await qemuIn(dir),
+      [...after.values()].map((v) => v.pid as number).sort((x, y) => x - y),
+      'no orphan QEMU',
+    );
     assert.deepEqual((await fs.readdir(path.join(dataDir(), 'vms'))).sort(), [...after.keys()].sort(), 'no stray VM directory');
 
     // Exactly once: the unfinished key runs now, once; a repeat (and one after another restart) gets the same children.
     const again = await client.call('fork', { source: first.snapshot.id, count: 6, key: 'restart-fork-2' });
     const repeat = await client.call('fork', { source: first.snapshot.id, count: 6, key: 'restart-fork-2' });
-    assert.deepEqual(repeat.children.map((x) => x.id), again.children.map((x) => x.id));
+    assert.deepEqual(
+      repeat.children.map((x) => x.id),
+      again.children.map((x) => x.id),
+    );
     await killHostd();
     await startHostd();
     const afterSecond: ForkResult = await client.call('fork', { source: first.snapshot.id, count: 6, key: 'restart-fork-2' });
-    assert.deepEqual(afterSecond.children.map((x) => x.id), again.children.map((x) => x.id));
+    assert.deepEqual(
+      afterSecond.children.map((x) => x.id),
+      again.children.map((x) => x.id),
+    );
     const firstAgain = await client.call('fork', { source: parent.id, count: 2, resumeParent: true, key: 'restart-fork-1' });
-    assert.deepEqual(firstAgain.children.map((x) => x.id), first.children.map((x) => x.id));
+    assert.deepEqual(
+      firstAgain.children.map((x) => x.id),
+      first.children.map((x) => x.id),
+    );
     assert.equal((await client.call('vm.list', {})).vms.length, live.size + 6, 'each child created exactly once');
     // Its reply never came (it times out in the background meanwhile).
     assert.ok((await half) instanceof Error, 'the killed fork did not answer');
@@ -125,8 +153,14 @@ describe('hostd killed with SIGKILL and restarted re-adopts its VMs and cleans u
   it('a hostd killed mid-snapshot comes back with the VM whole and the snapshot either complete or gone', async (t) => {
     const vm = await client.call('vm.boot', {});
     await client.call('vm.exec', { id: vm.id, cmd: ['/bin/sh', '-c', 'echo kept > /run/kept'] });
-    const snap = shortClient().call('snapshot.create', { vm: vm.id, resume: true }).catch((e: unknown) => e);
-    await pollUntil(async () => ((await records()).some((r) => r.id === vm.id && r.state === 'snapshotting') ? true : undefined), { timeoutMs: 30_000, intervalMs: 2, what: 'snapshot under way' });
+    const snap = shortClient()
+      .call('snapshot.create', { vm: vm.id, resume: true })
+      .catch((e: unknown) => e);
+    await pollUntil(async () => ((await records()).some((r) => r.id === vm.id && r.state === 'snapshotting') ? true : undefined), {
+      timeoutMs: 30_000,
+      intervalMs: 2,
+      what: 'snapshot under way',
+    });
     await killHostd();
     await startHostd();
     const shown = await client.call('vm.show', { id: vm.id });
@@ -136,7 +170,12 @@ describe('hostd killed with SIGKILL and restarted re-adopts its VMs and cleans u
     assert.ok(snaps.length <= 1);
     const outcome = await snap;
     const files = await fileTree(ramDir());
-    assert.ok(files.every((f) => !f.includes('.tmp')), 'no half-written RAM file');
-    t.diagnostic(`killed during snapshot.create (${outcome instanceof Error ? 'no reply' : 'it had answered'}); after restart the VM runs with its memory; snapshots of it: ${snaps.length} (rolled ${snaps.length ? 'forward' : 'back'})`);
+    assert.ok(
+      files.every((f) => !f.includes('.tmp')),
+      'no half-written RAM file',
+    );
+    t.diagnostic(
+      `killed during snapshot.create (${outcome instanceof Error ? 'no reply' : 'it had answered'}); after restart the VM runs with its memory; snapshots of it: ${snaps.length} (rolled ${snaps.length ? 'forward' : 'back'})`,
+    );
   });
 });

@@ -23,7 +23,8 @@ async function killQemu(pid: number): Promise<void> {
 }
 
 /** What a failed VM says about its failure (an optional field of VmInfo). */
-const failureOf = (v: VmInfo): { at?: string; reason?: string } | undefined => (v as { failure?: { at?: string; reason?: string } }).failure;
+const failureOf = (v: VmInfo): { at?: string; reason?: string } | undefined =>
+  (v as { failure?: { at?: string; reason?: string } }).failure;
 
 describe('VMs whose QEMU dies are failed, with hostd up or down', { timeout: 600_000 }, () => {
   let nats: NatsServer;
@@ -37,8 +38,15 @@ describe('VMs whose QEMU dies are failed, with hostd up or down', { timeout: 600
   const qemuIn = (): Promise<number[]> => qemuPidsWhere((cmd) => cmd.includes(dir));
 
   const startHostd = async (): Promise<void> => {
-    hostd = await spawnService(HOSTD_MAIN, hostdEnv({ hostId: HOST, natsUrl: nats.url, dataDir: dataDir(), ramDir: ramDir() }), path.join(dir, 'hostd.log'), () =>
-      client.call('host.info', {}, { timeoutMs: 1000 }).then(() => true, () => false),
+    hostd = await spawnService(
+      HOSTD_MAIN,
+      hostdEnv({ hostId: HOST, natsUrl: nats.url, dataDir: dataDir(), ramDir: ramDir() }),
+      path.join(dir, 'hostd.log'),
+      () =>
+        client.call('host.info', {}, { timeoutMs: 1000 }).then(
+          () => true,
+          () => false,
+        ),
     );
   };
   const killHostd = async (): Promise<void> => {
@@ -50,7 +58,15 @@ describe('VMs whose QEMU dies are failed, with hostd up or down', { timeout: 600
   const leftovers = async (v: VmInfo): Promise<string[]> => {
     const socks = (await fs.readdir(vmDir(v.id)).catch(() => [] as string[])).filter((f) => f.endsWith('.sock'));
     const ram = path.join(ramDir(), 'vms', `${v.id}.ram`);
-    return [...socks, ...((await fs.access(ram).then(() => true, () => false)) ? [ram] : [])];
+    return [
+      ...socks,
+      ...((await fs.access(ram).then(
+        () => true,
+        () => false,
+      ))
+        ? [ram]
+        : []),
+    ];
   };
   /** Destroys a failed VM and checks that nothing of it is left. */
   const destroyFailed = async (id: string): Promise<void> => {
@@ -82,10 +98,13 @@ describe('VMs whose QEMU dies are failed, with hostd up or down', { timeout: 600
     const vm = await client.call('vm.boot', {});
     assert.ok(vm.pid);
     await killQemu(vm.pid);
-    diedUp = await pollUntil(async () => {
-      const v = await show(vm.id);
-      return v?.state === 'failed' && (await leftovers(v)).length === 0 ? v : undefined;
-    }, { timeoutMs: 10_000, intervalMs: 10, what: 'VM failed and cleaned' }).catch(async () => (await show(vm.id)) as VmInfo);
+    diedUp = await pollUntil(
+      async () => {
+        const v = await show(vm.id);
+        return v?.state === 'failed' && (await leftovers(v)).length === 0 ? v : undefined;
+      },
+      { timeoutMs: 10_000, intervalMs: 10, what: 'VM failed and cleaned' },
+    ).catch(async () => (await show(vm.id)) as VmInfo);
     assert.equal(diedUp.state, 'failed');
     assert.equal(diedUp.pid, undefined, 'a failed VM shows no pid');
     assert.match(failureOf(diedUp)?.reason ?? '', /QEMU/);
@@ -135,7 +154,10 @@ describe('a warm-pool process that dies', { timeout: 600_000 }, () => {
   });
   /** The pool's processes of `snap`, once it holds one: QEMU processes of this host that no VM has. */
   const pooled = async (snap: string): Promise<number[]> => {
-    await pollUntil(async () => (host.hostd.engine.warmCount(snap) === 1 ? true : undefined), { timeoutMs: 30_000, what: 'warm pool filled' });
+    await pollUntil(async () => (host.hostd.engine.warmCount(snap) === 1 ? true : undefined), {
+      timeoutMs: 30_000,
+      what: 'warm pool filled',
+    });
     const vms = new Set((await host.client.call('vm.list', {})).vms.map((v) => v.pid));
     return (await qemuPidsWhere((cmd) => cmd.includes(host.dataDir))).filter((p) => !vms.has(p));
   };
@@ -163,8 +185,11 @@ describe('a warm-pool process that dies', { timeout: 600_000 }, () => {
     const fromPoolMs = Math.round(performance.now() - t1);
     assert.equal(fromPool.children[0]?.timings?.warm, 1, 'the refilled pool served the fork');
     assert.equal(fromPool.children[0]?.pid, refilled);
-    t.diagnostic(`fork right after its warm process was killed: ${afterKillMs} ms (from the pool: ${afterKill.children[0]?.timings?.warm === 1}); fork from the refilled pool: ${fromPoolMs} ms (child ready ${fromPool.children[0]?.timings?.readyMs} ms)`);
-    for (const v of [parent, child, first.children[0] as VmInfo, fromPool.children[0] as VmInfo]) await host.client.call('vm.destroy', { id: v.id });
+    t.diagnostic(
+      `fork right after its warm process was killed: ${afterKillMs} ms (from the pool: ${afterKill.children[0]?.timings?.warm === 1}); fork from the refilled pool: ${fromPoolMs} ms (child ready ${fromPool.children[0]?.timings?.readyMs} ms)`,
+    );
+    for (const v of [parent, child, first.children[0] as VmInfo, fromPool.children[0] as VmInfo])
+      await host.client.call('vm.destroy', { id: v.id });
     await host.client.call('snapshot.delete', { id: snap });
   });
 });

@@ -7,7 +7,8 @@ import type { Proc } from './fault-runtime.js';
 
 /** Requests as the wire would give them, defaults filled in by the contract. */
 export const bootReq = (over: Partial<BootRequest> = {}): BootRequest => BootRequest.parse({ memMiB: 64, ...over });
-export const forkReq = (source: string, count: number, over: Partial<ForkRequest> = {}): ForkRequest => ForkRequest.parse({ source, count, ...over });
+export const forkReq = (source: string, count: number, over: Partial<ForkRequest> = {}): ForkRequest =>
+  ForkRequest.parse({ source, count, ...over });
 
 export const boot = (h: EngineHost, over: Partial<BootRequest> = {}): Promise<VmInfo> => h.engine.boot(bootReq(over));
 export const fork = (h: EngineHost, source: string, count: number, over: Partial<ForkRequest> = {}): Promise<ForkResult> =>
@@ -44,7 +45,11 @@ export async function snapsWithFiles(h: EngineHost): Promise<string[]> {
 }
 
 export const sorted = (xs: Iterable<string>): string[] => [...xs].sort();
-export const exists = (f: string): Promise<boolean> => fs.access(f).then(() => true, () => false);
+export const exists = (f: string): Promise<boolean> =>
+  fs.access(f).then(
+    () => true,
+    () => false,
+  );
 
 /**
  * The last test of a file: prints how long the file took (its own process, start-up included) and

@@ -6,7 +6,15 @@ import { HostEngine, ImageCatalog, type EngineLimits, type LayerStore, type Snap
 import { FaultPlan, withFaults } from './fault-plan.js';
 import { FaultRuntime } from './fault-runtime.js';
 import { fileTree } from './files.js';
-import { DryRunLayerStore, DryRunRuntime, FileRecordStore, Layout, LocalAppLayers, LocalSnapshotStore, ProcHostStats } from './hostd-internals.js';
+import {
+  DryRunLayerStore,
+  DryRunRuntime,
+  FileRecordStore,
+  Layout,
+  LocalAppLayers,
+  LocalSnapshotStore,
+  ProcHostStats,
+} from './hostd-internals.js';
 import { MemoryDirectory } from './memory-directory.js';
 
 /** One hostd engine without QEMU or NATS: dry-run processes, real stores over a temp dir, faults on call. */

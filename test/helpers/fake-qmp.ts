@@ -41,7 +41,9 @@ export class FakeQmpServer {
   #serve(s: net.Socket): void {
     this.sockets.add(s);
     s.on('close', () => this.sockets.delete(s));
-    s.write(JSON.stringify({ QMP: { version: { qemu: { major: 7, minor: 2, micro: 22 }, package: 'fake' }, capabilities: ['oob'] } }) + '\r\n');
+    s.write(
+      JSON.stringify({ QMP: { version: { qemu: { major: 7, minor: 2, micro: 22 }, package: 'fake' }, capabilities: ['oob'] } }) + '\r\n',
+    );
     let buf = '';
     s.on('data', (d) => {
       buf += d.toString();

@@ -46,7 +46,13 @@ export class FaultPlan {
 
   /** Arms a one-shot failure of `call`. */
   fail(call: string, opts: FaultOptions = {}): void {
-    this.#faults.push({ call, left: opts.nth ?? 1, where: opts.where, error: opts.error ?? new InjectedError(`injected failure of ${call}`), gate: opts.gate });
+    this.#faults.push({
+      call,
+      left: opts.nth ?? 1,
+      where: opts.where,
+      error: opts.error ?? new InjectedError(`injected failure of ${call}`),
+      gate: opts.gate,
+    });
   }
 
   /** Faults armed and not yet fired: a test checks it hit the step it meant to. */

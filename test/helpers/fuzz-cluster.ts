@@ -4,7 +4,15 @@ import path from 'node:path';
 import { connect } from '@nats-io/transport-node';
 import type { NatsConnection } from '@nats-io/nats-core';
 import { Kvm } from '@nats-io/kv';
-import { HostdClient, SchedulerClient, inboxPrefixOf, newClusterAuth, startNatsServer, type ClusterAuth, type NatsServer } from '@forky/bus';
+import {
+  HostdClient,
+  SchedulerClient,
+  inboxPrefixOf,
+  newClusterAuth,
+  startNatsServer,
+  type ClusterAuth,
+  type NatsServer,
+} from '@forky/bus';
 import { fileTree } from './files.js';
 import { qemuPidsWhere } from './procs.js';
 import { RawNats } from './raw-nats.js';
@@ -38,13 +46,40 @@ export class FuzzCluster {
     await fs.chmod(dir, 0o711);
     const auth = newClusterAuth([hostId, rogueId]);
     const nats = await startNatsServer({ auth });
-    const op = await connect({ servers: nats.url, user: auth.operator.user, pass: auth.operator.pass, inboxPrefix: inboxPrefixOf(auth.operator.user) });
-    const c = new FuzzCluster(dir, auth, nats, op, await RawNats.connect(nats.port, auth.operator), hostId, rogueId, new HostdClient(op, hostId, { timeoutMs: 120_000 }), new SchedulerClient(op, { timeoutMs: 120_000 }));
+    const op = await connect({
+      servers: nats.url,
+      user: auth.operator.user,
+      pass: auth.operator.pass,
+      inboxPrefix: inboxPrefixOf(auth.operator.user),
+    });
+    const c = new FuzzCluster(
+      dir,
+      auth,
+      nats,
+      op,
+      await RawNats.connect(nats.port, auth.operator),
+      hostId,
+      rogueId,
+      new HostdClient(op, hostId, { timeoutMs: 120_000 }),
+      new SchedulerClient(op, { timeoutMs: 120_000 }),
+    );
     const config = path.join(dir, 'hostd.json');
     await fs.writeFile(config, JSON.stringify(opts.dryRun ? { dryRun: true, pool: { size: 0 } } : {}));
     const creds = auth.hosts[hostId] as { user: string; pass: string };
-    const env = { ...hostdEnv({ hostId, natsUrl: nats.url, dataDir: c.dataDir, ramDir: c.ramDir }), FORKY_HOSTD_CONFIG: config, FORKY_NATS_USER: creds.user, FORKY_NATS_PASS: creds.pass };
-    c.procs.push(await spawnService(HOSTD_MAIN, env, path.join(dir, 'hostd.log'), () => c.host.call('host.info', {}, { timeoutMs: 1000 }).then(() => true, () => false)));
+    const env = {
+      ...hostdEnv({ hostId, natsUrl: nats.url, dataDir: c.dataDir, ramDir: c.ramDir }),
+      FORKY_HOSTD_CONFIG: config,
+      FORKY_NATS_USER: creds.user,
+      FORKY_NATS_PASS: creds.pass,
+    };
+    c.procs.push(
+      await spawnService(HOSTD_MAIN, env, path.join(dir, 'hostd.log'), () =>
+        c.host.call('host.info', {}, { timeoutMs: 1000 }).then(
+          () => true,
+          () => false,
+        ),
+      ),
+    );
     await c.startScheduler('sched-a');
     return c;
   }
@@ -59,10 +94,18 @@ export class FuzzCluster {
 
   /** A scheduler process; serving once it sees the host alive. */
   async startScheduler(name: string): Promise<ServiceProc> {
-    const env = { FORKY_NATS_URL: this.nats.url, FORKY_NATS_USER: this.auth.scheduler.user, FORKY_NATS_PASS: this.auth.scheduler.pass, FORKY_LOG_LEVEL: 'info' };
+    const env = {
+      FORKY_NATS_URL: this.nats.url,
+      FORKY_NATS_USER: this.auth.scheduler.user,
+      FORKY_NATS_PASS: this.auth.scheduler.pass,
+      FORKY_LOG_LEVEL: 'info',
+    };
     const probe = new SchedulerClient(this.op, { timeoutMs: 1000 });
     const p = await spawnService(SCHEDULER_MAIN, env, path.join(this.dir, `${name}.log`), () =>
-      probe.call('hosts', {}).then((r) => r.hosts.some((h) => h.id === this.hostId && h.alive), () => false),
+      probe.call('hosts', {}).then(
+        (r) => r.hosts.some((h) => h.id === this.hostId && h.alive),
+        () => false,
+      ),
     );
     this.procs.push(p);
     return p;

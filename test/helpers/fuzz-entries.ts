@@ -30,15 +30,31 @@ export const HOSTILE_VALUES: ReadonlyArray<{ value: Uint8Array; how: string }> =
   ['{"host":"fz1","x":"\\u0000"}', 'an extra field'],
   ['{"__proto__":{"host":"fz1"}}', 'a prototype trick'],
   ['{"host":', 'truncated JSON'],
-  [`{"id":"snap-yyyyyyyyyyyy","host":"fz1","image":"tiny","vm":"vm-yyyyyyyyyyyy","createdAt":"2026-01-01T00:00:00.000Z"}`, 'a lineage node filed under another id'],
+  [
+    `{"id":"snap-yyyyyyyyyyyy","host":"fz1","image":"tiny","vm":"vm-yyyyyyyyyyyy","createdAt":"2026-01-01T00:00:00.000Z"}`,
+    'a lineage node filed under another id',
+  ],
   [`${'['.repeat(20_000)}${']'.repeat(20_000)}`, 'nested 20000 deep'],
   [`{"host":"${'h'.repeat(200_000)}"}`, 'a 200 kB host'],
   [`{"id":"fz2\\r\\nX: y","ts":1e308,"vmList":"\\u2028"}`, 'a heartbeat with control characters'],
-].map(([v, how]) => ({ value: enc.encode(v as string), how: how as string }))
-  .concat(INVALID_UTF8.map((b) => ({ value: Uint8Array.from([0x7b, 0x22, 0x68, 0x22, 0x3a, 0x22, ...b, 0x22, 0x7d]), how: `a host of bytes ${Buffer.from(b).toString('hex')}` })));
+]
+  .map(([v, how]) => ({ value: enc.encode(v as string), how: how as string }))
+  .concat(
+    INVALID_UTF8.map((b) => ({
+      value: Uint8Array.from([0x7b, 0x22, 0x68, 0x22, 0x3a, 0x22, ...b, 0x22, 0x7d]),
+      how: `a host of bytes ${Buffer.from(b).toString('hex')}`,
+    })),
+  );
 
 /** Subject tokens NATS carries but no client makes: a control byte, NUL, DEL, bytes that are not UTF-8. */
-export const ODD_TOKENS: readonly Buffer[] = [Buffer.from([0x01]), Buffer.from([0x00]), Buffer.from([0x7f]), Buffer.from([0xff, 0xfe]), Buffer.from('ü'), Buffer.from([0x1b, 0x5b, 0x32, 0x4a])];
+export const ODD_TOKENS: readonly Buffer[] = [
+  Buffer.from([0x01]),
+  Buffer.from([0x00]),
+  Buffer.from([0x7f]),
+  Buffer.from([0xff, 0xfe]),
+  Buffer.from('ü'),
+  Buffer.from([0x1b, 0x5b, 0x32, 0x4a]),
+];
 
 /**
  * Writes hostile entries, with one host's credentials, into everything that host may write
@@ -60,7 +76,13 @@ export class HostileWriter {
     const nc = await connect({ servers: url, user: creds.user, pass: creds.pass, inboxPrefix: inboxPrefixOf(creds.user) });
     const kvm = new Kvm(nc);
     const kv = { hosts: await kvm.open(BUCKETS.hosts), locator: await kvm.open(BUCKETS.locator), lineage: await kvm.open(BUCKETS.lineage) };
-    return new HostileWriter(nc, await RawNats.connect(port, creds, `${inboxPrefixOf(creds.user)}.raw`), rogueId, kv, await new Objm(nc).open(PARTS_BUCKET));
+    return new HostileWriter(
+      nc,
+      await RawNats.connect(port, creds, `${inboxPrefixOf(creds.user)}.raw`),
+      rogueId,
+      kv,
+      await new Objm(nc).open(PARTS_BUCKET),
+    );
   }
 
   /** Writes `value` everywhere this host may write, and waits until the server has it all. */
@@ -71,7 +93,8 @@ export class HostileWriter {
     for (const key of [GHOST_SNAP, 'snap-xxxxxxxxxxxx']) await this.kv.lineage.put(key, value);
     await this.parts.putBlob({ name: `manifest.${GHOST_SNAP}` }, value);
     for (const t of ODD_TOKENS) {
-      for (const b of [BUCKETS.locator, BUCKETS.lineage]) this.raw.publish(Buffer.concat([Buffer.from(`$KV.${b}.`), t]), Buffer.from(value));
+      for (const b of [BUCKETS.locator, BUCKETS.lineage])
+        this.raw.publish(Buffer.concat([Buffer.from(`$KV.${b}.`), t]), Buffer.from(value));
     }
     this.written += 8 + 2 * ODD_TOKENS.length;
     await this.nc.flush();
@@ -85,7 +108,8 @@ export class HostileWriter {
     for (const key of [GHOST_SNAP, 'snap-xxxxxxxxxxxx']) await this.kv.lineage.delete(key);
     await this.parts.delete(`manifest.${GHOST_SNAP}`);
     for (const t of ODD_TOKENS) {
-      for (const b of [BUCKETS.locator, BUCKETS.lineage]) this.raw.publish(Buffer.concat([Buffer.from(`$KV.${b}.`), t]), '', { headers: 'NATS/1.0\r\nKV-Operation: DEL\r\n\r\n' });
+      for (const b of [BUCKETS.locator, BUCKETS.lineage])
+        this.raw.publish(Buffer.concat([Buffer.from(`$KV.${b}.`), t]), '', { headers: 'NATS/1.0\r\nKV-Operation: DEL\r\n\r\n' });
     }
     await this.raw.flush();
   }

@@ -33,7 +33,10 @@ export async function createTestNet(n: number): Promise<TestNet> {
   const made: string[] = [];
   const destroy = async (): Promise<void> => {
     for (const ns of made) {
-      const pids = await run('ip', ['netns', 'pids', ns]).then((r) => r.stdout.split('\n').filter(Boolean), () => []);
+      const pids = await run('ip', ['netns', 'pids', ns]).then(
+        (r) => r.stdout.split('\n').filter(Boolean),
+        () => [],
+      );
       for (const p of pids) {
         try {
           process.kill(Number(p), 'SIGKILL');

@@ -32,9 +32,20 @@ export class RawNats {
   /** `inbox`: where replies come, one the user may subscribe to (a host may only its own, see auth.ts). */
   static async connect(port: number, creds?: { user: string; pass: string }, inbox = '_INBOX.raw'): Promise<RawNats> {
     const sock = net.connect(port, '127.0.0.1');
-    await withDeadline(new Promise<void>((resolve, reject) => sock.once('connect', resolve).once('error', reject)), 5000, 'raw NATS connect');
+    await withDeadline(
+      new Promise<void>((resolve, reject) => sock.once('connect', resolve).once('error', reject)),
+      5000,
+      'raw NATS connect',
+    );
     const raw = new RawNats(sock, inbox);
-    const opts = { verbose: false, pedantic: false, headers: true, no_responders: true, protocol: 1, ...(creds ? { user: creds.user, pass: creds.pass } : {}) };
+    const opts = {
+      verbose: false,
+      pedantic: false,
+      headers: true,
+      no_responders: true,
+      protocol: 1,
+      ...(creds ? { user: creds.user, pass: creds.pass } : {}),
+    };
     sock.write(`CONNECT ${JSON.stringify(opts)}\r\nSUB ${inbox}.> 1\r\n`);
     await raw.flush();
     return raw;
@@ -62,18 +73,34 @@ export class RawNats {
     const body = Buffer.from(payload);
     const reply = opts.reply === undefined ? [] : [Buffer.from(' '), Buffer.from(opts.reply)];
     if (opts.headers === undefined) {
-      this.sock.write(Buffer.concat([Buffer.from('PUB '), Buffer.from(subject), ...reply, Buffer.from(` ${body.length}\r\n`), body, Buffer.from('\r\n')]));
+      this.sock.write(
+        Buffer.concat([Buffer.from('PUB '), Buffer.from(subject), ...reply, Buffer.from(` ${body.length}\r\n`), body, Buffer.from('\r\n')]),
+      );
       return;
     }
     const hdr = Buffer.from(opts.headers);
-    this.sock.write(Buffer.concat([Buffer.from('HPUB '), Buffer.from(subject), ...reply, Buffer.from(` ${hdr.length} ${hdr.length + body.length}\r\n`), hdr, body, Buffer.from('\r\n')]));
+    this.sock.write(
+      Buffer.concat([
+        Buffer.from('HPUB '),
+        Buffer.from(subject),
+        ...reply,
+        Buffer.from(` ${hdr.length} ${hdr.length + body.length}\r\n`),
+        hdr,
+        body,
+        Buffer.from('\r\n'),
+      ]),
+    );
   }
 
   /**
    * A request whose reply subject is `<inbox>.<n>` plus `replySuffix` (odd bytes allowed where
    * NATS carries them); resolves with the reply, or undefined if none came within `timeoutMs`.
    */
-  async request(subject: Buffer | string, payload: Buffer | string, opts: { headers?: Buffer | string; replySuffix?: Buffer; timeoutMs?: number } = {}): Promise<RawReply | undefined> {
+  async request(
+    subject: Buffer | string,
+    payload: Buffer | string,
+    opts: { headers?: Buffer | string; replySuffix?: Buffer; timeoutMs?: number } = {},
+  ): Promise<RawReply | undefined> {
     const reply = Buffer.concat([Buffer.from(`${this.inbox}.${this.#next++}`), opts.replySuffix ?? Buffer.alloc(0)]);
     const key = reply.toString('latin1');
     const got = new Promise<RawReply>((resolve) => this.#waiting.set(key, resolve));

@@ -16,7 +16,10 @@ export async function startTestScheduler(
   natsUrl: string,
   opts: { nats?: Record<string, unknown>; config?: Record<string, unknown>; clientOptions?: Partial<ConnectionOptions> } = {},
 ): Promise<TestScheduler> {
-  const sched = await startScheduler(loadSchedulerConfig({ nats: { servers: [natsUrl], ...opts.nats }, logLevel: 'warn', ...opts.config }), testLogger());
+  const sched = await startScheduler(
+    loadSchedulerConfig({ nats: { servers: [natsUrl], ...opts.nats }, logLevel: 'warn', ...opts.config }),
+    testLogger(),
+  );
   const nc = await connect({ servers: natsUrl, ...opts.clientOptions });
   return {
     running: sched,

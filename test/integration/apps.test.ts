@@ -80,7 +80,9 @@ describe('app-directory overlays: a host directory, read-only underneath, writab
     // Read-only underneath: the layer's own mount refuses writes; the overlay takes them.
     const lower = (await sh(parent.id, 'grep " /run/forky/apps/" /proc/mounts')).trim();
     assert.match(lower, / ro[, ]/);
-    t.diagnostic(`packed and uploaded ${appDir} in ${Math.round(packMs)} ms (layer ${app.layer.slice(0, 12)}…); booted ${parent.id} with it`);
+    t.diagnostic(
+      `packed and uploaded ${appDir} in ${Math.round(packMs)} ms (layer ${app.layer.slice(0, 12)}…); booted ${parent.id} with it`,
+    );
   });
 
   it('3 children of a fork read the same app directory, each sees only its own writes, the host directory is untouched', async (t) => {
@@ -89,7 +91,8 @@ describe('app-directory overlays: a host directory, read-only underneath, writab
     const fork = await client.call('fork', { source: parent.id, count: 3, resumeParent: true, key: 'apps-fork' });
     children = fork.children;
     assert.equal(children.length, 3);
-    for (const [i, c] of children.entries()) await sh(c.id, `echo child-${i} > /opt/app/mine.txt && echo changed-${i} >> /opt/app/hello.txt`);
+    for (const [i, c] of children.entries())
+      await sh(c.id, `echo child-${i} > /opt/app/mine.txt && echo changed-${i} >> /opt/app/hello.txt`);
     for (const [i, c] of children.entries()) {
       assert.equal((await sh(c.id, 'cat /opt/app/mine.txt')).trim(), `child-${i}`);
       assert.equal(await sh(c.id, 'cat /opt/app/hello.txt'), `v1\nchanged-${i}\n`);
@@ -100,7 +103,9 @@ describe('app-directory overlays: a host directory, read-only underneath, writab
     assert.equal(await sh(parent.id, 'cat /opt/app/hello.txt; ls /opt/app/mine.txt 2>/dev/null || echo none'), 'v1\nnone\n');
     assert.equal(await treeDigest(appDir), hostBefore, 'the host directory is untouched');
     const disks = await sh(children[0]?.id as string, 'ls /sys/block | tr "\\n" " "');
-    t.diagnostic(`3 children of ${parent.id} share layer ${app.layer.slice(0, 12)}… (guest disks: ${disks.trim()}); each read back only its own write; host directory digest unchanged`);
+    t.diagnostic(
+      `3 children of ${parent.id} share layer ${app.layer.slice(0, 12)}… (guest disks: ${disks.trim()}); each read back only its own write; host directory digest unchanged`,
+    );
   });
 
   it('a changed directory reaches a running VM as a new layer, its own writes kept, the old layer unplugged', async (t) => {
@@ -149,7 +154,9 @@ describe('app-directory overlays: a host directory, read-only underneath, writab
     for (const c of away) assert.equal(await sh(c.id, 'cat /opt/app/hello.txt /opt/app/parent.txt'), 'v2\nparent\n');
     const there = await fs.readdir(path.join(hostB.dataDir, 'apps'));
     assert.ok(there.includes(`${app.layer}.ext4`), 'apps-b fetched the layer by its digest');
-    t.diagnostic(`${away.length} child(ren) on apps-b read layer ${app.layer.slice(0, 12)}…, fetched from the object store with the snapshot`);
+    t.diagnostic(
+      `${away.length} child(ren) on apps-b read layer ${app.layer.slice(0, 12)}…, fetched from the object store with the snapshot`,
+    );
   });
 
   it('refuses bad app requests with a typed error naming the field, and changes nothing', async () => {
@@ -164,7 +171,8 @@ describe('app-directory overlays: a host directory, read-only underneath, writab
     await bad({ apps: [{ layer: 'f'.repeat(64), mount: '/opt/other' }] }, 'NOT_FOUND');
     assert.deepEqual(await client.call('vm.show', { id: parent.id }), before);
     // A fork whose children's layer no store has is refused before the parent is snapshotted.
-    const counts = async (): Promise<string> => `${(await client.call('vm.list', {})).vms.length} ${(await client.call('snapshot.list', {})).snapshots.length}`;
+    const counts = async (): Promise<string> =>
+      `${(await client.call('vm.list', {})).vms.length} ${(await client.call('snapshot.list', {})).snapshots.length}`;
     const was = await counts();
     const e = await refused(client.call('fork', { source: parent.id, count: 2, apps: [{ layer: 'f'.repeat(64), mount: '/opt/z' }] }));
     assert.equal(e.code, 'NOT_FOUND', e.message);

@@ -20,8 +20,15 @@ describe('bad requests get a typed error and change nothing', { timeout: 300_000
   const raw = async (endpoint: HostdEndpoint, body: Uint8Array, contentType?: string) => {
     const h = headers();
     if (contentType) h.set('Content-Type', contentType);
-    const msg = await host.nc.request(subjects.host(host.hostId, endpoint), body, { timeout: 30_000, ...(contentType ? { headers: h } : {}) });
-    return { status: msg.headers?.get('Nats-Service-Error-Code') || undefined, desc: msg.headers?.get('Nats-Service-Error') || undefined, body: msg.data };
+    const msg = await host.nc.request(subjects.host(host.hostId, endpoint), body, {
+      timeout: 30_000,
+      ...(contentType ? { headers: h } : {}),
+    });
+    return {
+      status: msg.headers?.get('Nats-Service-Error-Code') || undefined,
+      desc: msg.headers?.get('Nats-Service-Error') || undefined,
+      body: msg.data,
+    };
   };
   const json = async (endpoint: HostdEndpoint, body: unknown) => {
     const r = await raw(endpoint, enc.encode(JSON.stringify(body)));
@@ -58,7 +65,12 @@ describe('bad requests get a typed error and change nothing', { timeout: 300_000
   });
 
   it('refuses malformed and hostile requests with a typed error naming the problem', async () => {
-    const before = { vms: await host.client.call('vm.list', {}), snaps: await host.client.call('snapshot.list', {}), files: await tree(host.dataDir), ram: await tree(host.ramDir) };
+    const before = {
+      vms: await host.client.call('vm.list', {}),
+      snaps: await host.client.call('snapshot.list', {}),
+      files: await tree(host.dataDir),
+      ram: await tree(host.ramDir),
+    };
 
     // Neither msgpack nor JSON.
     const notMsgpack = await raw('vm.boot', Uint8Array.from([0xc1, 0xc1, 0xc1]));
@@ -95,7 +107,10 @@ describe('bad requests get a typed error and change nothing', { timeout: 300_000
   });
 
   it('is a discoverable micro service ($SRV.PING / INFO / STATS), as `nats micro` sees it', async () => {
-    const ping = JSON.parse(dec.decode((await host.nc.request('$SRV.PING.forky-hostd', new Uint8Array(), { timeout: 5000 })).data)) as { name: string; metadata: Record<string, string> };
+    const ping = JSON.parse(dec.decode((await host.nc.request('$SRV.PING.forky-hostd', new Uint8Array(), { timeout: 5000 })).data)) as {
+      name: string;
+      metadata: Record<string, string>;
+    };
     assert.equal(ping.name, 'forky-hostd');
     assert.equal(ping.metadata.host, host.hostId);
     const info = JSON.parse(dec.decode((await host.nc.request('$SRV.INFO.forky-hostd', new Uint8Array(), { timeout: 5000 })).data)) as {
@@ -103,7 +118,10 @@ describe('bad requests get a typed error and change nothing', { timeout: 300_000
     };
     const fork = info.endpoints.find((e) => e.name === 'fork');
     assert.equal(fork?.subject, `forky.v1.host.${host.hostId}.fork`);
-    assert.ok(info.endpoints.every((e) => e.subject.startsWith(`forky.v1.host.${host.hostId}.`)), 'every endpoint is under the host prefix');
+    assert.ok(
+      info.endpoints.every((e) => e.subject.startsWith(`forky.v1.host.${host.hostId}.`)),
+      'every endpoint is under the host prefix',
+    );
     const stats = JSON.parse(dec.decode((await host.nc.request('$SRV.STATS.forky-hostd', new Uint8Array(), { timeout: 5000 })).data)) as {
       endpoints: Array<{ name: string; data: { requests: number; errors: number; lastError: string } }>;
     };

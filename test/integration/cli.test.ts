@@ -28,7 +28,10 @@ describe('the forky CLI against a local cluster, as a new user would', { timeout
   let server: string;
   const forky = async (args: string[], opts: { timeoutMs?: number } = {}): Promise<Run> => {
     try {
-      const r = await promisify(execFile)(process.execPath, [CLI, ...args], { env: { ...process.env, FORKY_DATA: data }, timeout: opts.timeoutMs ?? 300_000 });
+      const r = await promisify(execFile)(process.execPath, [CLI, ...args], {
+        env: { ...process.env, FORKY_DATA: data },
+        timeout: opts.timeoutMs ?? 300_000,
+      });
       return { code: 0, stdout: r.stdout, stderr: r.stderr };
     } catch (e) {
       const err = e as { code?: number; stdout?: string; stderr?: string };
@@ -76,7 +79,15 @@ describe('the forky CLI against a local cluster, as a new user would', { timeout
   it('boots, execs, forks 4, lists and removes VMs through --json', async () => {
     parent = await json<VmInfo>(['vm', 'boot']);
     assert.equal(parent.state, 'running');
-    const ex = await json<{ exitCode: number; stdout: string }>(['vm', 'exec', parent.id, '--', 'sh', '-c', 'echo forked-from > /run/origin; cat /proc/sys/kernel/random/boot_id']);
+    const ex = await json<{ exitCode: number; stdout: string }>([
+      'vm',
+      'exec',
+      parent.id,
+      '--',
+      'sh',
+      '-c',
+      'echo forked-from > /run/origin; cat /proc/sys/kernel/random/boot_id',
+    ]);
     assert.equal(ex.exitCode, 0);
     const bootId = ex.stdout.trim();
     const plain = await forky(['vm', 'exec', parent.id, '--', 'sh', '-c', 'echo out; echo err >&2; exit 7']);
@@ -94,7 +105,10 @@ describe('the forky CLI against a local cluster, as a new user would', { timeout
     assert.deepEqual(ls.map((v) => v.id).sort(), [parent.id, ...fork.children.map((c) => c.id)].sort());
 
     const rm = await json<VmInfo[]>(['vm', 'rm', ...fork.children.slice(0, 2).map((c) => c.id)]);
-    assert.deepEqual(rm.map((v) => v.state), ['destroyed', 'destroyed']);
+    assert.deepEqual(
+      rm.map((v) => v.state),
+      ['destroyed', 'destroyed'],
+    );
     assert.deepEqual(await qemuPidsOf(fork.children.slice(0, 2).map((c) => c.id)), []);
     assert.equal((await json<VmInfo[]>(['vm', 'ls'])).length, 3);
   });
@@ -117,10 +131,12 @@ describe('the forky CLI against a local cluster, as a new user would', { timeout
     const ms = Date.now() - t0;
     assert.equal(r.code, 1, r.stderr);
     assert.match(r.stderr, /TIMEOUT/);
-    assert.doesNotMatch(r.stderr, /retrying/, 'the exec\'s own timeout is a reply, not a lost one');
+    assert.doesNotMatch(r.stderr, /retrying/, "the exec's own timeout is a reply, not a lost one");
     const runs = await json<{ stdout: string }>(['vm', 'exec', vm.id, '--', 'cat', '/tmp/runs']);
     assert.equal(runs.stdout, 'run\n', 'the command ran once');
-    process.stderr.write(`# exec --timeout 2000 of a 5 s command: failed after ${ms} ms; /tmp/runs has ${runs.stdout.split('\n').length - 1} line\n`);
+    process.stderr.write(
+      `# exec --timeout 2000 of a 5 s command: failed after ${ms} ms; /tmp/runs has ${runs.stdout.split('\n').length - 1} line\n`,
+    );
     // The old spelling still works.
     const old = await forky(['vm', 'exec', vm.id, '--exec-timeout', '2000', '--', 'sleep', '5']);
     assert.equal(old.code, 1);
@@ -133,7 +149,10 @@ describe('the forky CLI against a local cluster, as a new user would', { timeout
     try {
       await fs.writeFile(path.join(dir, 'f.txt'), 'from the host\n');
       const v = await json<VmInfo>(['vm', 'app', vm.id, '--app', `${dir}:/opt/x`]);
-      assert.deepEqual(v.apps?.map((a) => a.mount), ['/opt/x']);
+      assert.deepEqual(
+        v.apps?.map((a) => a.mount),
+        ['/opt/x'],
+      );
       assert.equal((await json<{ stdout: string }>(['vm', 'exec', vm.id, '--', 'cat', '/opt/x/f.txt'])).stdout, 'from the host\n');
       const bad = await forky(['vm', 'app', vm.id, '--app', `${dir}:/etc/x`]);
       assert.equal(bad.code, 2, bad.stderr);
@@ -156,7 +175,11 @@ describe('the forky CLI against a local cluster, as a new user would', { timeout
     const authDir = path.join(data, 'auth');
     const cluster = JSON.parse(await fs.readFile(path.join(data, 'cluster.json'), 'utf8')) as { authFile?: string };
     assert.equal(cluster.authFile, path.join(authDir, 'operator.json'));
-    await assert.rejects(connect({ servers: server, reconnect: false }), /Authorization/i, 'the local cluster refuses a client without credentials');
+    await assert.rejects(
+      connect({ servers: server, reconnect: false }),
+      /Authorization/i,
+      'the local cluster refuses a client without credentials',
+    );
     const second = spawn(process.execPath, [SCHEDULER, '--nats', server, '--log-level', 'warn'], {
       stdio: 'ignore',
       env: { ...process.env, FORKY_NATS_AUTH_FILE: path.join(authDir, 'scheduler.json') },
@@ -190,7 +213,8 @@ describe('the forky CLI against a local cluster, as a new user would', { timeout
         (async () => {
           for (;;) {
             let claimed = 0;
-            for await (const k of await requests.keys()) if (k.startsWith('batch-') && (await requests.get(k))?.operation === 'PUT') claimed++;
+            for await (const k of await requests.keys())
+              if (k.startsWith('batch-') && (await requests.get(k))?.operation === 'PUT') claimed++;
             if (claimed >= 4) return;
             await new Promise((r) => setTimeout(r, 20));
           }
@@ -212,7 +236,11 @@ describe('the forky CLI against a local cluster, as a new user would', { timeout
       const runs = await Promise.all(batches);
       const retried = runs.filter((r) => /retrying/.test(r.stderr)).length;
       for (const r of runs) assert.equal(r.code, 0, r.stderr);
-      const children = runs.flatMap((r) => (JSON.parse(r.stdout) as { results: Array<{ ok: boolean; result: ForkResult }> }).results.flatMap((x) => x.result.children.map((c) => c.id)));
+      const children = runs.flatMap((r) =>
+        (JSON.parse(r.stdout) as { results: Array<{ ok: boolean; result: ForkResult }> }).results.flatMap((x) =>
+          x.result.children.map((c) => c.id),
+        ),
+      );
       assert.equal(children.length, 16);
       assert.equal(new Set(children).size, 16);
       const after = await json<VmInfo[]>(['vm', 'ls']);
@@ -224,7 +252,9 @@ describe('the forky CLI against a local cluster, as a new user would', { timeout
         assert.equal(v?.state, 'done', `${k} finished`);
         assert.ok(!v?.owner.endsWith(`-pid${first.pid}`), `${k} was finished by the other scheduler`);
       }
-      process.stderr.write(`# ${onFirst.length} of 4 batch jobs were running on the killed scheduler, each finished once by the other; ${retried} clients asked again\n`);
+      process.stderr.write(
+        `# ${onFirst.length} of 4 batch jobs were running on the killed scheduler, each finished once by the other; ${retried} clients asked again\n`,
+      );
     } finally {
       // Closed whatever happened: an open connection would keep the test process from exiting.
       await opened?.close();

@@ -55,7 +55,10 @@ describe('forky up / down on a running cluster, under faults', { timeout: 600_00
   const forky = async (args: string[], timeoutMs = 150_000): Promise<Run> => {
     const t0 = Date.now();
     try {
-      const r = await promisify(execFile)(process.execPath, [CLI, ...args], { env: { ...process.env, FORKY_DATA: data }, timeout: timeoutMs });
+      const r = await promisify(execFile)(process.execPath, [CLI, ...args], {
+        env: { ...process.env, FORKY_DATA: data },
+        timeout: timeoutMs,
+      });
       return { code: 0, stdout: r.stdout, stderr: r.stderr, ms: Date.now() - t0 };
     } catch (e) {
       const err = e as { code?: number; stdout?: string; stderr?: string };
@@ -75,7 +78,11 @@ describe('forky up / down on a running cluster, under faults', { timeout: 600_00
   const ofData = (cmd: string): boolean => cmd.includes(`${data}/`) || cmd.includes(`${ramRoot}/`);
   const killAndWait = async (pid: number): Promise<void> => {
     process.kill(pid, 'SIGKILL');
-    await pollUntil(async () => ((await isRunning(pid)) ? undefined : true), { timeoutMs: 10_000, intervalMs: 20, what: `pid ${pid} gone` });
+    await pollUntil(async () => ((await isRunning(pid)) ? undefined : true), {
+      timeoutMs: 10_000,
+      intervalMs: 20,
+      what: `pid ${pid} gone`,
+    });
   };
 
   before(async () => {
@@ -107,7 +114,13 @@ describe('forky up / down on a running cluster, under faults', { timeout: 600_00
     assert.equal(second.server, first.server);
     assert.equal(second.processes.find((p) => p.role === 'nats')?.pid, nats?.pid, 'the server reloaded its users, it did not restart');
     const hosts = await json<Array<{ id: string; alive: boolean }>>(['hosts']);
-    assert.deepEqual(hosts.filter((h) => h.alive).map((h) => h.id).sort(), ['host-1', 'host-2']);
+    assert.deepEqual(
+      hosts
+        .filter((h) => h.alive)
+        .map((h) => h.id)
+        .sort(),
+      ['host-1', 'host-2'],
+    );
     const authFile = (JSON.parse(await fs.readFile(path.join(data, 'cluster.json'), 'utf8')) as { authFile: string }).authFile;
     const nc = await connectBus({ servers: second.server, name: 'cluster-test', authFile });
     try {
@@ -117,7 +130,10 @@ describe('forky up / down on a running cluster, under faults', { timeout: 600_00
     } finally {
       await nc.close();
     }
-    const conf = JSON.parse(await fs.readFile(path.join(data, 'auth', 'nats.conf'), 'utf8')) as { port: number; jetstream?: { store_dir: string } };
+    const conf = JSON.parse(await fs.readFile(path.join(data, 'auth', 'nats.conf'), 'utf8')) as {
+      port: number;
+      jetstream?: { store_dir: string };
+    };
     assert.equal(`nats://127.0.0.1:${conf.port}`, second.server, 'the config names the port the cluster uses');
     assert.ok(conf.jetstream?.store_dir, 'the config turns JetStream on');
   });
@@ -156,7 +172,14 @@ describe('forky up / down on a running cluster, under faults', { timeout: 600_00
     assert.match(r.stdout, new RegExp(`killed ${qemu.length} QEMU process`));
     process.stderr.write(`# down with hostd gone: ${r.stdout}`);
     assert.deepEqual(await qemuPidsWhere(ofData), [], 'no QEMU of this data dir runs');
-    assert.equal(await fs.access(ramRoot).then(() => 'exists', () => 'gone'), 'gone', 'no RAM file is left');
+    assert.equal(
+      await fs.access(ramRoot).then(
+        () => 'exists',
+        () => 'gone',
+      ),
+      'gone',
+      'no RAM file is left',
+    );
     assert.deepEqual((await json<{ processes: unknown[] }>(['status'])).processes, []);
   });
 
@@ -169,11 +192,23 @@ describe('forky up / down on a running cluster, under faults', { timeout: 600_00
     const again = await up(2);
     assert.equal(again.server, st.server, 'same port');
     assert.notEqual(again.processes.find((p) => p.role === 'nats')?.pid, nats.pid);
-    const services = (ps: Proc[]): string[] => ps.filter((p) => p.role !== 'nats').map((p) => `${p.role}:${p.pid}`).sort();
+    const services = (ps: Proc[]): string[] =>
+      ps
+        .filter((p) => p.role !== 'nats')
+        .map((p) => `${p.role}:${p.pid}`)
+        .sort();
     assert.deepEqual(services(again.processes), services(st.processes), 'the running services were left alone');
     // Through the scheduler to every hostd and back (the VM `down` killed above is no longer running).
-    assert.deepEqual((await json<VmInfo[]>(['vm', 'ls'])).filter((v) => v.state === 'running'), []);
-    const ready = natsTime((await fs.readFile(log, 'utf8')).split('\n').filter((l) => l.includes('Server is ready')).at(-1) ?? '');
+    assert.deepEqual(
+      (await json<VmInfo[]>(['vm', 'ls'])).filter((v) => v.state === 'running'),
+      [],
+    );
+    const ready = natsTime(
+      (await fs.readFile(log, 'utf8'))
+        .split('\n')
+        .filter((l) => l.includes('Server is ready'))
+        .at(-1) ?? '',
+    );
     const figures: string[] = [];
     for (const name of ['scheduler', 'hostd-host-1', 'hostd-host-2']) {
       const at = await reconnectedAt(path.join(data, 'logs', `${name}.log`));
@@ -195,7 +230,10 @@ describe('forky up / down on a running cluster, under faults', { timeout: 600_00
     try {
       const r = await forky(['up', '--detach', '--hosts', '2'], 60_000);
       assert.equal(r.code, 1, r.stderr);
-      assert.match(r.stderr, new RegExp(`CONFLICT: port ${new URL(st.server).port}, where this cluster's hostd and scheduler reconnect, is taken`));
+      assert.match(
+        r.stderr,
+        new RegExp(`CONFLICT: port ${new URL(st.server).port}, where this cluster's hostd and scheduler reconnect, is taken`),
+      );
     } finally {
       if (squatting) await new Promise((resolve) => squatter.close(resolve));
     }

@@ -74,7 +74,9 @@ describe('vm.exec through the scheduler (real nats-server and scheduler, a fake 
   });
 
   it('sends a keyless exec once, and adds no key of its own, when its host does not answer in time', async () => {
-    const late = await new SchedulerClient(nc, { timeoutMs: 1_500 }).call('vm.exec', { id: VM, cmd: ['hang'] }).catch((e: unknown) => e as ForkyError);
+    const late = await new SchedulerClient(nc, { timeoutMs: 1_500 })
+      .call('vm.exec', { id: VM, cmd: ['hang'] })
+      .catch((e: unknown) => e as ForkyError);
     assert.equal((late as ForkyError).code, 'TIMEOUT');
     release();
     // A request after it, answered: anything the scheduler had re-sent of the first was sent before it.

@@ -37,7 +37,11 @@ describe('exec output larger than a reply can carry, on a real guest', { timeout
       HOSTD_MAIN,
       { ...hostdEnv({ hostId: HOST, natsUrl: nats.url, dataDir: path.join(dir, 'data'), ramDir: ramDir() }), FORKY_LOG_LEVEL: 'warn' },
       path.join(dir, 'hostd.log'),
-      () => client.call('host.info', {}, { timeoutMs: 1000 }).then(() => true, () => false),
+      () =>
+        client.call('host.info', {}, { timeoutMs: 1000 }).then(
+          () => true,
+          () => false,
+        ),
     );
   });
   after(async () => {
@@ -71,7 +75,9 @@ describe('exec output larger than a reply can carry, on a real guest', { timeout
     const mid = await refused(client.call('vm.exec', { id: vm.id, cmd: ['head', '-c', '1200000', '/dev/zero'] }));
     assert.equal(mid.code, 'CAPACITY', mid.message);
     const growth = Math.max(...after) - before;
-    t.diagnostic(`hostd RSS: before ${before} MiB, after each 50 MB exec ${after.join(', ')} MiB (growth ${growth} MiB); exec times ${times.join(', ')} ms; 1.2 MB: ${mid.message}`);
+    t.diagnostic(
+      `hostd RSS: before ${before} MiB, after each 50 MB exec ${after.join(', ')} MiB (growth ${growth} MiB); exec times ${times.join(', ')} ms; 1.2 MB: ${mid.message}`,
+    );
     assert.ok(growth < 30, `hostd RSS grew by ${growth} MiB over three 50 MB execs`);
     await client.call('vm.destroy', { id: vm.id });
   });

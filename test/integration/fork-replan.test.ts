@@ -5,7 +5,16 @@ import type { NatsConnection } from '@nats-io/nats-core';
 import type { Service } from '@nats-io/services';
 import { ForkyError, createLogger, pollUntil } from '@forky/base';
 import { SchedulerClient, openBuckets, startNatsServer, startService, type NatsServer } from '@forky/bus';
-import { hostdContract, subjects, type ForkRequest, type ForkResult, type Heartbeat, type HostdEndpoint, type SnapshotInfo, type TransferResult } from '@forky/contract';
+import {
+  hostdContract,
+  subjects,
+  type ForkRequest,
+  type ForkResult,
+  type Heartbeat,
+  type HostdEndpoint,
+  type SnapshotInfo,
+  type TransferResult,
+} from '@forky/contract';
 import { loadSchedulerConfig, startScheduler, type RunningScheduler } from '@forky/scheduler';
 
 /**
@@ -81,7 +90,11 @@ describe('a spread fork over fake hosts (real nats-server and scheduler)', { tim
           parentSnapshot: SNAP,
           createdAt: new Date().toISOString(),
         }));
-        return { snapshot: snapshot(host), children, timings: { snapshotMs: 0, totalMs: 1, childMs: children.map(() => 1) } } satisfies ForkResult;
+        return {
+          snapshot: snapshot(host),
+          children,
+          timings: { snapshotMs: 0, totalMs: 1, childMs: children.map(() => 1) },
+        } satisfies ForkResult;
       },
     };
     return startService(
@@ -131,14 +144,24 @@ describe('a spread fork over fake hosts (real nats-server and scheduler)', { tim
     failing.add('rp-b');
     const r = await client.call('fork', { source: SNAP, count: 6, spread: true });
     assert.equal(r.children.length, 6);
-    assert.ok(r.children.every((c) => c.host !== 'rp-b'), 'no child on the failing host');
+    assert.ok(
+      r.children.every((c) => c.host !== 'rp-b'),
+      'no child on the failing host',
+    );
     const forks = calls.filter((c) => c.endpoint === 'fork');
     const first = forks.filter((c) => c.host === 'rp-b');
     assert.equal(first.length, 1, 'the failing host got its share once');
-    assert.equal(forks.filter((c) => c.host !== 'rp-b').reduce((n, c) => n + (c.count ?? 0), 0), 6, 'its share went to the others');
+    assert.equal(
+      forks.filter((c) => c.host !== 'rp-b').reduce((n, c) => n + (c.count ?? 0), 0),
+      6,
+      'its share went to the others',
+    );
     const keys = forks.map((c) => `${c.host} ${c.key}`);
     assert.equal(new Set(keys).size, keys.length, 'each host call under its own key, none sent twice');
-    assert.ok(forks.every((c) => c.key && /^b[\w-]{30}$/.test(c.key)), 'every call is keyed');
+    assert.ok(
+      forks.every((c) => c.key && /^b[\w-]{30}$/.test(c.key)),
+      'every call is keyed',
+    );
     assert.equal(calls.filter((c) => c.endpoint === 'snapshot.publish').length, 1, 'published once');
   });
 

@@ -10,7 +10,10 @@ import { guestShell } from '../helpers/guest.js';
 import { ensureImage, IMAGES_DIR } from '../helpers/repo.js';
 import { qemuPidsOf } from '../helpers/procs.js';
 
-const sha256 = async (file: string): Promise<string> => createHash('sha256').update(await fs.readFile(file)).digest('hex');
+const sha256 = async (file: string): Promise<string> =>
+  createHash('sha256')
+    .update(await fs.readFile(file))
+    .digest('hex');
 const lines = (s: string): string[] => s.trim().split('\n');
 
 describe('one host forks a VM (real QEMU, real nats-server)', { timeout: 600_000 }, () => {
@@ -69,7 +72,12 @@ describe('one host forks a VM (real QEMU, real nats-server)', { timeout: 600_000
     for (const c of children) {
       assert.equal(c.state, 'running');
       assert.equal(c.parentSnapshot, fork.snapshot.id);
-      const [bootId, mark, c1, uptime, c2] = lines(await sh(c.id, 'cat /proc/sys/kernel/random/boot_id /run/marker /run/counter; cut -d" " -f1 /proc/uptime; usleep 300000; cat /run/counter'));
+      const [bootId, mark, c1, uptime, c2] = lines(
+        await sh(
+          c.id,
+          'cat /proc/sys/kernel/random/boot_id /run/marker /run/counter; cut -d" " -f1 /proc/uptime; usleep 300000; cat /run/counter',
+        ),
+      );
       assert.equal(bootId, parentBootId, 'a child has the parent boot id: it resumed, it did not boot');
       assert.equal(mark, marker);
       assert.ok(Number(c1) >= counterBeforeFork, `child counter ${c1} continues from the parent's ${counterBeforeFork}`);
@@ -82,7 +90,8 @@ describe('one host forks a VM (real QEMU, real nats-server)', { timeout: 600_000
     const [first, ...siblings] = children as [VmInfo, ...VmInfo[]];
     await sh(first.id, `echo only-${first.id} > /data/mine && sync`);
     assert.equal((await sh(first.id, 'cat /data/mine')).trim(), `only-${first.id}`);
-    for (const s of siblings) assert.equal((await sh(s.id, 'ls /data')).includes('mine'), false, `sibling ${s.id} sees no write of ${first.id}`);
+    for (const s of siblings)
+      assert.equal((await sh(s.id, 'ls /data')).includes('mine'), false, `sibling ${s.id} sees no write of ${first.id}`);
     await host.client.call('vm.resume', { id: parent.id });
     assert.equal((await sh(parent.id, 'ls /data')).includes('mine'), false, 'the parent sees no write of a child');
     // The parent's own later writes do not reach the children either.

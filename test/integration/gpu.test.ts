@@ -46,7 +46,7 @@ describe('GPU passthrough: placement, refusal and the fork rule on a fake two-GP
   const gpusOf = async (id: string): Promise<{ total: number; free: number } | undefined> =>
     (await sched.client.call('hosts', {})).hosts.find((h) => h.id === id)?.gpus;
 
-  it('reports each host\'s GPUs in its capacity', async () => {
+  it("reports each host's GPUs in its capacity", async () => {
     await pollUntil(async () => ((await gpusOf('gpu-b')) ? true : undefined), { timeoutMs: 10_000, what: 'both hosts reporting' });
     assert.deepEqual(await gpusOf('gpu-a'), { total: 2, free: 2 });
     assert.deepEqual(await gpusOf('gpu-b'), { total: 0, free: 0 });
@@ -54,12 +54,24 @@ describe('GPU passthrough: placement, refusal and the fork rule on a fake two-GP
 
   it('places two --gpus 1 VMs on the GPU host, each with its own GPU on its QEMU command line', async (t) => {
     for (let i = 0; i < 2; i++) booted.push(await sched.client.call('vm.boot', { gpus: 1, key: `gpu-boot-${i}` }));
-    assert.deepEqual(booted.map((v) => v.host), ['gpu-a', 'gpu-a']);
-    assert.deepEqual(booted.map((v) => v.gpus), [['0000:01:00.0', '0000:01:00.1'], ['0000:02:00.0', '0000:02:00.1']]);
+    assert.deepEqual(
+      booted.map((v) => v.host),
+      ['gpu-a', 'gpu-a'],
+    );
+    assert.deepEqual(
+      booted.map((v) => v.gpus),
+      [
+        ['0000:01:00.0', '0000:01:00.1'],
+        ['0000:02:00.0', '0000:02:00.1'],
+      ],
+    );
     for (const v of booted) {
       const args = JSON.parse(await fs.readFile(path.join(hosts[0]?.dataDir as string, 'vms', v.id, 'qemu-args.json'), 'utf8')) as string[];
       const vfio = args.flatMap((a, i) => (args[i - 1] === '-device' && a.startsWith('vfio-pci,') ? [a] : []));
-      assert.deepEqual(vfio, (v.gpus ?? []).map((bdf, i) => `vfio-pci,host=${bdf},id=gpu${i}`));
+      assert.deepEqual(
+        vfio,
+        (v.gpus ?? []).map((bdf, i) => `vfio-pci,host=${bdf},id=gpu${i}`),
+      );
     }
     t.diagnostic(`placed ${booted.map((v) => `${v.id} on ${v.host} with ${v.gpus?.join('+')}`).join('; ')}`);
   });
@@ -95,9 +107,12 @@ describe('GPU passthrough: placement, refusal and the fork rule on a fake two-GP
     t.diagnostic(`fork of ${gpuVm.id}: ${fork.code} (${fork.message})`);
   });
 
-  it('gives a destroyed VM\'s GPU to the next --gpus 1 boot', async () => {
+  it("gives a destroyed VM's GPU to the next --gpus 1 boot", async () => {
     await sched.client.call('vm.destroy', { id: (booted[0] as VmInfo).id });
-    await pollUntil(async () => ((await gpusOf('gpu-a'))?.free === 1 ? true : undefined), { timeoutMs: 10_000, what: 'the GPU free again' });
+    await pollUntil(async () => ((await gpusOf('gpu-a'))?.free === 1 ? true : undefined), {
+      timeoutMs: 10_000,
+      what: 'the GPU free again',
+    });
     const next = await sched.client.call('vm.boot', { gpus: 1, key: 'gpu-boot-3' });
     assert.deepEqual(next.gpus, ['0000:01:00.0', '0000:01:00.1']);
   });

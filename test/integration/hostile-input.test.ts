@@ -6,7 +6,15 @@ import { after, before, describe, it } from 'node:test';
 import { connect } from '@nats-io/transport-node';
 import type { Msg, NatsConnection } from '@nats-io/nats-core';
 import { Kvm } from '@nats-io/kv';
-import { HostdClient, SchedulerClient, inboxPrefixOf, newClusterAuth, startNatsServer, type ClusterAuth, type NatsServer } from '@forky/bus';
+import {
+  HostdClient,
+  SchedulerClient,
+  inboxPrefixOf,
+  newClusterAuth,
+  startNatsServer,
+  type ClusterAuth,
+  type NatsServer,
+} from '@forky/bus';
 import { BUCKETS, subjects, type VmInfo } from '@forky/contract';
 import { refused } from '../helpers/errors.js';
 import { ensureImage } from '../helpers/repo.js';
@@ -40,14 +48,21 @@ describe('a hostile request or KV entry gets a typed answer and kills no service
 
   /** Both processes still run and answer a real request. */
   const bothServe = async (): Promise<void> => {
-    for (const p of [hostd, sched]) assert.deepEqual([p.child.exitCode, p.child.signalCode], [null, null], `${path.basename(p.log)}: the process exited`);
+    for (const p of [hostd, sched])
+      assert.deepEqual([p.child.exitCode, p.child.signalCode], [null, null], `${path.basename(p.log)}: the process exited`);
     assert.equal((await host.call('host.info', {}, { timeoutMs: 5000 })).id, HOST, 'hostd still answers');
-    assert.deepEqual((await scheduler.call('hosts', {}, { timeoutMs: 5000 })).hosts.map((h) => h.id), [HOST], 'the scheduler still answers, and sees only the real host');
+    assert.deepEqual(
+      (await scheduler.call('hosts', {}, { timeoutMs: 5000 })).hosts.map((h) => h.id),
+      [HOST],
+      'the scheduler still answers, and sees only the real host',
+    );
   };
   /** A raw request as `forky req` or `nats req` sends it; a service that died sends nothing back. */
   const raw = (subject: string, body: string | Uint8Array): Promise<Msg> =>
     op.request(subject, body, { timeout: 5000 }).catch((e: unknown) => {
-      const exits = [hostd, sched].map((p) => `${path.basename(p.log, '.log')} exit ${p.child.exitCode ?? p.child.signalCode ?? 'none'}`).join(', ');
+      const exits = [hostd, sched]
+        .map((p) => `${path.basename(p.log, '.log')} exit ${p.child.exitCode ?? p.child.signalCode ?? 'none'}`)
+        .join(', ');
       throw new Error(`${subject}: no reply (${(e as Error).message}; ${exits})`, { cause: e });
     });
 
@@ -65,15 +80,28 @@ describe('a hostile request or KV entry gets a typed answer and kills no service
     const hostCreds = auth.hosts[HOST] as { user: string; pass: string };
     hostd = await spawnService(
       HOSTD_MAIN,
-      { ...hostdEnv({ hostId: HOST, natsUrl: nats.url, dataDir: path.join(dir, 'data'), ramDir: ramDir() }), FORKY_HOSTD_CONFIG: hostdConfig, FORKY_NATS_USER: hostCreds.user, FORKY_NATS_PASS: hostCreds.pass },
+      {
+        ...hostdEnv({ hostId: HOST, natsUrl: nats.url, dataDir: path.join(dir, 'data'), ramDir: ramDir() }),
+        FORKY_HOSTD_CONFIG: hostdConfig,
+        FORKY_NATS_USER: hostCreds.user,
+        FORKY_NATS_PASS: hostCreds.pass,
+      },
       path.join(dir, 'hostd.log'),
-      () => host.call('host.info', {}, { timeoutMs: 1000 }).then(() => true, () => false),
+      () =>
+        host.call('host.info', {}, { timeoutMs: 1000 }).then(
+          () => true,
+          () => false,
+        ),
     );
     sched = await spawnService(
       SCHEDULER_MAIN,
       { FORKY_NATS_URL: nats.url, FORKY_NATS_USER: auth.scheduler.user, FORKY_NATS_PASS: auth.scheduler.pass, FORKY_LOG_LEVEL: 'info' },
       path.join(dir, 'scheduler.log'),
-      () => scheduler.call('hosts', {}, { timeoutMs: 1000 }).then((r) => r.hosts.some((h) => h.id === HOST && h.alive), () => false),
+      () =>
+        scheduler.call('hosts', {}, { timeoutMs: 1000 }).then(
+          (r) => r.hosts.some((h) => h.id === HOST && h.alive),
+          () => false,
+        ),
     );
     vm = await host.call('vm.boot', {});
   });
@@ -101,7 +129,7 @@ describe('a hostile request or KV entry gets a typed answer and kills no service
     await bothServe();
   });
 
-  it('a `{}` locator entry written with a host\'s credentials: vm show is NOT_FOUND, and both still serve', async () => {
+  it("a `{}` locator entry written with a host's credentials: vm show is NOT_FOUND, and both still serve", async () => {
     const rogue = await as(auth.hosts[ROGUE] as { user: string; pass: string });
     try {
       const locator = await new Kvm(rogue).open(BUCKETS.locator);
@@ -122,7 +150,10 @@ describe('a hostile request or KV entry gets a typed answer and kills no service
       await lineage.delete('snap-zzzzzzzzzzzz');
       // Each bad entry was logged once, as one bounded line that says where it is.
       const logged = await logLines(sched.log, 'a bad entry was ignored');
-      assert.ok(logged.some((l) => l.where === `${BUCKETS.locator}/vm.${ghost}`), JSON.stringify(logged).slice(0, 300));
+      assert.ok(
+        logged.some((l) => l.where === `${BUCKETS.locator}/vm.${ghost}`),
+        JSON.stringify(logged).slice(0, 300),
+      );
       assert.ok(logged.some((l) => String(l.where).includes('snap-zzzzzzzzzzzz')));
       assert.ok(logged.every((l) => JSON.stringify(l).length < 1000));
       // The real VM is still found through the locator.

@@ -38,7 +38,10 @@ describe('idempotent requests across schedulers (real nats-server, KV)', { timeo
 
   it('takes over a key whose owner died once its lease runs out', async () => {
     // A scheduler claimed the key and died: nobody renews its lease.
-    await buckets.requests.create('key-dead-00', JSON.stringify({ state: 'pending', hash: 'h2', owner: 'dead', leaseUntil: Date.now() + 400 }));
+    await buckets.requests.create(
+      'key-dead-00',
+      JSON.stringify({ state: 'pending', hash: 'h2', owner: 'dead', leaseUntil: Date.now() + 400 }),
+    );
     const b = new Idempotency(buckets.requests, 'b', 1000, silentLogger());
     const t0 = Date.now();
     const r = await b.run('key-dead-00', 'h2', 10_000, async () => 'done by b');
@@ -51,8 +54,14 @@ describe('idempotent requests across schedulers (real nats-server, KV)', { timeo
   it('refuses a key reused for a different request, and lets a failed one be retried', async () => {
     const a = new Idempotency(buckets.requests, 'a', 1000, silentLogger());
     await a.run('key-reuse-0', 'h3', 10_000, async () => 1);
-    await assert.rejects(a.run('key-reuse-0', 'other', 10_000, async () => 2), ConflictError);
-    await assert.rejects(a.run('key-fail-00', 'h4', 10_000, async () => Promise.reject(new Error('boom'))), /boom/);
+    await assert.rejects(
+      a.run('key-reuse-0', 'other', 10_000, async () => 2),
+      ConflictError,
+    );
+    await assert.rejects(
+      a.run('key-fail-00', 'h4', 10_000, async () => Promise.reject(new Error('boom'))),
+      /boom/,
+    );
     assert.equal(await a.run('key-fail-00', 'h4', 10_000, async () => 'second try'), 'second try');
   });
 });

@@ -44,7 +44,7 @@ describe('live forks, snapshot chains and lineage, a new identity per child', { 
     await nats?.stop();
   });
 
-  it('live-forks a running VM: both keep running, neither sees the other\'s later memory or disk writes', async (t) => {
+  it("live-forks a running VM: both keep running, neither sees the other's later memory or disk writes", async (t) => {
     parent = await client.call('vm.boot', { memMiB: 256 });
     await sh(
       parent.id,
@@ -55,22 +55,27 @@ describe('live forks, snapshot chains and lineage, a new identity per child', { 
     live = await client.call('fork', { source: parent.id, count: 2, resumeParent: true });
     const pauseMs = live.timings.pauseMs;
     assert.ok(typeof pauseMs === 'number' && pauseMs > 0, 'hostd measures and returns the pause');
-    t.diagnostic(`live fork pause ${pauseMs} ms; snapshot ${live.snapshot.timings?.totalMs} ms; ${live.snapshot.timings?.privateBytes} private bytes copied`);
+    t.diagnostic(
+      `live fork pause ${pauseMs} ms; snapshot ${live.snapshot.timings?.totalMs} ms; ${live.snapshot.timings?.privateBytes} private bytes copied`,
+    );
     assert.equal((await client.call('vm.show', { id: parent.id })).state, 'running');
 
     const [c1, c2] = live.children as [VmInfo, VmInfo];
     const counter = async (id: string): Promise<number> => Number(await sh(id, 'cat /run/counter'));
     const p0 = await counter(parent.id);
     // Writes after the fork, in the parent and one child, over memory pages and disk blocks all share.
-    await sh(parent.id, 'echo parent-after > /run/mem; echo parent-after > /data/disk; dd if=/dev/urandom of=/run/big bs=1M count=8 2>/dev/null; sync');
+    await sh(
+      parent.id,
+      'echo parent-after > /run/mem; echo parent-after > /data/disk; dd if=/dev/urandom of=/run/big bs=1M count=8 2>/dev/null; sync',
+    );
     await sh(c1.id, 'echo c1-after > /run/mem; echo c1-after > /data/disk; sync');
     assert.ok((await counter(parent.id)) > p0, 'the parent keeps running');
     assert.ok((await counter(c1.id)) > 0 && (await counter(c2.id)) > 0);
 
     assert.deepEqual(lines(await sh(parent.id, READ_BOTH)), ['parent-after', 'parent-after']);
-    assert.deepEqual(lines(await sh(c1.id, READ_BOTH)), ['c1-after', 'c1-after'], 'a child never sees the parent\'s later writes');
-    assert.deepEqual(lines(await sh(c2.id, READ_BOTH)), ['before', 'before'], 'nor a sibling\'s');
-    assert.equal((await sh(c2.id, 'test -e /run/big && echo yes || echo no')).trim(), 'no', 'nor the parent\'s new files');
+    assert.deepEqual(lines(await sh(c1.id, READ_BOTH)), ['c1-after', 'c1-after'], "a child never sees the parent's later writes");
+    assert.deepEqual(lines(await sh(c2.id, READ_BOTH)), ['before', 'before'], "nor a sibling's");
+    assert.equal((await sh(c2.id, 'test -e /run/big && echo yes || echo no')).trim(), 'no', "nor the parent's new files");
   });
 
   it('chains image -> snapshot -> child -> snapshot -> grandchild, forks the middle again, and shows the tree', async (t) => {
@@ -106,7 +111,10 @@ describe('live forks, snapshot chains and lineage, a new identity per child', { 
     for (const c of siblings) {
       const before = Math.floor(Date.now() / 1000);
       const [mac, hostname, vmId, u1, u2, clock] = lines(
-        await sh(c.id, 'cat /sys/class/net/eth0/address; hostname; cat /run/forky/vm-id /proc/sys/kernel/random/uuid /proc/sys/kernel/random/uuid; date +%s'),
+        await sh(
+          c.id,
+          'cat /sys/class/net/eth0/address; hostname; cat /run/forky/vm-id /proc/sys/kernel/random/uuid /proc/sys/kernel/random/uuid; date +%s',
+        ),
       );
       const afterS = Math.ceil(Date.now() / 1000);
       assert.equal(mac, c.mac, 'the guest NIC has the MAC hostd gave the child');
@@ -115,7 +123,10 @@ describe('live forks, snapshot chains and lineage, a new identity per child', { 
       seen.mac.add(mac as string);
       seen.host.add(hostname as string);
       seen.uuid.add(u1 as string).add(u2 as string);
-      assert.ok(Number(clock) >= before - 1 && Number(clock) <= afterS + 1, `guest clock ${clock} within 1 s of the host's [${before}, ${afterS}] (the snapshot's clock was 600 s behind)`);
+      assert.ok(
+        Number(clock) >= before - 1 && Number(clock) <= afterS + 1,
+        `guest clock ${clock} within 1 s of the host's [${before}, ${afterS}] (the snapshot's clock was 600 s behind)`,
+      );
     }
     assert.equal(seen.mac.size, 4);
     assert.equal(seen.host.size, 4);
@@ -124,7 +135,10 @@ describe('live forks, snapshot chains and lineage, a new identity per child', { 
 
   it('forks from a warm pool: a process already waiting for the snapshot takes the state', async () => {
     // The fork of the 4 siblings made snapB hot: its pool refills in the background.
-    await pollUntil(async () => (host.hostd.engine.warmCount(snapB.id) > 0 ? true : undefined), { timeoutMs: 30_000, what: 'warm pool refilled' });
+    await pollUntil(async () => (host.hostd.engine.warmCount(snapB.id) > 0 ? true : undefined), {
+      timeoutMs: 30_000,
+      what: 'warm pool refilled',
+    });
     const r = await client.call('fork', { source: snapB.id, count: 1 });
     const child = r.children[0] as VmInfo;
     assert.equal(child.timings?.warm, 1, 'the child came from the pool');
@@ -150,11 +164,20 @@ describe('live forks, snapshot chains and lineage, a new identity per child', { 
       last = await client.call('snapshot.create', { vm: parent.id, resume: true });
       depths.push(last.chainDepth ?? -1);
     }
-    assert.ok(depths.every((d) => d >= 2 && d <= MAX_DEPTH), `chain depths ${depths.join(', ')} stay within ${MAX_DEPTH}`);
-    assert.ok(depths.slice(1).some((d, i) => d < (depths[i] as number)), `a chain was flattened (depths ${depths.join(', ')})`);
+    assert.ok(
+      depths.every((d) => d >= 2 && d <= MAX_DEPTH),
+      `chain depths ${depths.join(', ')} stay within ${MAX_DEPTH}`,
+    );
+    assert.ok(
+      depths.slice(1).some((d, i) => d < (depths[i] as number)),
+      `a chain was flattened (depths ${depths.join(', ')})`,
+    );
     const child = (await client.call('fork', { source: (last as SnapshotInfo).id, count: 1 })).children[0] as VmInfo;
     for (const id of [parent.id, child.id]) {
-      assert.deepEqual(lines(await sh(id, 'echo 3 > /proc/sys/vm/drop_caches; cat /data/disk /data/step1 /data/step2 /data/step3 /data/step4')), ['parent-after', '1', '2', '3', '4']);
+      assert.deepEqual(
+        lines(await sh(id, 'echo 3 > /proc/sys/vm/drop_caches; cat /data/disk /data/step1 /data/step2 /data/step3 /data/step4')),
+        ['parent-after', '1', '2', '3', '4'],
+      );
     }
   });
 
@@ -176,12 +199,19 @@ describe('live forks, snapshot chains and lineage, a new identity per child', { 
     const vms = (await client.call('vm.list', {})).vms.map((v) => v.id);
     for (const id of r.vms) assert.equal(vms.includes(id), false);
     assert.ok(vms.includes(parent.id) && vms.includes(live.children[1]?.id as string), 'what did not depend on it stays');
-    assert.equal((await client.call('snapshot.list', {})).snapshots.some((s) => s.id === snapB.id), false);
+    assert.equal(
+      (await client.call('snapshot.list', {})).snapshots.some((s) => s.id === snapB.id),
+      false,
+    );
     await assert.rejects(() => fs.stat(path.join(host.ramDir, 'snapshots', `${snapB.id}.ram`)));
     assert.ok((await fs.readdir(path.join(host.dataDir, 'layers'))).length < layersBefore, 'layers no one uses are collected');
     const vmDirs = await fs.readdir(path.join(host.dataDir, 'vms'));
     assert.equal(vmDirs.length, vms.length + host.hostd.engine.warmCount(), 'no directory of a VM or pooled process is left behind');
     const tree = await client.call('snapshot.tree', {});
-    assert.equal(tree.nodes.some((n) => n.id === snapB.id), false, 'the lineage forgets it');
+    assert.equal(
+      tree.nodes.some((n) => n.id === snapB.id),
+      false,
+      'the lineage forgets it',
+    );
   });
 });

@@ -44,7 +44,10 @@ describe('three hosts: a fork spread across them ships the snapshot through the 
 
   it('sees three live hosts', async () => {
     const { hosts: hs } = await client.call('hosts', {});
-    assert.deepEqual(hs.filter((h) => h.alive).map((h) => h.id), ['mh-a', 'mh-b', 'mh-c']);
+    assert.deepEqual(
+      hs.filter((h) => h.alive).map((h) => h.id),
+      ['mh-a', 'mh-b', 'mh-c'],
+    );
   });
 
   it('forks a VM of host a into 6 children spread over 3 hosts; each resumes it', async () => {
@@ -62,7 +65,11 @@ describe('three hosts: a fork spread across them ships the snapshot through the 
     assert.equal(first.children.length, 6);
     const perHost = new Map<string, number>();
     for (const c of first.children) perHost.set(c.host, (perHost.get(c.host) ?? 0) + 1);
-    assert.deepEqual([...perHost.entries()].sort(), [['mh-a', 2], ['mh-b', 2], ['mh-c', 2]]);
+    assert.deepEqual([...perHost.entries()].sort(), [
+      ['mh-a', 2],
+      ['mh-b', 2],
+      ['mh-c', 2],
+    ]);
     const fetched = (first.transfers ?? []).filter((t) => t.host !== 'mh-a');
     assert.equal(fetched.length, 2, 'the snapshot was fetched by the two other hosts');
     for (const t of fetched) {
@@ -146,6 +153,9 @@ describe('three hosts: a fork spread across them ships the snapshot through the 
     }
     const lost = (await client.call('vm.list', {})).vms.filter((v) => v.host === victim.hostId);
     assert.deepEqual(lost.map((v) => v.id).sort(), [...itsVms].sort());
-    assert.ok(lost.every((v) => v.state === 'lost'), 'its VMs are shown as lost');
+    assert.ok(
+      lost.every((v) => v.state === 'lost'),
+      'its VMs are shown as lost',
+    );
   });
 });

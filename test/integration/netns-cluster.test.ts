@@ -56,7 +56,23 @@ describe('three hosts in their own network namespaces, on a 3-node NATS cluster 
     urls = net.hosts.map((h) => `nats://${h.addr}:4222`);
     const routes = net.hosts.map((h) => `nats://${h.addr}:6222`).join(',');
     net.hosts.forEach((h, i) => {
-      const args = ['-a', h.addr, '-p', '4222', '-js', '-sd', path.join(dir, `js${i + 1}`), '-n', `nats-${i + 1}`, '--cluster_name', 'forky', '--cluster', `nats://${h.addr}:6222`, '--routes', routes];
+      const args = [
+        '-a',
+        h.addr,
+        '-p',
+        '4222',
+        '-js',
+        '-sd',
+        path.join(dir, `js${i + 1}`),
+        '-n',
+        `nats-${i + 1}`,
+        '--cluster_name',
+        'forky',
+        '--cluster',
+        `nats://${h.addr}:6222`,
+        '--routes',
+        routes,
+      ];
       nats.push(net.spawnIn(h, 'nats-server', args, path.join(dir, `nats-${i + 1}.log`)));
     });
     for (let i = 1; i <= 3; i++) {
@@ -118,7 +134,10 @@ describe('three hosts in their own network namespaces, on a 3-node NATS cluster 
       assert.equal((info.cluster?.replicas?.length ?? 0) + 1, 3, `${stream} has a leader and 2 replicas`);
     }
     const hosts = (await client.call('hosts', {})).hosts;
-    assert.deepEqual(hosts.map((h) => h.id), ['n1', 'n2', 'n3']);
+    assert.deepEqual(
+      hosts.map((h) => h.id),
+      ['n1', 'n2', 'n3'],
+    );
   });
 
   it('forks a VM of n1 into 6 children spread over the 3 hosts; each resumes it and is isolated', async () => {
@@ -127,14 +146,24 @@ describe('three hosts in their own network namespaces, on a 3-node NATS cluster 
     first = await client.call('fork', { source: parent.id, count: 6, spread: true });
     const per = new Map<string, number>();
     for (const c of first.children) per.set(c.host, (per.get(c.host) ?? 0) + 1);
-    assert.deepEqual([...per.entries()].sort(), [['n1', 2], ['n2', 2], ['n3', 2]]);
+    assert.deepEqual([...per.entries()].sort(), [
+      ['n1', 2],
+      ['n2', 2],
+      ['n3', 2],
+    ]);
     for (const c of first.children) {
-      assert.deepEqual((await sh(c.id, 'cat /proc/sys/kernel/random/boot_id /run/marker')).trim().split('\n'), [bootId, marker], `${c.id} on ${c.host}`);
+      assert.deepEqual(
+        (await sh(c.id, 'cat /proc/sys/kernel/random/boot_id /run/marker')).trim().split('\n'),
+        [bootId, marker],
+        `${c.id} on ${c.host}`,
+      );
     }
     const [one, ...rest] = first.children as [VmInfo, ...VmInfo[]];
     await sh(one.id, 'echo mine > /data/only-here && sync');
     for (const o of rest) assert.equal((await sh(o.id, 'ls /data')).includes('only-here'), false);
-    process.stderr.write(`# transfers over the network: ${JSON.stringify(first.transfers?.map((t) => ({ host: t.host, bytes: t.bytes, nominal: t.nominalBytes, ms: t.ms })))}\n`);
+    process.stderr.write(
+      `# transfers over the network: ${JSON.stringify(first.transfers?.map((t) => ({ host: t.host, bytes: t.bytes, nominal: t.nominalBytes, ms: t.ms })))}\n`,
+    );
   });
 
   it('a second fork of the same snapshot ships no part again', async () => {

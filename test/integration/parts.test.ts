@@ -10,7 +10,10 @@ import { DeadlineError } from '@forky/base';
 import { startNatsServer, type NatsServer } from '@forky/bus';
 import { ObjectPartStore } from '@forky/bus';
 
-const sha = async (f: string): Promise<string> => createHash('sha256').update(await fs.readFile(f)).digest('hex');
+const sha = async (f: string): Promise<string> =>
+  createHash('sha256')
+    .update(await fs.readFile(f))
+    .digest('hex');
 
 describe('snapshot parts in the JetStream object store (real nats-server)', { timeout: 60_000 }, () => {
   let nats: NatsServer;
@@ -70,7 +73,11 @@ describe('snapshot parts in the JetStream object store (real nats-server)', { ti
     const up = await store.upload(big);
     const dest = path.join(dir, 'out', 'big.bin');
     await assert.rejects(store.download(up.digest, dest, 1), DeadlineError);
-    assert.deepEqual((await fs.readdir(path.join(dir, 'out'))).filter((f) => f.startsWith('big')), [], 'neither the part nor a .partial');
+    assert.deepEqual(
+      (await fs.readdir(path.join(dir, 'out'))).filter((f) => f.startsWith('big')),
+      [],
+      'neither the part nor a .partial',
+    );
   });
 
   it('sweeps parts no manifest refers to, but never young ones', async () => {

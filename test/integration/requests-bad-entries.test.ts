@@ -7,7 +7,15 @@ import { openBuckets, startNatsServer, type Buckets, type NatsServer } from '@fo
 import { Idempotency } from '@forky/scheduler/internal';
 
 /** Entries in the requests bucket that are not records: written by hand, by garbage, by another version. */
-const NOT_RECORDS: Array<string | Uint8Array> = ['{}', 'null', '', '{"state":"done"}', '{"state":"done","hash":1,"owner":"x","leaseUntil":0}', Uint8Array.from([0xff, 0x7b]), '{"state":"pending","hash":"h1","owner":"x","leaseUntil":"soon"}'];
+const NOT_RECORDS: Array<string | Uint8Array> = [
+  '{}',
+  'null',
+  '',
+  '{"state":"done"}',
+  '{"state":"done","hash":1,"owner":"x","leaseUntil":0}',
+  Uint8Array.from([0xff, 0x7b]),
+  '{"state":"pending","hash":"h1","owner":"x","leaseUntil":"soon"}',
+];
 
 describe('the requests bucket: a record that is not one counts as none', { timeout: 60_000 }, () => {
   let nats: NatsServer;
@@ -43,6 +51,9 @@ describe('the requests bucket: a record that is not one counts as none', { timeo
     }
     const bad = lines.filter((l) => l.includes('a bad entry was ignored'));
     assert.ok(bad.length >= NOT_RECORDS.length, `${bad.length} bad entries logged`);
-    assert.ok(bad.every((l) => !l.slice(0, -1).includes('\n') && l.length < 1000), 'each one bounded line');
+    assert.ok(
+      bad.every((l) => !l.slice(0, -1).includes('\n') && l.length < 1000),
+      'each one bounded line',
+    );
   });
 });

@@ -16,13 +16,33 @@ const Any = z.strictObject({ text: z.string().optional() });
 /** Endpoints that fail in every way a handler path can: each must end in a typed reply. */
 const ENDPOINTS: EndpointDef[] = [
   { name: 'echo', subject: 'svc.echo', request: Any, reply: Ok, handler: () => Promise.resolve({ ok: true }) },
-  { name: 'newline', subject: 'svc.newline', request: Any, reply: Ok, handler: () => Promise.reject(new ForkyError('NOT_FOUND', `no\r\nsuch\u0000thing \u2028${'x'.repeat(20_000)}`)) },
+  {
+    name: 'newline',
+    subject: 'svc.newline',
+    request: Any,
+    reply: Ok,
+    handler: () => Promise.reject(new ForkyError('NOT_FOUND', `no\r\nsuch\u0000thing \u2028${'x'.repeat(20_000)}`)),
+  },
   // A value whose String() throws: nothing in the error path may assume a printable error.
   { name: 'odd', subject: 'svc.odd', request: Any, reply: Ok, handler: () => Promise.reject(Object.create(null) as object) },
   { name: 'bad_reply', subject: 'svc.bad-reply', request: Any, reply: Ok, handler: () => Promise.resolve({ ok: 'no', extra: 'a\nb' }) },
   // Larger than the server's max_payload: msg.respond itself throws.
-  { name: 'huge', subject: 'svc.huge', request: Any, reply: z.strictObject({ blob: z.string() }), handler: () => Promise.resolve({ blob: 'x'.repeat(2 << 20) }) },
-  { name: 'sync_throw', subject: 'svc.sync-throw', request: Any, reply: Ok, handler: () => { throw new Error('thrown before any promise\nsecond line'); } },
+  {
+    name: 'huge',
+    subject: 'svc.huge',
+    request: Any,
+    reply: z.strictObject({ blob: z.string() }),
+    handler: () => Promise.resolve({ blob: 'x'.repeat(2 << 20) }),
+  },
+  {
+    name: 'sync_throw',
+    subject: 'svc.sync-throw',
+    request: Any,
+    reply: Ok,
+    handler: () => {
+      throw new Error('thrown before any promise\nsecond line');
+    },
+  },
 ];
 
 /** The status line and headers of a raw reply, parsed. */
@@ -57,7 +77,13 @@ describe('a service answers every request with a typed reply, whatever its handl
   });
 
   it('a failing handler, a reply off the contract or too large to send: INTERNAL or its own code, one-line header', async (t) => {
-    const cases: Array<[string, string]> = [['svc.newline', 'NOT_FOUND'], ['svc.odd', 'INTERNAL'], ['svc.bad-reply', 'INTERNAL'], ['svc.huge', 'INTERNAL'], ['svc.sync-throw', 'INTERNAL']];
+    const cases: Array<[string, string]> = [
+      ['svc.newline', 'NOT_FOUND'],
+      ['svc.odd', 'INTERNAL'],
+      ['svc.bad-reply', 'INTERNAL'],
+      ['svc.huge', 'INTERNAL'],
+      ['svc.sync-throw', 'INTERNAL'],
+    ];
     for (const [subject, code] of cases) {
       const reply = await raw.request(subject, '{}', { timeoutMs: 5000 });
       assert.ok(reply, `${subject}: answered`);
@@ -72,7 +98,10 @@ describe('a service answers every request with a typed reply, whatever its handl
       t.diagnostic(`${subject}: ${desc.slice(0, 100)}`);
     }
     // The typed client gets the same as a RemoteError.
-    await assert.rejects(request(nc, 'svc.bad-reply', {}, { format: 'json', timeoutMs: 5000 }), (e: unknown) => e instanceof ForkyError && e.code === 'INTERNAL' && /reply does not match the contract: ok/.test(e.message));
+    await assert.rejects(
+      request(nc, 'svc.bad-reply', {}, { format: 'json', timeoutMs: 5000 }),
+      (e: unknown) => e instanceof ForkyError && e.code === 'INTERNAL' && /reply does not match the contract: ok/.test(e.message),
+    );
   });
 
   it('headers it cannot parse, garbage or odd content types, and odd reply subjects: BAD_REQUEST or an answer, never an exit', async () => {
@@ -85,7 +114,11 @@ describe('a service answers every request with a typed reply, whatever its handl
       'NATS/1.0 999 odd status\r\n\r\n',
     ];
     const unparsable = await raw.request('svc.echo', '{}', { headers: bad[0] as string, timeoutMs: 5000 });
-    assert.equal(unparsable && parseHeaders(unparsable).headers.get('Nats-Service-Error-Code'), '400', 'a header name with a space: the caller\'s fault');
+    assert.equal(
+      unparsable && parseHeaders(unparsable).headers.get('Nats-Service-Error-Code'),
+      '400',
+      "a header name with a space: the caller's fault",
+    );
     assert.match(unparsable?.data.toString() ?? '', /BAD_REQUEST.*headers cannot be parsed/);
     for (const headers of bad) {
       const reply = await raw.request('svc.echo', '{"text":"a"}', { headers, timeoutMs: 5000 });
@@ -104,10 +137,13 @@ describe('a service answers every request with a typed reply, whatever its handl
     assert.equal(await raw.request('svc.echo', '{}', { replySuffix: Buffer.from([0xff, 0xfe]), timeoutMs: 1000 }), undefined);
   });
 
-  it('a reply the client cannot read is INTERNAL for its caller, not the caller\'s BAD_REQUEST', async () => {
+  it("a reply the client cannot read is INTERNAL for its caller, not the caller's BAD_REQUEST", async () => {
     const sub = nc.subscribe('svc.garbage', { callback: (_err, msg) => void msg.respond(Uint8Array.from([0xc1, 0xff, 0x0a])) });
     try {
-      await assert.rejects(request(nc, 'svc.garbage', {}, { timeoutMs: 5000 }), (e: unknown) => e instanceof ForkyError && e.code === 'INTERNAL' && /the reply cannot be read/.test(e.message));
+      await assert.rejects(
+        request(nc, 'svc.garbage', {}, { timeoutMs: 5000 }),
+        (e: unknown) => e instanceof ForkyError && e.code === 'INTERNAL' && /the reply cannot be read/.test(e.message),
+      );
     } finally {
       sub.unsubscribe();
     }

@@ -46,7 +46,16 @@ describe('TAP on a bridge: every child gets its own device and its own DHCP leas
     const conf = path.join(work, 'udhcpd.conf');
     await fs.writeFile(
       conf,
-      [`start ${subnet}.100`, `end ${subnet}.200`, `interface ${bridge}`, `lease_file ${work}/leases`, `pidfile ${work}/udhcpd.pid`, `opt router ${subnet}.1`, 'opt subnet 255.255.255.0', ''].join('\n'),
+      [
+        `start ${subnet}.100`,
+        `end ${subnet}.200`,
+        `interface ${bridge}`,
+        `lease_file ${work}/leases`,
+        `pidfile ${work}/udhcpd.pid`,
+        `opt router ${subnet}.1`,
+        'opt subnet 255.255.255.0',
+        '',
+      ].join('\n'),
     );
     await fs.writeFile(path.join(work, 'leases'), '');
     dhcpd = spawn(path.join(work, 'bb', 'bin', 'busybox'), ['udhcpd', '-f', conf], { stdio: 'ignore' });
@@ -65,7 +74,10 @@ describe('TAP on a bridge: every child gets its own device and its own DHCP leas
   it('boots a VM whose NIC is a TAP on the bridge and which gets a lease', async () => {
     parent = await host.client.call('vm.boot', { memMiB: 256 });
     assert.equal((await tapsOn(bridge)).length, 1);
-    const lease = await pollUntil(async () => ((await leaseOf(parent.id)).startsWith(`${subnet}.`) ? leaseOf(parent.id) : undefined), { timeoutMs: 60_000, what: 'parent lease' });
+    const lease = await pollUntil(async () => ((await leaseOf(parent.id)).startsWith(`${subnet}.`) ? leaseOf(parent.id) : undefined), {
+      timeoutMs: 60_000,
+      what: 'parent lease',
+    });
     assert.match(lease, new RegExp(`^${subnet.replaceAll('.', '\\.')}\\.(1\\d\\d|200)$`));
   });
 

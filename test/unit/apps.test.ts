@@ -22,7 +22,12 @@ function fakeRuntime(failGuest?: RegExp): { runtime: VmRuntime; calls: string[] 
   } as unknown as VmRuntime;
   return { runtime, calls };
 }
-const layers = { ensure: async () => ({ fetched: false, receivedBytes: 0 }), path: (d: string) => `/apps/${d}.ext4`, list: async () => [], remove: async () => undefined };
+const layers = {
+  ensure: async () => ({ fetched: false, receivedBytes: 0 }),
+  path: (d: string) => `/apps/${d}.ext4`,
+  list: async () => [],
+  remove: async () => undefined,
+};
 const handle = {} as VmHandle;
 
 describe('app layers', () => {
@@ -61,12 +66,21 @@ describe('app layers', () => {
     const m = new AppMounter(runtime, layers, log, { fetchMs: 1000, guestMs: 1000 });
     const full: AppDevice[] = Array.from({ length: 8 }, (_, slot) => ({ slot, layer: L1, ...(slot < 2 ? { mount: `/m${slot}` } : {}) }));
     const vm = { id: 'vm-aaaaaaaaaaaa', apps: full };
-    await assert.rejects(m.apply(vm, handle, [{ layer: L2, mount: '/m9' }], async () => undefined), CapacityError);
+    await assert.rejects(
+      m.apply(vm, handle, [{ layer: L2, mount: '/m9' }], async () => undefined),
+      CapacityError,
+    );
     const five = Array.from({ length: 5 }, (_, i) => ({ layer: L2, mount: `/n${i}` }));
-    await assert.rejects(m.apply({ id: 'vm-bbbbbbbbbbbb' }, handle, five, async () => undefined), ValidationError);
+    await assert.rejects(
+      m.apply({ id: 'vm-bbbbbbbbbbbb' }, handle, five, async () => undefined),
+      ValidationError,
+    );
     assert.deepEqual(calls, [], 'nothing reached QEMU or the guest');
     const other: { id: string; apps?: AppDevice[] } = { id: 'vm-cccccccccccc' };
-    await assert.rejects(m.apply(other, handle, [{ layer: L2, mount: '/x' }], async () => undefined), /app-mount .* failed \(exit 2\): no disk/);
+    await assert.rejects(
+      m.apply(other, handle, [{ layer: L2, mount: '/x' }], async () => undefined),
+      /app-mount .* failed \(exit 2\): no disk/,
+    );
     assert.deepEqual(other.apps, [], 'the disk that was not mounted is gone again');
     assert.equal(calls.at(-1), 'detach 0');
   });

@@ -1,7 +1,16 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { z } from 'zod';
-import { InvalidStateError, KeyedMutex, ValidationError, mapSettled, parseConfig, safeJoin, withDeadline, DeadlineError } from '@forky/base';
+import {
+  InvalidStateError,
+  KeyedMutex,
+  ValidationError,
+  mapSettled,
+  parseConfig,
+  safeJoin,
+  withDeadline,
+  DeadlineError,
+} from '@forky/base';
 import { assertAllowed, assertTransition } from '@forky/hostd';
 
 describe('safeJoin', () => {
@@ -16,7 +25,10 @@ describe('VM state machine', () => {
     assert.doesNotThrow(() => assertAllowed('vm-x', 'running', 'pause'));
     assert.throws(() => assertAllowed('vm-x', 'paused', 'pause'), InvalidStateError);
     assert.throws(() => assertAllowed('vm-x', 'destroyed', 'destroy'), /cannot destroy/);
-    assert.throws(() => assertAllowed('vm-x', 'booting', 'exec'), (e: unknown) => e instanceof InvalidStateError && e.code === 'INVALID_STATE');
+    assert.throws(
+      () => assertAllowed('vm-x', 'booting', 'exec'),
+      (e: unknown) => e instanceof InvalidStateError && e.code === 'INVALID_STATE',
+    );
   });
 
   it('refuses illegal transitions', () => {
@@ -43,15 +55,24 @@ describe('async helpers', () => {
       return n * 2;
     });
     assert.equal(peak, 2);
-    assert.deepEqual(r.map((x) => (x.status === 'fulfilled' ? x.value : 'x')), [2, 4, 'x', 8, 10]);
+    assert.deepEqual(
+      r.map((x) => (x.status === 'fulfilled' ? x.value : 'x')),
+      [2, 4, 'x', 8, 10],
+    );
   });
 
   it('KeyedMutex runs work on one key one at a time', async () => {
     const m = new KeyedMutex();
     const order: string[] = [];
     await Promise.all([
-      m.run('a', async () => { order.push('a1+'); await new Promise((r) => setTimeout(r, 10)); order.push('a1-'); }),
-      m.run('a', async () => { order.push('a2'); }),
+      m.run('a', async () => {
+        order.push('a1+');
+        await new Promise((r) => setTimeout(r, 10));
+        order.push('a1-');
+      }),
+      m.run('a', async () => {
+        order.push('a2');
+      }),
     ]);
     assert.deepEqual(order, ['a1+', 'a1-', 'a2']);
   });
@@ -63,7 +84,10 @@ describe('config', () => {
     const c = parseConfig(S, { a: 1 }, { a: 2 }, { nested: { b: undefined } });
     assert.deepEqual(c, { a: 2, nested: { b: 'x' } });
     assert.ok(Object.isFrozen(c) && Object.isFrozen(c.nested));
-    assert.throws(() => parseConfig(S, { a: 'no' }), (e: unknown) => e instanceof ValidationError && e.details?.field === 'a');
+    assert.throws(
+      () => parseConfig(S, { a: 'no' }),
+      (e: unknown) => e instanceof ValidationError && e.details?.field === 'a',
+    );
     assert.throws(() => parseConfig(S, { a: 1, extra: 1 }), ValidationError);
   });
 });

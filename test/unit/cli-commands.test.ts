@@ -3,7 +3,16 @@ import assert from 'node:assert/strict';
 import { buildProgram, formatTable, type Session, type SessionOptions } from '@forky/cli';
 import type { VmInfo } from '@forky/contract';
 
-const VM: VmInfo = { id: 'vm-aaaaaaaaaaaa', host: 'h1', state: 'running', image: 'tiny', memMiB: 256, cpus: 1, accel: 'tcg', createdAt: '2026-01-01T00:00:00.000Z' };
+const VM: VmInfo = {
+  id: 'vm-aaaaaaaaaaaa',
+  host: 'h1',
+  state: 'running',
+  image: 'tiny',
+  memMiB: 256,
+  cpus: 1,
+  accel: 'tcg',
+  createdAt: '2026-01-01T00:00:00.000Z',
+};
 const SNAP = {
   id: 'snap-aaaaaaaaaaaa',
   host: 'h1',
@@ -21,7 +30,10 @@ class ExitError extends Error {
 }
 
 /** Runs `forky ARGS` against a session of our own that records each request and answers `reply`. */
-async function run(args: string[], reply: unknown): Promise<{ sent: Array<[string, unknown]>; opened: SessionOptions[]; stdout: string; code?: number }> {
+async function run(
+  args: string[],
+  reply: unknown,
+): Promise<{ sent: Array<[string, unknown]>; opened: SessionOptions[]; stdout: string; code?: number }> {
   const sent: Array<[string, unknown]> = [];
   const opened: SessionOptions[] = [];
   const session: Session = {
@@ -39,7 +51,12 @@ async function run(args: string[], reply: unknown): Promise<{ sent: Array<[strin
   process.stdout.write = ((s: string) => ((stdout += s), true)) as typeof process.stdout.write;
   process.stderr.write = (() => true) as typeof process.stderr.write;
   try {
-    const program = buildProgram({ openSession: async (o) => (opened.push(o), session), exit: (code) => { throw new ExitError(code); } });
+    const program = buildProgram({
+      openSession: async (o) => (opened.push(o), session),
+      exit: (code) => {
+        throw new ExitError(code);
+      },
+    });
     await program.parseAsync(['node', 'forky', ...args]);
     return { sent, opened, stdout };
   } catch (e) {
@@ -56,14 +73,18 @@ describe('CLI commands parse their arguments into requests (no cluster)', () => 
     process.exitCode = undefined;
   });
 
-  it('vm exec --timeout is the command\'s own deadline, and the request carries a key', async () => {
-    const r = await run(['--json', 'vm', 'exec', VM.id, '--timeout', '2000', '--', 'sh', '-c', 'echo run'], { exitCode: 3, stdout: 'run\n', stderr: '' });
+  it("vm exec --timeout is the command's own deadline, and the request carries a key", async () => {
+    const r = await run(['--json', 'vm', 'exec', VM.id, '--timeout', '2000', '--', 'sh', '-c', 'echo run'], {
+      exitCode: 3,
+      stdout: 'run\n',
+      stderr: '',
+    });
     assert.equal(r.sent.length, 1);
     const [endpoint, body] = r.sent[0] as [string, { id: string; cmd: string[]; timeoutMs: number; key: string }];
     assert.equal(endpoint, 'vm.exec');
     assert.deepEqual({ ...body, key: undefined }, { id: VM.id, cmd: ['sh', '-c', 'echo run'], timeoutMs: 2000, key: undefined });
     assert.match(body.key, /^exec-[a-z0-9]{16}$/);
-    assert.equal(process.exitCode, 3, 'exits with the command\'s exit code');
+    assert.equal(process.exitCode, 3, "exits with the command's exit code");
     assert.equal(JSON.parse(r.stdout).stdout, 'run\n');
     assert.equal(r.opened[0]?.requestTimeoutMs, 600_000, 'the request deadline keeps its default');
   });
@@ -86,10 +107,17 @@ describe('CLI commands parse their arguments into requests (no cluster)', () => 
   });
 
   it('fork sends a keyed request with its options; bad input exits 2 before anything is sent', async () => {
-    const r = await run(['--json', 'fork', VM.id, '--count', '3', '--live', '--until', 'running'], { snapshot: SNAP, children: [VM], timings: { snapshotMs: 1, totalMs: 2, childMs: [2] } });
+    const r = await run(['--json', 'fork', VM.id, '--count', '3', '--live', '--until', 'running'], {
+      snapshot: SNAP,
+      children: [VM],
+      timings: { snapshotMs: 1, totalMs: 2, childMs: [2] },
+    });
     const [endpoint, body] = r.sent[0] as [string, Record<string, unknown>];
     assert.equal(endpoint, 'fork');
-    assert.deepEqual({ ...body, key: undefined }, { source: VM.id, count: 3, spread: false, resumeParent: true, until: 'running', key: undefined });
+    assert.deepEqual(
+      { ...body, key: undefined },
+      { source: VM.id, count: 3, spread: false, resumeParent: true, until: 'running', key: undefined },
+    );
     assert.match(String(body.key), /^fork-/);
     const bad = await run(['fork', VM.id, '--count', '0'], {});
     assert.equal(bad.code, 2);

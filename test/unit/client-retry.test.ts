@@ -3,12 +3,30 @@ import assert from 'node:assert/strict';
 import { connect } from '@nats-io/transport-node';
 import type { NatsConnection } from '@nats-io/nats-core';
 import { DeadlineError, ForkyError, delay, silentLogger } from '@forky/base';
-import { SchedulerClient, callerDeadline, isResendable, startNatsServer, startService, type EndpointDef, type NatsServer, type RetryNotice } from '@forky/bus';
+import {
+  SchedulerClient,
+  callerDeadline,
+  isResendable,
+  startNatsServer,
+  startService,
+  type EndpointDef,
+  type NatsServer,
+  type RetryNotice,
+} from '@forky/bus';
 import { RemoteError, schedContract, subjects, type SchedEndpoint } from '@forky/contract';
 
 const keyOf = (body: unknown): string | undefined => (body as { key?: string }).key;
 
-const VM = { id: 'vm-aaaaaaaaaaaa', host: 'h1', state: 'running', image: 'tiny', memMiB: 256, cpus: 1, accel: 'tcg', createdAt: '2026-01-01T00:00:00.000Z' } as const;
+const VM = {
+  id: 'vm-aaaaaaaaaaaa',
+  host: 'h1',
+  state: 'running',
+  image: 'tiny',
+  memMiB: 256,
+  cpus: 1,
+  accel: 'tcg',
+  createdAt: '2026-01-01T00:00:00.000Z',
+} as const;
 
 /**
  * A fake scheduler of our own on a real nats-server: it counts what it is delivered, and on
@@ -58,7 +76,8 @@ describe('the client retries reads and keyed requests only, after a lost reply o
   let nc: NatsConnection;
   const notices: RetryNotice[] = [];
   let fake: FakeScheduler;
-  const client = (): SchedulerClient => new SchedulerClient(nc, { timeoutMs: 300, retry: { attempts: 4, backoffMs: () => 10, onRetry: (n) => notices.push(n) } });
+  const client = (): SchedulerClient =>
+    new SchedulerClient(nc, { timeoutMs: 300, retry: { attempts: 4, backoffMs: () => 10, onRetry: (n) => notices.push(n) } });
 
   before(async () => {
     nats = await startNatsServer();
@@ -97,9 +116,15 @@ describe('the client retries reads and keyed requests only, after a lost reply o
   it('a read whose reply was lost is asked again, and answered', async () => {
     notices.length = 0;
     const r = await client().call('vm.list', {});
-    assert.deepEqual(r.vms.map((v) => v.id), [VM.id]);
+    assert.deepEqual(
+      r.vms.map((v) => v.id),
+      [VM.id],
+    );
     assert.equal(fake.count('vm.list'), 2);
-    assert.deepEqual(notices.map((n) => [n.endpoint, n.key, n.error.code]), [['vm.list', undefined, 'TIMEOUT']]);
+    assert.deepEqual(
+      notices.map((n) => [n.endpoint, n.key, n.error.code]),
+      [['vm.list', undefined, 'TIMEOUT']],
+    );
   });
 
   it('a keyed request whose reply was lost is sent again under the same key', async () => {
@@ -123,7 +148,12 @@ describe('the client retries reads and keyed requests only, after a lost reply o
 
   it('a keyless write whose reply was lost is never sent again', async () => {
     notices.length = 0;
-    const e = await client().call('vm.destroy', { id: VM.id }).then(() => undefined, (x: unknown) => x);
+    const e = await client()
+      .call('vm.destroy', { id: VM.id })
+      .then(
+        () => undefined,
+        (x: unknown) => x,
+      );
     assert.ok(e instanceof DeadlineError, `a lost reply: ${String(e)}`);
     assert.equal(fake.count('vm.destroy'), 1, 'delivered once');
     assert.equal(notices.length, 0);
@@ -131,7 +161,12 @@ describe('the client retries reads and keyed requests only, after a lost reply o
 
   it('a remote TIMEOUT is a reply: not retried, even when keyed', async () => {
     notices.length = 0;
-    const e = await client().call('vm.exec', { id: VM.id, cmd: ['sleep', '5'], timeoutMs: 2000, key: 'exec-retry-0001' }).then(() => undefined, (x: unknown) => x);
+    const e = await client()
+      .call('vm.exec', { id: VM.id, cmd: ['sleep', '5'], timeoutMs: 2000, key: 'exec-retry-0001' })
+      .then(
+        () => undefined,
+        (x: unknown) => x,
+      );
     assert.ok(e instanceof RemoteError, String(e));
     assert.equal(e.code, 'TIMEOUT');
     assert.equal(fake.count('vm.exec'), 1, 'ran once');

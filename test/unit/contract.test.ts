@@ -34,11 +34,17 @@ describe('codec', () => {
 describe('schemas', () => {
   it('fills defaults and rejects unknown fields, naming them', () => {
     assert.deepEqual(BootRequest.parse({}), { image: 'tiny', memMiB: 256, cpus: 1, gpus: 0 });
-    assert.throws(() => parseOrThrow(BootRequest, { imag: 'tiny' }, 'boot'), (e: unknown) => e instanceof ValidationError && /imag/.test(e.message));
+    assert.throws(
+      () => parseOrThrow(BootRequest, { imag: 'tiny' }, 'boot'),
+      (e: unknown) => e instanceof ValidationError && /imag/.test(e.message),
+    );
   });
 
   it('bounds fork counts and checks sources', () => {
-    assert.throws(() => parseOrThrow(ForkRequest, { source: 'vm-abcdefghijkm', count: 0 }, 'fork'), (e: unknown) => e instanceof ValidationError && e.details?.field === 'count');
+    assert.throws(
+      () => parseOrThrow(ForkRequest, { source: 'vm-abcdefghijkm', count: 0 }, 'fork'),
+      (e: unknown) => e instanceof ValidationError && e.details?.field === 'count',
+    );
     assert.throws(() => parseOrThrow(ForkRequest, { source: 'vm-abcdefghijkm', count: 1001 }, 'fork'), /count/);
     assert.throws(() => parseOrThrow(ForkRequest, { source: '../x', count: 1 }, 'fork'), /source/);
     assert.equal(parseOrThrow(ForkRequest, { source: 'snap-abcdefghijkm', count: 2 }, 'fork').resumeParent, false);

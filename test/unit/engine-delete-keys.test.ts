@@ -110,7 +110,10 @@ describe('engine: deleting a snapshot', { concurrency: true }, () => {
       () => assert.fail('the fork succeeded'),
       (e: unknown) => e,
     );
-    await pollUntil(async () => (h.plan.count('runtime.load', mark) === 1 ? true : undefined), { timeoutMs: 2000, what: 'the child at load' });
+    await pollUntil(async () => (h.plan.count('runtime.load', mark) === 1 ? true : undefined), {
+      timeoutMs: 2000,
+      what: 'the child at load',
+    });
     const e = await refused(h.engine.deleteSnapshot(snap.id, true));
     assert.equal(e.code, 'CONFLICT');
     assert.match(e.message, /in use by a fork in progress/);
@@ -147,7 +150,10 @@ describe('engine: idempotency keys', { concurrency: true }, () => {
     const h = await hostFor(t);
     const src = await boot(h);
     const mark = h.plan.calls.length;
-    const [a, b] = await Promise.all([fork(h, src.id, 2, { key: 'key-fork-b', resumeParent: true }), fork(h, src.id, 2, { key: 'key-fork-b', resumeParent: true })]);
+    const [a, b] = await Promise.all([
+      fork(h, src.id, 2, { key: 'key-fork-b', resumeParent: true }),
+      fork(h, src.id, 2, { key: 'key-fork-b', resumeParent: true }),
+    ]);
     assert.deepEqual(ids(a), ids(b));
     assert.equal(a.snapshot.id, b.snapshot.id);
     assert.equal(h.engine.listSnapshots().length, 1, 'the source was snapshotted once');
@@ -163,7 +169,10 @@ describe('engine: idempotency keys', { concurrency: true }, () => {
     assert.equal(h.plan.count('runtime.boot'), 1, 'booted once');
     const files = await h.files();
     const mark = h.plan.calls.length;
-    for (const attempt of [() => fork(h, src.id, 1, { key: 'key-used-once' }), () => h.engine.snapshot({ vm: src.id, resume: true, key: 'key-used-once' })]) {
+    for (const attempt of [
+      () => fork(h, src.id, 1, { key: 'key-used-once' }),
+      () => h.engine.snapshot({ vm: src.id, resume: true, key: 'key-used-once' }),
+    ]) {
       const e = await refused(attempt());
       assert.equal(e.code, 'CONFLICT');
       assert.equal(e.details?.field, 'key');
@@ -181,7 +190,10 @@ describe('engine: idempotency keys', { concurrency: true }, () => {
     h.plan.fail('runtime.load');
     const e = await refused(fork(h, snap.id, 2, { key: 'key-fork-c' }));
     assert.match(e.message, /injected failure/);
-    assert.deepEqual(h.engine.list().map((v) => v.id), [src.id]);
+    assert.deepEqual(
+      h.engine.list().map((v) => v.id),
+      [src.id],
+    );
     assert.equal(await exists(requestFile(h, 'key-fork-c')), false, 'a failure is not kept as the outcome');
 
     const mark = h.plan.calls.length;
@@ -206,7 +218,11 @@ describe('engine: idempotency keys', { concurrency: true }, () => {
     const mark = h.plan.calls.length;
     const again = await fork(h, src.id, 2, { key: 'key-fork-d', resumeParent: true });
     assert.deepEqual(ids(again), ids(first));
-    assert.deepEqual(h.plan.calls.slice(mark).map((c) => c.call), [], 'nothing was snapshotted or restored');
+    assert.deepEqual(
+      h.plan.calls.slice(mark).map((c) => c.call),
+      [],
+      'nothing was snapshotted or restored',
+    );
     assert.equal(h.engine.list().length, 3);
   });
 
@@ -221,7 +237,7 @@ describe('engine: idempotency keys', { concurrency: true }, () => {
     // Restarted only once that engine writes no more: the second child waits at load, the first
     // is running, on disk too (else its last write could land after the restart's clean-up).
     const onDisk = async (id: string): Promise<string | undefined> =>
-      ((JSON.parse(await fs.readFile(path.join(h.dataDir, 'vms', id, 'vm.json'), 'utf8')) as { state?: string }).state);
+      (JSON.parse(await fs.readFile(path.join(h.dataDir, 'vms', id, 'vm.json'), 'utf8')) as { state?: string }).state;
     await pollUntil(
       async () => {
         const made = h.engine.list().find((v) => v.id !== src.id && v.state === 'running');
@@ -231,7 +247,11 @@ describe('engine: idempotency keys', { concurrency: true }, () => {
     );
     assert.equal(h.engine.list().length, 3, 'one child made, one half-made');
     h = await h.restart();
-    assert.deepEqual(h.engine.list().map((v) => v.id), [src.id], 'the half-made children were removed');
+    assert.deepEqual(
+      h.engine.list().map((v) => v.id),
+      [src.id],
+      'the half-made children were removed',
+    );
     assert.deepEqual(sorted(h.runtime.live().map((p) => p.spec.id)), [src.id], 'and their processes stopped');
     assert.deepEqual(await vmsWithFiles(h), [src.id], 'and their files');
     const retry = await fork(h, snap.id, 2, { key: 'key-fork-e' });

@@ -14,7 +14,8 @@ import { refused } from '../helpers/errors.js';
  * runs or after, gets the first run's outcome (its failure too, once the command reached the
  * guest: a command that timed out may have run). A keyless exec is never deduped.
  */
-const execReq = (id: string, over: Partial<ExecRequest> = {}): ExecRequest => ExecRequest.parse({ id, cmd: ['sh', '-c', 'echo run >> /tmp/runs'], ...over });
+const execReq = (id: string, over: Partial<ExecRequest> = {}): ExecRequest =>
+  ExecRequest.parse({ id, cmd: ['sh', '-c', 'echo run >> /tmp/runs'], ...over });
 const runs = (h: EngineHost, mark: number): number => h.plan.count('runtime.exec', mark);
 
 describe('engine: exec by key', { concurrency: true }, () => {

@@ -28,7 +28,17 @@ const CASES: Case[] = [
     name: 'a booted VM, running, resumed after',
     setup: async (h) => (await boot(h)).id,
     resume: true,
-    expects: ['snapshots.adoptRam', 'layers.createOverlay', 'runtime.prepare', 'runtime.pause', 'runtime.saveState', 'snapshots.commitRam', 'runtime.load', 'layers.freeze', 'runtime.waitAgent'],
+    expects: [
+      'snapshots.adoptRam',
+      'layers.createOverlay',
+      'runtime.prepare',
+      'runtime.pause',
+      'runtime.saveState',
+      'snapshots.commitRam',
+      'runtime.load',
+      'layers.freeze',
+      'runtime.waitAgent',
+    ],
   },
   {
     name: 'a booted VM, paused, left paused',
@@ -75,7 +85,10 @@ const COMMITTED = 'directory.recordLineage#1';
 function knownBroken(step: string, steps: string[]): { whole?: string; reply?: string } {
   const committed = steps.indexOf(COMMITTED);
   if (committed >= 0 && steps.indexOf(step) > committed) {
-    return { reply: 'the snapshot stands but the call fails (a failure past the hand-over is rethrown): the caller never learns its id, and a keyed retry makes a second one' };
+    return {
+      reply:
+        'the snapshot stands but the call fails (a failure past the hand-over is rethrown): the caller never learns its id, and a keyed retry makes a second one',
+    };
   }
   return {};
 }
@@ -138,7 +151,11 @@ async function failAt(c: Case, step: string): Promise<{ ok: boolean }> {
       assert.match(String(outcome.error), /injected failure/, "the call fails with the step's error");
       assert.equal(assertVm(h, vm, state).pid, proc.pid, `back on its old process (${state})`);
       assert.deepEqual(looks(h, vm), before.look);
-      assert.deepEqual(h.runtime.live().map((p) => p.pid), before.live, 'no successor process is left');
+      assert.deepEqual(
+        h.runtime.live().map((p) => p.pid),
+        before.live,
+        'no successor process is left',
+      );
       assert.deepEqual(await filesOf(h), before.files, "no snapshot directory or RAM file is left, and the VM's RAM is back");
       assert.deepEqual(sorted(await h.layers.list()), before.layers, 'no layer is leaked');
       assert.deepEqual(sorted(h.directory.snaps), before.dirSnaps, 'the cluster was told of no snapshot');
@@ -168,7 +185,8 @@ describe('engine: a snapshot failing at any step leaves the VM as it was', { con
   for (const c of CASES) {
     it(c.name, async (t: TestContext) => {
       const steps = await traceSteps(c);
-      for (const want of c.expects) assert.ok(steps.includes(`${want}#1`), `a snapshot of ${c.name} calls ${want} (calls: ${steps.join(', ')})`);
+      for (const want of c.expects)
+        assert.ok(steps.includes(`${want}#1`), `a snapshot of ${c.name} calls ${want} (calls: ${steps.join(', ')})`);
       // Each step on a host of its own, all at once; the subtests report them in order.
       const mine = c.after ? steps.slice(steps.indexOf(c.after) + 1) : steps;
       assert.ok(mine.length > 0, `${c.name}: steps after ${c.after}`);
@@ -182,7 +200,9 @@ describe('engine: a snapshot failing at any step leaves the VM as it was', { con
         });
         if (ok !== false || steps.indexOf(step) <= steps.indexOf('runtime.load#1')) continue;
         // Past the hand-over the host came out whole but the call failed: a snapshot was made that nobody hears of.
-        await t.test(`fails at ${step}: the call succeeds, as the snapshot stands`, broken.reply ? { todo: broken.reply } : {}, () => assert.ok(ok));
+        await t.test(`fails at ${step}: the call succeeds, as the snapshot stands`, broken.reply ? { todo: broken.reply } : {}, () =>
+          assert.ok(ok),
+        );
       }
     });
   }

@@ -15,7 +15,10 @@ describe('engine: a VM from boot to destroy', { concurrency: true }, () => {
     const h = await hostFor(t);
     const vm = await boot(h);
     assert.equal(vm.state, 'running');
-    assert.deepEqual(h.engine.list().map((v) => [v.id, v.state]), [[vm.id, 'running']]);
+    assert.deepEqual(
+      h.engine.list().map((v) => [v.id, v.state]),
+      [[vm.id, 'running']],
+    );
     const p = assertVm(h, vm.id, 'running');
     assert.equal(p.spec.generation, 0, 'a booted VM is its first process');
     assert.deepEqual(sorted(h.directory.vms), [vm.id], 'the cluster is told where it runs');
@@ -70,7 +73,10 @@ describe('engine: a VM from boot to destroy', { concurrency: true }, () => {
     const h = await hostFor(t);
     const vm = await boot(h);
     h.runtime.crash(processOf(h, vm.id).pid);
-    await pollUntil(async () => (h.engine.show(vm.id).state === 'failed' ? true : undefined), { timeoutMs: 2000, what: 'VM marked failed' });
+    await pollUntil(async () => (h.engine.show(vm.id).state === 'failed' ? true : undefined), {
+      timeoutMs: 2000,
+      what: 'VM marked failed',
+    });
     assert.equal((await refused(h.engine.exec({ id: vm.id, cmd: ['true'], timeoutMs: 1000 }))).code, 'INVALID_STATE');
     await h.engine.destroy(vm.id);
     assert.deepEqual(h.engine.list(), []);
@@ -88,7 +94,11 @@ describe('engine: capacity refusals leave nothing behind', { concurrency: true }
     const e = await refused(fork(h, src.id, 3));
     assert.equal(e.code, 'CAPACITY');
     assert.match(e.message, /limit 3/);
-    assert.deepEqual(h.plan.calls.slice(mark).map((c) => c.call), [], 'no runtime, layer or snapshot call was made');
+    assert.deepEqual(
+      h.plan.calls.slice(mark).map((c) => c.call),
+      [],
+      'no runtime, layer or snapshot call was made',
+    );
     assert.equal(assertVm(h, src.id, 'running').pid, pid, 'the source runs on, not even paused');
     assert.deepEqual(h.engine.listSnapshots(), []);
     assert.deepEqual(await h.files(), before);
@@ -101,7 +111,10 @@ describe('engine: capacity refusals leave nothing behind', { concurrency: true }
     const e = await refused(boot(h));
     assert.equal(e.code, 'CAPACITY');
     assert.equal(h.plan.count('runtime.boot'), 1, 'only the first boot reached the runtime');
-    assert.deepEqual(h.engine.list().map((v) => v.id), [src.id]);
+    assert.deepEqual(
+      h.engine.list().map((v) => v.id),
+      [src.id],
+    );
     assert.deepEqual(await h.files(), before);
   });
 
@@ -168,9 +181,17 @@ describe('engine: fork', { concurrency: true }, () => {
     assert.match(e.message, /1 of 4 children failed; none kept: injected failure of runtime\.load/);
     assert.equal(h.plan.count('runtime.prepare', mark, isChildOf(src.id)), 4, 'all four children were started');
 
-    assert.deepEqual(h.engine.list().map((v) => v.id), [src.id], 'no child is listed');
+    assert.deepEqual(
+      h.engine.list().map((v) => v.id),
+      [src.id],
+      'no child is listed',
+    );
     assertVm(h, src.id, 'running');
-    assert.deepEqual(h.runtime.live().map((p) => p.spec.id), [src.id], 'no child process is left');
+    assert.deepEqual(
+      h.runtime.live().map((p) => p.spec.id),
+      [src.id],
+      'no child process is left',
+    );
     assert.deepEqual(await vmsWithFiles(h), [src.id], 'no file of a child is left');
     assert.deepEqual(sorted(h.directory.vms), [src.id], 'the cluster was told of no child, or told it is gone');
     const [snap] = h.engine.listSnapshots();
@@ -197,8 +218,15 @@ describe('engine: fork', { concurrency: true }, () => {
       const e = await refused(fork(h, snap.id, 4));
       assert.equal(h.plan.armed, 0, `the fault at ${step} fired`);
       assert.match(e.message, /1 of 4 children failed; none kept/);
-      assert.deepEqual(h.engine.list().map((v) => v.id), [src.id]);
-      assert.deepEqual(h.runtime.live().map((p) => p.pid), before.live, 'no child process is left');
+      assert.deepEqual(
+        h.engine.list().map((v) => v.id),
+        [src.id],
+      );
+      assert.deepEqual(
+        h.runtime.live().map((p) => p.pid),
+        before.live,
+        'no child process is left',
+      );
       assert.deepEqual(await h.files(), before.files, 'no file of a child is left');
       assert.deepEqual(sorted(await h.layers.list()), before.layers, 'no layer of a child is left');
       assert.deepEqual(sorted(h.directory.vms), [src.id]);
@@ -214,7 +242,12 @@ describe('engine: fork', { concurrency: true }, () => {
     h.plan.fail('runtime.control', gate ? { gate } : {});
     const r = await fork(h, snap.id, 2, { until: 'running' });
     // A child failing at once may already be on its way out when the fork returns.
-    if (gate) assert.deepEqual(r.children.map((c) => c.state), ['running', 'running'], 'both children are returned running');
+    if (gate)
+      assert.deepEqual(
+        r.children.map((c) => c.state),
+        ['running', 'running'],
+        'both children are returned running',
+      );
     assert.equal(r.children.length, 2);
     release?.();
     // An exec waits for the child to settle: on the failed child it fails, on the other it runs.

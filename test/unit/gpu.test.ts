@@ -38,7 +38,9 @@ describe('GPU discovery from sysfs', () => {
         ['15', ['0000:04:00.0']],
       ],
     );
-    assert.deepEqual(d.skipped, [{ bdf: '0000:03:00.0', reason: 'IOMMU group 14 also holds 0000:03:00.1 (driver snd_hda_intel), not bound to vfio-pci' }]);
+    assert.deepEqual(d.skipped, [
+      { bdf: '0000:03:00.0', reason: 'IOMMU group 14 also holds 0000:03:00.1 (driver snd_hda_intel), not bound to vfio-pci' },
+    ]);
   });
 
   it('finds none where vfio-pci is not loaded', async () => {
@@ -56,7 +58,11 @@ describe('GPU allocation', () => {
     assert.equal(a.take('vm-a', 1)[0]?.group, '12');
     assert.equal(a.take('vm-b', 1)[0]?.group, '13');
     assert.equal(a.free, 0);
-    assert.throws(() => a.take('vm-c', 1), (e: unknown) => e instanceof CapacityError && e.details?.field === 'gpus' && /0 free GPU\(s\) of 2 \(held by vm-a, vm-b\)/.test(e.message));
+    assert.throws(
+      () => a.take('vm-c', 1),
+      (e: unknown) =>
+        e instanceof CapacityError && e.details?.field === 'gpus' && /0 free GPU\(s\) of 2 \(held by vm-a, vm-b\)/.test(e.message),
+    );
     a.release('vm-a');
     assert.equal(a.take('vm-c', 1)[0]?.group, '12');
     assert.deepEqual(a.take('vm-d', 0), []);
@@ -89,7 +95,12 @@ describe('QEMU command line of a GPU VM', () => {
     const args = buildArgs(spec, { accel: 'kvm', machine: 'pc', cpuModel: 'host', sandbox: true, network: { mode: 'user' } }, p, 'boot');
     const devices = args.flatMap((a, i) => (args[i - 1] === '-device' ? [a] : []));
     assert.deepEqual(devices.slice(-2), ['vfio-pci,host=0000:01:00.0,id=gpu0', 'vfio-pci,host=0000:01:00.1,id=gpu1']);
-    const none = buildArgs({ ...spec, gpus: [] }, { accel: 'kvm', machine: 'pc', cpuModel: 'host', sandbox: true, network: { mode: 'user' } }, p, 'boot');
+    const none = buildArgs(
+      { ...spec, gpus: [] },
+      { accel: 'kvm', machine: 'pc', cpuModel: 'host', sandbox: true, network: { mode: 'user' } },
+      p,
+      'boot',
+    );
     assert.equal(none.filter((a) => a.startsWith('vfio-pci')).length, 0);
   });
 });

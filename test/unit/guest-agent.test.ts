@@ -53,7 +53,17 @@ async function fakeAgent(opts: { staleBeforeSync?: string; ignoreFirstSyncs?: nu
               break;
             }
             statusCalls++;
-            reply({ return: statusCalls < 3 ? { exited: false } : { exited: true, exitcode: 3, 'out-data': Buffer.from('hello\n').toString('base64'), 'err-data': Buffer.from('oops').toString('base64') } });
+            reply({
+              return:
+                statusCalls < 3
+                  ? { exited: false }
+                  : {
+                      exited: true,
+                      exitcode: 3,
+                      'out-data': Buffer.from('hello\n').toString('base64'),
+                      'err-data': Buffer.from('oops').toString('base64'),
+                    },
+            });
             break;
           case 'guest-hang':
             break;
@@ -64,7 +74,13 @@ async function fakeAgent(opts: { staleBeforeSync?: string; ignoreFirstSyncs?: nu
     };
   });
   await new Promise<void>((r) => server.listen(sock, r));
-  return { sock, stop: async () => { server.close(); await fs.rm(dir, { recursive: true, force: true }); } };
+  return {
+    sock,
+    stop: async () => {
+      server.close();
+      await fs.rm(dir, { recursive: true, force: true });
+    },
+  };
 }
 
 /**
@@ -73,15 +89,19 @@ async function fakeAgent(opts: { staleBeforeSync?: string; ignoreFirstSyncs?: nu
  */
 async function streamHugeStatus(s: net.Socket, bytes: number): Promise<void> {
   const chunk = Buffer.alloc(1 << 20, 'A');
-  const write = (b: Buffer): Promise<void> => (s.write(b) ? Promise.resolve() : new Promise<void>((r) => {
-      const done = (): void => {
-        s.off('drain', done).off('close', done);
-        r();
-      };
-      s.on('drain', done).on('close', done);
-    }));
+  const write = (b: Buffer): Promise<void> =>
+    s.write(b)
+      ? Promise.resolve()
+      : new Promise<void>((r) => {
+          const done = (): void => {
+            s.off('drain', done).off('close', done);
+            r();
+          };
+          s.on('drain', done).on('close', done);
+        });
   await write(Buffer.from('{"return": {"exitcode": 0, "exited": true, "out-data": "'));
-  for (let left = bytes; left > 0 && !s.destroyed; left -= chunk.length) await write(left >= chunk.length ? chunk : chunk.subarray(0, left));
+  for (let left = bytes; left > 0 && !s.destroyed; left -= chunk.length)
+    await write(left >= chunk.length ? chunk : chunk.subarray(0, left));
   await write(Buffer.from('"}}\n'));
 }
 
@@ -136,10 +156,16 @@ describe('guest agent client against a fake qemu-ga', () => {
         });
         peaks.push(rssMiB());
         // The connection is in step again: a small command right after works.
-        assert.deepEqual(await c.exec(['/bin/sh', '-c', 'echo hello; exit 3'], { timeoutMs: 5000 }), { exitCode: 3, stdout: 'hello\n', stderr: 'oops' });
+        assert.deepEqual(await c.exec(['/bin/sh', '-c', 'echo hello; exit 3'], { timeoutMs: 5000 }), {
+          exitCode: 3,
+          stdout: 'hello\n',
+          stderr: 'oops',
+        });
       }
       const growth = Math.max(...peaks) - before;
-      t.diagnostic(`client RSS over three 50 MB exec replies: before ${before} MiB, after each ${peaks.join(', ')} MiB (growth ${growth} MiB)`);
+      t.diagnostic(
+        `client RSS over three 50 MB exec replies: before ${before} MiB, after each ${peaks.join(', ')} MiB (growth ${growth} MiB)`,
+      );
       assert.ok(growth < 32, `RSS grew by ${growth} MiB over three 50 MB replies: the line was buffered`);
     } finally {
       c.close();
@@ -152,7 +178,10 @@ describe('guest agent client against a fake qemu-ga', () => {
     const c = await GuestAgentClient.connect(small.sock);
     try {
       const exec = c.exec as (cmd: string[], opts: Record<string, unknown>) => Promise<unknown>;
-      await assert.rejects(exec.call(c, ['sh'], { timeoutMs: 5000, maxOutputBytes: 8 }), (e: unknown) => e instanceof ForkyError && e.code === 'CAPACITY' && /exceeds 8 bytes/.test(e.message));
+      await assert.rejects(
+        exec.call(c, ['sh'], { timeoutMs: 5000, maxOutputBytes: 8 }),
+        (e: unknown) => e instanceof ForkyError && e.code === 'CAPACITY' && /exceeds 8 bytes/.test(e.message),
+      );
     } finally {
       c.close();
       await small.stop();
@@ -164,7 +193,14 @@ describe('bounded line splitter', () => {
   it('drops a line over its bound as it streams in, yields its size at the newline, and goes on', () => {
     const sp = new BoundedLineSplitter(8);
     const text = (l: Buffer | OverlongLine): string => (l instanceof OverlongLine ? `<${l.bytes}>` : l.toString());
-    const out = [sp.push(Buffer.from('ab\n0123')), sp.push(Buffer.from('4567')), sp.push(Buffer.from('89'.repeat(50))), sp.push(Buffer.from('\n \r\n12345678\ncd'))].flat().map(text);
+    const out = [
+      sp.push(Buffer.from('ab\n0123')),
+      sp.push(Buffer.from('4567')),
+      sp.push(Buffer.from('89'.repeat(50))),
+      sp.push(Buffer.from('\n \r\n12345678\ncd')),
+    ]
+      .flat()
+      .map(text);
     assert.deepEqual(out, ['ab', '<108>', '12345678']);
     assert.deepEqual(sp.push(Buffer.from('e\n')).map(text), ['cde'], 'a line split across chunks is joined');
     // Kept bytes are copies: a reused read buffer may be overwritten after push.

@@ -5,7 +5,18 @@ import { pack } from 'msgpackr';
 import { z } from 'zod';
 import { ForkyError, ValidationError } from '@forky/base';
 import { LocatorEntry, isReadableKey, parseJsonBytes, safeHeaders } from '@forky/bus/internal';
-import { BootRequest, HEADER_MAX_BYTES, boundedText, decodeBody, fieldPath, headerText, parseOrThrow, quoteText, toWireError, truncateUtf8 } from '@forky/contract';
+import {
+  BootRequest,
+  HEADER_MAX_BYTES,
+  boundedText,
+  decodeBody,
+  fieldPath,
+  headerText,
+  parseOrThrow,
+  quoteText,
+  toWireError,
+  truncateUtf8,
+} from '@forky/contract';
 
 /** mulberry32, so a failing string can be found again from the seed. */
 function prng(seed: number): () => number {
@@ -58,7 +69,9 @@ describe('headerText: one safe line for a NATS header', () => {
   it('always gives a value the NATS client accepts, for 5,000 random strings', () => {
     const rnd = prng(15);
     for (let n = 0; n < 5000; n++) {
-      const s = String.fromCharCode(...Array.from({ length: Math.floor(rnd() * 40) }, () => (rnd() < 0.5 ? Math.floor(rnd() * 0x80) : Math.floor(rnd() * 0x10000))));
+      const s = String.fromCharCode(
+        ...Array.from({ length: Math.floor(rnd() * 40) }, () => (rnd() < 0.5 ? Math.floor(rnd() * 0x80) : Math.floor(rnd() * 0x10000))),
+      );
       const h = headers();
       assert.doesNotThrow(() => h.set('Nats-Service-Error', headerText(s)), JSON.stringify(s));
       assert.doesNotMatch(headerText(s), /[\p{Cc}\p{Cs}]/u);
@@ -144,7 +157,13 @@ describe('the wire error and KV entries', () => {
   it('a KV entry is checked: not UTF-8, not JSON, the wrong shape are each a reason, never a throw', () => {
     const enc = new TextEncoder();
     assert.deepEqual(parseJsonBytes(LocatorEntry, enc.encode('{"host":"h1"}')), { ok: true, value: { host: 'h1' } });
-    for (const bytes of [enc.encode('{}'), Uint8Array.from([0xff, 0x7b]), enc.encode('{"host":"a\\nb"}'), enc.encode('null'), enc.encode('{"host":"h1","x":1}')]) {
+    for (const bytes of [
+      enc.encode('{}'),
+      Uint8Array.from([0xff, 0x7b]),
+      enc.encode('{"host":"a\\nb"}'),
+      enc.encode('null'),
+      enc.encode('{"host":"h1","x":1}'),
+    ]) {
       const r = parseJsonBytes(LocatorEntry, bytes);
       assert.equal(r.ok, false);
       assert.ok(!r.ok && !/[\r\n]/.test(r.why) && r.why.length < 300, !r.ok ? r.why : '');

@@ -35,22 +35,35 @@ describe('placement', () => {
 
   it('spreads evenly over live hosts, home first, skipping dead and full ones', () => {
     const hs = [host('a', 5000), host('b', 5000), host('c', 5000), host('d', 9000, { alive: false })];
-    assert.deepEqual([...placeChildren(hs, 'b', 6, 48, { spread: true })].sort(), [['a', 2], ['b', 2], ['c', 2]]);
+    assert.deepEqual([...placeChildren(hs, 'b', 6, 48, { spread: true })].sort(), [
+      ['a', 2],
+      ['b', 2],
+      ['c', 2],
+    ]);
     const full = [host('a', 5000), host('b', 60)];
-    assert.deepEqual([...placeChildren(full, 'a', 3, 48, { spread: true })].sort(), [['a', 2], ['b', 1]]);
+    assert.deepEqual([...placeChildren(full, 'a', 3, 48, { spread: true })].sort(), [
+      ['a', 2],
+      ['b', 1],
+    ]);
     assert.throws(() => placeChildren([host('a', 100)], 'a', 5, 48, { spread: true }), CapacityError);
   });
 
   it('debits what a host says its children really cost', () => {
     // b's children cost 500 MiB each: after 2 it has no room left, so the rest go to a.
     const hs = [host('a', 5000, { childPssMiB: 50 }), host('b', 1000, { childPssMiB: 500 })];
-    assert.deepEqual([...placeChildren(hs, 'a', 6, 48, { spread: true })].sort(), [['a', 4], ['b', 2]]);
+    assert.deepEqual([...placeChildren(hs, 'a', 6, 48, { spread: true })].sort(), [
+      ['a', 4],
+      ['b', 2],
+    ]);
   });
 
   it('picks the live host with the most free memory, and says why none fits', () => {
     assert.equal(pickHost([host('a', 1000), host('b', 3000)], { memMiB: 320, count: 1 }), 'b');
     assert.throws(() => pickHost([host('a', 100)], { memMiB: 320, count: 1 }), /no host has 320 MiB free/);
-    assert.throws(() => pickHost([host('a', 9000, { alive: false })], { memMiB: 320, count: 1 }), (e: unknown) => e instanceof ForkyError && e.code === 'UNAVAILABLE');
+    assert.throws(
+      () => pickHost([host('a', 9000, { alive: false })], { memMiB: 320, count: 1 }),
+      (e: unknown) => e instanceof ForkyError && e.code === 'UNAVAILABLE',
+    );
   });
 
   it('spreads placements over hosts that look alike, between heartbeats', () => {
@@ -69,7 +82,10 @@ describe('placement', () => {
     assert.equal(pickHost(hs, { memMiB: 320, count: 1 }), 'big');
     const over = (): string => pickHost(hs, { memMiB: 320, count: 1, gpus: 2 });
     assert.throws(over, (e: unknown) => e instanceof CapacityError && e.details?.field === 'gpus' && /g 1 of 2 free/.test(e.message));
-    assert.throws(() => pickHost(hs, { memMiB: 320, count: 1, gpus: 1 }, 'big'), (e: unknown) => e instanceof CapacityError && /host big has 0 free GPU/.test(e.message));
+    assert.throws(
+      () => pickHost(hs, { memMiB: 320, count: 1, gpus: 1 }, 'big'),
+      (e: unknown) => e instanceof CapacityError && /host big has 0 free GPU/.test(e.message),
+    );
     assert.throws(() => pickHost([host('x', 9000)], { memMiB: 320, count: 1, gpus: 1 }), /no live host has a GPU bound to vfio-pci/);
   });
 

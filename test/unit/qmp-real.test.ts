@@ -20,7 +20,22 @@ describe('QMP client against real QEMU (-machine none)', () => {
     const server = net.createServer();
     const conn = new Promise<net.Socket>((r) => server.once('connection', r));
     await new Promise<void>((r) => server.listen(sock, r));
-    qemu = spawn('qemu-system-x86_64', ['-machine', 'none', '-nodefaults', '-display', 'none', '-S', '-chardev', `socket,id=m,path=${sock},server=off`, '-mon', 'chardev=m,mode=control'], { stdio: 'ignore' });
+    qemu = spawn(
+      'qemu-system-x86_64',
+      [
+        '-machine',
+        'none',
+        '-nodefaults',
+        '-display',
+        'none',
+        '-S',
+        '-chardev',
+        `socket,id=m,path=${sock},server=off`,
+        '-mon',
+        'chardev=m,mode=control',
+      ],
+      { stdio: 'ignore' },
+    );
     exited = new Promise((r) => qemu.once('exit', () => r()));
     client = await QmpClient.handshake(await withDeadline(conn, 10_000, 'QEMU dial'));
     server.close();
@@ -38,7 +53,10 @@ describe('QMP client against real QEMU (-machine none)', () => {
   });
 
   it('reports a QMP error class for an unknown command', async () => {
-    await assert.rejects(client.execute('no-such-command'), (e: unknown) => e instanceof QmpCommandError && e.errorClass === 'CommandNotFound');
+    await assert.rejects(
+      client.execute('no-such-command'),
+      (e: unknown) => e instanceof QmpCommandError && e.errorClass === 'CommandNotFound',
+    );
   });
 
   it('sees events (STOP/RESUME) and rejects pending work when QEMU quits', async () => {

@@ -53,12 +53,19 @@ function host(sizeMiB: number) {
 }
 
 async function capacity(p: Promise<unknown>): Promise<ForkyError> {
-  const e = await p.then(() => assert.fail('admitted'), (err: unknown) => err);
+  const e = await p.then(
+    () => assert.fail('admitted'),
+    (err: unknown) => err,
+  );
   assert.ok(e instanceof ForkyError && e.code === 'CAPACITY', String(e));
   return e;
 }
 
-const vm = (id: string, shared: boolean, memMiB = 256): VmRam => ({ id, memMiB, ram: { file: `/fake/ram/${shared ? 'vms' : 'snapshots'}/${id}.ram`, shared } });
+const vm = (id: string, shared: boolean, memMiB = 256): VmRam => ({
+  id,
+  memMiB,
+  ram: { file: `/fake/ram/${shared ? 'vms' : 'snapshots'}/${id}.ram`, shared },
+});
 
 describe('RAM directory admission (fake tmpfs)', () => {
   it('admits a boot that fits and refuses one that does not, saying how much is needed and free', async () => {

@@ -3,7 +3,7 @@ import { describe, it } from 'node:test';
 import { requestHash } from '@forky/scheduler/internal';
 
 describe('requestHash: the same idempotency key must mean the same request', () => {
-  it('tells apart requests that differ only in nested fields (a batch\'s items)', () => {
+  it("tells apart requests that differ only in nested fields (a batch's items)", () => {
     const a = requestHash('batch', { key: 'k-00000001', items: [{ source: 'snap-aaaaaaaaaaaa', count: 1 }] });
     const b = requestHash('batch', { key: 'k-00000001', items: [{ source: 'snap-bbbbbbbbbbbb', count: 1 }] });
     assert.notEqual(a, b);

@@ -110,7 +110,10 @@ describe('warm pool', () => {
     const { pool, made, die } = fakePool(1, 4);
     pool.refill('s');
     for (let i = 0; i < 10; i++) {
-      const seen = await pollUntil(async () => (made.length > i ? true : undefined), { timeoutMs: 1000, what: `process ${i} made` }).then(() => true, () => false);
+      const seen = await pollUntil(async () => (made.length > i ? true : undefined), { timeoutMs: 1000, what: `process ${i} made` }).then(
+        () => true,
+        () => false,
+      );
       if (!seen) break;
       await pollUntil(async () => (pool.size('s') === 1 ? true : undefined), { timeoutMs: 1000, what: `process ${i} ready` });
       die(made[i] as string);
@@ -146,4 +149,3 @@ describe('loading a fork into a warm process', () => {
     assert.deepEqual(calls, ['load 13']);
   });
 });
-

@@ -98,7 +98,11 @@ export function schedulerPermissions(user = 'scheduler'): Permissions {
 
 /** The `authorization` block of a nats-server config (nats-server reads JSON). */
 export function authorizationConfig(auth: ClusterAuth): Record<string, unknown> {
-  const user = (c: Credentials, permissions?: Permissions): Record<string, unknown> => ({ user: c.user, password: c.pass, ...(permissions ? { permissions } : {}) });
+  const user = (c: Credentials, permissions?: Permissions): Record<string, unknown> => ({
+    user: c.user,
+    password: c.pass,
+    ...(permissions ? { permissions } : {}),
+  });
   return {
     authorization: {
       users: [
@@ -121,7 +125,10 @@ export async function readCredentials(file: string): Promise<Credentials> {
   try {
     text = await fs.readFile(file, 'utf8');
   } catch (e) {
-    throw new ForkyError('BAD_REQUEST', `cannot read NATS credentials ${file}: ${(e as Error).message}`, { cause: e, details: { field: 'nats.authFile' } });
+    throw new ForkyError('BAD_REQUEST', `cannot read NATS credentials ${file}: ${(e as Error).message}`, {
+      cause: e,
+      details: { field: 'nats.authFile' },
+    });
   }
   let parsed: z.ZodSafeParseResult<Credentials> | undefined;
   try {
@@ -129,6 +136,7 @@ export async function readCredentials(file: string): Promise<Credentials> {
   } catch {
     parsed = undefined;
   }
-  if (!parsed?.success) throw new ForkyError('BAD_REQUEST', `NATS credentials ${file} are not {"user", "pass"}`, { details: { field: 'nats.authFile' } });
+  if (!parsed?.success)
+    throw new ForkyError('BAD_REQUEST', `NATS credentials ${file} are not {"user", "pass"}`, { details: { field: 'nats.authFile' } });
   return parsed.data;
 }

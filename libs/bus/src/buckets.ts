@@ -18,7 +18,11 @@ export async function openBuckets(nc: NatsConnection, opts: { replicas?: number 
   const kvm = new Kvm(nc);
   const replicas = opts.replicas ?? 1;
   const kv = (name: string, opts: Partial<KvOptions>): Promise<KV> =>
-    createOrOpen(() => kvm.create(name, { history: 1, replicas, ...opts }), () => bindExisting(kvm.open(name)), `KV bucket ${name}`);
+    createOrOpen(
+      () => kvm.create(name, { history: 1, replicas, ...opts }),
+      () => bindExisting(kvm.open(name)),
+      `KV bucket ${name}`,
+    );
   const [hosts, locator, requests, lineage] = await Promise.all([
     kv(BUCKETS.hosts, { description: 'forky: host heartbeats' }),
     kv(BUCKETS.locator, { description: 'forky: which host holds each VM and snapshot' }),

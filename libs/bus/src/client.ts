@@ -45,7 +45,10 @@ export async function request(nc: NatsConnection, subject: string, body: unknown
   const now = Date.now();
   const times = outgoingTimes({ timeoutMs: opts.timeoutMs ?? DEFAULT_TIMEOUT_MS, deadline: opts.deadline, startBy: opts.startBy }, now);
   const timeoutMs = Math.floor(times.deadline - now);
-  if (timeoutMs < 1) throw new PastDeadlineError(`request ${subject} not sent: its caller gave up at ${new Date(times.deadline).toISOString()}`, { deadline: times.deadline });
+  if (timeoutMs < 1)
+    throw new PastDeadlineError(`request ${subject} not sent: its caller gave up at ${new Date(times.deadline).toISOString()}`, {
+      deadline: times.deadline,
+    });
   const h = headers();
   setHeader(h, 'Content-Type', CONTENT_TYPE[format]);
   setTimeHeaders(h, times);
@@ -88,7 +91,13 @@ export interface ClientOptions extends RequestOptions {
 }
 
 /** One request, re-sent after a lost reply when `retry` is set and the request allows it. */
-function send(nc: NatsConnection, endpoint: HostdEndpoint | SchedEndpoint, subject: string, body: unknown, opts: ClientOptions): Promise<unknown> {
+function send(
+  nc: NatsConnection,
+  endpoint: HostdEndpoint | SchedEndpoint,
+  subject: string,
+  body: unknown,
+  opts: ClientOptions,
+): Promise<unknown> {
   const { retry, ...reqOpts } = opts;
   if (!retry) return request(nc, subject, body, reqOpts);
   const once = (): Promise<unknown> => {

@@ -41,10 +41,15 @@ export function callerTimes(msg: { readonly headers?: MsgHdrs | undefined }, arr
  */
 export function refuseIfLate(t: CallerTimes, now = Date.now()): void {
   if (now > t.deadline) {
-    throw new PastDeadlineError(`the caller gave up at ${iso(t.deadline)} (now ${iso(now)}); the request was not started`, { deadline: t.deadline });
+    throw new PastDeadlineError(`the caller gave up at ${iso(t.deadline)} (now ${iso(now)}); the request was not started`, {
+      deadline: t.deadline,
+    });
   }
   if (t.startBy !== undefined && now > t.startBy) {
-    throw new PastDeadlineError(`the request had to start by ${iso(t.startBy)} (now ${iso(now)}), after which its caller may give up on this host; it was not started`, { startBy: t.startBy });
+    throw new PastDeadlineError(
+      `the request had to start by ${iso(t.startBy)} (now ${iso(now)}), after which its caller may give up on this host; it was not started`,
+      { startBy: t.startBy },
+    );
   }
 }
 
@@ -53,7 +58,10 @@ export function refuseIfLate(t: CallerTimes, now = Date.now()): void {
  * start-by) the handler is not called and the caller gets TIMEOUT; before it, the handler runs
  * with the request's times in scope, so the requests it makes in turn end by the same deadline.
  */
-export function inCallerTime<E extends { handler: (req: unknown) => Promise<unknown> }>(ep: E, msg: { readonly headers?: MsgHdrs | undefined }): E {
+export function inCallerTime<E extends { handler: (req: unknown) => Promise<unknown> }>(
+  ep: E,
+  msg: { readonly headers?: MsgHdrs | undefined },
+): E {
   const arrived = Date.now();
   return {
     ...ep,
@@ -70,7 +78,10 @@ export function inCallerTime<E extends { handler: (req: unknown) => Promise<unkn
  * the caller's `deadline` and the deadline of the request being served (a request made for a
  * caller must not outlive it).
  */
-export function outgoingTimes(opts: { timeoutMs: number; deadline?: number | undefined; startBy?: number | undefined }, now = Date.now()): CallerTimes {
+export function outgoingTimes(
+  opts: { timeoutMs: number; deadline?: number | undefined; startBy?: number | undefined },
+  now = Date.now(),
+): CallerTimes {
   const deadline = Math.min(now + opts.timeoutMs, opts.deadline ?? Infinity, callerDeadline() ?? Infinity);
   return opts.startBy === undefined ? { deadline } : { deadline, startBy: Math.min(opts.startBy, deadline) };
 }

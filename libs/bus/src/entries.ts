@@ -14,7 +14,10 @@ export const isReadableKey = (k: string): boolean => READABLE_KEY.test(k) && !k.
 const utf8 = new TextDecoder('utf-8', { fatal: true });
 
 /** Why `bytes` are not a `schema`, or the value they hold. */
-export function parseJsonBytes<S extends z.ZodType>(schema: S, bytes: Uint8Array): { ok: true; value: z.infer<S> } | { ok: false; why: string } {
+export function parseJsonBytes<S extends z.ZodType>(
+  schema: S,
+  bytes: Uint8Array,
+): { ok: true; value: z.infer<S> } | { ok: false; why: string } {
   let raw: unknown;
   try {
     raw = JSON.parse(utf8.decode(bytes));
@@ -43,7 +46,16 @@ export function logBadEntry(log: Logger, where: string, why: string, bytes: Uint
   }
   if (lastLogged.size >= 1000) lastLogged.clear();
   lastLogged.set(where, { at: now, suppressed: 0 });
-  log.warn({ where: headerText(where, 200), why: headerText(why, 200), value: excerpt(bytes, 80), size: bytes.length, suppressedBefore: seen?.suppressed ?? 0 }, 'a bad entry was ignored');
+  log.warn(
+    {
+      where: headerText(where, 200),
+      why: headerText(why, 200),
+      value: excerpt(bytes, 80),
+      size: bytes.length,
+      suppressedBefore: seen?.suppressed ?? 0,
+    },
+    'a bad entry was ignored',
+  );
 }
 
 /**

@@ -1,5 +1,14 @@
 import { headers, nanos, type NatsConnection } from '@nats-io/nats-core';
-import { AckPolicy, DeliverPolicy, RetentionPolicy, StorageType, jetstream, jetstreamManager, type Consumer, type JsMsg } from '@nats-io/jetstream';
+import {
+  AckPolicy,
+  DeliverPolicy,
+  RetentionPolicy,
+  StorageType,
+  jetstream,
+  jetstreamManager,
+  type Consumer,
+  type JsMsg,
+} from '@nats-io/jetstream';
 import type { Logger } from '@forky/base';
 import { DEADLINE_HEADERS, JOBS_CONSUMER, Job, STREAMS, decodeBody, encodeBody, parseTimeHeader, subjects } from '@forky/contract';
 import { createOrOpen } from './buckets.js';
@@ -79,7 +88,8 @@ export class JobQueue {
     );
     // A consumer made before the extra delivery existed (or with another maxDeliver) is brought in line.
     const info = await jsm.consumers.info(STREAMS.jobs, JOBS_CONSUMER);
-    if (info.config.max_deliver !== maxDeliveries(opts)) await jsm.consumers.update(STREAMS.jobs, JOBS_CONSUMER, { max_deliver: maxDeliveries(opts) });
+    if (info.config.max_deliver !== maxDeliveries(opts))
+      await jsm.consumers.update(STREAMS.jobs, JOBS_CONSUMER, { max_deliver: maxDeliveries(opts) });
     const consumer = await jetstream(nc).consumers.get(STREAMS.jobs, JOBS_CONSUMER);
     return new JobQueue(nc, consumer, opts, log.child({ component: 'jobs' }));
   }
@@ -94,7 +104,15 @@ export class JobQueue {
     const h = headers();
     if (deadline !== undefined) setHeader(h, DEADLINE_HEADERS.deadline, String(Math.floor(deadline)));
     // The message id makes a repeat after a lost ack harmless.
-    await retryTransient('job publish', () => jetstream(this.nc).publish(subjects.job(job.endpoint), body, { msgID: dedupeId, ...(deadline !== undefined ? { headers: h } : {}) }), { log: this.log });
+    await retryTransient(
+      'job publish',
+      () =>
+        jetstream(this.nc).publish(subjects.job(job.endpoint), body, {
+          msgID: dedupeId,
+          ...(deadline !== undefined ? { headers: h } : {}),
+        }),
+      { log: this.log },
+    );
   }
 
   /** Runs `concurrency` workers, each taking one job at a time, until `stop`. */
@@ -135,7 +153,13 @@ export class JobQueue {
     // The server must hear from us within ackWait, or it gives the job to someone else.
     const alive = setInterval(() => msg.working(), Math.max(200, this.opts.ackWaitMs / 3));
     try {
-      const outcome = await run({ job, attempt, last: attempt >= this.opts.maxDeliver, pastLast: attempt > this.opts.maxDeliver, ...jobDeadline(msg, this.log) });
+      const outcome = await run({
+        job,
+        attempt,
+        last: attempt >= this.opts.maxDeliver,
+        pastLast: attempt > this.opts.maxDeliver,
+        ...jobDeadline(msg, this.log),
+      });
       if (outcome.ack) msg.ack();
       else if ('retryInMs' in outcome) msg.nak(outcome.retryInMs);
       else msg.term(outcome.drop);
@@ -175,7 +199,7 @@ function jobDeadline(msg: JsMsg, log: Logger): { deadline?: number } {
     const deadline = parseTimeHeader(DEADLINE_HEADERS.deadline, headerOf(msg, DEADLINE_HEADERS.deadline));
     return deadline === undefined ? {} : { deadline };
   } catch (err) {
-    log.warn({ err, seq: msg.seq }, 'a job\'s deadline header is not a time; it is taken as none');
+    log.warn({ err, seq: msg.seq }, "a job's deadline header is not a time; it is taken as none");
     return {};
   }
 }

@@ -87,11 +87,7 @@ export class ObjectPartStore {
       })();
       // After a deadline the pump may still fail on the closed file: that is expected, not unhandled.
       pump.catch(() => undefined);
-      await withDeadline(
-        pump,
-        timeoutMs,
-        `fetching part ${digest.slice(0, 12)}`,
-      ).finally(() => void messages.close());
+      await withDeadline(pump, timeoutMs, `fetching part ${digest.slice(0, 12)}`).finally(() => void messages.close());
       const got = writer.digest();
       if (got !== digest) throw new ForkyError('INTERNAL', `part ${digest} arrived with digest ${got}`);
       await fh.close();
@@ -123,8 +119,7 @@ export class ObjectPartStore {
     const used = new Set<string>();
     for (const o of all.filter((x) => x.name.startsWith('manifest.'))) {
       const m = (await this.getManifest(o.name.slice('manifest.'.length)).catch(() => undefined)) as
-        | { chain?: Array<{ digest: string }>; state?: { digest: string }; ram?: { digest: string } }
-        | undefined;
+        { chain?: Array<{ digest: string }>; state?: { digest: string }; ram?: { digest: string } } | undefined;
       if (!m) continue;
       for (const p of [...(m.chain ?? []), m.state, m.ram]) if (p) used.add(name(p.digest));
     }

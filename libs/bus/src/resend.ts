@@ -63,14 +63,23 @@ export async function attemptBy<T>(deadline: number, what: string, send: () => P
     return await send();
   } catch (e) {
     if (e instanceof RemoteError && e.code === 'TIMEOUT' && Date.now() >= deadline - slack) {
-      throw new DeadlineError(`${what} (the receiver gave up at the deadline: ${e.message})`, Math.max(0, Math.round(deadline - started)), e);
+      throw new DeadlineError(
+        `${what} (the receiver gave up at the deadline: ${e.message})`,
+        Math.max(0, Math.round(deadline - started)),
+        e,
+      );
     }
     throw e;
   }
 }
 
 /** Runs `send`, and again after a lost reply while the request is resendable and tries are left. */
-export async function sendWithRetries<T>(endpoint: HostdEndpoint | SchedEndpoint, body: unknown, send: () => Promise<T>, opts: RetryOptions = {}): Promise<T> {
+export async function sendWithRetries<T>(
+  endpoint: HostdEndpoint | SchedEndpoint,
+  body: unknown,
+  send: () => Promise<T>,
+  opts: RetryOptions = {},
+): Promise<T> {
   const attempts = Math.max(1, opts.attempts ?? 4);
   const resendable = isResendable(endpoint, body);
   for (let attempt = 1; ; attempt++) {

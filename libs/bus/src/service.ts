@@ -2,7 +2,17 @@ import type { MsgHdrs, NatsConnection } from '@nats-io/nats-core';
 import { Svcm, type Service, type ServiceMsg } from '@nats-io/services';
 import type { z } from 'zod';
 import { ForkyError, asForkyError, type Logger } from '@forky/base';
-import { CONTENT_TYPE, decodeBody, encodeBody, fieldPath, headerText, parseOrThrow, toWireError, type Format, type WireError } from '@forky/contract';
+import {
+  CONTENT_TYPE,
+  decodeBody,
+  encodeBody,
+  fieldPath,
+  headerText,
+  parseOrThrow,
+  toWireError,
+  type Format,
+  type WireError,
+} from '@forky/contract';
 import { headerOf, safeHeaders } from './headers.js';
 import { inCallerTime } from './deadlines.js';
 
@@ -56,7 +66,9 @@ export async function startService(
           return;
         }
         // handle() answers every request itself; what escapes it is logged, never an exit.
-        handle(ep, msg, logger, stats.get(ep.subject) as EndpointStats).catch((e: unknown) => logQuietly(logger, ep.name, e, 'request handling failed'));
+        handle(ep, msg, logger, stats.get(ep.subject) as EndpointStats).catch((e: unknown) =>
+          logQuietly(logger, ep.name, e, 'request handling failed'),
+        );
       },
       metadata: { subject: ep.subject },
     });
@@ -105,7 +117,10 @@ function encodeReply(ep: EndpointDef, reply: unknown, format: Format): Uint8Arra
   const r = ep.reply.safeParse(reply);
   if (!r.success) {
     const i = r.error.issues[0];
-    throw new ForkyError('INTERNAL', `${ep.name} reply does not match the contract: ${i ? `${fieldPath(i.path)}: ${headerText(i.message, 200)}` : 'invalid'}`);
+    throw new ForkyError(
+      'INTERNAL',
+      `${ep.name} reply does not match the contract: ${i ? `${fieldPath(i.path)}: ${headerText(i.message, 200)}` : 'invalid'}`,
+    );
   }
   return encodeBody(r.data, format);
 }
@@ -117,7 +132,9 @@ function encodeReply(ep: EndpointDef, reply: unknown, format: Format): Uint8Arra
 function respondFailure(msg: ServiceMsg, fe: ForkyError, format: Format, logger: Logger, endpoint: string): void {
   try {
     const status = Number.isInteger(fe.status) ? fe.status : 500;
-    msg.respondError(status, headerText(`${fe.code}: ${fe.message}`), encodeBody(toWireError(fe), format), { headers: contentType(format) });
+    msg.respondError(status, headerText(`${fe.code}: ${fe.message}`), encodeBody(toWireError(fe), format), {
+      headers: contentType(format),
+    });
     return;
   } catch (e) {
     logQuietly(logger, endpoint, e, 'the error reply could not be sent; sending a bare INTERNAL one');

@@ -52,7 +52,7 @@ export async function* encodeSparse(file: string, stats: { sent: number }): Asyn
     stats.sent += head.length;
     yield head;
     const buf = Buffer.alloc(CHUNK * 16);
-    for (let pos = 0; pos < size; ) {
+    for (let pos = 0; pos < size;) {
       const { bytesRead } = await fh.read(buf, 0, buf.length, pos);
       if (bytesRead === 0) break;
       for (let o = 0; o < bytesRead; o += CHUNK) {

@@ -25,6 +25,7 @@ export const DEFAULT_DEADLINE_MS = 600_000;
 /** A time header's value, or undefined if absent; anything but decimal epoch milliseconds is refused. */
 export function parseTimeHeader(name: string, value: string | undefined): number | undefined {
   if (value === undefined || value === '') return undefined;
-  if (!/^\d{1,15}$/.test(value.trim())) throw new ValidationError(`header ${name} must be a time in epoch milliseconds`, { field: `(header ${name})` });
+  if (!/^\d{1,15}$/.test(value.trim()))
+    throw new ValidationError(`header ${name} must be a time in epoch milliseconds`, { field: `(header ${name})` });
   return Number(value.trim());
 }

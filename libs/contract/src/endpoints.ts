@@ -2,7 +2,17 @@ import type { z } from 'zod';
 import { HostInfo, Empty } from './host.js';
 import type { HostdEndpoint, SchedEndpoint } from './subjects.js';
 import { BootRequest, ExecRequest, ExecResult, VmAppRequest, VmInfo, VmList, VmRef } from './vm.js';
-import { ForkRequest, ForkResult, SnapshotCreateRequest, SnapshotInfo, SnapshotDeleteRequest, SnapshotDeleteResult, SnapshotList, SnapshotRef, TransferResult } from './snapshot.js';
+import {
+  ForkRequest,
+  ForkResult,
+  SnapshotCreateRequest,
+  SnapshotInfo,
+  SnapshotDeleteRequest,
+  SnapshotDeleteResult,
+  SnapshotList,
+  SnapshotRef,
+  TransferResult,
+} from './snapshot.js';
 
 /** Request and reply schema of every hostd endpoint: the one table both sides are checked against. */
 export const hostdContract = {

@@ -33,7 +33,15 @@ export {
   type HostdEndpoint,
   type SchedEndpoint,
 } from './subjects.js';
-export { hostdContract, ENDPOINT_KINDS, isReadEndpoint, type HostdContract, type RequestOf, type ParsedRequestOf, type ReplyOf } from './endpoints.js';
+export {
+  hostdContract,
+  ENDPOINT_KINDS,
+  isReadEndpoint,
+  type HostdContract,
+  type RequestOf,
+  type ParsedRequestOf,
+  type ReplyOf,
+} from './endpoints.js';
 export {
   SchedBootRequest,
   SchedForkRequest,

@@ -45,7 +45,8 @@ export function truncateUtf8(s: string, maxBytes: number): string {
 }
 
 /** `\uXXXX` for each UTF-16 unit of `c`, as JSON writes it. */
-const escapeUnits = (c: string): string => [...Array(c.length).keys()].map((i) => `\\u${c.charCodeAt(i).toString(16).padStart(4, '0')}`).join('');
+const escapeUnits = (c: string): string =>
+  [...Array(c.length).keys()].map((i) => `\\u${c.charCodeAt(i).toString(16).padStart(4, '0')}`).join('');
 
 /**
  * One line fit for a NATS header value: no CR, LF or other control or format characters (each
@@ -73,7 +74,9 @@ export function quoteText(value: unknown, maxChars = 64): string {
  * shown as `\uXXXX`, lone surrogates replaced, at most `maxChars` characters.
  */
 export function boundedText(value: unknown, maxChars = 2000): string {
-  const s = asString(value).replace(LONE_SURROGATE, '\uFFFD').replace(/[\p{Cc}\p{Zl}\p{Zp}]/gu, (c) => (c === '\n' || c === '\t' ? c : escapeUnits(c)));
+  const s = asString(value)
+    .replace(LONE_SURROGATE, '\uFFFD')
+    .replace(/[\p{Cc}\p{Zl}\p{Zp}]/gu, (c) => (c === '\n' || c === '\t' ? c : escapeUnits(c)));
   return s.length > maxChars ? `${s.slice(0, maxChars).replace(/[\uD800-\uDBFF]$/, '')}…` : s;
 }
 

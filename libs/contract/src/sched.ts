@@ -22,7 +22,10 @@ export type SchedForkRequest = z.infer<typeof SchedForkRequest>;
 export const MAX_BATCH = 100;
 
 export const BatchRequest = z.strictObject({
-  items: z.array(SchedForkRequest.omit({ key: true })).min(1).max(MAX_BATCH),
+  items: z
+    .array(SchedForkRequest.omit({ key: true }))
+    .min(1)
+    .max(MAX_BATCH),
   key: IdempotencyKey.optional(),
 });
 export type BatchRequest = z.infer<typeof BatchRequest>;

@@ -16,7 +16,13 @@ const PLAIN_SEGMENT = /^[A-Za-z_$][A-Za-z0-9_$-]{0,63}$/;
  */
 export function fieldPath(path: readonly PropertyKey[]): string {
   if (path.length === 0) return '(body)';
-  const segments = path.slice(0, 8).map((p) => (typeof p === 'number' || (typeof p === 'string' && PLAIN_SEGMENT.test(p)) ? String(p) : quoteText(typeof p === 'symbol' ? p.description : p, 40)));
+  const segments = path
+    .slice(0, 8)
+    .map((p) =>
+      typeof p === 'number' || (typeof p === 'string' && PLAIN_SEGMENT.test(p))
+        ? String(p)
+        : quoteText(typeof p === 'symbol' ? p.description : p, 40),
+    );
   return path.length > 8 ? `${segments.join('.')}.…` : segments.join('.');
 }
 

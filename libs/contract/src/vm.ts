@@ -3,7 +3,17 @@ import { HostId, IdempotencyKey, ImageName, SnapshotId, VmId } from './ids.js';
 import { AppList, AppMount } from './app.js';
 
 /** `lost`: shown by the scheduler for a VM whose host stopped reporting; hostd never uses it. */
-export const VM_STATES = ['booting', 'restoring', 'running', 'paused', 'snapshotting', 'destroying', 'destroyed', 'failed', 'lost'] as const;
+export const VM_STATES = [
+  'booting',
+  'restoring',
+  'running',
+  'paused',
+  'snapshotting',
+  'destroying',
+  'destroyed',
+  'failed',
+  'lost',
+] as const;
 export const VmState = z.enum(VM_STATES);
 export type VmState = z.infer<typeof VmState>;
 
@@ -70,7 +80,10 @@ export const ExecRequest = z.strictObject({
   cmd: z.array(z.string().max(65536)).min(1).max(256),
   timeoutMs: z.number().int().min(1).max(600_000).default(30_000),
   /** Text passed to the command's standard input (at most 512 KiB: the whole request must fit NATS's 1 MiB max_payload). */
-  input: z.string().max(1 << 19).optional(),
+  input: z
+    .string()
+    .max(1 << 19)
+    .optional(),
   /** A repeat under the same key returns the first run's result instead of running the command again. */
   key: IdempotencyKey.optional(),
 });

@@ -26,7 +26,12 @@ export function toWireError(err: ForkyError): WireError {
 /** A ForkyError rebuilt on the caller's side from a reply. */
 export class RemoteError extends ForkyError {
   override readonly name = 'RemoteError';
-  constructor(code: ErrorCode, message: string, readonly subject: string, details?: Record<string, unknown>) {
+  constructor(
+    code: ErrorCode,
+    message: string,
+    readonly subject: string,
+    details?: Record<string, unknown>,
+  ) {
     super(code, message, { details });
   }
 }

@@ -51,7 +51,9 @@ export class ReplyTooLargeError extends ForkyError {
     readonly limitBytes: number,
     readonly bytes: number,
   ) {
-    super('CAPACITY', `guest agent reply to ${command} is ${bytes} bytes, over the ${limitBytes}-byte limit`, { details: { command, limitBytes, bytes } });
+    super('CAPACITY', `guest agent reply to ${command} is ${bytes} bytes, over the ${limitBytes}-byte limit`, {
+      details: { command, limitBytes, bytes },
+    });
   }
 }
 
@@ -64,9 +66,13 @@ export class ExecOutputTooLargeError extends ForkyError {
     readonly limitBytes: number,
     cause?: unknown,
   ) {
-    super('CAPACITY', `output of guest command ${JSON.stringify(program.slice(0, 100))} exceeds ${limitBytes} bytes (${what}); write large output to a file in the guest instead`, {
-      cause,
-      details: { limitBytes },
-    });
+    super(
+      'CAPACITY',
+      `output of guest command ${JSON.stringify(program.slice(0, 100))} exceeds ${limitBytes} bytes (${what}); write large output to a file in the guest instead`,
+      {
+        cause,
+        details: { limitBytes },
+      },
+    );
   }
 }

@@ -56,7 +56,9 @@ export class GuestAgentClient {
     // Reads go to one reused buffer: a huge reply being discarded allocates nothing.
     const reads: { to?: (chunk: Buffer) => void } = {};
     const early: Buffer[] = [];
-    const sock = await connectUnix(path, timeoutMs, 'guest agent', (chunk) => (reads.to ? reads.to(chunk) : early.push(Buffer.from(chunk))));
+    const sock = await connectUnix(path, timeoutMs, 'guest agent', (chunk) =>
+      reads.to ? reads.to(chunk) : early.push(Buffer.from(chunk)),
+    );
     const client = new GuestAgentClient(sock, reads);
     for (const chunk of early) reads.to?.(chunk);
     return client;
@@ -135,7 +137,8 @@ export class GuestAgentClient {
       ...(opts.input === undefined ? {} : { 'input-data': Buffer.from(opts.input).toString('base64') }),
     });
     const pid = (started as { pid?: unknown } | null)?.pid;
-    if (!Number.isSafeInteger(pid)) throw new ProtocolError(`guest agent: guest-exec returned no pid: ${JSON.stringify(started)?.slice(0, 200)}`);
+    if (!Number.isSafeInteger(pid))
+      throw new ProtocolError(`guest agent: guest-exec returned no pid: ${JSON.stringify(started)?.slice(0, 200)}`);
     let st: ExecStatus;
     try {
       st = await pollUntil(
@@ -147,7 +150,8 @@ export class GuestAgentClient {
       );
     } catch (e) {
       // The agent reports output only once the command has exited, and then forgets it.
-      if (e instanceof ReplyTooLargeError) throw new ExecOutputTooLargeError(path, `as the guest agent's base64 reply, ${e.bytes} bytes`, e.limitBytes, e);
+      if (e instanceof ReplyTooLargeError)
+        throw new ExecOutputTooLargeError(path, `as the guest agent's base64 reply, ${e.bytes} bytes`, e.limitBytes, e);
       // Best effort: do not leave a runaway command behind in the guest.
       await this.execute('guest-exec', { path: 'kill', arg: ['-9', String(pid)] }, 2000).catch(() => undefined);
       throw e;

@@ -14,10 +14,17 @@ export async function connectUnix(path: string, timeoutMs: number, what: string,
   const buffer = onRead ? Buffer.allocUnsafe(READ_BUFFER) : undefined;
   const sock = net.createConnection({
     path,
-    ...(onRead && buffer ? { onread: { buffer, callback: (n: number, b: Uint8Array): boolean => {
-            onRead(Buffer.from(b.buffer, b.byteOffset, n));
-            return true; // keep reading
-          } } } : {}),
+    ...(onRead && buffer
+      ? {
+          onread: {
+            buffer,
+            callback: (n: number, b: Uint8Array): boolean => {
+              onRead(Buffer.from(b.buffer, b.byteOffset, n));
+              return true; // keep reading
+            },
+          },
+        }
+      : {}),
   });
   try {
     await withDeadline(

@@ -18,7 +18,8 @@ export function parseAppSpec(spec: string): { dir: string; mount: string } {
   const i = spec.lastIndexOf(':');
   const [dir, mount] = i > 0 && spec[i + 1] === '/' ? [spec.slice(0, i), spec.slice(i + 1)] : [spec, '/app'];
   const m = MountPoint.safeParse(mount);
-  if (!m.success) throw new ValidationError(`--app ${spec}: mount point ${mount} ${m.error.issues[0]?.message ?? 'is not valid'}`, { field: 'apps' });
+  if (!m.success)
+    throw new ValidationError(`--app ${spec}: mount point ${mount} ${m.error.issues[0]?.message ?? 'is not valid'}`, { field: 'apps' });
   return { dir: path.resolve(dir), mount };
 }
 
@@ -51,13 +52,33 @@ export async function packAppDir(dir: string, out: string): Promise<{ bytes: num
   await fs.rm(out, { force: true });
   await fs.writeFile(out, '');
   await fs.truncate(out, size);
-  const args = ['-q', '-F', '-t', 'ext4', '-b', '4096', '-m', '0', '-O', '^has_journal', '-N', String(entries + 64), '-L', 'forky-app', '-U', FS_UUID];
+  const args = [
+    '-q',
+    '-F',
+    '-t',
+    'ext4',
+    '-b',
+    '4096',
+    '-m',
+    '0',
+    '-O',
+    '^has_journal',
+    '-N',
+    String(entries + 64),
+    '-L',
+    'forky-app',
+    '-U',
+    FS_UUID,
+  ];
   args.push('-E', `root_owner=0:0,hash_seed=${HASH_SEED},lazy_itable_init=0`, '-d', dir, out);
   try {
     const env = { ...process.env, E2FSPROGS_FAKE_TIME: '1' };
     await promisify(execFile)('mkfs.ext4', args, { env, maxBuffer: 4 * MiB });
     // mkfs makes a lost+found the directory never had; the guest must see the directory as it is.
-    const own = await fs.stat(path.join(dir, 'lost+found')).then(() => true, () => false);
+    const own = await fs.stat(path.join(dir, 'lost+found')).then(
+      () => true,
+      () => false,
+    );
     if (!own) await promisify(execFile)('debugfs', ['-w', '-R', 'rmdir lost+found', out], { env, maxBuffer: 4 * MiB });
   } catch (e) {
     await fs.rm(out, { force: true });

@@ -26,7 +26,11 @@ const ALL = 'cluster-auth.json';
  * the scheduler, one user per host. Returns whether users or certificate changed (a running
  * nats-server must reload its config).
  */
-export async function prepareLocalAuth(data: string, hosts: readonly string[], tls: boolean): Promise<{ auth: LocalAuth; changed: boolean }> {
+export async function prepareLocalAuth(
+  data: string,
+  hosts: readonly string[],
+  tls: boolean,
+): Promise<{ auth: LocalAuth; changed: boolean }> {
   const dir = path.join(data, 'auth');
   await fs.mkdir(dir, { recursive: true, mode: 0o700 });
   await fs.chmod(dir, 0o700);
@@ -73,9 +77,23 @@ export async function prepareLocalAuth(data: string, hosts: readonly string[], t
 async function selfSignedCert(certFile: string, keyFile: string): Promise<void> {
   try {
     await promisify(execFile)('openssl', [
-      'req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-days', '365',
-      '-subj', '/CN=forky-local-nats', '-addext', 'subjectAltName=IP:127.0.0.1,DNS:localhost',
-      '-keyout', keyFile, '-out', certFile,
+      'req',
+      '-x509',
+      '-newkey',
+      'ec',
+      '-pkeyopt',
+      'ec_paramgen_curve:prime256v1',
+      '-nodes',
+      '-days',
+      '365',
+      '-subj',
+      '/CN=forky-local-nats',
+      '-addext',
+      'subjectAltName=IP:127.0.0.1,DNS:localhost',
+      '-keyout',
+      keyFile,
+      '-out',
+      certFile,
     ]);
     await fs.chmod(keyFile, 0o600);
   } catch (e) {
@@ -83,4 +101,8 @@ async function selfSignedCert(certFile: string, keyFile: string): Promise<void> 
   }
 }
 
-const exists = (f: string): Promise<boolean> => fs.access(f).then(() => true, () => false);
+const exists = (f: string): Promise<boolean> =>
+  fs.access(f).then(
+    () => true,
+    () => false,
+  );

@@ -95,7 +95,10 @@ export async function up(opts: UpOptions): Promise<ClusterFile> {
   await fs.mkdir(logs, { recursive: true });
   const images = path.join(data, 'images');
   progress('building the guest image if missing…');
-  await promisify(execFile)('bash', [path.join(IMAGE_RECIPES, 'tiny', 'build.sh'), images], { env: { ...process.env, FORKY_QUIET: '1' }, maxBuffer: 16 << 20 });
+  await promisify(execFile)('bash', [path.join(IMAGE_RECIPES, 'tiny', 'build.sh'), images], {
+    env: { ...process.env, FORKY_QUIET: '1' },
+    maxBuffer: 16 << 20,
+  });
 
   const prev = await readCluster(data);
   const running = (prev?.processes ?? []).filter((p) => isAlive(p.pid));
@@ -128,7 +131,10 @@ export async function up(opts: UpOptions): Promise<ClusterFile> {
   if (!running.some((p) => p.role === 'scheduler')) {
     progress('starting the scheduler…');
     const schedEnv = { ...env, ...(auth ? { FORKY_NATS_AUTH_FILE: auth.schedulerFile } : {}) };
-    procs.push({ role: 'scheduler', pid: spawnDetached('the scheduler', process.execPath, [SCHEDULER_MAIN], path.join(logs, 'scheduler.log'), schedEnv).pid });
+    procs.push({
+      role: 'scheduler',
+      pid: spawnDetached('the scheduler', process.execPath, [SCHEDULER_MAIN], path.join(logs, 'scheduler.log'), schedEnv).pid,
+    });
   }
   const ramRoot = ramRootOf(data);
   for (const host of wanted) {
@@ -143,7 +149,11 @@ export async function up(opts: UpOptions): Promise<ClusterFile> {
       FORKY_PROBE_CACHE: path.join(data, 'accel-probe.json'),
       ...(auth ? { FORKY_NATS_AUTH_FILE: auth.hostFile(host) } : {}),
     };
-    procs.push({ role: 'hostd', pid: spawnDetached(`hostd ${host}`, process.execPath, [HOSTD_MAIN], path.join(logs, `hostd-${host}.log`), hostEnv).pid, host });
+    procs.push({
+      role: 'hostd',
+      pid: spawnDetached(`hostd ${host}`, process.execPath, [HOSTD_MAIN], path.join(logs, `hostd-${host}.log`), hostEnv).pid,
+      host,
+    });
   }
   const cluster: ClusterFile = {
     server,
@@ -163,8 +173,10 @@ export async function up(opts: UpOptions): Promise<ClusterFile> {
       const alive = new Set(hosts?.hosts.filter((h) => h.alive).map((h) => h.id));
       if (wanted.every((h) => alive.has(h))) break;
       const dead = procs.filter((p) => !isAlive(p.pid));
-      if (dead.length > 0) throw new ForkyError('INTERNAL', `${dead.map((p) => p.host ?? p.role).join(', ')} exited during start; see ${logs}`);
-      if (Date.now() > deadline) throw new ForkyError('TIMEOUT', `hosts did not report in within 90 s (have: ${[...alive].join(', ') || 'none'}); see ${logs}`);
+      if (dead.length > 0)
+        throw new ForkyError('INTERNAL', `${dead.map((p) => p.host ?? p.role).join(', ')} exited during start; see ${logs}`);
+      if (Date.now() > deadline)
+        throw new ForkyError('TIMEOUT', `hosts did not report in within 90 s (have: ${[...alive].join(', ') || 'none'}); see ${logs}`);
       await delay(200);
     }
   } finally {
@@ -201,7 +213,14 @@ export async function down(data: string): Promise<DownReport | undefined> {
       const c = new HostdClient(nc, p.host as string, { timeoutMs: 60_000 });
       // A list answers at once from a live hostd; a hung one is dealt with below.
       const vms = await c.call('vm.list', {}, { timeoutMs: 10_000 }).catch(() => ({ vms: [] }));
-      await Promise.all(vms.vms.map((v) => c.call('vm.destroy', { id: v.id }).then(() => destroyed.push(v.id), () => undefined)));
+      await Promise.all(
+        vms.vms.map((v) =>
+          c.call('vm.destroy', { id: v.id }).then(
+            () => destroyed.push(v.id),
+            () => undefined,
+          ),
+        ),
+      );
       const snaps = await c.call('snapshot.list', {}, { timeoutMs: 10_000 }).catch(() => ({ snapshots: [] }));
       for (const s of [...snaps.snapshots].reverse()) await c.call('snapshot.delete', { id: s.id }).catch(() => undefined);
     }
@@ -210,9 +229,11 @@ export async function down(data: string): Promise<DownReport | undefined> {
   const failed: string[] = [];
   for (const role of ['hostd', 'scheduler', 'nats'] as const) {
     await Promise.all(
-      (cluster?.processes ?? []).filter((p) => p.role === role).map(async (p) => {
-        if (!(await stopProcess(p.pid))) failed.push(`${p.host ?? p.role} (pid ${p.pid})`);
-      }),
+      (cluster?.processes ?? [])
+        .filter((p) => p.role === role)
+        .map(async (p) => {
+          if (!(await stopProcess(p.pid))) failed.push(`${p.host ?? p.role} (pid ${p.pid})`);
+        }),
     );
   }
   // After hostd is gone, so nothing starts a VM meanwhile.
@@ -220,7 +241,10 @@ export async function down(data: string): Promise<DownReport | undefined> {
   const killed = await findClusterQemu([data, ramDir]);
   for (const f of await killQemu(killed)) failed.push(`QEMU pid ${f.pid}${f.vm ? ` (${f.vm})` : ''}: ${f.why}`);
   const ramFilesRemoved = await removeRamDir(ramDir);
-  if (failed.length > 0) throw new ForkyError('INTERNAL', `could not stop ${failed.join(', ')}; run \`forky down\` again, or kill them by hand`, { details: { failed } });
+  if (failed.length > 0)
+    throw new ForkyError('INTERNAL', `could not stop ${failed.join(', ')}; run \`forky down\` again, or kill them by hand`, {
+      details: { failed },
+    });
   await fs.rm(clusterFile(data), { force: true });
   if (!cluster && killed.length === 0 && ramFilesRemoved === 0) return undefined;
   return { stopped: cluster?.processes ?? [], destroyed, killed, ramDir, ramFilesRemoved };

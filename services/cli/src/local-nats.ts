@@ -53,13 +53,25 @@ export class PortTakenError extends ForkyError {
  * port it got. A recorded port that is taken fails with PortTakenError while services of the
  * cluster run (they know no other port); with none running, a new port is as good.
  */
-export async function startLocalNats(data: string, auth: LocalAuth | undefined, port: number | undefined, servicesRunning: boolean): Promise<{ pid: number; port: number }> {
+export async function startLocalNats(
+  data: string,
+  auth: LocalAuth | undefined,
+  port: number | undefined,
+  servicesRunning: boolean,
+): Promise<{ pid: number; port: number }> {
   const log = path.join(data, 'logs', 'nats.log');
   const attempt = async (p: number): Promise<{ pid: number; port: number } | 'taken'> => {
     await writeNatsConf(data, auth, p);
     const { pid, from } = spawnDetached('nats-server', 'nats-server', ['-c', natsConfOf(data)], log);
     try {
-      const m = await waitForLog(log, /Listening for client connections on [\d.]+:(\d+)[\s\S]*Server is ready/, pid, 15_000, 'nats-server start', from);
+      const m = await waitForLog(
+        log,
+        /Listening for client connections on [\d.]+:(\d+)[\s\S]*Server is ready/,
+        pid,
+        15_000,
+        'nats-server start',
+        from,
+      );
       return { pid, port: Number(m[1]) };
     } catch (e) {
       if (/address already in use/.test((e as Error).message)) return 'taken';

@@ -10,7 +10,11 @@ export function formatTable<T extends object>(rows: readonly T[], columns: Reado
   if (rows.length === 0) return '(none)\n';
   const cells = rows.map((r) => columns.map((c) => fmt(r[c])));
   const widths = columns.map((c, i) => Math.max(c.length, ...cells.map((row) => (row[i] as string).length)));
-  const line = (vals: string[]): string => vals.map((v, i) => v.padEnd(widths[i] as number)).join('  ').trimEnd();
+  const line = (vals: string[]): string =>
+    vals
+      .map((v, i) => v.padEnd(widths[i] as number))
+      .join('  ')
+      .trimEnd();
   return [line(columns.map((c) => c.toUpperCase())), ...cells.map(line)].join('\n') + '\n';
 }
 

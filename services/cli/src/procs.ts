@@ -7,7 +7,13 @@ import { DeadlineError, delay } from '@forky/base';
  * Starts a process that outlives the CLI, its output appended to `logFile` after a start line
  * (the log of a run that crashed must survive the restart). `from` is where this run's output begins.
  */
-export function spawnDetached(what: string, cmd: string, args: string[], logFile: string, env: NodeJS.ProcessEnv = process.env): { pid: number; from: number } {
+export function spawnDetached(
+  what: string,
+  cmd: string,
+  args: string[],
+  logFile: string,
+  env: NodeJS.ProcessEnv = process.env,
+): { pid: number; from: number } {
   const fd = fs.openSync(logFile, 'a');
   try {
     fs.writeSync(fd, `--- forky up: starting ${what} at ${new Date().toISOString()} ---\n`);
@@ -32,7 +38,14 @@ export function isAlive(pid: number): boolean {
 }
 
 /** Waits for `pattern` in a log file the process writes, from byte `from` on; fails early if the process dies. */
-export async function waitForLog(logFile: string, pattern: RegExp, pid: number, timeoutMs: number, what: string, from = 0): Promise<RegExpExecArray> {
+export async function waitForLog(
+  logFile: string,
+  pattern: RegExp,
+  pid: number,
+  timeoutMs: number,
+  what: string,
+  from = 0,
+): Promise<RegExpExecArray> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     const text = (await fsp.readFile(logFile).catch(() => Buffer.alloc(0))).subarray(from).toString('utf8');

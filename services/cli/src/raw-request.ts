@@ -41,12 +41,16 @@ export async function rawRequest(nc: NatsConnection, subject: string, body: unkn
     throw new ValidationError(`${JSON.stringify(subject)} is not a subject one can send a request to`, { field: 'subject' });
   }
   if (subject.startsWith(`${SUBJECT_ROOT}.`) && !isRequestSubject(subject)) {
-    throw new NoRespondersError(subject, ` (not a request subject of the Forky API: ${SUBJECT_ROOT}.sched.<endpoint>, ${SUBJECT_ROOT}.host.<host>.<endpoint>)`);
+    throw new NoRespondersError(
+      subject,
+      ` (not a request subject of the Forky API: ${SUBJECT_ROOT}.sched.<endpoint>, ${SUBJECT_ROOT}.host.<host>.<endpoint>)`,
+    );
   }
   try {
     return await request(nc, subject, body, { format: 'json', timeoutMs });
   } catch (e) {
-    if (e instanceof ForkyError && e.code === 'UNAVAILABLE' && isNoResponders(e)) throw new NoRespondersError(subject, ' (no service subscribes to it)', e);
+    if (e instanceof ForkyError && e.code === 'UNAVAILABLE' && isNoResponders(e))
+      throw new NoRespondersError(subject, ' (no service subscribes to it)', e);
     throw e;
   }
 }

@@ -22,7 +22,10 @@ export async function findClusterQemu(dirs: readonly string[]): Promise<ClusterQ
   const out: ClusterQemu[] = [];
   for (const entry of await fs.readdir('/proc')) {
     if (!/^\d+$/.test(entry)) continue;
-    const args = await fs.readFile(`/proc/${entry}/cmdline`, 'utf8').then((t) => t.split('\0'), () => [] as string[]);
+    const args = await fs.readFile(`/proc/${entry}/cmdline`, 'utf8').then(
+      (t) => t.split('\0'),
+      () => [] as string[],
+    );
     if (!/^qemu-system-/.test(path.basename(args[0] ?? ''))) continue;
     if (!args.some((a) => needles.some((n) => a.includes(n)))) continue;
     const pid = Number(entry);
@@ -46,7 +49,8 @@ export async function killQemu(procs: readonly ClusterQemu[]): Promise<Array<Clu
   }
   const deadline = Date.now() + 5000;
   while (procs.some((p) => isAlive(p.pid)) && Date.now() < deadline) await delay(25);
-  for (const p of procs) if (isAlive(p.pid) && !failed.some((f) => f.pid === p.pid)) failed.push({ ...p, why: 'still running 5 s after SIGKILL' });
+  for (const p of procs)
+    if (isAlive(p.pid) && !failed.some((f) => f.pid === p.pid)) failed.push({ ...p, why: 'still running 5 s after SIGKILL' });
   return failed;
 }
 

@@ -8,7 +8,12 @@ import { HostId } from '@forky/contract';
 const Limits = z.strictObject({
   bootTimeoutMs: z.number().int().positive().default(60_000),
   restoreTimeoutMs: z.number().int().positive().default(20_000),
-  forkConcurrency: z.number().int().min(1).max(64).default(Math.max(2, os.cpus().length * 2)),
+  forkConcurrency: z
+    .number()
+    .int()
+    .min(1)
+    .max(64)
+    .default(Math.max(2, os.cpus().length * 2)),
   maxVms: z.number().int().min(1).max(10_000).default(1000),
   childCostMiB: z.number().int().min(1).default(48),
   reserveMiB: z.number().int().min(0).default(512),
@@ -49,7 +54,10 @@ export const HostdConfig = z.strictObject({
       tcgTbSizeMiB: z.number().int().min(1).max(2048).optional(),
       sandbox: z.boolean().default(true),
       /** Whom QEMU runs as: `auto` (forky-qemu where the host allows), `none` (hostd's user), or a user name. */
-      runAs: z.string().regex(/^[a-z_][a-z0-9_-]{0,31}$/, 'auto, none or a user name').default('auto'),
+      runAs: z
+        .string()
+        .regex(/^[a-z_][a-z0-9_-]{0,31}$/, 'auto, none or a user name')
+        .default('auto'),
       probeTimeoutMs: z.number().int().positive().default(8000),
       /** Default: <dataDir>/accel-probe.json. */
       probeCacheFile: z.string().optional(),
@@ -60,7 +68,10 @@ export const HostdConfig = z.strictObject({
   limits: Limits.prefault({}),
   /** VMs' NICs: QEMU user-mode NAT (default), or a TAP device per VM on an existing host bridge. */
   network: z
-    .discriminatedUnion('mode', [z.strictObject({ mode: z.literal('user') }), z.strictObject({ mode: z.literal('tap'), bridge: z.string().regex(/^[A-Za-z0-9_.-]{1,15}$/) })])
+    .discriminatedUnion('mode', [
+      z.strictObject({ mode: z.literal('user') }),
+      z.strictObject({ mode: z.literal('tap'), bridge: z.string().regex(/^[A-Za-z0-9_.-]{1,15}$/) }),
+    ])
     .default({ mode: 'user' }),
   pool: Pool.prefault({}),
   /** Simulate a host: VMs are records only, no QEMU runs (for scheduler benchmarks). */
@@ -84,7 +95,14 @@ export type HostdConfigInput = z.input<typeof HostdConfig>;
 
 /** The host name, made into a valid host id. */
 export function defaultHostId(): string {
-  return os.hostname().toLowerCase().replace(/[^a-z0-9-]/g, '-').replace(/^-+/, '').slice(0, 63) || 'host';
+  return (
+    os
+      .hostname()
+      .toLowerCase()
+      .replace(/[^a-z0-9-]/g, '-')
+      .replace(/^-+/, '')
+      .slice(0, 63) || 'host'
+  );
 }
 
 function defaults(hostId: string, cwd: string): Record<string, unknown> {

@@ -59,7 +59,13 @@ export class ImageCatalog {
     const names: string[] = [];
     for (const e of entries) {
       if (!e.isDirectory() || !ImageName.safeParse(e.name).success) continue;
-      if (await fs.stat(safeJoin(this.dir, e.name, 'manifest.json')).then(() => true, () => false)) names.push(e.name);
+      if (
+        await fs.stat(safeJoin(this.dir, e.name, 'manifest.json')).then(
+          () => true,
+          () => false,
+        )
+      )
+        names.push(e.name);
     }
     return names.sort();
   }

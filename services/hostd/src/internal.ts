@@ -10,7 +10,18 @@ export { AppMounter, APP_SLOTS, appSerial, type AppDevice } from './domain/apps.
 export { Host, type WarmMaker } from './domain/host.js';
 export { Requests, EXEC_MEMORY } from './domain/requests.js';
 export { Rollback, withRollback } from './domain/rollback.js';
-export { admitVms, checkProfile, refuseGpuSnapshot, RamAdmission, UNLIMITED_RAM, knownRamFiles, ramNeed, type RamFile, type RamHold, type RamNeed } from './domain/admission.js';
+export {
+  admitVms,
+  checkProfile,
+  refuseGpuSnapshot,
+  RamAdmission,
+  UNLIMITED_RAM,
+  knownRamFiles,
+  ramNeed,
+  type RamFile,
+  type RamHold,
+  type RamNeed,
+} from './domain/admission.js';
 export type { AppLayerStore, Directory, PartStore, RamSpace, RunningProcess, AppDisk, SnapshotFiles } from './domain/ports.js';
 export type { SnapshotRecord, VmRecord } from './domain/records.js';
 export { Layout } from './layout.js';

@@ -2,7 +2,15 @@ import type { NatsConnection } from '@nats-io/nats-core';
 import type { Service } from '@nats-io/services';
 import type { Logger } from '@forky/base';
 import { startService, type EndpointDef } from '@forky/bus';
-import { HOSTD_ENDPOINTS, SERVICE_NAMES, hostdContract, subjects, type HostdEndpoint, type ParsedRequestOf, type ReplyOf } from '@forky/contract';
+import {
+  HOSTD_ENDPOINTS,
+  SERVICE_NAMES,
+  hostdContract,
+  subjects,
+  type HostdEndpoint,
+  type ParsedRequestOf,
+  type ReplyOf,
+} from '@forky/contract';
 import type { HostEngine } from './domain/engine.js';
 
 type Handlers = { [E in HostdEndpoint]: (req: ParsedRequestOf<E>) => Promise<ReplyOf<E>> | ReplyOf<E> };

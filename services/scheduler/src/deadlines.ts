@@ -51,7 +51,8 @@ export class StartByClient extends HostdClient {
   }
 
   override async call<E extends HostdEndpoint>(endpoint: E, body: RequestOf<E>, opts: RequestOptions = {}): Promise<ReplyOf<E>> {
-    if (this.givenUp.aborted) throw new ForkyError('UNAVAILABLE', `host ${this.hostId}: ${endpoint} not sent: the call it is part of was given up`);
+    if (this.givenUp.aborted)
+      throw new ForkyError('UNAVAILABLE', `host ${this.hostId}: ${endpoint} not sent: the call it is part of was given up`);
     this.#latest = Date.now() + this.windowMs;
     return super.call(endpoint, body, { startBy: this.#latest, ...opts });
   }

@@ -19,11 +19,15 @@ export async function fork(ctx: SchedContext, req: Omit<SchedForkRequest, 'key'>
   const plan = placeChildren(ctx.hosts.statuses(), home, req.count, ctx.childCostMiB, req);
   const apps = req.apps ? { apps: req.apps } : {};
   if (plan.size === 1 && plan.has(home)) {
-    return ctx.hosts.onHost(home, (c) => c.call('fork', { source: req.source, count: req.count, resumeParent: req.resumeParent, until: req.until, ...apps, key }));
+    return ctx.hosts.onHost(home, (c) =>
+      c.call('fork', { source: req.source, count: req.count, resumeParent: req.resumeParent, until: req.until, ...apps, key }),
+    );
   }
   const snapshot =
     kind === 'vm'
-      ? await ctx.hosts.onHost(home, (c) => c.call('snapshot.create', { vm: req.source, resume: req.resumeParent, key: subKey(key, 'snapshot') }))
+      ? await ctx.hosts.onHost(home, (c) =>
+          c.call('snapshot.create', { vm: req.source, resume: req.resumeParent, key: subKey(key, 'snapshot') }),
+        )
       : await ctx.hosts.onHost(home, (c) => c.call('snapshot.show', { id: req.source }));
   const snapshotMs = performance.now() - started;
   // Published once, up front; each target then fetches what it lacks and forks, in parallel.
@@ -76,7 +80,8 @@ async function forkShares(
     const down = new Set(failed.map(([h]) => h));
     const rest = ctx.hosts.statuses().filter((h) => h.alive && !down.has(h.id));
     const again = new Map<string, number>();
-    for (const [, n] of failed) for (const [h, m] of placeChildren(rest, home, n, ctx.childCostMiB, { spread: true })) again.set(h, (again.get(h) ?? 0) + m);
+    for (const [, n] of failed)
+      for (const [h, m] of placeChildren(rest, home, n, ctx.childCostMiB, { spread: true })) again.set(h, (again.get(h) ?? 0) + m);
     pending = [...again.entries()];
   }
   return results;
@@ -100,7 +105,8 @@ export async function batch(ctx: SchedContext, req: BatchRequest, key: string, l
   // Items whose host went away are tried again with the job (the done ones are replayed by
   // their hosts under the same keys), unless this is its last attempt.
   const transient = results.filter((r) => !r.ok && TRANSIENT.has(r.error.code as ErrorCode)).length;
-  if (transient > 0 && !last) throw new ForkyError('UNAVAILABLE', `${transient} of ${results.length} batch items failed on hosts that did not answer`);
+  if (transient > 0 && !last)
+    throw new ForkyError('UNAVAILABLE', `${transient} of ${results.length} batch items failed on hosts that did not answer`);
   return { results };
 }
 

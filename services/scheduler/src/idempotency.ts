@@ -41,7 +41,10 @@ export interface Recorded {
 /** A stable digest of a request, without its key: the same key must mean the same request. */
 export function requestHash(endpoint: string, req: Record<string, unknown>): string {
   const { key: _key, ...rest } = req;
-  return createHash('sha256').update(`${endpoint}\n${canonical(rest)}`).digest('hex').slice(0, 32);
+  return createHash('sha256')
+    .update(`${endpoint}\n${canonical(rest)}`)
+    .digest('hex')
+    .slice(0, 32);
 }
 
 /** JSON with every object's keys sorted, at every depth (a replacer array would drop nested keys). */
@@ -49,7 +52,11 @@ function canonical(v: unknown): string {
   if (Array.isArray(v)) return `[${v.map(canonical).join(',')}]`;
   if (v !== null && typeof v === 'object') {
     const o = v as Record<string, unknown>;
-    return `{${Object.keys(o).filter((k) => o[k] !== undefined).sort().map((k) => `${JSON.stringify(k)}:${canonical(o[k])}`).join(',')}}`;
+    return `{${Object.keys(o)
+      .filter((k) => o[k] !== undefined)
+      .sort()
+      .map((k) => `${JSON.stringify(k)}:${canonical(o[k])}`)
+      .join(',')}}`;
   }
   return JSON.stringify(v) ?? 'null';
 }
@@ -100,10 +107,19 @@ export class Idempotency {
         if (!entry) return;
         if (entry.hash !== hash) finish(() => reject(keyReused(key)));
         else if (entry.state === 'done') finish(() => resolve(entry.reply as T));
-        else if (entry.state === 'failed' && !entry.retry) finish(() => reject(fromWireError({ error: entry.error ?? { code: 'INTERNAL', message: 'failed' } }, key)));
+        else if (entry.state === 'failed' && !entry.retry)
+          finish(() => reject(fromWireError({ error: entry.error ?? { code: 'INTERNAL', message: 'failed' } }, key)));
       };
       const timer = setTimeout(
-        () => finish(() => reject(new DeadlineError(`request ${key} (one not started by its deadline is failed, not run; one under way finishes: ask again with the same key for its outcome)`, timeoutMs))),
+        () =>
+          finish(() =>
+            reject(
+              new DeadlineError(
+                `request ${key} (one not started by its deadline is failed, not run; one under way finishes: ask again with the same key for its outcome)`,
+                timeoutMs,
+              ),
+            ),
+          ),
         timeoutMs,
       );
       const poll = setInterval(() => void this.kv.get(key).then(see, () => undefined), 2_000);
@@ -123,10 +139,17 @@ export class Idempotency {
    * Runs `fn` once for `key`, or returns what an earlier run under it returned. `willRetry` says
    * whether a failure will be tried again (it is then recorded as such, and waiters keep waiting).
    */
-  async run<T>(key: string, hash: string, timeoutMs: number, fn: () => Promise<T>, willRetry: (e: ForkyError) => boolean = () => false): Promise<T> {
+  async run<T>(
+    key: string,
+    hash: string,
+    timeoutMs: number,
+    fn: () => Promise<T>,
+    willRetry: (e: ForkyError) => boolean = () => false,
+  ): Promise<T> {
     const deadline = Date.now() + timeoutMs;
     for (;;) {
-      const claim = (): string => JSON.stringify({ state: 'pending', hash, owner: this.owner, leaseUntil: Date.now() + this.leaseMs } satisfies Entry);
+      const claim = (): string =>
+        JSON.stringify({ state: 'pending', hash, owner: this.owner, leaseUntil: Date.now() + this.leaseMs } satisfies Entry);
       try {
         return await this.#work(key, hash, await this.kv.create(key, claim()), fn, willRetry);
       } catch (e) {
@@ -153,13 +176,16 @@ export class Idempotency {
 
   async #work<T>(key: string, hash: string, revision: number, fn: () => Promise<T>, willRetry: (e: ForkyError) => boolean): Promise<T> {
     let rev = revision;
-    const renew = setInterval(() => {
-      const v = JSON.stringify({ state: 'pending', hash, owner: this.owner, leaseUntil: Date.now() + this.leaseMs } satisfies Entry);
-      this.kv.update(key, v, rev).then(
-        (r) => (rev = r),
-        (err: unknown) => this.log.warn({ err, key }, 'lease renewal failed'),
-      );
-    }, Math.max(100, this.leaseMs / 3));
+    const renew = setInterval(
+      () => {
+        const v = JSON.stringify({ state: 'pending', hash, owner: this.owner, leaseUntil: Date.now() + this.leaseMs } satisfies Entry);
+        this.kv.update(key, v, rev).then(
+          (r) => (rev = r),
+          (err: unknown) => this.log.warn({ err, key }, 'lease renewal failed'),
+        );
+      },
+      Math.max(100, this.leaseMs / 3),
+    );
     try {
       const reply = await fn();
       clearInterval(renew);
@@ -170,9 +196,18 @@ export class Idempotency {
       clearInterval(renew);
       const fe = asForkyError(e);
       const retry = willRetry(fe);
-      const failed = JSON.stringify({ state: 'failed', hash, owner: this.owner, leaseUntil: 0, error: toWireError(fe).error, ...(retry ? { retry } : {}) } satisfies Entry);
+      const failed = JSON.stringify({
+        state: 'failed',
+        hash,
+        owner: this.owner,
+        leaseUntil: 0,
+        error: toWireError(fe).error,
+        ...(retry ? { retry } : {}),
+      } satisfies Entry);
       await retryTransient('requests put', () => this.kv.put(key, failed), { log: this.log }).catch(() => undefined);
-      throw fe instanceof RemoteError ? new ForkyError(fe.code, fe.message, { cause: fe, ...(fe.details ? { details: fe.details } : {}) }) : fe;
+      throw fe instanceof RemoteError
+        ? new ForkyError(fe.code, fe.message, { cause: fe, ...(fe.details ? { details: fe.details } : {}) })
+        : fe;
     }
   }
 }

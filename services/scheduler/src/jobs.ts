@@ -45,7 +45,12 @@ export class Jobs {
    * still gets a fresh key (and the calls of a fork keys derived from it), so that it dedupes
    * them as it does a job's. A keyed one becomes a job (see #submit).
    */
-  once<E extends JobEndpoint, T>(endpoint: E, req: SchedParsedRequestOf<E>, precheck: () => Promise<unknown>, fn: (key: string) => Promise<T>): Promise<T> {
+  once<E extends JobEndpoint, T>(
+    endpoint: E,
+    req: SchedParsedRequestOf<E>,
+    precheck: () => Promise<unknown>,
+    fn: (key: string) => Promise<T>,
+  ): Promise<T> {
     if (!req.key) return fn(newId('req', 16));
     return this.#submit(endpoint, req as SchedParsedRequestOf<E> & { key: string }, precheck);
   }
@@ -80,7 +85,8 @@ export class Jobs {
     const { job } = d;
     const log = this.log.child({ job: job.key, endpoint: job.endpoint, attempt: d.attempt });
     const parsed = schedContract[job.endpoint].request.safeParse(job.request);
-    if (!parsed.success || requestHash(job.endpoint, job.request) !== job.hash) return { ack: false, drop: 'request does not match its schema or hash' };
+    if (!parsed.success || requestHash(job.endpoint, job.request) !== job.hash)
+      return { ack: false, drop: 'request does not match its schema or hash' };
     const refusal = jobRefusal(d);
     if (refusal) return failUnrun(this.#idem, d, refusal, { waitMs: 2 * this.opts.leaseMs, startWindowMs: this.opts.startWindowMs() }, log);
     const retryLater = (e: ForkyError): boolean => !d.last && TRANSIENT.has(e.code);

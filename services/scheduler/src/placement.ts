@@ -26,7 +26,8 @@ export function pickHost(hosts: readonly HostStatus[], need: { memMiB: number; c
     const h = hosts.find((x) => x.id === pin);
     if (!h) throw new NotFoundError('host', pin);
     if (!h.alive) throw new ForkyError('UNAVAILABLE', `host ${pin} is down (last seen ${h.lastSeen})`, { details: { field: 'host' } });
-    if (h.gpus.free < gpus) throw new CapacityError(`host ${pin} has ${h.gpus.free} free GPU(s) of ${h.gpus.total}; ${gpus} asked`, { field: 'gpus' });
+    if (h.gpus.free < gpus)
+      throw new CapacityError(`host ${pin} has ${h.gpus.free} free GPU(s) of ${h.gpus.total}; ${gpus} asked`, { field: 'gpus' });
     return pin;
   }
   const live = hosts.filter((h) => h.alive);
@@ -37,7 +38,10 @@ export function pickHost(hosts: readonly HostStatus[], need: { memMiB: number; c
     throw new CapacityError(
       total === 0
         ? `no live host has a GPU bound to vfio-pci; ${gpus} asked`
-        : `no host has ${gpus} free GPU(s): ${live.filter((h) => h.gpus.total > 0).map((h) => `${h.id} ${h.gpus.free} of ${h.gpus.total}`).join(', ')} free`,
+        : `no host has ${gpus} free GPU(s): ${live
+            .filter((h) => h.gpus.total > 0)
+            .map((h) => `${h.id} ${h.gpus.free} of ${h.gpus.total}`)
+            .join(', ')} free`,
       { field: 'gpus' },
     );
   }
@@ -74,7 +78,9 @@ export function placeChildren(
     return new Map([[home, count]]);
   }
   // A child costs what the host's children really cost (their median Pss), once it has any.
-  const live = hosts.filter((h) => h.alive).map((h) => ({ id: h.id, free: h.memFreeMiB, cost: h.childPssMiB > 0 ? h.childPssMiB : childCostMiB }));
+  const live = hosts
+    .filter((h) => h.alive)
+    .map((h) => ({ id: h.id, free: h.memFreeMiB, cost: h.childPssMiB > 0 ? h.childPssMiB : childCostMiB }));
   if (live.length === 0) pickHost(hosts, { memMiB: childCostMiB, count });
   // Home first (its children need no transfer), then by free memory; round-robin over those with room.
   live.sort((a, b) => (a.id === home ? -1 : b.id === home ? 1 : b.free - a.free));

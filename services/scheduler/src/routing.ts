@@ -21,7 +21,8 @@ export async function gather(ctx: SchedContext, endpoint: 'vm.list' | 'snapshot.
   const beats = ctx.hosts.beats();
   const live = beats.map((b) => b.status).filter((h) => h.alive);
   // A down host's VMs are shown as lost (from its last heartbeat), not silently dropped.
-  const lost = endpoint === 'vm.list' ? beats.filter((b) => !b.status.alive).flatMap((b) => b.vms.map((v) => ({ ...v, state: 'lost' as const }))) : [];
+  const lost =
+    endpoint === 'vm.list' ? beats.filter((b) => !b.status.alive).flatMap((b) => b.vms.map((v) => ({ ...v, state: 'lost' as const }))) : [];
   const lists = await Promise.all(
     live.map(async (h) => {
       try {

@@ -80,19 +80,39 @@ export class Scheduler {
   }
 
   boot(req: SchedBootRequest): Promise<VmInfo> {
-    return this.#jobs.once('vm.boot', req, async () => this.#bootHost(req), (key) => this.#boot(req, key));
+    return this.#jobs.once(
+      'vm.boot',
+      req,
+      async () => this.#bootHost(req),
+      (key) => this.#boot(req, key),
+    );
   }
 
   fork(req: SchedForkRequest): Promise<ForkResult> {
-    return this.#jobs.once('fork', req, () => this.locate(sourceKind(req.source), req.source), (key) => fork(this.#ctx, req, key));
+    return this.#jobs.once(
+      'fork',
+      req,
+      () => this.locate(sourceKind(req.source), req.source),
+      (key) => fork(this.#ctx, req, key),
+    );
   }
 
   batch(req: BatchRequest): Promise<BatchResult> {
-    return this.#jobs.once('batch', req, async () => undefined, (key) => batch(this.#ctx, req, key, true));
+    return this.#jobs.once(
+      'batch',
+      req,
+      async () => undefined,
+      (key) => batch(this.#ctx, req, key, true),
+    );
   }
 
   snapshot(req: SnapshotCreateRequest): Promise<SnapshotInfo> {
-    return this.#jobs.once('snapshot.create', req, () => this.locate('vm', req.vm), (key) => this.#snapshot(req, key));
+    return this.#jobs.once(
+      'snapshot.create',
+      req,
+      () => this.locate('vm', req.vm),
+      (key) => this.#snapshot(req, key),
+    );
   }
 
   /** The lineage of every snapshot, as hosts recorded it in JetStream. */
@@ -125,10 +145,21 @@ export class Scheduler {
 
   async #boot(req: SchedBootRequest, key: string): Promise<VmInfo> {
     const host = this.#bootHost(req);
-    return this.#ctx.hosts.onHost(host, (c) => c.call('vm.boot', { image: req.image, memMiB: req.memMiB, cpus: req.cpus, gpus: req.gpus, ...(req.apps ? { apps: req.apps } : {}), key }));
+    return this.#ctx.hosts.onHost(host, (c) =>
+      c.call('vm.boot', {
+        image: req.image,
+        memMiB: req.memMiB,
+        cpus: req.cpus,
+        gpus: req.gpus,
+        ...(req.apps ? { apps: req.apps } : {}),
+        key,
+      }),
+    );
   }
 
   async #snapshot(req: SnapshotCreateRequest, key: string): Promise<SnapshotInfo> {
-    return this.#ctx.hosts.onHost(await this.locate('vm', req.vm), (c) => c.call('snapshot.create', { vm: req.vm, resume: req.resume, key }));
+    return this.#ctx.hosts.onHost(await this.locate('vm', req.vm), (c) =>
+      c.call('snapshot.create', { vm: req.vm, resume: req.resume, key }),
+    );
   }
 }

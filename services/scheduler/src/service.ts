@@ -40,7 +40,12 @@ export function startSchedulerService(nc: NatsConnection, s: Scheduler, version:
   }));
   return startService(
     nc,
-    { name: SERVICE_NAMES.scheduler, version, description: 'Forky Pig scheduler: places and forwards VM work', queue: SERVICE_NAMES.scheduler },
+    {
+      name: SERVICE_NAMES.scheduler,
+      version,
+      description: 'Forky Pig scheduler: places and forwards VM work',
+      queue: SERVICE_NAMES.scheduler,
+    },
     endpoints,
     logger.child({ component: 'service' }),
   );

@@ -10,7 +10,10 @@ export function registerCluster(program: Command, cli: CliContext): void {
     .description('start a local cluster: nats-server, the scheduler, N hostd; build the guest image if missing')
     .option('--hosts <n>', 'number of hosts', positiveInt('hosts'), 1)
     .option('--detach', 'return once every host has reported in (default: stay and stop all on Ctrl-C)')
-    .option('--no-auth', 'no NATS users: anyone who reaches the port may act (default: a user per host, the scheduler and an operator, in <data>/auth)')
+    .option(
+      '--no-auth',
+      'no NATS users: anyone who reaches the port may act (default: a user per host, the scheduler and an operator, in <data>/auth)',
+    )
     .option('--tls', 'NATS over TLS, with a self-signed certificate in <data>/auth')
     .action(
       cli.action(async (o: { hosts: number; detach?: boolean; auth: boolean; tls?: boolean }, cmd: Command) => {

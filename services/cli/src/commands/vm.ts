@@ -4,7 +4,9 @@ import type { VmInfo } from '@forky/contract';
 import { printJson, printTable } from '../output.js';
 import { APP_HELP, collect, nonNegativeInt, positiveInt, type CliContext } from './context.js';
 
-export const VM_COLUMNS = ['id', 'host', 'state', 'image', 'memMiB', 'parentSnapshot', 'pid'] as const satisfies ReadonlyArray<keyof VmInfo>;
+export const VM_COLUMNS = ['id', 'host', 'state', 'image', 'memMiB', 'parentSnapshot', 'pid'] as const satisfies ReadonlyArray<
+  keyof VmInfo
+>;
 
 /** The exec's own deadline in the guest when neither --timeout nor --exec-timeout is given. */
 const EXEC_TIMEOUT_MS = 30_000;
@@ -63,7 +65,11 @@ export function registerVm(program: Command, cli: CliContext): void {
   ] as const) {
     vm.command(`${name} <id>`)
       .description(what)
-      .action(cli.action(async (id: string, _o: unknown, cmd: Command) => printVms(cmd, [await cli.withSession(cmd, (s) => s.call(endpoint, { id }))], true)));
+      .action(
+        cli.action(async (id: string, _o: unknown, cmd: Command) =>
+          printVms(cmd, [await cli.withSession(cmd, (s) => s.call(endpoint, { id }))], true),
+        ),
+      );
   }
 
   vm.command('rm <ids...>')

@@ -101,7 +101,12 @@ function handle(): VmHandle {
  * what a dry run shows of a VM, the GPUs passed through included.
  */
 async function writeArgs(spec: VmSpec, mode: LaunchMode): Promise<void> {
-  const args = buildArgs(spec, { accel: 'tcg', machine: 'pc', cpuModel: 'qemu64', sandbox: true, network: { mode: 'user' } }, launchPaths(spec), mode);
+  const args = buildArgs(
+    spec,
+    { accel: 'tcg', machine: 'pc', cpuModel: 'qemu64', sandbox: true, network: { mode: 'user' } },
+    launchPaths(spec),
+    mode,
+  );
   await fs.mkdir(spec.runDir, { recursive: true });
   await fs.writeFile(path.join(spec.runDir, 'qemu-args.json'), JSON.stringify(args));
 }

@@ -31,20 +31,28 @@ export async function discoverGpus(sysfsRoot: string, log: Logger): Promise<GpuD
   for (const bdf of bound) {
     const dev = path.join(sysfsRoot, 'bus/pci/devices', bdf);
     if (!DISPLAY_CLASS.test(await readTrim(path.join(dev, 'class')))) continue;
-    const group = await fs.readlink(path.join(dev, 'iommu_group')).then((l) => path.basename(l), () => undefined);
+    const group = await fs.readlink(path.join(dev, 'iommu_group')).then(
+      (l) => path.basename(l),
+      () => undefined,
+    );
     if (!group || !/^\d+$/.test(group)) {
       skipped.push({ bdf, reason: 'no IOMMU group (is the IOMMU on? intel_iommu=on / amd_iommu=on)' });
       continue;
     }
     if (seen.has(group)) continue;
     seen.add(group);
-    const members = (await fs.readdir(path.join(sysfsRoot, 'kernel/iommu_groups', group, 'devices')).catch(() => [bdf])).filter((e) => BDF.test(e)).sort();
+    const members = (await fs.readdir(path.join(sysfsRoot, 'kernel/iommu_groups', group, 'devices')).catch(() => [bdf]))
+      .filter((e) => BDF.test(e))
+      .sort();
     const functions: string[] = [];
     let unbound: string | undefined;
     for (const m of members) {
       const mdev = path.join(sysfsRoot, 'bus/pci/devices', m);
       if (BRIDGE_CLASS.test(await readTrim(path.join(mdev, 'class')))) continue;
-      const driver = await fs.readlink(path.join(mdev, 'driver')).then((l) => path.basename(l), () => 'none');
+      const driver = await fs.readlink(path.join(mdev, 'driver')).then(
+        (l) => path.basename(l),
+        () => 'none',
+      );
       if (driver !== 'vfio-pci') unbound ??= `${m} (driver ${driver})`;
       functions.push(m);
     }
@@ -59,4 +67,8 @@ export async function discoverGpus(sysfsRoot: string, log: Logger): Promise<GpuD
   return { gpus, skipped };
 }
 
-const readTrim = (file: string): Promise<string> => fs.readFile(file, 'utf8').then((s) => s.trim(), () => '');
+const readTrim = (file: string): Promise<string> =>
+  fs.readFile(file, 'utf8').then(
+    (s) => s.trim(),
+    () => '',
+  );

@@ -35,7 +35,11 @@ export class StatfsRamSpace implements RamSpace {
     try {
       await execa('fallocate', ['--dig-holes', file]);
     } catch (e) {
-      throw new ForkyError('INTERNAL', `cannot give back the zero pages of ${file}: ${(e as { shortMessage?: string }).shortMessage ?? String(e)}`, { cause: e });
+      throw new ForkyError(
+        'INTERNAL',
+        `cannot give back the zero pages of ${file}: ${(e as { shortMessage?: string }).shortMessage ?? String(e)}`,
+        { cause: e },
+      );
     } finally {
       if (unlock) await fs.chmod(file, st.mode & 0o7777).catch(() => undefined);
     }

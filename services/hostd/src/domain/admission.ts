@@ -35,9 +35,12 @@ export async function admitVms(h: AdmissionView, perVmMiB: number, count: number
   const { availableMiB } = await h.stats.meminfo();
   const need = perVmMiB * count;
   if (need > availableMiB - h.limits.reserveMiB) {
-    throw new CapacityError(`host ${h.hostId} has ${availableMiB} MiB available (${h.limits.reserveMiB} reserved); ${count} VM(s) need about ${need} MiB`, {
-      field: 'count',
-    });
+    throw new CapacityError(
+      `host ${h.hostId} has ${availableMiB} MiB available (${h.limits.reserveMiB} reserved); ${count} VM(s) need about ${need} MiB`,
+      {
+        field: 'count',
+      },
+    );
   }
 }
 

@@ -125,10 +125,13 @@ export class AppMounter {
     const devices = vm.apps ?? [];
     const todo = wanted.filter((w) => !devices.some((d) => d.mount === w.mount && d.layer === w.layer));
     const mounts = new Set([...devices.flatMap((d) => (d.mount ? [d.mount] : [])), ...wanted.map((w) => w.mount)]);
-    if (mounts.size > MAX_APPS) throw new ValidationError(`${vm.id} would have ${mounts.size} app mounts; at most ${MAX_APPS}`, { field: 'apps' });
+    if (mounts.size > MAX_APPS)
+      throw new ValidationError(`${vm.id} would have ${mounts.size} app mounts; at most ${MAX_APPS}`, { field: 'apps' });
     const free = Array.from({ length: APP_SLOTS }, (_, i) => i).filter((s) => !devices.some((d) => d.slot === s));
     if (free.length < todo.length) {
-      throw new CapacityError(`${vm.id} has ${free.length} free app slot(s) (old layers still plugged); ${todo.length} needed`, { field: 'apps' });
+      throw new CapacityError(`${vm.id} has ${free.length} free app slot(s) (old layers still plugged); ${todo.length} needed`, {
+        field: 'apps',
+      });
     }
     return { todo, free };
   }
@@ -153,14 +156,20 @@ export class AppMounter {
       vm.apps = (vm.apps ?? []).filter((d) => d !== dev);
       await persist();
     } catch (err) {
-      this.log.warn({ err, vm: vm.id, slot: dev.slot, layer: dev.layer }, 'an old app layer could not be unplugged; it stays plugged, unmounted');
+      this.log.warn(
+        { err, vm: vm.id, slot: dev.slot, layer: dev.layer },
+        'an old app layer could not be unplugged; it stays plugged, unmounted',
+      );
     }
   }
 
   async #guest(vmId: string, h: VmHandle, cmd: string[]): Promise<void> {
     const r = await this.runtime.exec(h, cmd, { timeoutMs: this.timeouts.guestMs });
     if (r.exitCode !== 0) {
-      throw new ForkyError('INTERNAL', `VM ${vmId}: ${cmd.join(' ')} failed (exit ${r.exitCode}): ${(r.stderr || r.stdout).trim().slice(0, 500)}`);
+      throw new ForkyError(
+        'INTERNAL',
+        `VM ${vmId}: ${cmd.join(' ')} failed (exit ${r.exitCode}): ${(r.stderr || r.stdout).trim().slice(0, 500)}`,
+      );
     }
   }
 }

@@ -1,7 +1,17 @@
 import type { Logger } from '@forky/base';
 import type { ImageCatalog } from '../images.js';
 import type { Layout } from '../layout.js';
-import type { AppLayerStore, Directory, HostStats, LayerStore, PartStore, RamSpace, RecordStore, SnapshotStore, VmRuntime } from './ports.js';
+import type {
+  AppLayerStore,
+  Directory,
+  HostStats,
+  LayerStore,
+  PartStore,
+  RamSpace,
+  RecordStore,
+  SnapshotStore,
+  VmRuntime,
+} from './ports.js';
 import type { WarmPoolOptions } from './warm-pool.js';
 import type { GpuAllocator } from './gpus.js';
 

@@ -33,7 +33,14 @@ import { warmMaker } from './ops/warm.js';
 export type { EngineDeps, EngineLimits } from './deps.js';
 
 /** Codes of requests refused before anything was touched. */
-const REFUSALS: ReadonlySet<ErrorCode> = new Set<ErrorCode>(['CAPACITY', 'INCOMPATIBLE', 'CONFLICT', 'NOT_FOUND', 'INVALID_STATE', 'BAD_REQUEST']);
+const REFUSALS: ReadonlySet<ErrorCode> = new Set<ErrorCode>([
+  'CAPACITY',
+  'INCOMPATIBLE',
+  'CONFLICT',
+  'NOT_FOUND',
+  'INVALID_STATE',
+  'BAD_REQUEST',
+]);
 
 /**
  * The fork logic of one host, spoken against ports (domain/ports.ts). A thin facade: each method
@@ -139,9 +146,12 @@ export class HostEngine {
   async destroyAll(): Promise<void> {
     const log = this.#host.log;
     await this.#host.pool.dropAll();
-    await Promise.all([...this.#host.vms.keys()].map((id) => this.destroy(id).catch((e: unknown) => log.warn({ err: e, vm: id }, 'destroy failed'))));
+    await Promise.all(
+      [...this.#host.vms.keys()].map((id) => this.destroy(id).catch((e: unknown) => log.warn({ err: e, vm: id }, 'destroy failed'))),
+    );
     // Newest first: a later snapshot's chain runs through the layers of earlier ones.
-    for (const id of [...this.#host.snaps.keys()].reverse()) await this.deleteSnapshot(id, true).catch((e: unknown) => log.warn({ err: e, id }, 'snapshot delete failed'));
+    for (const id of [...this.#host.snaps.keys()].reverse())
+      await this.deleteSnapshot(id, true).catch((e: unknown) => log.warn({ err: e, id }, 'snapshot delete failed'));
   }
 
   /** Puts this host's snapshot in the object store (only the parts it lacks). */

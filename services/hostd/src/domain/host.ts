@@ -225,7 +225,10 @@ export class Host implements AdmissionView {
     // A predecessor leaving after a snapshot is not the VM failing.
     if (vm.handle !== handle || vm.state === 'destroying' || vm.state === 'destroyed' || !this.vms.has(vm.id)) return;
     this.log.error({ vm: vm.id, state: vm.state, pid: handle.pid }, 'QEMU exited unexpectedly');
-    markFailed(vm, `its QEMU process (pid ${handle.pid}) exited unexpectedly while it was ${vm.state}; see qemu.log and serial.log in its directory`);
+    markFailed(
+      vm,
+      `its QEMU process (pid ${handle.pid}) exited unexpectedly while it was ${vm.state}; see qemu.log and serial.log in its directory`,
+    );
     this.gpus.release(vm.id);
     this.d.onChange?.();
     // Under the VM's lock, so a destroy meanwhile cannot be followed by this record written back.

@@ -30,7 +30,16 @@ export interface Identity {
  */
 export async function giveIdentity(runtime: VmRuntime, vm: VmHandle, id: Identity, timeoutMs: number): Promise<void> {
   const now = Date.now();
-  const line = [id.vmId, id.hostname, id.mac, randomBytes(64).toString('hex'), String(Math.floor(now / 1000)), String((now % 1000) * 1e6), ...(id.renewLease ? ['lease'] : [])].join(' ');
+  const line = [
+    id.vmId,
+    id.hostname,
+    id.mac,
+    randomBytes(64).toString('hex'),
+    String(Math.floor(now / 1000)),
+    String((now % 1000) * 1e6),
+    ...(id.renewLease ? ['lease'] : []),
+  ].join(' ');
   const answer = await runtime.control(vm, line, timeoutMs);
-  if (answer !== 'ok') throw new ForkyError('INTERNAL', `the guest's forky-ident refused the identity of VM ${id.vmId}: ${answer.slice(0, 300)}`);
+  if (answer !== 'ok')
+    throw new ForkyError('INTERNAL', `the guest's forky-ident refused the identity of VM ${id.vmId}: ${answer.slice(0, 300)}`);
 }

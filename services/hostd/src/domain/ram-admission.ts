@@ -44,20 +44,36 @@ interface SnapRam {
  */
 export const ramNeed = {
   boot(file: string, memMiB: number): RamNeed {
-    return { what: `a ${memMiB} MiB VM (its RAM file fills to that as the guest touches memory)`, files: [{ file, nominalBytes: memMiB * MiB }] };
+    return {
+      what: `a ${memMiB} MiB VM (its RAM file fills to that as the guest touches memory)`,
+      files: [{ file, nominalBytes: memMiB * MiB }],
+    };
   },
   /** A VM that owns its RAM gives the file to the snapshot by rename: nothing new. Otherwise a copy. */
   snapshot(vm: VmRam, file: string): RamNeed {
     if (vm.ram.shared) return { what: `a snapshot of ${vm.id} (its RAM file is renamed)`, files: [] };
-    return { what: `a snapshot of ${vm.id}: a copy of the RAM file it maps, which its children may fill to ${vm.memMiB} MiB`, files: [{ file, nominalBytes: vm.memMiB * MiB }] };
+    return {
+      what: `a snapshot of ${vm.id}: a copy of the RAM file it maps, which its children may fill to ${vm.memMiB} MiB`,
+      files: [{ file, nominalBytes: vm.memMiB * MiB }],
+    };
   },
   forkVm(vm: VmRam): RamNeed {
-    if (vm.ram.shared) return { what: `a fork of ${vm.id}: the children may fill its RAM file to ${vm.memMiB} MiB`, files: [{ file: vm.ram.file, nominalBytes: vm.memMiB * MiB }] };
-    return { what: `a fork of ${vm.id}: a copy of the RAM file it maps, which the children may fill to ${vm.memMiB} MiB`, files: [{ nominalBytes: vm.memMiB * MiB }] };
+    if (vm.ram.shared)
+      return {
+        what: `a fork of ${vm.id}: the children may fill its RAM file to ${vm.memMiB} MiB`,
+        files: [{ file: vm.ram.file, nominalBytes: vm.memMiB * MiB }],
+      };
+    return {
+      what: `a fork of ${vm.id}: a copy of the RAM file it maps, which the children may fill to ${vm.memMiB} MiB`,
+      files: [{ nominalBytes: vm.memMiB * MiB }],
+    };
   },
   forkSnapshot(snap: SnapRam, file: string): RamNeed {
     const { memMiB } = snap.profile;
-    return { what: `a fork of ${snap.id}: the children may fill its RAM file to ${memMiB} MiB`, files: [{ file, nominalBytes: memMiB * MiB }] };
+    return {
+      what: `a fork of ${snap.id}: the children may fill its RAM file to ${memMiB} MiB`,
+      files: [{ file, nominalBytes: memMiB * MiB }],
+    };
   },
 };
 
@@ -161,7 +177,8 @@ export class RamAdmission {
     };
     for (const f of this.known()) add(f);
     for (const h of this.#holds) if (h !== hold) for (const f of h.files) add(f);
-    const room = async ([file, nominal]: [string, number]): Promise<number> => Math.max(0, nominal - (await this.space.allocatedBytes(file)));
+    const room = async ([file, nominal]: [string, number]): Promise<number> =>
+      Math.max(0, nominal - (await this.space.allocatedBytes(file)));
     const sum = (xs: number[]): number => xs.reduce((a, b) => a + b, 0);
     // Allocation first, free space after: a page a child fills in between is counted twice, never missed.
     const [mineRoom, othersRoom] = await Promise.all([Promise.all([...mine].map(room)), Promise.all([...others].map(room))]);
@@ -191,7 +208,11 @@ export class RamAdmission {
         const t0 = performance.now();
         try {
           const freed = await this.space.reclaim(file);
-          if (freed > 0) this.log.info({ file, freedMiB: Math.round(freed / MiB), ms: Math.round(performance.now() - t0) }, 'zero pages of a frozen RAM file given back');
+          if (freed > 0)
+            this.log.info(
+              { file, freedMiB: Math.round(freed / MiB), ms: Math.round(performance.now() - t0) },
+              'zero pages of a frozen RAM file given back',
+            );
         } catch (err) {
           this.log.warn({ err, file }, 'could not give back the zero pages of a RAM file');
         }

@@ -96,7 +96,8 @@ export async function recoverHost(d: RecoveryDeps): Promise<Recovered> {
           if (successor) await successor.kill();
           if (successor) claimed.add(successor);
           // The VM's own RAM, if the snapshot had taken it by rename, goes back.
-          if (plan.ownRam && (await d.records.exists(d.snapshots.files(plan.id).ram)) && !(await d.records.exists(plan.ownRam))) await d.snapshots.returnRam(plan.id, plan.ownRam);
+          if (plan.ownRam && (await d.records.exists(d.snapshots.files(plan.id).ram)) && !(await d.records.exists(plan.ownRam)))
+            await d.snapshots.returnRam(plan.id, plan.ownRam);
           await d.snapshots.remove(plan.id);
           await d.layers.remove(plan.top).catch(() => undefined);
           const status = await attach(rec, old);
@@ -108,7 +109,12 @@ export async function recoverHost(d: RecoveryDeps): Promise<Recovered> {
         } else if (successor && snapIds.has(plan.id)) {
           // Handed over and recorded: the successor is the VM.
           await d.layers.freeze(rec.chain.at(-1) as string).catch(() => undefined);
-          Object.assign(rec, { generation: rec.generation + 1, ram: { file: d.snapshots.files(plan.id).ram, shared: false }, chain: [...rec.chain, plan.top], lineage: plan.id });
+          Object.assign(rec, {
+            generation: rec.generation + 1,
+            ram: { file: d.snapshots.files(plan.id).ram, shared: false },
+            chain: [...rec.chain, plan.top],
+            lineage: plan.id,
+          });
           rec.state = (await attach(rec, successor)) === 'running' ? 'running' : 'paused';
           delete rec.snapshotPlan;
           report.adopted.push(rec.id);

@@ -82,7 +82,8 @@ export class Requests {
     this.#expire();
     const seen = this.#execs.get(key);
     if (seen) {
-      if (seen.fingerprint !== fingerprint) return Promise.reject(new ConflictError(`idempotency key ${key} was used for another exec`, { field: 'key' }));
+      if (seen.fingerprint !== fingerprint)
+        return Promise.reject(new ConflictError(`idempotency key ${key} was used for another exec`, { field: 'key' }));
       return seen.outcome;
     }
     let sent = false;
@@ -116,7 +117,9 @@ export class Requests {
 
   #otherOp(key: string, op: string): ConflictError | undefined {
     const other = this.#byKey.get(key)?.op ?? (this.#execs.has(key) ? 'exec' : undefined);
-    return other !== undefined && other !== op ? new ConflictError(`idempotency key ${key} was used for a ${other} request`, { field: 'key' }) : undefined;
+    return other !== undefined && other !== op
+      ? new ConflictError(`idempotency key ${key} was used for a ${other} request`, { field: 'key' })
+      : undefined;
   }
 
   #remember(key: string, op: string, result: Promise<unknown>): void {

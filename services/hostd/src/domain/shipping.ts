@@ -18,7 +18,16 @@ export const ShippingManifest = z.strictObject({
   state: Part,
   ram: Part,
   /** App disks: each layer is a part under its own digest, fetched into the host's app layers. */
-  apps: z.array(z.strictObject({ slot: z.number().int().min(0).max(63), layer: LayerDigest, mount: MountPoint.optional(), size: z.number().int().nonnegative() })).optional(),
+  apps: z
+    .array(
+      z.strictObject({
+        slot: z.number().int().min(0).max(63),
+        layer: LayerDigest,
+        mount: MountPoint.optional(),
+        size: z.number().int().nonnegative(),
+      }),
+    )
+    .optional(),
 });
 export type ShippingManifest = z.infer<typeof ShippingManifest>;
 
@@ -64,20 +73,32 @@ export async function publish(d: ShippingDeps, rec: SnapshotRecord): Promise<Tra
     ...(apps.length ? { apps } : {}),
   };
   await d.parts.putManifest(rec.info.id, manifest);
-  return summary(rec.info.id, d.hostId, ups.map((u) => ({ size: u.size, bytes: u.sentBytes, moved: !u.skipped })), t0);
+  return summary(
+    rec.info.id,
+    d.hostId,
+    ups.map((u) => ({ size: u.size, bytes: u.sentBytes, moved: !u.skipped })),
+    t0,
+  );
 }
 
 /**
  * Rebuilds a published snapshot here. Layers and the image base already present are kept (their
  * names are their identity: frozen layers never change); the rest is fetched and verified.
  */
-export async function fetch(d: ShippingDeps, m: ShippingManifest, image: Image): Promise<{ record: SnapshotRecord; result: TransferResult }> {
+export async function fetch(
+  d: ShippingDeps,
+  m: ShippingManifest,
+  image: Image,
+): Promise<{ record: SnapshotRecord; result: TransferResult }> {
   const t0 = performance.now();
   const id = m.snapshot.id;
   if (m.snapshot.profile.imageId !== image.id) {
-    throw new IncompatibleError(`snapshot ${id} was made from image ${m.snapshot.profile.imageId}; host ${d.hostId} has ${image.name} as ${image.id}`, {
-      field: 'image',
-    });
+    throw new IncompatibleError(
+      `snapshot ${id} was made from image ${m.snapshot.profile.imageId}; host ${d.hostId} has ${image.name} as ${image.id}`,
+      {
+        field: 'image',
+      },
+    );
   }
   const moves: Array<{ size: number; bytes: number; moved: boolean }> = [];
   const have = new Set(await d.layers.list());

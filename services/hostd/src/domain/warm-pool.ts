@@ -89,7 +89,9 @@ export class WarmPool<H = unknown> {
     this.#deaths.delete(snapshot);
     const list = this.#ready.get(snapshot) ?? [];
     this.#ready.delete(snapshot);
-    await Promise.all(list.map((c) => this.discard(c).catch((err: unknown) => this.log.warn({ err, vm: c.id }, 'warm process cleanup failed'))));
+    await Promise.all(
+      list.map((c) => this.discard(c).catch((err: unknown) => this.log.warn({ err, vm: c.id }, 'warm process cleanup failed'))),
+    );
     await this.#filling.get(snapshot);
   }
 
@@ -146,7 +148,10 @@ export async function loadWarm(
     await runtime.load(h, stateFile, timeoutMs);
     return { handle: h, replaced: false };
   } catch (e) {
-    const died = await withDeadline(h.exited, DEATH_SEEN_MS, 'warm process exit').then(() => true, () => false);
+    const died = await withDeadline(h.exited, DEATH_SEEN_MS, 'warm process exit').then(
+      () => true,
+      () => false,
+    );
     if (!died) throw e;
     log.warn({ vm: spec.id, pid: h.pid }, 'warm process died as it was taken; starting a fresh one');
     await runtime.destroy(h);

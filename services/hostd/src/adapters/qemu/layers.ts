@@ -31,7 +31,19 @@ export class QcowLayerStore implements LayerStore {
     await fs.mkdir(this.layout.layersDir(), { recursive: true });
     const file = this.layout.layer(id);
     // -u: no need to open the whole chain; the size is given.
-    await execa(this.qemuImg, ['create', '-q', '-u', '-f', 'qcow2', '-b', path.basename(this.layout.layer(backing)), '-F', 'qcow2', file, String(virtualSize)]);
+    await execa(this.qemuImg, [
+      'create',
+      '-q',
+      '-u',
+      '-f',
+      'qcow2',
+      '-b',
+      path.basename(this.layout.layer(backing)),
+      '-F',
+      'qcow2',
+      file,
+      String(virtualSize),
+    ]);
   }
 
   async freeze(layer: string): Promise<void> {
@@ -56,4 +68,8 @@ export class QcowLayerStore implements LayerStore {
   }
 }
 
-const exists = (p: string): Promise<boolean> => fs.stat(p).then(() => true, () => false);
+const exists = (p: string): Promise<boolean> =>
+  fs.stat(p).then(
+    () => true,
+    () => false,
+  );

@@ -50,7 +50,8 @@ function copyMapping(pid: number, map: Mapping, fds: { pagemap: number; mem: num
     let n = 1;
     while (n < MAX_RUN_PAGES && i + n < pages && isPrivate(entries.readUInt32LE((i + n) * 8 + 4))) n++;
     const len = n * PAGE;
-    if (readSync(fds.mem, buf, 0, len, map.start + i * PAGE) !== len) throw new ForkyError('INTERNAL', `short read of guest RAM of pid ${pid} at page ${i}`);
+    if (readSync(fds.mem, buf, 0, len, map.start + i * PAGE) !== len)
+      throw new ForkyError('INTERNAL', `short read of guest RAM of pid ${pid} at page ${i}`);
     try {
       writeSync(fds.out, buf, 0, len, map.offset + i * PAGE);
     } catch (e) {
@@ -74,7 +75,8 @@ function findMappings(pid: number, file: string): Mapping[] {
   for (const line of readFileSync(`/proc/${pid}/maps`, 'utf8').split('\n')) {
     // start-end perms offset dev inode path
     const m = /^([0-9a-f]+)-([0-9a-f]+) \S+ ([0-9a-f]+) \S+ \d+\s+(.*)$/.exec(line);
-    if (m && m[4] === file) found.push({ start: parseInt(m[1] as string, 16), end: parseInt(m[2] as string, 16), offset: parseInt(m[3] as string, 16) });
+    if (m && m[4] === file)
+      found.push({ start: parseInt(m[1] as string, 16), end: parseInt(m[2] as string, 16), offset: parseInt(m[3] as string, 16) });
   }
   if (found.length === 0) throw new ForkyError('INTERNAL', `process ${pid} has no mapping of ${file}`);
   return found;

@@ -32,19 +32,48 @@ export async function probeAccel(
 ): Promise<ProbeResult> {
   const version = await qemuVersion(binary);
   const key = `${version}|${os.release()}|${image.id}`;
-  const cached = await fs.readFile(opts.cacheFile, 'utf8').then((s) => JSON.parse(s) as ProbeResult & { key: string }, () => undefined);
+  const cached = await fs.readFile(opts.cacheFile, 'utf8').then(
+    (s) => JSON.parse(s) as ProbeResult & { key: string },
+    () => undefined,
+  );
   if (cached?.key === key) return { accel: cached.accel, reason: `${cached.reason} (cached)`, qemuVersion: version };
 
   let result: ProbeResult;
-  const kvmOk = await fs.access('/dev/kvm', constants.R_OK | constants.W_OK).then(() => true, () => false);
+  const kvmOk = await fs.access('/dev/kvm', constants.R_OK | constants.W_OK).then(
+    () => true,
+    () => false,
+  );
   if (!kvmOk) {
     result = { accel: 'tcg', reason: '/dev/kvm is not accessible', qemuVersion: version };
   } else {
     const started = Date.now();
-    const child = execa(binary, [
-      '-nodefaults', '-no-user-config', '-display', 'none', '-no-reboot', '-machine', 'pc', '-accel', 'kvm', '-cpu', 'host', '-m', '128M',
-      '-kernel', image.kernel, '-initrd', image.initrd, '-append', `${image.cmdline} forky.probe`, '-serial', 'stdio',
-    ], { reject: false, timeout: opts.timeoutMs, stdin: 'ignore', stderr: 'pipe', stdout: 'pipe', buffer: false });
+    const child = execa(
+      binary,
+      [
+        '-nodefaults',
+        '-no-user-config',
+        '-display',
+        'none',
+        '-no-reboot',
+        '-machine',
+        'pc',
+        '-accel',
+        'kvm',
+        '-cpu',
+        'host',
+        '-m',
+        '128M',
+        '-kernel',
+        image.kernel,
+        '-initrd',
+        image.initrd,
+        '-append',
+        `${image.cmdline} forky.probe`,
+        '-serial',
+        'stdio',
+      ],
+      { reject: false, timeout: opts.timeoutMs, stdin: 'ignore', stderr: 'pipe', stdout: 'pipe', buffer: false },
+    );
     const reached = await new Promise<boolean>((resolve) => {
       let out = '';
       child.stdout?.on('data', (d: Buffer) => {

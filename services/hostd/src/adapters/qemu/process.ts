@@ -54,7 +54,10 @@ export async function launchQemu(
       return { pid, qmp, exited: exitedP, isExited: () => exited };
     } catch (e) {
       // If QEMU is exiting on its own, its message says more than a closed socket does.
-      const own = await withDeadline(early, 1000, 'QEMU exit').then(() => undefined, (err: unknown) => err);
+      const own = await withDeadline(early, 1000, 'QEMU exit').then(
+        () => undefined,
+        (err: unknown) => err,
+      );
       killGroup(pid, 'SIGKILL');
       await withDeadline(exitedP, 5000, 'QEMU exit after failed start').catch(() => undefined);
       throw own instanceof ForkyError && own.code === 'QEMU' ? own : e;
@@ -101,7 +104,9 @@ export function watchProcess(pid: number, qmp: QmpClient): QemuProcess {
 /** Kills a process group we may not own and waits (5 s at most) until it is gone. */
 export async function killAndWait(pid: number): Promise<void> {
   killGroup(pid, 'SIGKILL');
-  await pollUntil(async () => (pidAlive(pid) ? undefined : true), { timeoutMs: 5000, intervalMs: 20, what: `process ${pid} gone` }).catch(() => undefined);
+  await pollUntil(async () => (pidAlive(pid) ? undefined : true), { timeoutMs: 5000, intervalMs: 20, what: `process ${pid} gone` }).catch(
+    () => undefined,
+  );
 }
 
 /** Signal 0: true while a process with this pid exists (ours or not). */
@@ -122,7 +127,10 @@ export async function findQemuProcesses(vmsDir: string): Promise<Array<{ pid: nu
   const out: Array<{ pid: number; vmId: string; generation: number }> = [];
   for (const entry of await fs.readdir('/proc')) {
     if (!/^\d+$/.test(entry)) continue;
-    const args = await fs.readFile(`/proc/${entry}/cmdline`, 'utf8').then((t) => t.split('\0'), () => [] as string[]);
+    const args = await fs.readFile(`/proc/${entry}/cmdline`, 'utf8').then(
+      (t) => t.split('\0'),
+      () => [] as string[],
+    );
     const name = args[args.indexOf('-name') + 1];
     const vmId = /^forky-(vm-[a-z0-9]{12}),/.exec(name ?? '')?.[1];
     if (!vmId || args.indexOf('-name') < 0) continue;

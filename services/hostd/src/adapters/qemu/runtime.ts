@@ -49,7 +49,15 @@ export class QemuRuntime implements VmRuntime<QemuVm> {
   }
 
   profile(memMiB: number, cpus: number, imageId: string): MachineProfile {
-    return { accel: this.accel, qemuVersion: this.qemuVersion, machine: this.opts.machine, cpuModel: this.opts.cpuModel, cpus, memMiB, imageId };
+    return {
+      accel: this.accel,
+      qemuVersion: this.qemuVersion,
+      machine: this.opts.machine,
+      cpuModel: this.opts.cpuModel,
+      cpus,
+      memMiB,
+      imageId,
+    };
   }
 
   async boot(spec: VmSpec, timeoutMs: number): Promise<QemuVm> {
@@ -146,7 +154,10 @@ export class QemuRuntime implements VmRuntime<QemuVm> {
     vm.agent?.close();
     if (!vm.proc.isExited()) {
       await vm.qmp.execute('quit', undefined, { timeoutMs: 2000 }).catch(() => undefined);
-      const gone = await withDeadline(vm.proc.exited, 3000, 'QEMU quit').then(() => true, () => false);
+      const gone = await withDeadline(vm.proc.exited, 3000, 'QEMU quit').then(
+        () => true,
+        () => false,
+      );
       if (!gone) {
         killGroup(vm.pid, 'SIGKILL');
         await withDeadline(vm.proc.exited, 5000, 'QEMU kill');

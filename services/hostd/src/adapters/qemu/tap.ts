@@ -17,7 +17,11 @@ export async function createTap(name: string, bridge: string): Promise<void> {
     await execa('ip', ['link', 'set', name, 'master', bridge, 'up']);
   } catch (e) {
     await removeTap(name);
-    throw new ForkyError('INTERNAL', `cannot make TAP ${name} on bridge ${bridge}: ${(e as { stderr?: string }).stderr ?? (e as Error).message}`, { cause: e });
+    throw new ForkyError(
+      'INTERNAL',
+      `cannot make TAP ${name} on bridge ${bridge}: ${(e as { stderr?: string }).stderr ?? (e as Error).message}`,
+      { cause: e },
+    );
   }
 }
 

@@ -32,10 +32,18 @@ export class LocalAppLayers implements AppLayerStore {
 
   async #ensure(digest: string, timeoutMs: number): Promise<{ fetched: boolean; receivedBytes: number }> {
     const file = this.path(digest);
-    if (await fs.access(file).then(() => true, () => false)) return { fetched: false, receivedBytes: 0 };
+    if (
+      await fs.access(file).then(
+        () => true,
+        () => false,
+      )
+    )
+      return { fetched: false, receivedBytes: 0 };
     if (!this.parts) throw new NotFoundError('app layer', digest);
     if (!(await this.parts.has(digest))) {
-      throw new ForkyError('NOT_FOUND', `app layer ${digest} is in no store: upload it first (forky does, for --app)`, { details: { field: 'apps' } });
+      throw new ForkyError('NOT_FOUND', `app layer ${digest} is in no store: upload it first (forky does, for --app)`, {
+        details: { field: 'apps' },
+      });
     }
     await fs.mkdir(this.layout.appsDir(), { recursive: true, mode: 0o755 });
     await fs.chmod(this.layout.appsDir(), 0o755);

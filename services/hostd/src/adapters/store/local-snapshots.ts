@@ -51,7 +51,11 @@ export class LocalSnapshotStore implements SnapshotStore {
   }
 
   async present(id: string): Promise<{ state: boolean; ram: boolean }> {
-    const there = (f: string): Promise<boolean> => fs.stat(f).then(() => true, () => false);
+    const there = (f: string): Promise<boolean> =>
+      fs.stat(f).then(
+        () => true,
+        () => false,
+      );
     const f = this.files(id);
     return { state: await there(f.state), ram: await there(f.ram) };
   }

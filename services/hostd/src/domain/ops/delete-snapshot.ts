@@ -22,7 +22,8 @@ async function deleteLocked(host: Host, id: string, cascade: boolean): Promise<S
   const s = host.snap(id);
   const { vms, snapshots } = dependents(host, s);
   const out: SnapshotDeleteResult = { snapshots: [], vms: [] };
-  if ((host.snapUsers.get(id) ?? 0) > 0) throw new ConflictError(`snapshot ${id} is in use by a fork in progress`, { vms: [], snapshots: [] });
+  if ((host.snapUsers.get(id) ?? 0) > 0)
+    throw new ConflictError(`snapshot ${id} is in use by a fork in progress`, { vms: [], snapshots: [] });
   if (vms.length + snapshots.length > 0) {
     if (!cascade) {
       throw new ConflictError(

@@ -27,8 +27,15 @@ async function forkWithin(host: Host, req: ForkRequest, hold: RamHold): Promise<
   await admitVms(host, d.limits.childCostMiB, req.count);
   const fromVm = req.source.startsWith('vm-');
   if (fromVm) refuseGpuSnapshot(host, req.source, 'source');
-  if (req.apps?.length) host.apps.plan({ id: `each child of ${req.source}`, apps: (fromVm ? host.vms.get(req.source) : host.snaps.get(req.source))?.apps ?? [] }, req.apps);
-  await hold.admit(fromVm ? ramNeed.forkVm(host.vm(req.source)) : ramNeed.forkSnapshot(host.snap(req.source).info, d.snapshots.files(req.source).ram), 'source');
+  if (req.apps?.length)
+    host.apps.plan(
+      { id: `each child of ${req.source}`, apps: (fromVm ? host.vms.get(req.source) : host.snaps.get(req.source))?.apps ?? [] },
+      req.apps,
+    );
+  await hold.admit(
+    fromVm ? ramNeed.forkVm(host.vm(req.source)) : ramNeed.forkSnapshot(host.snap(req.source).info, d.snapshots.files(req.source).ram),
+    'source',
+  );
   const snap = fromVm ? await snapshotVm(host, req.source, req.resumeParent, hold) : host.snap(req.source);
   const pauseMs = fromVm ? snap.info.timings?.pauseMs : undefined;
   const snapshotMs = performance.now() - started;
@@ -39,7 +46,9 @@ async function forkWithin(host: Host, req: ForkRequest, hold: RamHold): Promise<
       const image = await d.images.get(snap.info.image);
       checkProfile(host, snap.info.profile, image);
       const opts = { started, until: req.until, ...(req.key ? { requestKey: req.key } : {}), ...(req.apps ? { apps: req.apps } : {}) };
-      const results = await mapSettled(Array.from({ length: req.count }), d.limits.forkConcurrency, () => restoreChild(host, snap, image, opts));
+      const results = await mapSettled(Array.from({ length: req.count }), d.limits.forkConcurrency, () =>
+        restoreChild(host, snap, image, opts),
+      );
       const children = results.flatMap((r) => (r.status === 'fulfilled' ? [r.value] : []));
       // All at once, as they were made.
       rb.push('destroy the children', () => Promise.all(children.map((c) => destroyVm(host, c.id).catch(() => undefined))));

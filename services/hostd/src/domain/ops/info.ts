@@ -5,7 +5,9 @@ import type { Host } from '../host.js';
 export async function hostInfo(host: Host): Promise<HostInfo> {
   const { d } = host;
   const mem = await d.stats.meminfo();
-  const pss = await Promise.all([...host.vms.values()].map(async (v) => ({ child: !!v.parentSnapshot, mib: v.pid ? await d.stats.pssMiB(v.pid) : 0 })));
+  const pss = await Promise.all(
+    [...host.vms.values()].map(async (v) => ({ child: !!v.parentSnapshot, mib: v.pid ? await d.stats.pssMiB(v.pid) : 0 })),
+  );
   const children = pss
     .filter((p) => p.child && p.mib > 0)
     .map((p) => p.mib)

@@ -21,7 +21,8 @@ export function publish(host: Host, id: string): Promise<TransferResult> {
 export function fetch(host: Host, id: string): Promise<TransferResult> {
   return host.lock.run(id, async () => {
     const t0 = performance.now();
-    if (host.snaps.has(id)) return { id, host: host.hostId, parts: 0, moved: 0, bytes: 0, nominalBytes: 0, ms: round(performance.now() - t0) };
+    if (host.snaps.has(id))
+      return { id, host: host.hostId, parts: 0, moved: 0, bytes: 0, nominalBytes: 0, ms: round(performance.now() - t0) };
     const m = ShippingManifest.parse(await shipping(host).parts.getManifest(id));
     const image = await host.d.images.get(m.snapshot.image);
     checkProfile(host, m.snapshot.profile, image);
