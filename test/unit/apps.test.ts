@@ -25,6 +25,7 @@ function fakeRuntime(failGuest?: RegExp): { runtime: VmRuntime; calls: string[] 
 const layers = {
   ensure: async () => ({ fetched: false, receivedBytes: 0 }),
   path: (d: string) => `/apps/${d}.ext4`,
+  size: async () => 0,
   list: async () => [],
   remove: async () => undefined,
 };

@@ -119,6 +119,8 @@ export interface AppLayerStore {
   /** Makes sure this host has the layer, fetching (and verifying) it if not; says what moved. */
   ensure(digest: string, timeoutMs: number): Promise<{ fetched: boolean; receivedBytes: number }>;
   path(digest: string): string;
+  /** The layer's size in bytes, for an upload's length. */
+  size(digest: string): Promise<number>;
   list(): Promise<string[]>;
   remove(digest: string): Promise<void>;
 }

@@ -1,4 +1,3 @@
-import fs from 'node:fs/promises';
 import { z } from 'zod';
 import { IncompatibleError } from '@forky/base';
 import { LayerDigest, MountPoint, SnapshotInfo, type TransferResult } from '@forky/contract';
@@ -57,8 +56,7 @@ export async function publish(d: ShippingDeps, rec: SnapshotRecord): Promise<Tra
   const apps: NonNullable<ShippingManifest['apps']> = [];
   for (const a of rec.apps ?? []) {
     const file = d.appLayers.path(a.layer);
-    // Its size read here: AppLayerStore has no size of its own yet (the one file read the domain still does).
-    const up = await d.parts.upload(file, { digest: a.layer, size: (await fs.stat(file)).size });
+    const up = await d.parts.upload(file, { digest: a.layer, size: await d.appLayers.size(a.layer) });
     ups.push(up);
     apps.push({ ...a, size: up.size });
   }

@@ -52,6 +52,10 @@ export class LocalAppLayers implements AppLayerStore {
     return { fetched: true, receivedBytes };
   }
 
+  async size(digest: string): Promise<number> {
+    return (await fs.stat(this.path(digest))).size;
+  }
+
   async list(): Promise<string[]> {
     const names = await fs.readdir(this.layout.appsDir()).catch(() => [] as string[]);
     return names.filter((n) => /^[0-9a-f]{64}\.ext4$/.test(n)).map((n) => n.slice(0, 64));
