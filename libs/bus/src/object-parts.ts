@@ -119,9 +119,13 @@ export class ObjectPartStore {
     const used = new Set<string>();
     for (const o of all.filter((x) => x.name.startsWith('manifest.'))) {
       const m = (await this.getManifest(o.name.slice('manifest.'.length)).catch(() => undefined)) as
-        { chain?: Array<{ digest: string }>; state?: { digest: string }; ram?: { digest: string } } | undefined;
-      if (!m) continue;
-      for (const p of [...(m.chain ?? []), m.state, m.ram]) if (p) used.add(name(p.digest));
+        { chain?: unknown; state?: unknown; ram?: unknown } | undefined;
+      if (!m || typeof m !== 'object') continue;
+      // Any host may write a manifest: one of the wrong shape names no parts, and stops no sweep.
+      for (const p of [...(Array.isArray(m.chain) ? m.chain : []), m.state, m.ram]) {
+        const digest = (p as { digest?: unknown } | null | undefined)?.digest;
+        if (typeof digest === 'string') used.add(name(digest));
+      }
     }
     let deleted = 0;
     let kept = 0;

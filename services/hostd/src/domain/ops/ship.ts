@@ -11,6 +11,14 @@ function shipping(host: Host): ShippingDeps {
   return { hostId: d.hostId, parts: d.parts, layers: d.layers, appLayers: d.appLayers, snapshots: d.snapshots, timeoutMs: 10 * 60_000 };
 }
 
+/** A manifest that is not JSON counts as none. */
+const notPublished =
+  (id: string) =>
+  (e: unknown): never => {
+    if (e instanceof SyntaxError) throw new ForkyError('NOT_FOUND', `snapshot ${id} has no valid manifest in the object store`);
+    throw e;
+  };
+
 /** Puts this host's snapshot in the object store (only the parts it lacks). */
 export function publish(host: Host, id: string): Promise<TransferResult> {
   host.snap(id);
@@ -23,7 +31,10 @@ export function fetch(host: Host, id: string): Promise<TransferResult> {
     const t0 = performance.now();
     if (host.snaps.has(id))
       return { id, host: host.hostId, parts: 0, moved: 0, bytes: 0, nominalBytes: 0, ms: round(performance.now() - t0) };
-    const m = ShippingManifest.parse(await shipping(host).parts.getManifest(id));
+    // The object store is writable by every host: a manifest that does not parse is no snapshot.
+    const parsed = ShippingManifest.safeParse(await shipping(host).parts.getManifest(id).catch(notPublished(id)));
+    if (!parsed.success) throw new ForkyError('NOT_FOUND', `snapshot ${id} has no valid manifest in the object store`);
+    const m = parsed.data;
     const image = await host.d.images.get(m.snapshot.image);
     checkProfile(host, m.snapshot.profile, image);
     // Fetched layers belong to no chain until the snapshot is registered: keep them from GC.
