@@ -31,8 +31,9 @@ async function deleteLocked(host: Host, id: string, cascade: boolean): Promise<S
         { vms, snapshots },
       );
     }
+    const ram = d.snapshots.files(id).ram;
     for (const vm of vms) {
-      await destroyVm(host, vm);
+      await destroyVm(host, vm, { ramGoing: ram });
       out.vms.push(vm);
     }
     for (const child of snapshots) {

@@ -30,15 +30,18 @@ export function resume(host: Host, id: string): Promise<VmInfo> {
   });
 }
 
-/** Stops a VM and removes it and its files; the zero pages it filled in a snapshot's RAM go back. */
-export function destroyVm(host: Host, id: string): Promise<VmInfo> {
+/**
+ * Stops a VM and removes it and its files; the zero pages it filled in a snapshot's RAM go back,
+ * unless that file is `ramGoing`, which its caller removes next (a scan of it would be wasted).
+ */
+export function destroyVm(host: Host, id: string, opts: { ramGoing?: string } = {}): Promise<VmInfo> {
   host.vm(id);
   return host.lock.run(id, async () => {
     const vm = host.vm(id);
     assertAllowed(id, vm.state, 'destroy');
     await host.setState(vm, 'destroying');
     await host.teardown(vm);
-    if (!vm.ram.shared) await host.ram.reclaim(vm.ram.file);
+    if (!vm.ram.shared && vm.ram.file !== opts.ramGoing) await host.ram.reclaim(vm.ram.file);
     vm.state = 'destroyed';
     host.vms.delete(id);
     await host.dir.unregister('vm', id).catch((err: unknown) => host.log.warn({ err, vm: id }, 'locator delete failed'));
