@@ -7,7 +7,8 @@ import { connect } from '@nats-io/transport-node';
 import type { NatsConnection } from '@nats-io/nats-core';
 import { jetstreamManager } from '@nats-io/jetstream';
 import { Kvm, type KV } from '@nats-io/kv';
-import { ForkyError, pollUntil } from '@forky/base';
+import { pollUntil } from '@forky/base';
+import { refused } from '../helpers/errors.js';
 import { HostdClient, SchedulerClient, startNatsServer, type NatsServer } from '@forky/bus';
 import { BUCKETS, STREAMS } from '@forky/contract';
 import { ensureImage } from '../helpers/repo.js';
@@ -130,14 +131,6 @@ describe('deadlines: no work after the caller was told it failed', { timeout: 30
       },
       { timeoutMs, intervalMs: 50, what: `request ${key} recorded as finished` },
     );
-  const failure = async (p: Promise<unknown>): Promise<ForkyError> => {
-    const e = await p.then(
-      () => assert.fail('the call succeeded'),
-      (err: unknown) => err,
-    );
-    assert.ok(e instanceof ForkyError, String(e));
-    return e;
-  };
   /** Stops a host, once the scheduler sees it alive (an earlier test may have just continued it). */
   const stop = async (id: string): Promise<void> => {
     const probe = new SchedulerClient(nc, { timeoutMs: 1000 });
@@ -181,8 +174,8 @@ describe('deadlines: no work after the caller was told it failed', { timeout: 30
     const sentAt = Date.now();
     try {
       const [fork, boot] = await Promise.all([
-        failure(sched.call('fork', { source: snapshotId, count: 2 })),
-        failure(sched.call('vm.boot', { host: A })),
+        refused(sched.call('fork', { source: snapshotId, count: 2 })),
+        refused(sched.call('vm.boot', { host: A })),
       ]);
       const answeredMs = Date.now() - sentAt;
       assert.equal(fork.code, 'UNAVAILABLE', fork.message);
@@ -204,7 +197,7 @@ describe('deadlines: no work after the caller was told it failed', { timeout: 30
     await stop(A);
     try {
       // The one job worker is held by a fork on the stopped host...
-      const first = failure(
+      const first = refused(
         new SchedulerClient(nc, { timeoutMs: 60_000 }).call('fork', { key: 'deadline-held', source: snapshotId, count: 2 }),
       );
       await pollUntil(async () => ((await entry('deadline-held'))?.state === 'pending' ? true : undefined), {
@@ -213,7 +206,7 @@ describe('deadlines: no work after the caller was told it failed', { timeout: 30
         what: 'the first job under way',
       });
       // ...so a boot on the live host waits in the queue past its caller's 1.5 s.
-      const late = await failure(new SchedulerClient(nc, { timeoutMs: 1_500 }).call('vm.boot', { key: 'deadline-late', host: B }));
+      const late = await refused(new SchedulerClient(nc, { timeoutMs: 1_500 }).call('vm.boot', { key: 'deadline-late', host: B }));
       assert.equal(late.code, 'TIMEOUT');
       assert.equal((await first).code, 'UNAVAILABLE');
       const e = await finished('deadline-late', 20_000);

@@ -102,7 +102,8 @@ function send(
   if (!retry) return request(nc, subject, body, reqOpts);
   const once = (): Promise<unknown> => {
     const { deadline } = outgoingTimes({ timeoutMs: reqOpts.timeoutMs ?? DEFAULT_TIMEOUT_MS, deadline: reqOpts.deadline });
-    return attemptBy(deadline, `request ${subject}`, () => request(nc, subject, body, reqOpts));
+    // The same deadline for the attempt and its request's header, computed once.
+    return attemptBy(deadline, `request ${subject}`, () => request(nc, subject, body, { ...reqOpts, deadline }));
   };
   return sendWithRetries(endpoint, body, once, retry);
 }

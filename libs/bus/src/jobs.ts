@@ -12,8 +12,9 @@ import {
 import type { Logger } from '@forky/base';
 import { DEADLINE_HEADERS, JOBS_CONSUMER, Job, STREAMS, decodeBody, encodeBody, parseTimeHeader, subjects } from '@forky/contract';
 import { createOrOpen } from './buckets.js';
-import { headerOf, setHeader } from './headers.js';
+import { headerOf } from './headers.js';
 import { retryTransient } from './retry.js';
+import { setTimeHeaders } from './deadlines.js';
 
 export interface JobQueueOptions {
   /** 3 where a 3-node JetStream cluster exists. */
@@ -73,7 +74,8 @@ export class JobQueue {
       () => jsm.streams.info(STREAMS.jobs),
       `stream ${STREAMS.jobs}`,
     );
-    await createOrOpen(
+    // A consumer made before the extra delivery existed (or with another maxDeliver) is brought in line.
+    const info = await createOrOpen(
       () =>
         jsm.consumers.add(STREAMS.jobs, {
           durable_name: JOBS_CONSUMER,
@@ -86,8 +88,6 @@ export class JobQueue {
       () => jsm.consumers.info(STREAMS.jobs, JOBS_CONSUMER),
       `consumer ${JOBS_CONSUMER} of ${STREAMS.jobs}`,
     );
-    // A consumer made before the extra delivery existed (or with another maxDeliver) is brought in line.
-    const info = await jsm.consumers.info(STREAMS.jobs, JOBS_CONSUMER);
     if (info.config.max_deliver !== maxDeliveries(opts))
       await jsm.consumers.update(STREAMS.jobs, JOBS_CONSUMER, { max_deliver: maxDeliveries(opts) });
     const consumer = await jetstream(nc).consumers.get(STREAMS.jobs, JOBS_CONSUMER);
@@ -102,7 +102,7 @@ export class JobQueue {
   async submit(job: Job, dedupeId: string, deadline?: number): Promise<void> {
     const body = encodeBody(Job.parse(job), 'json');
     const h = headers();
-    if (deadline !== undefined) setHeader(h, DEADLINE_HEADERS.deadline, String(Math.floor(deadline)));
+    if (deadline !== undefined) setTimeHeaders(h, { deadline });
     // The message id makes a repeat after a lost ack harmless.
     await retryTransient(
       'job publish',

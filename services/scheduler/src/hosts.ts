@@ -74,8 +74,9 @@ export class Hosts {
         const hb = this.view.get(host);
         if (!hb) return;
         const down = !beatStatus(hb, Date.now()).alive;
-        if (!down && (!instance || hb.instance === instance)) return;
-        if (down && (!instance || hb.instance === instance) && mayStillStart(startBy())) return;
+        const restarted = !!instance && hb.instance !== instance;
+        // Alive, or quiet but still able to start what it was sent: keep waiting.
+        if (!restarted && (!down || mayStillStart(startBy()))) return;
         clearInterval(timer);
         reject(hostGone(host, hb.ts, down, startBy()));
       }, 500);

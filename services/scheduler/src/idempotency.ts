@@ -148,10 +148,8 @@ export class Idempotency {
   ): Promise<T> {
     const deadline = Date.now() + timeoutMs;
     for (;;) {
-      const claim = (): string =>
-        JSON.stringify({ state: 'pending', hash, owner: this.owner, leaseUntil: Date.now() + this.leaseMs } satisfies Entry);
       try {
-        return await this.#work(key, hash, await this.kv.create(key, claim()), fn, willRetry);
+        return await this.#work(key, hash, await this.kv.create(key, this.#pending(hash)), fn, willRetry);
       } catch (e) {
         if (!isClaimLost(e)) throw e;
       }
@@ -163,7 +161,7 @@ export class Idempotency {
       if (!entry || entry.state === 'failed' || entry.leaseUntil < Date.now()) {
         // A failed request may be retried; a lapsed lease means its owner died; a record that is not one is no claim.
         try {
-          return await this.#work(key, hash, await this.kv.update(key, claim(), got.revision), fn, willRetry);
+          return await this.#work(key, hash, await this.kv.update(key, this.#pending(hash), got.revision), fn, willRetry);
         } catch (e) {
           if (!isClaimLost(e)) throw e;
           continue;
@@ -174,12 +172,16 @@ export class Idempotency {
     }
   }
 
+  /** A claim or a renewal of it: this scheduler holds the key for one more lease. */
+  #pending(hash: string): string {
+    return JSON.stringify({ state: 'pending', hash, owner: this.owner, leaseUntil: Date.now() + this.leaseMs } satisfies Entry);
+  }
+
   async #work<T>(key: string, hash: string, revision: number, fn: () => Promise<T>, willRetry: (e: ForkyError) => boolean): Promise<T> {
     let rev = revision;
     const renew = setInterval(
       () => {
-        const v = JSON.stringify({ state: 'pending', hash, owner: this.owner, leaseUntil: Date.now() + this.leaseMs } satisfies Entry);
-        this.kv.update(key, v, rev).then(
+        this.kv.update(key, this.#pending(hash), rev).then(
           (r) => (rev = r),
           (err: unknown) => this.log.warn({ err, key }, 'lease renewal failed'),
         );
