@@ -23,6 +23,8 @@ export interface LaunchPaths {
   qgaSocket: string;
   /** hostd's line channel to the guest's forky-ident (a child's identity). */
   ctlSocket: string;
+  /** hostd's session with the guest's forky-agent (exec, processes, files: libs/agent/PROTOCOL.md). */
+  agentSocket: string;
   serialLog: string;
 }
 
@@ -83,6 +85,10 @@ export function buildArgs(spec: VmSpec, m: MachineOptions, paths: LaunchPaths, m
     `socket,id=ctl0,path=${esc(paths.ctlSocket)},server=on,wait=off`,
     '-device',
     'virtserialport,bus=vser0.0,chardev=ctl0,name=org.forky.ctl.0',
+    '-chardev',
+    `socket,id=agent0,path=${esc(paths.agentSocket)},server=on,wait=off`,
+    '-device',
+    'virtserialport,bus=vser0.0,chardev=agent0,name=org.forky.agent.0',
     '-object',
     'rng-random,filename=/dev/urandom,id=rng0',
     '-device',
@@ -157,6 +163,7 @@ export function launchPaths(spec: VmSpec): LaunchPaths {
     qmpServerSocket: vmSocket(spec, 'qmpd'),
     qgaSocket: vmSocket(spec, 'qga'),
     ctlSocket: vmSocket(spec, 'ctl'),
+    agentSocket: vmSocket(spec, 'agent'),
     serialLog: path.join(spec.runDir, 'serial.log'),
   };
 }
