@@ -91,6 +91,11 @@ const BENCHES: Array<{ script: string; args: string[]; targets: Target[] }> = [
     ],
   },
   {
+    script: 'agent-bench.js',
+    args: quick ? ['--runs', '5', '--mib', '32'] : ['--runs', '20'],
+    targets: [],
+  },
+  {
     script: 'sched-bench.js',
     args: quick ? ['--quick'] : [],
     targets: [
