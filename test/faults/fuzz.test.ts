@@ -113,6 +113,51 @@ describe(
           fields: { source: 'id', count: 'int', resumeParent: 'bool', until: 'enum', key: 'key' },
           required: ['source', 'count'],
         },
+        // The sandbox endpoints (STREAMS.md); a valid form is skipped, so nothing runs in the guest.
+        'exec.start': {
+          body: { id: vm.id, cmd: ['true'] },
+          fields: { id: 'id', cmd: 'cmd', timeoutMs: 'int', stdin: 'bool', key: 'key' },
+          required: ['id', 'cmd'],
+        },
+        'proc.attach': { body: { id: vm.id, pid: 1 }, fields: { id: 'id', pid: 'int', follow: 'bool' }, required: ['id', 'pid'] },
+        'file.read': {
+          body: { id: vm.id, path: '/etc/hostname' },
+          fields: { id: 'id', path: 'text', offset: 'int' },
+          required: ['id', 'path'],
+        },
+        'file.write': {
+          body: { id: vm.id, path: '/tmp/fuzz' },
+          fields: { id: 'id', path: 'text', parents: 'bool', key: 'key' },
+          required: ['id', 'path'],
+        },
+        'file.watch': {
+          body: { id: vm.id, path: '/tmp' },
+          fields: { id: 'id', path: 'text', recursive: 'bool' },
+          required: ['id', 'path'],
+        },
+        'proc.list': { body: { id: vm.id }, fields: id, required: ['id'] },
+        'proc.signal': {
+          body: { id: vm.id, pid: 1, signal: 'CONT' },
+          fields: { id: 'id', pid: 'int', signal: 'enum' },
+          required: ['id', 'pid'],
+        },
+        'file.list': { body: { id: vm.id, path: '/tmp' }, fields: { id: 'id', path: 'text' }, required: ['id', 'path'] },
+        'file.stat': { body: { id: vm.id, path: '/tmp' }, fields: { id: 'id', path: 'text' }, required: ['id', 'path'] },
+        'file.mkdir': {
+          body: { id: vm.id, path: '/tmp/fuzz-d' },
+          fields: { id: 'id', path: 'text', parents: 'bool' },
+          required: ['id', 'path'],
+        },
+        'file.remove': {
+          body: { id: vm.id, path: '/tmp/fuzz-none' },
+          fields: { id: 'id', path: 'text', recursive: 'bool' },
+          required: ['id', 'path'],
+        },
+        'file.rename': {
+          body: { id: vm.id, from: '/tmp/fuzz-a', to: '/tmp/fuzz-b' },
+          fields: { id: 'id', from: 'text', to: 'text' },
+          required: ['id', 'from', 'to'],
+        },
       };
       const { 'host.info': _info, 'snapshot.publish': _p, 'snapshot.fetch': _f, ...forwarded } = hostBases;
       const schedBases: Record<SchedEndpoint, Base> = {

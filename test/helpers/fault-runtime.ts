@@ -1,3 +1,4 @@
+import type { GuestSession } from '@forky/agent';
 import type { ExecResult, MachineProfile } from '@forky/contract';
 import type { VmHandle, VmRuntime, VmSpec } from '@forky/hostd';
 import { FaultPlan, type Call } from './fault-plan.js';
@@ -127,6 +128,11 @@ export class FaultRuntime implements VmRuntime {
   async exec(vm: VmHandle, cmd: readonly string[], opts: { input?: string; timeoutMs: number }): Promise<ExecResult> {
     const p = await this.#checkVm('exec', vm, [cmd, opts]);
     return this.inner.exec(p.inner, cmd, opts);
+  }
+
+  async guest(vm: VmHandle): Promise<GuestSession> {
+    const p = await this.#checkVm('guest', vm, []);
+    return this.inner.guest(p.inner);
   }
 
   async control(vm: VmHandle, line: string, timeoutMs: number): Promise<string> {

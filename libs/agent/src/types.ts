@@ -88,7 +88,7 @@ export interface GuestStream {
   /**
    * The agent's events. Pull-based: the session grants the agent credit for bytes only as they
    * are taken from here, so a consumer that stops pulling stops the guest (at most `window`
-   * bytes wait in the host). Iterate once.
+   * bytes wait in the host). Iterate once; leaving the loop early cancels the stream.
    */
   readonly events: AsyncIterable<GuestEvent>;
   /** Resolves with the END (the agent's or a made-up one); never rejects. */
@@ -119,4 +119,6 @@ export interface GuestSession {
   close(): void;
   /** Resolves when the session ends, for whatever reason. */
   readonly closed: Promise<void>;
+  /** Who answered the HELLO (its HELLO_ACK's `agent` and `pid`); optional so fakes may leave it out. */
+  readonly agent?: { name: string; pid: number };
 }

@@ -70,6 +70,8 @@ export function hostPermissions(hostId: string): Permissions {
     publish: {
       allow: [
         subjects.heartbeat(hostId),
+        // Its streams' messages to clients (STREAMS.md): its own `out` subjects only.
+        `${SUBJECT_ROOT}.out.${HostId.parse(hostId)}.>`,
         `$KV.${BUCKETS.hosts}.${HostId.parse(hostId)}`,
         `$KV.${BUCKETS.locator}.>`,
         `$KV.${BUCKETS.lineage}.>`,

@@ -21,6 +21,7 @@ export { JobQueue, type JobQueueOptions, type JobOutcome, type JobDelivery } fro
 export { isTransientNatsError, retryTransient } from './retry.js';
 export { ObjectPartStore, PARTS_BUCKET, type UploadResult } from './object-parts.js';
 export { digestFile } from './sparse.js';
-export { headerOf, setHeader } from './headers.js';
+export { headerOf, setHeader, safeHeaders } from './headers.js';
 export { PastDeadlineError, callerDeadline, refuseIfLate, type CallerTimes } from './deadlines.js';
 export { LocatorEntry, entryValue, isReadableKey, logBadEntry } from './entries.js';
+export { ClientStream, openStream, type StreamChunk, type StreamEnd, type OpenStreamOptions } from './streams.js';

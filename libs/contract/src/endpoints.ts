@@ -13,6 +13,7 @@ import {
   SnapshotRef,
   TransferResult,
 } from './snapshot.js';
+import { guestContract } from './guest.js';
 
 /** Request and reply schema of every hostd endpoint: the one table both sides are checked against. */
 export const hostdContract = {
@@ -34,6 +35,7 @@ export const hostdContract = {
   /** Brings a published snapshot to this host, fetching only the parts it lacks. */
   'snapshot.fetch': { request: SnapshotRef, reply: TransferResult },
   fork: { request: ForkRequest, reply: ForkResult },
+  ...guestContract,
 } as const satisfies Record<HostdEndpoint, { request: z.ZodType; reply: z.ZodType }>;
 
 export type HostdContract = typeof hostdContract;
@@ -66,6 +68,19 @@ export const ENDPOINT_KINDS = {
   'snapshot.fetch': 'write',
   fork: 'write',
   batch: 'write',
+  // A stream open that asked again opens a second stream (the first is cancelled when idle): only a keyed one is a write.
+  'exec.start': 'write',
+  'file.write': 'write',
+  'proc.attach': 'read',
+  'file.read': 'read',
+  'file.watch': 'read',
+  'proc.list': 'read',
+  'file.list': 'read',
+  'file.stat': 'read',
+  'proc.signal': 'write',
+  'file.mkdir': 'write',
+  'file.remove': 'write',
+  'file.rename': 'write',
 } as const satisfies Record<HostdEndpoint | SchedEndpoint, 'read' | 'write'>;
 
 /** An endpoint that only reads: asking twice is the same as asking once. */

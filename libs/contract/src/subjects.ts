@@ -1,4 +1,5 @@
 import { HostId } from './ids.js';
+import { GUEST_ENDPOINTS } from './guest.js';
 
 /**
  * Subject layout. The version is part of the subject, so a v2 contract can run beside v1.
@@ -23,6 +24,8 @@ export const HOSTD_ENDPOINTS = [
   'snapshot.publish',
   'snapshot.fetch',
   'fork',
+  // The sandbox endpoints (STREAMS.md), routed by VM id like the VM requests.
+  ...GUEST_ENDPOINTS,
 ] as const;
 export type HostdEndpoint = (typeof HOSTD_ENDPOINTS)[number];
 
@@ -49,7 +52,20 @@ export const subjects = {
   /** Jobs waiting for a scheduler (the work-queue stream's subjects). */
   job: (endpoint: SchedEndpoint): string => `${SUBJECT_ROOT}.jobs.${endpoint}`,
   jobs: `${SUBJECT_ROOT}.jobs.>`,
+  /** A stream's messages from its host (STREAMS.md): only that host may publish here. */
+  streamOut: (hostId: string, sid: string): string => `${SUBJECT_ROOT}.out.${HostId.parse(hostId)}.${streamToken(sid)}`,
+  /** Every stream subject a host listens on for its clients' messages. */
+  streamsOf: (hostId: string): string => `${subjects.hostPrefix(hostId)}.stream.>`,
+  streamIn: (hostId: string, sid: string): string => `${subjects.hostPrefix(hostId)}.stream.${streamToken(sid)}.in`,
+  streamCredit: (hostId: string, sid: string): string => `${subjects.hostPrefix(hostId)}.stream.${streamToken(sid)}.credit`,
+  streamCancel: (hostId: string, sid: string): string => `${subjects.hostPrefix(hostId)}.stream.${streamToken(sid)}.cancel`,
 } as const;
+
+/** A stream id becomes a subject token: it must be one. */
+function streamToken(sid: string): string {
+  if (!/^[A-Za-z0-9]{22}$/.test(sid)) throw new Error(`not a stream id: ${JSON.stringify(sid).slice(0, 40)}`);
+  return sid;
+}
 
 /**
  * JetStream streams besides the buckets.

@@ -26,6 +26,7 @@ import { FileRecordStore } from './adapters/store/records.js';
 import { ProcHostStats } from './adapters/host-stats.js';
 import { StatfsRamSpace } from './adapters/ram-space.js';
 import { startHostdService } from './service.js';
+import { GuestStreams } from './streams/endpoints.js';
 
 export const HOSTD_VERSION = '0.1.0';
 
@@ -96,7 +97,9 @@ export async function startHostd(config: Readonly<HostdConfig>, logger: Logger):
   });
   // Before serving: VMs an earlier hostd of this data directory left running are taken back.
   const recovered = await engine.recover();
-  const service = await startHostdService(nc, config.hostId, engine, HOSTD_VERSION, log);
+  const streams = new GuestStreams({ nc, hostId: config.hostId, guest: (id) => engine.guest(id), log });
+  streams.start();
+  const service = await startHostdService(nc, config.hostId, engine, HOSTD_VERSION, log, streams.handlers());
   log.info({ accel: probe.accel, reason: probe.reason, qemu: probe.qemuVersion }, 'hostd serving');
 
   const instance = newId('hd', 12);
@@ -130,6 +133,7 @@ export async function startHostd(config: Readonly<HostdConfig>, logger: Logger):
       beatSoon = () => undefined;
       // Each step on its own: a lost NATS connection must not keep VMs from being cleaned up.
       await service.stop().catch((err: unknown) => log.warn({ err }, 'service stop'));
+      await streams.stop().catch((err: unknown) => log.warn({ err }, 'streams stop'));
       if (opts.destroyVms) await engine.destroyAll();
       else await engine.close().catch((err: unknown) => log.warn({ err }, 'warm pool cleanup'));
       await nc.drain().catch(() => undefined);

@@ -30,3 +30,6 @@ export { LocalSnapshotStore } from './adapters/store/local-snapshots.js';
 export { LocalAppLayers } from './adapters/store/app-layers.js';
 export { FileRecordStore, writeJsonAtomic } from './adapters/store/records.js';
 export { ProcHostStats } from './adapters/host-stats.js';
+export { GuestStreams, type GuestStreamsOptions, type GuestHandlers } from './streams/endpoints.js';
+export { Bridge, type BridgeCounters } from './streams/bridge.js';
+export { StreamRegistry, DEFAULT_STREAM_LIMITS, newSid, type StreamLimits } from './streams/registry.js';

@@ -12,12 +12,14 @@ import {
   type ReplyOf,
 } from '@forky/contract';
 import type { HostEngine } from './domain/engine.js';
+import type { GuestHandlers } from './streams/endpoints.js';
 
 type Handlers = { [E in HostdEndpoint]: (req: ParsedRequestOf<E>) => Promise<ReplyOf<E>> | ReplyOf<E> };
 
 /** Maps every hostd endpoint of the contract onto the engine. */
-export function hostdHandlers(engine: HostEngine): Handlers {
+export function hostdHandlers(engine: HostEngine, guest: GuestHandlers): Handlers {
   return {
+    ...guest,
     'host.info': () => engine.hostInfo(),
     'vm.boot': (r) => engine.boot(r),
     'vm.list': () => ({ vms: engine.list() }),
@@ -47,8 +49,10 @@ export async function startHostdService(
   engine: HostEngine,
   version: string,
   logger: Logger,
+  /** The sandbox endpoints (streams/endpoints.ts). */
+  guest: GuestHandlers,
 ): Promise<Service> {
-  const handlers = hostdHandlers(engine);
+  const handlers = hostdHandlers(engine, guest);
   const endpoints: EndpointDef[] = HOSTD_ENDPOINTS.map((e) => ({
     name: e.replace('.', '_'),
     subject: subjects.host(hostId, e),

@@ -1,4 +1,4 @@
-import type { ExecRequest, HostdEndpoint, VmAppRequest } from '@forky/contract';
+import type { ExecRequest, GuestEndpoint, HostdEndpoint, VmAppRequest } from '@forky/contract';
 import type { SchedContext } from './context.js';
 
 /** The requests about one VM or snapshot, which its host answers. */
@@ -14,6 +14,15 @@ export async function forward<E extends Forwarded>(ctx: SchedContext, endpoint: 
   const kind = endpoint.startsWith('vm.') ? 'vm' : 'snap';
   const host = await ctx.locate(kind, req.id);
   return ctx.hosts.client(host).call(endpoint as HostdEndpoint, req as never);
+}
+
+/**
+ * Forwards a sandbox request (STREAMS.md) to the VM's host, once: an open's reply names the
+ * host's own stream subjects, so the stream's bytes never come through here.
+ */
+export async function forwardGuest(ctx: SchedContext, endpoint: GuestEndpoint, req: { id: string }): Promise<unknown> {
+  const host = await ctx.locate('vm', req.id);
+  return ctx.hosts.client(host).call(endpoint, req as never);
 }
 
 /** Every live host's VMs (or snapshots); a host that does not answer is left out and logged. */

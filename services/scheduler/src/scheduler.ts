@@ -14,6 +14,7 @@ import type {
   SnapshotInfo,
   SnapshotTree,
   VmInfo,
+  GuestEndpoint,
 } from '@forky/contract';
 import type { SchedContext } from './context.js';
 import { locate, sourceKind, type Located } from './directory-reads.js';
@@ -23,7 +24,7 @@ import { Hosts } from './hosts.js';
 import { Jobs, type Perform } from './jobs.js';
 import { deleteSnapshot, tree } from './lineage.js';
 import { pickHost } from './placement.js';
-import { forward, gather, type Forwarded, type ForwardedRequest } from './routing.js';
+import { forward, forwardGuest, gather, type Forwarded, type ForwardedRequest } from './routing.js';
 
 export interface SchedulerOptions {
   /** How long a forwarded request may take on its host (a fork of many children is long). */
@@ -128,6 +129,11 @@ export class Scheduler {
   /** Forwards a request about one VM or snapshot to the host that holds it. */
   forward<E extends Forwarded>(endpoint: E, req: ForwardedRequest<E>): Promise<unknown> {
     return forward(this.#ctx, endpoint, req);
+  }
+
+  /** Forwards a sandbox request (exec.start, file.read, …) to the VM's host. */
+  forwardGuest(endpoint: GuestEndpoint, req: { id: string }): Promise<unknown> {
+    return forwardGuest(this.#ctx, endpoint, req);
   }
 
   /** Every live host's VMs (or snapshots), and a down host's VMs as lost. */

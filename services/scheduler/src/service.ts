@@ -2,13 +2,28 @@ import type { NatsConnection } from '@nats-io/nats-core';
 import type { Service } from '@nats-io/services';
 import type { Logger } from '@forky/base';
 import { startService, type EndpointDef } from '@forky/bus';
-import { SCHED_ENDPOINTS, SERVICE_NAMES, schedContract, subjects, type SchedEndpoint, type SchedParsedRequestOf } from '@forky/contract';
+import {
+  GUEST_ENDPOINTS,
+  SCHED_ENDPOINTS,
+  SERVICE_NAMES,
+  schedContract,
+  subjects,
+  type GuestEndpoint,
+  type SchedEndpoint,
+  type SchedParsedRequestOf,
+} from '@forky/contract';
 import type { Scheduler } from './scheduler.js';
 
 type Handlers = { [E in SchedEndpoint]: (req: SchedParsedRequestOf<E>) => Promise<unknown> };
 
 export function schedulerHandlers(s: Scheduler): Handlers {
+  // The sandbox endpoints go whole to the VM's host.
+  const guest = Object.fromEntries(GUEST_ENDPOINTS.map((e) => [e, (r: { id: string }) => s.forwardGuest(e, r)])) as unknown as Pick<
+    Handlers,
+    GuestEndpoint
+  >;
   return {
+    ...guest,
     hosts: async () => ({ hosts: await s.hosts() }),
     'vm.boot': (r) => s.boot(r),
     'vm.list': async () => ({ vms: await s.gather('vm.list') }),

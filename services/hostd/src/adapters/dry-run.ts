@@ -1,5 +1,7 @@
 import fs from 'node:fs/promises';
 import path from 'node:path';
+import { ForkyError } from '@forky/base';
+import type { GuestSession } from '@forky/agent';
 import type { Accel, ExecResult, MachineProfile } from '@forky/contract';
 import type { Image } from '../images.js';
 import type { RunningProcess, VmHandle, VmRuntime, VmSpec } from '../domain/ports.js';
@@ -51,6 +53,10 @@ export class DryRunRuntime implements VmRuntime {
 
   async exec(): Promise<ExecResult> {
     return { exitCode: 0, stdout: '', stderr: '' };
+  }
+
+  guest(): Promise<GuestSession> {
+    return Promise.reject(new ForkyError('UNAVAILABLE', 'no guest agent in a dry run'));
   }
 
   async control(): Promise<string> {

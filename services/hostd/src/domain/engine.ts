@@ -13,6 +13,7 @@ import type {
   VmInfo,
 } from '@forky/contract';
 import { asForkyError, type ErrorCode } from '@forky/base';
+import type { GuestSession } from '@forky/agent';
 import { refuseGpuSnapshot } from './admission.js';
 import type { EngineDeps } from './deps.js';
 import { Host } from './host.js';
@@ -22,6 +23,7 @@ import { applyApps } from './ops/apps.js';
 import { boot } from './ops/boot.js';
 import { deleteSnapshot } from './ops/delete-snapshot.js';
 import { exec } from './ops/exec.js';
+import { guestSession } from './ops/guest.js';
 import { fork } from './ops/fork.js';
 import { hostInfo } from './ops/info.js';
 import { destroyVm, pause, resume } from './ops/lifecycle.js';
@@ -111,6 +113,11 @@ export class HostEngine {
   exec(req: ExecRequest): Promise<ExecResult> {
     const fingerprint = JSON.stringify([req.id, req.cmd, req.input ?? null, req.timeoutMs]);
     return this.#requests.exec(req.key, fingerprint, (sent) => exec(this.#host, req, sent));
+  }
+
+  /** A running VM's guest agent session (the sandbox endpoints' way in). */
+  guest(id: string): Promise<GuestSession> {
+    return guestSession(this.#host, id);
   }
 
   /** Mounts app layers in a running VM (new mount points, or new layers at old ones). */

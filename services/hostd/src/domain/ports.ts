@@ -1,5 +1,6 @@
 import type { UploadResult } from '@forky/bus';
 import type { Accel, ExecResult, MachineProfile, SnapshotInfo } from '@forky/contract';
+import type { GuestSession } from '@forky/agent';
 import type { Image } from '../images.js';
 import type { SnapshotRecord, VmRecord } from './records.js';
 
@@ -85,6 +86,8 @@ export interface VmRuntime<H extends VmHandle = VmHandle> {
   /** Copies into the VM's top layer what the layers above `baseFile` hold, so its chain is base + top. */
   flattenDisk(vm: H, baseFile: string, timeoutMs: number): Promise<void>;
   exec(vm: H, cmd: readonly string[], opts: { input?: string; timeoutMs: number }): Promise<ExecResult>;
+  /** The VM process's guest agent session (streams and calls inside the guest), made once and again if it closed. */
+  guest(vm: H): Promise<GuestSession>;
   /** Sends one line to the guest's control program and returns its one-line answer. */
   control(vm: H, line: string, timeoutMs: number): Promise<string>;
   /** Takes over a process an earlier hostd started; `status` is QEMU's run state (`running`, `paused`, …). */

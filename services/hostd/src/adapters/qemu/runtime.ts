@@ -2,6 +2,7 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import { ForkyError, withDeadline, type Logger } from '@forky/base';
 import { GuestAgentClient, QmpClient } from '@forky/qemu';
+import { connectAgent, type GuestSession } from '@forky/agent';
 import type { Accel, ExecResult, MachineProfile } from '@forky/contract';
 import type { AppDisk, RunningProcess, VmHandle, VmRuntime, VmSpec } from '../../domain/ports.js';
 import { appBlockdev, appDevice, buildArgs, launchPaths, vmSocket as sock, type LaunchMode, type MachineOptions } from './cmdline.js';
@@ -17,6 +18,8 @@ import { handOver, type RunAs } from './run-as.js';
  * max_payload; 64 KiB is left for the rest of the reply and its headers.
  */
 const EXEC_MAX_OUTPUT = (1 << 20) - (64 << 10);
+/** Connecting to forky-agent and its HELLO_ACK. */
+const AGENT_CONNECT_MS = 10_000;
 
 export interface QemuVm extends VmHandle {
   proc: QemuProcess;
@@ -41,6 +44,8 @@ export class QemuRuntime implements VmRuntime<QemuVm> {
   readonly accel: Accel;
   readonly qemuVersion: string;
   readonly bridged: boolean;
+  /** One forky-agent session per VM process, made on first use and again once it has closed. */
+  readonly #guests = new WeakMap<QemuVm, { session: Promise<GuestSession>; open: boolean }>();
 
   constructor(private readonly opts: QemuRuntimeOptions) {
     this.accel = opts.accel;
@@ -126,6 +131,19 @@ export class QemuRuntime implements VmRuntime<QemuVm> {
     return askLine(sock(vm.spec, 'ctl'), line, timeoutMs);
   }
 
+  guest(vm: QemuVm): Promise<GuestSession> {
+    const cached = this.#guests.get(vm);
+    if (cached?.open) return cached.session;
+    const log = this.opts.logger.child({ vm: vm.spec.id, generation: vm.spec.generation, component: 'agent' });
+    const entry = { session: connectAgent(launchPaths(vm.spec).agentSocket, { timeoutMs: AGENT_CONNECT_MS, log }), open: true };
+    entry.session.then(
+      (s) => void s.closed.then(() => (entry.open = false)),
+      () => (entry.open = false),
+    );
+    this.#guests.set(vm, entry);
+    return entry.session;
+  }
+
   async exec(vm: QemuVm, cmd: readonly string[], opts: { input?: string; timeoutMs: number }): Promise<ExecResult> {
     return vm.agent.exec(cmd, { ...opts, maxOutputBytes: EXEC_MAX_OUTPUT });
   }
@@ -152,6 +170,11 @@ export class QemuRuntime implements VmRuntime<QemuVm> {
 
   async destroy(vm: QemuVm): Promise<void> {
     vm.agent?.close();
+    // Its streams end (GONE) now, not when the socket notices QEMU is gone.
+    this.#guests.get(vm)?.session.then(
+      (s) => s.close(),
+      () => undefined,
+    );
     if (!vm.proc.isExited()) {
       await vm.qmp.execute('quit', undefined, { timeoutMs: 2000 }).catch(() => undefined);
       const gone = await withDeadline(vm.proc.exited, 3000, 'QEMU quit').then(

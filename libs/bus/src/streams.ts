@@ -1,0 +1,299 @@
+import type { Msg, NatsConnection, Status, Subscription } from '@nats-io/nats-core';
+import { ForkyError, asForkyError } from '@forky/base';
+import {
+  DEFAULT_STREAM_WINDOW,
+  STREAM_CHUNK_MAX,
+  STREAM_HEADERS,
+  STREAM_IDLE_MS,
+  STREAM_KEEPALIVE_MS,
+  StreamEndBody,
+  StreamOpenReply,
+  subjects,
+  type StreamRef,
+} from '@forky/contract';
+import { request } from './client.js';
+import { headerOf, safeHeaders } from './headers.js';
+
+export type StreamChunk =
+  | { kind: 'stdout' | 'stderr' | 'data'; seq: number; bytes: Uint8Array }
+  | { kind: 'event'; seq: number; event: { type: string } & Record<string, unknown> }
+  | { kind: 'end'; seq: number; end: StreamEnd };
+export type StreamEnd =
+  | { ok: true; exitCode?: number; signal?: string | null; timedOut?: boolean; cancelled?: boolean; bytes?: number }
+  | { ok: false; code: string; message: string };
+
+export interface OpenStreamOptions {
+  /** Deadline of the open request (default 30 s). */
+  timeoutMs?: number;
+  /** Bytes the host may send ahead of what has been taken (default 256 KiB). */
+  window?: number;
+  /** For tests: how often credit goes out when nothing else does, and how long a silent host is waited for. */
+  keepaliveMs?: number;
+  silenceMs?: number;
+}
+
+const json = (v: unknown): Uint8Array => new TextEncoder().encode(JSON.stringify(v));
+const isObject = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
+
+/**
+ * The client's end of a stream (STREAMS.md). Messages on `out` are taken in `Forky-Seq` order
+ * as they arrive; bytes the caller has not taken yet are at most the window it granted, since
+ * credit is given back only as chunks are taken.
+ */
+export class ClientStream implements AsyncIterable<StreamChunk> {
+  readonly #nc: NatsConnection;
+  readonly #ref: StreamRef | undefined;
+  readonly pid?: number;
+  readonly #window: number;
+  readonly #queue: StreamChunk[] = [];
+  #sub: Subscription | undefined;
+  #expected = 1;
+  #inSeq = 0;
+  #inCredit = 0;
+  /** Bytes taken since credit last went out. */
+  #taken = 0;
+  #ended = false;
+  #closed = false;
+  #inputClosed = false;
+  #error: ForkyError | undefined;
+  #lastHeard = Date.now();
+  #wake: (() => void) | undefined;
+  #creditWaiters: Array<() => void> = [];
+  #writing: Promise<void> = Promise.resolve();
+  #timer: NodeJS.Timeout | undefined;
+  #status: (AsyncIterable<Status> & { stop?: () => void }) | undefined;
+
+  /** Use openStream. A detached exec has no `ref`: the stream is only its end. */
+  constructor(nc: NatsConnection, ref: StreamRef | undefined, pid: number | undefined, opts: OpenStreamOptions = {}) {
+    this.#nc = nc;
+    this.#ref = ref;
+    if (pid !== undefined) this.pid = pid;
+    this.#window = opts.window ?? DEFAULT_STREAM_WINDOW;
+    if (!ref) {
+      this.#queue.push({ kind: 'end', seq: 0, end: { ok: true } });
+      this.#ended = true;
+      return;
+    }
+    // Subscribed before the first credit: the host sends nothing until it has some.
+    this.#sub = nc.subscribe(ref.out, { callback: (err, msg) => this.#onMessage(err, msg) });
+    this.#credit(this.#window);
+    const keepaliveMs = opts.keepaliveMs ?? STREAM_KEEPALIVE_MS;
+    const silenceMs = opts.silenceMs ?? STREAM_IDLE_MS;
+    this.#timer = setInterval(() => this.#tick(silenceMs), Math.min(keepaliveMs, silenceMs / 3));
+    void nc.closed().then(() => this.#fail(new ForkyError('UNAVAILABLE', `the NATS connection closed under stream ${ref.sid}`)));
+    // Messages sent while disconnected are lost: the stream cannot go on.
+    this.#status = nc.status() as AsyncIterable<Status> & { stop?: () => void };
+    void (async () => {
+      for await (const st of this.#status ?? [])
+        if (st.type === 'disconnect') this.#fail(new ForkyError('UNAVAILABLE', `the NATS connection was lost under stream ${ref.sid}`));
+    })();
+  }
+
+  get ref(): StreamRef {
+    if (!this.#ref) throw new ForkyError('INVALID_STATE', `a detached process${this.pid ? ` (pid ${this.pid})` : ''} has no stream`);
+    return this.#ref;
+  }
+
+  async *[Symbol.asyncIterator](): AsyncIterator<StreamChunk> {
+    try {
+      for (;;) {
+        const chunk = this.#queue.shift();
+        if (chunk) {
+          if (chunk.kind === 'stdout' || chunk.kind === 'stderr' || chunk.kind === 'data') this.#took(chunk.bytes.length);
+          yield chunk;
+          if (chunk.kind === 'end') return;
+          continue;
+        }
+        if (this.#error) throw this.#error;
+        if (this.#closed) return;
+        // Woken by a message, an error or close; the silence timer bounds the wait.
+        await new Promise<void>((resolve) => (this.#wake = resolve));
+      }
+    } finally {
+      this.#wake = undefined;
+    }
+  }
+
+  /** Sends input once the host has granted credit for it, in chunks of at most 64 KiB. */
+  write(bytes: Uint8Array): Promise<void> {
+    return this.#inTurn(() => this.#writeNow(bytes));
+  }
+
+  /** Ends the input, after what was written before it. */
+  closeInput(): Promise<void> {
+    return this.#inTurn(async () => {
+      this.#usable();
+      if (!this.#inputClosed) this.#sendIn('eof');
+      this.#inputClosed = true;
+    });
+  }
+
+  /** Input goes out in the order it was given, one write at a time. */
+  #inTurn(fn: () => Promise<void>): Promise<void> {
+    const run = this.#writing.then(fn);
+    this.#writing = run.catch(() => undefined);
+    return run;
+  }
+
+  resize(rows: number, cols: number): void {
+    if (this.#ended || this.#closed || !this.#ref) return;
+    this.#sendIn('resize', json({ rows, cols }));
+  }
+
+  /** Asks the host to stop the stream's work; its `end` still comes. */
+  cancel(): void {
+    if (this.#ended || this.#closed || !this.#ref) return;
+    this.#publish(this.#ref.cancel);
+  }
+
+  /** Stops listening: the host cancels the stream once it has not heard from us for its idle time. */
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#stop();
+    this.#wakeAll();
+  }
+
+  async #writeNow(bytes: Uint8Array): Promise<void> {
+    if (this.#inputClosed) throw new ForkyError('INVALID_STATE', 'the stream input is closed');
+    let at = 0;
+    while (at < bytes.length) {
+      this.#usable();
+      if (this.#inCredit <= 0) {
+        await new Promise<void>((resolve) => this.#creditWaiters.push(resolve));
+        continue;
+      }
+      const n = Math.min(this.#inCredit, STREAM_CHUNK_MAX, bytes.length - at);
+      this.#inCredit -= n;
+      this.#sendIn('data', bytes.subarray(at, at + n));
+      at += n;
+    }
+  }
+
+  /** Throws if the stream can no longer take input. */
+  #usable(): void {
+    if (this.#error) throw this.#error;
+    if (this.#closed) throw new ForkyError('INVALID_STATE', 'the stream is closed');
+    if (this.#ended) throw new ForkyError('INVALID_STATE', 'the stream has ended');
+  }
+
+  #sendIn(kind: 'data' | 'eof' | 'resize', body?: Uint8Array): void {
+    const ref = this.#ref as StreamRef;
+    this.#publish(ref.in, body, { [STREAM_HEADERS.seq]: ++this.#inSeq, [STREAM_HEADERS.kind]: kind });
+  }
+
+  #took(n: number): void {
+    this.#taken += n;
+    // Given back in batches: a message per chunk would double the traffic.
+    if (this.#taken >= Math.min(this.#window / 4, STREAM_CHUNK_MAX)) this.#credit(this.#taken);
+  }
+
+  #credit(bytes: number): void {
+    if (this.#ended || this.#closed || !this.#ref) return;
+    this.#taken -= Math.min(bytes, this.#taken);
+    this.#publish(this.#ref.credit, json({ bytes }));
+  }
+
+  #publish(subject: string, body?: Uint8Array, hdrs?: Record<string, unknown>): void {
+    try {
+      this.#nc.publish(subject, body ?? new Uint8Array(0), hdrs ? { headers: safeHeaders(hdrs) } : undefined);
+    } catch (e) {
+      this.#fail(new ForkyError('UNAVAILABLE', `stream publish failed: ${asForkyError(e).message}`, { cause: e }));
+    }
+  }
+
+  #onMessage(err: Error | null, msg: Msg): void {
+    if (this.#ended || this.#closed || this.#error) return;
+    const ref = this.#ref as StreamRef;
+    if (err) return this.#fail(new ForkyError('UNAVAILABLE', `stream ${ref.sid}: subscription closed: ${err.message}`, { cause: err }));
+    this.#lastHeard = Date.now();
+    try {
+      const seq = Number(headerOf(msg, STREAM_HEADERS.seq));
+      if (seq !== this.#expected)
+        throw new ForkyError('UNAVAILABLE', `stream ${ref.sid}: message ${seq} came after ${this.#expected - 1}: some were lost`);
+      this.#expected++;
+      this.#take(headerOf(msg, STREAM_HEADERS.kind), seq, msg);
+    } catch (e) {
+      this.cancel();
+      this.#fail(asForkyError(e));
+    }
+    this.#wakeAll();
+  }
+
+  #take(kind: string | undefined, seq: number, msg: Msg): void {
+    switch (kind) {
+      case 'stdout':
+      case 'stderr':
+      case 'data':
+        this.#queue.push({ kind, seq, bytes: msg.data });
+        return;
+      case 'credit': {
+        const b = msg.json<unknown>();
+        if (!isObject(b) || !Number.isSafeInteger(b.bytes) || (b.bytes as number) < 0) throw protocol('a bad credit body');
+        this.#inCredit += b.bytes as number;
+        return;
+      }
+      case 'event': {
+        const b = msg.json<unknown>();
+        if (!isObject(b) || typeof b.type !== 'string') throw protocol('an event without a type');
+        this.#queue.push({ kind, seq, event: b as { type: string } & Record<string, unknown> });
+        return;
+      }
+      case 'end': {
+        const end = StreamEndBody.safeParse(msg.json<unknown>());
+        if (!end.success) throw protocol('an end body STREAMS.md does not name');
+        this.#queue.push({ kind, seq, end: end.data });
+        this.#ended = true;
+        this.#stop();
+        return;
+      }
+      default:
+        throw protocol(`an unknown kind ${JSON.stringify(kind ?? null).slice(0, 40)}`);
+    }
+  }
+
+  /** Our keepalive (with any credit owed), and the host's silence checked. */
+  #tick(silenceMs: number): void {
+    this.#credit(this.#taken);
+    const ref = this.#ref as StreamRef;
+    if (Date.now() - this.#lastHeard > silenceMs)
+      this.#fail(new ForkyError('TIMEOUT', `no word from host ${ref.host} on stream ${ref.sid} for ${silenceMs} ms`));
+  }
+
+  #fail(e: ForkyError): void {
+    if (this.#ended || this.#closed || this.#error) return;
+    this.#error = e;
+    this.#stop();
+    this.#wakeAll();
+  }
+
+  #stop(): void {
+    clearInterval(this.#timer);
+    this.#sub?.unsubscribe();
+    this.#status?.stop?.();
+  }
+
+  #wakeAll(): void {
+    this.#wake?.();
+    for (const w of this.#creditWaiters.splice(0)) w();
+  }
+}
+
+const protocol = (what: string): ForkyError => new ForkyError('INTERNAL', `the host sent ${what} on a stream`);
+
+/**
+ * Opens a stream on `subject` (an open endpoint of the scheduler or of a host): errors of the
+ * open are the usual wire errors. The window goes in the body, so the host holds no more for it.
+ */
+export async function openStream(nc: NatsConnection, subject: string, body: unknown, opts: OpenStreamOptions = {}): Promise<ClientStream> {
+  const window = opts.window ?? DEFAULT_STREAM_WINDOW;
+  const sent = isObject(body) ? { ...body, window } : body;
+  const reply = StreamOpenReply.safeParse(await request(nc, subject, sent, { timeoutMs: opts.timeoutMs ?? 30_000 }));
+  if (!reply.success) throw new ForkyError('INTERNAL', `${subject}: the reply is not a stream`);
+  const ref = reply.data.stream;
+  // Never publish where a reply says but the layout does not.
+  const layout = { out: subjects.streamOut, in: subjects.streamIn, credit: subjects.streamCredit, cancel: subjects.streamCancel };
+  if (ref && Object.entries(layout).some(([k, f]) => ref[k as keyof typeof layout] !== f(ref.host, ref.sid)))
+    throw new ForkyError('INTERNAL', `${subject}: the stream's subjects are not its host's`);
+  return new ClientStream(nc, ref, reply.data.pid, { ...opts, window });
+}

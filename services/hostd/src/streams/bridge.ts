@@ -1,0 +1,289 @@
+import type { NatsConnection } from '@nats-io/nats-core';
+import type { Logger } from '@forky/base';
+import type { AgentEnd, GuestEvent, GuestStream } from '@forky/agent';
+import { safeHeaders } from '@forky/bus';
+import { ResizeBody, STREAM_CHUNK_MAX, STREAM_HEADERS, boundedText, subjects, type OutKind, type StreamEndBody } from '@forky/contract';
+
+const json = (v: unknown): Uint8Array => new TextEncoder().encode(JSON.stringify(v));
+
+export interface BridgeOptions {
+  nc: NatsConnection;
+  hostId: string;
+  sid: string;
+  vmId: string;
+  stream: GuestStream;
+  /** The guest's events, maybe with the first already asked for (an exec's `started`, for its pid). */
+  events: AsyncIterator<GuestEvent>;
+  first?: Promise<IteratorResult<GuestEvent>>;
+  /** Whether the client sends bytes on `in` (stdin, a file written), and how many the host holds for it. */
+  takesInput: boolean;
+  inWindow: number;
+  /** A file's bytes go out as `data`, a process's as its channel. */
+  bytes: 'process' | 'file';
+  idleMs: number;
+  keepaliveMs: number;
+  /** How long the guest gets to end a stream once it is cancelled. */
+  cancelGraceMs: number;
+  log: Logger;
+}
+
+/** Figures of one stream, for tests and logs. */
+export interface BridgeCounters {
+  /** Bytes taken from the guest and not yet published (now, and the most ever). */
+  held: number;
+  maxHeld: number;
+  sent: number;
+  /** Input bytes received and not yet written to the guest, and the most ever. */
+  inHeld: number;
+  maxInHeld: number;
+}
+
+/**
+ * One stream between a client on NATS and a guest stream. Output is pulled from the guest only
+ * within the client's credit, so a slow client stops the guest, and hostd holds at most one
+ * chunk of it beyond what the session buffers (its window, the client's). Input is taken within
+ * the credit this side granted, in `Forky-Seq` order, and written to the guest one at a time.
+ */
+export class Bridge {
+  readonly counters: BridgeCounters = { held: 0, maxHeld: 0, sent: 0, inHeld: 0, maxInHeld: 0 };
+  readonly done: Promise<AgentEnd | StreamEndBody>;
+  readonly #o: BridgeOptions;
+  readonly #out: string;
+  #seq = 0;
+  #credit = 0;
+  #started = false;
+  #cancelled: 'client' | 'idle' | 'host' | undefined;
+  #protocol: string | undefined;
+  #lastHeard = Date.now();
+  #wake: (() => void) | undefined;
+  #timer: NodeJS.Timeout | undefined;
+  #inLast = 0;
+  #inAllowed = 0;
+  #inEof = false;
+  #inQueue: Array<Uint8Array | 'eof'> = [];
+  #inPumping = false;
+  #finished = false;
+  readonly #cancelSignal: Promise<'cancelled'>;
+  #signalCancel: () => void = () => undefined;
+
+  constructor(o: BridgeOptions) {
+    this.#o = o;
+    this.#cancelSignal = new Promise((resolve) => (this.#signalCancel = () => resolve('cancelled')));
+    this.#out = subjects.streamOut(o.hostId, o.sid);
+    this.done = this.#pump();
+    this.#timer = setInterval(() => this.#tick(), Math.max(10, Math.min(o.keepaliveMs, o.idleMs / 3)));
+  }
+
+  get sid(): string {
+    return this.#o.sid;
+  }
+
+  get vmId(): string {
+    return this.#o.vmId;
+  }
+
+  get ended(): boolean {
+    return this.#finished;
+  }
+
+  /** `credit` from the client: more bytes it takes; also its keepalive. */
+  onCredit(bytes: number): void {
+    this.#lastHeard = Date.now();
+    this.#credit += bytes;
+    if (!this.#started) {
+      this.#started = true;
+      // Only now does the client listen on `out`: its input credit goes first.
+      if (this.#o.takesInput) this.#grantIn(this.#o.inWindow);
+    }
+    this.#wakeUp();
+  }
+
+  /** A message on `in`: data, eof or resize, numbered by the client. */
+  onIn(seq: number, kind: string | undefined, data: Uint8Array): void {
+    this.#lastHeard = Date.now();
+    if (this.#finished || this.#protocol) return;
+    if (!Number.isSafeInteger(seq) || seq < 1) return this.#violation('an input message without a Forky-Seq');
+    if (seq <= this.#inLast) return; // a repeat
+    if (seq > this.#inLast + 1) return this.#violation(`input message ${seq} came after ${this.#inLast}`);
+    this.#inLast = seq;
+    if (kind === 'resize') {
+      const r = safeJson(data, ResizeBody);
+      if (!r) return this.#violation('a resize is not {"rows","cols"}');
+      this.#o.stream.resize(r.rows, r.cols);
+      return;
+    }
+    if (!this.#o.takesInput) return this.#violation('this stream takes no input');
+    if (this.#inEof) return this.#violation('input after eof');
+    if (kind === 'eof') {
+      this.#inEof = true;
+      this.#inQueue.push('eof');
+    } else if (kind === 'data') {
+      if (data.length > this.#inAllowed || data.length > STREAM_CHUNK_MAX) return this.#violation('input beyond the credit granted');
+      this.#inAllowed -= data.length;
+      this.#inQueue.push(data);
+      this.counters.inHeld += data.length;
+      this.counters.maxInHeld = Math.max(this.counters.maxInHeld, this.counters.inHeld);
+    } else return this.#violation(`an unknown input kind ${boundedText(kind ?? '(none)', 20)}`);
+    void this.#pumpIn();
+  }
+
+  /** Stops the stream's work (the client's cancel, an idle client, the VM going); the end still goes out. */
+  cancel(why: 'client' | 'idle' | 'host' = 'client'): void {
+    if (why === 'client') this.#lastHeard = Date.now();
+    if (this.#cancelled || this.#finished) return;
+    this.#cancelled = why;
+    this.#o.stream.cancel();
+    this.#signalCancel();
+    this.#wakeUp();
+  }
+
+  #violation(what: string): void {
+    this.#protocol ??= what;
+    this.cancel('host');
+  }
+
+  #tick(): void {
+    if (this.#finished) return;
+    if (this.#started) this.#publish('credit', json({ bytes: 0 }));
+    if (Date.now() - this.#lastHeard > this.#o.idleMs) {
+      this.#o.log.info({ sid: this.#o.sid, vm: this.#o.vmId }, 'stream client silent: cancelled');
+      this.cancel('idle');
+    }
+  }
+
+  async #pump(): Promise<AgentEnd | StreamEndBody> {
+    let end: AgentEnd;
+    try {
+      await this.#until(() => this.#started || !!this.#cancelled);
+      end = await this.#forward();
+    } catch (e) {
+      this.#o.log.warn({ err: e, sid: this.#o.sid }, 'stream failed');
+      end = { ok: false, code: 'GONE', message: 'the guest stream failed' };
+    }
+    const body = this.#endBody(end);
+    this.#publish('end', json(body));
+    this.#finished = true;
+    clearInterval(this.#timer);
+    this.#wakeUp();
+    return body;
+  }
+
+  /** Guest events to `out` until the guest's END (or, once cancelled, the grace runs out). */
+  async #forward(): Promise<AgentEnd> {
+    let next = this.#o.first;
+    for (;;) {
+      // Nothing is taken from the guest while the client has no credit: the guest waits, not hostd.
+      if (!next) await this.#until(() => this.#credit > 0 || !!this.#cancelled);
+      const r = await this.#next(next ?? this.#o.events.next());
+      next = undefined;
+      if (r === 'abandoned') return { ok: false, code: 'GONE', message: 'the guest did not end the cancelled stream' };
+      if (r.done) return this.#o.stream.ended;
+      const ev = r.value;
+      if (ev.kind === 'end') return ev.end;
+      if (ev.kind === 'msg' && !this.#cancelled) this.#publish('event', json(ev.msg));
+      if (ev.kind === 'data') await this.#sendBytes(this.#o.bytes === 'file' ? 'data' : ev.channel === 2 ? 'stderr' : 'stdout', ev.bytes);
+    }
+  }
+
+  /** The next event; once cancelled, only within the grace. */
+  async #next(p: Promise<IteratorResult<GuestEvent>>): Promise<IteratorResult<GuestEvent> | 'abandoned'> {
+    if (!this.#cancelled) {
+      const r = await Promise.race([p, this.#cancelSignal]);
+      if (r !== 'cancelled') return r;
+    }
+    let timer: NodeJS.Timeout | undefined;
+    const grace = new Promise<'abandoned'>((resolve) => (timer = setTimeout(() => resolve('abandoned'), this.#o.cancelGraceMs)));
+    try {
+      return await Promise.race([p, grace]);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  async #sendBytes(kind: OutKind, bytes: Uint8Array): Promise<void> {
+    this.counters.held += bytes.length;
+    this.counters.maxHeld = Math.max(this.counters.maxHeld, this.counters.held);
+    let at = 0;
+    while (at < bytes.length) {
+      if (this.#cancelled) break; // what is left goes nowhere: the stream is stopping
+      if (this.#credit <= 0) {
+        await this.#until(() => this.#credit > 0 || !!this.#cancelled);
+        continue;
+      }
+      const n = Math.min(this.#credit, STREAM_CHUNK_MAX, bytes.length - at);
+      this.#publish(kind, bytes.subarray(at, at + n));
+      this.#credit -= n;
+      this.counters.sent += n;
+      this.counters.held -= n;
+      at += n;
+    }
+    this.counters.held -= bytes.length - at;
+  }
+
+  async #pumpIn(): Promise<void> {
+    if (this.#inPumping) return;
+    this.#inPumping = true;
+    try {
+      for (let item = this.#inQueue.shift(); item !== undefined; item = this.#inQueue.shift()) {
+        if (item === 'eof') {
+          this.#o.stream.closeInput();
+          continue;
+        }
+        await this.#o.stream.write(item);
+        this.counters.inHeld -= item.length;
+        if (!this.#finished) this.#grantIn(item.length);
+      }
+    } catch {
+      // The guest stream ended under the write: its end says why.
+      this.#inQueue = [];
+    } finally {
+      this.#inPumping = false;
+    }
+  }
+
+  #grantIn(bytes: number): void {
+    this.#inAllowed += bytes;
+    this.#publish('credit', json({ bytes }));
+  }
+
+  #endBody(end: AgentEnd): StreamEndBody {
+    if (this.#protocol) return { ok: false, code: 'PROTOCOL', message: boundedText(this.#protocol, 200) };
+    if (!end.ok) return { ok: false, code: boundedText(end.code, 64), message: boundedText(end.message, 4000) };
+    const body: StreamEndBody = { ok: true };
+    if (end.exitCode !== undefined) body.exitCode = end.exitCode;
+    if (end.signal !== undefined) body.signal = end.signal;
+    if (end.timedOut !== undefined) body.timedOut = end.timedOut;
+    if (end.cancelled || this.#cancelled) body.cancelled = true;
+    if (end.bytes !== undefined) body.bytes = end.bytes;
+    return body;
+  }
+
+  #publish(kind: OutKind, body: Uint8Array): void {
+    try {
+      this.#o.nc.publish(this.#out, body, { headers: safeHeaders({ [STREAM_HEADERS.seq]: ++this.#seq, [STREAM_HEADERS.kind]: kind }) });
+    } catch (err) {
+      // A closed connection: the client will find the stream silent and give up on it.
+      this.#o.log.warn({ err, sid: this.#o.sid }, 'stream publish failed');
+    }
+  }
+
+  /** Waits until `cond` holds; every wake-up (credit, cancel) checks again. Cancel bounds it: the idle timer. */
+  async #until(cond: () => boolean): Promise<void> {
+    while (!cond()) await new Promise<void>((resolve) => (this.#wake = resolve));
+  }
+
+  #wakeUp(): void {
+    const w = this.#wake;
+    this.#wake = undefined;
+    w?.();
+  }
+}
+
+function safeJson<T>(data: Uint8Array, schema: { safeParse(v: unknown): { success: true; data: T } | { success: false } }): T | undefined {
+  try {
+    const r = schema.safeParse(JSON.parse(new TextDecoder().decode(data)));
+    return r.success ? r.data : undefined;
+  } catch {
+    return undefined;
+  }
+}

@@ -1,0 +1,252 @@
+import type { Msg, NatsConnection, Subscription } from '@nats-io/nats-core';
+import { ForkyError, silentLogger, type Logger } from '@forky/base';
+import type { GuestEvent, GuestRequest, GuestSession, GuestStream } from '@forky/agent';
+import { headerOf } from '@forky/bus';
+import {
+  DEFAULT_STREAM_WINDOW,
+  GUEST_UNARY_ENDPOINTS,
+  STREAM_HEADERS,
+  STREAM_IDLE_MS,
+  STREAM_KEEPALIVE_MS,
+  subjects,
+  type GuestEndpoint,
+  type ParsedRequestOf,
+  type ReplyOf,
+  type StreamOpenReply,
+} from '@forky/contract';
+import { Bridge } from './bridge.js';
+import { DEFAULT_STREAM_LIMITS, StreamRegistry, newSid, type StreamLimits } from './registry.js';
+import { guestError, unary } from './unary.js';
+
+export interface GuestStreamsOptions {
+  nc: NatsConnection;
+  hostId: string;
+  /** A running VM's guest agent session (NOT_FOUND, INVALID_STATE, UNAVAILABLE otherwise). */
+  guest: (vmId: string) => Promise<GuestSession>;
+  log?: Logger;
+  limits?: Partial<StreamLimits>;
+  /** For tests: a silent client's cancel, the host's keepalive, a cancelled guest's grace. */
+  idleMs?: number;
+  keepaliveMs?: number;
+  cancelGraceMs?: number;
+  /** How long an exec's open waits for its pid. */
+  startedWaitMs?: number;
+}
+
+export type GuestHandlers = { [E in GuestEndpoint]: (req: ParsedRequestOf<E>) => Promise<ReplyOf<E>> };
+
+interface OpenSpec {
+  vmId: string;
+  req: GuestRequest;
+  window: number;
+  takesInput: boolean;
+  bytes: 'process' | 'file';
+  /** Wait for the first event (an exec's `started`) to answer with the pid. */
+  awaitPid: boolean;
+}
+
+/**
+ * hostd's sandbox endpoints: opens make a Bridge per stream, and one subscription on this
+ * host's `stream.>` subjects takes every client's `in`, `credit` and `cancel`.
+ */
+export class GuestStreams {
+  readonly registry: StreamRegistry;
+  readonly #o: GuestStreamsOptions;
+  readonly #log: Logger;
+  #sub: Subscription | undefined;
+  readonly #prefix: string;
+
+  constructor(o: GuestStreamsOptions) {
+    this.#o = o;
+    this.#log = (o.log ?? silentLogger()).child({ component: 'streams' });
+    this.registry = new StreamRegistry({ ...DEFAULT_STREAM_LIMITS, ...o.limits });
+    this.#prefix = `${subjects.hostPrefix(o.hostId)}.stream.`;
+  }
+
+  /** Listens for clients' stream messages; before any open is served. */
+  start(): void {
+    this.#sub = this.#o.nc.subscribe(subjects.streamsOf(this.#o.hostId), { callback: (err, msg) => this.#onMessage(err, msg) });
+  }
+
+  /** Cancels every stream (their ends go out) and stops listening. */
+  async stop(): Promise<void> {
+    const all = this.registry.all();
+    for (const b of all) b.cancel('host');
+    await Promise.all(all.map((b) => b.done));
+    this.#sub?.unsubscribe();
+  }
+
+  handlers(): GuestHandlers {
+    const unaryHandlers = Object.fromEntries(
+      GUEST_UNARY_ENDPOINTS.map((e) => [
+        e,
+        async (r: { id: string }) => (unary[e] as (s: GuestSession, r: unknown) => Promise<unknown>)(await this.#o.guest(r.id), r),
+      ]),
+    ) as unknown as Pick<GuestHandlers, (typeof GUEST_UNARY_ENDPOINTS)[number]>;
+    return {
+      ...unaryHandlers,
+      'exec.start': (r) => {
+        const cmd = r.cmd ?? ['/bin/sh', '-c', r.shell as string];
+        const req: GuestRequest = {
+          op: 'exec',
+          cmd,
+          env: r.env,
+          ...(r.cwd ? { cwd: r.cwd } : {}),
+          ...(r.user ? { user: r.user } : {}),
+          // A terminal takes its keys on stdin.
+          stdin: r.stdin || !!r.pty,
+          timeoutMs: r.timeoutMs,
+          detach: r.detach,
+          ...(r.pty ? { pty: r.pty } : {}),
+        };
+        const open = (): Promise<StreamOpenReply> =>
+          r.detach
+            ? this.#detached(r.id, req)
+            : this.#open({
+                vmId: r.id,
+                req,
+                window: r.window ?? DEFAULT_STREAM_WINDOW,
+                takesInput: req.stdin === true,
+                bytes: 'process',
+                awaitPid: true,
+              });
+        return r.key ? this.registry.keyed(r.key, fingerprint(r), open) : open();
+      },
+      'proc.attach': (r) =>
+        this.#open({
+          vmId: r.id,
+          req: { op: 'attach', pid: r.pid, follow: r.follow },
+          window: r.window ?? DEFAULT_STREAM_WINDOW,
+          takesInput: false,
+          bytes: 'process',
+          awaitPid: false,
+        }).then((reply) => ({ ...reply, pid: r.pid })),
+      'file.read': (r) =>
+        this.#open({
+          vmId: r.id,
+          req: { op: 'read', path: r.path, offset: r.offset, ...(r.length === undefined ? {} : { length: r.length }) },
+          window: r.window ?? DEFAULT_STREAM_WINDOW,
+          takesInput: false,
+          bytes: 'file',
+          awaitPid: false,
+        }),
+      'file.write': (r) => {
+        const req: GuestRequest = {
+          op: 'write',
+          path: r.path,
+          mode: r.mode,
+          parents: r.parents,
+          ...(r.perm === undefined ? {} : { perm: r.perm }),
+        };
+        const open = (): Promise<StreamOpenReply> =>
+          this.#open({ vmId: r.id, req, window: r.window ?? DEFAULT_STREAM_WINDOW, takesInput: true, bytes: 'file', awaitPid: false });
+        return r.key ? this.registry.keyed(r.key, fingerprint(r), open) : open();
+      },
+      'file.watch': (r) =>
+        this.#open({
+          vmId: r.id,
+          req: { op: 'watch', path: r.path, recursive: r.recursive },
+          window: r.window ?? DEFAULT_STREAM_WINDOW,
+          takesInput: false,
+          bytes: 'file',
+          awaitPid: false,
+        }),
+    };
+  }
+
+  async #detached(vmId: string, req: GuestRequest): Promise<StreamOpenReply> {
+    const session = await this.#o.guest(vmId);
+    const { end } = await session.call(req, this.#o.startedWaitMs ?? 30_000);
+    if (!end.ok) throw guestError(end, 'exec');
+    if (end.pid === undefined) throw new ForkyError('INTERNAL', 'the guest started a detached process without saying its pid');
+    return { pid: end.pid };
+  }
+
+  async #open(s: OpenSpec): Promise<StreamOpenReply> {
+    const release = this.registry.reserve(s.vmId);
+    let stream: GuestStream | undefined;
+    try {
+      const session = await this.#o.guest(s.vmId);
+      stream = session.open(s.req, { window: s.window });
+      const events = stream.events[Symbol.asyncIterator]();
+      let first: Promise<IteratorResult<GuestEvent>> | undefined;
+      let pid: number | undefined;
+      if (s.awaitPid) {
+        first = events.next();
+        const r = await withinMs(first, this.#o.startedWaitMs ?? 10_000);
+        if (r && !r.done && r.value.kind === 'msg' && r.value.msg.type === 'started') pid = r.value.msg.pid;
+      }
+      const sid = newSid();
+      const bridge = new Bridge({
+        nc: this.#o.nc,
+        hostId: this.#o.hostId,
+        sid,
+        vmId: s.vmId,
+        stream,
+        events,
+        ...(first ? { first } : {}),
+        takesInput: s.takesInput,
+        inWindow: DEFAULT_STREAM_WINDOW,
+        bytes: s.bytes,
+        idleMs: this.#o.idleMs ?? STREAM_IDLE_MS,
+        keepaliveMs: this.#o.keepaliveMs ?? STREAM_KEEPALIVE_MS,
+        cancelGraceMs: this.#o.cancelGraceMs ?? 10_000,
+        log: this.#log,
+      });
+      this.registry.add(bridge, release);
+      const h = this.#o.hostId;
+      const stream_ = {
+        sid,
+        host: h,
+        out: subjects.streamOut(h, sid),
+        in: subjects.streamIn(h, sid),
+        credit: subjects.streamCredit(h, sid),
+        cancel: subjects.streamCancel(h, sid),
+      };
+      return { stream: stream_, ...(pid === undefined ? {} : { pid }) };
+    } catch (e) {
+      stream?.cancel();
+      release();
+      throw e;
+    }
+  }
+
+  #onMessage(err: Error | null, msg: Msg): void {
+    if (err) {
+      this.#log.error({ err }, 'stream subscription closed');
+      return;
+    }
+    if (!msg.subject.startsWith(this.#prefix)) return;
+    const [sid, what, ...rest] = msg.subject.slice(this.#prefix.length).split('.');
+    const bridge = sid && rest.length === 0 ? this.registry.get(sid) : undefined;
+    if (!bridge) return; // an ended or unknown stream: nothing to tell, nobody to tell it to
+    try {
+      if (what === 'credit') {
+        const body = msg.data.length ? (JSON.parse(new TextDecoder().decode(msg.data)) as { bytes?: unknown }) : { bytes: 0 };
+        const bytes = Number.isSafeInteger(body.bytes) && (body.bytes as number) >= 0 ? (body.bytes as number) : 0;
+        bridge.onCredit(Math.min(bytes, 1 << 30));
+      } else if (what === 'in') {
+        bridge.onIn(Number(headerOf(msg, STREAM_HEADERS.seq)), headerOf(msg, STREAM_HEADERS.kind), msg.data);
+      } else if (what === 'cancel') bridge.cancel('client');
+    } catch {
+      // A body or header that cannot be read: the client is broken, its stream is not worth keeping.
+      bridge.cancel('host');
+    }
+  }
+}
+
+/** The request a key names, but for the key (and the window: a retry may pick another). */
+function fingerprint(r: { key?: string; window?: number }): string {
+  const { key: _key, window: _window, ...rest } = r;
+  return JSON.stringify(rest);
+}
+
+/** `p`'s value, or undefined after `ms` (p goes on). */
+async function withinMs<T>(p: Promise<T>, ms: number): Promise<T | undefined> {
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    return await Promise.race([p, new Promise<undefined>((resolve) => (timer = setTimeout(() => resolve(undefined), ms)))]);
+  } finally {
+    clearTimeout(timer);
+  }
+}

@@ -1,0 +1,112 @@
+import { randomBytes } from 'node:crypto';
+import { CapacityError, ConflictError } from '@forky/base';
+import type { StreamOpenReply } from '@forky/contract';
+import type { Bridge } from './bridge.js';
+
+export interface StreamLimits {
+  perVm: number;
+  perHost: number;
+  /** How long a key's open is remembered. */
+  keyTtlMs: number;
+}
+
+export const DEFAULT_STREAM_LIMITS: StreamLimits = { perVm: 64, perHost: 1024, keyTtlMs: 15 * 60_000 };
+
+const ALPHABET = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789';
+
+/** 22 characters of [A-Za-z0-9] (131 bits), drawn without bias: a stream's subjects are its only lock. */
+export function newSid(): string {
+  let out = '';
+  while (out.length < 22) {
+    for (const b of randomBytes(32)) {
+      if (b < 248 && out.length < 22) out += ALPHABET[b % 62];
+    }
+  }
+  return out;
+}
+
+interface Keyed {
+  fingerprint: string;
+  reply: Promise<StreamOpenReply>;
+  at: number;
+}
+
+/**
+ * The streams open on this host, by sid and by VM, within the limits; and the opens made under a
+ * key, so the same key again gets the same stream. A slot is taken before the guest is asked, so
+ * concurrent opens cannot pass a limit together.
+ */
+export class StreamRegistry {
+  readonly #streams = new Map<string, Bridge>();
+  /** Slots taken per VM: open streams and opens under way. */
+  readonly #perVm = new Map<string, number>();
+  #total = 0;
+  readonly #keys = new Map<string, Keyed>();
+
+  constructor(readonly limits: StreamLimits = DEFAULT_STREAM_LIMITS) {}
+
+  get size(): number {
+    return this.#streams.size;
+  }
+
+  get(sid: string): Bridge | undefined {
+    return this.#streams.get(sid);
+  }
+
+  all(): Bridge[] {
+    return [...this.#streams.values()];
+  }
+
+  /** Takes a slot for a stream of `vmId`, or refuses; the returned function gives it back. */
+  reserve(vmId: string): () => void {
+    const n = this.#perVm.get(vmId) ?? 0;
+    if (n >= this.limits.perVm) throw new CapacityError(`VM ${vmId} has ${n} streams open, the most it may`);
+    if (this.#total >= this.limits.perHost) throw new CapacityError(`this host has ${this.#total} streams open, the most it may`);
+    this.#perVm.set(vmId, n + 1);
+    this.#total++;
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      this.#total--;
+      const left = (this.#perVm.get(vmId) ?? 1) - 1;
+      if (left > 0) this.#perVm.set(vmId, left);
+      else this.#perVm.delete(vmId);
+    };
+  }
+
+  /** Adds an open stream; it leaves, and gives its slot back, once its end is out. */
+  add(bridge: Bridge, release: () => void): void {
+    this.#streams.set(bridge.sid, bridge);
+    void bridge.done.finally(() => {
+      this.#streams.delete(bridge.sid);
+      release();
+    });
+  }
+
+  /**
+   * Runs `open` once per key: the same key and request again get its reply (still pending, or
+   * done); the same key for another request is a CONFLICT. An open that failed is forgotten, so
+   * a retry runs it again: it failed before the guest ran anything of it.
+   */
+  keyed(key: string, fingerprint: string, open: () => Promise<StreamOpenReply>, now = Date.now()): Promise<StreamOpenReply> {
+    for (const [k, v] of this.#keys) if (now - v.at > this.limits.keyTtlMs) this.#keys.delete(k);
+    const seen = this.#keys.get(key);
+    if (seen) {
+      if (seen.fingerprint !== fingerprint)
+        return Promise.reject(new ConflictError(`key ${key} was used for another request`, { field: 'key' }));
+      return seen.reply.then((r) => this.#stillOpen(key, r));
+    }
+    const reply = open();
+    this.#keys.set(key, { fingerprint, reply, at: now });
+    reply.catch(() => this.#keys.delete(key));
+    return reply;
+  }
+
+  /** A repeat finds its stream; one whose stream ended meanwhile cannot be given it again. */
+  #stillOpen(key: string, r: StreamOpenReply): StreamOpenReply {
+    if (r.stream && !this.#streams.has(r.stream.sid))
+      throw new ConflictError(`the stream opened under key ${key} has ended (open another under a new key)`, { field: 'key' });
+    return r;
+  }
+}
