@@ -135,6 +135,11 @@ export class FaultRuntime implements VmRuntime {
     return this.inner.guest(p.inner);
   }
 
+  async quiesceGuest(vm: VmHandle, timeoutMs: number): Promise<() => void> {
+    const p = await this.#checkVm('quiesceGuest', vm, [timeoutMs]);
+    return this.inner.quiesceGuest(p.inner, timeoutMs);
+  }
+
   async control(vm: VmHandle, line: string, timeoutMs: number): Promise<string> {
     const p = await this.#checkVm('control', vm, [line, timeoutMs]);
     return this.inner.control(p.inner, line, timeoutMs);

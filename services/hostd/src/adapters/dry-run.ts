@@ -59,6 +59,10 @@ export class DryRunRuntime implements VmRuntime {
     return Promise.reject(new ForkyError('UNAVAILABLE', 'no guest agent in a dry run'));
   }
 
+  async quiesceGuest(): Promise<() => void> {
+    return () => undefined;
+  }
+
   async control(): Promise<string> {
     return 'ok';
   }

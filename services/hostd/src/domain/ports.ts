@@ -88,6 +88,12 @@ export interface VmRuntime<H extends VmHandle = VmHandle> {
   exec(vm: H, cmd: readonly string[], opts: { input?: string; timeoutMs: number }): Promise<ExecResult>;
   /** The VM process's guest agent session (streams and calls inside the guest), made once and again if it closed. */
   guest(vm: H): Promise<GuestSession>;
+  /**
+   * Holds back new guest requests on the VM process's open agent session, if it has one, until
+   * every one sent has its answer (at most `timeoutMs`): a snapshot then holds no request its
+   * children would carry out again. The returned function lets them go.
+   */
+  quiesceGuest(vm: H, timeoutMs: number): Promise<() => void>;
   /** Sends one line to the guest's control program and returns its one-line answer. */
   control(vm: H, line: string, timeoutMs: number): Promise<string>;
   /** Takes over a process an earlier hostd started; `status` is QEMU's run state (`running`, `paused`, …). */

@@ -144,6 +144,13 @@ export class QemuRuntime implements VmRuntime<QemuVm> {
     return entry.session;
   }
 
+  async quiesceGuest(vm: QemuVm, timeoutMs: number): Promise<() => void> {
+    const cached = this.#guests.get(vm);
+    // No session, no request in flight: nothing to connect to just to quiesce it.
+    const session = cached?.open ? await cached.session.catch(() => undefined) : undefined;
+    return session ? session.quiesce(timeoutMs) : () => undefined;
+  }
+
   async exec(vm: QemuVm, cmd: readonly string[], opts: { input?: string; timeoutMs: number }): Promise<ExecResult> {
     return vm.agent.exec(cmd, { ...opts, maxOutputBytes: EXEC_MAX_OUTPUT });
   }

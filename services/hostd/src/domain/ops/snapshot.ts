@@ -5,6 +5,9 @@ import type { SnapshotRecord, VmRecord } from '../records.js';
 import { withRollback } from '../rollback.js';
 import { assertAllowed } from '../state.js';
 
+/** How long a snapshot waits for the guest agent to answer what it was sent (PROTOCOL.md, quiesce). */
+const GUEST_QUIESCE_MS = 2000;
+
 /**
  * Freezes a VM into a snapshot and hands the VM over to a successor process restored from it,
  * so the VM and the snapshot's children all map the same frozen RAM copy-on-write.
@@ -57,6 +60,9 @@ export async function snapshotVm(host: Host, vmId: string, resume: boolean, hold
       const successor = await d.runtime.prepare(host.spec(next, image), { autostart: resume, timeoutMs: d.limits.restoreTimeoutMs });
       rb.push('stop the successor', () => d.runtime.destroy(successor));
 
+      // No guest request may sit unread in the frozen memory, to be carried out again by each child.
+      const letGuestGo = await d.runtime.quiesceGuest(h, GUEST_QUIESCE_MS);
+      rb.push('let guest requests go', async () => letGuestGo());
       const p0 = performance.now();
       if (before === 'running') {
         await d.runtime.pause(h);
@@ -74,6 +80,7 @@ export async function snapshotVm(host: Host, vmId: string, resume: boolean, hold
       Object.assign(vm, { handle: successor, pid: successor.pid, generation: next.generation, ram: next.ram, chain: next.chain });
       host.watch(vm, successor);
       await rb.forward('stop the old process', () => d.runtime.destroy(h));
+      letGuestGo();
       await rb.forward('freeze the layer', () => d.layers.freeze(frozen));
       let diskBytes = 0;
       await rb.forward('measure the frozen layer', async () => (diskBytes = await d.layers.bytes(frozen)));
