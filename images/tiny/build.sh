@@ -13,8 +13,8 @@ dest="$out_root/$name"
 cache="$out_root/.cache"
 log() { [ -n "${FORKY_QUIET:-}" ] || echo "image $name: $*" >&2; }
 
-for tool in apt-get apt-cache dpkg-deb cpio gzip mkfs.ext4 qemu-img sha256sum gcc; do
-  command -v "$tool" >/dev/null || { echo "image $name: missing tool $tool (apt-get install cpio e2fsprogs qemu-utils gcc libc6-dev)" >&2; exit 3; }
+for tool in apt-get apt-cache dpkg-deb cpio gzip mkfs.ext4 qemu-img sha256sum gcc go; do
+  command -v "$tool" >/dev/null || { echo "image $name: missing tool $tool (apt-get install cpio e2fsprogs qemu-utils gcc libc6-dev golang-go)" >&2; exit 3; }
 done
 
 candidate() { apt-cache policy "$1" 2>/dev/null | awk '/Candidate:/{print $2; exit}'; }
@@ -26,7 +26,7 @@ cmdline="console=ttyS0 quiet panic=-1 random.trust_cpu=on i8042.noaux i8042.nokb
 
 versions=""
 for p in "${pkgs[@]}"; do versions+="$p=$(candidate "$p") "; done
-input_key=$( { cat "$0" "$here/init" "$here/hook" "$here/udhcpc" "$here/ident.c" "$here/modules" "$here/app-mount" "$here/app-release"; echo "$versions"; gcc --version | head -1; echo "$cmdline"; } | sha256sum | cut -c1-64)
+input_key=$( { cat "$0" "$here/init" "$here/hook" "$here/udhcpc" "$here/ident.c" "$here/modules" "$here/app-mount" "$here/app-release" "$here"/agent/*.go "$here/agent/go.mod" "$here/agent/build.sh"; echo "$versions"; gcc --version | head -1; go version; echo "$cmdline"; } | sha256sum | cut -c1-64)
 
 verify() {
   [ -f "$dest/manifest.json" ] || return 1
@@ -71,6 +71,7 @@ install -m 0755 "$here/udhcpc" "$r/etc/forky/udhcpc"
 install -m 0755 "$here/app-mount" "$r/etc/forky/app-mount"
 install -m 0755 "$here/app-release" "$r/etc/forky/app-release"
 gcc -static -Os -s -o "$r/usr/sbin/forky-ident" "$here/ident.c"
+FORKY_GO_CACHE="$cache/go" bash "$here/agent/build.sh" "$r/usr/sbin/forky-agent"
 install -m 0644 "$here/modules" "$r/etc/forky/modules"
 echo "root:x:0:0:root:/root:/bin/sh" > "$r/etc/passwd"
 echo "root:x:0:" > "$r/etc/group"

@@ -1,0 +1,3 @@
+module forky/agent
+
+go 1.19
