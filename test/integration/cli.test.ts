@@ -123,15 +123,15 @@ describe('the forky CLI against a local cluster, as a new user would', { timeout
     assert.match(bad.stderr, /count/);
   });
 
-  it('vm exec --timeout: a command that outlives it fails with TIMEOUT and ran exactly once', async () => {
+  it('vm exec --timeout: a command that outlives it exits 124, says TIMEOUT and ran exactly once', async () => {
     // The parent stays paused after its fork: a running child does the exec.
     const vm = fork.children[2] as VmInfo;
     const t0 = Date.now();
     const r = await forky(['vm', 'exec', vm.id, '--timeout', '2000', '--', 'sh', '-c', 'echo run >> /tmp/runs; sleep 5']);
     const ms = Date.now() - t0;
-    assert.equal(r.code, 1, r.stderr);
+    assert.equal(r.code, 124, r.stderr);
     assert.match(r.stderr, /TIMEOUT/);
-    assert.doesNotMatch(r.stderr, /retrying/, "the exec's own timeout is a reply, not a lost one");
+    assert.doesNotMatch(r.stderr, /retrying/, "the exec's own timeout is its end, not a lost reply");
     const runs = await json<{ stdout: string }>(['vm', 'exec', vm.id, '--', 'cat', '/tmp/runs']);
     assert.equal(runs.stdout, 'run\n', 'the command ran once');
     process.stderr.write(
@@ -139,7 +139,7 @@ describe('the forky CLI against a local cluster, as a new user would', { timeout
     );
     // The old spelling still works.
     const old = await forky(['vm', 'exec', vm.id, '--exec-timeout', '2000', '--', 'sleep', '5']);
-    assert.equal(old.code, 1);
+    assert.equal(old.code, 124);
     assert.match(old.stderr, /TIMEOUT/);
   });
 

@@ -43,6 +43,8 @@ async function run(
     },
     uploadApps: async () => [],
     raw: async (subject, body) => (sent.push([subject, body]), reply),
+    // vm exec and the other stream commands are tested in cli-sandbox.test.ts.
+    stream: async () => assert.fail('no streams in these tests'),
     close: async () => undefined,
   };
   let stdout = '';
@@ -71,32 +73,6 @@ async function run(
 describe('CLI commands parse their arguments into requests (no cluster)', () => {
   afterEach(() => {
     process.exitCode = undefined;
-  });
-
-  it("vm exec --timeout is the command's own deadline, and the request carries a key", async () => {
-    const r = await run(['--json', 'vm', 'exec', VM.id, '--timeout', '2000', '--', 'sh', '-c', 'echo run'], {
-      exitCode: 3,
-      stdout: 'run\n',
-      stderr: '',
-    });
-    assert.equal(r.sent.length, 1);
-    const [endpoint, body] = r.sent[0] as [string, { id: string; cmd: string[]; timeoutMs: number; key: string }];
-    assert.equal(endpoint, 'vm.exec');
-    assert.deepEqual({ ...body, key: undefined }, { id: VM.id, cmd: ['sh', '-c', 'echo run'], timeoutMs: 2000, key: undefined });
-    assert.match(body.key, /^exec-[a-z0-9]{16}$/);
-    assert.equal(process.exitCode, 3, "exits with the command's exit code");
-    assert.equal(JSON.parse(r.stdout).stdout, 'run\n');
-    assert.equal(r.opened[0]?.requestTimeoutMs, 600_000, 'the request deadline keeps its default');
-  });
-
-  it('--exec-timeout is kept as an alias; no option means 30 s; each exec has its own key', async () => {
-    const a = await run(['vm', 'exec', VM.id, '--exec-timeout', '1500', '--', 'true'], { exitCode: 0, stdout: '', stderr: '' });
-    const b = await run(['vm', 'exec', VM.id, '--', 'true'], { exitCode: 0, stdout: '', stderr: '' });
-    const bodyA = a.sent[0]?.[1] as { timeoutMs: number; key: string };
-    const bodyB = b.sent[0]?.[1] as { timeoutMs: number; key: string };
-    assert.equal(bodyA.timeoutMs, 1500);
-    assert.equal(bodyB.timeoutMs, 30_000);
-    assert.notEqual(bodyA.key, bodyB.key);
   });
 
   it('--request-timeout sets the deadline of one request attempt, before or after the command', async () => {

@@ -8,6 +8,11 @@ import { registerSnapshot } from './commands/snapshot.js';
 import { registerFork } from './commands/fork.js';
 import { registerBatch } from './commands/batch.js';
 import { registerReq } from './commands/req.js';
+import { registerExec } from './commands/exec.js';
+import { registerProc } from './commands/proc.js';
+import { registerShell } from './commands/shell.js';
+import { registerWatch } from './commands/watch.js';
+import { registerCp } from './commands/cp.js';
 
 const DEFAULT_DEPS: CliDeps = { openSession, exit: (code) => process.exit(code) };
 
@@ -26,7 +31,12 @@ export function buildProgram(deps: Partial<CliDeps> = {}): Command {
     .exitOverride((err) => cli.deps.exit(err.exitCode === 0 ? 0 : 2));
   registerCluster(program, cli);
   registerImage(program, cli);
-  registerVm(program, cli);
+  const vm = registerVm(program, cli);
+  registerExec(vm, cli);
+  registerProc(vm, cli);
+  registerShell(vm, cli);
+  registerWatch(vm, cli);
+  registerCp(program, cli);
   registerSnapshot(program, cli);
   registerFork(program, cli);
   registerBatch(program, cli);

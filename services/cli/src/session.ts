@@ -1,9 +1,17 @@
 import type { NatsConnection } from '@nats-io/nats-core';
-import { SchedulerClient, type RetryNotice } from '@forky/bus';
-import type { AppMount, SchedEndpoint, SchedReplyOf, SchedRequestOf } from '@forky/contract';
+import { SchedulerClient, openStream, type RetryNotice } from '@forky/bus';
+import {
+  subjects,
+  type AppMount,
+  type SchedEndpoint,
+  type SchedReplyOf,
+  type SchedRequestOf,
+  type StreamOpenEndpoint,
+} from '@forky/contract';
 import { uploadApps } from './apps.js';
 import { connectTo, resolveConnection } from './local-cluster.js';
 import { rawRequest } from './raw-request.js';
+import type { CliStream } from './streams-io.js';
 
 /** What a command needs of the cluster; a test passes its own. */
 export interface Session {
@@ -12,6 +20,8 @@ export interface Session {
   uploadApps(specs: readonly string[]): Promise<AppMount[]>;
   /** `forky req`: one JSON request to any subject, sent once. */
   raw(subject: string, body: unknown): Promise<unknown>;
+  /** Opens a stream (libs/contract/STREAMS.md) through the scheduler; its bytes go host to us directly. */
+  stream(endpoint: StreamOpenEndpoint, body: unknown): Promise<CliStream>;
   close(): Promise<void>;
 }
 
@@ -40,6 +50,7 @@ export async function openSession(o: SessionOptions): Promise<Session> {
     call: (endpoint, body) => client.call(endpoint, body),
     uploadApps: (specs) => uploadApps(nc, specs),
     raw: (subject, body) => rawRequest(nc, subject, body, o.requestTimeoutMs),
+    stream: (endpoint, body) => openStream(nc, subjects.sched(endpoint), body, { timeoutMs: o.requestTimeoutMs }),
     close: () => nc.close(),
   };
 }

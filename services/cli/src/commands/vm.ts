@@ -1,4 +1,4 @@
-import { Option, type Command } from 'commander';
+import type { Command } from 'commander';
 import { newId } from '@forky/base';
 import type { VmInfo } from '@forky/contract';
 import { printJson, printTable } from '../output.js';
@@ -7,9 +7,6 @@ import { APP_HELP, collect, nonNegativeInt, positiveInt, type CliContext } from 
 export const VM_COLUMNS = ['id', 'host', 'state', 'image', 'memMiB', 'parentSnapshot', 'pid'] as const satisfies ReadonlyArray<
   keyof VmInfo
 >;
-
-/** The exec's own deadline in the guest when neither --timeout nor --exec-timeout is given. */
-const EXEC_TIMEOUT_MS = 30_000;
 
 interface BootOptions {
   image: string;
@@ -20,8 +17,8 @@ interface BootOptions {
   host?: string;
 }
 
-/** `forky vm boot | ls | show | pause | resume | rm | app | exec`. */
-export function registerVm(program: Command, cli: CliContext): void {
+/** `forky vm boot | ls | show | pause | resume | rm | app`; the `vm` command, for the sandbox commands (exec, ps…) to join. */
+export function registerVm(program: Command, cli: CliContext): Command {
   const printVms = (cmd: Command, vms: VmInfo[], one = false): void =>
     cli.json(cmd) ? printJson(one ? vms[0] : vms) : printTable(vms, VM_COLUMNS);
   const vm = program.command('vm').description('virtual machines');
@@ -95,22 +92,5 @@ export function registerVm(program: Command, cli: CliContext): void {
         printVms(cmd, [v], true);
       }),
     );
-
-  vm.command('exec <id> <cmd...>')
-    .description('run a command in the guest: forky vm exec ID [--timeout MS] -- CMD ARGS…; exits with its exit code')
-    .option('--timeout <ms>', `deadline of the command in the guest (default ${EXEC_TIMEOUT_MS})`, positiveInt('timeout'))
-    .addOption(new Option('--exec-timeout <ms>', 'the same as --timeout').argParser(positiveInt('exec-timeout')).hideHelp())
-    .action(
-      cli.action(async (id: string, argv: string[], o: { timeout?: number; execTimeout?: number }, cmd: Command) => {
-        // Keyed, so a retry after a lost reply gets the first run's result instead of running it again.
-        const body = { id, cmd: argv, timeoutMs: o.timeout ?? o.execTimeout ?? EXEC_TIMEOUT_MS, key: newId('exec', 16) };
-        const r = await cli.withSession(cmd, (s) => s.call('vm.exec', body));
-        if (cli.json(cmd)) printJson(r);
-        else {
-          process.stdout.write(r.stdout);
-          process.stderr.write(r.stderr);
-        }
-        process.exitCode = r.exitCode;
-      }),
-    );
+  return vm;
 }

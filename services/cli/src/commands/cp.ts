@@ -1,0 +1,191 @@
+import fs from 'node:fs';
+import path from 'node:path';
+import { spawn } from 'node:child_process';
+import { PassThrough, type Readable } from 'node:stream';
+import type { Command } from 'commander';
+import { ForkyError, newId } from '@forky/base';
+import { printJson, progress } from '../output.js';
+import { parseCp, type CpPlan } from '../sandbox-args.js';
+import type { Session } from '../session.js';
+import { CHUNK, endError, exitCodeOf, runStream, writeOut, type StreamEnd } from '../streams-io.js';
+import type { CliContext } from './context.js';
+
+interface RemoteStat {
+  type: 'file' | 'dir' | 'symlink' | 'other';
+  size: number;
+  mode: number;
+}
+
+/** `forky cp SRC DST`: a file or a directory into a VM or out of it; one side is `VM:/path`. */
+export function registerCp(program: Command, cli: CliContext): void {
+  program
+    .command('cp <src> <dst>')
+    .description(
+      'copy a file or a directory into a VM or out of it (like docker cp): forky cp ./x VM:/data/x, forky cp VM:/data/x ./x; - is stdin or stdout',
+    )
+    .action(
+      cli.action(async (src: string, dst: string, _o: unknown, cmd: Command) => {
+        const plan = parseCp(src, dst);
+        const t0 = Date.now();
+        const r = await cli.withSession(cmd, (s) => (plan.direction === 'in' ? copyIn(s, plan) : copyOut(s, plan)));
+        const s = (Date.now() - t0) / 1000;
+        if (cli.json(cmd)) printJson({ ...r, seconds: s });
+        else if (r.bytes !== undefined)
+          progress(`${r.bytes} bytes in ${s.toFixed(1)} s (${(r.bytes / 2 ** 20 / Math.max(s, 1e-3)).toFixed(1)} MiB/s)`);
+      }),
+    );
+}
+
+interface CpResult {
+  kind: 'file' | 'dir';
+  path: string;
+  bytes?: number;
+}
+
+async function statRemote(s: Session, id: string, p: string): Promise<RemoteStat | undefined> {
+  try {
+    return (await s.call('file.stat', { id, path: p })).stat;
+  } catch (e) {
+    if (e instanceof ForkyError && e.code === 'NOT_FOUND') return undefined;
+    throw e;
+  }
+}
+
+const localDir = (p: string): Promise<boolean> =>
+  fs.promises.stat(p).then(
+    (st) => st.isDirectory(),
+    () => false,
+  );
+
+async function copyIn(s: Session, plan: CpPlan): Promise<CpResult> {
+  const { vm: id, remote } = plan;
+  if (plan.local === '-') return { kind: 'file', path: remote, bytes: await writeRemote(s, id, remote, process.stdin, 0o644) };
+  const st = await fs.promises.stat(plan.local);
+  if (st.isDirectory()) return { kind: 'dir', path: remote, ...(await tarIn(s, id, plan.local, remote)) };
+  // Into an existing directory, the file keeps its name (as cp and docker cp do).
+  const dst = (await statRemote(s, id, remote))?.type === 'dir' ? path.posix.join(remote, path.basename(plan.local)) : remote;
+  const src = fs.createReadStream(plan.local, { highWaterMark: CHUNK });
+  return { kind: 'file', path: dst, bytes: await writeRemote(s, id, dst, src, st.mode & 0o777) };
+}
+
+async function copyOut(s: Session, plan: CpPlan): Promise<CpResult> {
+  const { vm: id, remote } = plan;
+  const st = await statRemote(s, id, remote);
+  if (!st) throw new ForkyError('NOT_FOUND', `${id}:${remote}: no such file or directory`);
+  if (st.type === 'dir') {
+    if (plan.local === '-') throw new ForkyError('BAD_REQUEST', `${id}:${remote} is a directory; it cannot go to stdout`);
+    return { kind: 'dir', path: plan.local, ...(await tarOut(s, id, remote, plan.local)) };
+  }
+  if (plan.local === '-') return { kind: 'file', path: '-', bytes: await readRemote(s, id, remote, process.stdout) };
+  const dst = (await localDir(plan.local)) ? path.join(plan.local, path.posix.basename(remote)) : plan.local;
+  const out = fs.createWriteStream(dst, { mode: st.mode & 0o777 });
+  try {
+    const bytes = await readRemote(s, id, remote, out);
+    await new Promise<void>((resolve, reject) => out.end((e?: Error | null) => (e ? reject(e) : resolve())));
+    return { kind: 'file', path: dst, bytes };
+  } finally {
+    out.destroy();
+  }
+}
+
+const okBytes = (end: StreamEnd, interrupted: boolean): number => {
+  if (interrupted) throw new ForkyError('INTERNAL', 'cancelled (Ctrl-C)');
+  if (!end.ok) throw endError(end);
+  return end.bytes ?? 0;
+};
+
+/** Streams `src` into a file in the VM, within the host's credit: memory stays at a window, whatever the size. */
+async function writeRemote(s: Session, id: string, p: string, src: AsyncIterable<Buffer | string>, perm: number): Promise<number> {
+  const st = await s.stream('file.write', { id, path: p, mode: 'truncate', perm, parents: false, key: newId('write', 16) });
+  try {
+    const r = await runStream(st, src as AsyncIterable<Buffer>);
+    return okBytes(r.end, r.interrupted);
+  } finally {
+    st.close();
+  }
+}
+
+async function readRemote(s: Session, id: string, p: string, out: NodeJS.WritableStream): Promise<number> {
+  const st = await s.stream('file.read', { id, path: p, offset: 0 });
+  try {
+    const r = await runStream(st, undefined, (_kind, bytes) => writeOut(out, bytes));
+    return okBytes(r.end, r.interrupted);
+  } finally {
+    st.close();
+  }
+}
+
+/** A local tar and its outcome: its exit code and the end of what it said on stderr. */
+function localTar(args: string[], stdio: ['ignore', 'pipe', 'pipe'] | ['pipe', 'ignore', 'pipe']) {
+  const child = spawn('tar', args, { stdio });
+  let err = '';
+  // A tar that died says so by its exit code below; its stdin's EPIPE would only say it worse.
+  child.stdin?.on('error', () => undefined);
+  child.stderr?.on('data', (b: Buffer) => (err = (err + b.toString()).slice(-4000)));
+  const done = new Promise<void>((resolve, reject) => {
+    child.on('error', reject);
+    child.on('close', (code) => (code === 0 ? resolve() : reject(new Error(`local tar ${args.join(' ')} exited ${code}: ${err.trim()}`))));
+  });
+  done.catch(() => undefined);
+  return { child, done };
+}
+
+/** Fails with the guest command's stderr when it did not exit 0. */
+function guestOk(r: { end: StreamEnd; interrupted: boolean }, what: string, stderr: Buffer[]): void {
+  const code = exitCodeOf(r.end, r.interrupted);
+  if (code !== 0) throw new Error(`${what} in the guest exited ${code}: ${Buffer.concat(stderr).toString().trim().slice(-4000)}`);
+}
+
+/** A directory in: local `tar -c` into the guest's `tar -x` (busybox), through an exec's stdin. */
+async function tarIn(s: Session, id: string, local: string, remote: string): Promise<{ bytes: number }> {
+  const tar = localTar(['-C', local, '-cf', '-', '.'], ['ignore', 'pipe', 'pipe']);
+  // Read from now on: node drops what a child wrote to an unread pipe once it exits. The pipe pauses tar when full.
+  const archive = (tar.child.stdout as Readable).pipe(new PassThrough({ highWaterMark: CHUNK }));
+  const cmd = ['sh', '-c', 'mkdir -p "$1" && tar -C "$1" -xf -', 'sh', remote];
+  const st = await s.stream('exec.start', { id, cmd, env: {}, stdin: true, timeoutMs: 0, detach: false, key: newId('cp', 16) });
+  const stderr: Buffer[] = [];
+  let bytes = 0;
+  const counted = (async function* () {
+    for await (const b of archive as AsyncIterable<Buffer>) yield ((bytes += b.length), b);
+  })();
+  try {
+    const r = await runStream(st, Object.assign(counted, { destroy: () => tar.child.kill() }), (kind, b) => {
+      if (kind === 'stderr') stderr.push(Buffer.from(b));
+    });
+    guestOk(r, 'tar -x', stderr);
+  } finally {
+    st.close();
+  }
+  await tar.done;
+  return { bytes };
+}
+
+/** A directory out: the guest's `tar -c` into a local `tar -x`, at the pace the local tar takes it. */
+async function tarOut(s: Session, id: string, remote: string, local: string): Promise<{ bytes: number }> {
+  await fs.promises.mkdir(local, { recursive: true });
+  const tar = localTar(['-C', local, '-xf', '-'], ['pipe', 'ignore', 'pipe']);
+  const sink = tar.child.stdin as NodeJS.WritableStream;
+  const st = await s.stream('exec.start', {
+    id,
+    cmd: ['tar', '-C', remote, '-cf', '-', '.'],
+    env: {},
+    stdin: false,
+    timeoutMs: 0,
+    detach: false,
+    key: newId('cp', 16),
+  });
+  const stderr: Buffer[] = [];
+  let bytes = 0;
+  try {
+    const r = await runStream(st, undefined, async (kind, b) => {
+      if (kind === 'stderr') stderr.push(Buffer.from(b));
+      else await writeOut(sink, b).then(() => void (bytes += b.length));
+    });
+    guestOk(r, 'tar -c', stderr);
+  } finally {
+    st.close();
+    sink.end();
+  }
+  await tar.done;
+  return { bytes };
+}

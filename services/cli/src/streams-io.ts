@@ -1,0 +1,161 @@
+import fs from 'node:fs';
+import os from 'node:os';
+import { ErrorCodes, ForkyError } from '@forky/base';
+import type { StreamChunk, StreamEnd } from '@forky/bus';
+
+export type { StreamChunk, StreamEnd };
+
+/** What the commands use of @forky/bus's ClientStream; a test passes its own. */
+export interface CliStream extends AsyncIterable<StreamChunk> {
+  readonly pid?: number;
+  write(bytes: Uint8Array): Promise<void>;
+  closeInput(): Promise<void>;
+  resize(rows: number, cols: number): void;
+  cancel(): void;
+  close(): void;
+}
+
+/** The host's chunks are at most 64 KiB; ours too, so one `in` message never exceeds what the host takes. */
+export const CHUNK = 64 * 1024;
+
+/** Writes to a local stream and waits when it is full: a slow terminal or disk slows the guest, not our memory. */
+export async function writeOut(out: NodeJS.WritableStream, bytes: Uint8Array): Promise<void> {
+  if (out.write(bytes)) return;
+  await new Promise<void>((resolve, reject) => {
+    const done = (e?: unknown): void => {
+      out.off('drain', done);
+      out.off('error', done);
+      if (e) reject(e instanceof Error ? e : new Error(String(e)));
+      else resolve();
+    };
+    out.once('drain', done);
+    out.once('error', done);
+  });
+}
+
+/** Sends a local stream's bytes as the stream's input, then EOF; one write at a time, so the source pauses while the host has no credit. */
+export async function pumpIn(src: AsyncIterable<Buffer | string>, stream: CliStream, stop: { stopped: boolean }): Promise<void> {
+  for await (const buf of src) {
+    const b = typeof buf === 'string' ? Buffer.from(buf) : buf;
+    for (let i = 0; i < b.length && !stop.stopped; i += CHUNK) await stream.write(b.subarray(i, i + CHUNK));
+    if (stop.stopped) return;
+  }
+  if (!stop.stopped) await stream.closeInput();
+}
+
+/**
+ * Whether fd 0 carries data to pass on: a pipe or a file (`echo x | forky …`, `< file`). A terminal,
+ * /dev/null or a socket nobody writes to is not read, so an interactive run does not wait on it.
+ */
+export function stdinIsPiped(): boolean {
+  if (process.stdin.isTTY) return false;
+  try {
+    const st = fs.fstatSync(0);
+    return st.isFIFO() || st.isFile();
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * The exit code a stream's end stands for, as a shell would give it: the command's own code,
+ * 124 when it ran past its deadline, 128+N when a signal killed it, 130 when we cancelled on Ctrl-C.
+ * A failed stream throws its wire error, printed as every other error is.
+ */
+export function exitCodeOf(end: StreamEnd, interrupted = false): number {
+  if (!end.ok) throw endError(end);
+  if (interrupted && end.cancelled) return 130;
+  if (end.timedOut) return 124;
+  if (typeof end.exitCode === 'number') return end.exitCode;
+  if (end.signal) return 128 + signalNumber(end.signal);
+  return 0;
+}
+
+/** A failed end as an error: a code of ours keeps its exit code (BAD_REQUEST: 2), the agent's own (EXISTS, IS_DIR…) print as they are. */
+export function endError(end: { code: string; message: string }): Error {
+  if (end.code in ErrorCodes) return new ForkyError(end.code as keyof typeof ErrorCodes, end.message);
+  return new Error(`${end.code}: ${end.message}`);
+}
+
+export function signalNumber(name: string): number {
+  const n = (os.constants.signals as Record<string, number>)[`SIG${name.replace(/^SIG/i, '').toUpperCase()}`];
+  return n ?? 0;
+}
+
+/** One stream of --json output: UTF-8 text when it is valid UTF-8, base64 (and says so) otherwise. */
+export function encodeOutput(name: 'stdout' | 'stderr', bytes: Uint8Array): Record<string, string> {
+  try {
+    return { [name]: new TextDecoder('utf-8', { fatal: true }).decode(bytes) };
+  } catch {
+    return { [name]: Buffer.from(bytes).toString('base64'), [`${name}Encoding`]: 'base64' };
+  }
+}
+
+/**
+ * Runs `fn` with Ctrl-C (SIGINT) cancelling `stream` instead of killing us: the host then kills the
+ * guest's process group and still sends `end`. A second Ctrl-C gives up waiting and exits 130.
+ */
+export async function cancelOnInterrupt<T>(stream: CliStream, fn: (interrupted: () => boolean) => Promise<T>): Promise<T> {
+  let count = 0;
+  const onInt = (): void => {
+    if (++count === 1) stream.cancel();
+    else process.exit(130);
+  };
+  process.on('SIGINT', onInt);
+  try {
+    return await fn(() => count > 0);
+  } finally {
+    process.off('SIGINT', onInt);
+  }
+}
+
+/** Reads a stream to its end: output bytes to `onBytes`, events to `onEvent`; returns the end. */
+export async function consume(
+  stream: CliStream,
+  onBytes: (kind: 'stdout' | 'stderr' | 'data', bytes: Uint8Array) => Promise<void> | void,
+  onEvent: (event: { type: string } & Record<string, unknown>) => void = () => undefined,
+): Promise<StreamEnd> {
+  for await (const c of stream) {
+    if (c.kind === 'end') return c.end;
+    if (c.kind === 'event') onEvent(c.event);
+    else await onBytes(c.kind, c.bytes);
+  }
+  throw new ForkyError('UNAVAILABLE', 'the stream ended without its end message');
+}
+
+/** Says on stderr that the start of a process's buffered output was lost (it keeps the last 1 MiB). */
+export function noteDropped(event: { type: string } & Record<string, unknown>): void {
+  if (event.type === 'dropped') process.stderr.write(`forky: ${String(event.bytes)} bytes of earlier output were dropped\n`);
+}
+
+/**
+ * Runs a stream to its end: `input` (if any) as its input (stdin, a file's bytes), its output to
+ * `onOutput`, Ctrl-C cancelling it. Input stops at the end: a command may exit before reading it all.
+ */
+export async function runStream(
+  st: CliStream,
+  input: (AsyncIterable<Buffer | string> & { destroy?(): void }) | undefined,
+  onOutput: (kind: 'stdout' | 'stderr', bytes: Uint8Array) => Promise<void> | void = () => undefined,
+  onEvent?: (event: { type: string } & Record<string, unknown>) => void,
+): Promise<{ end: StreamEnd; interrupted: boolean }> {
+  const stop = { stopped: false };
+  let inputError: unknown;
+  const fed = input
+    ? pumpIn(input, st, stop).catch((e: unknown) => {
+        if (stop.stopped) return;
+        inputError = e;
+        st.cancel();
+      })
+    : Promise.resolve();
+  try {
+    return await cancelOnInterrupt(st, async (interrupted) => {
+      const end = await consume(st, (kind, bytes) => onOutput(kind === 'stderr' ? 'stderr' : 'stdout', bytes), onEvent);
+      if (inputError) throw inputError;
+      return { end, interrupted: interrupted() };
+    });
+  } finally {
+    stop.stopped = true;
+    input?.destroy?.();
+    void fed;
+  }
+}
