@@ -63,9 +63,15 @@ export class AgentHarness {
   #host: net.Socket | undefined;
   #servers: net.Server[] = [];
   #proc: ChildProcess | undefined;
+  #binary = '';
+  #onGuest: ((s: net.Socket) => void) | undefined;
   stderr = '';
 
   private constructor(readonly dir: string) {}
+
+  get #guestPath(): string {
+    return path.join(this.dir, 'guest.sock');
+  }
 
   get hostSocket(): string {
     return path.join(this.dir, 'agent.sock');
@@ -77,41 +83,61 @@ export class AgentHarness {
 
   static async start(binary: string, timeoutMs = 10_000): Promise<AgentHarness> {
     const h = new AgentHarness(await fs.mkdtemp(path.join(os.tmpdir(), 'fagentreal-')));
-    const guestPath = path.join(h.dir, 'guest.sock');
-    let onGuest!: (s: net.Socket) => void;
-    const guestConnected = new Promise<net.Socket>((r) => (onGuest = r));
-    const guestServer = net.createServer((s) => onGuest(s));
+    h.#binary = binary;
+    const guestServer = net.createServer((s) => h.#onGuest?.(s));
     const hostServer = net.createServer((s) => h.#attachHost(s));
     h.#servers.push(guestServer, hostServer);
-    await new Promise<void>((r) => guestServer.listen(guestPath, r));
+    await new Promise<void>((r) => guestServer.listen(h.#guestPath, r));
     await new Promise<void>((r) => hostServer.listen(h.hostSocket, r));
+    await h.#spawn(timeoutMs);
+    return h;
+  }
+
+  /** Starts the agent and waits for it to connect; its bytes go to whichever host connection there is. */
+  async #spawn(timeoutMs: number): Promise<void> {
+    const guestConnected = new Promise<net.Socket>((r) => (this.#onGuest = r));
     // A process group of its own, so stop() can kill the agent and whatever it started.
-    h.#proc = spawn(binary, ['--connect', guestPath], { detached: true, stdio: ['ignore', 'ignore', 'pipe'] });
-    h.#proc.stderr?.on('data', (d: Buffer) => (h.stderr = (h.stderr + d.toString()).slice(-8192)));
+    const proc = spawn(this.#binary, ['--connect', this.#guestPath], { detached: true, stdio: ['ignore', 'ignore', 'pipe'] });
+    this.#proc = proc;
+    proc.stderr?.on('data', (d: Buffer) => (this.stderr = (this.stderr + d.toString()).slice(-8192)));
     const guest = await withDeadline(guestConnected, timeoutMs, 'forky-agent --connect');
-    h.#guest = guest;
+    this.#guest = guest;
     guest.on('error', () => undefined);
     guest.on('data', (d: Buffer) => {
-      const host = h.#host;
+      const host = this.#host;
       if (host && !host.destroyed && !host.write(d)) {
         guest.pause();
         host.once('drain', () => guest.resume());
       }
     });
-    return h;
+  }
+
+  /**
+   * Kills the agent and starts a new one, as a guest's init respawns an agent that died: the host
+   * connection stays up (QEMU's chardev does not notice), and the new agent has had no HELLO.
+   */
+  async restart(timeoutMs = 10_000): Promise<void> {
+    const old = this.#proc;
+    if (old?.pid && old.exitCode === null && old.signalCode === null) {
+      const exited = new Promise<void>((r) => old.once('exit', () => r()));
+      process.kill(-old.pid, 'SIGKILL');
+      await withDeadline(exited, 5000, 'forky-agent killed');
+    }
+    this.#guest?.destroy();
+    await this.#spawn(timeoutMs);
   }
 
   #attachHost(s: net.Socket): void {
     this.#host?.destroy();
     this.#host = s;
-    const guest = this.#guest;
     s.on('error', () => undefined);
     s.on('close', () => {
       if (this.#host === s) this.#host = undefined;
-      guest?.resume();
+      this.#guest?.resume();
     });
     s.on('data', (d: Buffer) => {
-      if (guest && !guest.write(d)) {
+      const guest = this.#guest;
+      if (guest && !guest.destroyed && !guest.write(d)) {
         s.pause();
         guest.once('drain', () => s.resume());
       }

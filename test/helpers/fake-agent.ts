@@ -212,4 +212,12 @@ export const VIOLATIONS: Record<string, { send: (c: FakeConn, id: number) => voi
   'bad-end': { send: (c, id) => c.json(FrameType.END, id, { ok: true, exitCode: 'zero' }), why: /END does not match/ },
   channel0: { send: (c, id) => c.data(id, 0, Buffer.from('x')), why: /DATA on channel 0/ },
   'opened-twice': { send: (c, id) => c.send(FrameType.OPENED, id), why: /second OPENED/ },
+  'started-twice': { send: (c, id) => c.json(FrameType.MSG, id, { type: 'started', pid: 44 }), why: /a second MSG started/ },
+  'eof-twice': {
+    send: (c, id) => {
+      c.send(FrameType.EOF, id, Buffer.from([1]));
+      c.send(FrameType.EOF, id, Buffer.from([1]));
+    },
+    why: /a second EOF on channel 1/,
+  },
 };

@@ -161,6 +161,11 @@ export class FaultRuntime implements VmRuntime {
     p.end();
   }
 
+  // Not a fault point: a hostd stopping releases what it holds whatever the plan says.
+  async close(): Promise<void> {
+    await this.inner.close();
+  }
+
   async attach(spec: VmSpec, pid: number, timeoutMs: number): Promise<{ handle: VmHandle; status: string }> {
     await this.#check('attach', [spec, pid, timeoutMs], spec);
     const p = this.procs.find((x) => x.alive && x.pid === pid && x.spec.id === spec.id && x.spec.generation === spec.generation);

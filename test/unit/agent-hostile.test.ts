@@ -1,7 +1,7 @@
 import { after, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { ForkyError, pollUntil } from '@forky/base';
+import { ForkyError, pollUntil, withDeadline } from '@forky/base';
 import { connectAgent, type AgentEnd, type GuestSession } from '@forky/agent';
 import { encodeFrame, FrameType, HEADER_BYTES, MAX_PAYLOAD, sessionStats } from '@forky/agent/internal';
 import { bytes, FakeAgent, GOOD_BYTES, goodData, hostileFrame, prng, VIOLATIONS, type FakeConn } from '../helpers/fake-agent.js';
@@ -270,15 +270,88 @@ describe('agent session against a hostile fake guest', { timeout: 30_000 }, () =
     c.json(FrameType.END, bId, { ok: false, code: 'NOT_FOUND', message: '/b' });
     assert.equal((await a.ended).ok, false);
     assert.deepEqual(await b.ended, { ok: false, code: 'NOT_FOUND', message: '/b' });
-    // An OPEN the agent never answers: quiesce gives up at its deadline, and lets OPENs go again.
+    // An OPEN the agent never answers: quiesce fails at its deadline (no snapshot with it in
+    // flight), and lets OPENs held meanwhile go again.
     s.open({ op: 'stat', path: '/silent' });
     await c.open((r) => r.path === '/silent');
     const t1 = Date.now();
-    const release2 = await s.quiesce(300);
+    const q2 = s.quiesce(300);
+    s.open({ op: 'stat', path: '/held' });
+    await assert.rejects(q2, (e: unknown) => {
+      assert.ok(e instanceof ForkyError);
+      assert.equal(e.code, 'UNAVAILABLE');
+      assert.equal(e.message, 'the guest agent did not answer 1 requests within 300 ms: no snapshot with requests in flight');
+      return true;
+    });
     assert.ok(Date.now() - t1 >= 290 && Date.now() - t1 < 1500);
-    release2();
+    await c.open((r) => r.path === '/held');
     s.open({ op: 'stat', path: '/after' });
     await c.open((r) => r.path === '/after');
+  });
+
+  it('a stream has one started and one stat MSG: a repeat is a violation of that stream', async () => {
+    const f = await start(async (c) => {
+      await c.handshake();
+      const stat = { type: 'file', size: 1, mode: 0o644, mtimeMs: 1 };
+      const { id } = await c.open((r) => r.op === 'read');
+      c.send(FrameType.OPENED, id);
+      c.json(FrameType.MSG, id, { type: 'stat', stat });
+      c.json(FrameType.MSG, id, { type: 'stat', stat });
+      const { id: ok } = await c.open((r) => r.op === 'attach');
+      c.send(FrameType.OPENED, ok);
+      // dropped may repeat (a slow follower loses output more than once).
+      for (let i = 0; i < 3; i++) c.json(FrameType.MSG, ok, { type: 'dropped', bytes: 10 });
+      c.json(FrameType.END, ok, { ok: true });
+      c.onFrame((fr) => fr.type === FrameType.CANCEL && c.json(FrameType.END, fr.stream, { ok: false, code: 'CANCELLED', message: 'x' }));
+    });
+    const s = await connect(f);
+    const read = s.open({ op: 'read', path: '/f' });
+    const e = await read.ended;
+    assert.equal(!e.ok && e.code, 'PROTOCOL');
+    assert.match(!e.ok ? e.message : '', /a second MSG stat/);
+    const attach = await s.call({ op: 'attach', pid: 5, follow: false }, 2000);
+    assert.deepEqual(attach.end, { ok: true });
+    assert.equal(attach.msgs.length, 3);
+  });
+
+  it('resizes coalesce: one waits per stream while OPENs are held or the socket is backed up', async () => {
+    let conn: FakeConn | undefined;
+    const f = await start(async (c) => {
+      conn = c;
+      await c.handshake();
+    });
+    const s = await connect(f);
+    const c = conn!;
+    const release = await s.quiesce(1000);
+    const st = s.open({ op: 'exec', cmd: ['sh'], pty: { rows: 24, cols: 80 } });
+    for (let i = 1; i <= 10_000; i++) st.resize(i, 80);
+    release();
+    const { id } = await c.open();
+    await c.next((x) => x.type === FrameType.MSG && x.stream === id && JSON.parse(x.payload.toString()).rows === 10_000);
+    const held = c.received.filter((x) => x.type === FrameType.MSG && x.stream === id).length;
+    assert.equal(held, 1, `${held} resize MSGs sent for a held OPEN`);
+    // The agent stops reading its port: what the host queues for it stays bounded.
+    c.send(FrameType.OPENED, id);
+    c.socket.pause();
+    const n = 100_000;
+    let maxQueued = 0;
+    for (let i = 1; i <= n; i++) {
+      st.resize(1 + (i % 1000), 100 + Math.floor(i / 1000));
+      if (i % 1000 === 0) maxQueued = Math.max(maxQueued, sessionStats(s).outboxBytes);
+    }
+    let sent = 0;
+    const last = new Promise<void>((resolve) =>
+      c.onFrame((x) => {
+        if (x.type !== FrameType.MSG || x.stream !== id) return;
+        sent++;
+        const size = JSON.parse(x.payload.toString()) as { rows: number; cols: number };
+        if (size.rows === 1 + (n % 1000) && size.cols === 100 + n / 1000) resolve();
+      }),
+    );
+    c.socket.resume();
+    await withDeadline(last, 10_000, 'the latest size sent');
+    assert.ok(sent < n / 4, `${sent} of ${n} resizes sent to an agent that did not read`);
+    assert.ok(maxQueued < 1024, `queued ${maxQueued} bytes`);
   });
 
   it('leaving the events loop cancels the stream; a CANCEL never answered ends it PROTOCOL after the grace', async () => {
@@ -302,13 +375,26 @@ describe('agent session against a hostile fake guest', { timeout: 30_000 }, () =
     assert.match(!e.ok ? e.message : '', /no END within 200 ms of CANCEL/);
     assert.ok(Date.now() - t0 < 1500);
     assert.equal(sessionStats(s).streams, 0);
-    // Its late END is now a frame for an unknown stream: counted, nothing else.
+    // A stalled agent flushing late: its whole window of small DATA frames, then its END, within
+    // the credit it held, are dropped and not counted (1,024 invalid frames would close the session).
     const before = sessionStats(s).invalidFrames;
+    for (let i = 0; i < 2000; i++) c.data(id, 1, Buffer.alloc(100, 1));
+    c.send(FrameType.EOF, id, Buffer.from([1]));
     c.json(FrameType.END, id, { ok: true, exitCode: 137, signal: 'KILL', timedOut: false, cancelled: true });
-    await pollUntil(async () => (sessionStats(s).invalidFrames === before + 1 ? true : undefined), {
-      timeoutMs: 2000,
-      what: 'late END counted',
-    });
+    const pong = async (): Promise<void> => {
+      const p = s.ping(2000);
+      const ping = await c.next((x) => x.type === FrameType.PING);
+      c.send(FrameType.PONG, 0, ping.payload);
+      await p;
+    };
+    // The PONG comes after them: once it is answered, they were handled.
+    await pong();
+    assert.equal(sessionStats(s).invalidFrames, before);
+    assert.equal(sessionStats(s).closed, false);
+    // After its END the stream is unknown again: counted.
+    c.data(id, 1, Buffer.from('x'));
+    await pong();
+    assert.equal(sessionStats(s).invalidFrames, before + 1);
   });
 
   it('call() collects MSGs, and times out by cancelling', async () => {

@@ -256,4 +256,28 @@ describe('agent session against the real forky-agent', { timeout: 180_000 }, asy
       what: 'killed',
     });
   });
+
+  test('an agent restarted in the guest: the stale session fails a probe, a new session works', async () => {
+    await session.ping(2000);
+    const stale = session;
+    await harness.restart();
+    // The chardev stays connected: the host's socket is open, and the new agent answers PINGs
+    // before any HELLO, so a PING cannot tell; a request on the session can.
+    await stale.ping(2000);
+    assert.ok(stale.probe, 'sessions made by connectAgent have probe()');
+    const t0 = Date.now();
+    await assert.rejects(stale.probe(1000), (e: unknown) => {
+      assert.equal((e as { code?: string }).code, 'UNAVAILABLE');
+      assert.match((e as Error).message, /did not answer on this session within 1000 ms/);
+      return true;
+    });
+    assert.ok(Date.now() - t0 < 3000);
+    assert.ok(typeof stale.lastHeardMs === 'number' && stale.lastHeardMs <= Date.now());
+    stale.close();
+    session = await connectAgent(harness.hostSocket, { timeoutMs: 10_000 });
+    await session.probe!(2000);
+    const echo = await collect(session.open({ op: 'exec', cmd: ['echo', 'again'] }));
+    assert.equal(echo.stdout, 'again\n');
+    assert.notEqual(session.agent?.pid, stale.agent?.pid);
+  });
 });

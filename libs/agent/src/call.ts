@@ -1,6 +1,6 @@
-import { CapacityError, DeadlineError } from '@forky/base';
+import { CapacityError, DeadlineError, ForkyError } from '@forky/base';
 import { MAX_CALL_MSG_BYTES } from './limits.js';
-import type { AgentEnd, AgentMsg, GuestStream } from './types.js';
+import type { AgentEnd, AgentMsg, GuestSession, GuestStream } from './types.js';
 
 /** Drains a stream to its END within `timeoutMs`, collecting its MSGs (at most MAX_CALL_MSG_BYTES of them). */
 export async function callStream(stream: GuestStream, timeoutMs: number, what: string): Promise<{ end: AgentEnd; msgs: AgentMsg[] }> {
@@ -32,5 +32,27 @@ export async function callStream(stream: GuestStream, timeoutMs: number, what: s
     return { end: await Promise.race([drain, deadline]), msgs };
   } finally {
     clearTimeout(timer);
+  }
+}
+
+/**
+ * Asks the agent something only an agent holding this session's HELLO answers (a PING is answered
+ * before any HELLO too, so it cannot tell an agent restarted in the guest): a `stat` of `/`. Any
+ * END the agent sent will do; none within `timeoutMs` rejects UNAVAILABLE.
+ */
+export async function probeSession(session: GuestSession, timeoutMs: number, socketPath: string): Promise<void> {
+  let end: AgentEnd;
+  try {
+    ({ end } = await session.call({ op: 'stat', path: '/' }, timeoutMs));
+  } catch (e) {
+    throw new ForkyError(
+      'UNAVAILABLE',
+      `forky-agent on ${socketPath} did not answer on this session within ${timeoutMs} ms (restarted, or not reading its port)`,
+      { cause: e },
+    );
+  }
+  // Made up by the host, not sent by the agent.
+  if (!end.ok && (end.code === 'GONE' || end.code === 'PROTOCOL')) {
+    throw new ForkyError('UNAVAILABLE', `forky-agent session on ${socketPath}: ${end.message}`);
   }
 }

@@ -1,7 +1,9 @@
-import { FrameType, type Frame } from './frame.js';
+import { ValidationError } from '@forky/base';
+import { FrameType, MAX_PAYLOAD, type Frame } from './frame.js';
+import { DEFAULT_WINDOW, MAX_WINDOW } from './limits.js';
 import { opSendsData, parseEnd, parseMsg } from './messages.js';
 import type { AgentStream } from './stream.js';
-import type { AgentEnd } from './types.js';
+import type { AgentEnd, GuestRequest } from './types.js';
 
 /**
  * Applies one agent frame to a live stream; returns what was wrong with it, if anything (the
@@ -26,6 +28,8 @@ export function applyStreamFrame(stream: AgentStream, { type, payload }: Frame):
     case FrameType.EOF: {
       const channel = payload[0];
       if (payload.length !== 1 || (channel !== 1 && channel !== 2)) return 'EOF without a channel 1 or 2';
+      if (stream.seen.has(`eof${channel}`)) return `a second EOF on channel ${channel}`;
+      stream.seen.add(`eof${channel}`);
       stream.onEof(channel);
       return undefined;
     }
@@ -36,6 +40,11 @@ export function applyStreamFrame(stream: AgentStream, { type, payload }: Frame):
     case FrameType.MSG: {
       const msg = parseMsg(payload, stream.op);
       if (!msg.ok) return msg.why;
+      // At most one of each per stream (PROTOCOL.md): a repeat is a violation.
+      if (msg.value.type === 'started' || msg.value.type === 'stat') {
+        if (stream.seen.has(msg.value.type)) return `a second MSG ${msg.value.type}`;
+        stream.seen.add(msg.value.type);
+      }
       stream.onMsg(msg.value, payload.length);
       return undefined;
     }
@@ -57,4 +66,15 @@ export function protocolEnd(stream: AgentStream, why: string): AgentEnd {
 
 export function goneEnd(stream: AgentStream, reason: string): AgentEnd {
   return { ok: false, code: 'GONE', message: `forky-agent session closed before stream ${stream.id} (${stream.op}) ended: ${reason}` };
+}
+
+/** An OPEN's window and payload, checked before a stream is made for it. */
+export function checkOpen(req: GuestRequest, w: number | undefined): { window: number; payload: Buffer } {
+  const window = w ?? DEFAULT_WINDOW;
+  if (!Number.isInteger(window) || window < 1 || window > MAX_WINDOW) {
+    throw new ValidationError(`window must be an integer from 1 to ${MAX_WINDOW}`, { field: 'window' });
+  }
+  const payload = Buffer.from(JSON.stringify(req));
+  if (payload.length > MAX_PAYLOAD) throw new ValidationError(`${req.op} request of ${payload.length} bytes exceeds ${MAX_PAYLOAD}`);
+  return { window, payload };
 }

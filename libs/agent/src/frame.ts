@@ -52,36 +52,53 @@ export function encodeJsonFrame(type: number, stream: number, value: unknown): B
  * Takes the byte stream in chunks and hands out frames one at a time (pull, so a caller can stop
  * mid-chunk for back-pressure). Resynchronises per PROTOCOL.md: on a bad header or CRC it drops
  * one byte and looks for the next magic. It holds at most one incomplete frame beyond the chunks
- * pushed and not yet pulled.
+ * pushed and not yet pulled. Chunks are appended to a buffer that grows by doubling, so a frame
+ * fed in tiny chunks costs linear time, not a copy of all held bytes per chunk.
  */
 export class FrameReader {
   #buf: Buffer = Buffer.alloc(0);
   #off = 0;
+  #end = 0;
   /** Bytes dropped while resynchronising. */
   garbageBytes = 0;
   /** Frames whose header looked right but whose CRC did not match. */
   badCrcFrames = 0;
 
   push(chunk: Uint8Array): void {
-    const rest = this.#buf.subarray(this.#off);
-    this.#buf = rest.length === 0 ? Buffer.from(chunk) : Buffer.concat([rest, chunk]);
-    this.#off = 0;
+    const held = this.#end - this.#off;
+    if (this.#end + chunk.length > this.#buf.length) {
+      // Grow (or, when most of it was consumed, compact): each byte is moved O(1) times on average.
+      const need = held + chunk.length;
+      const size = need * 2 <= this.#buf.length ? this.#buf.length : Math.max(need * 2, 4096);
+      const next = size === this.#buf.length ? this.#buf : Buffer.allocUnsafe(size);
+      this.#buf.copy(next, 0, this.#off, this.#end);
+      this.#buf = next;
+      this.#off = 0;
+      this.#end = held;
+    }
+    this.#buf.set(chunk, this.#end);
+    this.#end += chunk.length;
   }
 
   /** Bytes held and not yet returned as frames or dropped. */
   get buffered(): number {
-    return this.#buf.length - this.#off;
+    return this.#end - this.#off;
   }
 
   /** The next complete good frame, or undefined until more bytes are pushed. */
   next(): Frame | undefined {
     const buf = this.#buf;
     for (;;) {
-      const avail = buf.length - this.#off;
-      if (avail === 0) return undefined;
+      const avail = this.#end - this.#off;
+      if (avail === 0) {
+        // All consumed: a buffer grown by a burst is let go of.
+        if (buf.length > 4 * (HEADER_BYTES + MAX_PAYLOAD)) this.#buf = Buffer.alloc(0);
+        this.#off = this.#end = 0;
+        return undefined;
+      }
       if (buf[this.#off] !== MAGIC0 || (avail >= 2 && buf[this.#off + 1] !== MAGIC1)) {
-        const at = buf.indexOf(MAGIC0, this.#off + 1);
-        this.#drop((at === -1 ? buf.length : at) - this.#off);
+        const at = buf.subarray(0, this.#end).indexOf(MAGIC0, this.#off + 1);
+        this.#drop((at === -1 ? this.#end : at) - this.#off);
         continue;
       }
       // Reject a bad header as soon as the bytes that show it are here, not only once 16 arrived.
@@ -104,7 +121,7 @@ export class FrameReader {
         continue;
       }
       this.#off += HEADER_BYTES + length;
-      // A copy, so a small payload kept in a queue does not pin the whole chunk it came in.
+      // A copy: the buffer is reused for what comes next.
       return { type: buf[start + 2] as number, stream: buf.readUInt32BE(start + 4), payload: Buffer.from(payload) };
     }
   }

@@ -1,3 +1,5 @@
+import type { Logger } from '@forky/base';
+
 export const DEFAULT_WINDOW = 256 * 1024;
 export const MAX_WINDOW = 64 * 1024 * 1024;
 /** A session that sends more garbage than this is closed (PROTOCOL.md, Frames). */
@@ -17,4 +19,11 @@ export interface SessionStats {
   maxQueuedBytes: number;
   paused: boolean;
   closed: boolean;
+  /** Bytes of frames for the agent queued while its socket is backed up. */
+  outboxBytes: number;
+}
+
+export interface SessionOptions {
+  log?: Logger | undefined;
+  cancelGraceMs?: number | undefined;
 }

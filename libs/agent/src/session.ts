@@ -1,18 +1,16 @@
 import type net from 'node:net';
-import { ForkyError, ValidationError, type Logger } from '@forky/base';
-import { callStream } from './call.js';
-import { applyStreamFrame, goneEnd, protocolEnd } from './dispatch.js';
-import { DEFAULT_CANCEL_GRACE_MS, DEFAULT_WINDOW, MAX_GARBAGE_BYTES, MAX_INVALID_FRAMES, MAX_WINDOW, type SessionStats } from './limits.js';
-import { encodeFrame, FrameReader, FrameType, MAX_PAYLOAD, type Frame } from './frame.js';
+import { ForkyError, type Logger } from '@forky/base';
+import { callStream, probeSession } from './call.js';
+import { applyStreamFrame, checkOpen, goneEnd, protocolEnd } from './dispatch.js';
+import { DEFAULT_CANCEL_GRACE_MS, MAX_GARBAGE_BYTES, MAX_INVALID_FRAMES, type SessionOptions, type SessionStats } from './limits.js';
+import { FrameReader, FrameType, type Frame } from './frame.js';
+import { ForgottenStreams } from './forgotten.js';
 import type { HelloAck } from './messages.js';
+import { Outbox } from './outbox.js';
 import { Pings } from './pings.js';
+import { QuiesceHold } from './quiesce.js';
 import { AgentStream, type StreamHost } from './stream.js';
 import type { AgentEnd, AgentMsg, GuestRequest, GuestSession } from './types.js';
-
-export interface SessionOptions {
-  log?: Logger | undefined;
-  cancelGraceMs?: number | undefined;
-}
 
 export class AgentSession implements GuestSession, StreamHost {
   readonly closed: Promise<void>;
@@ -25,14 +23,13 @@ export class AgentSession implements GuestSession, StreamHost {
   #nextId = 1;
   #invalid = 0;
   #pings = new Pings();
-  #quiesceDepth = 0;
-  #quiesceWaiters: Array<() => void> = [];
-  #heldOpens: AgentStream[] = [];
-  #heldCancels: AgentStream[] = [];
+  #hold: QuiesceHold;
+  #outbox: Outbox;
+  #forgotten = new ForgottenStreams();
   #overfull = new Set<AgentStream>();
   #paused = false;
   #pumping = false;
-  #drainWaiters: Array<() => void> = [];
+  #heard = Date.now();
   readonly #cancelGraceMs: number;
   readonly #log: Logger | undefined;
 
@@ -47,15 +44,26 @@ export class AgentSession implements GuestSession, StreamHost {
     this.#log = opts.log;
     this.#cancelGraceMs = opts.cancelGraceMs ?? DEFAULT_CANCEL_GRACE_MS;
     this.closed = new Promise((resolve) => (this.#resolveClosed = resolve));
+    this.#outbox = new Outbox(socket);
+    this.#hold = new QuiesceHold({
+      isClosed: () => this.#isClosed,
+      unanswered: () => this.#unanswered(),
+      sendOpen: (st) => this.#sendOpen(st),
+      sendCancel: (st) => this.#sendCancel(st),
+    });
     socket.on('data', (chunk: Buffer) => {
       this.reader.push(chunk);
       this.#pump();
     });
-    socket.on('drain', () => this.#wakeDrain());
     socket.on('error', (err) => this.#close(`agent socket error: ${err.message}`));
     socket.on('close', () => this.#close('agent socket closed'));
     // Frames that came in the same chunk as the HELLO_ACK.
     this.#pump();
+  }
+
+  /** When the last good frame came; now while the host itself is not reading (its silence says nothing then). */
+  get lastHeardMs(): number {
+    return this.#paused ? Date.now() : this.#heard;
   }
 
   stats(): SessionStats {
@@ -69,23 +77,23 @@ export class AgentSession implements GuestSession, StreamHost {
       maxQueuedBytes,
       paused: this.#paused,
       closed: this.#isClosed,
+      outboxBytes: this.#outbox.queuedBytes,
     };
   }
 
   open(req: GuestRequest, opts: { window?: number } = {}): AgentStream {
-    const window = opts.window ?? DEFAULT_WINDOW;
-    if (!Number.isInteger(window) || window < 1 || window > MAX_WINDOW) {
-      throw new ValidationError(`window must be an integer from 1 to ${MAX_WINDOW}`, { field: 'window' });
-    }
-    const payload = Buffer.from(JSON.stringify(req));
-    if (payload.length > MAX_PAYLOAD) throw new ValidationError(`${req.op} request of ${payload.length} bytes exceeds ${MAX_PAYLOAD}`);
+    const { window, payload } = checkOpen(req, opts.window);
     const stream = new AgentStream(this.#nextId++, req, window, this);
     if (this.#isClosed) {
       stream.finish(goneEnd(stream, this.#closeReason), false);
       return stream;
     }
+    if (this.#outbox.full) {
+      stream.finish({ ok: false, code: 'BUSY', message: `forky-agent on ${this.socketPath} does not read what it was sent` }, false);
+      return stream;
+    }
     this.#streams.set(stream.id, stream);
-    if (this.#quiesceDepth > 0) this.#heldOpens.push(stream);
+    if (this.#hold.active) this.#hold.holdOpen(stream);
     else this.#sendOpen(stream, payload);
     return stream;
   }
@@ -96,67 +104,61 @@ export class AgentSession implements GuestSession, StreamHost {
 
   ping(timeoutMs: number): Promise<void> {
     if (this.#isClosed) return Promise.reject(new ForkyError('UNAVAILABLE', `forky-agent session closed: ${this.#closeReason}`));
+    if (this.#outbox.full) return Promise.reject(new ForkyError('UNAVAILABLE', `forky-agent on ${this.socketPath} does not read its port`));
     return this.#pings.start(
-      (token) => this.socket.write(encodeFrame(FrameType.PING, 0, token)),
+      (token) => this.#outbox.send(undefined, FrameType.PING, token),
       timeoutMs,
       `forky-agent PING on ${this.socketPath}`,
     );
   }
 
+  probe(timeoutMs: number): Promise<void> {
+    // Held OPENs are not sent: the probe could only time out, and a quiesce that drained heard the agent.
+    if (this.#hold.active && !this.#isClosed) return Promise.resolve();
+    return probeSession(this, timeoutMs, this.socketPath);
+  }
+
   quiesce(timeoutMs: number): Promise<() => void> {
-    this.#quiesceDepth++;
-    let released = false;
-    const release = (): void => {
-      if (released) return;
-      released = true;
-      if (--this.#quiesceDepth === 0) this.#releaseHeld();
-    };
-    return new Promise((resolve) => {
-      const timer = setTimeout(() => {
-        this.#quiesceWaiters = this.#quiesceWaiters.filter((w) => w !== done);
-        this.#log?.warn({ socket: this.socketPath, timeoutMs }, 'forky-agent quiesce: requests still unanswered at the deadline');
-        resolve(release);
-      }, timeoutMs);
-      const done = (): void => {
-        clearTimeout(timer);
-        resolve(release);
-      };
-      if (this.#isClosed || this.#unanswered() === 0) done();
-      else this.#quiesceWaiters.push(done);
-    });
+    return this.#hold.start(timeoutMs);
   }
 
   close(): void {
     this.#close('closed by the host');
   }
 
-  sendFrame(stream: AgentStream, type: number, payload?: Uint8Array): boolean {
+  sendFrame(stream: AgentStream, type: number, payload?: Buffer): boolean {
     if (this.#isClosed || stream.agentEnded) return true;
     if (!stream.openSent) {
       stream.deferred.push({ type, payload });
       return true;
     }
-    return this.socket.write(encodeFrame(type, stream.id, payload));
+    return this.#outbox.send(stream, type, payload);
+  }
+
+  sendCredit(stream: AgentStream, n: number): void {
+    if (!this.#isClosed && !stream.agentEnded) this.#outbox.credit(stream, n);
+  }
+
+  sendResize(stream: AgentStream): void {
+    if (this.#isClosed || stream.agentEnded) return;
+    if (!stream.openSent) stream.deferred.push({ type: FrameType.MSG, resize: true });
+    else this.#outbox.resize(stream);
   }
 
   drained(): Promise<void> {
-    if (this.#isClosed || !this.socket.writableNeedDrain) return Promise.resolve();
-    return new Promise((resolve) => this.#drainWaiters.push(resolve));
+    return this.#outbox.drained();
   }
 
   requestCancel(stream: AgentStream): void {
     if (stream.agentEnded || stream.cancelSent || this.#isClosed) return;
     if (!stream.openSent) {
-      this.#heldOpens = this.#heldOpens.filter((s) => s !== stream);
+      this.#hold.drop(stream);
       this.#streams.delete(stream.id);
       stream.finish({ ok: false, code: 'CANCELLED', message: 'cancelled before its OPEN was sent' }, true);
       return;
     }
-    if (this.#quiesceDepth > 0) {
-      if (!this.#heldCancels.includes(stream)) this.#heldCancels.push(stream);
-      return;
-    }
-    this.#sendCancel(stream);
+    if (this.#hold.active) this.#hold.holdCancel(stream);
+    else this.#sendCancel(stream);
   }
 
   queueChanged(stream: AgentStream): void {
@@ -164,49 +166,38 @@ export class AgentSession implements GuestSession, StreamHost {
     else if (this.#overfull.delete(stream) && this.#overfull.size === 0) this.#pump();
   }
 
-  #sendOpen(stream: AgentStream, payload = Buffer.from(JSON.stringify(stream.request))): void {
-    this.socket.write(encodeFrame(FrameType.OPEN, stream.id, payload));
+  #sendOpen(stream: AgentStream, payload: Buffer = Buffer.from(JSON.stringify(stream.request))): void {
+    if (this.#isClosed || stream.end) return;
+    this.#outbox.send(stream, FrameType.OPEN, payload);
     stream.openSent = true;
-    const credit = Buffer.alloc(4);
-    credit.writeUInt32BE(stream.window);
     stream.outstanding = stream.window;
-    this.socket.write(encodeFrame(FrameType.CREDIT, stream.id, credit));
-    for (const f of stream.deferred.splice(0)) this.socket.write(encodeFrame(f.type, stream.id, f.payload));
+    this.#outbox.credit(stream, stream.window);
+    for (const f of stream.deferred.splice(0)) {
+      if (f.resize) this.#outbox.resize(stream);
+      else this.#outbox.send(stream, f.type, f.payload);
+    }
   }
 
   #sendCancel(stream: AgentStream): void {
     if (stream.agentEnded || stream.cancelSent || this.#isClosed) return;
     stream.cancelSent = true;
-    this.socket.write(encodeFrame(FrameType.CANCEL, stream.id));
+    this.#outbox.send(stream, FrameType.CANCEL);
     setTimeout(() => {
       if (stream.agentEnded || this.#streams.get(stream.id) !== stream) return;
-      // The agent does not answer: forget the stream, so nothing waits on it (quiesce included).
+      // The agent does not answer: forget the stream, so nothing waits on it (quiesce included);
+      // what it still sends within its credit is late, not hostile.
       stream.agentEnded = true;
       this.#streams.delete(stream.id);
+      this.#forgotten.add(stream.id, stream.outstanding);
       stream.finish(protocolEnd(stream, `no END within ${this.#cancelGraceMs} ms of CANCEL`), true);
-      this.#checkQuiesced();
+      this.#hold.check();
     }, this.#cancelGraceMs).unref();
-  }
-
-  #releaseHeld(): void {
-    if (this.#isClosed) return;
-    for (const s of this.#heldOpens.splice(0)) this.#sendOpen(s);
-    for (const s of this.#heldCancels.splice(0)) this.#sendCancel(s);
   }
 
   #unanswered(): number {
     let n = 0;
     for (const s of this.#streams.values()) if (!s.agentEnded && ((s.openSent && !s.opened) || s.cancelSent)) n++;
     return n;
-  }
-
-  #checkQuiesced(): void {
-    if (this.#quiesceWaiters.length === 0 || (!this.#isClosed && this.#unanswered() > 0)) return;
-    for (const w of this.#quiesceWaiters.splice(0)) w();
-  }
-
-  #wakeDrain(): void {
-    for (const w of this.#drainWaiters.splice(0)) w();
   }
 
   #invalidFrames(): number {
@@ -222,6 +213,7 @@ export class AgentSession implements GuestSession, StreamHost {
         const frame = this.reader.next();
         if (this.#overLimits()) return;
         if (!frame) break;
+        this.#heard = Date.now();
         this.#handle(frame);
       }
       if (this.#isClosed) return;
@@ -254,7 +246,11 @@ export class AgentSession implements GuestSession, StreamHost {
     }
     if (frame.type < FrameType.OPENED || frame.type > FrameType.END) return this.#invalidFrame(frame, 'not a frame the agent sends here');
     const stream = this.#streams.get(frame.stream);
-    if (!stream || !stream.openSent) return this.#invalidFrame(frame, 'frame for an unknown stream');
+    if (!stream || !stream.openSent) {
+      const bytes = frame.type === FrameType.DATA ? frame.payload.length - 1 : frame.payload.length;
+      if (!stream && this.#forgotten.take(frame.stream, bytes, frame.type === FrameType.END)) return;
+      return this.#invalidFrame(frame, 'frame for an unknown stream');
+    }
     if (stream.end) {
       // Ended here (violation, cancel grace) and waiting for the agent's END: the rest is in flight, not hostile.
       if (frame.type === FrameType.END) this.#forget(stream);
@@ -262,7 +258,7 @@ export class AgentSession implements GuestSession, StreamHost {
     }
     const violation = applyStreamFrame(stream, frame);
     if (frame.type === FrameType.END) this.#streams.delete(stream.id);
-    if (frame.type === FrameType.OPENED || frame.type === FrameType.END) this.#checkQuiesced();
+    if (frame.type === FrameType.OPENED || frame.type === FrameType.END) this.#hold.check();
     if (violation !== undefined) this.#violate(stream, violation);
   }
 
@@ -270,15 +266,15 @@ export class AgentSession implements GuestSession, StreamHost {
     this.#invalid++;
     this.#log?.warn({ socket: this.socketPath, stream: stream.id, op: stream.op, why }, 'forky-agent broke the protocol on a stream');
     stream.finish(protocolEnd(stream, why), true);
-    if (stream.agentEnded) this.#checkQuiesced();
+    if (stream.agentEnded) this.#hold.check();
     else this.requestCancel(stream);
   }
 
   #forget(stream: AgentStream): void {
     stream.agentEnded = true;
     this.#streams.delete(stream.id);
-    this.#heldCancels = this.#heldCancels.filter((s) => s !== stream);
-    this.#checkQuiesced();
+    this.#hold.drop(stream);
+    this.#hold.check();
   }
 
   #close(reason: string): void {
@@ -289,12 +285,10 @@ export class AgentSession implements GuestSession, StreamHost {
     this.socket.destroy();
     for (const s of this.#streams.values()) s.finish(goneEnd(s, this.#closeReason), false);
     this.#streams.clear();
-    this.#heldOpens = [];
-    this.#heldCancels = [];
     this.#overfull.clear();
+    this.#outbox.close();
     this.#pings.rejectAll(new ForkyError('UNAVAILABLE', `forky-agent session closed: ${reason}`));
-    this.#checkQuiesced();
-    this.#wakeDrain();
+    this.#hold.clear();
     this.#resolveClosed();
   }
 }

@@ -5,7 +5,11 @@ import type { AgentEnd, AgentMsg, GuestEvent, GuestRequest, GuestStream } from '
 /** What a stream needs from its session. */
 export interface StreamHost {
   /** Sends a frame on the stream (held back until its OPEN went out); false when the socket is backed up. */
-  sendFrame(stream: AgentStream, type: number, payload?: Uint8Array): boolean;
+  sendFrame(stream: AgentStream, type: number, payload?: Buffer): boolean;
+  /** Grants the agent `n` more bytes of credit (queued grants merge). */
+  sendCredit(stream: AgentStream, n: number): void;
+  /** Sends a resize MSG with the size takeResize() gives when it is written. */
+  sendResize(stream: AgentStream): void;
   /** Resolves once the socket takes writes again (or the session closed). */
   drained(): Promise<void>;
   requestCancel(stream: AgentStream): void;
@@ -37,8 +41,13 @@ export class AgentStream implements GuestStream {
   agentEnded = false;
   cancelRequested = false;
   cancelSent = false;
-  /** Frames sent before the OPEN went out (quiesce holds OPENs back). */
-  readonly deferred: Array<{ type: number; payload: Uint8Array | undefined }> = [];
+  /** Frames sent before the OPEN went out (quiesce holds OPENs back); `resize`: one with the latest size. */
+  readonly deferred: Array<{ type: number; payload?: Buffer | undefined; resize?: boolean }> = [];
+  /** MSG types that may come once (`started`, `stat`) and EOF channels, seen so far. */
+  readonly seen = new Set<string>();
+  #size: { rows: number; cols: number } | undefined;
+  /** A resize is queued or deferred: later sizes only replace #size (one waits per stream). */
+  #resizeWaiting = false;
   #end: AgentEnd | undefined;
   #resolveEnded!: (end: AgentEnd) => void;
   #queue: Queued[] = [];
@@ -157,10 +166,8 @@ export class AgentStream implements GuestStream {
     if (this.cancelRequested || this.#end || !this.openSent) return;
     const room = this.window - this.queuedBytes - this.outstanding;
     if (room <= 0 || (room * 2 < this.window && this.queuedBytes > 0)) return;
-    const payload = Buffer.alloc(4);
-    payload.writeUInt32BE(room);
     this.outstanding += room;
-    this.host.sendFrame(this, FrameType.CREDIT, payload);
+    this.host.sendCredit(this, room);
   }
 
   write(bytes: Uint8Array): Promise<void> {
@@ -205,7 +212,16 @@ export class AgentStream implements GuestStream {
 
   resize(rows: number, cols: number): void {
     if (this.#end || !Number.isInteger(rows) || !Number.isInteger(cols) || rows < 1 || cols < 1 || rows > 65535 || cols > 65535) return;
-    this.host.sendFrame(this, FrameType.MSG, Buffer.from(JSON.stringify({ type: 'resize', rows, cols })));
+    this.#size = { rows, cols };
+    if (this.#resizeWaiting) return;
+    this.#resizeWaiting = true;
+    this.host.sendResize(this);
+  }
+
+  /** The resize MSG's payload, with the latest size; the next resize() sends again. */
+  takeResize(): Buffer {
+    this.#resizeWaiting = false;
+    return Buffer.from(JSON.stringify({ type: 'resize', ...this.#size }));
   }
 
   cancel(): void {

@@ -111,8 +111,17 @@ export interface GuestSession {
   /** A PING answered: the agent runs and reads its port. */
   ping(timeoutMs: number): Promise<void>;
   /**
-   * Stops sending OPENs and CANCELs (they wait) and resolves once every one sent has its answer,
-   * or after `timeoutMs`; the returned function lets them go again. See PROTOCOL.md.
+   * A request answered on this session: the agent holds its HELLO. Unlike a PING, which an agent
+   * restarted in the guest answers too (and then ignores everything else until a new HELLO).
+   * Rejects UNAVAILABLE after `timeoutMs`. Optional so fakes may leave it out.
+   */
+  probe?(timeoutMs: number): Promise<void>;
+  /** When the agent last sent a good frame (Date.now()); optional so fakes may leave it out. */
+  readonly lastHeardMs?: number;
+  /**
+   * Stops sending OPENs and CANCELs (they wait) and resolves once every one sent has its answer;
+   * the returned function lets them go again. If some are still unanswered after `timeoutMs`, it
+   * lets them go and rejects UNAVAILABLE: a snapshot must not freeze requests in flight. See PROTOCOL.md.
    */
   quiesce(timeoutMs: number): Promise<() => void>;
   /** Ends the session: every open stream ends with `GONE`. */

@@ -70,6 +70,7 @@ export class DryRunRuntime implements VmRuntime {
   async attachDisk(): Promise<void> {}
   async detachDisk(): Promise<void> {}
   async destroy(): Promise<void> {}
+  async close(): Promise<void> {}
 
   attach(): Promise<{ handle: VmHandle; status: string }> {
     // No process outlives a dry-run hostd: its VMs are gone after a restart.

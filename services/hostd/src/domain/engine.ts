@@ -65,9 +65,13 @@ export class HostEngine {
     return this.#host.pool.size(snapshot);
   }
 
-  /** Stops what only lives for this process (the warm pool); VMs stay. */
+  /** Stops what only lives for this process (the warm pool, guest agent sessions); VMs stay. */
   async close(): Promise<void> {
-    await this.#host.pool.dropAll();
+    try {
+      await this.#host.pool.dropAll();
+    } finally {
+      await this.#host.runtime.close();
+    }
   }
 
   /** Ids of what this host holds, for heartbeats. */

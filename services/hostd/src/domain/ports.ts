@@ -106,6 +106,8 @@ export interface VmRuntime<H extends VmHandle = VmHandle> {
   detachDisk(vm: H, slot: number, timeoutMs: number): Promise<void>;
   /** Stops the process (gracefully, then by force) and releases its connections. Idempotent. */
   destroy(vm: H): Promise<void>;
+  /** Releases what the runtime holds for this hostd process (guest agent sessions); VMs keep running. */
+  close(): Promise<void>;
 }
 
 /** Disk layers: a base per image, frozen layers owned by snapshots, a writable top per VM. */

@@ -2,7 +2,7 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import { ForkyError, withDeadline, type Logger } from '@forky/base';
 import { GuestAgentClient, QmpClient } from '@forky/qemu';
-import { connectAgent, type GuestSession } from '@forky/agent';
+import { connectAgent, SessionCache, type GuestSession } from '@forky/agent';
 import type { Accel, ExecResult, MachineProfile } from '@forky/contract';
 import type { AppDisk, RunningProcess, VmHandle, VmRuntime, VmSpec } from '../../domain/ports.js';
 import { appBlockdev, appDevice, buildArgs, launchPaths, vmSocket as sock, type LaunchMode, type MachineOptions } from './cmdline.js';
@@ -20,6 +20,10 @@ import { handOver, type RunAs } from './run-as.js';
 const EXEC_MAX_OUTPUT = (1 << 20) - (64 << 10);
 /** Connecting to forky-agent and its HELLO_ACK. */
 const AGENT_CONNECT_MS = 10_000;
+/** An agent session quiet this long is probed before reuse (the agent may have been restarted in the guest)… */
+const AGENT_QUIET_MS = 3000;
+/** …and must answer within this, or a new session (a new HELLO) is made. */
+const AGENT_PROBE_MS = 1000;
 
 export interface QemuVm extends VmHandle {
   proc: QemuProcess;
@@ -44,13 +48,14 @@ export class QemuRuntime implements VmRuntime<QemuVm> {
   readonly accel: Accel;
   readonly qemuVersion: string;
   readonly bridged: boolean;
-  /** One forky-agent session per VM process, made on first use and again once it has closed. */
-  readonly #guests = new WeakMap<QemuVm, { session: Promise<GuestSession>; open: boolean }>();
+  /** One forky-agent session per VM process, made on first use and again once it has closed or stopped answering. */
+  readonly #guests: SessionCache<QemuVm>;
 
   constructor(private readonly opts: QemuRuntimeOptions) {
     this.accel = opts.accel;
     this.qemuVersion = opts.qemuVersion;
     this.bridged = opts.network.mode === 'tap';
+    this.#guests = new SessionCache({ quietMs: AGENT_QUIET_MS, probeMs: AGENT_PROBE_MS, log: opts.logger.child({ component: 'agent' }) });
   }
 
   profile(memMiB: number, cpus: number, imageId: string): MachineProfile {
@@ -132,23 +137,22 @@ export class QemuRuntime implements VmRuntime<QemuVm> {
   }
 
   guest(vm: QemuVm): Promise<GuestSession> {
-    const cached = this.#guests.get(vm);
-    if (cached?.open) return cached.session;
-    const log = this.opts.logger.child({ vm: vm.spec.id, generation: vm.spec.generation, component: 'agent' });
-    const entry = { session: connectAgent(launchPaths(vm.spec).agentSocket, { timeoutMs: AGENT_CONNECT_MS, log }), open: true };
-    entry.session.then(
-      (s) => void s.closed.then(() => (entry.open = false)),
-      () => (entry.open = false),
-    );
-    this.#guests.set(vm, entry);
-    return entry.session;
+    return this.#guests.get(vm, () => {
+      const log = this.opts.logger.child({ vm: vm.spec.id, generation: vm.spec.generation, component: 'agent' });
+      return connectAgent(launchPaths(vm.spec).agentSocket, { timeoutMs: AGENT_CONNECT_MS, log });
+    });
   }
 
+  /** Rejects (UNAVAILABLE) when the agent leaves requests unanswered past `timeoutMs`: the snapshot then fails. */
   async quiesceGuest(vm: QemuVm, timeoutMs: number): Promise<() => void> {
-    const cached = this.#guests.get(vm);
     // No session, no request in flight: nothing to connect to just to quiesce it.
-    const session = cached?.open ? await cached.session.catch(() => undefined) : undefined;
+    const session = await this.#guests.current(vm)?.catch(() => undefined);
     return session ? session.quiesce(timeoutMs) : () => undefined;
+  }
+
+  /** Ends every agent session (hostd stops; the VMs and what their agents run go on). */
+  async close(): Promise<void> {
+    this.#guests.closeAll();
   }
 
   async exec(vm: QemuVm, cmd: readonly string[], opts: { input?: string; timeoutMs: number }): Promise<ExecResult> {
@@ -178,10 +182,7 @@ export class QemuRuntime implements VmRuntime<QemuVm> {
   async destroy(vm: QemuVm): Promise<void> {
     vm.agent?.close();
     // Its streams end (GONE) now, not when the socket notices QEMU is gone.
-    this.#guests.get(vm)?.session.then(
-      (s) => s.close(),
-      () => undefined,
-    );
+    this.#guests.close(vm);
     if (!vm.proc.isExited()) {
       await vm.qmp.execute('quit', undefined, { timeoutMs: 2000 }).catch(() => undefined);
       const gone = await withDeadline(vm.proc.exited, 3000, 'QEMU quit').then(
