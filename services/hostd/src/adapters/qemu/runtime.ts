@@ -22,8 +22,11 @@ const EXEC_MAX_OUTPUT = (1 << 20) - (64 << 10);
 const AGENT_CONNECT_MS = 10_000;
 /** An agent session quiet this long is probed before reuse (the agent may have been restarted in the guest)… */
 const AGENT_QUIET_MS = 3000;
-/** …and must answer within this, or a new session (a new HELLO) is made. */
-const AGENT_PROBE_MS = 1000;
+/**
+ * …and must answer within this, or a new session (a new HELLO) is made. Generous: a new session
+ * ends the old one's streams, and a guest busy under TCG may take a while to schedule its agent.
+ */
+const AGENT_PROBE_MS = 5000;
 
 export interface QemuVm extends VmHandle {
   proc: QemuProcess;
