@@ -1,16 +1,7 @@
-import type { Msg, NatsConnection, Status, Subscription } from '@nats-io/nats-core';
+import type { Msg, NatsConnection, Subscription } from '@nats-io/nats-core';
 import { ForkyError, asForkyError } from '@forky/base';
-import {
-  DEFAULT_STREAM_WINDOW,
-  STREAM_CHUNK_MAX,
-  STREAM_HEADERS,
-  STREAM_IDLE_MS,
-  STREAM_KEEPALIVE_MS,
-  StreamEndBody,
-  StreamOpenReply,
-  subjects,
-  type StreamRef,
-} from '@forky/contract';
+import { DEFAULT_STREAM_WINDOW, STREAM_CHUNK_MAX, STREAM_HEADERS, STREAM_IDLE_MS, STREAM_KEEPALIVE_MS } from '@forky/contract';
+import { StreamEndBody, StreamOpenReply, subjects, type StreamRef } from '@forky/contract';
 import { request } from './client.js';
 import { headerOf, safeHeaders } from './headers.js';
 
@@ -32,26 +23,44 @@ export interface OpenStreamOptions {
   silenceMs?: number;
 }
 
+/** Per connection, one watch for its live streams (messages sent while disconnected are lost): it holds no stopped stream. */
+const watched = new WeakMap<NatsConnection, Set<(why: string) => void>>();
+function watchConnection(nc: NatsConnection, onLost: (why: string) => void): void {
+  if (watched.get(nc)?.add(onLost)) return;
+  const live = new Set([onLost]);
+  watched.set(nc, live);
+  const tell = (why: string): void => [...live].forEach((f) => f(why));
+  void (async () => {
+    for await (const st of nc.status()) if (st.type === 'disconnect') tell('the NATS connection was lost');
+  })();
+  void nc.closed().then(() => (watched.delete(nc), tell('the NATS connection closed')));
+}
+
+/** For tests (`@forky/bus/internal`): `timer` is undefined once stopped, false while it runs (unref'd); `watched`, by its connection. */
+export let clientStreamState: (s: ClientStream) => { timer: boolean | undefined; watched: boolean };
+
 const json = (v: unknown): Uint8Array => new TextEncoder().encode(JSON.stringify(v));
 const isObject = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
 
 /**
- * The client's end of a stream (STREAMS.md). Messages on `out` are taken in `Forky-Seq` order
- * as they arrive; bytes the caller has not taken yet are at most the window it granted, since
- * credit is given back only as chunks are taken.
+ * The client's end of a stream (STREAMS.md). Messages on `out` are taken in `Forky-Seq` order as they arrive; what the
+ * caller has not taken yet (`stdout`, `stderr`, `data`, `event` bodies) is at most the window it granted, since credit is
+ * given back only as it is taken, and more is a protocol error. A loop left before the end (`break`, a throw) cancels
+ * the stream; the keepalive timer is unref'd: a stream nobody reads any more never keeps the process alive.
  */
 export class ClientStream implements AsyncIterable<StreamChunk> {
   readonly #nc: NatsConnection;
   readonly #ref: StreamRef | undefined;
   readonly pid?: number;
   readonly #window: number;
-  readonly #queue: StreamChunk[] = [];
+  readonly #queue: Array<{ chunk: StreamChunk; size: number }> = [];
   #sub: Subscription | undefined;
   #expected = 1;
   #inSeq = 0;
   #inCredit = 0;
-  /** Bytes taken since credit last went out. */
+  /** Bytes taken since credit last went out; and what the host may still send, by our count. */
   #taken = 0;
+  #hostCredit = 0;
   #ended = false;
   #closed = false;
   #inputClosed = false;
@@ -61,7 +70,11 @@ export class ClientStream implements AsyncIterable<StreamChunk> {
   #creditWaiters: Array<() => void> = [];
   #writing: Promise<void> = Promise.resolve();
   #timer: NodeJS.Timeout | undefined;
-  #status: (AsyncIterable<Status> & { stop?: () => void }) | undefined;
+  readonly #onLost = (why: string): void => this.#fail(new ForkyError('UNAVAILABLE', `${why} under stream ${this.#ref?.sid}`));
+
+  static {
+    clientStreamState = (s) => ({ timer: s.#timer?.hasRef(), watched: !!watched.get(s.#nc)?.has(s.#onLost) });
+  }
 
   /** Use openStream. A detached exec has no `ref`: the stream is only its end. */
   constructor(nc: NatsConnection, ref: StreamRef | undefined, pid: number | undefined, opts: OpenStreamOptions = {}) {
@@ -70,23 +83,16 @@ export class ClientStream implements AsyncIterable<StreamChunk> {
     if (pid !== undefined) this.pid = pid;
     this.#window = opts.window ?? DEFAULT_STREAM_WINDOW;
     if (!ref) {
-      this.#queue.push({ kind: 'end', seq: 0, end: { ok: true } });
+      this.#queue.push({ chunk: { kind: 'end', seq: 0, end: { ok: true } }, size: 0 });
       this.#ended = true;
       return;
     }
     // Subscribed before the first credit: the host sends nothing until it has some.
     this.#sub = nc.subscribe(ref.out, { callback: (err, msg) => this.#onMessage(err, msg) });
     this.#credit(this.#window);
-    const keepaliveMs = opts.keepaliveMs ?? STREAM_KEEPALIVE_MS;
     const silenceMs = opts.silenceMs ?? STREAM_IDLE_MS;
-    this.#timer = setInterval(() => this.#tick(silenceMs), Math.min(keepaliveMs, silenceMs / 3));
-    void nc.closed().then(() => this.#fail(new ForkyError('UNAVAILABLE', `the NATS connection closed under stream ${ref.sid}`)));
-    // Messages sent while disconnected are lost: the stream cannot go on.
-    this.#status = nc.status() as AsyncIterable<Status> & { stop?: () => void };
-    void (async () => {
-      for await (const st of this.#status ?? [])
-        if (st.type === 'disconnect') this.#fail(new ForkyError('UNAVAILABLE', `the NATS connection was lost under stream ${ref.sid}`));
-    })();
+    this.#timer = setInterval(() => this.#tick(silenceMs), Math.min(opts.keepaliveMs ?? STREAM_KEEPALIVE_MS, silenceMs / 3)).unref();
+    watchConnection(nc, this.#onLost);
   }
 
   get ref(): StreamRef {
@@ -97,26 +103,40 @@ export class ClientStream implements AsyncIterable<StreamChunk> {
   async *[Symbol.asyncIterator](): AsyncIterator<StreamChunk> {
     try {
       for (;;) {
-        const chunk = this.#queue.shift();
-        if (chunk) {
-          if (chunk.kind === 'stdout' || chunk.kind === 'stderr' || chunk.kind === 'data') this.#took(chunk.bytes.length);
-          yield chunk;
-          if (chunk.kind === 'end') return;
-          continue;
-        }
-        if (this.#error) throw this.#error;
-        if (this.#closed) return;
+        const next = this.#queue.shift();
+        if (next) {
+          this.#taken += next.size;
+          // Given back in batches: a message per chunk would double the traffic.
+          if (this.#taken >= Math.min(this.#window / 4, STREAM_CHUNK_MAX)) this.#credit(this.#taken);
+          yield next.chunk;
+          if (next.chunk.kind === 'end') return;
+        } else if (this.#error) throw this.#error;
+        else if (this.#closed) return;
         // Woken by a message, an error or close; the silence timer bounds the wait.
-        await new Promise<void>((resolve) => (this.#wake = resolve));
+        else await new Promise<void>((resolve) => (this.#wake = resolve));
       }
     } finally {
-      this.#wake = undefined;
+      // Left before its end (a break, a throw): the host stops its work now, not after its idle time.
+      this.cancel();
+      this.close();
     }
   }
 
   /** Sends input once the host has granted credit for it, in chunks of at most 64 KiB. */
   write(bytes: Uint8Array): Promise<void> {
-    return this.#inTurn(() => this.#writeNow(bytes));
+    return this.#inTurn(async () => {
+      if (this.#inputClosed) throw new ForkyError('INVALID_STATE', 'the stream input is closed');
+      for (let at = 0, n = 0; at < bytes.length; at += n) {
+        this.#usable();
+        n = Math.min(this.#inCredit, STREAM_CHUNK_MAX, bytes.length - at);
+        if (n <= 0) {
+          await new Promise<void>((resolve) => this.#creditWaiters.push(resolve));
+          continue;
+        }
+        this.#inCredit -= n;
+        this.#sendIn('data', bytes.subarray(at, at + n));
+      }
+    });
   }
 
   /** Ends the input, after what was written before it. */
@@ -151,23 +171,6 @@ export class ClientStream implements AsyncIterable<StreamChunk> {
     if (this.#closed) return;
     this.#closed = true;
     this.#stop();
-    this.#wakeAll();
-  }
-
-  async #writeNow(bytes: Uint8Array): Promise<void> {
-    if (this.#inputClosed) throw new ForkyError('INVALID_STATE', 'the stream input is closed');
-    let at = 0;
-    while (at < bytes.length) {
-      this.#usable();
-      if (this.#inCredit <= 0) {
-        await new Promise<void>((resolve) => this.#creditWaiters.push(resolve));
-        continue;
-      }
-      const n = Math.min(this.#inCredit, STREAM_CHUNK_MAX, bytes.length - at);
-      this.#inCredit -= n;
-      this.#sendIn('data', bytes.subarray(at, at + n));
-      at += n;
-    }
   }
 
   /** Throws if the stream can no longer take input. */
@@ -178,19 +181,13 @@ export class ClientStream implements AsyncIterable<StreamChunk> {
   }
 
   #sendIn(kind: 'data' | 'eof' | 'resize', body?: Uint8Array): void {
-    const ref = this.#ref as StreamRef;
-    this.#publish(ref.in, body, { [STREAM_HEADERS.seq]: ++this.#inSeq, [STREAM_HEADERS.kind]: kind });
-  }
-
-  #took(n: number): void {
-    this.#taken += n;
-    // Given back in batches: a message per chunk would double the traffic.
-    if (this.#taken >= Math.min(this.#window / 4, STREAM_CHUNK_MAX)) this.#credit(this.#taken);
+    this.#publish((this.#ref as StreamRef).in, body, { [STREAM_HEADERS.seq]: ++this.#inSeq, [STREAM_HEADERS.kind]: kind });
   }
 
   #credit(bytes: number): void {
     if (this.#ended || this.#closed || !this.#ref) return;
     this.#taken -= Math.min(bytes, this.#taken);
+    this.#hostCredit += bytes;
     this.#publish(this.#ref.credit, json({ bytes }));
   }
 
@@ -225,8 +222,7 @@ export class ClientStream implements AsyncIterable<StreamChunk> {
       case 'stdout':
       case 'stderr':
       case 'data':
-        this.#queue.push({ kind, seq, bytes: msg.data });
-        return;
+        return this.#counted({ kind, seq, bytes: msg.data }, msg.data.length);
       case 'credit': {
         const b = msg.json<unknown>();
         if (!isObject(b) || !Number.isSafeInteger(b.bytes) || (b.bytes as number) < 0) throw protocol('a bad credit body');
@@ -236,41 +232,45 @@ export class ClientStream implements AsyncIterable<StreamChunk> {
       case 'event': {
         const b = msg.json<unknown>();
         if (!isObject(b) || typeof b.type !== 'string') throw protocol('an event without a type');
-        this.#queue.push({ kind, seq, event: b as { type: string } & Record<string, unknown> });
-        return;
+        return this.#counted({ kind, seq, event: b as { type: string } & Record<string, unknown> }, msg.data.length);
       }
       case 'end': {
         const end = StreamEndBody.safeParse(msg.json<unknown>());
         if (!end.success) throw protocol('an end body STREAMS.md does not name');
-        this.#queue.push({ kind, seq, end: end.data });
+        this.#queue.push({ chunk: { kind, seq, end: end.data }, size: 0 });
         this.#ended = true;
-        this.#stop();
-        return;
+        return this.#stop();
       }
       default:
         throw protocol(`an unknown kind ${JSON.stringify(kind ?? null).slice(0, 40)}`);
     }
   }
 
+  /** Queues a message that counts against the credit we granted: beyond it, the host broke the protocol. */
+  #counted(chunk: StreamChunk, size: number): void {
+    if ((this.#hostCredit -= size) < 0) throw protocol(`${-this.#hostCredit} bytes beyond the credit granted`);
+    this.#queue.push({ chunk, size });
+  }
+
   /** Our keepalive (with any credit owed), and the host's silence checked. */
   #tick(silenceMs: number): void {
     this.#credit(this.#taken);
-    const ref = this.#ref as StreamRef;
     if (Date.now() - this.#lastHeard > silenceMs)
-      this.#fail(new ForkyError('TIMEOUT', `no word from host ${ref.host} on stream ${ref.sid} for ${silenceMs} ms`));
+      this.#fail(new ForkyError('TIMEOUT', `no word from host ${this.#ref?.host} on stream ${this.#ref?.sid} for ${silenceMs} ms`));
   }
 
   #fail(e: ForkyError): void {
     if (this.#ended || this.#closed || this.#error) return;
     this.#error = e;
     this.#stop();
-    this.#wakeAll();
   }
 
   #stop(): void {
     clearInterval(this.#timer);
     this.#sub?.unsubscribe();
-    this.#status?.stop?.();
+    watched.get(this.#nc)?.delete(this.#onLost);
+    this.#timer = this.#sub = undefined;
+    this.#wakeAll();
   }
 
   #wakeAll(): void {
