@@ -67,6 +67,24 @@ describe('stream contract', () => {
     }
   });
 
+  it('refuses an exec too big for one guest frame, naming the field', () => {
+    const big = 'x'.repeat(40 << 10);
+    const cases: Array<[unknown, string]> = [
+      [{ id: VM, cmd: Array(256).fill('a'.repeat(300)) }, 'cmd'],
+      [{ id: VM, shell: 'y'.repeat(61 << 10) }, 'shell'],
+      [{ id: VM, cmd: ['a'], env: Object.fromEntries(Array.from({ length: 100 }, (_, i) => [`V${i}`, 'e'.repeat(1000)])) }, 'env'],
+      [{ id: VM, cmd: [big], env: { A: 'e'.repeat(30 << 10) } }, 'cmd'],
+      // Counted in bytes: 21 K characters of CJK are 63 KiB.
+      [{ id: VM, cmd: ['echo', '文'.repeat(21 << 10)] }, 'cmd'],
+    ];
+    for (const [body, field] of cases) {
+      const r = refusal(ExecStartRequest, body);
+      assert.equal(r.field, field, r.message);
+      assert.match(r.message, /60 KiB/);
+    }
+    assert.ok(ExecStartRequest.safeParse({ id: VM, cmd: [big], env: { A: 'e'.repeat(15 << 10) } }).success, 'just under fits');
+  });
+
   it('refuses bad file and process fields', () => {
     assert.equal(refusal(FileReadRequest, { id: VM, path: '/a\0b' }).field, 'path');
     assert.equal(refusal(FileReadRequest, { id: VM, path: '/a', offset: -1 }).field, 'offset');

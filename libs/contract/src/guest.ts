@@ -34,6 +34,10 @@ export const GuestPath = z
   .refine((s) => s.startsWith('/'), 'must be an absolute path')
   .refine(noNul, 'must not contain NUL');
 
+/** cmd, shell, env and cwd of an exec, as JSON: the guest's frame is 64 KiB, the rest of the request fits the difference. */
+export const EXEC_REQUEST_MAX = 60 << 10;
+const utf8 = new TextEncoder();
+
 const Arg = z.string().max(65536).refine(noNul, 'must not contain NUL');
 const EnvName = z.string().regex(/^[A-Za-z_][A-Za-z0-9_]{0,255}$/, 'an environment variable name (letters, digits, _)');
 export const GuestEnv = z
@@ -70,6 +74,17 @@ export const ExecStartRequest = z
       ctx.addIssue({ code: 'custom', path: ['cmd'], message: 'give exactly one of cmd (argv) and shell (a command line)' });
     if (r.detach && r.stdin) ctx.addIssue({ code: 'custom', path: ['stdin'], message: 'a detached process has no stdin stream' });
     if (r.detach && r.pty) ctx.addIssue({ code: 'custom', path: ['pty'], message: 'a detached process has no terminal stream' });
+    // The guest takes the request in one frame: refused here, naming the field, not by the agent session.
+    const size = (v: unknown): number => (v === undefined ? 0 : utf8.encode(JSON.stringify(v)).length);
+    const parts = { cmd: size(r.cmd), shell: size(r.shell), env: size(r.env), cwd: size(r.cwd) };
+    if (parts.cmd + parts.shell + parts.env + parts.cwd > EXEC_REQUEST_MAX) {
+      const field = (Object.keys(parts) as Array<keyof typeof parts>).reduce((a, b) => (parts[b] > parts[a] ? b : a));
+      ctx.addIssue({
+        code: 'custom',
+        path: [field],
+        message: `cmd, shell, env and cwd together must fit ${EXEC_REQUEST_MAX >> 10} KiB of JSON (the guest takes the request in one frame)`,
+      });
+    }
   });
 export type ExecStartRequest = z.infer<typeof ExecStartRequest>;
 

@@ -3,8 +3,7 @@ import type { Logger } from '@forky/base';
 import type { AgentEnd, GuestEvent, GuestStream } from '@forky/agent';
 import { safeHeaders } from '@forky/bus';
 import { ResizeBody, STREAM_CHUNK_MAX, STREAM_HEADERS, boundedText, subjects, type OutKind, type StreamEndBody } from '@forky/contract';
-
-const json = (v: unknown): Uint8Array => new TextEncoder().encode(JSON.stringify(v));
+import { ResizePacer, STREAM_START_IDLE_MS, endBody, json, safeJson } from './helpers.js';
 
 export interface BridgeOptions {
   nc: NatsConnection;
@@ -20,7 +19,11 @@ export interface BridgeOptions {
   inWindow: number;
   /** A file's bytes go out as `data`, a process's as its channel. */
   bytes: 'process' | 'file';
+  /** A PTY exec: the only kind that takes `resize`. */
+  pty?: boolean;
   idleMs: number;
+  /** How long a stream never credited lives: past a client's request timeout, for a keyed retry (90 s). */
+  startIdleMs?: number;
   keepaliveMs: number;
   /** How long the guest gets to end a stream once it is cancelled. */
   cancelGraceMs: number;
@@ -32,6 +35,7 @@ export interface BridgeCounters {
   /** Bytes taken from the guest and not yet published (now, and the most ever). */
   held: number;
   maxHeld: number;
+  /** Bytes sent against the client's credit: chunks and event bodies. */
   sent: number;
   /** Input bytes received and not yet written to the guest, and the most ever. */
   inHeld: number;
@@ -63,13 +67,14 @@ export class Bridge {
   #inQueue: Array<Uint8Array | 'eof'> = [];
   #inPumping = false;
   #finished = false;
-  readonly #cancelSignal: Promise<'cancelled'>;
-  #signalCancel: () => void = () => undefined;
+  /** Wakes the one wait for a guest event, if any: a fresh promise per wait, so none outlives it. */
+  #onCancel: (() => void) | undefined;
+  readonly #resizes: ResizePacer;
 
   constructor(o: BridgeOptions) {
     this.#o = o;
-    this.#cancelSignal = new Promise((resolve) => (this.#signalCancel = () => resolve('cancelled')));
     this.#out = subjects.streamOut(o.hostId, o.sid);
+    this.#resizes = new ResizePacer((rows, cols) => o.stream.resize(rows, cols));
     this.done = this.#pump();
     this.#timer = setInterval(() => this.#tick(), Math.max(10, Math.min(o.keepaliveMs, o.idleMs / 3)));
   }
@@ -84,6 +89,11 @@ export class Bridge {
 
   get ended(): boolean {
     return this.#finished;
+  }
+
+  /** A keyed repeat: its client is alive, though it has not started the stream yet. */
+  touch(): void {
+    this.#lastHeard = Date.now();
   }
 
   /** `credit` from the client: more bytes it takes; also its keepalive. */
@@ -107,9 +117,10 @@ export class Bridge {
     if (seq > this.#inLast + 1) return this.#violation(`input message ${seq} came after ${this.#inLast}`);
     this.#inLast = seq;
     if (kind === 'resize') {
+      if (!this.#o.pty) return this.#violation('a resize on a stream without a terminal');
       const r = safeJson(data, ResizeBody);
       if (!r) return this.#violation('a resize is not {"rows","cols"}');
-      this.#o.stream.resize(r.rows, r.cols);
+      this.#resizes.push(r);
       return;
     }
     if (!this.#o.takesInput) return this.#violation('this stream takes no input');
@@ -133,7 +144,8 @@ export class Bridge {
     if (this.#cancelled || this.#finished) return;
     this.#cancelled = why;
     this.#o.stream.cancel();
-    this.#signalCancel();
+    this.#resizes.stop();
+    this.#onCancel?.();
     this.#wakeUp();
   }
 
@@ -145,7 +157,8 @@ export class Bridge {
   #tick(): void {
     if (this.#finished) return;
     if (this.#started) this.#publish('credit', json({ bytes: 0 }));
-    if (Date.now() - this.#lastHeard > this.#o.idleMs) {
+    const idleMs = this.#started ? this.#o.idleMs : (this.#o.startIdleMs ?? STREAM_START_IDLE_MS);
+    if (Date.now() - this.#lastHeard > idleMs) {
       this.#o.log.info({ sid: this.#o.sid, vm: this.#o.vmId }, 'stream client silent: cancelled');
       this.cancel('idle');
     }
@@ -160,10 +173,11 @@ export class Bridge {
       this.#o.log.warn({ err: e, sid: this.#o.sid }, 'stream failed');
       end = { ok: false, code: 'GONE', message: 'the guest stream failed' };
     }
-    const body = this.#endBody(end);
+    const body = endBody(end, this.#protocol, !!this.#cancelled);
     this.#publish('end', json(body));
     this.#finished = true;
     clearInterval(this.#timer);
+    this.#resizes.stop();
     this.#wakeUp();
     return body;
   }
@@ -180,7 +194,7 @@ export class Bridge {
       if (r.done) return this.#o.stream.ended;
       const ev = r.value;
       if (ev.kind === 'end') return ev.end;
-      if (ev.kind === 'msg' && !this.#cancelled) this.#publish('event', json(ev.msg));
+      if (ev.kind === 'msg') await this.#sendEvent(json(ev.msg));
       if (ev.kind === 'data') await this.#sendBytes(this.#o.bytes === 'file' ? 'data' : ev.channel === 2 ? 'stderr' : 'stdout', ev.bytes);
     }
   }
@@ -188,8 +202,14 @@ export class Bridge {
   /** The next event; once cancelled, only within the grace. */
   async #next(p: Promise<IteratorResult<GuestEvent>>): Promise<IteratorResult<GuestEvent> | 'abandoned'> {
     if (!this.#cancelled) {
-      const r = await Promise.race([p, this.#cancelSignal]);
-      if (r !== 'cancelled') return r;
+      const cancelled = new Promise<'cancelled'>((resolve) => (this.#onCancel = () => resolve('cancelled')));
+      try {
+        const r = await Promise.race([p, cancelled]);
+        if (r !== 'cancelled') return r;
+      } finally {
+        // Dropped, `cancelled` and the race's reaction on it (holding the event) go with it.
+        this.#onCancel = undefined;
+      }
     }
     let timer: NodeJS.Timeout | undefined;
     const grace = new Promise<'abandoned'>((resolve) => (timer = setTimeout(() => resolve('abandoned'), this.#o.cancelGraceMs)));
@@ -198,6 +218,17 @@ export class Bridge {
     } finally {
       clearTimeout(timer);
     }
+  }
+
+  /** An event's body counts against credit (or a guest's MSG flood flows unbounded); whole, once credit covers it. */
+  async #sendEvent(body: Uint8Array): Promise<void> {
+    // More than a window's least could wait for ever (an agent frame is 64 KiB: a sound guest sends none).
+    if (body.length > STREAM_CHUNK_MAX) return this.#violation('the guest sent an event over 64 KiB');
+    await this.#until(() => this.#credit >= body.length || !!this.#cancelled);
+    if (this.#cancelled) return;
+    this.#publish('event', body);
+    this.#credit -= body.length;
+    this.counters.sent += body.length;
   }
 
   async #sendBytes(kind: OutKind, bytes: Uint8Array): Promise<void> {
@@ -246,18 +277,6 @@ export class Bridge {
     this.#publish('credit', json({ bytes }));
   }
 
-  #endBody(end: AgentEnd): StreamEndBody {
-    if (this.#protocol) return { ok: false, code: 'PROTOCOL', message: boundedText(this.#protocol, 200) };
-    if (!end.ok) return { ok: false, code: boundedText(end.code, 64), message: boundedText(end.message, 4000) };
-    const body: StreamEndBody = { ok: true };
-    if (end.exitCode !== undefined) body.exitCode = end.exitCode;
-    if (end.signal !== undefined) body.signal = end.signal;
-    if (end.timedOut !== undefined) body.timedOut = end.timedOut;
-    if (end.cancelled || this.#cancelled) body.cancelled = true;
-    if (end.bytes !== undefined) body.bytes = end.bytes;
-    return body;
-  }
-
   #publish(kind: OutKind, body: Uint8Array): void {
     try {
       this.#o.nc.publish(this.#out, body, { headers: safeHeaders({ [STREAM_HEADERS.seq]: ++this.#seq, [STREAM_HEADERS.kind]: kind }) });
@@ -276,14 +295,5 @@ export class Bridge {
     const w = this.#wake;
     this.#wake = undefined;
     w?.();
-  }
-}
-
-function safeJson<T>(data: Uint8Array, schema: { safeParse(v: unknown): { success: true; data: T } | { success: false } }): T | undefined {
-  try {
-    const r = schema.safeParse(JSON.parse(new TextDecoder().decode(data)));
-    return r.success ? r.data : undefined;
-  } catch {
-    return undefined;
   }
 }

@@ -1,5 +1,5 @@
 import type { Msg, NatsConnection, Subscription } from '@nats-io/nats-core';
-import { ForkyError, silentLogger, type Logger } from '@forky/base';
+import { CapacityError, ForkyError, silentLogger, type Logger } from '@forky/base';
 import type { GuestEvent, GuestRequest, GuestSession, GuestStream } from '@forky/agent';
 import { headerOf } from '@forky/bus';
 import {
@@ -15,7 +15,11 @@ import {
   type StreamOpenReply,
 } from '@forky/contract';
 import { Bridge } from './bridge.js';
-import { DEFAULT_STREAM_LIMITS, StreamRegistry, newSid, type StreamLimits } from './registry.js';
+import { DEFAULT_STREAM_LIMITS, StreamRegistry, newSid, ranNothing, type StreamLimits } from './registry.js';
+
+/** One-shot guest calls at once per VM: each holds a guest stream and up to a reply's worth of hostd memory. */
+const UNARY_PER_VM = 16;
+import { fingerprint, withinMs } from './helpers.js';
 import { guestError, unary } from './unary.js';
 
 export interface GuestStreamsOptions {
@@ -31,6 +35,10 @@ export interface GuestStreamsOptions {
   cancelGraceMs?: number;
   /** How long an exec's open waits for its pid. */
   startedWaitMs?: number;
+  /** How long a stream that never had credit lives (default 90 s: past a client's request timeout). */
+  startIdleMs?: number;
+  /** One-shot calls at once per VM (CAPACITY beyond). */
+  unaryPerVm?: number;
 }
 
 export type GuestHandlers = { [E in GuestEndpoint]: (req: ParsedRequestOf<E>) => Promise<ReplyOf<E>> };
@@ -43,6 +51,7 @@ interface OpenSpec {
   bytes: 'process' | 'file';
   /** Wait for the first event (an exec's `started`) to answer with the pid. */
   awaitPid: boolean;
+  pty?: boolean;
 }
 
 /**
@@ -55,6 +64,10 @@ export class GuestStreams {
   readonly #log: Logger;
   #sub: Subscription | undefined;
   readonly #prefix: string;
+  #stopping = false;
+  /** Opens under way (not yet a Bridge in the registry), for stop to wait out. */
+  readonly #opening = new Set<Promise<unknown>>();
+  readonly #unaryBusy = new Map<string, number>();
 
   constructor(o: GuestStreamsOptions) {
     this.#o = o;
@@ -68,19 +81,50 @@ export class GuestStreams {
     this.#sub = this.#o.nc.subscribe(subjects.streamsOf(this.#o.hostId), { callback: (err, msg) => this.#onMessage(err, msg) });
   }
 
-  /** Cancels every stream (their ends go out) and stops listening. */
+  /** Refuses new opens, cancels every stream (ends go out), waits out opens under way (they refuse), stops listening. */
   async stop(): Promise<void> {
+    this.#stopping = true;
     const all = this.registry.all();
     for (const b of all) b.cancel('host');
-    await Promise.all(all.map((b) => b.done));
+    await Promise.allSettled([...this.#opening]);
+    const late = this.registry.all();
+    for (const b of late) b.cancel('host');
+    await Promise.all([...all, ...late].map((b) => b.done));
     this.#sub?.unsubscribe();
+  }
+
+  #refuseIfStopping(): void {
+    if (this.#stopping) throw new ForkyError('UNAVAILABLE', 'this host is stopping: it opens no more streams');
+  }
+
+  /** A one-shot call within the VM's limit of calls at once. */
+  async #unary(vmId: string, run: (s: GuestSession) => Promise<unknown>): Promise<unknown> {
+    this.#refuseIfStopping();
+    const n = this.#unaryBusy.get(vmId) ?? 0;
+    const max = this.#o.unaryPerVm ?? UNARY_PER_VM;
+    if (n >= max) throw new CapacityError(`VM ${vmId} has ${n} guest calls under way, the most it may`);
+    this.#unaryBusy.set(vmId, n + 1);
+    try {
+      return await run(await this.#o.guest(vmId));
+    } finally {
+      const left = (this.#unaryBusy.get(vmId) ?? 1) - 1;
+      if (left > 0) this.#unaryBusy.set(vmId, left);
+      else this.#unaryBusy.delete(vmId);
+    }
+  }
+
+  /** Runs an open, counted while under way so stop can wait for it. */
+  #track<T>(p: Promise<T>): Promise<T> {
+    this.#opening.add(p);
+    void p.finally(() => this.#opening.delete(p)).catch(() => undefined);
+    return p;
   }
 
   handlers(): GuestHandlers {
     const unaryHandlers = Object.fromEntries(
       GUEST_UNARY_ENDPOINTS.map((e) => [
         e,
-        async (r: { id: string }) => (unary[e] as (s: GuestSession, r: unknown) => Promise<unknown>)(await this.#o.guest(r.id), r),
+        (r: { id: string }) => this.#unary(r.id, (s) => (unary[e] as (s: GuestSession, r: unknown) => Promise<unknown>)(s, r)),
       ]),
     ) as unknown as Pick<GuestHandlers, (typeof GUEST_UNARY_ENDPOINTS)[number]>;
     return {
@@ -99,9 +143,9 @@ export class GuestStreams {
           detach: r.detach,
           ...(r.pty ? { pty: r.pty } : {}),
         };
-        const open = (): Promise<StreamOpenReply> =>
+        const open = (sent: () => void = () => undefined): Promise<StreamOpenReply> =>
           r.detach
-            ? this.#detached(r.id, req)
+            ? this.#detached(r.id, req, sent)
             : this.#open({
                 vmId: r.id,
                 req,
@@ -109,6 +153,7 @@ export class GuestStreams {
                 takesInput: req.stdin === true,
                 bytes: 'process',
                 awaitPid: true,
+                pty: !!r.pty,
               });
         return r.key ? this.registry.keyed(r.key, fingerprint(r), open) : open();
       },
@@ -154,15 +199,28 @@ export class GuestStreams {
     };
   }
 
-  async #detached(vmId: string, req: GuestRequest): Promise<StreamOpenReply> {
+  #detached(vmId: string, req: GuestRequest, sent: () => void): Promise<StreamOpenReply> {
+    return this.#track(this.#detachedNow(vmId, req, sent));
+  }
+
+  async #detachedNow(vmId: string, req: GuestRequest, sent: () => void): Promise<StreamOpenReply> {
+    this.#refuseIfStopping();
     const session = await this.#o.guest(vmId);
+    // From here the OPEN may reach the guest, and a detached process outlives any answer lost.
+    sent();
     const { end } = await session.call(req, this.#o.startedWaitMs ?? 30_000);
-    if (!end.ok) throw guestError(end, 'exec');
+    // The agent's own refusal ran nothing; GONE and PROTOCOL are the host's: it may have run.
+    if (!end.ok) throw end.code === 'GONE' || end.code === 'PROTOCOL' ? guestError(end, 'exec') : ranNothing(guestError(end, 'exec'));
     if (end.pid === undefined) throw new ForkyError('INTERNAL', 'the guest started a detached process without saying its pid');
     return { pid: end.pid };
   }
 
-  async #open(s: OpenSpec): Promise<StreamOpenReply> {
+  #open(s: OpenSpec): Promise<StreamOpenReply> {
+    return this.#track(this.#openNow(s));
+  }
+
+  async #openNow(s: OpenSpec): Promise<StreamOpenReply> {
+    this.#refuseIfStopping();
     const release = this.registry.reserve(s.vmId);
     let stream: GuestStream | undefined;
     try {
@@ -176,6 +234,8 @@ export class GuestStreams {
         const r = await withinMs(first, this.#o.startedWaitMs ?? 10_000);
         if (r && !r.done && r.value.kind === 'msg' && r.value.msg.type === 'started') pid = r.value.msg.pid;
       }
+      // Stop began while the pid was awaited: no bridge may outlive the subscription.
+      this.#refuseIfStopping();
       const sid = newSid();
       const bridge = new Bridge({
         nc: this.#o.nc,
@@ -188,6 +248,8 @@ export class GuestStreams {
         takesInput: s.takesInput,
         inWindow: DEFAULT_STREAM_WINDOW,
         bytes: s.bytes,
+        pty: s.pty ?? false,
+        ...(this.#o.startIdleMs === undefined ? {} : { startIdleMs: this.#o.startIdleMs }),
         idleMs: this.#o.idleMs ?? STREAM_IDLE_MS,
         keepaliveMs: this.#o.keepaliveMs ?? STREAM_KEEPALIVE_MS,
         cancelGraceMs: this.#o.cancelGraceMs ?? 10_000,
@@ -232,21 +294,5 @@ export class GuestStreams {
       // A body or header that cannot be read: the client is broken, its stream is not worth keeping.
       bridge.cancel('host');
     }
-  }
-}
-
-/** The request a key names, but for the key (and the window: a retry may pick another). */
-function fingerprint(r: { key?: string; window?: number }): string {
-  const { key: _key, window: _window, ...rest } = r;
-  return JSON.stringify(rest);
-}
-
-/** `p`'s value, or undefined after `ms` (p goes on). */
-async function withinMs<T>(p: Promise<T>, ms: number): Promise<T | undefined> {
-  let timer: NodeJS.Timeout | undefined;
-  try {
-    return await Promise.race([p, new Promise<undefined>((resolve) => (timer = setTimeout(() => resolve(undefined), ms)))]);
-  } finally {
-    clearTimeout(timer);
   }
 }

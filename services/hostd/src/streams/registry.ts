@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { CapacityError, ConflictError } from '@forky/base';
+import { CapacityError, ConflictError, ForkyError } from '@forky/base';
 import type { StreamOpenReply } from '@forky/contract';
 import type { Bridge } from './bridge.js';
 
@@ -23,6 +23,13 @@ export function newSid(): string {
     }
   }
   return out;
+}
+
+/** Errors of an open that ran nothing in the guest (the agent refused it): its key may be given again. */
+const notRun = new WeakSet<object>();
+export function ranNothing<E extends object>(e: E): E {
+  notRun.add(e);
+  return e;
 }
 
 interface Keyed {
@@ -86,10 +93,17 @@ export class StreamRegistry {
 
   /**
    * Runs `open` once per key: the same key and request again get its reply (still pending, or
-   * done); the same key for another request is a CONFLICT. An open that failed is forgotten, so
-   * a retry runs it again: it failed before the guest ran anything of it.
+   * done); the same key for another request is a CONFLICT. An open that failed before it called
+   * `sent` (the OPEN went to the guest), or with an error marked `ranNothing`, is forgotten, so a
+   * retry runs it again. Any other failure may have run it (a detached process outlives a lost
+   * answer): repeats get UNAVAILABLE, never a second run.
    */
-  keyed(key: string, fingerprint: string, open: () => Promise<StreamOpenReply>, now = Date.now()): Promise<StreamOpenReply> {
+  keyed(
+    key: string,
+    fingerprint: string,
+    open: (sent: () => void) => Promise<StreamOpenReply>,
+    now = Date.now(),
+  ): Promise<StreamOpenReply> {
     for (const [k, v] of this.#keys) if (now - v.at > this.limits.keyTtlMs) this.#keys.delete(k);
     const seen = this.#keys.get(key);
     if (seen) {
@@ -97,16 +111,31 @@ export class StreamRegistry {
         return Promise.reject(new ConflictError(`key ${key} was used for another request`, { field: 'key' }));
       return seen.reply.then((r) => this.#stillOpen(key, r));
     }
-    const reply = open();
-    this.#keys.set(key, { fingerprint, reply, at: now });
-    reply.catch(() => this.#keys.delete(key));
+    let sent = false;
+    const reply = open(() => (sent = true));
+    const entry: Keyed = { fingerprint, reply, at: now };
+    this.#keys.set(key, entry);
+    reply.catch((e: unknown) => {
+      if (this.#keys.get(key) !== entry) return;
+      if (!sent || (typeof e === 'object' && e !== null && notRun.has(e))) this.#keys.delete(key);
+      else {
+        const unknown = new ForkyError('UNAVAILABLE', `the first attempt's outcome is unknown: it may have run (key ${key})`, {
+          details: { field: 'key' },
+        });
+        entry.reply = Promise.reject(unknown);
+        entry.reply.catch(() => undefined);
+      }
+    });
     return reply;
   }
 
   /** A repeat finds its stream; one whose stream ended meanwhile cannot be given it again. */
   #stillOpen(key: string, r: StreamOpenReply): StreamOpenReply {
-    if (r.stream && !this.#streams.has(r.stream.sid))
+    const bridge = r.stream && this.#streams.get(r.stream.sid);
+    if (r.stream && !bridge)
       throw new ConflictError(`the stream opened under key ${key} has ended (open another under a new key)`, { field: 'key' });
+    // A retry after a lost reply: its client lives, so the stream must wait for its first credit.
+    bridge?.touch();
     return r;
   }
 }

@@ -1,11 +1,11 @@
-import { ForkyError, type ErrorCode } from '@forky/base';
-import type { AgentEnd, AgentMsg, GuestRequest, GuestSession } from '@forky/agent';
+import { DeadlineError, ForkyError, type ErrorCode } from '@forky/base';
+import type { AgentEnd, AgentMsg, GuestRequest, GuestSession, GuestStat } from '@forky/agent';
 import { boundedText, type GuestUnaryEndpoint, type ParsedRequestOf, type ReplyOf } from '@forky/contract';
 
 /** How long a one-shot call in the guest may take. */
 const CALL_TIMEOUT_MS = 30_000;
-/** A listing stops short of this much JSON: its reply must fit NATS's 1 MiB max_payload. */
-const LIST_MAX_BYTES = 768 << 10;
+/** A listing stops short of this many bytes of JSON: its reply must fit NATS's 1 MiB max_payload. */
+export const LIST_MAX_BYTES = 768 << 10;
 
 /**
  * The agent's error codes as the wire's: those it has by name keep it; the rest go to the
@@ -38,6 +38,47 @@ async function call(session: GuestSession, req: GuestRequest, what: string): Pro
   return { end, msgs };
 }
 
+type Entry = { name: string; stat: GuestStat };
+
+/**
+ * A listing as a stream, so it stops (the guest's stream cancelled) once the reply is full:
+ * counted in bytes of JSON, as the reply is (a CJK or escaped name is several per character).
+ */
+async function list(s: GuestSession, path: string): Promise<{ entries: Entry[]; truncated: boolean }> {
+  const what = `list ${boundedText(path, 200)}`;
+  const stream = s.open({ op: 'list', path });
+  let late = false;
+  const timer = setTimeout(() => {
+    late = true;
+    stream.cancel();
+  }, CALL_TIMEOUT_MS);
+  const entries: Entry[] = [];
+  let bytes = 0;
+  try {
+    for await (const ev of stream.events) {
+      if (late) throw new DeadlineError(what, CALL_TIMEOUT_MS);
+      if (ev.kind === 'end') {
+        if (ev.end.ok) return { entries, truncated: false };
+        throw guestError(ev.end, what);
+      }
+      if (ev.kind !== 'msg' || ev.msg.type !== 'entries') continue;
+      for (const e of ev.msg.entries) {
+        bytes += Buffer.byteLength(JSON.stringify(e)) + 1;
+        // Leaving the loop cancels the guest's stream: it lists no more.
+        if (bytes > LIST_MAX_BYTES) return { entries, truncated: true };
+        entries.push(e);
+      }
+    }
+    const end = await stream.ended;
+    if (late) throw new DeadlineError(what, CALL_TIMEOUT_MS);
+    if (!end.ok) throw guestError(end, what);
+    return { entries, truncated: false };
+  } finally {
+    clearTimeout(timer);
+    stream.cancel();
+  }
+}
+
 type Unary = { [E in GuestUnaryEndpoint]: (s: GuestSession, r: ParsedRequestOf<E>) => Promise<ReplyOf<E>> };
 
 /** The one-shot endpoints, each one agent call. */
@@ -47,20 +88,7 @@ export const unary: Unary = {
     await call(s, { op: 'signal', pid: r.pid, signal: r.signal }, `signal ${r.pid}`);
     return {};
   },
-  'file.list': async (s, r) => {
-    const { msgs } = await call(s, { op: 'list', path: r.path }, `list ${boundedText(r.path, 200)}`);
-    const entries: Array<{ name: string; stat: NonNullable<AgentEnd & { ok: true }>['stat'] & object }> = [];
-    let bytes = 0;
-    for (const m of msgs) {
-      if (m.type !== 'entries') continue;
-      for (const e of m.entries) {
-        bytes += e.name.length + 96;
-        if (bytes > LIST_MAX_BYTES) return { entries, truncated: true };
-        entries.push(e);
-      }
-    }
-    return { entries, truncated: false };
-  },
+  'file.list': (s, r) => list(s, r.path),
   'file.stat': async (s, r) => {
     const { end } = await call(s, { op: 'stat', path: r.path }, `stat ${boundedText(r.path, 200)}`);
     if (!end.stat) throw new ForkyError('INTERNAL', `the guest answered stat ${boundedText(r.path, 200)} without a stat`);
