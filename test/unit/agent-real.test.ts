@@ -1,9 +1,11 @@
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
+import { promisify } from 'node:util';
 import { pollUntil } from '@forky/base';
 import { connectAgent, type AgentEnd, type AgentMsg, type GuestSession, type GuestStream } from '@forky/agent';
 import { AgentHarness, agentBinary, agentSourcesPresent, AGENT_SRC } from '../helpers/agent-binary.js';
@@ -82,6 +84,20 @@ describe('agent session against the real forky-agent', { timeout: 180_000 }, asy
     const c = await done;
     assert.equal(c.stdout, 'to cat\n');
     assert.equal(c.end.ok && c.end.exitCode, 0);
+  });
+
+  test('children start with no signal ignored; a FIFO is refused, not opened', async () => {
+    const st = await collect(session.open({ op: 'exec', cmd: ['grep', 'SigIgn', '/proc/self/status'] }));
+    assert.equal(st.stdout, 'SigIgn:\t0000000000000000\n');
+    const pty = await collect(session.open({ op: 'exec', cmd: ['grep', 'SigIgn', '/proc/self/status'], pty: { rows: 24, cols: 80 } }));
+    assert.match(pty.stdout, /SigIgn:\t0000000000000000/);
+    const fifo = path.join(dir, 'fifo');
+    await promisify(execFile)('mkfifo', [fifo]);
+    const rd = await collect(session.open({ op: 'read', path: fifo }));
+    assert.equal(!rd.end.ok && rd.end.code, 'INVALID');
+    const wr = session.open({ op: 'write', path: fifo, mode: 'truncate' });
+    const w = await collect(wr);
+    assert.equal(!w.end.ok && w.end.code, 'INVALID');
   });
 
   test('exit codes: 127 not found, 126 not executable, 124 timeout kills the whole group', async () => {

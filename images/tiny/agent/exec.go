@@ -35,7 +35,7 @@ func (s *session) opExec(st *stream, r *request) {
 	if r.Pty != nil {
 		errCh = 1
 	}
-	path, code := findExecutable(r.Cmd[0], envGet(env, "PATH"))
+	path, code := findExecutable(r.Cmd[0], envGet(env, "PATH"), r.Cwd)
 	if code != 0 {
 		execFailed(st, errCh, r.Cmd[0], code)
 		return
@@ -80,19 +80,22 @@ func (s *session) opExec(st *stream, r *request) {
 			waiting = false
 		case <-timeout:
 			p.mu.Lock()
-			p.timedOut = p.running
+			p.timedOut = !p.exited // one that exited and is draining keeps its own status
 			p.mu.Unlock()
-			p.killGroup()
+			p.kill()
 			waiting = false
 		case <-stop:
 			if st.isGone() && !st.isCancelled() {
 				stop = nil // a new session: the process runs on, its timeout still holds
+				p.mu.Lock()
+				p.orphaned = true // and counts as detached from now on
+				p.mu.Unlock()
 				continue
 			}
 			p.mu.Lock()
-			p.cancelled = p.running
+			p.cancelled = !p.exited
 			p.mu.Unlock()
-			p.killGroup()
+			p.kill()
 			waiting = false
 		}
 	}
@@ -121,28 +124,6 @@ func execFailed(st *stream, ch byte, name string, code int) {
 	st.end(map[string]any{"ok": true, "exitCode": code, "signal": nil, "timedOut": false, "cancelled": st.isCancelled()})
 }
 
-// feedInput copies the host's channel-0 bytes to the process, granting credit as it goes.
-func feedInput(st *stream, w *os.File, pty bool) {
-	if !pty { // a PTY's master is also its output: reap closes it
-		defer w.Close()
-	}
-	st.grant(inputWindow)
-	for {
-		b, err := st.readInput()
-		if err != nil {
-			// EOF, or the stream gone with its session (stdin closes): a terminal gets ^D.
-			if err != errCancelled && pty {
-				_, _ = w.Write([]byte{4}) // ^D: a terminal's end of input
-			}
-			return
-		}
-		if _, err := w.Write(b); err != nil {
-			return
-		}
-		st.grant(len(b))
-	}
-}
-
 // startProc starts the process in its own group (its own session with a PTY) and the
 // goroutines that collect its output and its exit.
 func (s *session) startProc(st *stream, r *request, path string, env []string, cred *syscall.Credential) (p *proc, stdin, master *os.File, err error) {
@@ -164,7 +145,7 @@ func (s *session) startProc(st *stream, r *request, path string, env []string, c
 		}
 	}()
 	if r.Pty != nil {
-		m, sl, e := openPty(r.Pty.Rows, r.Pty.Cols)
+		m, sl, e := openPty(r.Pty.Rows, r.Pty.Cols, cred)
 		if e != nil {
 			return nil, nil, nil, e
 		}
@@ -206,7 +187,7 @@ func (s *session) startProc(st *stream, r *request, path string, env []string, c
 		return nil, nil, nil, err
 	}
 	p = &proc{pid: proc0.Pid, cmd: r.Cmd, detached: r.Detach, pty: r.Pty != nil, startedAt: nowMs(),
-		ring: newRing(), done: make(chan struct{}), running: true}
+		ring: newRing(), done: make(chan struct{}), running: true, master: master}
 	s.procs.add(p)
 	var fg *stream
 	if !r.Detach {
@@ -226,27 +207,12 @@ func (s *session) startProc(st *stream, r *request, path string, env []string, c
 	return p, stdin, master, nil
 }
 
-// collect reads one output channel into the ring and, for a foreground process, to the stream
-// (within its credit: a host that stops reading stops the process).
-func collect(p *proc, fg *stream, ch byte, f *os.File, wg *sync.WaitGroup) {
-	defer wg.Done()
-	buf := make([]byte, chunkSize)
-	for {
-		n, err := f.Read(buf)
-		if n > 0 {
-			p.ring.write(ch, buf[:n])
-			if fg != nil && fg.data(ch, buf[:n]) != nil {
-				fg = nil // the stream stopped: the ring alone gets the rest
-			}
-		}
-		if err != nil {
-			return // EOF, EIO (a PTY whose last slave closed) or the drain deadline
-		}
-	}
-}
-
 func (s *session) reap(p *proc, pr *os.Process, outs []*os.File, wg *sync.WaitGroup) {
 	state, err := pr.Wait()
+	p.mu.Lock()
+	p.exited = true // from here on its pid may be reused: nothing signals it
+	p.mu.Unlock()
+	p.draining.Store(true)
 	for _, f := range outs {
 		_ = f.SetReadDeadline(time.Now().Add(drainGrace))
 	}

@@ -88,7 +88,15 @@ func opRead(st *stream, r *request) {
 		st.fail("INVALID", "read: offset and length must not be negative")
 		return
 	}
-	f, err := os.Open(r.Path)
+	f, err := openRegular(r.Path, syscall.O_RDONLY, 0)
+	if err == errNotRegular {
+		st.fail("INVALID", "read: "+r.Path+" is not a regular file")
+		return
+	}
+	if errors.Is(err, syscall.EISDIR) {
+		st.fail("IS_DIR", "read: "+r.Path+" is a directory")
+		return
+	}
 	if err != nil {
 		failErr(st, "read", err)
 		return
@@ -97,10 +105,6 @@ func opRead(st *stream, r *request) {
 	fi, err := f.Stat()
 	if err != nil {
 		failErr(st, "read", err)
-		return
-	}
-	if fi.IsDir() {
-		st.fail("IS_DIR", "read: "+r.Path+" is a directory")
 		return
 	}
 	st.opened()
@@ -151,21 +155,21 @@ func opWrite(st *stream, r *request) {
 	if !absPath(st, r.Path) {
 		return
 	}
-	flags := os.O_WRONLY | os.O_CREATE
+	flags := syscall.O_WRONLY | syscall.O_CREAT
 	switch r.Mode {
 	case "truncate":
-		flags |= os.O_TRUNC
+		flags |= syscall.O_TRUNC
 	case "create":
-		flags |= os.O_EXCL
+		flags |= syscall.O_EXCL
 	case "append":
-		flags |= os.O_APPEND
+		flags |= syscall.O_APPEND
 	default:
 		st.fail("INVALID", "write: mode must be truncate, create or append")
 		return
 	}
-	perm := os.FileMode(0o644)
+	perm := uint32(0o644)
 	if r.Perm != nil {
-		perm = os.FileMode(*r.Perm & 0o7777)
+		perm = *r.Perm & 0o777
 	}
 	if r.Parents {
 		if err := os.MkdirAll(filepath.Dir(r.Path), 0o755); err != nil {
@@ -174,7 +178,11 @@ func opWrite(st *stream, r *request) {
 		}
 	}
 	_, statErr := os.Lstat(r.Path)
-	f, err := os.OpenFile(r.Path, flags, perm)
+	f, err := openRegular(r.Path, flags, perm)
+	if err == errNotRegular {
+		st.fail("INVALID", "write: "+r.Path+" is not a regular file")
+		return
+	}
 	if err != nil {
 		failErr(st, "write", err)
 		return
@@ -224,4 +232,36 @@ func permExtra(p uint32) fs.FileMode {
 		m |= fs.ModeSticky
 	}
 	return m
+}
+
+var errNotRegular = errors.New("not a regular file")
+
+// openRegular opens path without blocking (a FIFO would block the open until a peer came, and
+// then its reads and writes would ignore CANCEL) and refuses anything but a regular file:
+// errNotRegular, or EISDIR for a directory.
+func openRegular(path string, flags int, perm uint32) (*os.File, error) {
+	fd, err := syscall.Open(path, flags|syscall.O_NONBLOCK|syscall.O_CLOEXEC, perm)
+	if err == syscall.ENXIO { // a FIFO without a reader, a socket, a device with nothing behind
+		return nil, errNotRegular
+	}
+	if err != nil {
+		return nil, &os.PathError{Op: "open", Path: path, Err: err}
+	}
+	var st syscall.Stat_t
+	if err := syscall.Fstat(fd, &st); err != nil {
+		syscall.Close(fd)
+		return nil, &os.PathError{Op: "stat", Path: path, Err: err}
+	}
+	if st.Mode&syscall.S_IFMT != syscall.S_IFREG {
+		syscall.Close(fd)
+		if st.Mode&syscall.S_IFMT == syscall.S_IFDIR {
+			return nil, syscall.EISDIR
+		}
+		return nil, errNotRegular
+	}
+	if err := syscall.SetNonblock(fd, false); err != nil {
+		syscall.Close(fd)
+		return nil, err
+	}
+	return os.NewFile(uintptr(fd), path), nil
 }

@@ -11,6 +11,8 @@ import (
 	"os"
 	"os/signal"
 	"runtime/debug"
+	"strconv"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -26,7 +28,7 @@ func main() {
 	// The guest may have 128 MiB: collect early, stay small.
 	debug.SetGCPercent(50)
 	debug.SetMemoryLimit(32 << 20)
-	signal.Ignore(syscall.SIGHUP, syscall.SIGPIPE)
+	setupSignals()
 
 	s := newSession()
 	if *connect != "" {
@@ -54,4 +56,31 @@ func main() {
 func shutdown(s *session) {
 	s.procs.killAll()
 	os.Exit(0)
+}
+
+// setupSignals catches (and drops) the signals the agent must survive instead of ignoring
+// them: an ignored disposition survives exec into every child, a caught one is reset to
+// default. Whatever the agent inherited as ignored (init runs it as a background job, which
+// ignores INT and QUIT) is caught too, so children never start with it ignored.
+func setupSignals() {
+	sigs := []os.Signal{syscall.SIGHUP, syscall.SIGPIPE, syscall.SIGINT, syscall.SIGQUIT}
+	if b, err := os.ReadFile("/proc/self/status"); err == nil {
+		for _, l := range strings.Split(string(b), "\n") {
+			if !strings.HasPrefix(l, "SigIgn:") {
+				continue
+			}
+			mask, _ := strconv.ParseUint(strings.TrimSpace(l[len("SigIgn:"):]), 16, 64)
+			for n := 1; n < 32; n++ {
+				if mask&(1<<(n-1)) != 0 && n != int(syscall.SIGKILL) && n != int(syscall.SIGSTOP) {
+					sigs = append(sigs, syscall.Signal(n))
+				}
+			}
+		}
+	}
+	c := make(chan os.Signal, 16)
+	signal.Notify(c, sigs...)
+	go func() {
+		for range c {
+		}
+	}()
 }

@@ -1,13 +1,16 @@
 package main
 
 import (
+	"os"
 	"sync"
+	"sync/atomic"
 	"syscall"
 )
 
 const (
 	maxDetached = 64
 	keepExited  = 64
+	maxBufMem   = 8 << 20 // all processes' buffers: the oldest exited ones go first
 )
 
 // proc is a process the agent started; its pid is also its process group id.
@@ -18,17 +21,19 @@ type proc struct {
 	pty       bool
 	startedAt int64
 	ring      *ring
+	master    *os.File      // a PTY's master, for its foreground group; nil without a PTY
 	done      chan struct{} // closed once it exited and its output is drained
+	draining  atomic.Bool   // it exited: its output is read until the pipes are idle
 
 	mu        sync.Mutex
 	running   bool
+	exited    bool // reaped (running stays true while its output drains)
+	orphaned  bool // a foreground process whose session was replaced: runs on as if detached
 	exitCode  int
 	sig       string // the signal that killed it, "" if none
 	timedOut  bool
 	cancelled bool
 }
-
-func (p *proc) killGroup() { _ = syscall.Kill(-p.pid, syscall.SIGKILL) }
 
 func (p *proc) exitResult() map[string]any {
 	p.mu.Lock()
@@ -66,7 +71,7 @@ func (t *procTable) detachedRunning() int {
 	n := 0
 	for _, p := range t.byPid {
 		p.mu.Lock()
-		if p.detached && p.running {
+		if (p.detached || p.orphaned) && p.running {
 			n++
 		}
 		p.mu.Unlock()
@@ -87,6 +92,17 @@ func (t *procTable) markExited(p *proc) {
 			delete(t.byPid, old.pid)
 		}
 	}
+	total := 0
+	for _, q := range t.byPid {
+		total += q.ring.memory()
+	}
+	for _, old := range t.exited {
+		if total <= maxBufMem {
+			break
+		}
+		total -= old.ring.memory()
+		old.ring.discard()
+	}
 }
 
 func (t *procTable) running(filter func(*proc) bool) []*proc {
@@ -105,26 +121,8 @@ func (t *procTable) running(filter func(*proc) bool) []*proc {
 
 func (t *procTable) killAll() {
 	for _, p := range t.running(func(*proc) bool { return true }) {
-		p.killGroup()
+		p.kill()
 	}
-}
-
-func (s *session) opPs(st *stream) {
-	t := s.procs
-	t.mu.Lock()
-	list := make([]map[string]any, 0, len(t.byPid))
-	for _, p := range t.byPid {
-		p.mu.Lock()
-		var code any
-		if !p.running {
-			code = p.exitCode
-		}
-		list = append(list, map[string]any{"pid": p.pid, "cmd": p.cmd, "detached": p.detached, "pty": p.pty,
-			"running": p.running, "exitCode": code, "startedAtMs": p.startedAt})
-		p.mu.Unlock()
-	}
-	t.mu.Unlock()
-	st.end(map[string]any{"ok": true, "processes": list})
 }
 
 var signals = map[string]syscall.Signal{
@@ -182,13 +180,18 @@ func (s *session) opSignal(st *stream, r *request) {
 	target := r.Pid
 	if p := s.procs.get(r.Pid); p != nil {
 		p.mu.Lock()
-		running := p.running
+		running := p.running && !p.exited
 		p.mu.Unlock()
 		if !running {
 			st.fail("NOT_FOUND", "process has exited")
 			return
 		}
-		target = -p.pid
+		if err := p.signal(sig); err != nil {
+			st.fail(errCode(err), "signal: "+err.Error())
+			return
+		}
+		st.end(map[string]any{"ok": true})
+		return
 	}
 	if err := syscall.Kill(target, sig); err != nil {
 		st.fail(errCode(err), "signal: "+err.Error())

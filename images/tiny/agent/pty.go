@@ -4,12 +4,16 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"strconv"
+	"strings"
 	"syscall"
 	"unsafe"
 )
 
-// openPty opens a pseudo-terminal pair the way posix_openpt/unlockpt/ptsname do.
-func openPty(rows, cols uint16) (master, slave *os.File, err error) {
+// openPty opens a pseudo-terminal pair the way posix_openpt/unlockpt/ptsname do; with cred,
+// the slave is the user's (and group tty's), as login would make it, so the process may
+// reopen /dev/tty and set its modes.
+func openPty(rows, cols uint16, cred *syscall.Credential) (master, slave *os.File, err error) {
 	master, err = os.OpenFile("/dev/ptmx", os.O_RDWR|syscall.O_NOCTTY|syscall.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, nil, err
@@ -21,6 +25,9 @@ func openPty(rows, cols uint16) (master, slave *os.File, err error) {
 	}
 	if err == nil {
 		slave, err = os.OpenFile(fmt.Sprintf("/dev/pts/%d", n), os.O_RDWR|syscall.O_NOCTTY|syscall.O_CLOEXEC, 0)
+	}
+	if err == nil && cred != nil {
+		_ = slave.Chown(int(cred.Uid), ttyGid()) // best effort: the process can run without it
 	}
 	if err == nil {
 		err = setWinsize(master, rows, cols)
@@ -79,4 +86,17 @@ func resizeHandler(master *os.File) func([]byte) {
 			_ = setWinsize(master, m.Rows, m.Cols)
 		}
 	}
+}
+
+// ttyGid is group tty's gid from /etc/group, -1 (unchanged) if there is none.
+func ttyGid() int {
+	b, _ := os.ReadFile("/etc/group")
+	for _, l := range strings.Split(string(b), "\n") {
+		if f := strings.Split(l, ":"); len(f) >= 3 && f[0] == "tty" {
+			if g, err := strconv.Atoi(f[2]); err == nil {
+				return g
+			}
+		}
+	}
+	return -1
 }

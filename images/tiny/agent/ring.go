@@ -5,12 +5,19 @@ import (
 	"sync"
 )
 
-const ringSize = 1 << 20
+const (
+	ringSize = 1 << 20
+	// ringMem bounds what the chunks cost, their headers included: many small chunks (a
+	// writer alternating stdout and stderr) hold less than ringSize of output.
+	ringMem       = ringSize + ringSize/2
+	chunkOverhead = 48
+)
 
 type chunk struct {
-	off int64 // absolute offset of b[0] in the process's output
-	ch  byte
-	b   []byte
+	off   int64 // absolute offset of b[0] in the process's output
+	ch    byte
+	b     []byte
+	alloc int // bytes allocated for b, plus chunkOverhead
 }
 
 // ring keeps a process's last 1 MiB of output (both channels, in order) for attach.
@@ -19,6 +26,7 @@ type ring struct {
 	chunks []chunk
 	start  int64 // absolute offset of the oldest byte held
 	total  int64 // bytes ever written
+	mem    int   // sum of the chunks' alloc
 	closed bool
 	wake   chan struct{} // closed and replaced on every change
 }
@@ -37,18 +45,23 @@ func (r *ring) write(ch byte, b []byte) {
 	defer r.mu.Unlock()
 	// Small writes coalesce, so a byte-at-a-time writer does not cost a chunk per byte.
 	if n := len(r.chunks); n > 0 && r.chunks[n-1].ch == ch && len(r.chunks[n-1].b)+len(b) <= chunkSize {
-		r.chunks[n-1].b = append(r.chunks[n-1].b, b...)
+		c := &r.chunks[n-1]
+		old := cap(c.b)
+		c.b = append(c.b, b...)
+		c.alloc += cap(c.b) - old
+		r.mem += cap(c.b) - old
 	} else {
-		c := make([]byte, len(b), max(len(b), 1024))
-		copy(c, b)
-		r.chunks = append(r.chunks, chunk{off: r.total, ch: ch, b: c})
+		c := append([]byte(nil), b...) // exact: appends grow it if more follows on its channel
+		r.chunks = append(r.chunks, chunk{off: r.total, ch: ch, b: c, alloc: cap(c) + chunkOverhead})
+		r.mem += cap(c) + chunkOverhead
 	}
 	r.total += int64(len(b))
-	for r.total-r.start > ringSize {
+	for len(r.chunks) > 0 && (r.total-r.start > ringSize || r.mem > ringMem) {
 		c := &r.chunks[0]
 		excess := r.total - r.start - ringSize
-		if int64(len(c.b)) <= excess {
+		if int64(len(c.b)) <= excess || r.mem > ringMem {
 			r.start += int64(len(c.b))
+			r.mem -= c.alloc
 			r.chunks[0] = chunk{}
 			r.chunks = r.chunks[1:]
 			continue
@@ -63,6 +76,20 @@ func (r *ring) write(ch byte, b []byte) {
 func (r *ring) notify() {
 	close(r.wake)
 	r.wake = make(chan struct{})
+}
+
+func (r *ring) memory() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.mem
+}
+
+// discard drops what is held (an attach reports it as dropped), keeping the offsets.
+func (r *ring) discard() {
+	r.mu.Lock()
+	r.chunks, r.mem, r.start = nil, 0, r.total
+	r.notify()
+	r.mu.Unlock()
 }
 
 func (r *ring) close() {
@@ -108,11 +135,4 @@ func (r *ring) read(off int64, limit int) ringRead {
 	rr.b = append([]byte(nil), b...)
 	rr.next = off + int64(len(b))
 	return rr
-}
-
-func max(a, b int) int {
-	if a > b {
-		return a
-	}
-	return b
 }

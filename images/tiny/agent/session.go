@@ -37,7 +37,20 @@ func newSession() *session {
 	return &session{out: make(chan outFrame, 64), streams: map[uint32]*stream{}, procs: newProcTable()}
 }
 
+// sendFrame never sends a payload the host would take for garbage: an oversized END becomes
+// an IO failure, anything else oversized is dropped.
 func (s *session) sendFrame(epoch uint64, typ byte, id uint32, parts ...[]byte) {
+	n := 0
+	for _, p := range parts {
+		n += len(p)
+	}
+	if n > maxPayload {
+		log.Printf("stream %d: frame type %d of %d bytes not sent", id, typ, n)
+		if typ != tEnd {
+			return
+		}
+		parts = [][]byte{mustJSON(map[string]any{"ok": false, "code": "IO", "message": "reply too large"})}
+	}
 	buf, _ := encodeFrame(typ, id, parts...)
 	s.out <- outFrame{buf: buf, epoch: epoch}
 }

@@ -14,6 +14,7 @@ type testHost struct {
 	c   net.Conn
 	fr  *frameReader
 	out chan []byte // one writer keeps the frames in order (net.Pipe writes block)
+	s   *session
 }
 
 func newTestHost(t *testing.T) *testHost {
@@ -22,7 +23,7 @@ func newTestHost(t *testing.T) *testHost {
 	go s.writer(a, func(error) {})
 	go func() { _ = s.readLoop(a) }()
 	t.Cleanup(func() { s.procs.killAll(); a.Close(); b.Close() })
-	h := &testHost{t: t, c: b, fr: newFrameReader(b), out: make(chan []byte, 64)}
+	h := &testHost{t: t, s: s, c: b, fr: newFrameReader(b), out: make(chan []byte, 64)}
 	go func() {
 		for buf := range h.out {
 			_, _ = b.Write(buf)

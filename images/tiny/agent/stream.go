@@ -49,6 +49,7 @@ func (st *stream) closeDone() {
 	default:
 		close(st.done)
 	}
+	st.in, st.inBytes = nil, 0 // input nobody will read
 	st.cond.Broadcast()
 }
 

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -83,10 +84,18 @@ func groupsOf(user string, gid uint32) []uint32 {
 }
 
 // findExecutable resolves cmd[0] as a shell does: 0 and the path, or 127 (not found) / 126
-// (found but not executable).
-func findExecutable(name, path string) (string, int) {
+// (found but not executable). Relative names and PATH entries are the process's: they
+// resolve against cwd (the request's), not the agent's directory.
+func findExecutable(name, path, cwd string) (string, int) {
+	abs := func(p string) string {
+		if cwd != "" && !filepath.IsAbs(p) {
+			return filepath.Join(cwd, p)
+		}
+		return p
+	}
 	if strings.Contains(name, "/") {
-		return name, checkExec(name)
+		p := abs(name)
+		return p, checkExec(p)
 	}
 	if path == "" {
 		path = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -96,7 +105,7 @@ func findExecutable(name, path string) (string, int) {
 		if dir == "" {
 			dir = "."
 		}
-		p := dir + "/" + name
+		p := abs(dir) + "/" + name
 		switch checkExec(p) {
 		case 0:
 			return p, 0
