@@ -135,9 +135,16 @@ describe('sandbox commands of the CLI against a local cluster', { timeout: 900_0
       assert.equal((await forky(['cp', tree, `${vm.id}:/data/tree`])).code, 0);
       const cat = await forky(['vm', 'exec', vm.id, '--', 'cat', '/data/tree/a.txt', '/data/tree/sub/b.txt']);
       assert.equal(cat.stdout, 'alpha\nbeta\n');
+      // Out, busybox's tar is read by the CLI's own extractor, into a directory that must be new.
       const back = await forky(['cp', `${vm.id}:/data/tree`, path.join(dir, 'tree-back')]);
       assert.equal(back.code, 0, back.stderr);
       assert.equal(await fs.readFile(path.join(dir, 'tree-back', 'sub', 'b.txt'), 'utf8'), 'beta\n');
+      const into = await forky(['cp', `${vm.id}:/data/tree`, path.join(dir, 'tree-back')]);
+      assert.equal(into.code, 0, into.stderr);
+      assert.equal(await fs.readFile(path.join(dir, 'tree-back', 'tree', 'a.txt'), 'utf8'), 'alpha\n');
+      const again = await forky(['cp', `${vm.id}:/data/tree`, path.join(dir, 'tree-back')]);
+      assert.equal(again.code, 1);
+      assert.match(again.stderr, /CONFLICT: .*tree-back\/tree exists/);
     } finally {
       await fs.rm(dir, { recursive: true, force: true });
     }

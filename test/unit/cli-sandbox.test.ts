@@ -1,5 +1,9 @@
 import { afterEach, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { Writable } from 'node:stream';
 import { ForkyError } from '@forky/base';
 import {
   buildProgram,
@@ -22,14 +26,17 @@ class ExitError extends Error {
   }
 }
 
-/** A stream that yields `chunks` and records what is written to it. */
-function fakeStream(chunks: StreamChunk[], pid?: number): CliStream & { written: Uint8Array[]; cancelled: boolean } {
+/** A stream that yields `chunks` (or what a generator of them yields) and records what is written to it. */
+function fakeStream(
+  chunks: StreamChunk[] | (() => AsyncIterable<StreamChunk>),
+  pid?: number,
+): CliStream & { written: Uint8Array[]; cancelled: boolean } {
   const s = {
     pid,
     written: [] as Uint8Array[],
     cancelled: false,
     async *[Symbol.asyncIterator]() {
-      yield* chunks;
+      yield* typeof chunks === 'function' ? chunks() : chunks;
     },
     write: async (b: Uint8Array) => void s.written.push(b),
     closeInput: async () => undefined,
@@ -50,28 +57,36 @@ const end = (seq: number, e: Record<string, unknown>): StreamChunk => ({ kind: '
 interface Ran {
   calls: Array<[string, unknown]>;
   streams: Array<[string, Record<string, unknown>]>;
+  fakes: Array<{ cancelled: boolean }>;
   stdout: string;
   stderr: string;
   code?: number;
 }
 
 /** Runs `forky ARGS` on a session whose streams yield `chunks` and whose unary calls answer `reply`. */
-async function run(args: string[], opts: { chunks?: StreamChunk[]; pid?: number; reply?: unknown } = {}): Promise<Ran> {
-  const r: Ran = { calls: [], streams: [], stdout: '', stderr: '' };
+async function run(
+  args: string[],
+  opts: { chunks?: StreamChunk[] | (() => AsyncIterable<StreamChunk>); pid?: number; reply?: unknown } = {},
+): Promise<Ran> {
+  const r: Ran = { calls: [], streams: [], fakes: [], stdout: '', stderr: '' };
   const session: Session = {
     call: async (endpoint, body) => (r.calls.push([endpoint, body]), opts.reply as never),
     uploadApps: async () => [],
     raw: async () => undefined,
-    stream: async (endpoint, body) => (
-      r.streams.push([endpoint, body as Record<string, unknown>]),
-      fakeStream(opts.chunks ?? [], opts.pid)
-    ),
+    stream: async (endpoint, body) => {
+      r.streams.push([endpoint, body as Record<string, unknown>]);
+      const f = fakeStream(opts.chunks ?? [], opts.pid);
+      r.fakes.push(f);
+      return f;
+    },
     close: async () => undefined,
   };
   const text = (s: string | Uint8Array): string => (typeof s === 'string' ? s : Buffer.from(s).toString('latin1'));
   const write = process.stdout.write.bind(process.stdout);
   const writeErr = process.stderr.write.bind(process.stderr);
-  process.stdout.write = ((s: string | Uint8Array) => ((r.stdout += text(s)), true)) as typeof process.stdout.write;
+  // The test runner reports on stdout too, through a composed stream, at any time: its writes go through.
+  const ours = (): boolean => !new Error().stack?.includes('node:internal/streams/compose');
+  process.stdout.write = ((s: string | Uint8Array) => (ours() ? ((r.stdout += text(s)), true) : write(s))) as typeof process.stdout.write;
   process.stderr.write = ((s: string | Uint8Array) => ((r.stderr += text(s)), true)) as typeof process.stderr.write;
   try {
     const program = buildProgram({
@@ -240,5 +255,139 @@ describe('sandbox CLI: commands into requests (no cluster)', () => {
     const cp = await run(['cp', './a', './b']);
     assert.equal(cp.code, 2);
     assert.match(cp.stderr, /BAD_REQUEST: cp: exactly one side is VM:\/path/);
+  });
+});
+
+describe('sandbox CLI: a hostile guest', () => {
+  afterEach(() => {
+    process.exitCode = undefined;
+  });
+
+  const OSC52 = '\x1b]52;c;aGk=\x07';
+
+  it('watch and ps escape what the guest names: C0, DEL, C1 and backslash; JSON escapes C1 too', async () => {
+    assert.equal(
+      formatWatchEvent({ kind: 'create', path: `/d/${OSC52}\nmodify /etc/x\\y\x7f\u009b` }, false),
+      'create /d/\\x1b]52;c;aGk=\\x07\\x0amodify /etc/x\\\\y\\x7f\\x9b\n',
+    );
+    assert.equal(formatWatchEvent({ kind: 'create', path: '/\u0085\u009b' }, true), '{"kind":"create","path":"/\\u0085\\u009b"}\n');
+    const proc = { pid: 7, cmd: ['sh', `-c${OSC52}`, 'a\nb'], detached: false, pty: false, running: true, exitCode: null, startedAtMs: 0 };
+    const ps = await run(['vm', 'ps', VM], { reply: { processes: [proc] } });
+    assert.match(ps.stdout, /sh -c\\x1b\]52;c;aGk=\\x07 a\\x0ab\n$/);
+    assert.ok(!ps.stdout.includes('\x1b') && !ps.stdout.includes('\x07'), 'no raw ESC or BEL');
+    const psJson = await run(['--json', 'vm', 'ps', VM], { reply: { processes: [{ ...proc, cmd: ['\u009b2J'] }] } });
+    assert.match(psJson.stdout, /"\\u009b2J"/);
+    assert.doesNotMatch(psJson.stdout, /\u009b/);
+  });
+
+  it("an agent's end message, an error, --json output and a dropped note reach the terminal escaped", async () => {
+    const f = await run(['vm', 'exec', VM, '--', 'true'], {
+      chunks: [{ kind: 'end', seq: 1, end: { ok: false, code: 'IO', message: `${OSC52}boom\nforky: all fine` } }],
+    });
+    assert.equal(f.code, 1);
+    assert.equal(f.stderr, 'forky: IO: \\x1b]52;c;aGk=\\x07boom\\x0aforky: all fine\n');
+    const j = await run(['--json', 'vm', 'exec', VM, '--', 'true'], {
+      chunks: [out('stdout', '\u009b31m\u0085', 1), end(2, { exitCode: 0 })],
+    });
+    assert.doesNotMatch(j.stdout, /[\u0080-\u009f]/);
+    assert.equal(JSON.parse(j.stdout).stdout, '\u009b31m\u0085', 'the same text, once parsed');
+    const logs = await run(['vm', 'logs', VM, '7'], {
+      chunks: [{ kind: 'event', seq: 1, event: { type: 'dropped', bytes: '\x1b[2J' } }, end(2, {})],
+    });
+    assert.match(logs.stderr, /forky: \\x1b\[2J bytes of earlier output/);
+  });
+
+  it('exec --json holds at most 64 MiB of output: past it the command is cancelled and it fails, clearly', async () => {
+    const mib = Buffer.alloc(1 << 20, 'x');
+    let sent = 0;
+    const r = await run(['--json', 'vm', 'exec', VM, '--', 'yes'], {
+      chunks: async function* () {
+        for (; sent < 1000; sent++) yield out(sent % 2 ? 'stderr' : 'stdout', mib, sent + 1);
+        yield end(1001, { exitCode: 0 });
+      },
+    });
+    assert.equal(r.code, 1);
+    assert.match(r.stderr, /^forky: CAPACITY: the command wrote more than 64 MiB; --json holds no more/);
+    assert.equal(r.stdout, '');
+    assert.equal(r.fakes[0]?.cancelled, true);
+    assert.ok(sent <= 65, `it stopped reading at once, not after ${sent} MiB`);
+  });
+
+  describe('cp out to a destination that fails', () => {
+    const realCreate = fs.createWriteStream;
+    afterEach(() => {
+      fs.createWriteStream = realCreate;
+    });
+    const fileOut = (dst: string, chunks: StreamChunk[]) =>
+      run(['cp', `${VM}:/data/f`, dst], { reply: { stat: { type: 'file', size: 3, mode: 0o644 } }, chunks });
+    const dst = path.join(os.tmpdir(), `fk-cp-${process.pid}-never-made`);
+
+    it('fails at once when the destination was destroyed before a write (it fires no drain or error)', { timeout: 10_000 }, async () => {
+      // A local stream that takes one write and then dies (a disk gone, a closed pipe).
+      fs.createWriteStream = (() =>
+        new Writable({
+          write(_c, _e, cb) {
+            cb();
+            this.destroy();
+          },
+        })) as unknown as typeof fs.createWriteStream;
+      const r = await fileOut(dst, [out('stdout', 'a', 1), out('stdout', 'b', 2), end(3, { bytes: 2 })]);
+      assert.equal(r.code, 1);
+      assert.match(r.stderr, /^forky: INVALID_STATE: the output is closed/);
+      assert.equal(r.fakes[0]?.cancelled, true, 'and the read in the guest is cancelled');
+    });
+
+    it('fails when the destination is closed while we wait for it to drain', { timeout: 10_000 }, async () => {
+      fs.createWriteStream = (() =>
+        new Writable({
+          highWaterMark: 1,
+          write() {
+            setImmediate(() => this.destroy());
+          },
+        })) as unknown as typeof fs.createWriteStream;
+      const r = await fileOut(dst, [out('stdout', 'abc', 1), end(2, { bytes: 3 })]);
+      assert.equal(r.code, 1);
+      assert.match(r.stderr, /^forky: INVALID_STATE: the output is closed/);
+    });
+  });
+
+  it('Ctrl-C in cp exits 130, as in exec; a failing guest tar is a coded error', async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'fk-cp-int-'));
+    try {
+      const interrupted = (e: Record<string, unknown>) =>
+        async function* (): AsyncIterable<StreamChunk> {
+          yield out('stdout', 'part', 1);
+          process.emit('SIGINT');
+          yield end(2, e);
+        };
+      const file = await run(['cp', `${VM}:/data/f`, path.join(dir, 'f')], {
+        reply: { stat: { type: 'file', size: 9, mode: 0o644 } },
+        chunks: interrupted({ cancelled: true, bytes: 4 }),
+      });
+      assert.equal(file.code, undefined, file.stderr);
+      assert.equal(process.exitCode, 130);
+      assert.match(file.stderr, /^forky: cancelled \(Ctrl-C\)/);
+      assert.equal(file.fakes[0]?.cancelled, true);
+      process.exitCode = undefined;
+      const tree = await run(['cp', `${VM}:/data/tree`, path.join(dir, 'tree')], {
+        reply: { stat: { type: 'dir', size: 0, mode: 0o755 } },
+        chunks: interrupted({ exitCode: 137, cancelled: true }),
+      });
+      assert.equal(tree.code, undefined, tree.stderr);
+      assert.equal(process.exitCode, 130);
+      process.exitCode = undefined;
+      const exec = await run(['vm', 'exec', VM, '--', 'sleep', '9'], { chunks: interrupted({ exitCode: 137, cancelled: true }) });
+      assert.equal(exec.code, undefined);
+      assert.equal(process.exitCode, 130);
+      process.exitCode = undefined;
+      const failed = await run(['cp', `${VM}:/data/tree`, path.join(dir, 'tree2')], {
+        reply: { stat: { type: 'dir', size: 0, mode: 0o755 } },
+        chunks: [out('stderr', 'tar: /data/tree: Permission denied\n', 1), end(2, { exitCode: 1 })],
+      });
+      assert.equal(failed.code, 1);
+      assert.equal(failed.stderr, 'forky: INVALID_STATE: tar -c in the guest exited 1: tar: /data/tree: Permission denied\n');
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
   });
 });

@@ -1,8 +1,9 @@
 import { ForkyError } from '@forky/base';
+import { guestText, safeJson } from './guest-text.js';
 
-/** What a command prints: one JSON document with --json, a table or lines otherwise. */
+/** What a command prints: one JSON document with --json (C1 controls escaped too), a table or lines otherwise. */
 export function printJson(v: unknown): void {
-  process.stdout.write(JSON.stringify(v, null, 2) + '\n');
+  process.stdout.write(safeJson(v, 2) + '\n');
 }
 
 /** Rows as a table of the named columns, upper-case headers; a missing value is `-`. */
@@ -29,10 +30,13 @@ export function progress(msg: string): void {
   if (process.stderr.isTTY) process.stderr.write(`${msg}\n`);
 }
 
-/** An error for people: what went wrong and what to do (the exit code says which kind). */
+/**
+ * An error for people: what went wrong and what to do (the exit code says which kind). The message
+ * is escaped: it may carry what a guest said (an agent's end message, a guest tar's stderr).
+ */
 export function describeError(e: unknown): string {
   const fe = e instanceof ForkyError ? e : undefined;
   const msg = fe ? `${fe.code}: ${fe.message}` : e instanceof Error ? e.message : String(e);
   const hint = fe?.code === 'UNAVAILABLE' ? '\nhint: is the cluster up? `forky up --detach`, or pass --server / FORKY_SERVER' : '';
-  return `forky: ${msg}${hint}\n`;
+  return `forky: ${guestText(msg)}${hint}\n`;
 }

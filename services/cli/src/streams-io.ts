@@ -2,6 +2,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import { ErrorCodes, ForkyError } from '@forky/base';
 import type { StreamChunk, StreamEnd } from '@forky/bus';
+import { guestText } from './guest-text.js';
 
 export type { StreamChunk, StreamEnd };
 
@@ -18,19 +19,76 @@ export interface CliStream extends AsyncIterable<StreamChunk> {
 /** The host's chunks are at most 64 KiB; ours too, so one `in` message never exceeds what the host takes. */
 export const CHUNK = 64 * 1024;
 
-/** Writes to a local stream and waits when it is full: a slow terminal or disk slows the guest, not our memory. */
+/** Why a local stream takes no more bytes, if it does not: destroyed, ended or failed. */
+function closedOut(out: NodeJS.WritableStream): ForkyError | undefined {
+  const w = out as NodeJS.WritableStream & { destroyed?: boolean; writableEnded?: boolean; errored?: Error | null };
+  if (!w.destroyed && !w.writableEnded && !w.errored) return undefined;
+  const why = w.errored ? `: ${w.errored.message}` : '';
+  return new ForkyError('INVALID_STATE', `the output is closed${why}`, { cause: w.errored ?? undefined });
+}
+
+/**
+ * Writes to a local stream and waits when it is full: a slow terminal or disk slows the guest, not our
+ * memory. A destination that failed or closed rejects at once (it would fire neither drain nor error).
+ */
 export async function writeOut(out: NodeJS.WritableStream, bytes: Uint8Array): Promise<void> {
+  const before = closedOut(out);
+  if (before) throw before;
   if (out.write(bytes)) return;
+  const after = closedOut(out);
+  if (after) throw after;
   await new Promise<void>((resolve, reject) => {
     const done = (e?: unknown): void => {
       out.off('drain', done);
       out.off('error', done);
-      if (e) reject(e instanceof Error ? e : new Error(String(e)));
+      out.off('close', closed);
+      if (e) reject(e instanceof ForkyError ? e : new ForkyError('INVALID_STATE', `the output failed: ${String(e)}`, { cause: e }));
       else resolve();
     };
+    const closed = (): void => done(closedOut(out) ?? new ForkyError('INVALID_STATE', 'the output is closed'));
     out.once('drain', done);
     out.once('error', done);
+    out.once('close', closed);
   });
+}
+
+/** The last `max` bytes of what a stream said (a guest's stderr): memory stays bounded whatever it sends. */
+export class Tail {
+  #b = Buffer.alloc(0);
+  constructor(readonly max = 4000) {}
+
+  push(b: Uint8Array): void {
+    const all = Buffer.concat([this.#b, b.length > this.max ? b.subarray(b.length - this.max) : b]);
+    this.#b = all.length > this.max ? Buffer.from(all.subarray(all.length - this.max)) : all;
+  }
+
+  text(): string {
+    return this.#b.toString('utf8').trim();
+  }
+}
+
+/** The exit code of a command Ctrl-C ended, as a shell gives it. */
+export const INTERRUPTED_EXIT = 130;
+
+/** Ctrl-C ended the stream: we cancelled it, and it ended cancelled (or failed as it stopped). */
+export const wasInterrupted = (end: StreamEnd, interrupted: boolean): boolean => interrupted && (!end.ok || end.cancelled === true);
+
+/** Thrown when Ctrl-C stopped a command; `exitOnInterrupt` turns it into exit 130. */
+export class InterruptedError extends ForkyError {
+  constructor(message = 'cancelled (Ctrl-C)') {
+    super('INVALID_STATE', message);
+  }
+}
+
+/** Runs a command's body; if Ctrl-C stopped it, says so and sets exit code 130 instead of failing with 1. */
+export async function exitOnInterrupt(fn: () => Promise<void>): Promise<void> {
+  try {
+    await fn();
+  } catch (e) {
+    if (!(e instanceof InterruptedError)) throw e;
+    process.stderr.write(`forky: ${e.message}\n`);
+    process.exitCode = INTERRUPTED_EXIT;
+  }
 }
 
 /** Sends a local stream's bytes as the stream's input, then EOF; one write at a time, so the source pauses while the host has no credit. */
@@ -63,8 +121,8 @@ export function stdinIsPiped(): boolean {
  * A failed stream throws its wire error, printed as every other error is.
  */
 export function exitCodeOf(end: StreamEnd, interrupted = false): number {
+  if (wasInterrupted(end, interrupted)) return INTERRUPTED_EXIT;
   if (!end.ok) throw endError(end);
-  if (interrupted && end.cancelled) return 130;
   if (end.timedOut) return 124;
   if (typeof end.exitCode === 'number') return end.exitCode;
   if (end.signal) return 128 + signalNumber(end.signal);
@@ -125,7 +183,7 @@ export async function consume(
 
 /** Says on stderr that the start of a process's buffered output was lost (it keeps the last 1 MiB). */
 export function noteDropped(event: { type: string } & Record<string, unknown>): void {
-  if (event.type === 'dropped') process.stderr.write(`forky: ${String(event.bytes)} bytes of earlier output were dropped\n`);
+  if (event.type === 'dropped') process.stderr.write(`forky: ${guestText(event.bytes)} bytes of earlier output were dropped\n`);
 }
 
 /**

@@ -7,7 +7,19 @@ import { ForkyError, newId } from '@forky/base';
 import { printJson, progress } from '../output.js';
 import { parseCp, type CpPlan } from '../sandbox-args.js';
 import type { Session } from '../session.js';
-import { CHUNK, endError, exitCodeOf, runStream, writeOut, type StreamEnd } from '../streams-io.js';
+import {
+  CHUNK,
+  InterruptedError,
+  Tail,
+  endError,
+  exitCodeOf,
+  exitOnInterrupt,
+  runStream,
+  wasInterrupted,
+  writeOut,
+  type StreamEnd,
+} from '../streams-io.js';
+import { Untar } from '../untar.js';
 import type { CliContext } from './context.js';
 
 interface RemoteStat {
@@ -24,15 +36,17 @@ export function registerCp(program: Command, cli: CliContext): void {
       'copy a file or a directory into a VM or out of it (like docker cp): forky cp ./x VM:/data/x, forky cp VM:/data/x ./x; - is stdin or stdout',
     )
     .action(
-      cli.action(async (src: string, dst: string, _o: unknown, cmd: Command) => {
-        const plan = parseCp(src, dst);
-        const t0 = Date.now();
-        const r = await cli.withSession(cmd, (s) => (plan.direction === 'in' ? copyIn(s, plan) : copyOut(s, plan)));
-        const s = (Date.now() - t0) / 1000;
-        if (cli.json(cmd)) printJson({ ...r, seconds: s });
-        else if (r.bytes !== undefined)
-          progress(`${r.bytes} bytes in ${s.toFixed(1)} s (${(r.bytes / 2 ** 20 / Math.max(s, 1e-3)).toFixed(1)} MiB/s)`);
-      }),
+      cli.action(async (src: string, dst: string, _o: unknown, cmd: Command) =>
+        exitOnInterrupt(async () => {
+          const plan = parseCp(src, dst);
+          const t0 = Date.now();
+          const r = await cli.withSession(cmd, (s) => (plan.direction === 'in' ? copyIn(s, plan) : copyOut(s, plan)));
+          const s = (Date.now() - t0) / 1000;
+          if (cli.json(cmd)) printJson({ ...r, seconds: s });
+          else if (r.bytes !== undefined)
+            progress(`${r.bytes} bytes in ${s.toFixed(1)} s (${(r.bytes / 2 ** 20 / Math.max(s, 1e-3)).toFixed(1)} MiB/s)`);
+        }),
+      ),
     );
 }
 
@@ -74,7 +88,7 @@ async function copyOut(s: Session, plan: CpPlan): Promise<CpResult> {
   if (!st) throw new ForkyError('NOT_FOUND', `${id}:${remote}: no such file or directory`);
   if (st.type === 'dir') {
     if (plan.local === '-') throw new ForkyError('BAD_REQUEST', `${id}:${remote} is a directory; it cannot go to stdout`);
-    return { kind: 'dir', path: plan.local, ...(await tarOut(s, id, remote, plan.local)) };
+    return { kind: 'dir', ...(await tarOut(s, id, remote, plan.local)) };
   }
   if (plan.local === '-') return { kind: 'file', path: '-', bytes: await readRemote(s, id, remote, process.stdout) };
   const dst = (await localDir(plan.local)) ? path.join(plan.local, path.posix.basename(remote)) : plan.local;
@@ -89,7 +103,7 @@ async function copyOut(s: Session, plan: CpPlan): Promise<CpResult> {
 }
 
 const okBytes = (end: StreamEnd, interrupted: boolean): number => {
-  if (interrupted) throw new ForkyError('INTERNAL', 'cancelled (Ctrl-C)');
+  if (wasInterrupted(end, interrupted)) throw new InterruptedError('cancelled (Ctrl-C); what was copied so far stays');
   if (!end.ok) throw endError(end);
   return end.bytes ?? 0;
 };
@@ -100,6 +114,9 @@ async function writeRemote(s: Session, id: string, p: string, src: AsyncIterable
   try {
     const r = await runStream(st, src as AsyncIterable<Buffer>);
     return okBytes(r.end, r.interrupted);
+  } catch (e) {
+    st.cancel();
+    throw e;
   } finally {
     st.close();
   }
@@ -110,30 +127,34 @@ async function readRemote(s: Session, id: string, p: string, out: NodeJS.Writabl
   try {
     const r = await runStream(st, undefined, (_kind, bytes) => writeOut(out, bytes));
     return okBytes(r.end, r.interrupted);
+  } catch (e) {
+    st.cancel();
+    throw e;
   } finally {
     st.close();
   }
 }
 
 /** A local tar and its outcome: its exit code and the end of what it said on stderr. */
-function localTar(args: string[], stdio: ['ignore', 'pipe', 'pipe'] | ['pipe', 'ignore', 'pipe']) {
+function localTar(args: string[], stdio: ['ignore', 'pipe', 'pipe']) {
   const child = spawn('tar', args, { stdio });
-  let err = '';
-  // A tar that died says so by its exit code below; its stdin's EPIPE would only say it worse.
-  child.stdin?.on('error', () => undefined);
-  child.stderr?.on('data', (b: Buffer) => (err = (err + b.toString()).slice(-4000)));
+  const err = new Tail();
+  child.stderr?.on('data', (b: Buffer) => err.push(b));
   const done = new Promise<void>((resolve, reject) => {
-    child.on('error', reject);
-    child.on('close', (code) => (code === 0 ? resolve() : reject(new Error(`local tar ${args.join(' ')} exited ${code}: ${err.trim()}`))));
+    child.on('error', (e) => reject(new ForkyError('INTERNAL', `local tar: ${e.message}`, { cause: e })));
+    child.on('close', (code) =>
+      code === 0 ? resolve() : reject(new ForkyError('INTERNAL', `local tar ${args.join(' ')} exited ${code}: ${err.text()}`)),
+    );
   });
   done.catch(() => undefined);
   return { child, done };
 }
 
-/** Fails with the guest command's stderr when it did not exit 0. */
-function guestOk(r: { end: StreamEnd; interrupted: boolean }, what: string, stderr: Buffer[]): void {
+/** Fails with (the end of) the guest command's stderr when it did not exit 0; Ctrl-C is an InterruptedError. */
+function guestOk(r: { end: StreamEnd; interrupted: boolean }, what: string, stderr: Tail): void {
+  if (wasInterrupted(r.end, r.interrupted)) throw new InterruptedError();
   const code = exitCodeOf(r.end, r.interrupted);
-  if (code !== 0) throw new Error(`${what} in the guest exited ${code}: ${Buffer.concat(stderr).toString().trim().slice(-4000)}`);
+  if (code !== 0) throw new ForkyError('INVALID_STATE', `${what} in the guest exited ${code}: ${stderr.text()}`);
 }
 
 /** A directory in: local `tar -c` into the guest's `tar -x` (busybox), through an exec's stdin. */
@@ -143,14 +164,14 @@ async function tarIn(s: Session, id: string, local: string, remote: string): Pro
   const archive = (tar.child.stdout as Readable).pipe(new PassThrough({ highWaterMark: CHUNK }));
   const cmd = ['sh', '-c', 'mkdir -p "$1" && tar -C "$1" -xf -', 'sh', remote];
   const st = await s.stream('exec.start', { id, cmd, env: {}, stdin: true, timeoutMs: 0, detach: false, key: newId('cp', 16) });
-  const stderr: Buffer[] = [];
+  const stderr = new Tail();
   let bytes = 0;
   const counted = (async function* () {
     for await (const b of archive as AsyncIterable<Buffer>) yield ((bytes += b.length), b);
   })();
   try {
     const r = await runStream(st, Object.assign(counted, { destroy: () => tar.child.kill() }), (kind, b) => {
-      if (kind === 'stderr') stderr.push(Buffer.from(b));
+      if (kind === 'stderr') stderr.push(b);
     });
     guestOk(r, 'tar -x', stderr);
   } finally {
@@ -160,11 +181,35 @@ async function tarIn(s: Session, id: string, local: string, remote: string): Pro
   return { bytes };
 }
 
-/** A directory out: the guest's `tar -c` into a local `tar -x`, at the pace the local tar takes it. */
-async function tarOut(s: Session, id: string, remote: string, local: string): Promise<{ bytes: number }> {
-  await fs.promises.mkdir(local, { recursive: true });
-  const tar = localTar(['-C', local, '-xf', '-'], ['pipe', 'ignore', 'pipe']);
-  const sink = tar.child.stdin as NodeJS.WritableStream;
+/**
+ * Where a directory out goes: DST if it does not exist, DST/<name of the guest's directory> if DST is a
+ * directory; that must not exist either (a fresh directory, so nothing in it is anyone else's, or a symlink).
+ */
+async function freshDir(local: string, remote: string): Promise<string> {
+  const st = await fs.promises.stat(local).catch(() => undefined);
+  if (st && !st.isDirectory()) throw new ForkyError('CONFLICT', `${local} exists and is not a directory`);
+  const base = path.posix.basename(remote);
+  if (st && (base === '' || base === '..')) throw new ForkyError('BAD_REQUEST', `cp ${remote}: name a destination that does not exist yet`);
+  const dst = st ? path.join(local, base) : local;
+  if (
+    await fs.promises.lstat(dst).then(
+      () => true,
+      () => false,
+    )
+  )
+    throw new ForkyError('CONFLICT', `${dst} exists: a directory is copied out into a new one`);
+  await fs.promises.mkdir(path.dirname(dst), { recursive: true });
+  await fs.promises.mkdir(dst).catch((e: unknown) => Promise.reject(new ForkyError('CONFLICT', `${dst} exists`, { cause: e })));
+  return dst;
+}
+
+/**
+ * A directory out: the guest's `tar -c` into our own extractor (untar.ts), not a local tar, which
+ * would follow symlinks already there and keep devices, setuid bits and owners. It writes at its pace.
+ */
+async function tarOut(s: Session, id: string, remote: string, local: string): Promise<{ path: string; bytes: number }> {
+  const dst = await freshDir(local, remote);
+  const untar = new Untar(dst, (line) => writeOut(process.stderr, Buffer.from(`${line}\n`)));
   const st = await s.stream('exec.start', {
     id,
     cmd: ['tar', '-C', remote, '-cf', '-', '.'],
@@ -174,18 +219,20 @@ async function tarOut(s: Session, id: string, remote: string, local: string): Pr
     detach: false,
     key: newId('cp', 16),
   });
-  const stderr: Buffer[] = [];
-  let bytes = 0;
+  const stderr = new Tail();
   try {
     const r = await runStream(st, undefined, async (kind, b) => {
-      if (kind === 'stderr') stderr.push(Buffer.from(b));
-      else await writeOut(sink, b).then(() => void (bytes += b.length));
+      if (kind === 'stderr') stderr.push(b);
+      else await untar.write(b);
     });
     guestOk(r, 'tar -c', stderr);
+    await untar.end();
+  } catch (e) {
+    st.cancel();
+    throw e;
   } finally {
     st.close();
-    sink.end();
+    await untar.close();
   }
-  await tar.done;
-  return { bytes };
+  return { path: dst, bytes: untar.result.bytes };
 }

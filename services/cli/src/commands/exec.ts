@@ -1,10 +1,13 @@
 import { Option, type Command } from 'commander';
-import { newId } from '@forky/base';
+import { ForkyError, newId } from '@forky/base';
 import { printJson } from '../output.js';
 import { collectEnv, timeoutMs } from '../sandbox-args.js';
 import { encodeOutput, exitCodeOf, runStream, stdinIsPiped, writeOut } from '../streams-io.js';
 import type { CliContext } from './context.js';
 import { runPty } from './shell.js';
+
+/** The most output `--json` holds (it prints it all at the end); past it the command is cancelled and we fail. */
+export const JSON_OUTPUT_MAX = 64 * 2 ** 20;
 
 /** The exec's own deadline in the guest when neither --timeout nor --exec-timeout is given (a detached one has none). */
 const EXEC_TIMEOUT_MS = 30_000;
@@ -68,12 +71,20 @@ export function registerExec(vm: Command, cli: CliContext): void {
         const body = { id, cmd: argv, ...execFields(o, EXEC_TIMEOUT_MS), stdin: piped, detach: false, key };
         const json = cli.json(cmd);
         const out = { stdout: [] as Buffer[], stderr: [] as Buffer[] };
+        let held = 0;
         const r = await cli.withSession(cmd, async (s) => {
           const st = await s.stream('exec.start', body);
           try {
             return await runStream(st, piped ? process.stdin : undefined, async (kind, bytes) => {
-              if (json) out[kind].push(Buffer.from(bytes));
-              else await writeOut(kind === 'stderr' ? process.stderr : process.stdout, bytes);
+              if (!json) return writeOut(kind === 'stderr' ? process.stderr : process.stdout, bytes);
+              if ((held += bytes.length) > JSON_OUTPUT_MAX) {
+                st.cancel();
+                throw new ForkyError(
+                  'CAPACITY',
+                  `the command wrote more than ${JSON_OUTPUT_MAX / 2 ** 20} MiB; --json holds no more (it was cancelled): run it without --json to stream its output`,
+                );
+              }
+              out[kind].push(Buffer.from(bytes));
             });
           } finally {
             st.close();

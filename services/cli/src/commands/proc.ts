@@ -1,7 +1,8 @@
 import type { Command } from 'commander';
 import { printJson, printTable } from '../output.js';
 import { parsePid, parseSignal, type SignalName } from '../sandbox-args.js';
-import { cancelOnInterrupt, consume, endError, noteDropped, writeOut } from '../streams-io.js';
+import { guestText } from '../guest-text.js';
+import { INTERRUPTED_EXIT, cancelOnInterrupt, consume, endError, noteDropped, writeOut } from '../streams-io.js';
 import type { CliContext } from './context.js';
 
 interface Proc {
@@ -14,15 +15,15 @@ interface Proc {
   startedAtMs: number;
 }
 
-/** A process as a table row: the state says running or how it ended. */
+/** A process as a table row: the state says running or how it ended; the command is escaped (the guest may name it anything). */
 export function procRow(p: Proc): Record<'pid' | 'state' | 'detached' | 'pty' | 'started' | 'cmd', string | number> {
   return {
     pid: p.pid,
-    state: p.running ? 'running' : `exited ${p.exitCode ?? '?'}`,
+    state: p.running ? 'running' : `exited ${guestText(p.exitCode ?? '?')}`,
     detached: p.detached ? 'yes' : 'no',
     pty: p.pty ? 'yes' : 'no',
     started: new Date(p.startedAtMs).toISOString(),
-    cmd: p.cmd.join(' '),
+    cmd: (Array.isArray(p.cmd) ? p.cmd : [p.cmd]).map(guestText).join(' '),
   };
 }
 
@@ -61,7 +62,7 @@ export function registerProc(vm: Command, cli: CliContext): void {
           }
         });
         if (!r.end.ok) throw endError(r.end);
-        if (r.interrupted) process.exitCode = 130;
+        if (r.interrupted) process.exitCode = INTERRUPTED_EXIT;
       }),
     );
 

@@ -1,5 +1,6 @@
 import type { Command } from 'commander';
-import { cancelOnInterrupt, consume, endError } from '../streams-io.js';
+import { guestText, safeJson } from '../guest-text.js';
+import { INTERRUPTED_EXIT, cancelOnInterrupt, consume, endError } from '../streams-io.js';
 import type { CliContext } from './context.js';
 
 interface WatchEvent {
@@ -7,9 +8,9 @@ interface WatchEvent {
   kind: 'create' | 'modify' | 'delete' | 'move';
 }
 
-/** One line per event: `kind path`, or (--json) one JSON object, so a pipe reads them as they come. */
+/** One line per event: `kind path` (escaped: the guest names them), or (--json) one JSON object, so a pipe reads them as they come. */
 export function formatWatchEvent(e: WatchEvent, json: boolean): string {
-  return json ? `${JSON.stringify({ kind: e.kind, path: e.path })}\n` : `${e.kind} ${e.path}\n`;
+  return json ? `${safeJson({ kind: String(e.kind), path: String(e.path) })}\n` : `${guestText(e.kind)} ${guestText(e.path)}\n`;
 }
 
 /** `forky vm watch ID PATH [--recursive]`: changes under a path in the guest, until Ctrl-C. */
@@ -29,7 +30,7 @@ export function registerWatch(vm: Command, cli: CliContext): void {
                 () => undefined,
                 (ev) => {
                   if (ev.type === 'dropped') process.stderr.write(`forky: some events were dropped\n`);
-                  if (ev.type !== 'events') return;
+                  if (ev.type !== 'events' || !Array.isArray(ev.events)) return;
                   for (const e of ev.events as WatchEvent[]) process.stdout.write(formatWatchEvent(e, json));
                 },
               );
@@ -40,7 +41,7 @@ export function registerWatch(vm: Command, cli: CliContext): void {
           }
         });
         if (!r.end.ok) throw endError(r.end);
-        process.exitCode = r.interrupted ? 130 : 0;
+        process.exitCode = r.interrupted ? INTERRUPTED_EXIT : 0;
       }),
     );
 }
