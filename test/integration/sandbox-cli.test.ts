@@ -198,6 +198,18 @@ describe('sandbox commands of the CLI against a local cluster', { timeout: 900_0
     assert.doesNotMatch(ps.stdout, /sleep 30/);
   });
 
+  it('an exec running while its VM is snapshotted goes on: the CLI follows it on the new process, no line twice or lost', async () => {
+    // The snapshot hands the VM to a new QEMU process and ends its streams; the command runs on.
+    const c = spawnForky(['vm', 'exec', vm.id, '--', 'sh', '-c', 'echo one; sleep 4; echo two; exit 3']);
+    let out = '';
+    c.stdout?.on('data', (b: Buffer) => (out += b.toString()));
+    await pollUntil(async () => (out.includes('one') ? true : undefined), { timeoutMs: 30_000, what: 'the first line' });
+    const snap = await forky(['snapshot', 'create', vm.id]);
+    assert.equal(snap.code, 0, snap.stderr);
+    assert.equal(await exited(c), 3, 'the exit code of the command, seen on the new process');
+    assert.equal(out, 'one\ntwo\n');
+  });
+
   it('a detached process started before a fork runs in each child: ps, logs --follow and kill there', async () => {
     const loop = 'i=0; while true; do echo tick $i; i=$((i+1)); sleep 1; done';
     const d = await json<{ pid: number }>(['vm', 'exec', vm.id, '--detach', '--', 'sh', '-c', loop]);

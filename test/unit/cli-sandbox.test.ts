@@ -391,3 +391,32 @@ describe('sandbox CLI: a hostile guest', () => {
     }
   });
 });
+
+describe('vm exec across a snapshot of its VM', () => {
+  it('follows the command by pid once its stream ends GONE, printing nothing twice and nothing lost', async () => {
+    let opened = 0;
+    async function* exec(): AsyncIterable<StreamChunk> {
+      yield out('stdout', 'one\n', 1);
+      yield { kind: 'end', seq: 2, end: { ok: false, code: 'GONE', message: 'the VM was handed to a new process' } };
+    }
+    // The process's buffer lost its first 2 bytes: it replays from byte 2 of "one\n".
+    async function* attach(): AsyncIterable<StreamChunk> {
+      yield { kind: 'event', seq: 1, event: { type: 'dropped', bytes: 2 } };
+      yield out('stdout', 'e\ntw', 2);
+      yield out('stderr', 'o\n', 3);
+      yield end(4, { exitCode: 3 });
+    }
+    const r = await run(['vm', 'exec', VM, '--', 'sh'], { pid: 42, chunks: () => (opened++ === 0 ? exec() : attach()) });
+    assert.deepEqual(
+      r.streams.map(([e, b]) => [e, e === 'proc.attach' ? b : undefined]),
+      [
+        ['exec.start', undefined],
+        ['proc.attach', { id: VM, pid: 42, follow: true }],
+      ],
+    );
+    assert.equal(r.stdout, 'one\ntw');
+    assert.equal(r.stderr, 'o\n');
+    assert.equal(process.exitCode, 3, 'the exit code the attach saw');
+    process.exitCode = undefined;
+  });
+});

@@ -5,6 +5,7 @@ import { collectEnv, timeoutMs } from '../sandbox-args.js';
 import { encodeOutput, exitCodeOf, runStream, stdinIsPiped, writeOut } from '../streams-io.js';
 import type { CliContext } from './context.js';
 import { runPty } from './shell.js';
+import { endedWithSession, followAfterHandOver } from '../reattach.js';
 
 /** The most output `--json` holds (it prints it all at the end); past it the command is cancelled and we fail. */
 export const JSON_OUTPUT_MAX = 64 * 2 ** 20;
@@ -72,20 +73,26 @@ export function registerExec(vm: Command, cli: CliContext): void {
         const json = cli.json(cmd);
         const out = { stdout: [] as Buffer[], stderr: [] as Buffer[] };
         let held = 0;
+        let printed = 0;
         const r = await cli.withSession(cmd, async (s) => {
           const st = await s.stream('exec.start', body);
+          const onOutput = async (kind: 'stdout' | 'stderr', bytes: Uint8Array): Promise<void> => {
+            printed += bytes.length;
+            if (!json) return writeOut(kind === 'stderr' ? process.stderr : process.stdout, bytes);
+            if ((held += bytes.length) > JSON_OUTPUT_MAX) {
+              st.cancel();
+              throw new ForkyError(
+                'CAPACITY',
+                `the command wrote more than ${JSON_OUTPUT_MAX / 2 ** 20} MiB; --json holds no more (it was cancelled): run it without --json to stream its output`,
+              );
+            }
+            out[kind].push(Buffer.from(bytes));
+          };
           try {
-            return await runStream(st, piped ? process.stdin : undefined, async (kind, bytes) => {
-              if (!json) return writeOut(kind === 'stderr' ? process.stderr : process.stdout, bytes);
-              if ((held += bytes.length) > JSON_OUTPUT_MAX) {
-                st.cancel();
-                throw new ForkyError(
-                  'CAPACITY',
-                  `the command wrote more than ${JSON_OUTPUT_MAX / 2 ** 20} MiB; --json holds no more (it was cancelled): run it without --json to stream its output`,
-                );
-              }
-              out[kind].push(Buffer.from(bytes));
-            });
+            const first = await runStream(st, piped ? process.stdin : undefined, onOutput);
+            // A snapshot of the VM ended the stream, not the command: follow the command on.
+            if (!endedWithSession(first.end) || first.interrupted || !st.pid) return first;
+            return await followAfterHandOver(s, id, st.pid, printed, onOutput);
           } finally {
             st.close();
           }
