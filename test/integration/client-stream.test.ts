@@ -2,35 +2,26 @@ import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import type { NatsConnection } from '@nats-io/nats-core';
 import type { Service } from '@nats-io/services';
-import { ForkyError, NotFoundError, pollUntil, silentLogger, withDeadline } from '@forky/base';
+import { ForkyError, pollUntil, silentLogger, withDeadline } from '@forky/base';
 import {
   clientStreamState,
   connectBus,
-  newClusterAuth,
   openStream,
   safeHeaders,
-  startNatsServer,
   startService,
   type ClientStream,
-  type ClusterAuth,
-  type NatsServer,
   type StreamChunk,
 } from '@forky/bus/internal';
-import { GUEST_ENDPOINTS, hostdContract, subjects, type StreamRef } from '@forky/contract';
+import { subjects, type StreamRef } from '@forky/contract';
 import { GuestStreams } from '@forky/hostd/internal';
+import { BRIDGE_HOST, BRIDGE_VM, drain, guestEndpoint, startBridge, type BridgeFixture } from '../helpers/bridge-fixture.js';
 import { FakeSession } from '../helpers/fake-guest.js';
 
-const HOST = 'h1';
+const HOST = BRIDGE_HOST;
 /** A host played by the test itself, to send what it likes on `out`. */
 const FAKE = 'h2';
-const VM = 'vm-abcdefghijkm';
+const VM = BRIDGE_VM;
 const WINDOW = 64 << 10;
-
-async function drain(s: ClientStream): Promise<StreamChunk[]> {
-  const out: StreamChunk[] = [];
-  for await (const c of s) out.push(c);
-  return out;
-}
 
 /** The host's end of one stream, scripted by the test: it counts the credit it gets and the cancels. */
 class ScriptedStream {
@@ -79,9 +70,6 @@ class ScriptedStream {
 }
 
 describe('ClientStream: leaving a loop, and credit for every counted message (real nats-server)', { timeout: 60_000 }, () => {
-  let nats: NatsServer;
-  let auth: ClusterAuth;
-  let hostNc: NatsConnection;
   let fakeNc: NatsConnection;
   let client: NatsConnection;
   let session: FakeSession;
@@ -102,47 +90,19 @@ describe('ClientStream: leaving a loop, and credit for every counted message (re
     return [s, host];
   };
 
+  let fixture: BridgeFixture | undefined;
   before(async () => {
-    auth = newClusterAuth([HOST, FAKE]);
-    nats = await startNatsServer({ auth });
-    hostNc = await connectBus({ servers: nats.url, name: 'test-hostd', ...(auth.hosts[HOST] as { user: string; pass: string }) });
+    // Long enough that only a cancel (not the host giving up on a silent client) ends a stream in time.
+    fixture = await startBridge([HOST, FAKE], { idleMs: 20_000, keepaliveMs: 300, cancelGraceMs: 1000 });
+    ({ client, session, streams } = fixture);
+    const { nats, auth } = fixture;
     fakeNc = await connectBus({ servers: nats.url, name: 'test-fake-host', ...(auth.hosts[FAKE] as { user: string; pass: string }) });
-    client = await connectBus({ servers: nats.url, name: 'test-client', ...auth.operator });
-    session = new FakeSession();
-    streams = new GuestStreams({
-      nc: hostNc,
-      hostId: HOST,
-      guest: async (id) => {
-        if (id !== VM) throw new NotFoundError('VM', id);
-        return session;
-      },
-      // Long enough that only a cancel (not the host giving up on a silent client) ends a stream in time.
-      idleMs: 20_000,
-      keepaliveMs: 300,
-      cancelGraceMs: 1000,
-    });
-    streams.start();
-    const handlers = streams.handlers() as Record<string, (r: unknown) => Promise<unknown>>;
-    const svc = { version: '0.0.0', description: 'test', queue: '' };
-    const endpoint = (host: string, e: (typeof GUEST_ENDPOINTS)[number], handler: (r: unknown) => Promise<unknown>) => ({
-      name: e.replace('.', '_'),
-      subject: subjects.host(host, e),
-      request: hostdContract[e].request,
-      reply: hostdContract[e].reply,
-      handler,
-    });
     services.push(
       await startService(
-        hostNc,
-        { name: 'forky-hostd', ...svc },
-        GUEST_ENDPOINTS.map((e) => endpoint(HOST, e, (r) => (handlers[e] as (r: unknown) => Promise<unknown>)(r))),
-        silentLogger(),
-      ),
-      await startService(
         fakeNc,
-        { name: 'forky-fake-host', ...svc },
+        { name: 'forky-fake-host', version: '0.0.0', description: 'test', queue: '' },
         [
-          endpoint(FAKE, 'file.watch', async () => {
+          guestEndpoint(FAKE, 'file.watch', async () => {
             const sid = `scripted${scripted.length}`.padEnd(22, 'x');
             const ref: StreamRef = {
               sid,
@@ -162,12 +122,9 @@ describe('ClientStream: leaving a loop, and credit for every counted message (re
     );
   });
   after(async () => {
-    await streams?.stop();
     for (const s of services) await s.stop();
-    await client?.close();
     await fakeNc?.close();
-    await hostNc?.close();
-    await nats?.stop();
+    await fixture?.stop();
   });
 
   it('a loop left by break ends the stream on the host, and leaves no timer behind', async (t) => {

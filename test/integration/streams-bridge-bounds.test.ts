@@ -1,91 +1,38 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import type { NatsConnection } from '@nats-io/nats-core';
-import type { Service } from '@nats-io/services';
-import { ForkyError, NotFoundError, delay, pollUntil, silentLogger, withDeadline } from '@forky/base';
-import {
-  connectBus,
-  newClusterAuth,
-  openStream,
-  request,
-  startNatsServer,
-  startService,
-  type ClientStream,
-  type ClusterAuth,
-  type NatsServer,
-  type StreamChunk,
-} from '@forky/bus';
-import { ExecStartRequest, GUEST_ENDPOINTS, hostdContract, subjects, type GuestEndpoint } from '@forky/contract';
+import { ForkyError, delay, pollUntil, silentLogger, withDeadline } from '@forky/base';
+import { openStream, request, type ClientStream, type StreamChunk } from '@forky/bus';
+import { ExecStartRequest, subjects, type GuestEndpoint } from '@forky/contract';
 import { Bridge, GuestStreams } from '@forky/hostd/internal';
+import { BRIDGE_HOST, BRIDGE_VM, drain, startBridge, type BridgeFixture } from '../helpers/bridge-fixture.js';
 import { FakeSession, FakeStream } from '../helpers/fake-guest.js';
 
 /** The bridge's bounds: memory per stream, credit for events, resizes, keys, stop, unary calls. */
 
-const HOST = 'h1';
-const VM = 'vm-abcdefghijkm';
+const HOST = BRIDGE_HOST;
+const VM = BRIDGE_VM;
 const IDLE_MS = 1500;
 const START_IDLE_MS = 5000;
 
-async function drain(s: ClientStream): Promise<StreamChunk[]> {
-  const out: StreamChunk[] = [];
-  for await (const c of s) out.push(c);
-  return out;
-}
 const endOf = (chunks: StreamChunk[]): StreamChunk & { kind: 'end' } => chunks.at(-1) as StreamChunk & { kind: 'end' };
 const isCode = (code: string, message?: RegExp) => (e: ForkyError) => e.code === code && (!message || message.test(e.message));
 
 describe('the stream bridge keeps within its bounds (real nats-server, fake guest)', { timeout: 120_000 }, () => {
-  let nats: NatsServer;
-  let auth: ClusterAuth;
   let hostNc: NatsConnection;
   let client: NatsConnection;
   let session: FakeSession;
   let streams: GuestStreams;
-  let service: Service;
   const open = (endpoint: GuestEndpoint, body: Record<string, unknown>, window?: number): Promise<ClientStream> =>
     openStream(client, subjects.host(HOST, endpoint), body, { keepaliveMs: 300, silenceMs: 4000, ...(window ? { window } : {}) });
   const lastGuest = (): FakeStream => session.streams.at(-1) as FakeStream;
 
+  let fixture: BridgeFixture | undefined;
   before(async () => {
-    auth = newClusterAuth([HOST]);
-    nats = await startNatsServer({ auth });
-    hostNc = await connectBus({ servers: nats.url, name: 'test-hostd', ...(auth.hosts[HOST] as { user: string; pass: string }) });
-    client = await connectBus({ servers: nats.url, name: 'test-client', ...auth.operator });
-    session = new FakeSession();
-    streams = new GuestStreams({
-      nc: hostNc,
-      hostId: HOST,
-      guest: async (id) => {
-        if (id !== VM) throw new NotFoundError('VM', id);
-        return session;
-      },
-      idleMs: IDLE_MS,
-      startIdleMs: START_IDLE_MS,
-      keepaliveMs: 300,
-      cancelGraceMs: 1000,
-    });
-    streams.start();
-    const handlers = streams.handlers() as Record<string, (r: unknown) => Promise<unknown>>;
-    service = await startService(
-      hostNc,
-      { name: 'forky-hostd', version: '0.0.0', description: 'test', queue: '' },
-      GUEST_ENDPOINTS.map((e) => ({
-        name: e.replace('.', '_'),
-        subject: subjects.host(HOST, e),
-        request: hostdContract[e].request,
-        reply: hostdContract[e].reply,
-        handler: (r: unknown) => (handlers[e] as (r: unknown) => Promise<unknown>)(r),
-      })),
-      silentLogger(),
-    );
+    fixture = await startBridge([HOST], { idleMs: IDLE_MS, startIdleMs: START_IDLE_MS, keepaliveMs: 300, cancelGraceMs: 1000 });
+    ({ hostNc, client, session, streams } = fixture);
   });
-  after(async () => {
-    await streams?.stop();
-    await service?.stop();
-    await client?.close();
-    await hostNc?.close();
-    await nats?.stop();
-  });
+  after(() => fixture?.stop());
 
   it('holds no chunk it has sent: 512 MiB through a bridge, arrayBuffers stay flat', async (t) => {
     const chunks = 8192;

@@ -1,51 +1,29 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import type { NatsConnection } from '@nats-io/nats-core';
-import { ForkyError, NotFoundError, delay, pollUntil, silentLogger, withDeadline } from '@forky/base';
-import {
-  connectBus,
-  newClusterAuth,
-  openStream,
-  request,
-  safeHeaders,
-  startNatsServer,
-  startService,
-  type ClientStream,
-  type ClusterAuth,
-  type NatsServer,
-  type StreamChunk,
-} from '@forky/bus';
-import { GUEST_ENDPOINTS, hostdContract, subjects, type GuestEndpoint } from '@forky/contract';
+import { ForkyError, delay, pollUntil, withDeadline } from '@forky/base';
+import { openStream, request, safeHeaders, startNatsServer, type ClientStream, type NatsServer, type StreamChunk } from '@forky/bus';
+import { subjects, type GuestEndpoint } from '@forky/contract';
 import { GuestStreams } from '@forky/hostd/internal';
-import type { Service } from '@nats-io/services';
+import { BRIDGE_HOST, BRIDGE_VM, drain, startBridge, type BridgeFixture } from '../helpers/bridge-fixture.js';
 import { FakeSession } from '../helpers/fake-guest.js';
 import { startTestHost, type TestHost } from '../helpers/hostd.js';
 import { ensureImage } from '../helpers/repo.js';
 import { startTestScheduler, type TestScheduler } from '../helpers/scheduler.js';
 
-const HOST = 'h1';
-const VM = 'vm-abcdefghijkm';
+const HOST = BRIDGE_HOST;
+const VM = BRIDGE_VM;
 const IDLE_MS = 1500;
-
-/** Everything a stream yields until its end (or its error). */
-async function drain(s: ClientStream): Promise<StreamChunk[]> {
-  const out: StreamChunk[] = [];
-  for await (const c of s) out.push(c);
-  return out;
-}
 
 const bytesOf = (chunks: StreamChunk[], kind?: string): number =>
   chunks.reduce((n, c) => n + ('bytes' in c && (!kind || c.kind === kind) ? c.bytes.length : 0), 0);
 const endOf = (chunks: StreamChunk[]): StreamChunk & { kind: 'end' } => chunks.at(-1) as StreamChunk & { kind: 'end' };
 
 describe('streams over NATS: hostd bridge and ClientStream (real nats-server, fake guest)', { timeout: 120_000 }, () => {
-  let nats: NatsServer;
-  let auth: ClusterAuth;
   let hostNc: NatsConnection;
   let client: NatsConnection;
   let session: FakeSession;
   let streams: GuestStreams;
-  let service: Service;
   const open = (endpoint: GuestEndpoint, body: Record<string, unknown>, window?: number): Promise<ClientStream> =>
     openStream(client, subjects.host(HOST, endpoint), body, { keepaliveMs: 300, silenceMs: 4000, ...(window ? { window } : {}) });
   const bridgeOf = (s: ClientStream) => {
@@ -54,46 +32,12 @@ describe('streams over NATS: hostd bridge and ClientStream (real nats-server, fa
     return b;
   };
 
+  let fixture: BridgeFixture | undefined;
   before(async () => {
-    auth = newClusterAuth([HOST, 'h2']);
-    nats = await startNatsServer({ auth });
-    const hc = auth.hosts[HOST] as { user: string; pass: string };
-    hostNc = await connectBus({ servers: nats.url, name: 'test-hostd', ...hc });
-    client = await connectBus({ servers: nats.url, name: 'test-client', ...auth.operator });
-    session = new FakeSession();
-    streams = new GuestStreams({
-      nc: hostNc,
-      hostId: HOST,
-      guest: async (id) => {
-        if (id !== VM) throw new NotFoundError('VM', id);
-        return session;
-      },
-      idleMs: IDLE_MS,
-      keepaliveMs: 300,
-      cancelGraceMs: 1000,
-    });
-    streams.start();
-    const handlers = streams.handlers() as Record<string, (r: unknown) => Promise<unknown>>;
-    service = await startService(
-      hostNc,
-      { name: 'forky-hostd', version: '0.0.0', description: 'test', queue: '' },
-      GUEST_ENDPOINTS.map((e) => ({
-        name: e.replace('.', '_'),
-        subject: subjects.host(HOST, e),
-        request: hostdContract[e].request,
-        reply: hostdContract[e].reply,
-        handler: (r: unknown) => (handlers[e] as (r: unknown) => Promise<unknown>)(r),
-      })),
-      silentLogger(),
-    );
+    fixture = await startBridge([HOST, 'h2'], { idleMs: IDLE_MS, keepaliveMs: 300, cancelGraceMs: 1000 });
+    ({ hostNc, client, session, streams } = fixture);
   });
-  after(async () => {
-    await streams?.stop();
-    await service?.stop();
-    await client?.close();
-    await hostNc?.close();
-    await nats?.stop();
-  });
+  after(() => fixture?.stop());
 
   it('delivers chunks in order with seq, and the exit code', async (t) => {
     const s = await open('exec.start', { id: VM, cmd: ['chunks', '20', '10000'] });
