@@ -46,7 +46,8 @@ export type GuestHandlers = { [E in GuestEndpoint]: (req: ParsedRequestOf<E>) =>
 interface OpenSpec {
   vmId: string;
   req: GuestRequest;
-  window: number;
+  /** The client's receive window (DEFAULT_STREAM_WINDOW when it named none). */
+  window: number | undefined;
   takesInput: boolean;
   bytes: 'process' | 'file';
   /** Wait for the first event (an exec's `started`) to answer with the pid. */
@@ -149,7 +150,7 @@ export class GuestStreams {
             : this.#open({
                 vmId: r.id,
                 req,
-                window: r.window ?? DEFAULT_STREAM_WINDOW,
+                window: r.window,
                 takesInput: req.stdin === true,
                 bytes: 'process',
                 awaitPid: true,
@@ -161,7 +162,7 @@ export class GuestStreams {
         this.#open({
           vmId: r.id,
           req: { op: 'attach', pid: r.pid, follow: r.follow },
-          window: r.window ?? DEFAULT_STREAM_WINDOW,
+          window: r.window,
           takesInput: false,
           bytes: 'process',
           awaitPid: false,
@@ -170,7 +171,7 @@ export class GuestStreams {
         this.#open({
           vmId: r.id,
           req: { op: 'read', path: r.path, offset: r.offset, ...(r.length === undefined ? {} : { length: r.length }) },
-          window: r.window ?? DEFAULT_STREAM_WINDOW,
+          window: r.window,
           takesInput: false,
           bytes: 'file',
           awaitPid: false,
@@ -184,14 +185,14 @@ export class GuestStreams {
           ...(r.perm === undefined ? {} : { perm: r.perm }),
         };
         const open = (): Promise<StreamOpenReply> =>
-          this.#open({ vmId: r.id, req, window: r.window ?? DEFAULT_STREAM_WINDOW, takesInput: true, bytes: 'file', awaitPid: false });
+          this.#open({ vmId: r.id, req, window: r.window, takesInput: true, bytes: 'file', awaitPid: false });
         return r.key ? this.registry.keyed(r.key, fingerprint(r), open) : open();
       },
       'file.watch': (r) =>
         this.#open({
           vmId: r.id,
           req: { op: 'watch', path: r.path, recursive: r.recursive },
-          window: r.window ?? DEFAULT_STREAM_WINDOW,
+          window: r.window,
           takesInput: false,
           bytes: 'file',
           awaitPid: false,
@@ -225,7 +226,7 @@ export class GuestStreams {
     let stream: GuestStream | undefined;
     try {
       const session = await this.#o.guest(s.vmId);
-      stream = session.open(s.req, { window: s.window });
+      stream = session.open(s.req, { window: s.window ?? DEFAULT_STREAM_WINDOW });
       const events = stream.events[Symbol.asyncIterator]();
       let first: Promise<IteratorResult<GuestEvent>> | undefined;
       let pid: number | undefined;
