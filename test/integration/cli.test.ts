@@ -1,48 +1,25 @@
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFile, spawn } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { promisify } from 'node:util';
 import { connect } from '@nats-io/transport-node';
 import type { NatsConnection } from '@nats-io/nats-core';
 import { connectBus } from '@forky/bus';
 import { Kvm } from '@nats-io/kv';
 import { withDeadline } from '@forky/base';
 import type { ForkResult, VmInfo } from '@forky/contract';
+import { cliRunner } from '../helpers/cli-run.js';
 import { ensureImage, IMAGES_DIR, REPO } from '../helpers/repo.js';
 import { isRunning, qemuPidsOf } from '../helpers/procs.js';
 
-const CLI = path.join(REPO, 'services', 'cli', 'dist', 'main.js');
 const SCHEDULER = path.join(REPO, 'services', 'scheduler', 'dist', 'main.js');
-
-interface Run {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
 
 describe('the forky CLI against a local cluster, as a new user would', { timeout: 600_000 }, () => {
   let data: string;
   let server: string;
-  const forky = async (args: string[], opts: { timeoutMs?: number } = {}): Promise<Run> => {
-    try {
-      const r = await promisify(execFile)(process.execPath, [CLI, ...args], {
-        env: { ...process.env, FORKY_DATA: data },
-        timeout: opts.timeoutMs ?? 300_000,
-      });
-      return { code: 0, stdout: r.stdout, stderr: r.stderr };
-    } catch (e) {
-      const err = e as { code?: number; stdout?: string; stderr?: string };
-      return { code: typeof err.code === 'number' ? err.code : 1, stdout: err.stdout ?? '', stderr: err.stderr ?? '' };
-    }
-  };
-  const json = async <T>(args: string[]): Promise<T> => {
-    const r = await forky(['--json', ...args]);
-    assert.equal(r.code, 0, `forky ${args.join(' ')}: ${r.stderr}`);
-    return JSON.parse(r.stdout) as T;
-  };
+  const { forky, json } = cliRunner(() => data);
 
   before(async () => {
     await ensureImage();

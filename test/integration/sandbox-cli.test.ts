@@ -9,35 +9,16 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import { pollUntil } from '@forky/base';
 import type { ForkResult, VmInfo } from '@forky/contract';
+import { CLI, cliRunner } from '../helpers/cli-run.js';
 import { ensureImage, IMAGES_DIR, REPO } from '../helpers/repo.js';
 
-const CLI = path.join(REPO, 'services', 'cli', 'dist', 'main.js');
 const sh = (s: string): string => `'${s.replace(/'/g, `'\\''`)}'`;
-
-interface Run {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
 
 describe('sandbox commands of the CLI against a local cluster', { timeout: 900_000 }, () => {
   let data: string;
   let vm: VmInfo;
   const env = (): NodeJS.ProcessEnv => ({ ...process.env, FORKY_DATA: data });
-  const forky = async (args: string[], timeoutMs = 300_000): Promise<Run> => {
-    try {
-      const r = await promisify(execFile)(process.execPath, [CLI, ...args], { env: env(), timeout: timeoutMs, maxBuffer: 64 << 20 });
-      return { code: 0, stdout: r.stdout, stderr: r.stderr };
-    } catch (e) {
-      const err = e as { code?: number; stdout?: string; stderr?: string };
-      return { code: typeof err.code === 'number' ? err.code : 1, stdout: err.stdout ?? '', stderr: err.stderr ?? '' };
-    }
-  };
-  const json = async <T>(args: string[]): Promise<T> => {
-    const r = await forky(['--json', ...args]);
-    assert.equal(r.code, 0, `forky ${args.join(' ')}: ${r.stderr}`);
-    return JSON.parse(r.stdout) as T;
-  };
+  const { forky, json } = cliRunner(() => data);
   /** A CLI run whose stdout we read as it comes. */
   const spawnForky = (args: string[]): ChildProcess =>
     spawn(process.execPath, [CLI, ...args], { env: env(), stdio: ['ignore', 'pipe', 'pipe'] });
