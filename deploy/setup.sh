@@ -10,7 +10,7 @@ node -e 'const [a,b]=process.versions.node.split(".").map(Number); process.exit(
   || { echo "setup: Node >= 20.10 is needed (found $(node --version 2>/dev/null || echo none))" >&2; exit 1; }
 
 # tool -> Debian package
-declare -A pkgs=([qemu-system-x86_64]=qemu-system-x86 [qemu-img]=qemu-utils [nats-server]=nats-server [cpio]=cpio [mkfs.ext4]=e2fsprogs [dpkg-deb]=dpkg [ip]=iproute2 [gcc]=gcc [go]=golang-go [tmux]=tmux)
+declare -A pkgs=([qemu-system-x86_64]=qemu-system-x86 [qemu-img]=qemu-utils [nats-server]=nats-server [cpio]=cpio [mkfs.ext4]=e2fsprogs [dpkg-deb]=dpkg [ip]=iproute2 [gcc]=gcc [go]=golang-go [tmux]=tmux [nft]=nftables)
 missing=()
 for tool in "${!pkgs[@]}"; do command -v "$tool" >/dev/null || [ -x "/usr/sbin/$tool" ] || missing+=("${pkgs[$tool]}"); done
 # The image's small static helper (images/tiny/ident.c) links against libc.a.

@@ -53,7 +53,7 @@ describe(
     let snap: SnapshotInfo;
 
     const state = async () => ({
-      vms: (await c.host.call('vm.list', {})).vms.map((v) => `${v.id}:${v.state}:${v.pid}`).sort(),
+      vms: (await c.host.call('vm.list', {})).vms.map((v) => `${v.id}:${v.state}:${v.pid}:${JSON.stringify(v.network?.egress)}`).sort(),
       snapshots: (await c.host.call('snapshot.list', {})).snapshots.map((s) => s.id).sort(),
       qemu: (await qemuPidsOf([vm.id])).length,
       files: await c.files(),
@@ -102,6 +102,12 @@ describe(
           fields: { id: 'id', apps: 'apps', key: 'key' },
           required: ['id', 'apps'],
         },
+        // The policy it has already: the valid form changes nothing.
+        'vm.network': {
+          body: { id: vm.id, network: { egress: vm.network?.egress ?? 'none' } },
+          fields: { id: 'id', key: 'key' },
+          required: ['id', 'network'],
+        },
         'snapshot.create': { body: { vm: vm.id, resume: true }, fields: { vm: 'id', resume: 'bool', key: 'key' }, required: ['vm'] },
         'snapshot.list': { body: {}, fields: {}, required: [] },
         'snapshot.show': { body: { id: snap.id }, fields: id, required: ['id'] },
@@ -135,6 +141,8 @@ describe(
           fields: { id: 'id', path: 'text', recursive: 'bool' },
           required: ['id', 'path'],
         },
+        // Port 1: nothing listens there in the guest, so a valid open ends refused at once.
+        'port.open': { body: { id: vm.id, port: 1 }, fields: { id: 'id', port: 'int', key: 'key' }, required: ['id', 'port'] },
         'proc.list': { body: { id: vm.id }, fields: id, required: ['id'] },
         'proc.signal': {
           body: { id: vm.id, pid: 1, signal: 'CONT' },

@@ -16,6 +16,7 @@ import {
   ProcHostStats,
 } from './hostd-internals.js';
 import { MemoryDirectory } from './memory-directory.js';
+import { FakeNetworkFilter } from './fake-network.js';
 
 /** One hostd engine without QEMU or NATS: dry-run processes, real stores over a temp dir, faults on call. */
 export interface EngineHost {
@@ -111,6 +112,7 @@ function build(s: Shared): EngineHost {
     images: new ImageCatalog(path.join(s.root, 'images')),
     layout,
     limits: s.limits,
+    network: new FakeNetworkFilter(),
     logger: logger(),
     directory: withFaults('directory', s.directory, s.plan),
   });

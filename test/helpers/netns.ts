@@ -86,3 +86,70 @@ export async function createTestNet(n: number): Promise<TestNet> {
     destroy,
   };
 }
+
+export interface VethNs {
+  ns: string;
+  /** The veth end in the root namespace (a stand-in for a VM's TAP: ≤ 15 characters, [a-z0-9]). */
+  hostEnd: string;
+  /** `hostEnd`'s address, the namespace's default route. */
+  hostAddr: string;
+  /** The namespace end's address. */
+  nsAddr: string;
+  /** Starts a process inside the namespace. */
+  spawn(cmd: string, args: string[]): ChildProcess;
+  destroy(): Promise<void>;
+}
+
+/**
+ * One network namespace joined to the root one by a veth pair on a private /24 of its own
+ * (10.<random>.<random>.1 here, .2 there), routed through the root end. destroy() kills what
+ * still runs in it and removes it (the veth goes with it).
+ */
+export async function createVethNs(): Promise<VethNs> {
+  const id = randomBytes(3).toString('hex');
+  const subnet = `10.${randomInt(120, 250)}.${randomInt(1, 250)}`;
+  const ns = `fkvn${id}`;
+  const hostEnd = `fkh${id}`;
+  const nsEnd = `fkg${id}`;
+  let made = false;
+  const destroy = async (): Promise<void> => {
+    if (made) {
+      const pids = await run('ip', ['netns', 'pids', ns]).then(
+        (r) => r.stdout.split('\n').filter(Boolean),
+        () => [],
+      );
+      for (const p of pids) {
+        try {
+          process.kill(Number(p), 'SIGKILL');
+        } catch {
+          /* gone */
+        }
+      }
+      await ip('netns', 'del', ns).catch(() => undefined);
+    }
+    await ip('link', 'del', hostEnd).catch(() => undefined);
+  };
+  try {
+    await ip('netns', 'add', ns);
+    made = true;
+    await ip('link', 'add', hostEnd, 'type', 'veth', 'peer', 'name', nsEnd);
+    await ip('link', 'set', nsEnd, 'netns', ns);
+    await ip('addr', 'add', `${subnet}.1/24`, 'dev', hostEnd);
+    await ip('link', 'set', hostEnd, 'up');
+    await ip('-n', ns, 'addr', 'add', `${subnet}.2/24`, 'dev', nsEnd);
+    await ip('-n', ns, 'link', 'set', nsEnd, 'up');
+    await ip('-n', ns, 'link', 'set', 'lo', 'up');
+    await ip('-n', ns, 'route', 'add', 'default', 'via', `${subnet}.1`);
+  } catch (e) {
+    await destroy();
+    throw e;
+  }
+  return {
+    ns,
+    hostEnd,
+    hostAddr: `${subnet}.1`,
+    nsAddr: `${subnet}.2`,
+    spawn: (cmd, args) => spawn('ip', ['netns', 'exec', ns, cmd, ...args], { stdio: ['ignore', 'pipe', 'pipe'] }),
+    destroy,
+  };
+}

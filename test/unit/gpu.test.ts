@@ -90,6 +90,7 @@ describe('QEMU command line of a GPU VM', () => {
       gpus: ['0000:01:00.0', '0000:01:00.1'],
       appDisks: [],
       runDir: '/run/x',
+      net: { restrict: false },
     };
     const p = { qmpSocket: '/q', qmpServerSocket: '/s', qgaSocket: '/g', ctlSocket: '/c', agentSocket: '/a', serialLog: '/l' };
     const args = buildArgs(spec, { accel: 'kvm', machine: 'pc', cpuModel: 'host', sandbox: true, network: { mode: 'user' } }, p, 'boot');

@@ -14,6 +14,7 @@ import {
   TransferResult,
 } from './snapshot.js';
 import { guestContract } from './guest.js';
+import { VmNetworkRequest } from './network.js';
 
 /** Request and reply schema of every hostd endpoint: the one table both sides are checked against. */
 export const hostdContract = {
@@ -26,6 +27,7 @@ export const hostdContract = {
   'vm.destroy': { request: VmRef, reply: VmInfo },
   'vm.exec': { request: ExecRequest, reply: ExecResult },
   'vm.app': { request: VmAppRequest, reply: VmInfo },
+  'vm.network': { request: VmNetworkRequest, reply: VmInfo },
   'snapshot.create': { request: SnapshotCreateRequest, reply: SnapshotInfo },
   'snapshot.list': { request: Empty, reply: SnapshotList },
   'snapshot.show': { request: SnapshotRef, reply: SnapshotInfo },
@@ -62,6 +64,7 @@ export const ENDPOINT_KINDS = {
   'vm.destroy': 'write',
   'vm.exec': 'write',
   'vm.app': 'write',
+  'vm.network': 'write',
   'snapshot.create': 'write',
   'snapshot.delete': 'write',
   'snapshot.publish': 'write',
@@ -74,6 +77,8 @@ export const ENDPOINT_KINDS = {
   'proc.attach': 'read',
   'file.read': 'read',
   'file.watch': 'read',
+  // Keyed like exec.start: each open makes a connection in the guest.
+  'port.open': 'write',
   'proc.list': 'read',
   'file.list': 'read',
   'file.stat': 'read',

@@ -1,5 +1,16 @@
 // The wire contract is what this package publishes: every schema and table, by name.
 export { VmId, SnapshotId, HostId, ImageName, ForkSource, IdempotencyKey } from './ids.js';
+export {
+  EGRESS_ALLOW_MAX,
+  parseEgressRule,
+  EgressAllowEntry,
+  Egress,
+  NetworkPolicy,
+  NetworkEnforcement,
+  NetworkInfo,
+  VmNetworkRequest,
+  type EgressRule,
+} from './network.js';
 export { LayerDigest, MAX_APPS, MountPoint, AppMount, AppList } from './app.js';
 export { VM_STATES, VmState, Accel, VmInfo, BootRequest, VmRef, VmAppRequest, VmList, ExecRequest, ExecResult } from './vm.js';
 export {
@@ -33,6 +44,7 @@ export {
   FileReadRequest,
   FileWriteRequest,
   FileWatchRequest,
+  PortOpenRequest,
   StreamRef,
   StreamOpenReply,
   GUEST_SIGNALS,

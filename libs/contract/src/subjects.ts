@@ -17,6 +17,7 @@ export const HOSTD_ENDPOINTS = [
   'vm.destroy',
   'vm.exec',
   'vm.app',
+  'vm.network',
   'snapshot.create',
   'snapshot.list',
   'snapshot.show',

@@ -1,6 +1,7 @@
 import { z } from 'zod';
 import { HostId, IdempotencyKey, ImageName, SnapshotId, VmId } from './ids.js';
 import { AppList, AppMount } from './app.js';
+import { NetworkInfo, NetworkPolicy } from './network.js';
 
 /** `lost`: shown by the scheduler for a VM whose host stopped reporting; hostd never uses it. */
 export const VM_STATES = [
@@ -41,6 +42,8 @@ export const VmInfo = z.strictObject({
   gpus: z.array(z.string()).optional(),
   /** App layers mounted in the guest (overlay: read-only layer, writes kept on the VM's own disk). */
   apps: z.array(AppMount).optional(),
+  /** Its egress policy and how this host enforces it (README "Network isolation"). */
+  network: NetworkInfo.optional(),
   /** Milliseconds spent in each step of making this VM. */
   timings: z.record(z.string(), z.number()).optional(),
 });
@@ -54,6 +57,8 @@ export const BootRequest = z.strictObject({
   gpus: z.number().int().min(0).max(16).default(0),
   /** App layers to mount once the guest is up. */
   apps: AppList.optional(),
+  /** Where the guest may connect; default `{egress: "internet"}` (public addresses only). */
+  network: NetworkPolicy.optional(),
   key: IdempotencyKey.optional(),
 });
 export type BootRequest = z.infer<typeof BootRequest>;

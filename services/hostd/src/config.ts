@@ -3,7 +3,7 @@ import path from 'node:path';
 import { z } from 'zod';
 import { BucketReplicas, NatsConfig, natsConfigFromEnv } from '@forky/bus';
 import { parseConfig, readConfigFile } from '@forky/base';
-import { HostId } from '@forky/contract';
+import { EgressAllowEntry, HostId } from '@forky/contract';
 
 const Limits = z.strictObject({
   bootTimeoutMs: z.number().int().positive().default(60_000),
@@ -37,6 +37,19 @@ const Ksm = z.strictObject({
   sleepMs: z.number().int().min(0).default(20),
 });
 
+/**
+ * `filter`: `auto` uses nftables where this host can (root, nft, cgroup v2), and otherwise gives
+ * guests no network at all (QEMU `restrict=on`: only egress `none`); `nftables` refuses to start
+ * without it; `none` never filters, so guests get no network. `deny`: more blocks no guest may
+ * reach whatever its policy (the cluster's own networks, if they are public). `resolvers`: the DNS
+ * servers guests may query (default: the host's /etc/resolv.conf).
+ */
+const NetworkFilterConfig = {
+  filter: z.enum(['auto', 'nftables', 'none']).default('auto'),
+  deny: z.array(EgressAllowEntry).max(256).default([]),
+  resolvers: z.array(z.ipv4().or(z.ipv6())).max(16).optional(),
+};
+
 export const HostdConfig = z.strictObject({
   hostId: HostId,
   nats: NatsConfig,
@@ -66,13 +79,16 @@ export const HostdConfig = z.strictObject({
     })
     .prefault({}),
   limits: Limits.prefault({}),
-  /** VMs' NICs: QEMU user-mode NAT (default), or a TAP device per VM on an existing host bridge. */
+  /**
+   * VMs' NICs: QEMU user-mode NAT (default), or a TAP device per VM on an existing host bridge;
+   * and how each VM's egress policy is enforced (README "Network isolation").
+   */
   network: z
     .discriminatedUnion('mode', [
-      z.strictObject({ mode: z.literal('user') }),
-      z.strictObject({ mode: z.literal('tap'), bridge: z.string().regex(/^[A-Za-z0-9_.-]{1,15}$/) }),
+      z.strictObject({ mode: z.literal('user'), ...NetworkFilterConfig }),
+      z.strictObject({ mode: z.literal('tap'), bridge: z.string().regex(/^[A-Za-z0-9_.-]{1,15}$/), ...NetworkFilterConfig }),
     ])
-    .default({ mode: 'user' }),
+    .prefault({ mode: 'user' }),
   pool: Pool.prefault({}),
   /** Simulate a host: VMs are records only, no QEMU runs (for scheduler benchmarks). */
   dryRun: z.boolean().default(false),

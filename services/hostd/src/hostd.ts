@@ -13,6 +13,7 @@ import { DryRunLayerStore, DryRunRuntime } from './adapters/dry-run.js';
 import type { VmRuntime } from './domain/ports.js';
 import { KvDirectory } from './adapters/kv-directory.js';
 import type { HostdConfig } from './config.js';
+import { openNetworkFilter } from './adapters/net/index.js';
 import { HostEngine } from './domain/engine.js';
 import type { RecoveryReport } from './domain/recovery.js';
 import { ImageCatalog } from './images.js';
@@ -53,6 +54,17 @@ export async function startHostd(config: Readonly<HostdConfig>, logger: Logger):
     ? { accel: 'tcg', reason: 'dry run: no QEMU is started', qemuVersion: 'dry-run' }
     : await chooseAccel(config, images, log);
   const runAs = config.dryRun ? undefined : await resolveRunAs(config.qemu.runAs, [layout.dataDir, layout.ramDir], log);
+  // Before any VM process: those a restart takes back are re-filtered, and every new one starts filtered.
+  const network = await openNetworkFilter({
+    hostId: config.hostId,
+    natsServers: config.nats.servers,
+    deny: config.network.deny,
+    ...(config.network.resolvers ? { resolvers: config.network.resolvers } : {}),
+    mode: config.network.mode,
+    // A dry run starts no guest: nothing to filter.
+    filter: config.dryRun ? 'none' : config.network.filter,
+    log,
+  });
   const runtime: VmRuntime = config.dryRun
     ? new DryRunRuntime()
     : new QemuRuntime({
@@ -64,6 +76,7 @@ export async function startHostd(config: Readonly<HostdConfig>, logger: Logger):
         sandbox: config.qemu.sandbox,
         ...(runAs ? { runAs } : {}),
         network: config.network,
+        filter: network,
         ...(config.qemu.tcgTbSizeMiB ? { tcgTbSizeMiB: config.qemu.tcgTbSizeMiB } : {}),
         logger: log,
       });
@@ -88,6 +101,7 @@ export async function startHostd(config: Readonly<HostdConfig>, logger: Logger):
     stats: new ProcHostStats(),
     images,
     layout,
+    network,
     limits: config.limits,
     pool: config.pool,
     gpus: new GpuAllocator(gpus, config.hostId),
@@ -100,7 +114,7 @@ export async function startHostd(config: Readonly<HostdConfig>, logger: Logger):
   const streams = new GuestStreams({ nc, hostId: config.hostId, guest: (id) => engine.guest(id), log });
   streams.start();
   const service = await startHostdService(nc, config.hostId, engine, HOSTD_VERSION, log, streams.handlers());
-  log.info({ accel: probe.accel, reason: probe.reason, qemu: probe.qemuVersion }, 'hostd serving');
+  log.info({ accel: probe.accel, reason: probe.reason, qemu: probe.qemuVersion, network: network.describe() }, 'hostd serving');
 
   const instance = newId('hd', 12);
   const beat = async (): Promise<void> => {
@@ -136,6 +150,8 @@ export async function startHostd(config: Readonly<HostdConfig>, logger: Logger):
       await streams.stop().catch((err: unknown) => log.warn({ err }, 'streams stop'));
       if (opts.destroyVms) await engine.destroyAll();
       else await engine.close().catch((err: unknown) => log.warn({ err }, 'warm pool cleanup'));
+      // The filter stays while any VM of this host may still run (a restarted hostd takes it back).
+      await network.close({ vmsLeft: engine.list().length }).catch((err: unknown) => log.warn({ err }, 'network filter close'));
       await nc.drain().catch(() => undefined);
     },
   };

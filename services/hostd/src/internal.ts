@@ -22,7 +22,16 @@ export {
   type RamHold,
   type RamNeed,
 } from './domain/admission.js';
-export type { AppLayerStore, Directory, PartStore, RamSpace, RunningProcess, AppDisk, SnapshotFiles } from './domain/ports.js';
+export type {
+  AppLayerStore,
+  Directory,
+  NetworkFilter,
+  PartStore,
+  RamSpace,
+  RunningProcess,
+  AppDisk,
+  SnapshotFiles,
+} from './domain/ports.js';
 export type { SnapshotRecord, VmRecord } from './domain/records.js';
 export { Layout } from './layout.js';
 export { DryRunLayerStore, DryRunRuntime } from './adapters/dry-run.js';

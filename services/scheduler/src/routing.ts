@@ -1,9 +1,15 @@
-import type { ExecRequest, GuestEndpoint, HostdEndpoint, VmAppRequest } from '@forky/contract';
+import type { ExecRequest, GuestEndpoint, HostdEndpoint, VmAppRequest, VmNetworkRequest } from '@forky/contract';
 import type { SchedContext } from './context.js';
 
 /** The requests about one VM or snapshot, which its host answers. */
-export type Forwarded = 'vm.show' | 'vm.pause' | 'vm.resume' | 'vm.destroy' | 'vm.exec' | 'vm.app' | 'snapshot.show';
-export type ForwardedRequest<E extends Forwarded> = E extends 'vm.exec' ? ExecRequest : E extends 'vm.app' ? VmAppRequest : { id: string };
+export type Forwarded = 'vm.show' | 'vm.pause' | 'vm.resume' | 'vm.destroy' | 'vm.exec' | 'vm.app' | 'vm.network' | 'snapshot.show';
+export type ForwardedRequest<E extends Forwarded> = E extends 'vm.exec'
+  ? ExecRequest
+  : E extends 'vm.app'
+    ? VmAppRequest
+    : E extends 'vm.network'
+      ? VmNetworkRequest
+      : { id: string };
 
 /**
  * Forwards a request about one VM or snapshot to the host that holds it, once and whole: an

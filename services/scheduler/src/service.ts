@@ -33,6 +33,7 @@ export function schedulerHandlers(s: Scheduler): Handlers {
     'vm.destroy': (r) => s.forward('vm.destroy', r),
     'vm.exec': (r) => s.forward('vm.exec', r),
     'vm.app': (r) => s.forward('vm.app', r),
+    'vm.network': (r) => s.forward('vm.network', r),
     'snapshot.create': (r) => s.snapshot(r),
     'snapshot.list': async () => ({ snapshots: await s.gather('snapshot.list') }),
     'snapshot.show': (r) => s.forward('snapshot.show', r),

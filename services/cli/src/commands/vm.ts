@@ -3,6 +3,7 @@ import { newId } from '@forky/base';
 import type { VmInfo } from '@forky/contract';
 import { printJson, printTable } from '../output.js';
 import { APP_HELP, collect, nonNegativeInt, positiveInt, type CliContext } from './context.js';
+import { EGRESS_HELP, parseEgress } from './net.js';
 
 export const VM_COLUMNS = ['id', 'host', 'state', 'image', 'memMiB', 'parentSnapshot', 'pid'] as const satisfies ReadonlyArray<
   keyof VmInfo
@@ -15,6 +16,8 @@ interface BootOptions {
   gpus: number;
   app: string[];
   host?: string;
+  egress?: string;
+  dns: boolean;
 }
 
 /** `forky vm boot | ls | show | pause | resume | rm | app`; the `vm` command, for the sandbox commands (exec, ps…) to join. */
@@ -31,9 +34,12 @@ export function registerVm(program: Command, cli: CliContext): Command {
     .option('--gpus <n>', 'host GPUs passed through (VFIO); such a VM cannot be snapshotted or forked', nonNegativeInt('gpus'), 0)
     .option('--app <dir[:/mnt]>', APP_HELP, collect, [])
     .option('--host <id>', 'pin to a host')
+    .option('--egress <policy>', EGRESS_HELP)
+    .option('--no-dns', 'with an --egress allow-list: no DNS either')
     .action(
       cli.action(async (o: BootOptions, cmd: Command) => {
         const key = newId('boot', 16);
+        const network = o.egress === undefined ? undefined : { egress: parseEgress(o.egress, o.dns) };
         const v = await cli.withSession(cmd, async (s) => {
           const apps = await s.uploadApps(o.app);
           return s.call('vm.boot', {
@@ -44,6 +50,7 @@ export function registerVm(program: Command, cli: CliContext): Command {
             ...(o.gpus ? { gpus: o.gpus } : {}),
             ...(apps.length ? { apps } : {}),
             ...(o.host ? { host: o.host } : {}),
+            ...(network ? { network } : {}),
           });
         });
         printVms(cmd, [v], true);

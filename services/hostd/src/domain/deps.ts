@@ -6,6 +6,7 @@ import type {
   Directory,
   HostStats,
   LayerStore,
+  NetworkFilter,
   PartStore,
   RamSpace,
   RecordStore,
@@ -48,6 +49,8 @@ export interface EngineDeps {
   layout: Layout;
   limits: EngineLimits;
   logger: Logger;
+  /** Each VM's egress filter. */
+  network: NetworkFilter;
   /** Where the cluster learns which host holds what; none for a host on its own. */
   directory?: Directory;
   /** The object store snapshots travel through; none for a host on its own. */

@@ -11,6 +11,7 @@ import type {
   TransferResult,
   VmAppRequest,
   VmInfo,
+  VmNetworkRequest,
 } from '@forky/contract';
 import { asForkyError, type ErrorCode } from '@forky/base';
 import type { GuestSession } from '@forky/agent';
@@ -27,6 +28,7 @@ import { guestSession } from './ops/guest.js';
 import { fork } from './ops/fork.js';
 import { hostInfo } from './ops/info.js';
 import { destroyVm, pause, resume } from './ops/lifecycle.js';
+import { setNetwork, withRefused } from './ops/network.js';
 import { recover } from './ops/recover.js';
 import { fetch, publish } from './ops/ship.js';
 import { snapshotVm } from './ops/snapshot.js';
@@ -92,6 +94,11 @@ export class HostEngine {
     return this.#host.info(this.#host.vm(id));
   }
 
+  /** `show` with what the VM's network filter has refused so far. */
+  showWithCounters(id: string): Promise<VmInfo> {
+    return withRefused(this.#host, this.show(id));
+  }
+
   listSnapshots(): SnapshotInfo[] {
     return [...this.#host.snaps.values()].map((s) => s.info);
   }
@@ -127,6 +134,11 @@ export class HostEngine {
   /** Mounts app layers in a running VM (new mount points, or new layers at old ones). */
   apps(req: VmAppRequest): Promise<VmInfo> {
     return this.#requests.once(req.key, 'app', () => this.#changes(() => applyApps(this.#host, req)));
+  }
+
+  /** Changes a running VM's egress policy (from its next packet on); the same policy again changes nothing. */
+  network(req: VmNetworkRequest): Promise<VmInfo> {
+    return setNetwork(this.#host, req);
   }
 
   destroy(id: string): Promise<VmInfo> {

@@ -1,5 +1,5 @@
 import { InvalidStateError, KeyedMutex, NotFoundError, newId, type Logger } from '@forky/base';
-import type { VmInfo, VmState } from '@forky/contract';
+import type { Egress, VmInfo, VmState } from '@forky/contract';
 import type { Image } from '../images.js';
 import type { EngineDeps } from './deps.js';
 import type { Directory, VmHandle, VmSpec } from './ports.js';
@@ -8,7 +8,7 @@ import { AppMounter } from './apps.js';
 import { GpuAllocator } from './gpus.js';
 import { newMac } from './identity.js';
 import { assertTransition } from './state.js';
-import { markFailed, vmInfo, type SnapshotRecord, type VmRecord } from './records.js';
+import { egressOf, markFailed, vmInfo, type SnapshotRecord, type VmRecord } from './records.js';
 import type { Rollback } from './rollback.js';
 import { WarmPool, type WarmChild } from './warm-pool.js';
 
@@ -105,7 +105,7 @@ export class Host implements AdmissionView {
   }
 
   info(r: VmRecord): VmInfo {
-    return vmInfo(r, this.d.hostId, this.d.runtime.accel);
+    return vmInfo(r, this.d.hostId, this.d.runtime.accel, this.d.network.enforcement);
   }
 
   // ---- records
@@ -153,6 +153,7 @@ export class Host implements AdmissionView {
       parentSnapshot: snap.info.id,
     });
     rec.lineage = snap.info.id;
+    rec.egress = egressOf(snap);
     if (snap.apps?.length) rec.apps = snap.apps.map((a) => ({ ...a }));
     return rec;
   }
@@ -171,10 +172,22 @@ export class Host implements AdmissionView {
       ram: rec.ram,
       diskFile: this.d.layers.path(rec.chain.at(-1) as string),
       runDir: this.d.layout.vmDir(rec.id),
+      net: { scope: this.d.network.scope(rec.id), restrict: this.d.network.enforcement === 'qemu-restrict' },
     };
   }
 
+  /** A boot that names no policy: `internet`, or `none` on a host without a filter (it could enforce nothing else). */
+  defaultEgress(): Egress {
+    return this.d.network.enforcement === 'nftables' ? 'internet' : 'none';
+  }
+
   // ---- shared steps
+  /** Makes the VM's egress filter before its first process starts; removed on rollback (after that process is stopped). */
+  async filterNetwork(rb: Rollback, vmId: string, egress: Egress): Promise<void> {
+    await this.d.network.apply(vmId, egress);
+    rb.push('remove the network filter', () => this.d.network.remove(vmId));
+  }
+
   /** Makes a layer on `backing`, kept out of garbage collection until `use` is done with it; removed on rollback. */
   async newLayer(rb: Rollback, backing: string, size: number, use?: (layer: string) => Promise<void>): Promise<string> {
     const layer = newId('lyr');
@@ -194,6 +207,7 @@ export class Host implements AdmissionView {
     if (vm.handle) await this.d.runtime.destroy(vm.handle);
     vm.handle = undefined;
     this.gpus.release(vm.id);
+    await this.d.network.remove(vm.id);
     await this.d.records.removeVm(vm);
   }
 

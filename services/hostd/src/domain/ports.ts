@@ -1,5 +1,5 @@
 import type { UploadResult } from '@forky/bus';
-import type { Accel, ExecResult, MachineProfile, SnapshotInfo } from '@forky/contract';
+import type { Accel, Egress, ExecResult, MachineProfile, NetworkEnforcement, SnapshotInfo } from '@forky/contract';
 import type { GuestSession } from '@forky/agent';
 import type { Image } from '../images.js';
 import type { SnapshotRecord, VmRecord } from './records.js';
@@ -26,6 +26,12 @@ export interface VmSpec {
   appDisks: AppDisk[];
   /** Directory for sockets and logs. */
   runDir: string;
+  /**
+   * Where the VM's packets are filtered. `scope`: the cgroup directory its processes are started
+   * in (the filter knows every packet of a process there as this VM's). `restrict`: the host has
+   * no filter, so QEMU gives the guest no network at all (user-mode `restrict=on`).
+   */
+  net: { scope?: string; restrict: boolean };
 }
 
 /**
@@ -226,4 +232,30 @@ export interface HostStats {
   pssMiB(pid: number): Promise<number>;
   /** Pages KSM shares beyond the first copy, as MiB; 0 where KSM is absent or off. */
   ksmSavedMiB(): Promise<number>;
+}
+
+/**
+ * The per-VM egress filter (README "Network isolation"). nftables is one adapter (a chain per VM,
+ * selected by the VM's cgroup, or by its TAP device); a fake is another. Every method is idempotent.
+ */
+export interface NetworkFilter {
+  readonly enforcement: NetworkEnforcement;
+  /**
+   * Makes or replaces the VM's filter: before its first process starts, and when its policy
+   * changes (from the next packet on). Throws a ForkyError (`INVALID`) for a policy this host
+   * cannot enforce, having changed nothing.
+   */
+  apply(vmId: string, egress: Egress): Promise<void>;
+  /** The cgroup directory a process of the VM is started in (see VmSpec.net), if the filter works by cgroup. */
+  scope(vmId: string): string | undefined;
+  /** Puts a TAP device of the VM behind its filter (made after `apply`, before QEMU opens it). */
+  bindDevice(vmId: string, device: string): Promise<void>;
+  /** Forgets a TAP device (it is being removed). */
+  unbindDevice(device: string): Promise<void>;
+  /** Packets the VM's policy refused since its filter was made; undefined where not counted. */
+  refused(vmId: string): Promise<number | undefined>;
+  /** Removes the VM's filter once none of its processes is left. */
+  remove(vmId: string): Promise<void>;
+  /** Removes the filters of VMs not in `keep` (a hostd that died left them); says how many. */
+  sweep(keep: ReadonlySet<string>): Promise<number>;
 }

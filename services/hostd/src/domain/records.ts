@@ -1,4 +1,4 @@
-import type { SnapshotInfo, VmInfo, VmState } from '@forky/contract';
+import type { Egress, NetworkEnforcement, SnapshotInfo, VmInfo, VmState } from '@forky/contract';
 import type { VmHandle } from './ports.js';
 import { mountedApps, type AppDevice } from './apps.js';
 
@@ -25,6 +25,8 @@ export interface VmRecord {
   /** Disk layers, bottom (image base) to top (the VM's own writable layer). */
   chain: string[];
   ram: { file: string; shared: boolean };
+  /** Where its guest may connect; a record written before policies existed has none and means `internet`. */
+  egress?: Egress;
   kernelCmdline: string;
   diskVirtualSize: number;
   timings: Record<string, number>;
@@ -50,9 +52,14 @@ export interface SnapshotRecord {
   diskVirtualSize: number;
   /** The VM's app disks when it was frozen: its successor and children start with the same devices. */
   apps?: AppDevice[];
+  /** The VM's egress policy when it was frozen: its children start with it. */
+  egress?: Egress;
 }
 
-export function vmInfo(r: VmRecord, host: string, accel: VmInfo['accel']): VmInfo {
+/** A record's policy: one written before policies existed means `internet`, what every VM had then. */
+export const egressOf = (r: { egress?: Egress }): Egress => r.egress ?? 'internet';
+
+export function vmInfo(r: VmRecord, host: string, accel: VmInfo['accel'], enforcedBy: NetworkEnforcement): VmInfo {
   const apps = mountedApps(r.apps);
   return {
     id: r.id,
@@ -70,6 +77,7 @@ export function vmInfo(r: VmRecord, host: string, accel: VmInfo['accel']): VmInf
     mac: r.mac,
     ...(r.gpus?.length ? { gpus: r.gpus.flatMap((g) => g.functions) } : {}),
     ...(apps ? { apps } : {}),
+    network: { egress: egressOf(r), enforcedBy },
     timings: r.timings,
   };
 }

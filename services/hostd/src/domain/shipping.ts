@@ -1,6 +1,6 @@
 import { z } from 'zod';
 import { IncompatibleError } from '@forky/base';
-import { LayerDigest, MountPoint, SnapshotInfo, type TransferResult } from '@forky/contract';
+import { Egress, LayerDigest, MountPoint, SnapshotInfo, type TransferResult } from '@forky/contract';
 import type { Image } from '../images.js';
 import type { AppLayerStore, LayerStore, PartStore, SnapshotStore } from './ports.js';
 import type { SnapshotRecord } from './records.js';
@@ -27,6 +27,8 @@ export const ShippingManifest = z.strictObject({
       }),
     )
     .optional(),
+  /** The egress policy its children start with (a manifest of before policies has none: `internet`). */
+  egress: Egress.optional(),
 });
 export type ShippingManifest = z.infer<typeof ShippingManifest>;
 
@@ -69,6 +71,7 @@ export async function publish(d: ShippingDeps, rec: SnapshotRecord): Promise<Tra
     state: { digest: state.digest, size: state.size },
     ram: { digest: ram.digest, size: ram.size },
     ...(apps.length ? { apps } : {}),
+    ...(rec.egress ? { egress: rec.egress } : {}),
   };
   await d.parts.putManifest(rec.info.id, manifest);
   return summary(
@@ -136,6 +139,7 @@ export async function fetch(
     chain: m.chain.map((c) => c.layer),
     kernelCmdline: m.kernelCmdline,
     diskVirtualSize: m.diskVirtualSize,
+    ...(m.egress ? { egress: m.egress } : {}),
   };
   return { record, result: summary(id, d.hostId, moves, t0) };
 }

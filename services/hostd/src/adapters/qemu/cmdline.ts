@@ -94,7 +94,10 @@ export function buildArgs(spec: VmSpec, m: MachineOptions, paths: LaunchPaths, m
     '-device',
     'virtio-rng-pci,rng=rng0',
     '-netdev',
-    m.network.mode === 'tap' ? `tap,id=net0,ifname=${tapName(spec.id, spec.generation)},script=no,downscript=no` : 'user,id=net0',
+    m.network.mode === 'tap'
+      ? `tap,id=net0,ifname=${tapName(spec.id, spec.generation)},script=no,downscript=no`
+      : // restrict=on: a host with no filter gives its guests no way out at all (egress `none`).
+        `user,id=net0${spec.net.restrict ? ',restrict=on' : ''}`,
     '-device',
     `virtio-net-pci,netdev=net0,mac=${spec.mac},romfile=,id=nic0`,
     // A new generation id per process: loading state writes it into the guest and notifies it.

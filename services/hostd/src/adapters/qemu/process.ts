@@ -25,6 +25,7 @@ export async function launchQemu(
   logFile: string,
   timeoutMs: number,
   log: Logger,
+  scope?: string,
 ): Promise<QemuProcess> {
   await fs.rm(qmpSocket, { force: true });
   const server = net.createServer();
@@ -36,7 +37,9 @@ export async function launchQemu(
   const logFd = openSync(logFile, 'a');
   let exited = false;
   try {
-    const child = spawn(binary, args, { stdio: ['ignore', logFd, logFd], detached: true });
+    const child = scope
+      ? spawnInScope(scope, binary, args, logFd)
+      : spawn(binary, args, { stdio: ['ignore', logFd, logFd], detached: true });
     const pid = child.pid;
     const exitedP = new Promise<void>((resolve) => child.once('exit', () => resolve()));
     child.once('exit', () => (exited = true));
@@ -67,6 +70,16 @@ export async function launchQemu(
     server.close();
     await fs.rm(qmpSocket, { force: true });
   }
+}
+
+/**
+ * Starts QEMU inside the cgroup `scope` (its VM's network filter selects packets by cgroup): a
+ * shell joins it and then becomes QEMU (same pid), so no packet of QEMU's is ever sent outside
+ * it. If it cannot join, QEMU does not start (exit 125, and the shell's message in qemu.log).
+ */
+function spawnInScope(scope: string, binary: string, args: readonly string[], logFd: number): ReturnType<typeof spawn> {
+  const script = 'echo 0 > "$1/cgroup.procs" || { echo "forky: cannot join cgroup $1" >&2; exit 125; }; shift; exec "$@"';
+  return spawn('/bin/sh', ['-c', script, 'forky-qemu-launch', scope, binary, ...args], { stdio: ['ignore', logFd, logFd], detached: true });
 }
 
 export function killGroup(pid: number, signal: NodeJS.Signals): void {

@@ -4,7 +4,7 @@ import { ForkyError, withDeadline, type Logger } from '@forky/base';
 import { GuestAgentClient, QmpClient } from '@forky/qemu';
 import { connectAgent, SessionCache, type GuestSession } from '@forky/agent';
 import type { Accel, ExecResult, MachineProfile } from '@forky/contract';
-import type { AppDisk, RunningProcess, VmHandle, VmRuntime, VmSpec } from '../../domain/ports.js';
+import type { AppDisk, NetworkFilter, RunningProcess, VmHandle, VmRuntime, VmSpec } from '../../domain/ports.js';
 import { appBlockdev, appDevice, buildArgs, launchPaths, vmSocket as sock, type LaunchMode, type MachineOptions } from './cmdline.js';
 import { findQemuProcesses, killAndWait, killGroup, launchQemu, watchProcess, type QemuProcess } from './process.js';
 import { listenForState, loadState } from './migration.js';
@@ -40,6 +40,8 @@ export interface QemuRuntimeOptions extends Omit<MachineOptions, 'runAs'> {
   binary: string;
   qemuVersion: string;
   logger: Logger;
+  /** Puts each TAP device behind its VM's egress filter (TAP mode: QEMU's own sockets are not the path). */
+  filter?: Pick<NetworkFilter, 'bindDevice' | 'unbindDevice'>;
 }
 
 /**
@@ -198,7 +200,12 @@ export class QemuRuntime implements VmRuntime<QemuVm> {
       }
     }
     vm.qmp.close();
-    if (this.opts.network.mode === 'tap') await removeTap(tapName(vm.spec.id, vm.spec.generation));
+    if (this.opts.network.mode === 'tap') await this.#removeTap(tapName(vm.spec.id, vm.spec.generation));
+  }
+
+  async #removeTap(tap: string): Promise<void> {
+    await this.opts.filter?.unbindDevice(tap);
+    await removeTap(tap);
   }
 
   async attach(spec: VmSpec, pid: number, timeoutMs: number): Promise<{ handle: QemuVm; status: string }> {
@@ -228,12 +235,19 @@ export class QemuRuntime implements VmRuntime<QemuVm> {
     const args = buildArgs(spec, this.opts, paths, mode);
     const log = this.opts.logger.child({ vm: spec.id, generation: spec.generation });
     const tap = this.opts.network.mode === 'tap' ? tapName(spec.id, spec.generation) : undefined;
-    if (tap && this.opts.network.mode === 'tap') await createTap(tap, this.opts.network.bridge);
+    if (tap && this.opts.network.mode === 'tap') {
+      await createTap(tap, this.opts.network.bridge);
+      // Behind its filter before QEMU can send a frame through it.
+      await this.opts.filter?.bindDevice(spec.id, tap).catch(async (e: unknown) => {
+        await this.#removeTap(tap);
+        throw e;
+      });
+    }
     let proc: QemuProcess;
     try {
-      proc = await launchQemu(this.opts.binary, args, paths.qmpSocket, path.join(spec.runDir, 'qemu.log'), timeoutMs, log);
+      proc = await launchQemu(this.opts.binary, args, paths.qmpSocket, path.join(spec.runDir, 'qemu.log'), timeoutMs, log, spec.net.scope);
     } catch (e) {
-      if (tap) await removeTap(tap);
+      if (tap) await this.#removeTap(tap);
       throw e;
     }
     try {
@@ -242,7 +256,7 @@ export class QemuRuntime implements VmRuntime<QemuVm> {
     } catch (e) {
       killGroup(proc.pid, 'SIGKILL');
       await proc.exited;
-      if (tap) await removeTap(tap);
+      if (tap) await this.#removeTap(tap);
       throw e;
     }
   }

@@ -10,11 +10,21 @@ export function tapName(vmId: string, generation: number): string {
   return `fk${createHash('sha256').update(`${vmId}/${generation}`).digest('hex').slice(0, 12)}`;
 }
 
-/** Makes the TAP device and puts it on the bridge, up. Done by hostd: QEMU may not (sandbox). */
+/** Every command here is quick; a hung one must not hang hostd. */
+const IP_TIMEOUT_MS = 10_000;
+
+/**
+ * Makes the TAP device and puts it on the bridge, up. Done by hostd: QEMU may not (sandbox).
+ * The port is isolated: the bridge forwards nothing between isolated ports, so VMs on it cannot
+ * reach one another (their way to the host and beyond passes the egress filter at the TAP).
+ */
 export async function createTap(name: string, bridge: string): Promise<void> {
   try {
-    await execa('ip', ['tuntap', 'add', 'dev', name, 'mode', 'tap']);
-    await execa('ip', ['link', 'set', name, 'master', bridge, 'up']);
+    await execa('ip', ['tuntap', 'add', 'dev', name, 'mode', 'tap'], { timeout: IP_TIMEOUT_MS });
+    await execa('ip', ['link', 'set', name, 'master', bridge], { timeout: IP_TIMEOUT_MS });
+    // Isolated before it is up: no frame crosses to another VM's port, not even the first.
+    await execa('bridge', ['link', 'set', 'dev', name, 'isolated', 'on'], { timeout: IP_TIMEOUT_MS });
+    await execa('ip', ['link', 'set', name, 'up'], { timeout: IP_TIMEOUT_MS });
   } catch (e) {
     await removeTap(name);
     throw new ForkyError(
@@ -26,5 +36,5 @@ export async function createTap(name: string, bridge: string): Promise<void> {
 }
 
 export async function removeTap(name: string): Promise<void> {
-  await execa('ip', ['link', 'del', name]).catch(() => undefined);
+  await execa('ip', ['link', 'del', name], { timeout: IP_TIMEOUT_MS }).catch(() => undefined);
 }

@@ -1,5 +1,5 @@
 import { newId } from '@forky/base';
-import type { BootRequest, VmInfo } from '@forky/contract';
+import type { BootRequest, Egress, VmInfo } from '@forky/contract';
 import { admitVms, ramNeed, type RamHold } from '../admission.js';
 import { bootDevices } from '../apps.js';
 import type { Host } from '../host.js';
@@ -19,7 +19,10 @@ export async function boot(host: Host, req: BootRequest, hold: RamHold): Promise
     chain: [],
   });
   if (req.key) rec.requestKey = req.key;
+  rec.egress = req.network?.egress ?? host.defaultEgress();
   return withRollback(host.log, { vm: id }, async (rb) => {
+    // First: a policy this host cannot enforce is refused before anything is made.
+    await host.filterNetwork(rb, id, rec.egress as Egress);
     const gpus = host.gpus.take(id, req.gpus);
     rb.push('give back the GPUs', () => host.gpus.release(id));
     if (gpus.length > 0) rec.gpus = gpus.map((g) => ({ group: g.group, functions: g.functions }));

@@ -4,7 +4,7 @@ import type { Image } from '../../images.js';
 import { round, type Host } from '../host.js';
 import { giveIdentity } from '../identity.js';
 import type { VmHandle } from '../ports.js';
-import type { SnapshotRecord } from '../records.js';
+import { egressOf, type SnapshotRecord } from '../records.js';
 import { withRollback } from '../rollback.js';
 import { loadWarm } from '../warm-pool.js';
 import { destroyVm } from './lifecycle.js';
@@ -47,6 +47,9 @@ export async function restoreChild(host: Host, snap: SnapshotRecord, image: Imag
       image,
       snap.chain.at(-1) as string,
       async (spec, rb) => {
+        // Here, once the child is counted (no await between its admission and that): a warm
+        // process was started in its filter's scope already, and applying again keeps it so.
+        await host.filterNetwork(rb, id, egressOf(rec));
         let h: VmHandle = warm ? warm.handle : await d.runtime.prepare(spec, { autostart: true, timeoutMs: d.limits.restoreTimeoutMs });
         // Reads `h` when undone: a warm process that died is replaced by a fresh one.
         rb.push('stop the process', () => d.runtime.destroy(h));

@@ -1,5 +1,6 @@
 import type { Host } from '../host.js';
 import { recoverHost, type Recovered } from '../recovery.js';
+import { egressOf } from '../records.js';
 
 /**
  * Takes back what an earlier hostd of this data directory left (see recovery.ts) into the host
@@ -27,6 +28,15 @@ export async function recover(host: Host): Promise<Recovered> {
     await host.dir.register('vm', v.id).catch(() => undefined);
   }
   for (const id of r.report.removed) await host.dir.unregister('vm', id).catch(() => undefined);
+  // Filters persist in the kernel across a hostd restart (a live VM is never left open); made
+  // whole again for the VMs kept, and removed for the rest.
+  for (const v of r.vms) {
+    await d.network
+      .apply(v.id, egressOf(v))
+      .catch((err: unknown) => host.log.error({ err, vm: v.id }, 'could not re-apply the network policy'));
+  }
+  const swept = await d.network.sweep(new Set(r.vms.map((v) => v.id)));
+  if (swept > 0) host.log.info({ swept }, 'removed network filters of VMs that are gone');
   if (r.vms.length + r.report.removed.length + r.report.orphansKilled > 0) host.log.info(r.report, 'recovered after a restart');
   return r;
 }

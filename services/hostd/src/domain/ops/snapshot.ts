@@ -1,7 +1,7 @@
 import { newId } from '@forky/base';
 import { ramNeed, type RamHold } from '../admission.js';
 import { round, type Host } from '../host.js';
-import type { SnapshotRecord, VmRecord } from '../records.js';
+import { egressOf, type SnapshotRecord, type VmRecord } from '../records.js';
 import { withRollback } from '../rollback.js';
 import { assertAllowed } from '../state.js';
 
@@ -101,6 +101,7 @@ export async function snapshotVm(host: Host, vmId: string, resume: boolean, hold
         kernelCmdline: vm.kernelCmdline,
         diskVirtualSize: vm.diskVirtualSize,
         ...(vm.apps?.length ? { apps: vm.apps.map((a) => ({ ...a })) } : {}),
+        egress: egressOf(vm),
       };
       vm.lineage = id;
       delete vm.snapshotPlan;

@@ -1,0 +1,193 @@
+import path from 'node:path';
+import fs from 'node:fs/promises';
+import type { Logger } from '@forky/base';
+import type { Egress } from '@forky/contract';
+import type { NetworkFilter } from '../../domain/ports.js';
+import { childDirs, makeDir, removeDir, type Cgroup2 } from './cgroups.js';
+import {
+  applyScript,
+  names,
+  removeScript,
+  safeName,
+  sweepScript,
+  tableScript,
+  vmCgroup,
+  vmIdOfChain,
+  type HostFacts,
+  type VmObjects,
+} from './egress-rules.js';
+import type { Nft } from './nft.js';
+import type { TapFilter } from './tap-filter.js';
+
+const VM_DIR = /^[a-z0-9][a-z0-9-]{0,62}$/;
+
+/** What of the table exists now, from `nft -j list table`. */
+interface TableState {
+  elements: Set<string>;
+  chains: Set<string>;
+  counters: Set<string>;
+}
+
+export interface NftFilterParts {
+  nft: Nft;
+  cgroup: Cgroup2;
+  /** This hostd's cgroup directory (`<cgroup2>/forky/<hostKey>`). */
+  hostDir: string;
+  facts: HostFacts;
+  log: Logger;
+  /** TAP mode: the devices' filter (netdev ingress); absent in user mode. */
+  taps?: TapFilter;
+}
+
+/**
+ * The nftables egress filter: every QEMU process of a VM runs in the VM's cgroup, and every packet
+ * one of its sockets sends passes the VM's chain (QEMU user-mode networking makes a host socket per
+ * guest connection). See egress-rules.ts for the rules.
+ */
+export class NftNetworkFilter implements NetworkFilter {
+  readonly enforcement = 'nftables' as const;
+  private queue: Promise<unknown> = Promise.resolve();
+
+  private constructor(private readonly p: NftFilterParts) {}
+
+  /** Makes (or, after a restart, reloads over live VMs) the host's cgroup and table. */
+  static async open(parts: NftFilterParts): Promise<NftNetworkFilter> {
+    await makeDir(parts.hostDir);
+    await parts.nft.run(tableScript(parts.facts) + (parts.taps?.openScript() ?? ''));
+    return new NftNetworkFilter(parts);
+  }
+
+  get table(): string {
+    return this.p.facts.table;
+  }
+
+  /** One nft change at a time: a remove must not interleave with an apply of the same VM. */
+  private serial<T>(fn: () => Promise<T>): Promise<T> {
+    const next = this.queue.then(fn, fn);
+    this.queue = next.catch(() => undefined);
+    return next;
+  }
+
+  async apply(vmId: string, egress: Egress): Promise<void> {
+    // Built first: a policy we cannot enforce throws before anything changes.
+    const script = applyScript(this.p.facts, vmId, egress);
+    const tapScript = this.p.taps?.vmScript(vmId, egress);
+    await this.serial(async () => {
+      await makeDir(this.dir(vmId));
+      await this.p.nft.run(script + (tapScript ?? ''));
+    });
+    this.p.log.debug({ vmId, egress }, 'egress filter applied');
+  }
+
+  scope(vmId: string): string {
+    return this.dir(vmId);
+  }
+
+  async bindDevice(vmId: string, device: string): Promise<void> {
+    if (!this.p.taps) return; // user mode: QEMU's sockets, not a device, carry the VM's packets
+    const taps = this.p.taps;
+    await this.serial(() => taps.bind(vmId, device));
+  }
+
+  async unbindDevice(device: string): Promise<void> {
+    if (!this.p.taps) return;
+    const taps = this.p.taps;
+    await this.serial(() => taps.unbind(device));
+  }
+
+  async refused(vmId: string): Promise<number | undefined> {
+    const listed = await this.p.nft.list(['counter', 'inet', this.table, names(vmId).counter]);
+    const counter = listed?.find((o) => 'counter' in o)?.counter as { packets?: number } | undefined;
+    if (!this.p.taps) return counter?.packets;
+    return (counter?.packets ?? 0) + (await this.p.taps.refused(vmId));
+  }
+
+  async remove(vmId: string): Promise<void> {
+    safeName(vmId);
+    await this.serial(async () => {
+      const s = await this.state();
+      const script = removeScript(this.p.facts, vmId, this.objects(s, vmId)) + (this.p.taps ? await this.p.taps.removeVmScript(vmId) : '');
+      if (script) await this.p.nft.run(script);
+      await removeDir(this.dir(vmId));
+    });
+  }
+
+  async sweep(keep: ReadonlySet<string>): Promise<number> {
+    return this.serial(async () => {
+      const s = await this.state();
+      const ids = new Set<string>(await childDirs(this.p.hostDir));
+      for (const c of s.chains) {
+        const id = vmIdOfChain(c);
+        if (id) ids.add(id);
+      }
+      // A directory that is no VM's name (made by hand?) has no nft objects: only the directory goes.
+      const valid = (id: string): boolean => VM_DIR.test(id);
+      for (const id of [...ids].filter((i) => !valid(i))) {
+        await removeDir(path.join(this.p.hostDir, id), 200).catch((e: Error) =>
+          this.p.log.warn({ dir: id, err: e.message }, 'cgroup kept'),
+        );
+      }
+      const drop = [...ids].filter((id) => valid(id) && !keep.has(id));
+      if (drop.length === 0) return 0;
+      const live = new Set(await childDirs(this.p.hostDir));
+      const kept = [...keep].filter((id) => valid(id) && live.has(id) && s.chains.has(names(id).chain));
+      const dropped = drop.map((vmId) => ({ vmId, has: this.objects(s, vmId) }));
+      let script = sweepScript(this.p.facts, kept, dropped);
+      if (this.p.taps) for (const id of drop) script += await this.p.taps.removeVmScript(id);
+      await this.p.nft.run(script);
+      for (const id of drop) {
+        // A leftover process stays refused (host chain) until it exits; we never kill it.
+        await removeDir(this.dir(id), 200).catch((e: Error) => this.p.log.warn({ vmId: id, err: e.message }, 'cgroup of a swept VM kept'));
+      }
+      this.p.log.info({ swept: drop }, 'egress filters of gone VMs removed');
+      return drop.length;
+    });
+  }
+
+  /**
+   * Deletes the table and the host's cgroup, only when no VM is left: a hostd restart reattaches to
+   * live QEMUs, and a deleted table would leave them unfiltered.
+   */
+  async close(o: { vmsLeft: number }): Promise<void> {
+    await this.serial(async () => {
+      if (o.vmsLeft > 0) return;
+      if (await this.p.nft.list(['table', 'inet', this.table])) await this.p.nft.run(`delete table inet ${this.table}\n`);
+      await this.p.taps?.close();
+      await removeDir(this.p.hostDir);
+      await fs.rmdir(path.dirname(this.p.hostDir)).catch(() => undefined); // other hostds may still use forky/
+    });
+  }
+
+  describe(): string {
+    const mode = this.p.taps ? 'TAP devices (netdev ingress)' : "QEMU's sockets";
+    return `nftables: table inet ${this.table}, cgroup ${this.p.hostDir}, filtering ${mode}`;
+  }
+
+  private dir(vmId: string): string {
+    safeName(vmId);
+    return path.join(this.p.hostDir, vmId);
+  }
+
+  private objects(s: TableState, vmId: string): VmObjects {
+    const n = names(vmId);
+    return {
+      element: s.elements.has(vmCgroup(this.p.facts, vmId)),
+      chain: s.chains.has(n.chain),
+      refuse: s.chains.has(n.refuse),
+      counter: s.counters.has(n.counter),
+    };
+  }
+
+  private async state(): Promise<TableState> {
+    const s: TableState = { elements: new Set(), chains: new Set(), counters: new Set() };
+    for (const o of (await this.p.nft.list(['table', 'inet', this.table])) ?? []) {
+      const chain = o.chain as { name: string } | undefined;
+      const counter = o.counter as { name: string } | undefined;
+      const map = o.map as { name: string; elem?: unknown[] } | undefined;
+      if (chain) s.chains.add(chain.name);
+      if (counter) s.counters.add(counter.name);
+      if (map?.name === 'vms') for (const e of map.elem ?? []) if (Array.isArray(e) && typeof e[0] === 'string') s.elements.add(e[0]);
+    }
+    return s;
+  }
+}
