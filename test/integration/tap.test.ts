@@ -81,7 +81,7 @@ describe('TAP on a bridge: every child gets its own device and its own DHCP leas
     assert.match(lease, new RegExp(`^${subnet.replaceAll('.', '\\.')}\\.(1\\d\\d|200)$`));
   });
 
-  it('live-forks 2 children: each has its own TAP, MAC and lease; they reach each other', async () => {
+  it('live-forks 2 children: each has its own TAP, MAC and lease (DHCP passes the filter); they cannot reach each other or the host', async () => {
     const parentLease = await leaseOf(parent.id);
     children = (await host.client.call('fork', { source: parent.id, count: 2, resumeParent: true })).children;
     // The parent's successor and two children; the parent's old process took its TAP with it.
@@ -98,8 +98,12 @@ describe('TAP on a bridge: every child gets its own device and its own DHCP leas
       ),
     );
     assert.equal(new Set([parentLease, ...leases]).size, 3, `three addresses: ${parentLease} ${leases.join(' ')}`);
-    await sh(children[0]?.id as string, `ping -c 1 -W 5 ${leases[1]} >/dev/null`);
-    await sh(parent.id, `ping -c 1 -W 5 ${leases[0]} >/dev/null`);
+    // Isolated bridge ports and each TAP's egress filter (README "Network isolation"): no VM reaches another, nor the host.
+    const pings = async (from: string, to: string): Promise<boolean> =>
+      (await sh(from, `ping -c 1 -W 3 ${to} >/dev/null 2>&1 && echo yes || echo no`)).trim() === 'yes';
+    assert.equal(await pings(children[0]?.id as string, leases[1] as string), false, 'child to child');
+    assert.equal(await pings(parent.id, leases[0] as string), false, 'parent to child');
+    assert.equal(await pings(parent.id, `${subnet}.1`), false, 'a VM to the host bridge address');
   });
 
   it('removes every TAP with its VM', async () => {

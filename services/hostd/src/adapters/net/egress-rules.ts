@@ -233,6 +233,18 @@ export function sweepScript(facts: HostFacts, keep: string[], drop: Array<{ vmId
   ].join('');
 }
 
+/** Makes sure a VM's objects exist (each `add` is a no-op if it does), so a removal after it cannot fail on a missing one. */
+export function ensureScript(facts: HostFacts, vmId: string, element: boolean, fam: Family = 'inet'): string {
+  const t = `${fam} ${facts.table}`;
+  const n = names(vmId);
+  return [
+    `add counter ${t} ${n.counter}\n`,
+    `add chain ${t} ${n.refuse}\n`,
+    `add chain ${t} ${n.chain}\n`,
+    element ? `add element ${t} vms { ${q(vmCgroup(facts, vmId))} : jump ${n.chain} }\n` : '',
+  ].join('');
+}
+
 /** Removes a VM's filter: the element first (its packets then meet the host chain's refusal), then the rest. */
 export function removeScript(facts: HostFacts, vmId: string, has: VmObjects, fam: Family = 'inet'): string {
   const t = `${fam} ${facts.table}`;
