@@ -1,3 +1,4 @@
+import { openNetworkFilter } from '@forky/hostd/internal';
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
@@ -9,10 +10,7 @@ import { promisify } from 'node:util';
 import { pollUntil, silentLogger } from '@forky/base';
 import { createVethNs, type VethNs } from '../helpers/netns.js';
 
-// The net adapter is not (yet) on @forky/hostd/internal: loaded from the same package's build.
-type Net = typeof import('../../services/hostd/src/adapters/net/index.js');
-const { openNetworkFilter } = (await import(new URL('adapters/net/index.js', import.meta.resolve('@forky/hostd/internal')).href)) as Net;
-type Filter = Awaited<ReturnType<Net['openNetworkFilter']>>;
+type Filter = Awaited<ReturnType<typeof openNetworkFilter>>;
 
 const run = promisify(execFile);
 const nft = (...args: string[]): Promise<string> => run('nft', args).then((r) => r.stdout);
@@ -115,7 +113,7 @@ describe('nftables egress filter (real nft, cgroups, processes; no QEMU)', { tim
   let nsPort: number;
   const hostIp = hostAddress();
 
-  const open = async (hostId: string, extra: Partial<Parameters<Net['openNetworkFilter']>[0]> = {}): Promise<Filter> => {
+  const open = async (hostId: string, extra: Partial<Parameters<typeof openNetworkFilter>[0]> = {}): Promise<Filter> => {
     const f = await openNetworkFilter({
       hostId,
       natsServers: ['nats://127.0.0.1:4222'],

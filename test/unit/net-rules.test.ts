@@ -1,11 +1,10 @@
+import { netFilter as net } from '@forky/hostd/internal';
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { silentLogger } from '@forky/base';
 import type { Egress } from '@forky/contract';
 
 // The net adapter is not (yet) on @forky/hostd/internal: loaded from the same package's build.
-type Net = typeof import('../../services/hostd/src/adapters/net/index.js');
-const net = (await import(new URL('adapters/net/index.js', import.meta.resolve('@forky/hostd/internal')).href)) as Net;
 const { applyScript, hostKey, openNetworkFilter, parseBlock, RestrictFilter, safeName, tableScript, toBlock, vmRules } = net;
 
 const facts = {

@@ -42,3 +42,12 @@ export { ProcHostStats } from './adapters/host-stats.js';
 export { GuestStreams, type GuestStreamsOptions, type GuestHandlers } from './streams/endpoints.js';
 export { Bridge, type BridgeCounters } from './streams/bridge.js';
 export { StreamRegistry, DEFAULT_STREAM_LIMITS, newSid, type StreamLimits } from './streams/registry.js';
+export {
+  openNetworkFilter,
+  probeNftables,
+  NftNetworkFilter,
+  RestrictFilter,
+  type NetworkFilterOptions,
+  type OpenedNetworkFilter,
+} from './adapters/net/index.js';
+export * as netFilter from './adapters/net/index.js';
