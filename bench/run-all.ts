@@ -96,6 +96,11 @@ const BENCHES: Array<{ script: string; args: string[]; targets: Target[] }> = [
     targets: [],
   },
   {
+    script: 'port-bench.js',
+    args: quick ? ['--runs', '2', '--mib', '32', '--gets', '100'] : ['--runs', '3'],
+    targets: [],
+  },
+  {
     script: 'sched-bench.js',
     args: quick ? ['--quick'] : [],
     targets: [

@@ -13,7 +13,8 @@ import (
 	"time"
 )
 
-const maxStreams = 256
+// maxStreams: hostd keeps each VM under 64 streams, 256 TCP connections and 16 one-shot calls.
+const maxStreams = 512
 
 var helloZeros = make([]byte, hdrLen+maxPayload)
 
@@ -248,6 +249,7 @@ type request struct {
 	Recursive bool    `json:"recursive"`
 	From      string  `json:"from"`
 	To        string  `json:"to"`
+	Port      int     `json:"port"`
 }
 
 func (s *session) run(st *stream, payload []byte) {
@@ -287,6 +289,8 @@ func (s *session) run(st *stream, payload []byte) {
 		opRename(st, &r)
 	case "watch":
 		opWatch(st, &r)
+	case "tcp":
+		opTCP(st, &r)
 	default:
 		st.fail("INVALID", fmt.Sprintf("unknown op %q", r.Op))
 	}

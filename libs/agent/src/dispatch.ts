@@ -1,7 +1,7 @@
 import { ValidationError } from '@forky/base';
 import { FrameType, MAX_PAYLOAD, type Frame } from './frame.js';
 import { DEFAULT_WINDOW, MAX_WINDOW } from './limits.js';
-import { opSendsData, parseEnd, parseMsg } from './messages.js';
+import { TcpOpenSchema, opSendsData, parseEnd, parseMsg } from './messages.js';
 import type { AgentStream } from './stream.js';
 import type { AgentEnd, GuestRequest } from './types.js';
 
@@ -74,6 +74,8 @@ export function checkOpen(req: GuestRequest, w: number | undefined): { window: n
   if (!Number.isInteger(window) || window < 1 || window > MAX_WINDOW) {
     throw new ValidationError(`window must be an integer from 1 to ${MAX_WINDOW}`, { field: 'window' });
   }
+  if (req.op === 'tcp' && !TcpOpenSchema.safeParse(req).success)
+    throw new ValidationError('a tcp port must be a whole number from 1 to 65535', { field: 'port' });
   const payload = Buffer.from(JSON.stringify(req));
   if (payload.length > MAX_PAYLOAD) throw new ValidationError(`${req.op} request of ${payload.length} bytes exceeds ${MAX_PAYLOAD}`);
   return { window, payload };

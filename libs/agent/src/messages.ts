@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import type { AgentEnd, AgentMsg, GuestRequest } from './types.js';
+import { TCP_ERROR_CODES, type AgentEnd, type AgentMsg, type GuestRequest } from './types.js';
 
 /**
  * Schemas for every JSON payload the agent sends (PROTOCOL.md). All strict: a payload with a
@@ -73,6 +73,7 @@ const GuestErrorCodeSchema = z.enum([
   'BUSY',
   'IO',
   'CANCELLED',
+  ...TCP_ERROR_CODES,
 ]);
 
 export const AgentEndSchema = z.discriminatedUnion('ok', [
@@ -96,6 +97,9 @@ export const AgentEndSchema = z.discriminatedUnion('ok', [
   z.object({ ok: z.literal(false), code: GuestErrorCodeSchema, message: z.string().max(8192) }).strict(),
 ]);
 
+/** The one OPEN the host checks itself before it sends it: a `tcp` port (the rest come checked from the contract). */
+export const TcpOpenSchema = z.object({ op: z.literal('tcp'), port: z.number().int().min(1).max(65535) }).strict();
+
 /** Which MSG types, and whether DATA, each op may send (anything else is a violation). */
 const MSGS_BY_OP: Record<GuestRequest['op'], readonly AgentMsg['type'][]> = {
   exec: ['started'],
@@ -110,8 +114,9 @@ const MSGS_BY_OP: Record<GuestRequest['op'], readonly AgentMsg['type'][]> = {
   remove: [],
   rename: [],
   watch: ['events'],
+  tcp: [],
 };
-const DATA_OPS: ReadonlySet<GuestRequest['op']> = new Set(['exec', 'attach', 'read']);
+const DATA_OPS: ReadonlySet<GuestRequest['op']> = new Set(['exec', 'attach', 'read', 'tcp']);
 
 export function opSendsData(op: GuestRequest['op']): boolean {
   return DATA_OPS.has(op);

@@ -26,7 +26,9 @@ export type GuestRequest =
   | { op: 'mkdir'; path: string; parents?: boolean; perm?: number }
   | { op: 'remove'; path: string; recursive?: boolean }
   | { op: 'rename'; from: string; to: string }
-  | { op: 'watch'; path: string; recursive?: boolean };
+  | { op: 'watch'; path: string; recursive?: boolean }
+  /** A TCP connection to 127.0.0.1:port (then [::1]:port) in the guest: bytes both ways, EOF as half-close. */
+  | { op: 'tcp'; port: number };
 
 export type GuestSignal = 'TERM' | 'KILL' | 'INT' | 'HUP' | 'QUIT' | 'USR1' | 'USR2' | 'STOP' | 'CONT';
 
@@ -55,8 +57,21 @@ export type AgentMsg =
   | { type: 'events'; events: { path: string; kind: 'create' | 'modify' | 'delete' | 'move' }[] }
   | { type: 'dropped'; bytes: number };
 
+/** A `tcp` stream's failures, named as the errno they stand for. */
+export const TCP_ERROR_CODES = [
+  'ECONNREFUSED',
+  'ECONNRESET',
+  'EPIPE',
+  'ETIMEDOUT',
+  'EHOSTUNREACH',
+  'ENETUNREACH',
+  'EADDRNOTAVAIL',
+  'ECONNABORTED',
+] as const;
+export type TcpErrorCode = (typeof TCP_ERROR_CODES)[number];
+
 export type GuestErrorCode =
-  'NOT_FOUND' | 'EXISTS' | 'PERMISSION' | 'NOT_DIR' | 'IS_DIR' | 'NOT_EMPTY' | 'INVALID' | 'BUSY' | 'IO' | 'CANCELLED';
+  'NOT_FOUND' | 'EXISTS' | 'PERMISSION' | 'NOT_DIR' | 'IS_DIR' | 'NOT_EMPTY' | 'INVALID' | 'BUSY' | 'IO' | 'CANCELLED' | TcpErrorCode;
 
 /**
  * An END from the agent, validated; or one the host made up when the stream could not finish

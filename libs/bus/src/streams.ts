@@ -1,17 +1,16 @@
 import type { Msg, NatsConnection, Subscription } from '@nats-io/nats-core';
 import { ForkyError, asForkyError } from '@forky/base';
-import { DEFAULT_STREAM_WINDOW, STREAM_CHUNK_MAX, STREAM_HEADERS, STREAM_IDLE_MS, STREAM_KEEPALIVE_MS } from '@forky/contract';
-import { StreamEndBody, StreamOpenReply, subjects, type StreamRef } from '@forky/contract';
+import { DEFAULT_STREAM_WINDOW, STREAM_CHUNK_MAX, STREAM_HEADERS, STREAM_IDLE_MS, STREAM_KEEPALIVE_MS, subjects } from '@forky/contract';
+import { StreamEndBody, StreamOpenReply, type StreamRef } from '@forky/contract';
 import { request } from './client.js';
 import { headerOf, safeHeaders } from './headers.js';
 
 export type StreamChunk =
   | { kind: 'stdout' | 'stderr' | 'data'; seq: number; bytes: Uint8Array }
   | { kind: 'event'; seq: number; event: { type: string } & Record<string, unknown> }
+  | { kind: 'eof'; seq: number } // a port connection's guest side half-closed: no more `data`, `end` still comes
   | { kind: 'end'; seq: number; end: StreamEnd };
-export type StreamEnd =
-  | { ok: true; exitCode?: number; signal?: string | null; timedOut?: boolean; cancelled?: boolean; bytes?: number }
-  | { ok: false; code: string; message: string };
+export type StreamEnd = StreamEndBody;
 
 export interface OpenStreamOptions {
   /** Deadline of the open request (default 30 s). */
@@ -234,6 +233,8 @@ export class ClientStream implements AsyncIterable<StreamChunk> {
         if (!isObject(b) || typeof b.type !== 'string') throw protocol('an event without a type');
         return this.#counted({ kind, seq, event: b as { type: string } & Record<string, unknown> }, msg.data.length);
       }
+      case 'eof':
+        return this.#counted({ kind, seq }, 0);
       case 'end': {
         const end = StreamEndBody.safeParse(msg.json<unknown>());
         if (!end.success) throw protocol('an end body STREAMS.md does not name');

@@ -17,8 +17,8 @@ export const STREAM_KEEPALIVE_MS = 10_000;
 export const STREAM_IDLE_MS = 30_000;
 
 export const STREAM_HEADERS = { seq: 'Forky-Seq', kind: 'Forky-Kind' } as const;
-/** Kinds of messages on `out`, from the host. */
-export const OUT_KINDS = ['stdout', 'stderr', 'data', 'event', 'credit', 'end'] as const;
+/** Kinds of messages on `out`, from the host (`eof`: a port connection's guest side half-closed). */
+export const OUT_KINDS = ['stdout', 'stderr', 'data', 'event', 'credit', 'eof', 'end'] as const;
 export type OutKind = (typeof OUT_KINDS)[number];
 /** Kinds of messages on `in`, from the client. */
 export const IN_KINDS = ['data', 'eof', 'resize'] as const;
@@ -115,6 +115,15 @@ export type FileWriteRequest = z.infer<typeof FileWriteRequest>;
 export const FileWatchRequest = z.strictObject({ id: VmId, path: GuestPath, recursive: z.boolean().default(false), window: Window });
 export type FileWatchRequest = z.infer<typeof FileWatchRequest>;
 
+/** A TCP connection to a port of the guest's loopback (`forky port`): bytes both ways, `eof` as half-close. */
+export const PortOpenRequest = z.strictObject({
+  id: VmId,
+  port: z.number().int().min(1).max(65535),
+  window: Window,
+  key: IdempotencyKey.optional(),
+});
+export type PortOpenRequest = z.infer<typeof PortOpenRequest>;
+
 /** Where a stream's messages go (STREAMS.md); `sid` is 22 characters of [A-Za-z0-9]. */
 export const StreamRef = z.strictObject({
   sid: z.string().regex(/^[A-Za-z0-9]{22}$/, '22 letters and digits'),
@@ -164,7 +173,7 @@ export const FileRenameRequest = z.strictObject({ id: VmId, from: GuestPath, to:
 export const GuestOk = z.strictObject({});
 
 /** The endpoints whose reply is a stream. */
-export const STREAM_OPEN_ENDPOINTS = ['exec.start', 'proc.attach', 'file.read', 'file.write', 'file.watch'] as const;
+export const STREAM_OPEN_ENDPOINTS = ['exec.start', 'proc.attach', 'file.read', 'file.write', 'file.watch', 'port.open'] as const;
 export type StreamOpenEndpoint = (typeof STREAM_OPEN_ENDPOINTS)[number];
 export const GUEST_UNARY_ENDPOINTS = [
   'proc.list',
@@ -185,6 +194,7 @@ export const guestContract = {
   'file.read': { request: FileReadRequest, reply: StreamOpenReply },
   'file.write': { request: FileWriteRequest, reply: StreamOpenReply },
   'file.watch': { request: FileWatchRequest, reply: StreamOpenReply },
+  'port.open': { request: PortOpenRequest, reply: StreamOpenReply },
   'proc.list': { request: ProcListRequest, reply: ProcListReply },
   'proc.signal': { request: ProcSignalRequest, reply: GuestOk },
   'file.list': { request: FileListRequest, reply: FileListReply },

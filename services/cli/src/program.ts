@@ -13,6 +13,8 @@ import { registerProc } from './commands/proc.js';
 import { registerShell } from './commands/shell.js';
 import { registerWatch } from './commands/watch.js';
 import { registerCp } from './commands/cp.js';
+import { registerPort } from './commands/port.js';
+import { registerNet } from './commands/net.js';
 
 const DEFAULT_DEPS: CliDeps = { openSession, exit: (code) => process.exit(code) };
 
@@ -36,7 +38,9 @@ export function buildProgram(deps: Partial<CliDeps> = {}): Command {
   registerProc(vm, cli);
   registerShell(vm, cli);
   registerWatch(vm, cli);
+  registerNet(vm, cli);
   registerCp(program, cli);
+  registerPort(program, cli);
   registerSnapshot(program, cli);
   registerFork(program, cli);
   registerBatch(program, cli);

@@ -176,7 +176,7 @@ export async function consume(
   for await (const c of stream) {
     if (c.kind === 'end') return c.end;
     if (c.kind === 'event') onEvent(c.event);
-    else await onBytes(c.kind, c.bytes);
+    else if (c.kind !== 'eof') await onBytes(c.kind, c.bytes);
   }
   throw new ForkyError('UNAVAILABLE', 'the stream ended without its end message');
 }

@@ -1,46 +1,10 @@
-import type { NatsConnection } from '@nats-io/nats-core';
-import type { Logger } from '@forky/base';
-import type { AgentEnd, GuestEvent, GuestStream } from '@forky/agent';
+import type { AgentEnd, GuestEvent } from '@forky/agent';
 import { safeHeaders } from '@forky/bus';
 import { ResizeBody, STREAM_CHUNK_MAX, STREAM_HEADERS, boundedText, subjects, type OutKind, type StreamEndBody } from '@forky/contract';
 import { ResizePacer, STREAM_START_IDLE_MS, endBody, json, safeJson } from './helpers.js';
+import type { BridgeCounters, BridgeOptions } from './bridge-types.js';
 
-export interface BridgeOptions {
-  nc: NatsConnection;
-  hostId: string;
-  sid: string;
-  vmId: string;
-  stream: GuestStream;
-  /** The guest's events, maybe with the first already asked for (an exec's `started`, for its pid). */
-  events: AsyncIterator<GuestEvent>;
-  first?: Promise<IteratorResult<GuestEvent>>;
-  /** Whether the client sends bytes on `in` (stdin, a file written), and how many the host holds for it. */
-  takesInput: boolean;
-  inWindow: number;
-  /** A file's bytes go out as `data`, a process's as its channel. */
-  bytes: 'process' | 'file';
-  /** A PTY exec: the only kind that takes `resize`. */
-  pty?: boolean;
-  idleMs: number;
-  /** How long a stream never credited lives: past a client's request timeout, for a keyed retry (90 s). */
-  startIdleMs?: number;
-  keepaliveMs: number;
-  /** How long the guest gets to end a stream once it is cancelled. */
-  cancelGraceMs: number;
-  log: Logger;
-}
-
-/** Figures of one stream, for tests and logs. */
-export interface BridgeCounters {
-  /** Bytes taken from the guest and not yet published (now, and the most ever). */
-  held: number;
-  maxHeld: number;
-  /** Bytes sent against the client's credit: chunks and event bodies. */
-  sent: number;
-  /** Input bytes received and not yet written to the guest, and the most ever. */
-  inHeld: number;
-  maxInHeld: number;
-}
+export type { BridgeCounters, BridgeOptions };
 
 /**
  * One stream between a client on NATS and a guest stream. Output is pulled from the guest only
@@ -194,6 +158,8 @@ export class Bridge {
       if (r.done) return this.#o.stream.ended;
       const ev = r.value;
       if (ev.kind === 'end') return ev.end;
+      // A port connection's half-close: after its bytes, and free (it is no bytes).
+      if (ev.kind === 'eof' && this.#o.eofOut && ev.channel === 1 && !this.#cancelled) this.#publish('eof', new Uint8Array(0));
       if (ev.kind === 'msg') await this.#sendEvent(json(ev.msg));
       if (ev.kind === 'data') await this.#sendBytes(this.#o.bytes === 'file' ? 'data' : ev.channel === 2 ? 'stderr' : 'stdout', ev.bytes);
     }

@@ -1,4 +1,4 @@
-import type { Msg, NatsConnection, Subscription } from '@nats-io/nats-core';
+import type { Msg, Subscription } from '@nats-io/nats-core';
 import { CapacityError, ForkyError, silentLogger, type Logger } from '@forky/base';
 import type { GuestEvent, GuestRequest, GuestSession, GuestStream } from '@forky/agent';
 import { headerOf } from '@forky/bus';
@@ -9,51 +9,18 @@ import {
   STREAM_IDLE_MS,
   STREAM_KEEPALIVE_MS,
   subjects,
-  type GuestEndpoint,
-  type ParsedRequestOf,
-  type ReplyOf,
   type StreamOpenReply,
 } from '@forky/contract';
 import { Bridge } from './bridge.js';
-import { DEFAULT_STREAM_LIMITS, StreamRegistry, newSid, ranNothing, type StreamLimits } from './registry.js';
+import type { GuestHandlers, GuestStreamsOptions, OpenSpec } from './endpoints-types.js';
 
-/** One-shot guest calls at once per VM: each holds a guest stream and up to a reply's worth of hostd memory. */
-const UNARY_PER_VM = 16;
+export type { GuestHandlers, GuestStreamsOptions };
+import { DEFAULT_STREAM_LIMITS, StreamRegistry, newSid, ranNothing } from './registry.js';
 import { fingerprint, withinMs } from './helpers.js';
 import { guestError, unary } from './unary.js';
 
-export interface GuestStreamsOptions {
-  nc: NatsConnection;
-  hostId: string;
-  /** A running VM's guest agent session (NOT_FOUND, INVALID_STATE, UNAVAILABLE otherwise). */
-  guest: (vmId: string) => Promise<GuestSession>;
-  log?: Logger;
-  limits?: Partial<StreamLimits>;
-  /** For tests: a silent client's cancel, the host's keepalive, a cancelled guest's grace. */
-  idleMs?: number;
-  keepaliveMs?: number;
-  cancelGraceMs?: number;
-  /** How long an exec's open waits for its pid. */
-  startedWaitMs?: number;
-  /** How long a stream that never had credit lives (default 90 s: past a client's request timeout). */
-  startIdleMs?: number;
-  /** One-shot calls at once per VM (CAPACITY beyond). */
-  unaryPerVm?: number;
-}
-
-export type GuestHandlers = { [E in GuestEndpoint]: (req: ParsedRequestOf<E>) => Promise<ReplyOf<E>> };
-
-interface OpenSpec {
-  vmId: string;
-  req: GuestRequest;
-  /** The client's receive window (DEFAULT_STREAM_WINDOW when it named none). */
-  window: number | undefined;
-  takesInput: boolean;
-  bytes: 'process' | 'file';
-  /** Wait for the first event (an exec's `started`) to answer with the pid. */
-  awaitPid: boolean;
-  pty?: boolean;
-}
+/** One-shot guest calls at once per VM: each holds a guest stream and up to a reply's worth of hostd memory. */
+const UNARY_PER_VM = 16;
 
 /**
  * hostd's sandbox endpoints: opens make a Bridge per stream, and one subscription on this
@@ -188,6 +155,19 @@ export class GuestStreams {
           this.#open({ vmId: r.id, req, window: r.window, takesInput: true, bytes: 'file', awaitPid: false });
         return r.key ? this.registry.keyed(r.key, fingerprint(r), open) : open();
       },
+      'port.open': (r) => {
+        const open = (): Promise<StreamOpenReply> =>
+          this.#open({
+            vmId: r.id,
+            req: { op: 'tcp', port: r.port },
+            window: r.window,
+            takesInput: true,
+            bytes: 'file',
+            awaitPid: false,
+            port: true,
+          });
+        return r.key ? this.registry.keyed(r.key, fingerprint(r), open) : open();
+      },
       'file.watch': (r) =>
         this.#open({
           vmId: r.id,
@@ -222,7 +202,7 @@ export class GuestStreams {
 
   async #openNow(s: OpenSpec): Promise<StreamOpenReply> {
     this.#refuseIfStopping();
-    const release = this.registry.reserve(s.vmId);
+    const release = this.registry.reserve(s.vmId, s.port ? 'port' : 'stream');
     let stream: GuestStream | undefined;
     try {
       const session = await this.#o.guest(s.vmId);
@@ -250,6 +230,7 @@ export class GuestStreams {
         inWindow: DEFAULT_STREAM_WINDOW,
         bytes: s.bytes,
         pty: s.pty ?? false,
+        eofOut: s.port ?? false,
         ...(this.#o.startIdleMs === undefined ? {} : { startIdleMs: this.#o.startIdleMs }),
         idleMs: this.#o.idleMs ?? STREAM_IDLE_MS,
         keepaliveMs: this.#o.keepaliveMs ?? STREAM_KEEPALIVE_MS,

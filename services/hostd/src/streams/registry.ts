@@ -4,13 +4,19 @@ import type { StreamOpenReply } from '@forky/contract';
 import type { Bridge } from './bridge.js';
 
 export interface StreamLimits {
+  /** Streams per VM (exec, attach, files, watch), and port connections per VM apart (`forky port`: many at once). */
   perVm: number;
+  portsPerVm: number;
+  /** Both kinds together, on this host. */
   perHost: number;
   /** How long a key's open is remembered. */
   keyTtlMs: number;
 }
 
-export const DEFAULT_STREAM_LIMITS: StreamLimits = { perVm: 64, perHost: 1024, keyTtlMs: 15 * 60_000 };
+/** 64 + 256 per VM (plus 16 one-shot calls) stays under the agent's 512 streams a session. */
+export const DEFAULT_STREAM_LIMITS: StreamLimits = { perVm: 64, portsPerVm: 256, perHost: 1024, keyTtlMs: 15 * 60_000 };
+
+export type StreamPool = 'stream' | 'port';
 
 const ALPHABET = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789';
 
@@ -64,21 +70,24 @@ export class StreamRegistry {
     return [...this.#streams.values()];
   }
 
-  /** Takes a slot for a stream of `vmId`, or refuses; the returned function gives it back. */
-  reserve(vmId: string): () => void {
-    const n = this.#perVm.get(vmId) ?? 0;
-    if (n >= this.limits.perVm) throw new CapacityError(`VM ${vmId} has ${n} streams open, the most it may`);
-    if (this.#total >= this.limits.perHost) throw new CapacityError(`this host has ${this.#total} streams open, the most it may`);
-    this.#perVm.set(vmId, n + 1);
+  /** Takes a slot for a stream (or a port connection) of `vmId`, or refuses naming the limit; the returned function gives it back. */
+  reserve(vmId: string, pool: StreamPool = 'stream'): () => void {
+    const slot = `${pool}:${vmId}`;
+    const n = this.#perVm.get(slot) ?? 0;
+    const [max, what] = pool === 'port' ? [this.limits.portsPerVm, 'port connections'] : [this.limits.perVm, 'streams'];
+    if (n >= max) throw new CapacityError(`VM ${vmId} has ${n} ${what} open, the most it may (${max} per VM)`);
+    if (this.#total >= this.limits.perHost)
+      throw new CapacityError(`this host has ${this.#total} streams open, the most it may (${this.limits.perHost} per host)`);
+    this.#perVm.set(slot, n + 1);
     this.#total++;
     let released = false;
     return () => {
       if (released) return;
       released = true;
       this.#total--;
-      const left = (this.#perVm.get(vmId) ?? 1) - 1;
-      if (left > 0) this.#perVm.set(vmId, left);
-      else this.#perVm.delete(vmId);
+      const left = (this.#perVm.get(slot) ?? 1) - 1;
+      if (left > 0) this.#perVm.set(slot, left);
+      else this.#perVm.delete(slot);
     };
   }
 
