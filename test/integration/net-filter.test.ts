@@ -202,6 +202,17 @@ describe('nftables egress filter (real nft, cgroups, processes; no QEMU)', { tim
     assert.equal(await attempt(dir, hostIp, portOf(hostSrv)), 'error ECONNREFUSED');
   });
 
+  it('another host of the cluster is refused even when an allow-list covers it, until it leaves the list', async () => {
+    await a.apply('vm-peer', { allow: [`${veth.nsAddr}/24`], dns: false });
+    const dir = a.scope('vm-peer') as string;
+    assert.equal(await attempt(dir, veth.nsAddr, nsPort), 'connected', 'allowed, no cluster host yet');
+    await a.setClusterHosts([veth.nsAddr, 'fd00::77']);
+    assert.equal(await attempt(dir, veth.nsAddr, nsPort), 'error ECONNREFUSED', 'now a cluster host');
+    await a.setClusterHosts([]);
+    assert.equal(await attempt(dir, veth.nsAddr, nsPort), 'connected', 'left the cluster');
+    await a.remove('vm-peer');
+  });
+
   it('a policy change cuts a connection already open', async () => {
     await a.apply('vm-live', { allow: [`${veth.nsAddr}/32`], dns: true });
     const dir = a.scope('vm-live') as string;

@@ -38,6 +38,11 @@ export const Heartbeat = HostInfo.extend({
   /** The host's VMs as of this beat: what is shown as lost if the host stops reporting. */
   vmList: z.array(VmInfo),
   snapshotIds: z.array(z.string()),
+  /** The host's own addresses: every other host refuses them to its VMs (README "Network isolation"). */
+  addrs: z
+    .array(z.union([z.ipv4(), z.ipv6()]))
+    .max(64)
+    .optional(),
 }).strict();
 export type Heartbeat = z.infer<typeof Heartbeat>;
 

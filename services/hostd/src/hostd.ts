@@ -13,6 +13,7 @@ import { DryRunLayerStore, DryRunRuntime } from './adapters/dry-run.js';
 import type { VmRuntime } from './domain/ports.js';
 import { KvDirectory } from './adapters/kv-directory.js';
 import type { HostdConfig } from './config.js';
+import { followPeers, ownAddresses } from './cluster-peers.js';
 import { openNetworkFilter } from './adapters/net/index.js';
 import { HostEngine } from './domain/engine.js';
 import type { RecoveryReport } from './domain/recovery.js';
@@ -109,6 +110,8 @@ export async function startHostd(config: Readonly<HostdConfig>, logger: Logger):
     ...(config.dryRun ? {} : { ramSpace: new StatfsRamSpace(layout.ramDir) }),
     logger: log,
   });
+  // Other hosts are refused to VMs from the start: read before VMs are taken back or served.
+  const stopPeers = await followPeers(buckets.hosts, config.hostId, network, log);
   // Before serving: VMs an earlier hostd of this data directory left running are taken back.
   const recovered = await engine.recover();
   const streams = new GuestStreams({ nc, hostId: config.hostId, guest: (id) => engine.guest(id), log });
@@ -118,7 +121,14 @@ export async function startHostd(config: Readonly<HostdConfig>, logger: Logger):
 
   const instance = newId('hd', 12);
   const beat = async (): Promise<void> => {
-    const hb: Heartbeat = { ...(await engine.hostInfo()), ...engine.ids(), ts: Date.now(), intervalMs: config.heartbeatMs, instance };
+    const hb: Heartbeat = {
+      ...(await engine.hostInfo()),
+      ...engine.ids(),
+      ts: Date.now(),
+      intervalMs: config.heartbeatMs,
+      instance,
+      addrs: ownAddresses(),
+    };
     const body = JSON.stringify(hb);
     nc.publish(subjects.heartbeat(config.hostId), body);
     await buckets.hosts.put(config.hostId, body);
@@ -144,6 +154,7 @@ export async function startHostd(config: Readonly<HostdConfig>, logger: Logger):
     async stop(opts = {}) {
       clearInterval(timer);
       clearTimeout(pendingBeat);
+      stopPeers();
       beatSoon = () => undefined;
       // Each step on its own: a lost NATS connection must not keep VMs from being cleaned up.
       await service.stop().catch((err: unknown) => log.warn({ err }, 'service stop'));

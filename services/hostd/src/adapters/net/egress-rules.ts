@@ -126,7 +126,28 @@ export function setsScript(facts: HostFacts, fam: Family): string[] {
       'ipv6_addr',
       dns.filter((b) => b.family === 6).map((b) => b.cidr),
     ),
+    // Other hosts of the cluster, from their heartbeats (clusterScript): made once and never
+    // flushed here, so a restarted hostd keeps refusing the last list it had until it refreshes.
+    `add set ${fam} ${t} cluster4 { type ipv4_addr; flags interval; auto-merge; }`,
+    `add set ${fam} ${t} cluster6 { type ipv6_addr; flags interval; auto-merge; }`,
   ];
+}
+
+/** Replaces the cluster's host addresses (refused to every VM) in the tables of `fams`, in one transaction. */
+export function clusterScript(facts: HostFacts, fams: Family[], addrs: string[]): string {
+  const blocks = blocksOf(addrs);
+  const lines: string[] = [];
+  for (const fam of fams) {
+    for (const [name, family] of [
+      ['cluster4', 4],
+      ['cluster6', 6],
+    ] as const) {
+      const xs = blocks.filter((b) => b.family === family).map((b) => b.cidr);
+      lines.push(`flush set ${fam} ${facts.table} ${name}`);
+      if (xs.length > 0) lines.push(`add element ${fam} ${facts.table} ${name} { ${xs.join(', ')} }`);
+    }
+  }
+  return lines.join('\n') + '\n';
 }
 
 /**
@@ -171,7 +192,13 @@ export function vmRules(facts: HostFacts, vmId: string, egress: Egress): string[
       'meta l4proto { tcp, udp } th dport 53 ip6 daddr @dns6 accept',
     );
   }
-  rules.push('fib daddr type local ' + no, 'ip daddr @floor4 ' + no, 'ip6 daddr @floor6 ' + no);
+  rules.push(
+    'fib daddr type local ' + no,
+    'ip daddr @floor4 ' + no,
+    'ip6 daddr @floor6 ' + no,
+    'ip daddr @cluster4 ' + no,
+    'ip6 daddr @cluster6 ' + no,
+  );
   for (const b of floorBlocks(facts).ported) rules.push(ruleFor(b, no));
   if (egress === 'internet') {
     rules.push('ip daddr @special4 ' + no, 'ip6 daddr @special6 ' + no, 'accept');

@@ -6,6 +6,7 @@ import type { NetworkFilter } from '../../domain/ports.js';
 import { childDirs, makeDir, removeDir, type Cgroup2 } from './cgroups.js';
 import {
   applyScript,
+  clusterScript,
   ensureScript,
   names,
   removeScript,
@@ -48,6 +49,7 @@ export interface NftFilterParts {
 export class NftNetworkFilter implements NetworkFilter {
   readonly enforcement = 'nftables' as const;
   private queue: Promise<unknown> = Promise.resolve();
+  private clusterKey: string | undefined;
 
   private constructor(private readonly p: NftFilterParts) {}
 
@@ -94,6 +96,20 @@ export class NftNetworkFilter implements NetworkFilter {
     if (!this.p.taps) return;
     const taps = this.p.taps;
     await this.serial(() => taps.unbind(device));
+  }
+
+  /**
+   * The other hosts' addresses (from their heartbeats), refused to every VM whatever its policy.
+   * Unchanged lists are not re-sent.
+   */
+  async setClusterHosts(addrs: readonly string[]): Promise<void> {
+    const list = [...new Set(addrs)].sort();
+    const key = list.join(',');
+    if (key === this.clusterKey) return;
+    const fams = this.p.taps ? (['inet', 'netdev'] as const) : (['inet'] as const);
+    await this.serial(() => this.p.nft.run(clusterScript(this.p.facts, [...fams], list)));
+    this.clusterKey = key;
+    this.p.log.info({ hosts: list.length }, 'cluster host addresses refused to VMs');
   }
 
   async refused(vmId: string): Promise<number | undefined> {

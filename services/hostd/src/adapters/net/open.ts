@@ -28,7 +28,12 @@ export interface NetworkFilterOptions {
   log: Logger;
 }
 
-export type OpenedNetworkFilter = NetworkFilter & { close(o: { vmsLeft: number }): Promise<void>; describe(): string };
+export type OpenedNetworkFilter = NetworkFilter & {
+  /** The other hosts' addresses, refused to every VM (a filterless host has nothing to refuse them with: a no-op). */
+  setClusterHosts(addrs: readonly string[]): Promise<void>;
+  close(o: { vmsLeft: number }): Promise<void>;
+  describe(): string;
+};
 
 const RESOLVE_MS = 5_000;
 

@@ -40,6 +40,7 @@ export class RestrictFilter implements NetworkFilter {
     return Promise.resolve(0);
   }
 
+  async setClusterHosts(): Promise<void> {}
   async close(): Promise<void> {}
 
   describe(): string {

@@ -1,0 +1,75 @@
+import os from 'node:os';
+import type { KV } from '@nats-io/kv';
+import { z } from 'zod';
+import { withDeadline, type Logger } from '@forky/base';
+import { isReadableKey } from '@forky/bus';
+
+/** How often the other hosts' addresses are read again; a new host is refused to VMs within this. */
+export const PEERS_REFRESH_MS = 10_000;
+const READ_MS = 5_000;
+const Ip = z.union([z.ipv4(), z.ipv6()]);
+/** Only what is needed of another host's heartbeat, checked: the entry is that host's writing. */
+const PeerBeat = z.looseObject({ id: z.string().max(64), addrs: z.array(Ip).max(64).optional() });
+
+/** This host's own addresses, for its heartbeat (loopback and link-local left out: every host has those). */
+export function ownAddresses(): string[] {
+  const out: string[] = [];
+  for (const list of Object.values(os.networkInterfaces())) {
+    for (const a of list ?? []) if (!a.internal && !a.address.startsWith('fe80:')) out.push(a.address.split('%')[0] as string);
+  }
+  return [...new Set(out)].slice(0, 64);
+}
+
+/** Every other host's addresses as the hosts bucket has them (an unreadable entry is skipped). */
+export async function peerAddresses(kv: KV, self: string, log: Logger): Promise<string[]> {
+  const keys = await withDeadline(kv.keys(), READ_MS, 'listing the hosts bucket');
+  const out = new Set<string>();
+  const read = (async () => {
+    for await (const key of keys) {
+      if (key === self || !isReadableKey(key)) continue;
+      const e = await kv.get(key);
+      if (e?.operation !== 'PUT') continue;
+      let value: unknown;
+      try {
+        value = JSON.parse(e.string());
+      } catch {
+        continue;
+      }
+      const beat = PeerBeat.safeParse(value);
+      if (!beat.success || beat.data.id !== key) {
+        log.debug({ key }, 'hosts bucket entry without usable addresses skipped');
+        continue;
+      }
+      for (const a of beat.data.addrs ?? []) out.add(a);
+    }
+  })();
+  try {
+    await withDeadline(read, READ_MS, 'reading the hosts bucket');
+  } finally {
+    keys.stop();
+  }
+  return [...out];
+}
+
+/**
+ * Keeps the filter's list of the other hosts' addresses up to date: read once now (before VMs are
+ * served), then every PEERS_REFRESH_MS. A failed read keeps the last list. Returns the stopper.
+ */
+export async function followPeers(
+  kv: KV,
+  self: string,
+  filter: { setClusterHosts(addrs: readonly string[]): Promise<void> },
+  log: Logger,
+): Promise<() => void> {
+  const refresh = async (): Promise<void> => {
+    const addrs = (await peerAddresses(kv, self, log)).filter((a) => !ownAddresses().includes(a));
+    await filter.setClusterHosts(addrs);
+  };
+  await refresh().catch((err: unknown) => log.warn({ err }, 'could not read the other hosts’ addresses'));
+  const timer = setInterval(
+    () => void refresh().catch((err: unknown) => log.warn({ err }, 'could not refresh the other hosts’ addresses')),
+    PEERS_REFRESH_MS,
+  );
+  timer.unref();
+  return () => clearInterval(timer);
+}
