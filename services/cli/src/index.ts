@@ -7,3 +7,4 @@ export type { Session, SessionOptions } from './session.js';
 export { collectEnv, parseCp, parseCpSide, parseSignal, type CpPlan, type CpSide } from './sandbox-args.js';
 export { encodeOutput, exitCodeOf, type CliStream, type StreamChunk, type StreamEnd } from './streams-io.js';
 export { formatWatchEvent } from './commands/watch.js';
+export { parseEgress, egressText } from './commands/net.js';
