@@ -27,6 +27,7 @@ export interface EngineHost {
   layers: LayerStore;
   snapshots: SnapshotStore;
   directory: MemoryDirectory;
+  network: FakeNetworkFilter;
   dataDir: string;
   ramDir: string;
   /** Every file of the host, data and RAM directories (`data/…:size`, `ram/…:size`). */
@@ -83,6 +84,7 @@ export async function startEngineHost(opts: { limits?: Partial<EngineLimits> } =
     plan,
     runtime: new FaultRuntime(new DryRunRuntime(), plan),
     directory: new MemoryDirectory(),
+    network: new FakeNetworkFilter(),
   });
 }
 
@@ -92,6 +94,8 @@ interface Shared {
   plan: FaultPlan;
   runtime: FaultRuntime;
   directory: MemoryDirectory;
+  /** Like the kernel's filter state, it outlives a restarted engine. */
+  network: FakeNetworkFilter;
 }
 
 function build(s: Shared): EngineHost {
@@ -112,7 +116,7 @@ function build(s: Shared): EngineHost {
     images: new ImageCatalog(path.join(s.root, 'images')),
     layout,
     limits: s.limits,
-    network: new FakeNetworkFilter(),
+    network: s.network,
     logger: logger(),
     directory: withFaults('directory', s.directory, s.plan),
   });
@@ -123,6 +127,7 @@ function build(s: Shared): EngineHost {
     layers,
     snapshots,
     directory: s.directory,
+    network: s.network,
     dataDir,
     ramDir,
     async files() {

@@ -6,6 +6,8 @@ export class FakeNetworkFilter implements NetworkFilter {
   readonly enforcement = 'nftables' as const;
   readonly policies = new Map<string, Egress>();
   readonly devices = new Map<string, string>();
+  /** VMs whose process the test says runs outside its filter (as one started by an older hostd would). */
+  readonly outside = new Set<string>();
 
   async apply(vmId: string, egress: Egress): Promise<void> {
     this.policies.set(vmId, egress);
@@ -13,7 +15,10 @@ export class FakeNetworkFilter implements NetworkFilter {
   scope(): string | undefined {
     return undefined;
   }
-  async bindDevice(vmId: string, device: string): Promise<void> {
+  async holds(vmId: string): Promise<boolean> {
+    return this.policies.has(vmId) && !this.outside.has(vmId);
+  }
+  async bindDevice(vmId: string, device: string, _mac: string): Promise<void> {
     this.devices.set(device, vmId);
   }
   async unbindDevice(device: string): Promise<void> {

@@ -95,6 +95,8 @@ export interface VethNs {
   hostAddr: string;
   /** The namespace end's address. */
   nsAddr: string;
+  /** The namespace end's MAC (what a TAP filter pins a VM's frames to). */
+  nsMac: string;
   /** Starts a process inside the namespace. */
   spawn(cmd: string, args: string[]): ChildProcess;
   destroy(): Promise<void>;
@@ -111,6 +113,8 @@ export async function createVethNs(): Promise<VethNs> {
   const ns = `fkvn${id}`;
   const hostEnd = `fkh${id}`;
   const nsEnd = `fkg${id}`;
+  // Locally administered, unicast: the namespace end's MAC, as a VM's NIC has its own.
+  const mac = `02:${randomBytes(5).toString('hex').match(/../g)?.join(':')}`;
   let made = false;
   const destroy = async (): Promise<void> => {
     if (made) {
@@ -136,6 +140,7 @@ export async function createVethNs(): Promise<VethNs> {
     await ip('link', 'set', nsEnd, 'netns', ns);
     await ip('addr', 'add', `${subnet}.1/24`, 'dev', hostEnd);
     await ip('link', 'set', hostEnd, 'up');
+    await ip('-n', ns, 'link', 'set', nsEnd, 'address', mac);
     await ip('-n', ns, 'addr', 'add', `${subnet}.2/24`, 'dev', nsEnd);
     await ip('-n', ns, 'link', 'set', nsEnd, 'up');
     await ip('-n', ns, 'link', 'set', 'lo', 'up');
@@ -149,6 +154,7 @@ export async function createVethNs(): Promise<VethNs> {
     hostEnd,
     hostAddr: `${subnet}.1`,
     nsAddr: `${subnet}.2`,
+    nsMac: mac,
     spawn: (cmd, args) => spawn('ip', ['netns', 'exec', ns, cmd, ...args], { stdio: ['ignore', 'pipe', 'pipe'] }),
     destroy,
   };

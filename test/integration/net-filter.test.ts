@@ -213,6 +213,33 @@ describe('nftables egress filter (real nft, cgroups, processes; no QEMU)', { tim
     await a.remove('vm-peer');
   });
 
+  it('a table deleted under live VMs (a `flush ruleset`) is found by the upkeep and made again with every policy', async () => {
+    const u = await open(`net-test-u-${tag}`);
+    await u.apply('vm-up', 'internet');
+    const dir = u.scope('vm-up') as string;
+    assert.equal(await u.upkeep([{ id: 'vm-up', egress: 'internet' }]), false, 'nothing to repair');
+    assert.equal(await attempt(dir, '127.0.0.1', portOf(loopback)), 'error ECONNREFUSED');
+    const table = u.describe().match(/table inet (\S+),/)?.[1] as string;
+    await nft('delete', 'table', 'inet', table);
+    assert.equal(await attempt(dir, '127.0.0.1', portOf(loopback)), 'connected', 'open while the table is gone');
+    assert.equal(await u.upkeep([{ id: 'vm-up', egress: 'internet' }]), true);
+    assert.equal(await attempt(dir, '127.0.0.1', portOf(loopback)), 'error ECONNREFUSED', 'filtered again');
+    // Whether a process is the VM's, by its cgroup (what a restarted hostd checks of each QEMU).
+    const inside = spawn('sh', ['-c', 'echo 0 > "$1/cgroup.procs" && echo in && exec sleep 30', 'sh', dir], {
+      stdio: ['ignore', 'pipe', 'ignore'],
+    });
+    children.add(inside);
+    await new Promise((resolve) => inside.stdout.once('data', resolve));
+    assert.equal(await u.holds('vm-up', inside.pid as number), true, 'a process in the VM cgroup');
+    assert.equal(await u.holds('vm-up', process.pid), false, 'this test process is not in it');
+    inside.kill('SIGKILL');
+    await new Promise((resolve) =>
+      inside.exitCode !== null || inside.signalCode !== null ? resolve(undefined) : inside.once('exit', resolve),
+    );
+    children.delete(inside);
+    await u.remove('vm-up');
+  });
+
   it('a policy change cuts a connection already open', async () => {
     await a.apply('vm-live', { allow: [`${veth.nsAddr}/32`], dns: true });
     const dir = a.scope('vm-live') as string;
@@ -295,13 +322,17 @@ describe('nftables egress filter (real nft, cgroups, processes; no QEMU)', { tim
     assert.equal(await fromGuest(hostIp, portOf(hostSrv)), 'connected', 'before binding');
     assert.equal(await fromGuest(guestNs.hostAddr, portOf(tapSrv)), 'connected', 'before binding');
     await t.apply('vm-tap', 'internet');
-    await t.bindDevice('vm-tap', guestNs.hostEnd);
+    await t.bindDevice('vm-tap', guestNs.hostEnd, guestNs.nsMac);
     assert.equal(await fromGuest(hostIp, portOf(hostSrv)), 'error ECONNREFUSED');
     assert.equal(await fromGuest(guestNs.hostAddr, portOf(tapSrv)), 'error ECONNREFUSED');
     assert.equal(await fromGuest(guestNs.hostAddr, 53), 'connected', 'DNS to the resolver');
     await t.apply('vm-tap', 'none');
     assert.equal(await fromGuest(guestNs.hostAddr, 53), 'error ECONNREFUSED', 'none: DNS too');
     assert.ok(((await t.refused('vm-tap')) ?? 0) >= 3, `refused ${await t.refused('vm-tap')}`);
+    // Pinned to the VM's MAC: a device whose guest sends from another MAC gets nothing through, DNS neither.
+    await t.apply('vm-tap', 'internet');
+    await t.bindDevice('vm-tap', guestNs.hostEnd, '02:00:00:00:00:01');
+    assert.notEqual(await fromGuest(guestNs.hostAddr, 53), 'connected', 'another MAC: dropped');
     await t.unbindDevice(guestNs.hostEnd);
     assert.equal(await fromGuest(hostIp, portOf(hostSrv)), 'connected', 'after unbinding');
     await t.remove('vm-tap');

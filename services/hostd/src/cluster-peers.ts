@@ -53,15 +53,18 @@ export async function peerAddresses(kv: KV, self: string, log: Logger): Promise<
 
 /**
  * Keeps the filter's list of the other hosts' addresses up to date: read once now (before VMs are
- * served), then every PEERS_REFRESH_MS. A failed read keeps the last list. Returns the stopper.
+ * served), then every PEERS_REFRESH_MS, after `upkeep` (the filter's own check that it is still
+ * there). A failed read keeps the last list. Returns the stopper.
  */
 export async function followPeers(
   kv: KV,
   self: string,
   filter: { setClusterHosts(addrs: readonly string[]): Promise<void> },
   log: Logger,
+  upkeep: () => Promise<unknown> = async () => undefined,
 ): Promise<() => void> {
   const refresh = async (): Promise<void> => {
+    await upkeep().catch((err: unknown) => log.error({ err }, 'egress filter upkeep failed'));
     const addrs = (await peerAddresses(kv, self, log)).filter((a) => !ownAddresses().includes(a));
     await filter.setClusterHosts(addrs);
   };

@@ -4,7 +4,7 @@ import type { NatsConnection } from '@nats-io/nats-core';
 import type { Service } from '@nats-io/services';
 import { newId, type Logger } from '@forky/base';
 import { ObjectPartStore, connectBus, openBuckets, resolveReplicas } from '@forky/bus';
-import { subjects, type Heartbeat } from '@forky/contract';
+import { subjects, type Egress, type Heartbeat } from '@forky/contract';
 import { enableKsm } from './adapters/ksm.js';
 import { LocalAppLayers } from './adapters/store/app-layers.js';
 import { discoverGpus } from './adapters/gpu.js';
@@ -111,9 +111,12 @@ export async function startHostd(config: Readonly<HostdConfig>, logger: Logger):
     logger: log,
   });
   // Other hosts are refused to VMs from the start: read before VMs are taken back or served.
-  const stopPeers = await followPeers(buckets.hosts, config.hostId, network, log);
+  // …and every 10 s the filter checks it is still in place (a `flush ruleset` would open every VM).
+  let upkeepVms: () => Array<{ id: string; egress: Egress }> = () => [];
+  const stopPeers = await followPeers(buckets.hosts, config.hostId, network, log, () => network.upkeep(upkeepVms()));
   // Before serving: VMs an earlier hostd of this data directory left running are taken back.
   const recovered = await engine.recover();
+  upkeepVms = () => engine.list().flatMap((v) => (v.network && v.state !== 'failed' ? [{ id: v.id, egress: v.network.egress }] : []));
   const streams = new GuestStreams({ nc, hostId: config.hostId, guest: (id) => engine.guest(id), log });
   streams.start();
   const service = await startHostdService(nc, config.hostId, engine, HOSTD_VERSION, log, streams.handlers());

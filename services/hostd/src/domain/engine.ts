@@ -138,7 +138,8 @@ export class HostEngine {
 
   /** Changes a running VM's egress policy (from its next packet on); the same policy again changes nothing. */
   network(req: VmNetworkRequest): Promise<VmInfo> {
-    return setNetwork(this.#host, req);
+    // Under its key, once: a late resend of an older change must not undo a newer one.
+    return this.#requests.once(req.key, 'network', () => this.#changes(() => setNetwork(this.#host, req)));
   }
 
   destroy(id: string): Promise<VmInfo> {

@@ -242,16 +242,18 @@ export interface NetworkFilter {
   readonly enforcement: NetworkEnforcement;
   /**
    * Makes or replaces the VM's filter: before its first process starts, and when its policy
-   * changes (from the next packet on). Throws a ForkyError (`INVALID`) for a policy this host
+   * changes (from the next packet on). Throws a ForkyError (`BAD_REQUEST`) for a policy this host
    * cannot enforce, having changed nothing.
    */
   apply(vmId: string, egress: Egress): Promise<void>;
   /** The cgroup directory a process of the VM is started in (see VmSpec.net), if the filter works by cgroup. */
   scope(vmId: string): string | undefined;
-  /** Puts a TAP device of the VM behind its filter (made after `apply`, before QEMU opens it). */
-  bindDevice(vmId: string, device: string): Promise<void>;
+  /** Puts a TAP device of the VM behind its filter, frames only from the VM's own MAC (made after `apply`, before QEMU opens it). */
+  bindDevice(vmId: string, device: string, mac: string): Promise<void>;
   /** Forgets a TAP device (it is being removed). */
   unbindDevice(device: string): Promise<void>;
+  /** Whether process `pid` sends its packets through the VM's filter (a VM taken back after a restart may predate it). */
+  holds(vmId: string, pid: number): Promise<boolean>;
   /** Packets the VM's policy refused since its filter was made; undefined where not counted. */
   refused(vmId: string): Promise<number | undefined>;
   /** Removes the VM's filter once none of its processes is left. */

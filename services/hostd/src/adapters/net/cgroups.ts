@@ -56,12 +56,27 @@ export function nftName(cg: Cgroup2, dir: string): { name: string; level: number
   return { name, level: path.relative(cg.mount, dir).split('/').filter(Boolean).length };
 }
 
-export async function makeDir(dir: string): Promise<void> {
+/**
+ * Makes a cgroup directory; says whether it was made now. `recursive: false` (a VM's): its parent,
+ * the host's cgroup, must be there, or the filter's rule (which names the parent by its id) would
+ * not see the VM.
+ */
+export async function makeDir(dir: string, recursive = true): Promise<boolean> {
   try {
-    await fs.mkdir(dir, { recursive: true });
+    if (recursive) return (await fs.mkdir(dir, { recursive: true })) !== undefined;
+    await fs.mkdir(dir);
+    return true;
   } catch (e) {
+    if (!recursive && (e as NodeJS.ErrnoException).code === 'EEXIST') return false;
     throw new ForkyError('INTERNAL', `cannot make cgroup ${dir}: ${(e as Error).message}`, { cause: e });
   }
+}
+
+/** Processes in a cgroup and every cgroup under it; 0 when it is gone. */
+export async function processesUnder(dir: string): Promise<number> {
+  let n = await procsIn(dir);
+  for (const c of await childDirs(dir)) n += await processesUnder(path.join(dir, c));
+  return n;
 }
 
 /** Processes still in a cgroup (its cgroup.procs); 0 when it is gone. */

@@ -9,8 +9,27 @@ import type { Egress } from '@forky/contract';
 import { hostBlock, parseBlock, type Block } from './addr.js';
 
 /** Refused whatever the policy (besides the host's own addresses, matched with fib). */
-export const FLOOR4 = ['127.0.0.0/8', '0.0.0.0/8', '169.254.0.0/16', '224.0.0.0/4', '240.0.0.0/4'];
-export const FLOOR6 = ['::1/128', '::/128', '::ffff:0:0/96', 'fe80::/10', 'ff00::/8', 'fd00:ec2::254/128'];
+export const FLOOR4 = [
+  '127.0.0.0/8',
+  '0.0.0.0/8',
+  '169.254.0.0/16',
+  '224.0.0.0/4',
+  '240.0.0.0/4',
+  // Cloud metadata outside link-local: Azure's WireServer, Alibaba's metadata service.
+  '168.63.129.16/32',
+  '100.100.100.200/32',
+];
+/** NAT64 prefixes are floor too: through a translator they name any IPv4 address, the floor's included. */
+export const FLOOR6 = [
+  '::1/128',
+  '::/128',
+  '::ffff:0:0/96',
+  'fe80::/10',
+  'ff00::/8',
+  'fd00:ec2::254/128',
+  '64:ff9b::/96',
+  '64:ff9b:1::/48',
+];
 /** Not public: refused under `internet` (private, shared, reserved, documentation, translation blocks). */
 export const SPECIAL4 = [
   '10.0.0.0/8',
@@ -23,7 +42,7 @@ export const SPECIAL4 = [
   '198.51.100.0/24',
   '203.0.113.0/24',
 ];
-export const SPECIAL6 = ['fc00::/7', '2001:db8::/32', '64:ff9b::/96', '64:ff9b:1::/48', '100::/64', '2001::/23'];
+export const SPECIAL6 = ['fc00::/7', 'fec0::/10', '2001:db8::/32', '100::/64', '2001::/23', '2002::/16'];
 
 /** What the scripts need to know of this host, fixed when the filter opens. */
 export interface HostFacts {
@@ -193,7 +212,9 @@ export function vmRules(facts: HostFacts, vmId: string, egress: Egress): string[
     );
   }
   rules.push(
-    'fib daddr type local ' + no,
+    // The host's own addresses, and its broadcast and multicast ones (a datagram to a subnet's
+    // broadcast address reaches a host service bound to 0.0.0.0).
+    'fib daddr type { local, broadcast, multicast } ' + no,
     'ip daddr @floor4 ' + no,
     'ip6 daddr @floor6 ' + no,
     'ip daddr @cluster4 ' + no,

@@ -3,7 +3,7 @@ import fs from 'node:fs/promises';
 import type { Logger } from '@forky/base';
 import type { Egress } from '@forky/contract';
 import type { NetworkFilter } from '../../domain/ports.js';
-import { childDirs, makeDir, removeDir, type Cgroup2 } from './cgroups.js';
+import { childDirs, makeDir, processesUnder, removeDir, type Cgroup2 } from './cgroups.js';
 import {
   applyScript,
   clusterScript,
@@ -50,14 +50,25 @@ export class NftNetworkFilter implements NetworkFilter {
   readonly enforcement = 'nftables' as const;
   private queue: Promise<unknown> = Promise.resolve();
   private clusterKey: string | undefined;
+  /** The host cgroup's inode when the table's rule was made: the rule names that directory by it. */
+  private hostIno = 0;
+  /** TAP devices bound, to bind again after a repair. */
+  private readonly devices = new Map<string, { vmId: string; mac: string }>();
 
   private constructor(private readonly p: NftFilterParts) {}
 
   /** Makes (or, after a restart, reloads over live VMs) the host's cgroup and table. */
   static async open(parts: NftFilterParts): Promise<NftNetworkFilter> {
-    await makeDir(parts.hostDir);
-    await parts.nft.run(tableScript(parts.facts) + (parts.taps?.openScript() ?? ''));
-    return new NftNetworkFilter(parts);
+    const f = new NftNetworkFilter(parts);
+    await f.makeTable();
+    return f;
+  }
+
+  /** The host's cgroup and the table, made (or made again, over live VMs: every step is idempotent). */
+  private async makeTable(): Promise<void> {
+    await makeDir(this.p.hostDir);
+    this.hostIno = (await fs.stat(this.p.hostDir)).ino;
+    await this.p.nft.run(tableScript(this.p.facts) + (this.p.taps?.openScript() ?? ''));
   }
 
   get table(): string {
@@ -76,8 +87,13 @@ export class NftNetworkFilter implements NetworkFilter {
     const script = applyScript(this.p.facts, vmId, egress);
     const tapScript = this.p.taps?.vmScript(vmId, egress);
     await this.serial(async () => {
-      await makeDir(this.dir(vmId));
-      await this.p.nft.run(script + (tapScript ?? ''));
+      const made = await makeDir(this.dir(vmId), false);
+      try {
+        await this.p.nft.run(script + (tapScript ?? ''));
+      } catch (e) {
+        if (made) await removeDir(this.dir(vmId), 0).catch(() => undefined);
+        throw e;
+      }
     });
     this.p.log.debug({ vmId, egress }, 'egress filter applied');
   }
@@ -86,16 +102,18 @@ export class NftNetworkFilter implements NetworkFilter {
     return this.dir(vmId);
   }
 
-  async bindDevice(vmId: string, device: string): Promise<void> {
+  async bindDevice(vmId: string, device: string, mac: string): Promise<void> {
     if (!this.p.taps) return; // user mode: QEMU's sockets, not a device, carry the VM's packets
     const taps = this.p.taps;
-    await this.serial(() => taps.bind(vmId, device));
+    await this.serial(() => taps.bind(vmId, device, mac));
+    this.devices.set(device, { vmId, mac });
   }
 
   async unbindDevice(device: string): Promise<void> {
     if (!this.p.taps) return;
     const taps = this.p.taps;
     await this.serial(() => taps.unbind(device));
+    this.devices.delete(device);
   }
 
   /**
@@ -110,6 +128,30 @@ export class NftNetworkFilter implements NetworkFilter {
     await this.serial(() => this.p.nft.run(clusterScript(this.p.facts, [...fams], list)));
     this.clusterKey = key;
     this.p.log.info({ hosts: list.length }, 'cluster host addresses refused to VMs');
+  }
+
+  async holds(vmId: string, pid: number): Promise<boolean> {
+    const want = `0::/${path.relative(this.p.cgroup.mount, this.dir(vmId))}`;
+    const text = await fs.readFile(`/proc/${pid}/cgroup`, 'utf8').catch(() => '');
+    return text.split('\n').some((l) => l === want);
+  }
+
+  async upkeep(vms: ReadonlyArray<{ id: string; egress: Egress }>): Promise<boolean> {
+    const ino = await fs.stat(this.p.hostDir).then(
+      (s) => s.ino,
+      () => 0,
+    );
+    const table = await this.p.nft.list(['table', 'inet', this.table]).catch(() => undefined);
+    if (ino === this.hostIno && table) return false;
+    this.p.log.error(
+      { table: this.table, hostDir: this.p.hostDir, tableGone: !table, cgroupChanged: ino !== this.hostIno },
+      'egress filter found changed under its VMs: making it again',
+    );
+    await this.serial(() => this.makeTable());
+    for (const v of vms) await this.apply(v.id, v.egress);
+    for (const [device, d] of this.devices) await this.bindDevice(d.vmId, device, d.mac);
+    this.clusterKey = undefined; // the cluster sets were lost with the table: sent again next time
+    return true;
   }
 
   async refused(vmId: string): Promise<number | undefined> {
@@ -176,7 +218,8 @@ export class NftNetworkFilter implements NetworkFilter {
    */
   async close(o: { vmsLeft: number }): Promise<void> {
     await this.serial(async () => {
-      if (o.vmsLeft > 0) return;
+      // Processes still in the subtree (a VM the engine no longer counts) keep the table.
+      if (o.vmsLeft > 0 || (await processesUnder(this.p.hostDir)) > 0) return;
       if (await this.p.nft.list(['table', 'inet', this.table])) await this.p.nft.run(`delete table inet ${this.table}\n`);
       await this.p.taps?.close();
       await removeDir(this.p.hostDir);

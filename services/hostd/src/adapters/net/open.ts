@@ -4,6 +4,7 @@ import { isIP } from 'node:net';
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { ForkyError, withDeadline, type Logger } from '@forky/base';
+import type { Egress } from '@forky/contract';
 import type { NetworkFilter } from '../../domain/ports.js';
 import { execa } from 'execa';
 import { findCgroup2, makeDir, nftName, removeDir, type Cgroup2 } from './cgroups.js';
@@ -31,6 +32,12 @@ export interface NetworkFilterOptions {
 export type OpenedNetworkFilter = NetworkFilter & {
   /** The other hosts' addresses, refused to every VM (a filterless host has nothing to refuse them with: a no-op). */
   setClusterHosts(addrs: readonly string[]): Promise<void>;
+  /**
+   * Checks that the table and the host's cgroup are still the ones made (a `flush ruleset`, an
+   * `nftables` reload or a removed cgroup would leave VMs unfiltered) and, if not, makes them again
+   * with every VM's policy. Says whether it had to.
+   */
+  upkeep(vms: ReadonlyArray<{ id: string; egress: Egress }>): Promise<boolean>;
   close(o: { vmsLeft: number }): Promise<void>;
   describe(): string;
 };
@@ -114,12 +121,12 @@ export async function probeNftables(nft: Nft, mode: 'user' | 'tap'): Promise<{ c
     `add map inet ${t} vms { typeof socket cgroupv2 level ${level + 1} : verdict; }`,
     `add chain inet ${t} output { type filter hook output priority 0; policy accept; }`,
     `add rule inet ${t} output socket cgroupv2 level ${level} ${JSON.stringify(name)} udp dport 9 counter name hit drop`,
-    `add rule inet ${t} output socket cgroupv2 level ${level} ${JSON.stringify(name)} fib daddr type local meta l4proto tcp reject with tcp reset`,
+    `add rule inet ${t} output socket cgroupv2 level ${level} ${JSON.stringify(name)} fib daddr type { local, broadcast, multicast } meta l4proto tcp reject with tcp reset`,
     ...(mode === 'tap'
       ? [
           `add table netdev ${t}`,
           `add chain netdev ${t} dev_lo { type filter hook ingress device "lo" priority 0; policy accept; }`,
-          `add rule netdev ${t} dev_lo ip daddr 192.0.2.255 fib daddr type local meta l4proto tcp reject with tcp reset`,
+          `add rule netdev ${t} dev_lo ip daddr 192.0.2.255 fib daddr type { local, broadcast, multicast } meta l4proto tcp reject with tcp reset`,
         ]
       : []),
     '',
@@ -153,17 +160,19 @@ export async function probeNftables(nft: Nft, mode: 'user' | 'tap'): Promise<{ c
 export async function openNetworkFilter(opts: NetworkFilterOptions): Promise<OpenedNetworkFilter> {
   const filter = opts.filter ?? 'auto';
   if (filter === 'none') {
-    if (opts.mode === 'tap') {
-      opts.log.warn("network.filter is 'none' and VMs sit on TAP devices: their traffic is NOT filtered");
-      return new RestrictFilter("network.filter is 'none' (TAP devices unfiltered)");
-    }
+    // restrict=on does nothing for a TAP: such a VM would have the bridge's whole network while
+    // its record said otherwise. TAP devices are filtered, or hostd does not start.
+    if (opts.mode === 'tap')
+      throw new ForkyError('BAD_REQUEST', "network.filter 'none' cannot be used with TAP devices: they would be unfiltered", {
+        details: { field: 'network.filter' },
+      });
     return new RestrictFilter("network.filter is 'none'");
   }
   const nft = new Nft(opts.log);
   const probe = await probeNftables(nft, opts.mode);
   if ('reason' in probe) {
     if (filter === 'nftables' || opts.mode === 'tap') {
-      const tail = opts.mode === 'tap' ? " (TAP devices cannot be left unfiltered: set network.filter 'none' to accept that)" : '';
+      const tail = opts.mode === 'tap' ? ' (TAP devices are never left unfiltered)' : '';
       throw new ForkyError('INTERNAL', `the nftables egress filter cannot work on this host: ${probe.reason}${tail}`);
     }
     opts.log.warn(

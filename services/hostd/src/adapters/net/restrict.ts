@@ -1,3 +1,4 @@
+import fs from 'node:fs/promises';
 import { ForkyError } from '@forky/base';
 import type { Egress } from '@forky/contract';
 import type { NetworkFilter } from '../../domain/ports.js';
@@ -24,6 +25,16 @@ export class RestrictFilter implements NetworkFilter {
 
   scope(): undefined {
     return undefined;
+  }
+
+  /** A QEMU of this host has `restrict=on` on its command line; one started otherwise (by an older hostd) does not. */
+  async holds(_vmId: string, pid: number): Promise<boolean> {
+    const cmdline = await fs.readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '');
+    return cmdline.split('\0').some((a) => /^user,.*\brestrict=on\b/.test(a));
+  }
+
+  async upkeep(): Promise<boolean> {
+    return false;
   }
 
   async bindDevice(): Promise<void> {}

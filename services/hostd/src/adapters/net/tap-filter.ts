@@ -35,17 +35,30 @@ export class TapFilter {
     return chainScript(this.facts, 'netdev', vmId, egress);
   }
 
-  /** Hooks the device's ingress to the VM's chain (made by `apply` before). */
-  async bind(vmId: string, device: string): Promise<void> {
+  /**
+   * Hooks the device's ingress to the VM's chain (made by `apply` before). Frames must carry the
+   * VM's own MAC (as source, and as ARP's sender), so a guest cannot poison the bridge's or the
+   * host's tables to take another VM's traffic.
+   */
+  async bind(vmId: string, device: string, mac: string): Promise<void> {
     const c = deviceChain(device);
     const { chain } = names(vmId);
+    if (!/^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/.test(mac))
+      throw new ForkyError('BAD_REQUEST', `MAC ${JSON.stringify(mac)} is not aa:bb:cc:dd:ee:ff`);
     await this.nft.run(
       [
         `add chain ${this.t} ${c} { type filter hook ingress device ${JSON.stringify(device)} priority 0; policy accept; }`,
         `flush chain ${this.t} ${c}`,
-        // Link-level housekeeping a guest needs and that reaches no service: ARP, DHCP, IPv6 neighbour discovery.
+        `add rule ${this.t} ${c} ether saddr != ${mac} drop`,
+        // VLAN-tagged frames could reach other segments of a trunk (the tag may be stripped into metadata before this hook).
+        `add rule ${this.t} ${c} vlan id 0-4095 drop`,
+        `add rule ${this.t} ${c} meta protocol 8021q drop`,
+        // Link-level housekeeping a guest needs and that reaches no service: ARP (its own MAC only),
+        // DHCP (broadcast, or to the host's own server for a renewal), IPv6 neighbour discovery.
+        `add rule ${this.t} ${c} meta protocol arp arp saddr ether != ${mac} drop`,
         `add rule ${this.t} ${c} meta protocol arp accept`,
-        `add rule ${this.t} ${c} udp sport 68 udp dport 67 accept`,
+        `add rule ${this.t} ${c} udp sport 68 udp dport 67 ip daddr 255.255.255.255 accept`,
+        `add rule ${this.t} ${c} udp sport 68 udp dport 67 fib daddr type local accept`,
         `add rule ${this.t} ${c} icmpv6 type { nd-router-solicit, nd-neighbor-solicit, nd-neighbor-advert } accept`,
         // Anything else that is not IP (VLAN tags, raw frames) could step around the chain: dropped.
         `add rule ${this.t} ${c} meta protocol != { ip, ip6 } drop`,

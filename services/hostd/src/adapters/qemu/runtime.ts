@@ -238,7 +238,7 @@ export class QemuRuntime implements VmRuntime<QemuVm> {
     if (tap && this.opts.network.mode === 'tap') {
       await createTap(tap, this.opts.network.bridge);
       // Behind its filter before QEMU can send a frame through it.
-      await this.opts.filter?.bindDevice(spec.id, tap).catch(async (e: unknown) => {
+      await this.opts.filter?.bindDevice(spec.id, tap, spec.mac).catch(async (e: unknown) => {
         await this.#removeTap(tap);
         throw e;
       });

@@ -1,6 +1,6 @@
 import type { Host } from '../host.js';
 import { recoverHost, type Recovered } from '../recovery.js';
-import { egressOf } from '../records.js';
+import { egressOf, markFailed } from '../records.js';
 
 /**
  * Takes back what an earlier hostd of this data directory left (see recovery.ts) into the host
@@ -34,6 +34,16 @@ export async function recover(host: Host): Promise<Recovered> {
     await d.network
       .apply(v.id, egressOf(v))
       .catch((err: unknown) => host.log.error({ err, vm: v.id }, 'could not re-apply the network policy'));
+    // A process started outside its filter (by a hostd before filters existed) would send every
+    // packet unfiltered: it is stopped, and the VM kept as failed, saying why.
+    const h = v.handle;
+    if (h && !(await d.network.holds(v.id, h.pid))) {
+      host.log.error({ vm: v.id, pid: h.pid }, 'a VM taken back runs outside its network filter: stopping it');
+      // Failed first: its process's exit is then not taken for a crash.
+      markFailed(v, `its QEMU process (pid ${h.pid}) ran outside its network filter (started by an older hostd), so it was stopped`);
+      await d.runtime.destroy(h).catch(() => undefined);
+      await d.records.saveVm(v).catch(() => undefined);
+    }
   }
   const swept = await d.network.sweep(new Set(r.vms.map((v) => v.id)));
   if (swept > 0) host.log.info({ swept }, 'removed network filters of VMs that are gone');
