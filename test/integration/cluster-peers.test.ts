@@ -4,7 +4,7 @@ import { connect } from '@nats-io/transport-node';
 import type { NatsConnection } from '@nats-io/nats-core';
 import { silentLogger } from '@forky/base';
 import { openBuckets, startNatsServer, type NatsServer } from '@forky/bus';
-import { followPeers, ownAddresses, peerAddresses } from '@forky/hostd/internal';
+import { followPeers, ownAddresses, peerAddresses, urlAddresses } from '@forky/hostd/internal';
 
 describe('other hosts’ addresses, from the hosts bucket, for the egress filter', { timeout: 60_000 }, () => {
   let nats: NatsServer;
@@ -41,6 +41,14 @@ describe('other hosts’ addresses, from the hosts bucket, for the egress filter
     const stop = await followPeers(buckets.hosts, 'h-self', { setClusterHosts: async (a) => void got.push([...a].sort()) }, silentLogger());
     stop();
     assert.deepEqual(got, [['10.9.9.9', 'fd00::9']]);
+  });
+
+  it('discovered NATS servers are refused too: the addresses of their URLs', () => {
+    assert.deepEqual(urlAddresses(['10.0.0.5:4222', 'nats://[fd00::5]:4222', 'nats.example:4222', 'junk', '192.0.2.9']), [
+      '10.0.0.5',
+      'fd00::5',
+      '192.0.2.9',
+    ]);
   });
 
   it('a heartbeat address list is bounded and addresses only', () => {

@@ -1,4 +1,5 @@
 import os from 'node:os';
+import { isIP } from 'node:net';
 import type { KV } from '@nats-io/kv';
 import { z } from 'zod';
 import { withDeadline, type Logger } from '@forky/base';
@@ -12,6 +13,17 @@ const Ip = z.union([z.ipv4(), z.ipv6()]);
 const PeerBeat = z.looseObject({ id: z.string().max(64), addrs: z.array(Ip).max(64).optional() });
 
 /** This host's own addresses, for its heartbeat (loopback and link-local left out: every host has those). */
+/** The hosts of `host:port` URLs that are IP literals (a discovered NATS server is announced by address). */
+export function urlAddresses(urls: readonly string[]): string[] {
+  const out: string[] = [];
+  for (const u of urls) {
+    const m = /^(?:[a-z]+:\/\/)?(?:\[([0-9a-fA-F:.]+)\]|([^:/\]]+))(?::\d+)?$/.exec(u);
+    const host = m?.[1] ?? m?.[2];
+    if (host && isIP(host) !== 0) out.push(host);
+  }
+  return out;
+}
+
 export function ownAddresses(): string[] {
   const out: string[] = [];
   for (const list of Object.values(os.networkInterfaces())) {
@@ -62,10 +74,13 @@ export async function followPeers(
   filter: { setClusterHosts(addrs: readonly string[]): Promise<void> },
   log: Logger,
   upkeep: () => Promise<unknown> = async () => undefined,
+  /** More addresses to refuse, read at each refresh (the NATS servers the client has discovered since it connected). */
+  extra: () => string[] = () => [],
 ): Promise<() => void> {
   const refresh = async (): Promise<void> => {
     await upkeep().catch((err: unknown) => log.error({ err }, 'egress filter upkeep failed'));
-    const addrs = (await peerAddresses(kv, self, log)).filter((a) => !ownAddresses().includes(a));
+    const own = ownAddresses();
+    const addrs = [...(await peerAddresses(kv, self, log)), ...extra().filter((a) => isIP(a) !== 0)].filter((a) => !own.includes(a));
     await filter.setClusterHosts(addrs);
   };
   await refresh().catch((err: unknown) => log.warn({ err }, 'could not read the other hosts’ addresses'));

@@ -13,7 +13,7 @@ import { DryRunLayerStore, DryRunRuntime } from './adapters/dry-run.js';
 import type { VmRuntime } from './domain/ports.js';
 import { KvDirectory } from './adapters/kv-directory.js';
 import type { HostdConfig } from './config.js';
-import { followPeers, ownAddresses } from './cluster-peers.js';
+import { followPeers, ownAddresses, urlAddresses } from './cluster-peers.js';
 import { openNetworkFilter } from './adapters/net/index.js';
 import { HostEngine } from './domain/engine.js';
 import type { RecoveryReport } from './domain/recovery.js';
@@ -113,7 +113,14 @@ export async function startHostd(config: Readonly<HostdConfig>, logger: Logger):
   // Other hosts are refused to VMs from the start: read before VMs are taken back or served.
   // …and every 10 s the filter checks it is still in place (a `flush ruleset` would open every VM).
   let upkeepVms: () => Array<{ id: string; egress: Egress }> = () => [];
-  const stopPeers = await followPeers(buckets.hosts, config.hostId, network, log, () => network.upkeep(upkeepVms()));
+  const stopPeers = await followPeers(
+    buckets.hosts,
+    config.hostId,
+    network,
+    log,
+    () => network.upkeep(upkeepVms()),
+    () => urlAddresses(nc.info?.connect_urls ?? []),
+  );
   // Before serving: VMs an earlier hostd of this data directory left running are taken back.
   const recovered = await engine.recover();
   upkeepVms = () => engine.list().flatMap((v) => (v.network && v.state !== 'failed' ? [{ id: v.id, egress: v.network.egress }] : []));

@@ -51,4 +51,4 @@ export {
   type OpenedNetworkFilter,
 } from './adapters/net/index.js';
 export * as netFilter from './adapters/net/index.js';
-export { followPeers, ownAddresses, peerAddresses } from './cluster-peers.js';
+export { followPeers, ownAddresses, peerAddresses, urlAddresses } from './cluster-peers.js';

@@ -7,14 +7,15 @@ export interface StreamLimits {
   /** Streams per VM (exec, attach, files, watch), and port connections per VM apart (`forky port`: many at once). */
   perVm: number;
   portsPerVm: number;
-  /** Both kinds together, on this host. */
+  /** Streams on this host, and port connections on this host apart: busy forwards do not starve other tenants' exec and files. */
   perHost: number;
+  portsPerHost: number;
   /** How long a key's open is remembered. */
   keyTtlMs: number;
 }
 
 /** 64 + 256 per VM (plus 16 one-shot calls) stays under the agent's 512 streams a session. */
-export const DEFAULT_STREAM_LIMITS: StreamLimits = { perVm: 64, portsPerVm: 256, perHost: 1024, keyTtlMs: 15 * 60_000 };
+export const DEFAULT_STREAM_LIMITS: StreamLimits = { perVm: 64, portsPerVm: 256, perHost: 1024, portsPerHost: 2048, keyTtlMs: 15 * 60_000 };
 
 export type StreamPool = 'stream' | 'port';
 
@@ -53,7 +54,7 @@ export class StreamRegistry {
   readonly #streams = new Map<string, Bridge>();
   /** Slots taken per VM: open streams and opens under way. */
   readonly #perVm = new Map<string, number>();
-  #total = 0;
+  readonly #total: Record<StreamPool, number> = { stream: 0, port: 0 };
   readonly #keys = new Map<string, Keyed>();
 
   constructor(readonly limits: StreamLimits = DEFAULT_STREAM_LIMITS) {}
@@ -76,15 +77,16 @@ export class StreamRegistry {
     const n = this.#perVm.get(slot) ?? 0;
     const [max, what] = pool === 'port' ? [this.limits.portsPerVm, 'port connections'] : [this.limits.perVm, 'streams'];
     if (n >= max) throw new CapacityError(`VM ${vmId} has ${n} ${what} open, the most it may (${max} per VM)`);
-    if (this.#total >= this.limits.perHost)
-      throw new CapacityError(`this host has ${this.#total} streams open, the most it may (${this.limits.perHost} per host)`);
+    const hostMax = pool === 'port' ? this.limits.portsPerHost : this.limits.perHost;
+    if (this.#total[pool] >= hostMax)
+      throw new CapacityError(`this host has ${this.#total[pool]} ${what} open, the most it may (${hostMax} per host)`);
     this.#perVm.set(slot, n + 1);
-    this.#total++;
+    this.#total[pool]++;
     let released = false;
     return () => {
       if (released) return;
       released = true;
-      this.#total--;
+      this.#total[pool]--;
       const left = (this.#perVm.get(slot) ?? 1) - 1;
       if (left > 0) this.#perVm.set(slot, left);
       else this.#perVm.delete(slot);
