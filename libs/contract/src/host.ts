@@ -50,6 +50,8 @@ export const HostStatus = HostInfo.extend({
   /** False once heartbeats have stopped for three periods. */
   alive: z.boolean(),
   lastSeen: z.string(),
+  /** The addresses it reported (every other host refuses them to its VMs). */
+  addrs: z.array(z.union([z.ipv4(), z.ipv6()])).max(64).optional(),
 }).strict();
 export type HostStatus = z.infer<typeof HostStatus>;
 
