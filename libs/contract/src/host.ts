@@ -51,7 +51,10 @@ export const HostStatus = HostInfo.extend({
   alive: z.boolean(),
   lastSeen: z.string(),
   /** The addresses it reported (every other host refuses them to its VMs). */
-  addrs: z.array(z.union([z.ipv4(), z.ipv6()])).max(64).optional(),
+  addrs: z
+    .array(z.union([z.ipv4(), z.ipv6()]))
+    .max(64)
+    .optional(),
 }).strict();
 export type HostStatus = z.infer<typeof HostStatus>;
 
