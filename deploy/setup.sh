@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Makes this checkout ready to run on Debian bookworm with Node >= 20.10: installs the apt packages
-# that are missing, the npm dependencies, builds the TypeScript, and builds the `tiny` guest image.
+# that are missing, the npm dependencies, builds the TypeScript, and builds the `tiny` and `debian`
+# guest images (images/README.md).
 # Safe to run again: each step is skipped when already done.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,7 +11,7 @@ node -e 'const [a,b]=process.versions.node.split(".").map(Number); process.exit(
   || { echo "setup: Node >= 20.10 is needed (found $(node --version 2>/dev/null || echo none))" >&2; exit 1; }
 
 # tool -> Debian package
-declare -A pkgs=([qemu-system-x86_64]=qemu-system-x86 [qemu-img]=qemu-utils [nats-server]=nats-server [cpio]=cpio [mkfs.ext4]=e2fsprogs [dpkg-deb]=dpkg [ip]=iproute2 [gcc]=gcc [go]=golang-go [tmux]=tmux [nft]=nftables)
+declare -A pkgs=([qemu-system-x86_64]=qemu-system-x86 [qemu-img]=qemu-utils [nats-server]=nats-server [cpio]=cpio [mkfs.ext4]=e2fsprogs [dpkg-deb]=dpkg [ip]=iproute2 [gcc]=gcc [go]=golang-go [tmux]=tmux [nft]=nftables [jq]=jq [mmdebstrap]=mmdebstrap [dnsmasq]=dnsmasq-base)
 missing=()
 for tool in "${!pkgs[@]}"; do command -v "$tool" >/dev/null || [ -x "/usr/sbin/$tool" ] || missing+=("${pkgs[$tool]}"); done
 # The image's small static helper (images/tiny/ident.c) links against libc.a.
@@ -36,5 +37,7 @@ if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modu
 fi
 say "building"
 npm run -s build
-say "guest image"
+say "guest images"
 bash images/tiny/build.sh .forky/images
+# Debian packages only; a minute or two cold, skipped when a verified build with the same inputs exists.
+bash images/build-recipe.sh debian .forky/images

@@ -7,11 +7,19 @@ import { promisify } from 'node:util';
 export const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
 export const IMAGES_DIR = process.env.FORKY_IMAGES_DIR ?? path.join(REPO, '.forky', 'images');
 
-/** Builds the tiny image if missing (a verified build is skipped by the script itself). */
-export async function ensureImage(): Promise<string> {
-  await promisify(execFile)('bash', [path.join(REPO, 'images', 'tiny', 'build.sh'), IMAGES_DIR], {
+/** A cold recipe build (debian) takes a minute or two; the deadline leaves room for a slow mirror. */
+const BUILD_TIMEOUT_MS = 15 * 60_000;
+
+/**
+ * Builds image `name` if missing: tiny by its own script, any other from images/NAME/image.json by
+ * the generic builder. A verified build with the same inputs is skipped by the script itself.
+ */
+export async function ensureImage(name = 'tiny'): Promise<string> {
+  const script = name === 'tiny' ? [path.join(REPO, 'images', 'tiny', 'build.sh')] : [path.join(REPO, 'images', 'build-recipe.sh'), name];
+  await promisify(execFile)('bash', [...script, IMAGES_DIR], {
     env: { ...process.env, FORKY_QUIET: '1' },
-    maxBuffer: 16 << 20,
+    maxBuffer: 64 << 20,
+    timeout: BUILD_TIMEOUT_MS,
   });
   return IMAGES_DIR;
 }

@@ -12,6 +12,7 @@ import { startNatsServer, type NatsServer } from '@forky/bus';
 import type { Egress, VmInfo } from '@forky/contract';
 import { startTestHost, type TestHost } from '../helpers/hostd.js';
 import { createTestNet, type TestNet } from '../helpers/netns.js';
+import { startTestScheduler, type TestScheduler } from '../helpers/scheduler.js';
 import { ensureImage } from '../helpers/repo.js';
 
 const run = promisify(execFile);
@@ -53,6 +54,7 @@ function hostAddress(): string {
 describe('network isolation with real QEMU: what a guest may reach, by policy, across a fork', { timeout: 600_000 }, () => {
   let nats: NatsServer;
   let host: TestHost;
+  let sched: TestScheduler | undefined;
   let tnet: TestNet;
   let parent: VmInfo;
   let work: string;
@@ -106,6 +108,7 @@ describe('network isolation with real QEMU: what a guest may reach, by policy, a
   });
 
   after(async () => {
+    await sched?.stop();
     await host?.stop();
     await nats?.stop();
     for (const s of servers) s.close();
@@ -172,6 +175,17 @@ describe('network isolation with real QEMU: what a guest may reach, by policy, a
     assert.equal(await dial(child.id, peer, peerPort, `PEER-${token}`), false, 'the child, now none');
     assert.equal(await dial(parent.id, peer, peerPort, `PEER-${token}`), true, 'the parent is unchanged');
     await host.client.call('vm.destroy', { id: child.id });
+  });
+
+  it('a policy given to the scheduler reaches the VM, and a change through it holds', async () => {
+    sched = await startTestScheduler(nats.url);
+    const v = await sched.client.call('vm.boot', { network: { egress: { allow: [`${peer}:${peerPort}`] } } });
+    assert.deepEqual(v.network?.egress, { allow: [`${peer}:${peerPort}`], dns: true });
+    assert.equal(await dial(v.id, peer, peerPort, `PEER-${token}`), true, 'the allowed peer and port');
+    const changed = await sched.client.call('vm.network', { id: v.id, network: { egress: 'none' } });
+    assert.equal(changed.network?.egress, 'none');
+    assert.equal(await dial(v.id, peer, peerPort, `PEER-${token}`), false);
+    await sched.client.call('vm.destroy', { id: v.id });
   });
 
   it('with `none` every outbound connection fails, DNS included', async () => {

@@ -10,4 +10,4 @@ cache=${FORKY_GO_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/forky-go}
 mkdir -p "$cache"
 cache=$(cd "$cache" && pwd) # go wants absolute paths
 export GOCACHE="$cache" GOPATH="$cache/gopath" GOFLAGS=-trimpath GOPROXY=off GO111MODULE=on CGO_ENABLED=0 GOOS=linux GOARCH=amd64
-cd "$src" && go build -ldflags '-s -w -buildid=' -o "$out" .
+cd "$src" && go build -buildvcs=false -ldflags '-s -w -buildid=' -o "$out" .

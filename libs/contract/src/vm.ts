@@ -59,6 +59,8 @@ export const BootRequest = z.strictObject({
   apps: AppList.optional(),
   /** Where the guest may connect; default `{egress: "internet"}` (public addresses only). */
   network: NetworkPolicy.optional(),
+  /** Virtual size of the VM's disk (sparse; the guest grows its file system to fit); default: the image's, never less. */
+  diskGiB: z.number().int().min(1).max(1024).optional(),
   key: IdempotencyKey.optional(),
 });
 export type BootRequest = z.infer<typeof BootRequest>;

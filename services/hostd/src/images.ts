@@ -3,16 +3,26 @@ import { z } from 'zod';
 import { NotFoundError, ValidationError, safeJoin } from '@forky/base';
 import { ImageName } from '@forky/contract';
 
-const Part = z.object({ file: z.string().regex(/^[a-z0-9._-]+$/), sha256: z.string().regex(/^[0-9a-f]{64}$/), size: z.number() });
+const Part = z.strictObject({ file: z.string().regex(/^[a-z0-9._-]+$/), sha256: z.string().regex(/^[0-9a-f]{64}$/), size: z.number() });
 
-/** The manifest written by images/<name>/build.sh. */
-const Manifest = z.object({
+/** The manifest written by images/tiny/build.sh or images/build-recipe.sh (a recipe image also records its recipe). */
+const Manifest = z.strictObject({
   schema: z.literal('forky.image/v1'),
   name: ImageName,
   id: z.string().regex(/^sha256:[0-9a-f]{64}$/),
+  /** Over the build's inputs: a build with the same key is skipped. */
+  inputKey: z
+    .string()
+    .regex(/^[0-9a-f]{64}$/)
+    .optional(),
+  arch: z.literal('x86_64').optional(),
   cmdline: z.string(),
   kernelVersion: z.string(),
-  parts: z.object({ kernel: Part, initrd: Part, disk: Part.extend({ virtualSize: z.number().int().positive() }) }),
+  /** Debian package -> version, as built. */
+  packages: z.record(z.string(), z.string()).optional(),
+  /** images/<name>/image.json as it was built (format: images/README.md). */
+  recipe: z.record(z.string(), z.unknown()).optional(),
+  parts: z.strictObject({ kernel: Part, initrd: Part, disk: Part.extend({ virtualSize: z.number().int().positive() }).strict() }),
 });
 
 export interface Image {

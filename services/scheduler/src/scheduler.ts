@@ -158,6 +158,8 @@ export class Scheduler {
         cpus: req.cpus,
         gpus: req.gpus,
         ...(req.apps ? { apps: req.apps } : {}),
+        ...(req.diskGiB ? { diskGiB: req.diskGiB } : {}),
+        ...(req.network ? { network: req.network } : {}),
         key,
       }),
     );

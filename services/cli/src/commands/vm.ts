@@ -18,6 +18,7 @@ interface BootOptions {
   host?: string;
   egress?: string;
   dns: boolean;
+  disk?: number;
 }
 
 /** `forky vm boot | ls | show | pause | resume | rm | app`; the `vm` command, for the sandbox commands (exec, ps…) to join. */
@@ -36,6 +37,7 @@ export function registerVm(program: Command, cli: CliContext): Command {
     .option('--host <id>', 'pin to a host')
     .option('--egress <policy>', EGRESS_HELP)
     .option('--no-dns', 'with an --egress allow-list: no DNS either')
+    .option('--disk <GiB>', "disk size (sparse; the guest's file system grows to fit); default: the image's", positiveInt('disk'))
     .action(
       cli.action(async (o: BootOptions, cmd: Command) => {
         const key = newId('boot', 16);
@@ -51,6 +53,7 @@ export function registerVm(program: Command, cli: CliContext): Command {
             ...(apps.length ? { apps } : {}),
             ...(o.host ? { host: o.host } : {}),
             ...(network ? { network } : {}),
+            ...(o.disk ? { diskGiB: o.disk } : {}),
           });
         });
         printVms(cmd, [v], true);

@@ -152,6 +152,8 @@ export class Host implements AdmissionView {
       chain: [...snap.chain],
       parentSnapshot: snap.info.id,
     });
+    // The parent's disk size (a `diskGiB` boot's), not the image's: the restored guest knows that device.
+    rec.diskVirtualSize = snap.diskVirtualSize;
     rec.lineage = snap.info.id;
     rec.egress = egressOf(snap);
     if (snap.apps?.length) rec.apps = snap.apps.map((a) => ({ ...a }));

@@ -1,4 +1,4 @@
-import { newId } from '@forky/base';
+import { ValidationError, newId } from '@forky/base';
 import type { BootRequest, Egress, VmInfo } from '@forky/contract';
 import { admitVms, ramNeed, type RamHold } from '../admission.js';
 import { bootDevices } from '../apps.js';
@@ -10,6 +10,7 @@ import { makeVm } from './make.js';
 export async function boot(host: Host, req: BootRequest, hold: RamHold): Promise<VmInfo> {
   const { d } = host;
   const image = await d.images.get(req.image);
+  const diskVirtualSize = diskSizeOf(req, image.diskVirtualSize);
   await admitVms(host, req.memMiB + 64, 1);
   const id = newId('vm');
   await hold.admit(ramNeed.boot(d.layout.vmRam(id), req.memMiB), 'memMiB');
@@ -18,6 +19,7 @@ export async function boot(host: Host, req: BootRequest, hold: RamHold): Promise
     kernelCmdline: `${image.cmdline} forky.hostname=${id}`,
     chain: [],
   });
+  rec.diskVirtualSize = diskVirtualSize;
   if (req.key) rec.requestKey = req.key;
   rec.egress = req.network?.egress ?? host.defaultEgress();
   return withRollback(host.log, { vm: id }, async (rb) => {
@@ -41,4 +43,13 @@ export async function boot(host: Host, req: BootRequest, hold: RamHold): Promise
       unpin();
     }
   });
+}
+
+/** The VM's disk size: `diskGiB` when given (a sparse top layer; never below the image's file system), else the image's. */
+function diskSizeOf(req: BootRequest, imageBytes: number): number {
+  if (req.diskGiB === undefined) return imageBytes;
+  const bytes = req.diskGiB * 2 ** 30;
+  if (bytes < imageBytes)
+    throw new ValidationError(`diskGiB ${req.diskGiB} is below the image's disk (${imageBytes / 2 ** 30} GiB)`, { field: 'diskGiB' });
+  return bytes;
 }

@@ -26,7 +26,8 @@ export async function makeVm(
     await host.d.records.removeVm(rec);
     await host.dir.unregister('vm', rec.id).catch(() => undefined);
   });
-  if (!hasTop) rec.chain.push(await host.newLayer(rb, backing, image.diskVirtualSize));
+  // The record's size, not the image's: a boot may ask for more (`diskGiB`), and a child keeps its parent's.
+  if (!hasTop) rec.chain.push(await host.newLayer(rb, backing, rec.diskVirtualSize));
   await host.persist(rec);
   const handle = await start(host.spec(rec, image), rb);
   rec.handle = handle;
