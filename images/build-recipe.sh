@@ -18,7 +18,9 @@ glue="$here/build-recipe.d"
 tiny="$here/tiny"
 mkdir -p "$out_root" && out_root=$(cd "$out_root" && pwd) # mmdebstrap's hooks get absolute paths
 dest="$out_root/$name"
-cache="$out_root/.cache"
+# shellcheck source=image-cache.sh
+. "$here/image-cache.sh"
+cache="$(image_cache_dir)"
 log() { [ -n "${FORKY_QUIET:-}" ] || echo "image $name: $*" >&2; }
 die() { echo "image $name: $1" >&2; exit "${2:-2}"; }
 [ -f "$recipe" ] || die "no recipe $recipe"
@@ -83,15 +85,16 @@ input_key=$( {
   echo "$versions"; gcc --version | sed -n 1p; go version; mmdebstrap --version; mkfs.ext4 -V 2>&1 | sed -n 1p
 } | sha256sum | cut -c1-64)
 
-verify() {
-  [ -f "$dest/manifest.json" ] || return 1
-  [ "$(jq -r .inputKey "$dest/manifest.json")" = "$input_key" ] || return 1
+verify_dir() {
+  [ -f "$1/manifest.json" ] || return 1
+  [ "$(jq -r .inputKey "$1/manifest.json")" = "$input_key" ] || return 1
   for part in kernel initrd disk; do
-    file=$(jq -r ".parts.$part.file" "$dest/manifest.json")
-    [ "$(sha256sum "$dest/$file" | cut -c1-64)" = "$(jq -r ".parts.$part.sha256" "$dest/manifest.json")" ] || return 1
+    file=$(jq -r ".parts.$part.file" "$1/manifest.json")
+    [ "$(sha256sum "$1/$file" | cut -c1-64)" = "$(jq -r ".parts.$part.sha256" "$1/manifest.json")" ] || return 1
   done
 }
-if verify; then log "up to date ($dest)"; exit 0; fi
+if verify_dir "$dest"; then log "up to date ($dest)"; exit 0; fi
+if cache_restore; then log "from this machine's cache ($(image_cache_dir))"; exit 0; fi
 t0=$(date +%s)
 
 # The root is unpacked in RAM when there is room: readdir order there is creation order (so the
@@ -209,4 +212,5 @@ mkdir -p "$out_root"
 rm -rf "$dest.new" && cp -r "$work/out" "$dest.new"
 rm -rf "$dest.old"; [ -d "$dest" ] && mv "$dest" "$dest.old"
 mv "$dest.new" "$dest" && rm -rf "$dest.old"
+cache_store || log "could not keep a copy in $(image_cache_dir)"
 log "built sha256:$id in $dest ($(($(date +%s) - t0)) s)"

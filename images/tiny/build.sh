@@ -10,7 +10,9 @@ here=$(cd "$(dirname "$0")" && pwd)
 out_root=${1:?usage: build.sh OUT_DIR}
 name=tiny
 dest="$out_root/$name"
-cache="$out_root/.cache"
+# shellcheck source=../image-cache.sh
+. "$here/../image-cache.sh"
+cache="$(image_cache_dir)"
 log() { [ -n "${FORKY_QUIET:-}" ] || echo "image $name: $*" >&2; }
 
 for tool in apt-get apt-cache dpkg-deb cpio gzip mkfs.ext4 qemu-img sha256sum gcc go; do
@@ -28,15 +30,16 @@ versions=""
 for p in "${pkgs[@]}"; do versions+="$p=$(candidate "$p") "; done
 input_key=$( { cat "$0" "$here/init" "$here/hook" "$here/udhcpc" "$here/ident.c" "$here/modules" "$here/app-mount" "$here/app-release" "$here"/agent/*.go "$here/agent/go.mod" "$here/agent/build.sh"; echo "$versions"; gcc --version | head -1; go version; echo "$cmdline"; } | sha256sum | cut -c1-64)
 
-verify() {
-  [ -f "$dest/manifest.json" ] || return 1
-  grep -q "\"inputKey\": \"$input_key\"" "$dest/manifest.json" || return 1
+verify_dir() {
+  [ -f "$1/manifest.json" ] || return 1
+  grep -q "\"inputKey\": \"$input_key\"" "$1/manifest.json" || return 1
   for part in vmlinuz initrd.img disk.qcow2; do
-    want=$(grep -A2 "\"file\": \"$part\"" "$dest/manifest.json" | sed -n 's/.*"sha256": "\([0-9a-f]*\)".*/\1/p')
-    [ -n "$want" ] && [ "$(sha256sum "$dest/$part" | cut -c1-64)" = "$want" ] || return 1
+    want=$(grep -A2 "\"file\": \"$part\"" "$1/manifest.json" | sed -n 's/.*"sha256": "\([0-9a-f]*\)".*/\1/p')
+    [ -n "$want" ] && [ "$(sha256sum "$1/$part" | cut -c1-64)" = "$want" ] || return 1
   done
 }
-if verify; then log "up to date ($dest)"; exit 0; fi
+if verify_dir "$dest"; then log "up to date ($dest)"; exit 0; fi
+if cache_restore; then log "from this machine's cache ($(image_cache_dir))"; exit 0; fi
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/forky-image.XXXXXX")
 trap 'rm -rf "$work"' EXIT
@@ -131,4 +134,5 @@ mkdir -p "$out_root"
 rm -rf "$dest.new" && mv "$work/out" "$dest.new"
 rm -rf "$dest.old"; [ -d "$dest" ] && mv "$dest" "$dest.old"
 mv "$dest.new" "$dest" && rm -rf "$dest.old"
+cache_store || log "could not keep a copy in $(image_cache_dir)"
 log "built sha256:$id in $dest"
