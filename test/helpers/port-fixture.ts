@@ -1,6 +1,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import http from 'node:http';
+import net from 'node:net';
 import os from 'node:os';
 import { withDeadline } from '@forky/base';
 import { openStream } from '@forky/bus';
@@ -100,4 +101,74 @@ export async function untilServes(port: number, path: string, ms = 30_000): Prom
       throw new Error(`GET ${path} through the forward: not 200 within ${ms} ms (${String(r instanceof Error ? r.message : r.status)})`);
     await new Promise((resolve) => setTimeout(resolve, 200)); // a poll, bounded above: the server starting in the guest
   }
+}
+
+/** What an HTTP request through the gateway got: status, headers, the body's sha256 and size, and whether its socket was reused. */
+export interface HostGet {
+  status: number;
+  headers: http.IncomingHttpHeaders;
+  sha256: string;
+  bytes: number;
+  body: string;
+  reused: boolean;
+}
+
+/** A request to 127.0.0.1:`port` with the given Host header (how a browser asks for `<vm>-<port>.localhost`). */
+export function getHost(
+  port: number,
+  host: string,
+  path: string,
+  o: { headers?: Record<string, string>; agent?: http.Agent; method?: string } = {},
+): Promise<HostGet> {
+  return new Promise((resolve, reject) => {
+    const req = http.request(
+      { host: '127.0.0.1', port, path, method: o.method ?? 'GET', headers: { Host: host, ...o.headers }, agent: o.agent ?? false },
+      (res) => {
+        const h = createHash('sha256');
+        const parts: Buffer[] = [];
+        let bytes = 0;
+        res.on('data', (b: Buffer) => {
+          h.update(b);
+          bytes += b.length;
+          if (bytes <= 4096) parts.push(b);
+        });
+        res.on('end', () =>
+          resolve({
+            status: res.statusCode ?? 0,
+            headers: res.headers,
+            sha256: h.digest('hex'),
+            bytes,
+            body: Buffer.concat(parts).toString(),
+            reused: req.reusedSocket,
+          }),
+        );
+        res.on('error', reject);
+      },
+    );
+    req.on('error', reject);
+    req.setTimeout(120_000, () => req.destroy(new Error(`GET ${host}${path}: no answer within 120 s`)));
+    req.end();
+  });
+}
+
+/**
+ * Sends `bytes` on a raw TCP connection to 127.0.0.1:`port` and gathers what comes back until the peer
+ * closes or `want` bytes came (then it closes); within `ms`.
+ */
+export function rawExchange(port: number, bytes: Uint8Array, want = Infinity, ms = 30_000): Promise<Buffer> {
+  return withDeadline(
+    new Promise<Buffer>((resolve, reject) => {
+      const parts: Buffer[] = [];
+      let got = 0;
+      const c = net.connect(port, '127.0.0.1', () => c.write(bytes));
+      c.on('data', (b: Buffer) => {
+        parts.push(b);
+        if ((got += b.length) >= want) c.destroy();
+      });
+      c.on('close', () => resolve(Buffer.concat(parts)));
+      c.on('error', (e) => (got > 0 ? undefined : reject(e)));
+    }),
+    ms,
+    'a raw exchange',
+  );
 }

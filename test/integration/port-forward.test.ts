@@ -187,6 +187,18 @@ describe('forky port: local TCP to a guest port over NATS (two hosts, a schedule
         timeoutMs: 20_000,
         what: 'three port streams open',
       });
+      // …and the forwarder has each open's reply: a connection's first bytes go out on its stream
+      // (an open whose reply is lost with the link is failed at once, but lives on the host until
+      // its start deadline, 90 s, which is not what this case is about).
+      const seen = new Set<string>();
+      const sub = sched.nc.subscribe('forky.v1.host.*.stream.*.in', { callback: (_e, m) => void seen.add(m.subject) });
+      await sched.nc.flush();
+      for (const c of socks) c.write('GET ');
+      await pollUntil(async () => (seen.size === 3 ? true : undefined), {
+        timeoutMs: 20_000,
+        what: 'each connection’s first bytes on its stream',
+      });
+      sub.unsubscribe();
       for (const l of links) l.destroy();
       await withDeadline(Promise.all(closed), 10_000, 'the local connections closing');
       const lines = f.stderr().trim().split('\n');

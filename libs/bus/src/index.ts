@@ -2,6 +2,7 @@ export { connectBus, NatsConfig, natsConfigFromEnv, type BusOptions, type BusAut
 export {
   Credentials,
   authorizationConfig,
+  gatewayPermissions,
   hostPermissions,
   hostUser,
   inboxPrefixOf,
@@ -24,4 +25,6 @@ export { digestFile } from './sparse.js';
 export { headerOf, setHeader, safeHeaders } from './headers.js';
 export { PastDeadlineError, callerDeadline, refuseIfLate, type CallerTimes } from './deadlines.js';
 export { LocatorEntry, entryValue, isReadableKey, logBadEntry } from './entries.js';
-export { ClientStream, openStream, type StreamChunk, type StreamEnd, type OpenStreamOptions } from './streams.js';
+export { ClientStream, type StreamChunk, type StreamEnd, type OpenStreamOptions } from './streams.js';
+export { openStream } from './stream-open.js';
+export { carrySocket, type CarriedStream, type CarryOptions, type CarryEnd } from './port-carry.js';

@@ -1,9 +1,9 @@
 import type { Msg, NatsConnection, Subscription } from '@nats-io/nats-core';
 import { ForkyError, asForkyError } from '@forky/base';
-import { DEFAULT_STREAM_WINDOW, STREAM_CHUNK_MAX, STREAM_HEADERS, STREAM_IDLE_MS, STREAM_KEEPALIVE_MS, subjects } from '@forky/contract';
-import { StreamEndBody, StreamOpenReply, type StreamRef } from '@forky/contract';
-import { request } from './client.js';
+import { DEFAULT_STREAM_WINDOW, STREAM_CHUNK_MAX, STREAM_HEADERS, STREAM_IDLE_MS, STREAM_KEEPALIVE_MS } from '@forky/contract';
+import { StreamEndBody, type StreamRef } from '@forky/contract';
 import { headerOf, safeHeaders } from './headers.js';
+import { watchConnection, watched } from './conn-watch.js';
 
 export type StreamChunk =
   | { kind: 'stdout' | 'stderr' | 'data'; seq: number; bytes: Uint8Array }
@@ -20,19 +20,6 @@ export interface OpenStreamOptions {
   /** For tests: how often credit goes out when nothing else does, and how long a silent host is waited for. */
   keepaliveMs?: number;
   silenceMs?: number;
-}
-
-/** Per connection, one watch for its live streams (messages sent while disconnected are lost): it holds no stopped stream. */
-const watched = new WeakMap<NatsConnection, Set<(why: string) => void>>();
-function watchConnection(nc: NatsConnection, onLost: (why: string) => void): void {
-  if (watched.get(nc)?.add(onLost)) return;
-  const live = new Set([onLost]);
-  watched.set(nc, live);
-  const tell = (why: string): void => [...live].forEach((f) => f(why));
-  void (async () => {
-    for await (const st of nc.status()) if (st.type === 'disconnect') tell('the NATS connection was lost');
-  })();
-  void nc.closed().then(() => (watched.delete(nc), tell('the NATS connection closed')));
 }
 
 /** For tests (`@forky/bus/internal`): `timer` is undefined once stopped, false while it runs (unref'd); `watched`, by its connection. */
@@ -281,20 +268,3 @@ export class ClientStream implements AsyncIterable<StreamChunk> {
 }
 
 const protocol = (what: string): ForkyError => new ForkyError('INTERNAL', `the host sent ${what} on a stream`);
-
-/**
- * Opens a stream on `subject` (an open endpoint of the scheduler or of a host): errors of the
- * open are the usual wire errors. The window goes in the body, so the host holds no more for it.
- */
-export async function openStream(nc: NatsConnection, subject: string, body: unknown, opts: OpenStreamOptions = {}): Promise<ClientStream> {
-  const window = opts.window ?? DEFAULT_STREAM_WINDOW;
-  const sent = isObject(body) ? { ...body, window } : body;
-  const reply = StreamOpenReply.safeParse(await request(nc, subject, sent, { timeoutMs: opts.timeoutMs ?? 30_000 }));
-  if (!reply.success) throw new ForkyError('INTERNAL', `${subject}: the reply is not a stream`);
-  const ref = reply.data.stream;
-  // Never publish where a reply says but the layout does not.
-  const layout = { out: subjects.streamOut, in: subjects.streamIn, credit: subjects.streamCredit, cancel: subjects.streamCancel };
-  if (ref && Object.entries(layout).some(([k, f]) => ref[k as keyof typeof layout] !== f(ref.host, ref.sid)))
-    throw new ForkyError('INTERNAL', `${subject}: the stream's subjects are not its host's`);
-  return new ClientStream(nc, ref, reply.data.pid, { ...opts, window });
-}

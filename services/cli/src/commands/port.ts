@@ -1,9 +1,10 @@
 import net from 'node:net';
 import { InvalidArgumentError, type Command } from 'commander';
 import { ForkyError, asForkyError, withDeadline } from '@forky/base';
+import { carrySocket } from '@forky/bus';
 import { guestText, safeJson } from '../guest-text.js';
 import { describeError } from '../output.js';
-import { writeOut, type CliStream, type StreamEnd } from '../streams-io.js';
+import type { CliStream } from '../streams-io.js';
 import type { CliContext } from './context.js';
 
 /** How long a stop waits for each connection's stream to end before it drops the rest. */
@@ -38,22 +39,17 @@ export interface PortForwardOptions {
   warn?: (line: string) => void;
 }
 
-/** One accepted connection and its stream. */
+/** One accepted connection, and how to stop carrying it. */
 interface Carried {
   sock: net.Socket;
-  /** The peer, kept: a closed socket forgets it. */
-  from: string;
-  stream: CliStream | undefined;
-  /** We cancelled it (a stop, the local side gone): its end says nothing new. */
-  ours: boolean;
+  stop: AbortController;
   done: Promise<void>;
 }
 
 /**
  * Listens on the local address and carries each accepted TCP connection as one `port.open`
- * stream (STREAMS.md, Ports). Back-pressure both ways: the socket is paused while the host has
- * granted no input credit, and the stream's credit goes back only as the socket drains, so a
- * connection holds at most its window in memory and a slow side stalls only its own connection.
+ * stream (STREAMS.md, Ports) with @forky/bus's carrySocket: back-pressure and half-close both
+ * ways, so a connection holds at most its window in memory and a slow side stalls only its own.
  */
 export class PortForward {
   readonly #o: PortForwardOptions;
@@ -91,18 +87,14 @@ export class PortForward {
   async close(deadlineMs = STOP_DEADLINE_MS): Promise<void> {
     this.#stopping = true;
     const closed = new Promise<void>((resolve) => this.#server.close(() => resolve()));
-    for (const c of this.#live) {
-      c.ours = true;
-      c.stream?.cancel();
-    }
+    for (const c of this.#live) c.stop.abort();
     const all = Promise.all([...this.#live].map((c) => c.done));
     await withDeadline(all, deadlineMs, 'the port connections ending').catch(() => undefined);
     for (const c of this.#live) c.sock.destroy(); // their hosts did not answer in time
     await closed;
   }
 
-  #warn(c: Carried, n: number, what: string): void {
-    const from = c.from;
+  #warn(from: string, n: number, what: string): void {
     (this.#o.warn ?? ((l) => process.stderr.write(l)))(
       `forky: port ${this.#o.vm}:${this.#o.guestPort}: connection ${n} from ${from} closed: ${guestText(what)}\n`,
     );
@@ -110,101 +102,32 @@ export class PortForward {
 
   #accept(sock: net.Socket): void {
     const n = ++this.#n;
+    // The peer, kept: a closed socket forgets it.
     const from = `${sock.remoteAddress ?? '?'}:${sock.remotePort ?? '?'}`;
-    const c: Carried = { sock, from, stream: undefined, ours: false, done: Promise.resolve() };
+    const c: Carried = { sock, stop: new AbortController(), done: Promise.resolve() };
     // An error (a reset by the local client) is followed by close, which cancels the stream.
     sock.on('error', () => undefined);
     if (this.#stopping) return void sock.destroy();
     this.#live.add(c);
-    c.done = this.#carry(c, n).finally(() => this.#live.delete(c));
+    c.done = this.#carry(c, n, from).finally(() => this.#live.delete(c));
   }
 
-  async #carry(c: Carried, n: number): Promise<void> {
-    const { sock } = c;
+  async #carry(c: Carried, n: number, from: string): Promise<void> {
+    const text = (e: unknown): string =>
+      describeError(e)
+        .replace(/^forky: /, '')
+        .trim();
     let st: CliStream;
     try {
       st = await this.#o.open({ id: this.#o.vm, port: this.#o.guestPort });
     } catch (e) {
-      this.#warn(
-        c,
-        n,
-        describeError(e)
-          .replace(/^forky: /, '')
-          .trim(),
-      );
-      return void sock.destroy();
+      this.#warn(from, n, text(e));
+      return void c.sock.destroy();
     }
-    c.stream = st;
-    if (this.#stopping || sock.destroyed) {
-      c.ours = true;
-      st.cancel();
-    }
-    const halves = { in: false, out: false };
-    sock.on('close', (hadError) => {
-      // The local side is gone before the end (a reset, a destroy): the guest's socket goes too.
-      // Both halves closed cleanly: the end is on its way, the guest must get its EOF first.
-      if (c.ours || (!hadError && halves.in && halves.out)) return;
-      c.ours = true;
-      st.cancel();
-    });
-    this.#pumpIn(sock, st, halves);
-    try {
-      const end = await this.#pumpOut(sock, st, halves);
-      if (!end.ok && !c.ours) {
-        this.#warn(c, n, `${end.code}: ${end.message}`);
-        return void sock.resetAndDestroy();
-      }
-      await this.#finish(sock);
-    } catch (e) {
-      // The NATS connection lost, the host silent: the connection cannot go on.
-      if (!c.ours)
-        this.#warn(
-          c,
-          n,
-          describeError(asForkyError(e))
-            .replace(/^forky: /, '')
-            .trim(),
-        );
-      sock.destroy();
-    } finally {
-      st.close();
-    }
-  }
-
-  /** Ends our half and lets what is buffered flush; a peer that keeps its half open past the deadline is dropped. */
-  async #finish(sock: net.Socket): Promise<void> {
-    if (sock.destroyed) return;
-    const closed = new Promise<void>((resolve) => sock.once('close', () => resolve()));
-    sock.end();
-    await withDeadline(closed, STOP_DEADLINE_MS, 'the local connection closing').catch(() => sock.destroy());
-  }
-
-  /** Socket to stream: one chunk at a time, the socket paused until the host's credit took it; its FIN as `eof`. */
-  #pumpIn(sock: net.Socket, st: CliStream, halves: { in: boolean }): void {
-    sock.on('data', (b: Buffer) => {
-      sock.pause();
-      st.write(b).then(
-        () => sock.resume(),
-        () => undefined, // the stream ended or failed: its end (or error) closes the socket
-      );
-    });
-    sock.on('end', () => {
-      halves.in = true;
-      void st.closeInput().catch(() => undefined);
-    });
-    sock.resume();
-  }
-
-  /** Stream to socket: the next chunk is taken (and its credit given back) only once the socket drained the last. */
-  async #pumpOut(sock: net.Socket, st: CliStream, halves: { out: boolean }): Promise<StreamEnd> {
-    for await (const ch of st) {
-      if (ch.kind === 'end') return ch.end;
-      if (ch.kind === 'eof') {
-        halves.out = true;
-        sock.end();
-      } else if (ch.kind === 'data' && !sock.destroyed) await writeOut(sock, ch.bytes).catch(() => undefined);
-    }
-    throw new ForkyError('UNAVAILABLE', 'the stream ended without its end message');
+    // Said before the socket closes, so whoever watches both sees the line first.
+    const onFailure = (end: { reason: string; error?: unknown }): void =>
+      this.#warn(from, n, end.error === undefined ? end.reason : text(asForkyError(end.error)));
+    await carrySocket(c.sock, st, { signal: c.stop.signal, finishMs: STOP_DEADLINE_MS, onFailure });
   }
 }
 
