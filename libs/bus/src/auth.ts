@@ -9,13 +9,11 @@ import { BUCKETS, HostId, STREAMS, SUBJECT_ROOT, subjects } from '@forky/contrac
 export const Credentials = z.strictObject({ user: z.string().min(1), pass: z.string().min(1) });
 export type Credentials = z.infer<typeof Credentials>;
 
-/** Who may connect to a cluster: one operator (CLI, `nats` CLI), schedulers, one user per host, the preview gateway. */
+/** Who may connect to a cluster: one operator (CLI, `nats` CLI), schedulers, one user per host. */
 export interface ClusterAuth {
   operator: Credentials;
   scheduler: Credentials;
   hosts: Record<string, Credentials>;
-  /** Optional: auth files written before the gateway existed have none. */
-  gateway?: Credentials;
 }
 
 interface Permissions {
@@ -40,7 +38,6 @@ export function newClusterAuth(hostIds: readonly string[]): ClusterAuth {
   return {
     operator: newCredentials('operator'),
     scheduler: newCredentials('scheduler'),
-    gateway: newCredentials('gateway'),
     hosts: Object.fromEntries(hostIds.map((h) => [h, newCredentials(hostUser(h))])),
   };
 }
@@ -101,20 +98,6 @@ export function schedulerPermissions(user = 'scheduler'): Permissions {
   };
 }
 
-/**
- * The preview gateway (services/gateway) asks the scheduler `vm.show` and `port.open`, then speaks
- * the stream it got with its host (in, credit, cancel; out comes back), and serves `gateway.url`.
- * It cannot boot, destroy, exec or read files: a leaked gateway password opens ports, nothing more.
- */
-export function gatewayPermissions(user = 'gateway'): Permissions {
-  const stream = (k: string): string => `${SUBJECT_ROOT}.host.*.stream.*.${k}`;
-  return {
-    publish: { allow: [subjects.sched('vm.show'), subjects.sched('port.open'), stream('in'), stream('credit'), stream('cancel')] },
-    subscribe: { allow: [`${SUBJECT_ROOT}.out.>`, `${SUBJECT_ROOT}.gateway.>`, '$SRV.>', `${inboxPrefixOf(user)}.>`] },
-    allow_responses: true,
-  };
-}
-
 /** The `authorization` block of a nats-server config (nats-server reads JSON). */
 export function authorizationConfig(auth: ClusterAuth): Record<string, unknown> {
   const user = (c: Credentials, permissions?: Permissions): Record<string, unknown> => ({
@@ -127,7 +110,6 @@ export function authorizationConfig(auth: ClusterAuth): Record<string, unknown> 
       users: [
         user(auth.operator),
         user(auth.scheduler, schedulerPermissions(auth.scheduler.user)),
-        ...(auth.gateway ? [user(auth.gateway, gatewayPermissions(auth.gateway.user))] : []),
         ...Object.entries(auth.hosts).map(([h, c]) => user(c, hostPermissions(h))),
       ],
     },

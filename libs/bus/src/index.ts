@@ -2,7 +2,6 @@ export { connectBus, NatsConfig, natsConfigFromEnv, type BusOptions, type BusAut
 export {
   Credentials,
   authorizationConfig,
-  gatewayPermissions,
   hostPermissions,
   hostUser,
   inboxPrefixOf,

@@ -115,4 +115,3 @@ export {
 } from './sched.js';
 export { HEADER_MAX_BYTES, truncateUtf8, headerText, quoteText, boundedText, excerpt } from './safe-text.js';
 export { DEADLINE_HEADERS, CLOCK_SKEW_MS, DEFAULT_DEADLINE_MS, parseTimeHeader } from './deadlines.js';
-export { GATEWAY_ENDPOINTS, gatewaySubject, GatewayUrlRequest, GatewayUrlReply, gatewayContract, type GatewayEndpoint } from './gateway.js';

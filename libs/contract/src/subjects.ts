@@ -75,7 +75,7 @@ function streamToken(sid: string): string {
 export const STREAMS = { jobs: 'FORKY_JOBS' } as const;
 export const JOBS_CONSUMER = 'schedulers';
 
-export const SERVICE_NAMES = { hostd: 'forky-hostd', scheduler: 'forky-scheduler', gateway: 'forky-gateway' } as const;
+export const SERVICE_NAMES = { hostd: 'forky-hostd', scheduler: 'forky-scheduler' } as const;
 
 /**
  * JetStream KV buckets: state that outlives any process. Names use `_` (nats-server 2.9 bucket names).

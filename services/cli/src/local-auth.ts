@@ -14,8 +14,6 @@ export interface LocalAuth {
   tls?: { certFile: string; keyFile: string };
   operatorFile: string;
   schedulerFile: string;
-  /** The preview gateway's user (services/gateway): it may open ports, nothing more. */
-  gatewayFile: string;
   hostFile(host: string): string;
   /** The server's self-signed certificate, which clients trust, when TLS is on. */
   caFile?: string;
@@ -25,7 +23,7 @@ const ALL = 'cluster-auth.json';
 
 /**
  * Makes (or extends, keeping what exists) the users of a local cluster: an operator for the CLI,
- * the scheduler, the preview gateway, one user per host. Returns whether users or certificate changed (a running
+ * the scheduler, one user per host. Returns whether users or certificate changed (a running
  * nats-server must reload its config).
  */
 export async function prepareLocalAuth(
@@ -45,11 +43,6 @@ export async function prepareLocalAuth(
   }
   const next: ClusterAuth = current ?? newClusterAuth([]);
   let changed = !current;
-  if (!next.gateway) {
-    // A cluster made before the gateway existed gets its user now.
-    next.gateway = newCredentials('gateway');
-    changed = true;
-  }
   for (const h of hosts) {
     if (next.hosts[h]) continue;
     next.hosts[h] = newCredentials(hostUser(h));
@@ -63,7 +56,6 @@ export async function prepareLocalAuth(
     ...(tls ? { tls: { certFile, keyFile } } : {}),
     operatorFile: path.join(dir, 'operator.json'),
     schedulerFile: path.join(dir, 'scheduler.json'),
-    gatewayFile: path.join(dir, 'gateway.json'),
     hostFile: (h) => path.join(dir, `${hostUser(h)}.json`),
     ...(tls ? { caFile: certFile } : {}),
   };
@@ -75,7 +67,6 @@ export async function prepareLocalAuth(
     await fs.writeFile(all, JSON.stringify(next), { mode: 0o600 });
     await writeCredentials(auth.operatorFile, next.operator);
     await writeCredentials(auth.schedulerFile, next.scheduler);
-    await writeCredentials(auth.gatewayFile, next.gateway);
     for (const [h, c] of Object.entries(next.hosts)) await writeCredentials(auth.hostFile(h), c);
     changed = true;
   }

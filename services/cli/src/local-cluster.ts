@@ -14,7 +14,7 @@ import { progress } from './output.js';
 import { findClusterQemu, killQemu, removeRamDir, type ClusterQemu } from './vm-sweep.js';
 
 export interface ClusterProcess {
-  role: 'nats' | 'scheduler' | 'hostd' | 'gateway';
+  role: 'nats' | 'scheduler' | 'hostd';
   pid: number;
   host?: string;
 }
@@ -185,13 +185,6 @@ export async function up(opts: UpOptions): Promise<ClusterFile> {
   return cluster;
 }
 
-/** Adds a process started beside the cluster (`forky gateway`) to cluster.json, so `forky down` stops it too. */
-export async function recordProcess(data: string, p: ClusterProcess): Promise<void> {
-  const cluster = await readCluster(data);
-  if (!cluster) throw new ForkyError('INVALID_STATE', `no local cluster in ${data}: run \`forky up\` first`);
-  await fs.writeFile(clusterFile(data), JSON.stringify({ ...cluster, processes: [...cluster.processes, p] }, null, 2));
-}
-
 /** What `forky down` did. */
 export interface DownReport {
   /** The cluster's processes (nats-server, scheduler, hostd), now stopped. */
@@ -234,7 +227,7 @@ export async function down(data: string): Promise<DownReport | undefined> {
     await nc.close();
   }
   const failed: string[] = [];
-  for (const role of ['gateway', 'hostd', 'scheduler', 'nats'] as const) {
+  for (const role of ['hostd', 'scheduler', 'nats'] as const) {
     await Promise.all(
       (cluster?.processes ?? [])
         .filter((p) => p.role === role)

@@ -15,7 +15,6 @@ import { registerWatch } from './commands/watch.js';
 import { registerCp } from './commands/cp.js';
 import { registerPort } from './commands/port.js';
 import { registerNet } from './commands/net.js';
-import { registerPreview } from './commands/preview.js';
 
 const DEFAULT_DEPS: CliDeps = { openSession, exit: (code) => process.exit(code) };
 
@@ -42,7 +41,6 @@ export function buildProgram(deps: Partial<CliDeps> = {}): Command {
   registerNet(vm, cli);
   registerCp(program, cli);
   registerPort(program, cli);
-  registerPreview(program, cli);
   registerSnapshot(program, cli);
   registerFork(program, cli);
   registerBatch(program, cli);
