@@ -1,3 +1,4 @@
+import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { execFile } from 'node:child_process';
@@ -6,6 +7,9 @@ import { promisify } from 'node:util';
 /** The repository root (test/dist/helpers/ is three levels down). */
 export const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
 export const IMAGES_DIR = process.env.FORKY_IMAGES_DIR ?? path.join(REPO, '.forky', 'images');
+/** Where the image builds keep downloads per machine (images/image-cache.sh). */
+export const IMAGE_CACHE_DIR =
+  process.env.FORKY_IMAGE_CACHE ?? path.join(process.env.XDG_CACHE_HOME ?? path.join(os.homedir(), '.cache'), 'forky-images');
 
 /** A cold recipe build (debian) takes a minute or two; the deadline leaves room for a slow mirror. */
 const BUILD_TIMEOUT_MS = 15 * 60_000;

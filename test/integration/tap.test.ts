@@ -11,7 +11,7 @@ import { startNatsServer, type NatsServer } from '@forky/bus';
 import type { VmInfo } from '@forky/contract';
 import { startTestHost, type TestHost } from '../helpers/hostd.js';
 import { guestShell } from '../helpers/guest.js';
-import { ensureImage, IMAGES_DIR } from '../helpers/repo.js';
+import { ensureImage, IMAGE_CACHE_DIR } from '../helpers/repo.js';
 
 const run = promisify(execFile);
 
@@ -40,9 +40,9 @@ describe('TAP on a bridge: every child gets its own device and its own DHCP leas
     await run('ip', ['addr', 'add', `${subnet}.1/24`, 'dev', bridge]);
     await run('ip', ['link', 'set', bridge, 'up']);
     // A DHCP server on the bridge: busybox's udhcpd, from the busybox-static the image build fetched.
-    const deb = (await fs.readdir(path.join(IMAGES_DIR, '.cache', 'debs'))).find((f) => f.startsWith('busybox-static_'));
+    const deb = (await fs.readdir(path.join(IMAGE_CACHE_DIR, 'debs'))).find((f) => f.startsWith('busybox-static_'));
     assert.ok(deb, 'the image build keeps busybox-static in its cache');
-    await run('dpkg-deb', ['-x', path.join(IMAGES_DIR, '.cache', 'debs', deb), path.join(work, 'bb')]);
+    await run('dpkg-deb', ['-x', path.join(IMAGE_CACHE_DIR, 'debs', deb), path.join(work, 'bb')]);
     const conf = path.join(work, 'udhcpd.conf');
     await fs.writeFile(
       conf,
