@@ -1,10 +1,36 @@
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes, randomInt } from 'node:crypto';
 import fs from 'node:fs';
+import os from 'node:os';
 import { promisify } from 'node:util';
 
 const run = promisify(execFile);
 const ip = (...args: string[]): Promise<unknown> => run('ip', args);
+
+/** Kills whatever still runs in a test namespace, then removes it. */
+async function removeNamespace(ns: string): Promise<void> {
+  const pids = await run('ip', ['netns', 'pids', ns]).then(
+    (r) => r.stdout.split('\n').filter(Boolean),
+    () => [],
+  );
+  for (const p of pids) {
+    try {
+      process.kill(Number(p), 'SIGKILL');
+    } catch {
+      /* gone */
+    }
+  }
+  await ip('netns', 'del', ns).catch(() => undefined);
+}
+
+/** The first non-loopback IPv4 address of this host, on none of the test interfaces (all named `fk…`). */
+export function hostAddress(): string {
+  for (const [name, list] of Object.entries(os.networkInterfaces())) {
+    if (name.startsWith('fk')) continue;
+    for (const a of list ?? []) if (a.family === 'IPv4' && !a.internal) return a.address;
+  }
+  throw new Error('this machine has no non-loopback IPv4 address to test against');
+}
 
 export interface NetHost {
   ns: string;
@@ -32,20 +58,7 @@ export async function createTestNet(n: number): Promise<TestNet> {
   const hosts: NetHost[] = [];
   const made: string[] = [];
   const destroy = async (): Promise<void> => {
-    for (const ns of made) {
-      const pids = await run('ip', ['netns', 'pids', ns]).then(
-        (r) => r.stdout.split('\n').filter(Boolean),
-        () => [],
-      );
-      for (const p of pids) {
-        try {
-          process.kill(Number(p), 'SIGKILL');
-        } catch {
-          /* gone */
-        }
-      }
-      await ip('netns', 'del', ns).catch(() => undefined);
-    }
+    for (const ns of made) await removeNamespace(ns);
     await ip('link', 'del', bridge).catch(() => undefined);
   };
   try {
@@ -117,20 +130,7 @@ export async function createVethNs(): Promise<VethNs> {
   const mac = `02:${randomBytes(5).toString('hex').match(/../g)?.join(':')}`;
   let made = false;
   const destroy = async (): Promise<void> => {
-    if (made) {
-      const pids = await run('ip', ['netns', 'pids', ns]).then(
-        (r) => r.stdout.split('\n').filter(Boolean),
-        () => [],
-      );
-      for (const p of pids) {
-        try {
-          process.kill(Number(p), 'SIGKILL');
-        } catch {
-          /* gone */
-        }
-      }
-      await ip('netns', 'del', ns).catch(() => undefined);
-    }
+    if (made) await removeNamespace(ns);
     await ip('link', 'del', hostEnd).catch(() => undefined);
   };
   try {

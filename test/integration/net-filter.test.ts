@@ -5,10 +5,9 @@ import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes, randomInt } from 'node:crypto';
 import fs from 'node:fs/promises';
 import net from 'node:net';
-import os from 'node:os';
 import { promisify } from 'node:util';
 import { pollUntil, silentLogger } from '@forky/base';
-import { createVethNs, type VethNs } from '../helpers/netns.js';
+import { createVethNs, hostAddress, type VethNs } from '../helpers/netns.js';
 
 type Filter = Awaited<ReturnType<typeof openNetworkFilter>>;
 
@@ -19,14 +18,6 @@ const exists = (p: string): Promise<boolean> =>
     () => true,
     () => false,
   );
-
-/** The first non-loopback IPv4 address of this host. */
-function hostAddress(): string {
-  for (const list of Object.values(os.networkInterfaces())) {
-    for (const a of list ?? []) if (a.family === 'IPv4' && !a.internal) return a.address;
-  }
-  throw new Error('no non-loopback IPv4 address on this host');
-}
 
 function listen(host: string, port = 0): Promise<net.Server> {
   return new Promise((resolve, reject) => {

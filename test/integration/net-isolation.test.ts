@@ -11,7 +11,7 @@ import { pollUntil } from '@forky/base';
 import { startNatsServer, type NatsServer } from '@forky/bus';
 import type { Egress, VmInfo } from '@forky/contract';
 import { startTestHost, type TestHost } from '../helpers/hostd.js';
-import { createTestNet, type TestNet } from '../helpers/netns.js';
+import { createTestNet, hostAddress, type TestNet } from '../helpers/netns.js';
 import { startTestScheduler, type TestScheduler } from '../helpers/scheduler.js';
 import { ensureImage } from '../helpers/repo.js';
 
@@ -42,13 +42,6 @@ function greets(host: string, port: number, word: string): Promise<boolean> {
     s.on('error', () => resolve(false));
     s.on('timeout', () => s.destroy());
   });
-}
-
-function hostAddress(): string {
-  for (const list of Object.values(os.networkInterfaces())) {
-    for (const a of list ?? []) if (a.family === 'IPv4' && !a.internal && !a.address.startsWith('10.231.')) return a.address;
-  }
-  throw new Error('this machine has no non-loopback IPv4 address to test against');
 }
 
 describe('network isolation with real QEMU: what a guest may reach, by policy, across a fork', { timeout: 600_000 }, () => {

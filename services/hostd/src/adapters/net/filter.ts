@@ -4,20 +4,8 @@ import type { Logger } from '@forky/base';
 import type { Egress } from '@forky/contract';
 import type { NetworkFilter } from '../../domain/ports.js';
 import { childDirs, makeDir, processesUnder, removeDir, type Cgroup2 } from './cgroups.js';
-import {
-  applyScript,
-  clusterScript,
-  ensureScript,
-  names,
-  removeScript,
-  safeName,
-  sweepScript,
-  tableScript,
-  vmCgroup,
-  vmIdOfChain,
-  type HostFacts,
-  type VmObjects,
-} from './egress-rules.js';
+import { applyScript, clusterScript, names, safeName, tableScript, vmCgroup, vmIdOfChain, type HostFacts } from './egress-rules.js';
+import { ensureScript, removeScript, sweepScript, type VmObjects } from './remove-rules.js';
 import type { Nft } from './nft.js';
 import type { TapFilter } from './tap-filter.js';
 

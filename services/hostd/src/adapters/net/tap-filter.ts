@@ -1,6 +1,7 @@
 import { ForkyError } from '@forky/base';
 import type { Egress } from '@forky/contract';
-import { chainScript, names, removeScript, setsScript, type HostFacts } from './egress-rules.js';
+import { chainScript, names, setsScript, type HostFacts } from './egress-rules.js';
+import { removeScript } from './remove-rules.js';
 import type { Nft } from './nft.js';
 
 const DEVICE = /^[A-Za-z0-9_]{1,15}$/;
