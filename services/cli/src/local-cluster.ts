@@ -3,9 +3,9 @@ import path from 'node:path';
 import { createHash } from 'node:crypto';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
-import type { NatsConnection } from '@nats-io/nats-core';
 import { ForkyError, delay } from '@forky/base';
-import { HostdClient, SchedulerClient, connectBus } from '@forky/bus';
+import { HostdClient, SchedulerClient } from '@forky/bus';
+import { clusterFile, connectTo, readCluster, type ClusterFile } from '@forky/sdk';
 import { prepareLocalAuth } from './local-auth.js';
 import { recordedPort, startLocalNats, writeNatsConf } from './local-nats.js';
 import { HOSTD_MAIN, IMAGE_RECIPES, SCHEDULER_MAIN } from './paths.js';
@@ -13,67 +13,16 @@ import { isAlive, spawnDetached, stopProcess } from './procs.js';
 import { progress } from './output.js';
 import { findClusterQemu, killQemu, removeRamDir, type ClusterQemu } from './vm-sweep.js';
 
+export { connectTo, readCluster, resolveConnection, type ClusterFile, type Connection } from '@forky/sdk';
+
 export interface ClusterProcess {
   role: 'nats' | 'scheduler' | 'hostd';
   pid: number;
   host?: string;
 }
 
-export interface ClusterFile {
-  server: string;
-  processes: ClusterProcess[];
-  /** The operator's credentials (0600) and the CA to trust, when the cluster has them. */
-  authFile?: string;
-  caFile?: string;
-}
-
-/** How the CLI reaches a cluster. */
-export interface Connection {
-  server: string;
-  authFile?: string;
-  caFile?: string;
-}
-
-const clusterFile = (data: string): string => path.join(data, 'cluster.json');
 /** The tmpfs directory for this cluster's VM memory, one per data directory. */
 const ramRootOf = (data: string): string => path.join('/dev/shm', `forky-${createHash('sha256').update(data).digest('hex').slice(0, 8)}`);
-
-export async function readCluster(data: string): Promise<ClusterFile | undefined> {
-  try {
-    return JSON.parse(await fs.readFile(clusterFile(data), 'utf8')) as ClusterFile;
-  } catch {
-    return undefined;
-  }
-}
-
-/**
- * The server to talk to: --server, FORKY_SERVER, or the cluster `forky up` started in the data
- * dir; credentials from FORKY_NATS_AUTH_FILE or that cluster's operator; the CA likewise.
- */
-export async function resolveConnection(server: string | undefined, data: string): Promise<Connection> {
-  const env = (k: string): string | undefined => process.env[k] || undefined;
-  const local = await readCluster(data);
-  const s = server ?? env('FORKY_SERVER') ?? local?.server;
-  if (!s) throw new ForkyError('UNAVAILABLE', `no cluster found: no --server, no FORKY_SERVER, and no ${clusterFile(data)}`);
-  const authFile = env('FORKY_NATS_AUTH_FILE') ?? local?.authFile;
-  const caFile = env('FORKY_NATS_CA') ?? local?.caFile;
-  return { server: s, ...(authFile ? { authFile } : {}), ...(caFile ? { caFile } : {}) };
-}
-
-export async function connectTo(c: Connection): Promise<NatsConnection> {
-  try {
-    return await connectBus({
-      servers: c.server,
-      name: 'forky-cli',
-      timeoutMs: 5000,
-      ...(c.authFile ? { authFile: c.authFile } : {}),
-      ...(c.caFile ? { tls: { caFile: c.caFile } } : {}),
-    });
-  } catch (e) {
-    if (e instanceof ForkyError) throw e;
-    throw new ForkyError('UNAVAILABLE', `cannot reach NATS at ${c.server}: ${(e as Error).message}`, { cause: e });
-  }
-}
 
 export interface UpOptions {
   data: string;

@@ -44,7 +44,7 @@ function warnRetry(n: RetryNotice): void {
  * not a VM); any other request, and any error reply, is final.
  */
 export async function openSession(o: SessionOptions): Promise<Session> {
-  const nc: NatsConnection = await connectTo(await resolveConnection(o.server, o.data));
+  const nc: NatsConnection = await connectTo(await resolveConnection(o.server, o.data), 'forky-cli');
   const client = new SchedulerClient(nc, { timeoutMs: o.requestTimeoutMs, retry: { attempts: 4, onRetry: warnRetry } });
   return {
     call: (endpoint, body) => client.call(endpoint, body),

@@ -1,0 +1,96 @@
+import { ForkyError, newId } from '@forky/base';
+import { Process, type ProcessExit } from './process.js';
+import type { CallOptions, Transport } from './transport.js';
+
+export interface SpawnOptions extends CallOptions {
+  env?: Record<string, string>;
+  cwd?: string;
+  user?: string;
+  /** Keep stdin open for write() (default: no stdin). */
+  stdin?: boolean;
+  /** The command's deadline in the guest, 0 for none (default 0 for spawn, 60 s for exec); past it the process group is killed. */
+  timeoutMs?: number;
+}
+
+export interface ExecOptions extends Omit<SpawnOptions, 'stdin'> {
+  /** Given whole to the command's stdin, then EOF. */
+  stdin?: string | Uint8Array;
+  /** Each piece of stdout as it comes (text, decoded as UTF-8 across chunk boundaries). */
+  onStdout?: (text: string) => void;
+  onStderr?: (text: string) => void;
+  /** Most bytes of stdout plus stderr kept for the result (default 16 MiB); past it the command is killed and the call fails with CAPACITY. */
+  maxOutputBytes?: number;
+}
+
+export interface ExecResult extends ProcessExit {
+  stdout: string;
+  stderr: string;
+}
+
+const EXEC_TIMEOUT_MS = 60_000;
+const MAX_OUTPUT = 16 * 2 ** 20;
+
+/** A command as exec.start takes it: argv for an array, a shell line for a string. */
+function command(cmd: string | readonly string[]): { cmd: string[] } | { shell: string } {
+  if (typeof cmd === 'string') return { shell: cmd };
+  if (cmd.length === 0) throw new ForkyError('BAD_REQUEST', 'cmd is empty', { details: { field: 'cmd' } });
+  return { cmd: [...cmd] };
+}
+
+/** Starts a command in VM `vm` under an idempotency key (a lost reply re-sent never starts it twice). */
+export async function spawn(t: Transport, vm: string, cmd: string | readonly string[], o: SpawnOptions = {}): Promise<Process> {
+  const body = {
+    id: vm,
+    ...command(cmd),
+    env: o.env ?? {},
+    ...(o.cwd ? { cwd: o.cwd } : {}),
+    ...(o.user ? { user: o.user } : {}),
+    stdin: o.stdin === true,
+    timeoutMs: o.timeoutMs ?? 0,
+    detach: false,
+    key: newId('sdkexec', 16),
+  };
+  const st = await t.stream('exec.start', body, o.signal ? { signal: o.signal } : {});
+  return new Process(t, vm, st, o.signal);
+}
+
+/** Runs a command to its end: its output streamed to the callbacks and kept for the result. */
+export async function exec(t: Transport, vm: string, cmd: string | readonly string[], o: ExecOptions = {}): Promise<ExecResult> {
+  const { stdin, onStdout, onStderr, maxOutputBytes = MAX_OUTPUT, ...rest } = o;
+  const p = await spawn(t, vm, cmd, { ...rest, timeoutMs: o.timeoutMs ?? EXEC_TIMEOUT_MS, stdin: stdin !== undefined });
+  const feeding =
+    stdin === undefined
+      ? Promise.resolve()
+      : p
+          .write(stdin)
+          .then(() => p.closeStdin())
+          // A command may exit before reading all its input: that is its business, not a failure.
+          .catch(() => undefined);
+  const decoders = { stdout: new TextDecoder(), stderr: new TextDecoder() };
+  const kept = { stdout: [] as string[], stderr: [] as string[] };
+  const callbacks = { stdout: onStdout, stderr: onStderr };
+  let held = 0;
+  for await (const c of p) {
+    held += c.bytes.length;
+    if (held > maxOutputBytes) {
+      p.kill();
+      throw new ForkyError('CAPACITY', `the command wrote more than ${maxOutputBytes} bytes (maxOutputBytes); it was killed`, {
+        details: { field: 'maxOutputBytes' },
+      });
+    }
+    const text = decoders[c.stream].decode(c.bytes, { stream: true });
+    kept[c.stream].push(text);
+    callbacks[c.stream]?.(text);
+  }
+  await feeding;
+  const exit = await p.wait();
+  // Killed because the caller gave up: the call fails with the signal's reason, as fetch does.
+  o.signal?.throwIfAborted();
+  for (const k of ['stdout', 'stderr'] as const) {
+    const tail = decoders[k].decode();
+    if (!tail) continue;
+    kept[k].push(tail);
+    callbacks[k]?.(tail);
+  }
+  return { ...exit, stdout: kept.stdout.join(''), stderr: kept.stderr.join('') };
+}

@@ -1,0 +1,185 @@
+import { ForkyError, asForkyError, delay, type ErrorCode } from '@forky/base';
+import { ErrorCodes } from '@forky/base';
+import type { ClientStream, StreamChunk, StreamEnd } from '@forky/bus';
+import type { Transport } from './transport.js';
+
+/** How long a VM may take to come back from a snapshot before its processes are given up. */
+const HAND_OVER_MS = 120_000;
+/** Codes an attach meets while the VM is still being handed over: worth another try. */
+const PASSING = new Set(['INVALID_STATE', 'UNAVAILABLE', 'CAPACITY']);
+/** The host's chunks are at most 64 KiB; ours too, so one `in` message never exceeds what it takes. */
+const CHUNK = 64 * 1024;
+
+/** One piece of a process's output, as it came. */
+export interface OutputChunk {
+  stream: 'stdout' | 'stderr';
+  bytes: Uint8Array;
+}
+
+/** How a process ended: its exit code, or the signal that killed it, or its deadline. */
+export interface ProcessExit {
+  exitCode: number | null;
+  signal: string | null;
+  timedOut: boolean;
+  /** Ended by kill() or an AbortSignal. */
+  cancelled: boolean;
+}
+
+/** A stream that ended because the VM's agent session did (a snapshot's hand-over), not its process. */
+const endedWithSession = (end: StreamEnd): boolean => !end.ok && end.code === 'GONE';
+
+/** A failed stream end as the error it stands for (an agent's own codes, EXISTS, IS_DIR…, keep their name in the message). */
+export function endError(end: { code: string; message: string }): ForkyError {
+  const code: ErrorCode = end.code in ErrorCodes ? (end.code as ErrorCode) : 'INVALID_STATE';
+  return new ForkyError(code, code === end.code ? end.message : `${end.code}: ${end.message}`, { details: { guestCode: end.code } });
+}
+
+/**
+ * A process in a VM (`vm.spawn`): its output as an async iterator of chunks (both channels, in the
+ * order they came), its stdin, and its exit. A snapshot of the VM (a live fork) hands the VM to a new
+ * QEMU process and ends the stream while the process runs on: the output is followed again by pid
+ * from where it was, so a reader sees each byte once. Reading slowly slows the guest, not our memory.
+ */
+export class Process implements AsyncIterable<OutputChunk> {
+  readonly #t: Transport;
+  readonly #vm: string;
+  #stream: ClientStream;
+  #seen = 0;
+  #exit: ProcessExit | undefined;
+  #failed: ForkyError | undefined;
+  #reading = false;
+  #cancelled = false;
+  readonly #done: Promise<ProcessExit>;
+  #resolve!: (e: ProcessExit) => void;
+  #reject!: (e: unknown) => void;
+
+  /** @internal */
+  constructor(t: Transport, vm: string, stream: ClientStream, signal?: AbortSignal) {
+    this.#t = t;
+    this.#vm = vm;
+    this.#stream = stream;
+    this.#done = new Promise((res, rej) => ((this.#resolve = res), (this.#reject = rej)));
+    this.#done.catch(() => undefined);
+    if (signal) {
+      const onAbort = (): void => this.kill();
+      if (signal.aborted) onAbort();
+      else signal.addEventListener('abort', onAbort, { once: true });
+      void this.#done.finally(() => signal.removeEventListener('abort', onAbort)).catch(() => undefined);
+    }
+  }
+
+  /** The process id in the guest. */
+  get pid(): number | undefined {
+    return this.#stream.pid;
+  }
+
+  async *[Symbol.asyncIterator](): AsyncIterator<OutputChunk> {
+    if (this.#reading) throw new ForkyError('INVALID_STATE', 'a process is read by one reader');
+    this.#reading = true;
+    try {
+      for (;;) {
+        let end: StreamEnd | undefined;
+        for await (const c of this.#stream as AsyncIterable<StreamChunk>) {
+          if (c.kind === 'end') {
+            end = c.end;
+            break;
+          }
+          if (c.kind === 'event' && c.event.type === 'dropped') this.#dropped(Number(c.event.bytes) || 0);
+          if (c.kind !== 'stdout' && c.kind !== 'stderr') continue;
+          const fresh = this.#fresh(c.bytes);
+          if (fresh.length > 0) yield { stream: c.kind, bytes: fresh };
+        }
+        if (!end) throw this.#fail(new ForkyError('UNAVAILABLE', `the output of process ${this.pid ?? '?'} ended without its exit`));
+        if (endedWithSession(end) && !this.#cancelled && this.pid !== undefined) {
+          this.#stream.close();
+          this.#stream = await this.#reattach();
+          continue;
+        }
+        if (!end.ok) throw this.#fail(endError(end));
+        this.#exit = {
+          exitCode: end.exitCode ?? null,
+          signal: end.signal ?? null,
+          timedOut: end.timedOut === true,
+          cancelled: end.cancelled === true || this.#cancelled,
+        };
+        this.#resolve(this.#exit);
+        return;
+      }
+    } catch (e) {
+      throw this.#fail(asForkyError(e));
+    } finally {
+      this.#stream.close();
+      if (!this.#exit && !this.#failed) this.#fail(new ForkyError('INVALID_STATE', 'the process was left before it exited'));
+    }
+  }
+
+  /** Resolves with the exit once the output has been read to its end (by a reader, or by wait()). */
+  async wait(): Promise<ProcessExit> {
+    if (!this.#reading) for await (const _ of this) void _;
+    return this.#done;
+  }
+
+  /** Writes to the process's stdin (it must have been started with `stdin: true`). */
+  async write(data: string | Uint8Array): Promise<void> {
+    const b = typeof data === 'string' ? Buffer.from(data) : data;
+    for (let i = 0; i < b.length; i += CHUNK) await this.#stream.write(b.subarray(i, i + CHUNK));
+  }
+
+  /** Ends its stdin. */
+  closeStdin(): Promise<void> {
+    return this.#stream.closeInput();
+  }
+
+  /** Kills the process group in the guest; its exit still comes, `cancelled`. */
+  kill(): void {
+    this.#cancelled = true;
+    this.#stream.cancel();
+  }
+
+  /** Bytes of output not seen before a hand-over (the process's buffer replays from its start). */
+  #fresh(bytes: Uint8Array): Uint8Array {
+    const skip = this.#skip;
+    if (skip >= bytes.length) {
+      this.#skip -= bytes.length;
+      return new Uint8Array(0);
+    }
+    this.#skip = 0;
+    const rest = skip > 0 ? bytes.subarray(skip) : bytes;
+    this.#seen += rest.length;
+    return rest;
+  }
+  #skip = 0;
+
+  /** The guest kept only the last part of the output: what it replays starts at byte `dropped`. */
+  #dropped(dropped: number): void {
+    if (dropped > this.#seen) this.lostBytes += dropped - this.#seen;
+    this.#skip = Math.max(0, this.#seen - dropped);
+    this.#seen = Math.max(this.#seen, dropped);
+  }
+
+  /** Output bytes the guest dropped before they were read (it keeps the last 1 MiB of a process's output). */
+  lostBytes = 0;
+
+  async #reattach(): Promise<ClientStream> {
+    const deadline = Date.now() + HAND_OVER_MS;
+    for (;;) {
+      try {
+        const st = await this.#t.stream('proc.attach', { id: this.#vm, pid: this.pid as number, follow: true });
+        this.#skip = this.#seen;
+        return st;
+      } catch (e) {
+        const err = asForkyError(e);
+        if (!PASSING.has(err.code) || Date.now() > deadline) throw err;
+        await delay(250);
+      }
+    }
+  }
+
+  #fail(e: ForkyError): ForkyError {
+    if (!this.#failed && !this.#exit) {
+      this.#failed = e;
+      this.#reject(e);
+    }
+    return e;
+  }
+}

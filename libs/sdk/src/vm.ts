@@ -1,0 +1,110 @@
+import { newId } from '@forky/base';
+import type { Egress, ForkResult, SnapshotInfo, VmInfo } from '@forky/contract';
+import { exec, spawn, type ExecOptions, type ExecResult, type SpawnOptions } from './exec.js';
+import { Files } from './files.js';
+import { PortForward, type PortForwardOptions } from './port-forward.js';
+import type { Process } from './process.js';
+import type { CallOptions, Transport } from './transport.js';
+
+export interface ForkOptions extends CallOptions {
+  /** Children to make (default 1). */
+  count?: number;
+  /** Keep this VM running (a live fork; default: it stays paused, as fork() leaves a parent). */
+  live?: boolean;
+  /** Spread the children over every live host. */
+  spread?: boolean;
+  /** Return once each child's vCPUs run instead of once its agent answers. */
+  until?: 'ready' | 'running';
+}
+
+export interface ForkOutcome {
+  /** The snapshot the children resumed from (this VM's state at the fork). */
+  snapshot: SnapshotInfo;
+  children: Vm[];
+  result: ForkResult;
+}
+
+/**
+ * One VM of the cluster. `info` is what was last seen of it; `refresh()` reads it again. Every
+ * write goes under an idempotency key, so a reply lost and re-sent never does the work twice.
+ */
+export class Vm {
+  readonly files: Files;
+
+  /** @internal */
+  constructor(
+    private readonly t: Transport,
+    public info: VmInfo,
+  ) {
+    this.files = new Files(t, info.id);
+  }
+
+  get id(): string {
+    return this.info.id;
+  }
+
+  async refresh(o: CallOptions = {}): Promise<VmInfo> {
+    return (this.info = await this.t.call('vm.show', { id: this.id }, o));
+  }
+
+  /** Runs a command (argv array, or a shell line as a string) to its end; its exit code is in the result, not thrown. */
+  exec(cmd: string | readonly string[], o: ExecOptions = {}): Promise<ExecResult> {
+    return exec(this.t, this.id, cmd, o);
+  }
+
+  /** Starts a command and returns its process: iterate it for output, write() its stdin, wait() for its exit. */
+  spawn(cmd: string | readonly string[], o: SpawnOptions = {}): Promise<Process> {
+    return spawn(this.t, this.id, cmd, o);
+  }
+
+  /** Forwards a local TCP port (default: any free one on 127.0.0.1) to `guestPort` inside the VM, until close(). */
+  forward(
+    guestPort: number,
+    o: Omit<PortForwardOptions, 'vm' | 'guestPort' | 'open' | 'local'> & { host?: string; port?: number } = {},
+  ): Promise<PortForward> {
+    const { host = '127.0.0.1', port = 0, ...rest } = o;
+    return PortForward.listen({ ...rest, vm: this.id, guestPort, local: { host, port }, open: (body) => this.t.stream('port.open', body) });
+  }
+
+  /** Forks this VM: each child resumes its exact memory, CPU and disk state, with its own identity. */
+  async fork(o: ForkOptions = {}): Promise<ForkOutcome> {
+    const result = await this.t.call(
+      'fork',
+      {
+        source: this.id,
+        count: o.count ?? 1,
+        resumeParent: o.live === true,
+        spread: o.spread === true,
+        until: o.until ?? 'ready',
+        key: newId('sdkfork', 16),
+      },
+      o,
+    );
+    await this.refresh().catch(() => undefined);
+    return { snapshot: result.snapshot, children: result.children.map((c) => new Vm(this.t, c)), result };
+  }
+
+  /** Freezes the VM into a snapshot (kept paused unless `resume`). */
+  async snapshot(o: CallOptions & { resume?: boolean } = {}): Promise<SnapshotInfo> {
+    const s = await this.t.call('snapshot.create', { vm: this.id, resume: o.resume === true, key: newId('sdksnap', 16) }, o);
+    await this.refresh().catch(() => undefined);
+    return s;
+  }
+
+  async pause(o: CallOptions = {}): Promise<VmInfo> {
+    return (this.info = await this.t.call('vm.pause', { id: this.id }, o));
+  }
+
+  async resume(o: CallOptions = {}): Promise<VmInfo> {
+    return (this.info = await this.t.call('vm.resume', { id: this.id }, o));
+  }
+
+  /** Sets where the guest may connect (`none`, `internet`, or an allow-list), live. */
+  async setEgress(egress: Egress, o: CallOptions = {}): Promise<VmInfo> {
+    return (this.info = await this.t.call('vm.network', { id: this.id, network: { egress }, key: newId('sdknet', 16) }, o));
+  }
+
+  async destroy(o: CallOptions = {}): Promise<VmInfo> {
+    return (this.info = await this.t.call('vm.destroy', { id: this.id }, o));
+  }
+}
