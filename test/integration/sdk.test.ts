@@ -1,12 +1,15 @@
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import http from 'node:http';
+import path from 'node:path';
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
 import { startNatsServer, type NatsServer } from '@forky/bus';
 import { Forky, ForkyError, type Vm } from '@forky/sdk';
 import { pollUntil } from '@forky/base';
 import { startTestHost, type TestHost } from '../helpers/hostd.js';
 import { startTestScheduler, type TestScheduler } from '../helpers/scheduler.js';
-import { ensureImage } from '../helpers/repo.js';
+import { REPO, ensureImage } from '../helpers/repo.js';
 
 const getText = (port: number, p: string): Promise<{ status: number; body: string }> =>
   new Promise((resolve, reject) => {
@@ -156,5 +159,20 @@ describe('@forky/sdk on a real cluster (real QEMU, real nats-server)', { timeout
     assert.equal((await vm.destroy()).state, 'destroyed');
     const e = await forky.vms.get('vm-doesnotexist').catch((x: unknown) => x);
     assert.ok(e instanceof ForkyError && e.code === 'NOT_FOUND', String(e));
+  });
+
+  it('examples/fork-search runs to completion on the cluster: it finds the secret of the guest through forks alone and prints the tree', async () => {
+    const main = path.join(REPO, 'examples', 'dist', 'fork-search', 'main.js');
+    const { stdout } = await promisify(execFile)(process.execPath, [main, '--server', nats.url, '--children', '5', '--length', '2'], {
+      env: { ...process.env, FORKY_DATA: path.join(REPO, 'test', '.tmp', 'no-such-cluster') },
+      timeout: 240_000,
+    });
+    const found = /^found (\d{2}) in (\d+) rounds/m.exec(stdout);
+    assert.ok(found, stdout);
+    const kept = stdout.split('\n').filter((l) => l.endsWith('← kept'));
+    assert.equal(kept.length, 2, stdout);
+    assert.match(kept.at(-1) as string, new RegExp(`${found[1]}\\s+score 2`));
+    // Every VM and snapshot it made is gone.
+    assert.deepEqual((await forky.vms.list()).filter((v) => v.info.state !== 'destroyed').length, 0);
   });
 });
