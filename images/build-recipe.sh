@@ -20,6 +20,8 @@ mkdir -p "$out_root" && out_root=$(cd "$out_root" && pwd) # mmdebstrap's hooks g
 dest="$out_root/$name"
 # shellcheck source=image-cache.sh
 . "$here/image-cache.sh"
+# shellcheck source=build-lib.sh
+. "$here/build-lib.sh"
 cache="$(image_cache_dir)"
 log() { [ -n "${FORKY_QUIET:-}" ] || echo "image $name: $*" >&2; }
 die() { echo "image $name: $1" >&2; exit "${2:-2}"; }
@@ -64,9 +66,8 @@ mapfile -t packages < <({ jq -r '.packages[]' "$recipe"; printf '%s\n' qemu-gues
 
 # ---- the input key: recipe, scripts, and the candidate version of every package the root can hold
 # No early exits in these pipelines: under pipefail, a writer's SIGPIPE would fail the build.
-candidate() { apt-cache policy "$1" 2>/dev/null | awk '/Candidate:/ && !n {print $2; n=1}'; }
 [ -n "$(candidate busybox-static)" ] && [ "$(candidate busybox-static)" != "(none)" ] || apt-get update -qq
-kernel_pkg=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/ && !n {print $2; n=1}')
+kernel_pkg=$(kernel_package)
 [ -n "$kernel_pkg" ] || die "cannot resolve linux-image-cloud-amd64" 3
 # One apt-cache call for all (each costs most of a second); a name apt does not know prints nothing.
 available=$(apt-cache policy "${packages[@]}" 2>/dev/null | awk '/^[^ ].*:$/{p=substr($1, 1, length($1) - 1)} /Candidate:/ && $2 != "(none)" {print p}')
@@ -78,21 +79,13 @@ closure=$(apt-cache depends --recurse --no-recommends --no-suggests --no-conflic
 versions=$(apt-cache policy $closure 2>/dev/null | awk '/^[^ ].*:$/{p=$1} /Candidate:/{print p $2}')
 input_key=$( {
   # Names relative to images/, so the key does not depend on how or where the script was invoked.
-  for f in "$here/build-recipe.sh" "$glue"/* "$tiny/hook" "$tiny/udhcpc" "$tiny/app-mount" "$tiny/app-release" "$tiny/modules" "$tiny/ident.c" "$tiny"/agent/*.go "$tiny/agent/go.mod" "$tiny/agent/build.sh"; do
+  for f in "$here/build-recipe.sh" "$here/build-lib.sh" "$glue"/* "$tiny/hook" "$tiny/udhcpc" "$tiny/app-mount" "$tiny/app-release" "$tiny/modules" "$tiny/ident.c" "$tiny"/agent/*.go "$tiny/agent/go.mod" "$tiny/agent/build.sh"; do
     echo "${f#"$here"/}"; cat "$f"
   done
   (cd "$recipe_dir" && find . -type f | sort | while read -r f; do echo "$f"; cat "$f"; done)
   echo "$versions"; gcc --version | sed -n 1p; go version; mmdebstrap --version; mkfs.ext4 -V 2>&1 | sed -n 1p
 } | sha256sum | cut -c1-64)
 
-verify_dir() {
-  [ -f "$1/manifest.json" ] || return 1
-  [ "$(jq -r .inputKey "$1/manifest.json")" = "$input_key" ] || return 1
-  for part in kernel initrd disk; do
-    file=$(jq -r ".parts.$part.file" "$1/manifest.json")
-    [ "$(sha256sum "$1/$file" | cut -c1-64)" = "$(jq -r ".parts.$part.sha256" "$1/manifest.json")" ] || return 1
-  done
-}
 if verify_dir "$dest"; then log "up to date ($dest)"; exit 0; fi
 if cache_restore; then log "from this machine's cache ($(image_cache_dir))"; exit 0; fi
 t0=$(date +%s)
@@ -140,77 +133,14 @@ rm -f "$work/root.tar"
 installed=$(dpkg-query --admindir="$work/root/var/lib/dpkg" -W -f '${Package}\t${Version}\n' | sort)
 
 log "kernel and initramfs"
-deb_of() { local v; v=$(candidate "$1"); echo "$cache/debs/${1}_${v/:/%3a}_amd64.deb"; }
-for p in "$kernel_pkg" busybox-static; do
-  [ -f "$(deb_of "$p")" ] || (cd "$cache/debs" && apt-get download -q "$p=$(candidate "$p")" >/dev/null 2>&1) || die "apt-get download $p failed" 4
-  dpkg-deb -x "$(deb_of "$p")" "$work/x"
-done
-kver=${kernel_pkg#linux-image-}
-cp "$work/x/boot/vmlinuz-$kver" "$work/out/vmlinuz"
-r="$work/initrd"
-mkdir -p "$r"/{bin,proc,sys,dev,newroot,etc/forky,lib/modules}
-cp "$work/x/bin/busybox" "$r/bin/busybox"
-for applet in $("$r/bin/busybox" --list); do [ -e "$r/bin/$applet" ] || ln -s busybox "$r/bin/$applet"; done
-while read -r m; do
-  mkdir -p "$r/lib/modules/$(dirname "$m")"
-  cp "$work/x/lib/modules/$kver/$m.ko" "$r/lib/modules/$m.ko"
-done < "$tiny/modules"
-install -m 0644 "$tiny/modules" "$r/etc/forky/modules"
-install -m 0755 "$glue/initramfs-init" "$r/init"
-find "$r" -exec touch -h -d @0 {} +
-(cd "$r" && find . -mindepth 1 | sort | cpio --quiet -o -H newc -R 0:0 --reproducible | gzip -n -9 > "$work/out/initrd.img")
+kernel_and_initrd "$kernel_pkg" "$work/out"
 
 log "root disk (${disk_gib} GiB ext4)"
 find "$work/root" -exec touch -h -d @0 {} +
-raw="$work/disk.raw"
-truncate -s "${disk_gib}G" "$raw"
-# Fixed UUID and hash seed: two builds of the same root give the same bytes.
-export E2FSPROGS_FAKE_TIME=1
-mkfs.ext4 -q -F -L root -b 4096 -m 0 -I 256 \
-  -U 6f726b79-7069-6700-0000-000000000003 -E hash_seed=6f726b79-7069-6700-0000-000000000004,lazy_itable_init=0,lazy_journal_init=0 \
-  -d "$work/root" "$raw"
-# mkfs -d copies each file's ctime, which is the unpacking time: set it (and atime) to the epoch
-# in every inode in use (from the inode bitmaps), so the disk depends only on its content.
-ipg=$(dumpe2fs -h "$raw" 2>/dev/null | awk -F: '/^Inodes per group/{print $2+0}')
-dumpe2fs "$raw" 2>/dev/null | awk -v ipg="$ipg" '
-  /^Group [0-9]+:/ { g = $2; sub(/:/, "", g); g += 0 }
-  /^  Free inodes:/ {
-    lo = g * ipg + 1; hi = (g + 1) * ipg; s = $0; sub(/^  Free inodes: */, "", s)
-    k = 0; n = split(s, parts, /, */)
-    for (i = 1; i <= n; i++) if (parts[i] != "") { split(parts[i], ab, "-"); k++; flo[k] = ab[1] + 0; fhi[k] = (ab[2] == "" ? ab[1] : ab[2]) + 0 }
-    cur = lo
-    for (i = 1; i <= k; i++) { for (x = cur; x < flo[i]; x++) used(x); cur = fhi[i] + 1 }
-    for (x = cur; x <= hi; x++) used(x)
-  }
-  function used(x) { if (x == 2 || x >= 11) printf "sif <%d> ctime 0\nsif <%d> atime 0\n", x, x }
-' > "$work/times.debugfs"
-debugfs -w -f "$work/times.debugfs" "$raw" >/dev/null 2>&1 || die "debugfs failed" 4
-e2fsck -fn "$raw" >/dev/null 2>&1 || die "the root file system does not check clean" 4
-qemu-img convert -q -f raw -O qcow2 "$raw" "$work/out/disk.qcow2"
-rm -f "$raw"
+root_disk "$work/root" "$disk_gib" "$work/out/disk.qcow2"
 
-sum() { sha256sum "$1" | cut -c1-64; }
-size() { stat -c %s "$1"; }
-k=$(sum "$work/out/vmlinuz"); i=$(sum "$work/out/initrd.img"); d=$(sum "$work/out/disk.qcow2")
-id=$(printf 'kernel:%s\ninitrd:%s\ndisk:%s\ncmdline:%s\n' "$k" "$i" "$d" "$cmdline" | sha256sum | cut -c1-64)
-jq -n --arg name "$name" --arg id "sha256:$id" --arg key "$input_key" --arg kver "$kver" --arg cmdline "$cmdline" \
-  --arg installed "$installed" --arg k "$k" --arg i "$i" --arg d "$d" \
-  --argjson ks "$(size "$work/out/vmlinuz")" --argjson is "$(size "$work/out/initrd.img")" --argjson ds "$(size "$work/out/disk.qcow2")" \
-  --argjson vs "$((disk_gib << 30))" --argjson recipe "$(jq -c . "$recipe")" '{
-    schema: "forky.image/v1", name: $name, id: $id, inputKey: $key, arch: "x86_64", kernelVersion: $kver,
-    cmdline: $cmdline, recipe: $recipe,
-    packages: ($installed | split("\n") | map(select(. != "") | split("\t") | {(.[0]): .[1]}) | add),
-    parts: {
-      kernel: { file: "vmlinuz", sha256: $k, size: $ks },
-      initrd: { file: "initrd.img", sha256: $i, size: $is },
-      disk: { file: "disk.qcow2", sha256: $d, size: $ds, virtualSize: $vs }
-    }
-  }' > "$work/out/manifest.json"
-chmod 0444 "$work/out"/*
-# Publish atomically: a reader sees the old image or the new one, never half of one.
-mkdir -p "$out_root"
-rm -rf "$dest.new" && cp -r "$work/out" "$dest.new"
-rm -rf "$dest.old"; [ -d "$dest" ] && mv "$dest" "$dest.old"
-mv "$dest.new" "$dest" && rm -rf "$dest.old"
-cache_store || log "could not keep a copy in $(image_cache_dir)"
-log "built sha256:$id in $dest ($(($(date +%s) - t0)) s)"
+write_manifest "$work/out" "$input_key" "$cmdline" "$disk_gib" "$(jq -n --argjson recipe "$(jq -c . "$recipe")" --arg installed "$installed" '{
+  recipe: $recipe, packages: ($installed | split("\n") | map(select(. != "") | split("\t") | {(.[0]): .[1]}) | add)
+}')"
+publish "$work/out"
+log "built $image_id in $dest ($(($(date +%s) - t0)) s)"

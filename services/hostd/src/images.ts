@@ -22,6 +22,8 @@ const Manifest = z.strictObject({
   packages: z.record(z.string(), z.string()).optional(),
   /** images/<name>/image.json as it was built (format: images/README.md). */
   recipe: z.record(z.string(), z.unknown()).optional(),
+  /** An imported image's tarball (images/import-image.sh): its format and sha256. */
+  source: z.strictObject({ format: z.enum(['oci', 'docker', 'rootfs']), sha256: z.string().regex(/^[0-9a-f]{64}$/) }).optional(),
   parts: z.strictObject({ kernel: Part, initrd: Part, disk: Part.extend({ virtualSize: z.number().int().positive() }).strict() }),
 });
 

@@ -7,6 +7,7 @@ import { ForkyError, ValidationError } from '@forky/base';
 import { printJson, printTable } from '../output.js';
 import { IMAGE_RECIPES } from '../paths.js';
 import type { CliContext } from './context.js';
+import { registerImageImport } from './image-import.js';
 
 /** A cold debian build takes a minute or two here; a slow mirror gets far more, but not forever. */
 const BUILD_TIMEOUT_MS = 30 * 60_000;
@@ -46,7 +47,7 @@ async function buildCommand(name: string): Promise<string[]> {
   throw new ForkyError('NOT_FOUND', `no recipe for image ${name} (no ${recipe}; images/README.md says how to write one)`);
 }
 
-/** `forky image ls | build`: guest images in the data directory, built from recipes in images/. */
+/** `forky image ls | build | import`: guest images in the data directory, built from recipes in images/. */
 export function registerImage(program: Command, cli: CliContext): void {
   const image = program.command('image').description('guest images');
   image
@@ -102,4 +103,5 @@ export function registerImage(program: Command, cli: CliContext): void {
         else process.stdout.write(`${n} ${m.id}\n`);
       }),
     );
+  registerImageImport(image, cli);
 }
