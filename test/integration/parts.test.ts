@@ -93,4 +93,27 @@ describe('snapshot parts in the JetStream object store (real nats-server)', { ti
     await store.sweep(0);
     assert.equal(await store.has(a.digest), false, 'gone once no manifest refers to it');
   });
+
+  it("keeps the image's kernel and initrd and the app layers a manifest names", async () => {
+    const files = await Promise.all(
+      ['k', 'i', 'app'].map(async (n) => {
+        const f = path.join(dir, `${n}.bin`);
+        await fs.writeFile(f, randomBytes(70_000));
+        return store.upload(f);
+      }),
+    );
+    const [k, i, app] = files as [(typeof files)[0], (typeof files)[0], (typeof files)[0]];
+    await store.putManifest('snap-bbbbbbbbbbbb', {
+      chain: [],
+      state: { digest: k.digest },
+      ram: { digest: k.digest },
+      image: { kernel: { digest: k.digest }, initrd: { digest: i.digest } },
+      apps: [{ slot: 0, layer: app.digest, size: app.size }],
+    });
+    await store.sweep(0);
+    for (const p of [k, i, app]) assert.equal(await store.has(p.digest), true);
+    await store.deleteManifest('snap-bbbbbbbbbbbb');
+    await store.sweep(0);
+    for (const p of [k, i, app]) assert.equal(await store.has(p.digest), false);
+  });
 });

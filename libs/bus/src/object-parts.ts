@@ -119,12 +119,18 @@ export class ObjectPartStore {
     const used = new Set<string>();
     for (const o of all.filter((x) => x.name.startsWith('manifest.'))) {
       const m = (await this.getManifest(o.name.slice('manifest.'.length)).catch(() => undefined)) as
-        { chain?: unknown; state?: unknown; ram?: unknown } | undefined;
+        { chain?: unknown; state?: unknown; ram?: unknown; image?: { kernel?: unknown; initrd?: unknown }; apps?: unknown } | undefined;
       if (!m || typeof m !== 'object') continue;
       // Any host may write a manifest: one of the wrong shape names no parts, and stops no sweep.
-      for (const p of [...(Array.isArray(m.chain) ? m.chain : []), m.state, m.ram]) {
+      const image = m.image && typeof m.image === 'object' ? [m.image.kernel, m.image.initrd] : [];
+      for (const p of [...(Array.isArray(m.chain) ? m.chain : []), m.state, m.ram, ...image]) {
         const digest = (p as { digest?: unknown } | null | undefined)?.digest;
         if (typeof digest === 'string') used.add(name(digest));
+      }
+      // App layers are parts under their own digest.
+      for (const a of Array.isArray(m.apps) ? m.apps : []) {
+        const layer = (a as { layer?: unknown } | null | undefined)?.layer;
+        if (typeof layer === 'string') used.add(name(layer));
       }
     }
     let deleted = 0;

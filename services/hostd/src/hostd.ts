@@ -49,7 +49,7 @@ export async function startHostd(config: Readonly<HostdConfig>, logger: Logger):
   await fs.mkdir(config.dataDir, { recursive: true });
   await fs.mkdir(config.ramDir, { recursive: true });
   const layout = new Layout(path.resolve(config.dataDir), path.resolve(config.ramDir));
-  const images = new ImageCatalog(path.resolve(config.imagesDir));
+  const images = new ImageCatalog(path.resolve(config.imagesDir), layout.imagesByIdDir());
 
   const probe: ProbeResult = config.dryRun
     ? { accel: 'tcg', reason: 'dry run: no QEMU is started', qemuVersion: 'dry-run' }

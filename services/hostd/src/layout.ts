@@ -54,6 +54,10 @@ export class Layout {
   appLayer(digest: string): string {
     return safeJoin(this.dataDir, 'apps', `${digest}.ext4`);
   }
+  /** Images fetched for snapshots, by the hex of their id (images.ts builds the paths below it). */
+  imagesByIdDir(): string {
+    return safeJoin(this.dataDir, 'images', 'by-id');
+  }
   layer(id: string): string {
     return safeJoin(this.dataDir, 'layers', `${id}.qcow2`);
   }

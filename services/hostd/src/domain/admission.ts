@@ -60,7 +60,7 @@ export function refuseGpuSnapshot(h: AdmissionView, vmId: string, field: string)
 }
 
 /** A snapshot restores only on a host whose machine profile for it is the same, field by field. */
-export function checkProfile(h: AdmissionView, p: MachineProfile, image: Image): void {
+export function checkProfile(h: AdmissionView, p: MachineProfile, image: Pick<Image, 'id'>): void {
   const here = h.runtime.profile(p.memMiB, p.cpus, image.id);
   const diff = (Object.keys(p) as Array<keyof MachineProfile>).filter((k) => p[k] !== here[k]);
   if (diff.length > 0) {

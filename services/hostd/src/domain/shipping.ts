@@ -1,11 +1,24 @@
 import { z } from 'zod';
-import { IncompatibleError } from '@forky/base';
-import { Egress, LayerDigest, MountPoint, SnapshotInfo, type TransferResult } from '@forky/contract';
-import type { Image } from '../images.js';
+import { IncompatibleError, ValidationError } from '@forky/base';
+import { Egress, ImageName, LayerDigest, MountPoint, SnapshotInfo, type TransferResult } from '@forky/contract';
+import { imageIdOf, type Image, type ImageCatalog } from '../images.js';
 import type { AppLayerStore, LayerStore, PartStore, SnapshotStore } from './ports.js';
 import type { SnapshotRecord } from './records.js';
 
 const Part = z.strictObject({ digest: z.string().regex(/^[0-9a-f]{64}$/), size: z.number().int().nonnegative() });
+
+/** The image a snapshot was made from: a host that lacks it installs it by id from these parts. */
+const ShippedImage = z.strictObject({
+  name: ImageName,
+  id: z.string().regex(/^sha256:[0-9a-f]{64}$/),
+  cmdline: z.string().max(4096),
+  kernelVersion: z.string().max(256).optional(),
+  kernel: Part,
+  initrd: Part,
+  /** The base layer's part (the chain's `img-` layer). */
+  disk: Part,
+  diskVirtualSize: z.number().int().positive(),
+});
 
 /** What the object store holds for a snapshot besides its parts: enough to rebuild it anywhere. */
 export const ShippingManifest = z.strictObject({
@@ -29,6 +42,8 @@ export const ShippingManifest = z.strictObject({
     .optional(),
   /** The egress policy its children start with (a manifest of before policies has none: `internet`). */
   egress: Egress.optional(),
+  /** Its image, so a host without it can fetch it (a manifest of before images travelled has none). */
+  image: ShippedImage.optional(),
 });
 export type ShippingManifest = z.infer<typeof ShippingManifest>;
 
@@ -38,11 +53,15 @@ export interface ShippingDeps {
   layers: LayerStore;
   appLayers: AppLayerStore;
   snapshots: SnapshotStore;
+  images: ImageCatalog;
   timeoutMs: number;
 }
 
-/** Uploads what the store lacks of a snapshot; parts already there are not sent again. */
-export async function publish(d: ShippingDeps, rec: SnapshotRecord): Promise<TransferResult> {
+/**
+ * Uploads what the store lacks of a snapshot; parts already there are not sent again. With its
+ * `image`, the image's kernel and initrd go too (its disk is the chain's base layer).
+ */
+export async function publish(d: ShippingDeps, rec: SnapshotRecord, image?: Image): Promise<TransferResult> {
   const t0 = performance.now();
   const files = d.snapshots.files(rec.info.id);
   const ups = [];
@@ -62,6 +81,22 @@ export async function publish(d: ShippingDeps, rec: SnapshotRecord): Promise<Tra
     ups.push(up);
     apps.push({ ...a, size: up.size });
   }
+  let shipped: ShippingManifest['image'];
+  if (image) {
+    const k = await d.parts.upload(image.kernel, { digest: image.parts.kernel.sha256, size: image.parts.kernel.size });
+    const i = await d.parts.upload(image.initrd, { digest: image.parts.initrd.sha256, size: image.parts.initrd.size });
+    ups.push(k, i);
+    shipped = {
+      name: image.name,
+      id: image.id,
+      cmdline: image.cmdline,
+      kernelVersion: image.kernelVersion,
+      kernel: { digest: k.digest, size: k.size },
+      initrd: { digest: i.digest, size: i.size },
+      disk: { digest: image.parts.disk.sha256, size: image.parts.disk.size },
+      diskVirtualSize: image.diskVirtualSize,
+    };
+  }
   const manifest: ShippingManifest = {
     v: 1,
     snapshot: rec.info,
@@ -72,6 +107,7 @@ export async function publish(d: ShippingDeps, rec: SnapshotRecord): Promise<Tra
     ram: { digest: ram.digest, size: ram.size },
     ...(apps.length ? { apps } : {}),
     ...(rec.egress ? { egress: rec.egress } : {}),
+    ...(shipped ? { image: shipped } : {}),
   };
   await d.parts.putManifest(rec.info.id, manifest);
   return summary(
@@ -83,17 +119,39 @@ export async function publish(d: ShippingDeps, rec: SnapshotRecord): Promise<Tra
 }
 
 /**
+ * A manifest's image block must describe the snapshot's image and its own parts: its id is the
+ * one its digests and command line make, and its disk is the chain's base. Checked before
+ * anything is fetched; a block that lies about a part's bytes is caught when that part arrives.
+ */
+export function checkImageBlock(m: ShippingManifest): void {
+  const b = m.image;
+  if (!b) return;
+  const bad = (field: string, why: string): never => {
+    throw new ValidationError(`snapshot ${m.snapshot.id}: its manifest's ${field} ${why}`, { field });
+  };
+  if (b.id !== m.snapshot.profile.imageId) bad('image.id', `is ${b.id}, but the snapshot was made from ${m.snapshot.profile.imageId}`);
+  if (b.name !== m.snapshot.image) bad('image.name', `is ${b.name}, but the snapshot names ${m.snapshot.image}`);
+  const made = imageIdOf({ kernel: b.kernel.digest, initrd: b.initrd.digest, disk: b.disk.digest, cmdline: b.cmdline });
+  if (made !== b.id) bad('image.id', `is ${b.id}, but its parts and command line make ${made}`);
+  const base = m.chain[0];
+  if (!base || base.layer !== `img-${b.disk.digest.slice(0, 32)}` || base.digest !== b.disk.digest)
+    bad('image.disk', `(${b.disk.digest}) is not the base layer of the snapshot's disk chain`);
+}
+
+/**
  * Rebuilds a published snapshot here. Layers and the image base already present are kept (their
- * names are their identity: frozen layers never change); the rest is fetched and verified.
+ * names are their identity: frozen layers never change); the rest is fetched and verified. With
+ * no local `image`, the manifest's image is installed by id (checkImageBlock first).
  */
 export async function fetch(
   d: ShippingDeps,
   m: ShippingManifest,
-  image: Image,
+  image: Image | undefined,
 ): Promise<{ record: SnapshotRecord; result: TransferResult }> {
   const t0 = performance.now();
   const id = m.snapshot.id;
-  if (m.snapshot.profile.imageId !== image.id) {
+  if (!image && !m.image) throw new IncompatibleError(`snapshot ${id} names no image host ${d.hostId} could fetch`, { field: 'image' });
+  if (image && m.snapshot.profile.imageId !== image.id) {
     throw new IncompatibleError(
       `snapshot ${id} was made from image ${m.snapshot.profile.imageId}; host ${d.hostId} has ${image.name} as ${image.id}`,
       {
@@ -106,7 +164,7 @@ export async function fetch(
   for (const part of m.chain) {
     if (have.has(part.layer)) {
       moves.push({ size: part.size, bytes: 0, moved: false });
-    } else if (part.layer.startsWith('img-') && image.diskSha256 === part.digest) {
+    } else if (image && part.layer.startsWith('img-') && image.diskSha256 === part.digest) {
       await d.layers.importImage(image);
       moves.push({ size: part.size, bytes: 0, moved: false });
     } else {
@@ -114,6 +172,16 @@ export async function fetch(
       await d.layers.freeze(part.layer);
       moves.push({ size: part.size, bytes: r.receivedBytes, moved: true });
     }
+  }
+  if (m.image) {
+    const b = m.image;
+    const got = image
+      ? undefined
+      : await d.images.install(b, d.layers.path((m.chain[0] as { layer: string }).layer), (digest, dest) =>
+          d.parts.download(digest, dest, d.timeoutMs),
+        );
+    moves.push({ size: b.kernel.size, ...(got?.kernel ?? { bytes: 0, moved: false }) });
+    moves.push({ size: b.initrd.size, ...(got?.initrd ?? { bytes: 0, moved: false }) });
   }
   const files = d.snapshots.files(id);
   const present = await d.snapshots.present(id);

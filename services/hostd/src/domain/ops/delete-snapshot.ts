@@ -2,6 +2,7 @@ import { ConflictError } from '@forky/base';
 import type { SnapshotDeleteResult } from '@forky/contract';
 import type { Host } from '../host.js';
 import type { SnapshotRecord } from '../records.js';
+import { collectImages } from './images.js';
 import { destroyVm } from './lifecycle.js';
 
 /** A part younger than this is never swept: its manifest may be on its way. */
@@ -56,6 +57,7 @@ async function deleteLocked(host: Host, id: string, cascade: boolean): Promise<S
       if (swept) host.log.info({ snapshot: id, ...swept }, 'object store swept');
     }
   }
+  await collectImages(host);
   out.snapshots.push(id);
   return out;
 }

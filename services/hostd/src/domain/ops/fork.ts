@@ -43,7 +43,8 @@ async function forkWithin(host: Host, req: ForkRequest, hold: RamHold): Promise<
   host.snapUsers.set(sid, (host.snapUsers.get(sid) ?? 0) + 1);
   try {
     return await withRollback(host.log, { fork: req.source }, async (rb) => {
-      const image = await d.images.get(snap.info.image);
+      // By id: the snapshot's own bytes, whatever its image's name means on this host now.
+      const image = await d.images.byId(snap.info.profile.imageId, snap.info.image);
       checkProfile(host, snap.info.profile, image);
       const opts = { started, until: req.until, ...(req.key ? { requestKey: req.key } : {}), ...(req.apps ? { apps: req.apps } : {}) };
       const results = await mapSettled(Array.from({ length: req.count }), d.limits.forkConcurrency, () =>

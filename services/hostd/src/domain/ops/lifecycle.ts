@@ -3,6 +3,7 @@ import type { Host } from '../host.js';
 import type { VmHandle } from '../ports.js';
 import type { VmRecord } from '../records.js';
 import { assertAllowed, type VmOp } from '../state.js';
+import { collectImages } from './images.js';
 
 /** Runs `fn` on a VM under its lock, once the state machine allows `op`. */
 async function onVm(host: Host, id: string, op: VmOp, fn: (vm: VmRecord, h: VmHandle) => Promise<void>): Promise<VmInfo> {
@@ -46,6 +47,8 @@ export function destroyVm(host: Host, id: string, opts: { ramGoing?: string } = 
     host.vms.delete(id);
     await host.dir.unregister('vm', id).catch((err: unknown) => host.log.warn({ err, vm: id }, 'locator delete failed'));
     host.log.info({ vm: id }, 'vm destroyed');
+    // A child whose chain was flattened may outlive every snapshot of its (fetched) image.
+    await collectImages(host);
     return host.info(vm);
   });
 }

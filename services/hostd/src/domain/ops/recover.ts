@@ -1,6 +1,7 @@
 import type { Host } from '../host.js';
 import { recoverHost, type Recovered } from '../recovery.js';
 import { egressOf, markFailed } from '../records.js';
+import { collectImages } from './images.js';
 
 /**
  * Takes back what an earlier hostd of this data directory left (see recovery.ts) into the host
@@ -14,7 +15,7 @@ export async function recover(host: Host): Promise<Recovered> {
     snapshots: d.snapshots,
     records: d.records,
     layout: d.layout,
-    spec: async (rec) => host.spec(rec, await d.images.get(rec.image)),
+    spec: async (rec) => host.spec(rec, await d.images.byId(rec.imageId, rec.image)),
     logger: host.log,
   });
   for (const s of r.snaps) host.snaps.set(s.info.id, s);
@@ -45,6 +46,8 @@ export async function recover(host: Host): Promise<Recovered> {
       await d.records.saveVm(v).catch(() => undefined);
     }
   }
+  // By-id images whose last snapshot or VM went while hostd was down (or mid-fetch).
+  await collectImages(host);
   const swept = await d.network.sweep(new Set(r.vms.map((v) => v.id)));
   if (swept > 0) host.log.info({ swept }, 'removed network filters of VMs that are gone');
   if (r.vms.length + r.report.removed.length + r.report.orphansKilled > 0) host.log.info(r.report, 'recovered after a restart');

@@ -1,14 +1,24 @@
-import { ForkyError } from '@forky/base';
+import { ForkyError, IncompatibleError, NotFoundError } from '@forky/base';
 import type { TransferResult } from '@forky/contract';
+import type { Image } from '../../images.js';
 import { checkProfile } from '../admission.js';
 import { round, type Host } from '../host.js';
 import { withRollback } from '../rollback.js';
-import { ShippingManifest, fetch as fetchParts, publish as publishParts, type ShippingDeps } from '../shipping.js';
+import { ShippingManifest, checkImageBlock, fetch as fetchParts, publish as publishParts, type ShippingDeps } from '../shipping.js';
+import { collectImages } from './images.js';
 
 function shipping(host: Host): ShippingDeps {
   const { d } = host;
   if (!d.parts) throw new ForkyError('UNAVAILABLE', `host ${d.hostId} has no object store to ship snapshots through`);
-  return { hostId: d.hostId, parts: d.parts, layers: d.layers, appLayers: d.appLayers, snapshots: d.snapshots, timeoutMs: 10 * 60_000 };
+  return {
+    hostId: d.hostId,
+    parts: d.parts,
+    layers: d.layers,
+    appLayers: d.appLayers,
+    snapshots: d.snapshots,
+    images: d.images,
+    timeoutMs: 10 * 60_000,
+  };
 }
 
 /** A manifest that is not JSON counts as none. */
@@ -19,10 +29,37 @@ const notPublished =
     throw e;
   };
 
-/** Puts this host's snapshot in the object store (only the parts it lacks). */
+/** Puts this host's snapshot in the object store (only the parts it lacks), with its image's parts. */
 export function publish(host: Host, id: string): Promise<TransferResult> {
   host.snap(id);
-  return host.lock.run(id, () => publishParts(shipping(host), host.snap(id)));
+  return host.lock.run(id, async () => {
+    const rec = host.snap(id);
+    // Without its image here, it is published as before images travelled: hosts that have the image can still fetch it.
+    const image = await host.d.images.byId(rec.info.profile.imageId, rec.info.image).catch((err: unknown) => {
+      host.log.warn({ err, snapshot: id }, 'image of the snapshot not found here: published without it');
+      return undefined;
+    });
+    return publishParts(shipping(host), rec, image);
+  });
+}
+
+/**
+ * The image a fetched snapshot restores from, if this host has it (by id); undefined when the
+ * manifest carries the image to install. A manifest without one needs the named image as before.
+ */
+async function localImage(host: Host, m: ShippingManifest): Promise<Image | undefined> {
+  const imageId = m.snapshot.profile.imageId;
+  try {
+    return await host.d.images.byId(imageId, m.snapshot.image);
+  } catch (e) {
+    if (!(e instanceof NotFoundError)) throw e;
+    if (m.image) return undefined;
+  }
+  const named = await host.d.images.get(m.snapshot.image);
+  throw new IncompatibleError(
+    `snapshot ${m.snapshot.id} was made from image ${imageId}; host ${host.hostId} has ${named.name} as ${named.id}`,
+    { field: 'image' },
+  );
 }
 
 /** Brings a published snapshot here (only the parts this host lacks). */
@@ -35,8 +72,14 @@ export function fetch(host: Host, id: string): Promise<TransferResult> {
     const parsed = ShippingManifest.safeParse(await shipping(host).parts.getManifest(id).catch(notPublished(id)));
     if (!parsed.success) throw new ForkyError('NOT_FOUND', `snapshot ${id} has no valid manifest in the object store`);
     const m = parsed.data;
-    const image = await host.d.images.get(m.snapshot.image);
-    checkProfile(host, m.snapshot.profile, image);
+    checkImageBlock(m);
+    checkProfile(host, m.snapshot.profile, { id: m.snapshot.profile.imageId });
+    // From here until the record is kept, the image is not collected (another snapshot of it may go meanwhile).
+    const unpinImage = host.d.images.pin(m.snapshot.profile.imageId);
+    const image = await localImage(host, m).catch((e: unknown) => {
+      unpinImage();
+      throw e;
+    });
     // Fetched layers belong to no chain until the snapshot is registered: keep them from GC.
     for (const p of m.chain) host.pendingLayers.add(p.layer);
     const unpin = host.apps.pin((m.apps ?? []).map((a) => a.layer));
@@ -53,6 +96,9 @@ export function fetch(host: Host, id: string): Promise<TransferResult> {
     } finally {
       for (const p of m.chain) host.pendingLayers.delete(p.layer);
       unpin();
+      unpinImage();
+      // An image installed for a fetch that then failed is referred to by nothing.
+      if (!host.snaps.has(id)) await collectImages(host);
     }
   });
 }

@@ -27,7 +27,7 @@ export async function snapshotVm(host: Host, vmId: string, resume: boolean, hold
       assertAllowed(vmId, vm.state, 'snapshot');
       const h = host.handle(vm);
       const before = vm.state;
-      const image = await d.images.get(vm.image);
+      const image = await d.images.byId(vm.imageId, vm.image);
       const id = newId('snap');
       const top = newId('lyr');
       const files = d.snapshots.files(id);

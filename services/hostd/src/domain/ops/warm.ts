@@ -10,7 +10,7 @@ export const warmMaker: WarmMaker = {
   async make(host: Host, snapId: string): Promise<WarmChild<VmHandle>> {
     const { d } = host;
     const snap = host.snap(snapId);
-    const image = await d.images.get(snap.info.image);
+    const image = await d.images.byId(snap.info.profile.imageId, snap.info.image);
     const rec = host.childRecord(newId('vm'), snap, image);
     return withRollback(host.log, { vm: rec.id, warm: true }, async (rb) => {
       rb.push('remove its directory', () => d.records.removeVm({ id: rec.id, ram: rec.ram }));
