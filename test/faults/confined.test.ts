@@ -5,7 +5,7 @@ import { ForkyError } from '@forky/base';
 import { startNatsServer, type NatsServer } from '@forky/bus';
 import { lookupUser } from '@forky/hostd';
 import { startTestHost, type TestHost } from '../helpers/hostd.js';
-import { ensureImage } from '../helpers/repo.js';
+import { ensureImageOnce } from '../helpers/repo.js';
 
 /** What the kernel says about a process: its uids, no_new_privs, seccomp mode. */
 async function confinement(pid: number): Promise<{ uids: number[]; noNewPrivs: number; seccomp: number; cmdline: string[] }> {
@@ -30,7 +30,7 @@ describe('QEMU runs as an unprivileged user, sandboxed', { timeout: 300_000 }, (
   const root = process.getuid?.() === 0;
 
   before(async () => {
-    await ensureImage();
+    await ensureImageOnce();
     nats = await startNatsServer();
     host = await startTestHost(nats.url, { hostId: 'confined-h1' });
   });

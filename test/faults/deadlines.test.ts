@@ -11,7 +11,7 @@ import { pollUntil } from '@forky/base';
 import { refused } from '../helpers/errors.js';
 import { HostdClient, SchedulerClient, startNatsServer, type NatsServer } from '@forky/bus';
 import { BUCKETS, STREAMS } from '@forky/contract';
-import { ensureImage } from '../helpers/repo.js';
+import { ensureImageOnce } from '../helpers/repo.js';
 import { HOSTD_MAIN, SCHEDULER_MAIN, hostdEnv, spawnService, type ServiceProc } from '../helpers/service-proc.js';
 
 const A = 'dl-a';
@@ -144,7 +144,7 @@ describe('deadlines: no work after the caller was told it failed', { timeout: 30
   const cont = (id: string): void => void hostd.get(id)?.child.kill('SIGCONT');
 
   before(async () => {
-    await ensureImage();
+    await ensureImageOnce();
     dir = await fs.mkdtemp(path.join(os.tmpdir(), 'fk-deadlines-'));
     nats = await startNatsServer();
     nc = await connect({ servers: nats.url });

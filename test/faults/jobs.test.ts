@@ -11,7 +11,7 @@ import { pollUntil } from '@forky/base';
 import { HostdClient, SchedulerClient, startNatsServer, type NatsServer } from '@forky/bus';
 import { BUCKETS, JOBS_CONSUMER, STREAMS, type BatchResult } from '@forky/contract';
 import { qemuPidsWhere } from '../helpers/procs.js';
-import { ensureImage } from '../helpers/repo.js';
+import { ensureImageOnce } from '../helpers/repo.js';
 import { HOSTD_MAIN, SCHEDULER_MAIN, hostdEnv, logLines, spawnService, type ServiceProc } from '../helpers/service-proc.js';
 
 const HOST = 'jobs-h1';
@@ -93,7 +93,7 @@ describe('durable jobs: a scheduler or hostd killed mid-job, and the job still c
   };
 
   before(async () => {
-    await ensureImage();
+    await ensureImageOnce();
     dir = await fs.mkdtemp(path.join(os.tmpdir(), 'fk-jobs-'));
     nats = await startNatsServer();
     nc = await connect({ servers: nats.url });

@@ -11,7 +11,7 @@ import { ObjectPartStore, PARTS_BUCKET } from '@forky/bus';
 import { BUCKETS, STREAMS } from '@forky/contract';
 import { startTestHost, testLogger, type TestHost } from '../helpers/hostd.js';
 import { startNatsCluster, type TestCluster } from '../helpers/nats-cluster.js';
-import { ensureImage } from '../helpers/repo.js';
+import { ensureImageOnce } from '../helpers/repo.js';
 import { startTestScheduler, type TestScheduler } from '../helpers/scheduler.js';
 
 const STATE_STREAMS = [...Object.values(BUCKETS).map((b) => `KV_${b}`), `OBJ_${PARTS_BUCKET}`, STREAMS.jobs];
@@ -38,7 +38,7 @@ describe('a NATS node killed mid-batch on a 3-node cluster (R3 state)', { timeou
   let victim: number;
 
   before(async () => {
-    await ensureImage();
+    await ensureImageOnce();
     cluster = await startNatsCluster(3);
     op = await connect({ servers: cluster.urls, maxReconnectAttempts: -1, reconnectTimeWait: 250 });
     // The state the services use, made at R3 up front, so its leaders can be read before choosing a victim.

@@ -10,7 +10,7 @@ import { HostdClient, startNatsServer, type NatsServer } from '@forky/bus';
 import type { ForkResult, VmInfo } from '@forky/contract';
 import { fileTree } from '../helpers/files.js';
 import { qemuPidsWhere } from '../helpers/procs.js';
-import { ensureImage } from '../helpers/repo.js';
+import { ensureImageOnce } from '../helpers/repo.js';
 import { HOSTD_MAIN, hostdEnv, logLines, spawnService, type ServiceProc } from '../helpers/service-proc.js';
 
 const HOST = 'restart-h1';
@@ -32,8 +32,11 @@ describe('hostd killed with SIGKILL and restarted re-adopts its VMs and cleans u
   const dataDir = (): string => path.join(dir, 'data');
   const ramDir = (): string => path.join('/dev/shm', path.basename(dir));
   const log = (): string => path.join(dir, 'hostd.log');
-  /** For a request hostd is killed under: its deadline passes while the test goes on. */
-  const shortClient = (): HostdClient => new HostdClient(nc, HOST, { timeoutMs: 20_000 });
+  /**
+   * For a request hostd is killed under: its deadline passes while the test goes on. Its lost reply
+   * is awaited, so the deadline is short: hostd starts the work within it, the test then kills it.
+   */
+  const shortClient = (): HostdClient => new HostdClient(nc, HOST, { timeoutMs: 6_000 });
 
   const startHostd = async (): Promise<void> => {
     hostd = await spawnService(HOSTD_MAIN, hostdEnv({ hostId: HOST, natsUrl: nats.url, dataDir: dataDir(), ramDir: ramDir() }), log(), () =>
@@ -61,7 +64,7 @@ describe('hostd killed with SIGKILL and restarted re-adopts its VMs and cleans u
   };
 
   before(async () => {
-    await ensureImage();
+    await ensureImageOnce();
     dir = await fs.mkdtemp(path.join(os.tmpdir(), 'fk-restart-'));
     nats = await startNatsServer();
     nc = await connect({ servers: nats.url });

@@ -10,7 +10,7 @@ import { HostdClient, startNatsServer, type NatsServer } from '@forky/bus';
 import type { VmInfo } from '@forky/contract';
 import { isRunning, qemuPidsWhere } from '../helpers/procs.js';
 import { startTestHost, type TestHost } from '../helpers/hostd.js';
-import { ensureImage } from '../helpers/repo.js';
+import { ensureImageOnce } from '../helpers/repo.js';
 import { HOSTD_MAIN, hostdEnv, spawnService, type ServiceProc } from '../helpers/service-proc.js';
 
 const HOST = 'death-h1';
@@ -77,7 +77,7 @@ describe('VMs whose QEMU dies are failed, with hostd up or down', { timeout: 600
   };
 
   before(async () => {
-    await ensureImage();
+    await ensureImageOnce();
     dir = await fs.mkdtemp(path.join(os.tmpdir(), 'fk-death-'));
     nats = await startNatsServer();
     nc = await connect({ servers: nats.url });
@@ -143,7 +143,7 @@ describe('a warm-pool process that dies', { timeout: 600_000 }, () => {
   let nats: NatsServer;
   let host: TestHost;
   before(async () => {
-    await ensureImage();
+    await ensureImageOnce();
     nats = await startNatsServer();
     // In this process: the pool's own count says when a process waits (its QEMU shows up earlier).
     host = await startTestHost(nats.url, { overrides: { pool: POOL } });

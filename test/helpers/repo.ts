@@ -2,6 +2,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { execFile } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import fs from 'node:fs/promises';
 import { promisify } from 'node:util';
 
 /** The repository root (test/dist/helpers/ is three levels down). */
@@ -26,4 +28,26 @@ export async function ensureImage(name = 'tiny'): Promise<string> {
     timeout: BUILD_TIMEOUT_MS,
   });
   return IMAGES_DIR;
+}
+
+/**
+ * ensureImage, at most once per image in a run of `node test/select.mjs`: it names a directory for
+ * the run (FORKY_TEST_RUN_DIR), and the first file that needs the image checks it there; the files
+ * after it find its stamp. The check alone takes 5–8 s (build.sh asks apt-cache for every package and
+ * hashes every part). Outside such a run it is ensureImage.
+ */
+export async function ensureImageOnce(name = 'tiny'): Promise<string> {
+  const run = process.env.FORKY_TEST_RUN_DIR;
+  if (!run || !/^[a-z0-9-]{1,64}$/.test(name)) return ensureImage(name);
+  const stamp = path.join(run, `image-${name}-${createHash('sha256').update(IMAGES_DIR).digest('hex').slice(0, 12)}.ok`);
+  if (
+    await fs.access(stamp).then(
+      () => true,
+      () => false,
+    )
+  )
+    return IMAGES_DIR;
+  const dir = await ensureImage(name);
+  await fs.writeFile(stamp, '').catch(() => undefined); // no stamp: the next file checks again
+  return dir;
 }

@@ -12,7 +12,7 @@ import { uploadApps } from '@forky/cli';
 import { startTestScheduler, type TestScheduler } from '../helpers/scheduler.js';
 import { startTestHost, type TestHost } from '../helpers/hostd.js';
 import { guestShell } from '../helpers/guest.js';
-import { ensureImage } from '../helpers/repo.js';
+import { ensureImageOnce } from '../helpers/repo.js';
 import { refused } from '../helpers/errors.js';
 
 /** Every file under `dir` with its content's digest: "the host directory is untouched" is checked against this. */
@@ -46,7 +46,7 @@ describe('app-directory overlays: a host directory, read-only underneath, writab
   const sh = guestShell((id, cmd) => client.call('vm.exec', { id, cmd }));
 
   before(async () => {
-    await ensureImage();
+    await ensureImageOnce();
     appDir = await fs.mkdtemp(path.join(os.tmpdir(), 'fk-app-'));
     toolsDir = await fs.mkdtemp(path.join(os.tmpdir(), 'fk-tools-'));
     await fs.mkdir(path.join(appDir, 'bin'));

@@ -5,7 +5,7 @@ import { pack, unpack } from 'msgpackr';
 import { subjects, type HostdEndpoint, type VmInfo } from '@forky/contract';
 import { startNatsServer, type NatsServer } from '@forky/bus';
 import { startTestHost, type TestHost } from '../helpers/hostd.js';
-import { ensureImage } from '../helpers/repo.js';
+import { ensureImageOnce } from '../helpers/repo.js';
 import { fileTree as tree } from '../helpers/files.js';
 
 const enc = new TextEncoder();
@@ -44,7 +44,7 @@ describe('bad requests get a typed error and change nothing', { timeout: 300_000
   };
 
   before(async () => {
-    await ensureImage();
+    await ensureImageOnce();
     nats = await startNatsServer();
     host = await startTestHost(nats.url);
     vm = await host.client.call('vm.boot', {});

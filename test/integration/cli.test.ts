@@ -11,7 +11,7 @@ import { Kvm } from '@nats-io/kv';
 import { withDeadline } from '@forky/base';
 import type { ForkResult, VmInfo } from '@forky/contract';
 import { cliRunner } from '../helpers/cli-run.js';
-import { ensureImage, IMAGES_DIR, REPO } from '../helpers/repo.js';
+import { ensureImageOnce, IMAGES_DIR, REPO } from '../helpers/repo.js';
 import { isRunning, qemuPidsOf } from '../helpers/procs.js';
 
 const SCHEDULER = path.join(REPO, 'services', 'scheduler', 'dist', 'main.js');
@@ -22,7 +22,7 @@ describe('the forky CLI against a local cluster, as a new user would', { timeout
   const { forky, json } = cliRunner(() => data);
 
   before(async () => {
-    await ensureImage();
+    await ensureImageOnce();
     data = await fs.mkdtemp(path.join(os.tmpdir(), 'fkcli-'));
     // Share the built image and the accelerator probe of this run instead of redoing them.
     await fs.symlink(IMAGES_DIR, path.join(data, 'images'));

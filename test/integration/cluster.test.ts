@@ -11,7 +11,7 @@ import { Kvm } from '@nats-io/kv';
 import { connectBus } from '@forky/bus';
 import { pollUntil } from '@forky/base';
 import type { VmInfo } from '@forky/contract';
-import { ensureImage, IMAGES_DIR, REPO } from '../helpers/repo.js';
+import { ensureImageOnce, IMAGES_DIR, REPO } from '../helpers/repo.js';
 import { isRunning, qemuPidsWhere } from '../helpers/procs.js';
 
 const CLI = path.join(REPO, 'services', 'cli', 'dist', 'main.js');
@@ -86,7 +86,7 @@ describe('forky up / down on a running cluster, under faults', { timeout: 600_00
   };
 
   before(async () => {
-    await ensureImage();
+    await ensureImageOnce();
     data = await fs.mkdtemp(path.join(os.tmpdir(), 'fkclu-'));
     ramRoot = path.join('/dev/shm', `forky-${createHash('sha256').update(data).digest('hex').slice(0, 8)}`);
     await fs.symlink(IMAGES_DIR, path.join(data, 'images'));

@@ -11,7 +11,7 @@ import { startNatsServer, type NatsServer } from '@forky/bus';
 import type { VmInfo } from '@forky/contract';
 import { startTestHost, type TestHost } from '../helpers/hostd.js';
 import { guestShell } from '../helpers/guest.js';
-import { ensureImage, IMAGES_DIR } from '../helpers/repo.js';
+import { ensureImageOnce, IMAGES_DIR } from '../helpers/repo.js';
 
 const run = promisify(execFile);
 const sha256 = async (file: string): Promise<string> =>
@@ -55,8 +55,8 @@ describe('the debian image: python, git, pip, DNS from DHCP, a root disk per VM,
     });
 
   before(async () => {
-    await ensureImage('tiny');
-    await ensureImage('debian');
+    await ensureImageOnce('tiny');
+    await ensureImageOnce('debian');
     baseSum = await sha256(path.join(IMAGES_DIR, 'debian', 'disk.qcow2'));
     work = await fs.mkdtemp(path.join(os.tmpdir(), 'fk-deb-'));
     await run('ip', ['link', 'add', 'name', bridge, 'type', 'bridge']);

@@ -8,7 +8,7 @@ import type { NatsConnection } from '@nats-io/nats-core';
 import { HostdClient, startNatsServer, type NatsServer } from '@forky/bus';
 import { qemuPidsWhere } from '../helpers/procs.js';
 import { refused } from '../helpers/errors.js';
-import { ensureImage } from '../helpers/repo.js';
+import { ensureImageOnce } from '../helpers/repo.js';
 import { HOSTD_MAIN, hostdEnv, spawnService, type ServiceProc } from '../helpers/service-proc.js';
 
 const HOST = 'exec-out-h1';
@@ -28,7 +28,7 @@ describe('exec output larger than a reply can carry, on a real guest', { timeout
   const ramDir = (): string => path.join('/dev/shm', path.basename(dir));
 
   before(async () => {
-    await ensureImage();
+    await ensureImageOnce();
     dir = await fs.mkdtemp(path.join(os.tmpdir(), 'fk-execout-'));
     nats = await startNatsServer();
     nc = await connect({ servers: nats.url });

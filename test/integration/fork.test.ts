@@ -7,7 +7,7 @@ import type { VmInfo } from '@forky/contract';
 import { startNatsServer, type NatsServer } from '@forky/bus';
 import { startTestHost, type TestHost } from '../helpers/hostd.js';
 import { guestShell } from '../helpers/guest.js';
-import { ensureImage, IMAGES_DIR } from '../helpers/repo.js';
+import { ensureImageOnce, IMAGES_DIR } from '../helpers/repo.js';
 import { qemuPidsOf } from '../helpers/procs.js';
 
 const sha256 = async (file: string): Promise<string> =>
@@ -30,7 +30,7 @@ describe('one host forks a VM (real QEMU, real nats-server)', { timeout: 600_000
   const sh = guestShell((id, cmd) => host.client.call('vm.exec', { id, cmd }));
 
   before(async () => {
-    await ensureImage();
+    await ensureImageOnce();
     baseDiskSum = await sha256(path.join(IMAGES_DIR, 'tiny', 'disk.qcow2'));
     nats = await startNatsServer();
     host = await startTestHost(nats.url);

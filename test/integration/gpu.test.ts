@@ -8,7 +8,7 @@ import { startNatsServer, type NatsServer } from '@forky/bus';
 import type { VmInfo } from '@forky/contract';
 import { startTestScheduler, type TestScheduler } from '../helpers/scheduler.js';
 import { startTestHost, type TestHost } from '../helpers/hostd.js';
-import { ensureImage } from '../helpers/repo.js';
+import { ensureImageOnce } from '../helpers/repo.js';
 import { TWO_GPUS, writeFakeSysfs } from '../helpers/fake-sysfs.js';
 import { refused } from '../helpers/errors.js';
 
@@ -25,7 +25,7 @@ describe('GPU passthrough: placement, refusal and the fork rule on a fake two-GP
   const booted: VmInfo[] = [];
 
   before(async () => {
-    await ensureImage();
+    await ensureImageOnce();
     sysfs = await fs.mkdtemp(path.join(os.tmpdir(), 'fk-sysfs-'));
     await writeFakeSysfs(path.join(sysfs, 'gpu'), TWO_GPUS);
     nats = await startNatsServer();

@@ -17,7 +17,7 @@ import {
 } from '@forky/bus';
 import { BUCKETS, subjects, type VmInfo } from '@forky/contract';
 import { refused } from '../helpers/errors.js';
-import { ensureImage } from '../helpers/repo.js';
+import { ensureImageOnce } from '../helpers/repo.js';
 import { HOSTD_MAIN, SCHEDULER_MAIN, hostdEnv, logLines, spawnService, type ServiceProc } from '../helpers/service-proc.js';
 
 const HOST = 'hostile-h1';
@@ -67,7 +67,7 @@ describe('a hostile request or KV entry gets a typed answer and kills no service
     });
 
   before(async () => {
-    await ensureImage();
+    await ensureImageOnce();
     dir = await fs.mkdtemp(path.join(os.tmpdir(), 'fk-hostile-'));
     auth = newClusterAuth([HOST, ROGUE]);
     nats = await startNatsServer({ auth });

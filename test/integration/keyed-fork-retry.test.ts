@@ -6,7 +6,7 @@ import { SchedulerClient, openBuckets, startNatsServer, type NatsServer, type Re
 import { CONTENT_TYPE, encodeBody, subjects, type SchedRequestOf, type VmInfo } from '@forky/contract';
 import { startTestScheduler, type TestScheduler } from '../helpers/scheduler.js';
 import { startTestHost, type TestHost } from '../helpers/hostd.js';
-import { ensureImage } from '../helpers/repo.js';
+import { ensureImageOnce } from '../helpers/repo.js';
 
 /**
  * A keyed fork whose reply was lost, asked again under its key through the retrying client,
@@ -20,7 +20,7 @@ describe('a keyed fork retried after a lost reply makes its children once', { ti
   const notices: RetryNotice[] = [];
 
   before(async () => {
-    await ensureImage();
+    await ensureImageOnce();
     nats = await startNatsServer();
     host = await startTestHost(nats.url, { hostId: 'kf-h1', overrides: { dryRun: true, pool: { size: 0 } } });
     sched = await startTestScheduler(nats.url);

@@ -10,7 +10,7 @@ import { SchedulerClient, startNatsServer, type NatsServer } from '@forky/bus';
 import { startTestScheduler, type TestScheduler } from '../helpers/scheduler.js';
 import { startTestHost, type TestHost } from '../helpers/hostd.js';
 import { guestShell } from '../helpers/guest.js';
-import { ensureImage, REPO } from '../helpers/repo.js';
+import { ensureImageOnce, REPO } from '../helpers/repo.js';
 
 const CLI = path.join(REPO, 'services', 'cli', 'bin', 'forky.js');
 const MAX_DEPTH = 4;
@@ -31,7 +31,7 @@ describe('live forks, snapshot chains and lineage, a new identity per child', { 
   const sh = guestShell((id, cmd) => client.call('vm.exec', { id, cmd }));
 
   before(async () => {
-    await ensureImage();
+    await ensureImageOnce();
     nats = await startNatsServer();
     host = await startTestHost(nats.url, { overrides: { limits: { maxChainDepth: MAX_DEPTH } } });
     sched = await startTestScheduler(nats.url);

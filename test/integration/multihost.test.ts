@@ -7,7 +7,7 @@ import type { ForkResult, VmInfo } from '@forky/contract';
 import { startTestScheduler, type TestScheduler } from '../helpers/scheduler.js';
 import { startTestHost, type TestHost } from '../helpers/hostd.js';
 import { guestShell } from '../helpers/guest.js';
-import { ensureImage } from '../helpers/repo.js';
+import { ensureImageOnce } from '../helpers/repo.js';
 
 const lines = (s: string): string[] => s.trim().split('\n');
 
@@ -25,7 +25,7 @@ describe('three hosts: a fork spread across them ships the snapshot through the 
   const sh = guestShell((id, cmd) => client.call('vm.exec', { id, cmd }));
 
   before(async () => {
-    await ensureImage();
+    await ensureImageOnce();
     nats = await startNatsServer();
     // Keep every host that did start, so `after` stops them even if another failed to.
     const started = await Promise.allSettled(['mh-a', 'mh-b', 'mh-c'].map((id) => startTestHost(nats.url, { hostId: id })));

@@ -13,7 +13,7 @@ import type { Egress, VmInfo } from '@forky/contract';
 import { startTestHost, type TestHost } from '../helpers/hostd.js';
 import { createTestNet, hostAddress, type TestNet } from '../helpers/netns.js';
 import { startTestScheduler, type TestScheduler } from '../helpers/scheduler.js';
-import { ensureImage } from '../helpers/repo.js';
+import { ensureImageOnce } from '../helpers/repo.js';
 
 const run = promisify(execFile);
 const METADATA = '169.254.169.254';
@@ -73,7 +73,7 @@ describe('network isolation with real QEMU: what a guest may reach, by policy, a
   const setEgress = (vm: string, egress: Egress): Promise<VmInfo> => host.client.call('vm.network', { id: vm, network: { egress } });
 
   before(async () => {
-    await ensureImage();
+    await ensureImageOnce();
     work = await fs.mkdtemp(path.join(os.tmpdir(), 'fk-netiso-'));
     nats = await startNatsServer();
     host = await startTestHost(nats.url, { overrides: { network: { mode: 'user', filter: 'nftables' } } });

@@ -15,7 +15,7 @@ import { loadSchedulerConfig, startScheduler, type RunningScheduler } from '@for
 import { createTestNet, type TestNet } from '../helpers/netns.js';
 import { testLogger } from '../helpers/hostd.js';
 import { guestShell } from '../helpers/guest.js';
-import { ensureImage, IMAGES_DIR, REPO } from '../helpers/repo.js';
+import { ensureImageOnce, IMAGES_DIR, REPO } from '../helpers/repo.js';
 
 const HOSTD = path.join(REPO, 'services', 'hostd', 'dist', 'main.js');
 
@@ -50,7 +50,7 @@ describe('three hosts in their own network namespaces, on a 3-node NATS cluster 
   const sh = guestShell((id, cmd) => client.call('vm.exec', { id, cmd }));
 
   before(async () => {
-    await ensureImage();
+    await ensureImageOnce();
     dir = await fs.mkdtemp(path.join(os.tmpdir(), 'fknet-'));
     net = await createTestNet(3);
     urls = net.hosts.map((h) => `nats://${h.addr}:4222`);

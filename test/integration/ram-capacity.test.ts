@@ -10,7 +10,7 @@ import { startTestHost, type TestHost } from '../helpers/hostd.js';
 import { guestShell } from '../helpers/guest.js';
 import { refused } from '../helpers/errors.js';
 import { fileTree } from '../helpers/files.js';
-import { ensureImage } from '../helpers/repo.js';
+import { ensureImageOnce } from '../helpers/repo.js';
 
 const run = promisify(execFile);
 const MiB = 2 ** 20;
@@ -46,7 +46,7 @@ describe(
     });
 
     before(async () => {
-      await ensureImage();
+      await ensureImageOnce();
       mnt = await fs.mkdtemp('/tmp/fk-ramcap-');
       // Its own mode: QEMU, once it has dropped to its user, must pass through it.
       await run('mount', ['-t', 'tmpfs', '-o', `size=${TMPFS_MIB}m,mode=0711`, 'fk-ramcap', mnt]);

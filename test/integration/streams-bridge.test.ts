@@ -8,7 +8,7 @@ import { GuestStreams } from '@forky/hostd/internal';
 import { BRIDGE_HOST, BRIDGE_VM, drain, startBridge, type BridgeFixture } from '../helpers/bridge-fixture.js';
 import { FakeSession } from '../helpers/fake-guest.js';
 import { startTestHost, type TestHost } from '../helpers/hostd.js';
-import { ensureImage } from '../helpers/repo.js';
+import { ensureImageOnce } from '../helpers/repo.js';
 import { startTestScheduler, type TestScheduler } from '../helpers/scheduler.js';
 
 const HOST = BRIDGE_HOST;
@@ -201,7 +201,7 @@ describe('the scheduler routes sandbox requests to the VM host (dry-run hostd)',
   let sched: TestScheduler;
 
   before(async () => {
-    await ensureImage();
+    await ensureImageOnce();
     nats = await startNatsServer();
     host = await startTestHost(nats.url, { hostId: 'st-h1', overrides: { dryRun: true, pool: { size: 0 } } });
     sched = await startTestScheduler(nats.url);

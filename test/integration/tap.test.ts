@@ -11,7 +11,7 @@ import { startNatsServer, type NatsServer } from '@forky/bus';
 import type { VmInfo } from '@forky/contract';
 import { startTestHost, type TestHost } from '../helpers/hostd.js';
 import { guestShell } from '../helpers/guest.js';
-import { ensureImage, IMAGE_CACHE_DIR } from '../helpers/repo.js';
+import { ensureImageOnce, IMAGE_CACHE_DIR } from '../helpers/repo.js';
 
 const run = promisify(execFile);
 
@@ -34,7 +34,7 @@ describe('TAP on a bridge: every child gets its own device and its own DHCP leas
   const leaseOf = (id: string): Promise<string> => sh(id, 'cat /run/forky/ip 2>/dev/null || true').then((s) => s.trim());
 
   before(async () => {
-    await ensureImage();
+    await ensureImageOnce();
     work = await fs.mkdtemp(path.join(os.tmpdir(), 'fk-tap-'));
     await run('ip', ['link', 'add', 'name', bridge, 'type', 'bridge']);
     await run('ip', ['addr', 'add', `${subnet}.1/24`, 'dev', bridge]);
