@@ -19,13 +19,20 @@ for tool in apt-get apt-cache dpkg-deb cpio gzip mkfs.ext4 qemu-img sha256sum gc
   command -v "$tool" >/dev/null || { echo "image $name: missing tool $tool (apt-get install cpio e2fsprogs qemu-utils gcc libc6-dev golang-go)" >&2; exit 3; }
 done
 
-candidate() { apt-cache policy "$1" 2>/dev/null | awk '/Candidate:/{print $2; exit}'; }
+# Each apt-cache call costs most of a second: candidates are asked for all at once and kept.
+declare -A cand=()
+load_candidates() {
+  local p v
+  while read -r p v; do cand[$p]=$v; done < <(apt-cache policy "$@" 2>/dev/null | awk '/^[^ ].*:$/{p=substr($1, 1, length($1) - 1)} /Candidate:/{print p, $2}')
+}
+candidate() { [ -n "${cand[$1]:-}" ] || load_candidates "$1"; echo "${cand[$1]:-}"; }
 [ -n "$(candidate busybox-static)" ] && [ "$(candidate busybox-static)" != "(none)" ] || apt-get update -qq
 kernel_pkg=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/{print $2; exit}')
 [ -n "$kernel_pkg" ] || { echo "image $name: cannot resolve linux-image-cloud-amd64" >&2; exit 3; }
 pkgs=("$kernel_pkg" busybox-static qemu-guest-agent libglib2.0-0 libudev1 libnuma1 liburing2 libpcre2-8-0 libc6)
 cmdline="console=ttyS0 quiet panic=-1 random.trust_cpu=on i8042.noaux i8042.nokbd"
 
+load_candidates "${pkgs[@]}"
 versions=""
 for p in "${pkgs[@]}"; do versions+="$p=$(candidate "$p") "; done
 input_key=$( { cat "$0" "$here/init" "$here/hook" "$here/udhcpc" "$here/ident.c" "$here/modules" "$here/app-mount" "$here/app-release" "$here"/agent/*.go "$here/agent/go.mod" "$here/agent/build.sh"; echo "$versions"; gcc --version | head -1; go version; echo "$cmdline"; } | sha256sum | cut -c1-64)
