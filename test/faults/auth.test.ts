@@ -64,6 +64,16 @@ describe('authentication and per-host authorization (real nats-server with users
       hosts.hosts.some((h) => h.id === 'h1' && h.alive),
       'the scheduler sees h1 through the hosts bucket',
     );
+    // The scheduler user writes the templates bucket (template.create, the reaper).
+    const sc = await as(auth.scheduler);
+    try {
+      await sched.client.call('template.list', {});
+      const tpl = await new Kvm(sc).open(BUCKETS.templates);
+      await tpl.put('retired.snap-authprobe00', JSON.stringify({ probe: true }));
+      await tpl.delete('retired.snap-authprobe00');
+    } finally {
+      await sc.close();
+    }
     // A keyed request goes through the jobs stream, which the scheduler user may use.
     const vm = await sched.client.call('vm.boot', { key: 'auth-boot-through-jobs' });
     assert.equal(vm.host, 'h1');
@@ -127,6 +137,9 @@ describe('authentication and per-host authorization (real nats-server with users
       await assert.rejects(new HostdClient(nc, 'h2', { timeoutMs: 2000 }).call('host.info', {}));
       const reqs = await new Kvm(nc).open(BUCKETS.requests);
       await assert.rejects(reqs.put('forged', '{}', { timeout: 2000 } as never));
+      // Templates are the scheduler's to write (it made none here; a host may not make one up).
+      const tpl = await new Kvm(nc).open(BUCKETS.templates);
+      await assert.rejects(tpl.put('forged', '{}', { timeout: 2000 } as never));
       // Dropping the cluster's state is for the operator only.
       await assert.rejects(nc.request(`$JS.API.STREAM.DELETE.KV_${BUCKETS.hosts}`, '', { timeout: 2000 }));
       assert.ok(await kvOp.status(), 'the hosts bucket still exists');

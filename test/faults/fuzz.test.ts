@@ -183,6 +183,15 @@ describe(
           required: ['source', 'count'],
         },
         batch: { body: { items: [{ source: snap.id, count: 1 }] }, fields: { items: 'items', key: 'key' }, required: ['items'] },
+        // Hostile forms only (a valid one is skipped): no template is made or removed.
+        'template.create': {
+          body: { name: 'fz-tpl', image: 'tiny' },
+          fields: { name: 'name', image: 'name', memMiB: 'int', cpus: 'int', key: 'key' },
+          required: ['name'],
+        },
+        'template.list': { body: {}, fields: {}, required: [] },
+        'template.show': { body: { name: 'fz-tpl' }, fields: { name: 'name' }, required: ['name'] },
+        'template.delete': { body: { name: 'fz-tpl' }, fields: { name: 'name' }, required: ['name'] },
       };
       const targets = [
         ...HOSTD_ENDPOINTS.map((e) => ({

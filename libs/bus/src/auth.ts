@@ -90,7 +90,7 @@ export function hostPermissions(hostId: string): Permissions {
 export function schedulerPermissions(user = 'scheduler'): Permissions {
   return {
     publish: {
-      allow: [`${SUBJECT_ROOT}.host.>`, subjects.jobs, `$KV.${BUCKETS.requests}.>`, ...JS_CLIENT],
+      allow: [`${SUBJECT_ROOT}.host.>`, subjects.jobs, `$KV.${BUCKETS.requests}.>`, `$KV.${BUCKETS.templates}.>`, ...JS_CLIENT],
       deny: JS_ADMIN_ONLY,
     },
     subscribe: { allow: [`${SUBJECT_ROOT}.sched.>`, subjects.heartbeats, '$SRV.>', `${inboxPrefixOf(user)}.>`] },

@@ -8,6 +8,8 @@ export interface Buckets {
   locator: KV;
   requests: KV;
   lineage: KV;
+  /** Templates by name, and retired template snapshots (`retired.<id>`); the scheduler's alone. */
+  templates: KV;
 }
 
 /**
@@ -23,13 +25,14 @@ export async function openBuckets(nc: NatsConnection, opts: { replicas?: number 
       () => bindExisting(kvm.open(name)),
       `KV bucket ${name}`,
     );
-  const [hosts, locator, requests, lineage] = await Promise.all([
+  const [hosts, locator, requests, lineage, templates] = await Promise.all([
     kv(BUCKETS.hosts, { description: 'forky: host heartbeats' }),
     kv(BUCKETS.locator, { description: 'forky: which host holds each VM and snapshot' }),
     kv(BUCKETS.requests, { ttl: 24 * 3600 * 1000, description: 'forky: idempotent requests and their replies' }),
     kv(BUCKETS.lineage, { description: 'forky: every snapshot and its parent snapshot' }),
+    kv(BUCKETS.templates, { description: 'forky: templates by name, and retired template snapshots' }),
   ]);
-  return { hosts, locator, requests, lineage };
+  return { hosts, locator, requests, lineage, templates };
 }
 
 /**

@@ -58,6 +58,8 @@ export const ENDPOINT_KINDS = {
   'snapshot.list': 'read',
   'snapshot.show': 'read',
   'snapshot.tree': 'read',
+  'template.list': 'read',
+  'template.show': 'read',
   'vm.boot': 'write',
   'vm.pause': 'write',
   'vm.resume': 'write',
@@ -71,6 +73,9 @@ export const ENDPOINT_KINDS = {
   'snapshot.fetch': 'write',
   fork: 'write',
   batch: 'write',
+  'template.create': 'write',
+  // Sent once (no key): a repeat after the first removed it is NOT_FOUND, never a second removal.
+  'template.delete': 'write',
   // A stream open that asked again opens a second stream (the first is cancelled when idle): only a keyed one is a write.
   'exec.start': 'write',
   'file.write': 'write',

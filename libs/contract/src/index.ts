@@ -113,5 +113,18 @@ export {
   type SchedReplyOf,
   type JobEndpoint,
 } from './sched.js';
+export {
+  TemplateName,
+  TEMPLATE_MAX_STEPS,
+  TEMPLATE_STEP_MAX_BYTES,
+  TEMPLATE_READY_TIMEOUT_MAX_MS,
+  TEMPLATE_STEP_TIMEOUT_MAX_MS,
+  TemplateCreateRequest,
+  TemplateInfo,
+  RetiredTemplate,
+  TemplateList,
+  TemplateRef,
+  TemplateDeleteResult,
+} from './template.js';
 export { HEADER_MAX_BYTES, truncateUtf8, headerText, quoteText, boundedText, excerpt } from './safe-text.js';
 export { DEADLINE_HEADERS, CLOCK_SKEW_MS, DEFAULT_DEADLINE_MS, parseTimeHeader } from './deadlines.js';

@@ -1,6 +1,7 @@
 import { z } from 'zod';
-import { HostId, IdempotencyKey } from './ids.js';
+import { HostId, IdempotencyKey, ImageName } from './ids.js';
 import { BootRequest, VmInfo } from './vm.js';
+import { TemplateCreateRequest, TemplateDeleteResult, TemplateInfo, TemplateList, TemplateName, TemplateRef } from './template.js';
 import { ForkRequest, ForkResult, SnapshotTree } from './snapshot.js';
 import { hostdContract } from './endpoints.js';
 import { Empty, HostList } from './host.js';
@@ -9,7 +10,18 @@ import type { SchedEndpoint } from './subjects.js';
 /** Where to run: a pinned host, or (default) the scheduler's choice. */
 const Placement = { host: HostId.optional() };
 
-export const SchedBootRequest = BootRequest.extend(Placement).strict();
+/**
+ * With `template`, the VM is a fork of the template's snapshot: its image, RAM and vCPUs are the
+ * template's, so image, memMiB and cpus have no defaults here (hostd applies them to a plain
+ * boot) and the scheduler refuses ones that differ from the template's.
+ */
+export const SchedBootRequest = BootRequest.extend({
+  ...Placement,
+  image: ImageName.optional(),
+  memMiB: z.number().int().min(64).max(65536).optional(),
+  cpus: z.number().int().min(1).max(64).optional(),
+  template: TemplateName.optional(),
+}).strict();
 export type SchedBootRequest = z.infer<typeof SchedBootRequest>;
 
 export const SchedForkRequest = ForkRequest.extend({
@@ -48,6 +60,10 @@ export const schedContract = {
   batch: { request: BatchRequest, reply: BatchResult },
   /** The lineage of every snapshot in the cluster, from JetStream. */
   'snapshot.tree': { request: Empty, reply: SnapshotTree },
+  'template.create': { request: TemplateCreateRequest, reply: TemplateInfo },
+  'template.list': { request: Empty, reply: TemplateList },
+  'template.show': { request: TemplateRef, reply: TemplateInfo },
+  'template.delete': { request: TemplateRef, reply: TemplateDeleteResult },
 } as const satisfies Record<SchedEndpoint, { request: z.ZodType; reply: z.ZodType }>;
 
 export type SchedContract = typeof schedContract;
@@ -60,7 +76,7 @@ export type SchedReplyOf<E extends SchedEndpoint> = z.output<SchedContract[E]['r
  * scheduler can finish it when the one that took it dies. The request is the endpoint's parsed
  * request; the worker validates it again against the same schema.
  */
-export const JOB_ENDPOINTS = ['vm.boot', 'snapshot.create', 'fork', 'batch'] as const satisfies readonly SchedEndpoint[];
+export const JOB_ENDPOINTS = ['vm.boot', 'snapshot.create', 'fork', 'batch', 'template.create'] as const satisfies readonly SchedEndpoint[];
 export type JobEndpoint = (typeof JOB_ENDPOINTS)[number];
 
 export const Job = z.strictObject({

@@ -39,6 +39,10 @@ export const SCHED_ENDPOINTS = [
   'hosts',
   'batch',
   'snapshot.tree',
+  'template.create',
+  'template.list',
+  'template.show',
+  'template.delete',
   ...HOSTD_ENDPOINTS.filter((e): e is Exclude<HostdEndpoint, HostOnly> => !HOST_ONLY.includes(e as HostOnly)),
 ] as const;
 export type SchedEndpoint = (typeof SCHED_ENDPOINTS)[number];
@@ -82,5 +86,13 @@ export const SERVICE_NAMES = { hostd: 'forky-hostd', scheduler: 'forky-scheduler
  *   hosts    key <hostId>            -> Heartbeat
  *   locator  key vm.<id> | snap.<id> -> { host }
  *   requests key <idempotency key>   -> the request's progress and its reply
+ *   lineage  key <snapshotId>        -> LineageNode
+ *   templates key <name>             -> TemplateInfo; key retired.<snapshotId> -> RetiredTemplate (written by schedulers only)
  */
-export const BUCKETS = { hosts: 'forky_hosts', locator: 'forky_locator', requests: 'forky_requests', lineage: 'forky_lineage' } as const;
+export const BUCKETS = {
+  hosts: 'forky_hosts',
+  locator: 'forky_locator',
+  requests: 'forky_requests',
+  lineage: 'forky_lineage',
+  templates: 'forky_templates',
+} as const;

@@ -15,6 +15,7 @@ import { registerWatch } from './commands/watch.js';
 import { registerCp } from './commands/cp.js';
 import { registerPort } from './commands/port.js';
 import { registerNet } from './commands/net.js';
+import { registerTemplate } from './commands/template.js';
 
 const DEFAULT_DEPS: CliDeps = { openSession, exit: (code) => process.exit(code) };
 
@@ -42,6 +43,7 @@ export function buildProgram(deps: Partial<CliDeps> = {}): Command {
   registerCp(program, cli);
   registerPort(program, cli);
   registerSnapshot(program, cli);
+  registerTemplate(program, cli);
   registerFork(program, cli);
   registerBatch(program, cli);
   registerReq(program, cli);

@@ -17,6 +17,8 @@ export const SchedulerConfig = z.strictObject({
   bucketReplicas: BucketReplicas,
   /** Bound on each start-up step (opening buckets, reading hosts, the jobs stream); a hung step starts over. */
   startStepTimeoutMs: z.number().int().min(1_000).default(20_000),
+  /** How often retired template snapshots are tried for deletion (also after each template create and delete). */
+  templateReapMs: z.number().int().min(100).default(30_000),
   logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
 });
 export type SchedulerConfig = z.infer<typeof SchedulerConfig>;

@@ -89,7 +89,8 @@ export class Jobs {
       return { ack: false, drop: 'request does not match its schema or hash' };
     const refusal = jobRefusal(d);
     if (refusal) return failUnrun(this.#idem, d, refusal, { waitMs: 2 * this.opts.leaseMs, startWindowMs: this.opts.startWindowMs() }, log);
-    const retryLater = (e: ForkyError): boolean => !d.last && TRANSIENT.has(e.code);
+    // `final`: a timeout that is the request's own fault (a template's ready command never succeeding), not a host's.
+    const retryLater = (e: ForkyError): boolean => !d.last && TRANSIENT.has(e.code) && e.details?.['final'] !== true;
     const perform = this.perform[job.endpoint] as (req: unknown, key: string, last: boolean) => Promise<unknown>;
     try {
       await this.#idem.run(job.key, job.hash, this.opts.hostTimeoutMs, () => perform(parsed.data, job.key, d.last), retryLater);

@@ -67,6 +67,7 @@ function running(nc: NatsConnection, scheduler: Scheduler, service: Service, job
     nc,
     service,
     async stop() {
+      scheduler.stop();
       await service.stop();
       await jobs.stop();
       view.stop();

@@ -13,6 +13,10 @@ import type {
   SnapshotDeleteResult,
   SnapshotInfo,
   SnapshotTree,
+  TemplateCreateRequest,
+  TemplateDeleteResult,
+  TemplateInfo,
+  TemplateList,
   VmInfo,
   GuestEndpoint,
 } from '@forky/contract';
@@ -25,6 +29,9 @@ import { Jobs, type Perform } from './jobs.js';
 import { deleteSnapshot, tree } from './lineage.js';
 import { pickHost } from './placement.js';
 import { forward, forwardGuest, gather, type Forwarded, type ForwardedRequest } from './routing.js';
+import { bootFromTemplate, templateFor } from './template-boot.js';
+import { createTemplate } from './template-create.js';
+import { reapRetired, templateDelete, templateList, templateShow } from './templates.js';
 
 export interface SchedulerOptions {
   /** How long a forwarded request may take on its host (a fork of many children is long). */
@@ -32,6 +39,8 @@ export interface SchedulerOptions {
   leaseMs: number;
   /** Assumed cost of one forked child when placing (hostd checks for real). */
   childCostMiB: number;
+  /** How often retired template snapshots are tried for deletion (also after each template create and delete). */
+  templateReapMs?: number;
 }
 
 /**
@@ -48,6 +57,8 @@ export interface SchedulerOptions {
 export class Scheduler {
   readonly #ctx: SchedContext;
   readonly #jobs: Jobs;
+  readonly #reaper: ReturnType<typeof setInterval>;
+  #reaping: Promise<unknown> | undefined;
 
   constructor(
     nc: NatsConnection,
@@ -67,8 +78,15 @@ export class Scheduler {
       'snapshot.create': (req, key) => this.#snapshot(req, key),
       fork: (req, key) => fork(this.#ctx, req, key),
       batch: (req, key, last) => batch(this.#ctx, req, key, last),
+      'template.create': (req, key, last) => this.#createTemplate(req, key, last),
     };
     this.#jobs = new Jobs(buckets.requests, jobs, perform, { ...opts, startWindowMs: () => hosts.longestStartWindowMs() }, log);
+    this.#reaper = setInterval(() => void this.reap(), opts.templateReapMs ?? 30_000).unref();
+  }
+
+  /** Stops the reaper's timer (the service and connection are the caller's). */
+  stop(): void {
+    clearInterval(this.#reaper);
   }
 
   async hosts(): Promise<HostStatus[]> {
@@ -84,9 +102,41 @@ export class Scheduler {
     return this.#jobs.once(
       'vm.boot',
       req,
-      async () => this.#bootHost(req),
+      async () => (req.template ? templateFor(this.#ctx, { ...req, template: req.template }) : this.#bootHost(req)),
       (key) => this.#boot(req, key),
     );
+  }
+
+  /** Makes a template: a keyed one is a job, run once under its key (template-create.ts). */
+  createTemplate(req: TemplateCreateRequest): Promise<TemplateInfo> {
+    return this.#jobs.once(
+      'template.create',
+      req,
+      async () => undefined,
+      (key) => this.#createTemplate(req, key, true),
+    );
+  }
+
+  templates(): Promise<TemplateList> {
+    return templateList(this.#ctx);
+  }
+
+  template(name: string): Promise<TemplateInfo> {
+    return templateShow(this.#ctx, name);
+  }
+
+  async deleteTemplate(name: string): Promise<TemplateDeleteResult> {
+    const r = await templateDelete(this.#ctx, name);
+    void this.reap();
+    return r;
+  }
+
+  /** One round of deleting retired template snapshots that nothing uses; rounds never overlap here. */
+  reap(): Promise<unknown> {
+    this.#reaping ??= reapRetired(this.#ctx)
+      .catch((err: unknown) => this.#ctx.log.warn({ err }, 'template reaper round failed'))
+      .finally(() => (this.#reaping = undefined));
+    return this.#reaping;
   }
 
   fork(req: SchedForkRequest): Promise<ForkResult> {
@@ -145,17 +195,29 @@ export class Scheduler {
     return this.#ctx.locate(kind, id);
   }
 
+  async #createTemplate(req: TemplateCreateRequest, key: string, last: boolean): Promise<TemplateInfo> {
+    try {
+      return await createTemplate(this.#ctx, req, key, last);
+    } finally {
+      // A replaced template's snapshot may already be unused.
+      void this.reap();
+    }
+  }
+
   #bootHost(req: SchedBootRequest): string {
-    return pickHost(this.#ctx.hosts.statuses(), { memMiB: req.memMiB + 64, count: 1, gpus: req.gpus }, req.host);
+    // hostd's default RAM (BootRequest) when none was asked.
+    return pickHost(this.#ctx.hosts.statuses(), { memMiB: (req.memMiB ?? 256) + 64, count: 1, gpus: req.gpus }, req.host);
   }
 
   async #boot(req: SchedBootRequest, key: string): Promise<VmInfo> {
+    if (req.template) return bootFromTemplate(this.#ctx, { ...req, template: req.template }, key);
     const host = this.#bootHost(req);
     return this.#ctx.hosts.onHost(host, (c) =>
       c.call('vm.boot', {
-        image: req.image,
-        memMiB: req.memMiB,
-        cpus: req.cpus,
+        // Only what was asked: hostd applies the defaults.
+        ...(req.image ? { image: req.image } : {}),
+        ...(req.memMiB ? { memMiB: req.memMiB } : {}),
+        ...(req.cpus ? { cpus: req.cpus } : {}),
         gpus: req.gpus,
         ...(req.apps ? { apps: req.apps } : {}),
         ...(req.diskGiB ? { diskGiB: req.diskGiB } : {}),

@@ -41,6 +41,10 @@ export function schedulerHandlers(s: Scheduler): Handlers {
     'snapshot.tree': () => s.tree(),
     fork: (r) => s.fork(r),
     batch: (r) => s.batch(r),
+    'template.create': (r) => s.createTemplate(r),
+    'template.list': () => s.templates(),
+    'template.show': (r) => s.template(r.name),
+    'template.delete': (r) => s.deleteTemplate(r.name),
   };
 }
 

@@ -10,9 +10,10 @@ export const VM_COLUMNS = ['id', 'host', 'state', 'image', 'memMiB', 'parentSnap
 >;
 
 interface BootOptions {
-  image: string;
-  mem: number;
-  cpus: number;
+  image?: string;
+  mem?: number;
+  cpus?: number;
+  template?: string;
   gpus: number;
   app: string[];
   host?: string;
@@ -29,9 +30,11 @@ export function registerVm(program: Command, cli: CliContext): Command {
 
   vm.command('boot')
     .description('boot a VM; returns once its guest agent answers')
-    .option('--image <name>', 'image', 'tiny')
-    .option('--mem <MiB>', 'memory', positiveInt('mem'), 256)
-    .option('--cpus <n>', 'vCPUs', positiveInt('cpus'), 1)
+    // No defaults here: hostd's apply (tiny, 256 MiB, 1 vCPU), and a template's VM has the template's.
+    .option('--image <name>', 'image (default tiny)')
+    .option('--mem <MiB>', 'memory (default 256)', positiveInt('mem'))
+    .option('--cpus <n>', 'vCPUs (default 1)', positiveInt('cpus'))
+    .option('--template <name>', 'fork a template (`forky template create`) instead of booting: its image, memory and vCPUs, on any host')
     .option('--gpus <n>', 'host GPUs passed through (VFIO); such a VM cannot be snapshotted or forked', nonNegativeInt('gpus'), 0)
     .option('--app <dir[:/mnt]>', APP_HELP, collect, [])
     .option('--host <id>', 'pin to a host')
@@ -45,10 +48,11 @@ export function registerVm(program: Command, cli: CliContext): Command {
         const v = await cli.withSession(cmd, async (s) => {
           const apps = await s.uploadApps(o.app);
           return s.call('vm.boot', {
-            image: o.image,
-            memMiB: o.mem,
-            cpus: o.cpus,
             key,
+            ...(o.image ? { image: o.image } : {}),
+            ...(o.mem ? { memMiB: o.mem } : {}),
+            ...(o.cpus ? { cpus: o.cpus } : {}),
+            ...(o.template ? { template: o.template } : {}),
             ...(o.gpus ? { gpus: o.gpus } : {}),
             ...(apps.length ? { apps } : {}),
             ...(o.host ? { host: o.host } : {}),
