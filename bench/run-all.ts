@@ -57,6 +57,20 @@ const BENCHES: Array<{ script: string; args: string[]; targets: Target[] }> = [
     ],
   },
   {
+    script: 'floor-bench.js',
+    args: quick ? ['--quick'] : [],
+    targets: [
+      // Issue 21: the project's fork within 1.3x of QEMU started by hand, same guest, same run.
+      { from: 'project fork / raw floor (1 child)', name: 'project fork / raw QEMU floor (1 child, same run)', target: 1.3, kind: 'max' },
+      {
+        from: 'project fork / raw floor (16 children)',
+        name: 'project fork / raw QEMU floor (16 children, same run)',
+        target: 1.3,
+        kind: 'max',
+      },
+    ],
+  },
+  {
     script: 'density-bench.js',
     args: ['--children', quick ? '16' : '32'],
     targets: [
