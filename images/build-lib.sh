@@ -118,8 +118,9 @@ verify_dir() {
 publish() { # OUT
   chmod 0444 "$1"/*
   mkdir -p "$(dirname "$dest")"
-  rm -rf "$dest.new" && cp -r "$1" "$dest.new"
-  rm -rf "$dest.old"; [ -d "$dest" ] && mv "$dest" "$dest.old"
-  mv "$dest.new" "$dest" && rm -rf "$dest.old"
+  lock_name
+  rm -rf "$dest.new"
+  cp -r "$1" "$dest.new" || { rm -rf "$dest.new"; die "cannot copy the image to $dest.new" 4; }
+  swap_in "$dest.new" "$dest"
   cache_store || log "could not keep a copy in $(image_cache_dir)"
 }

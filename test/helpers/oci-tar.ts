@@ -1,14 +1,18 @@
 import { createHash } from 'node:crypto';
 import { gzipSync } from 'node:zlib';
 
-/** A tar member as a test writes it: any name (even a hostile one), a file, a directory or a link. */
+/** A tar member as a test writes it: any name (even a hostile one), a file, a directory, a link or a device. */
 export interface TarEntry {
   name: string;
-  type?: 'file' | 'dir' | 'symlink' | 'hardlink';
+  type?: 'file' | 'dir' | 'symlink' | 'hardlink' | 'chardev';
   data?: Buffer | string;
   mode?: number;
   /** The symlink's or hard link's target. */
   target?: string;
+  /** A character device's major and minor. */
+  dev?: [number, number];
+  /** Seconds since the epoch (default 1e9). */
+  mtime?: number;
 }
 
 const sha256 = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
@@ -31,13 +35,15 @@ function header(e: TarEntry, size: number): Buffer {
   octal(0, 108, 8);
   octal(0, 116, 8);
   octal(size, 124, 12);
-  octal(1_000_000_000, 136, 12);
+  octal(e.mtime ?? 1_000_000_000, 136, 12);
   put('        ', 148, 8);
-  put({ file: '0', hardlink: '1', symlink: '2', dir: '5' }[type], 156, 1);
+  put({ file: '0', hardlink: '1', symlink: '2', chardev: '3', dir: '5' }[type], 156, 1);
   put(e.target ?? '', 157, 100);
   put('ustar\0' + '00', 257, 8);
   put('root', 265, 32);
   put('root', 297, 32);
+  octal(e.dev?.[0] ?? 0, 329, 8);
+  octal(e.dev?.[1] ?? 0, 337, 8);
   put(prefix, 345, 155);
   let sum = 0;
   for (const b of h) sum += b;
