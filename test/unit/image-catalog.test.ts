@@ -173,11 +173,91 @@ describe('image catalog: by-id images', () => {
     for (const x of [a, b, c]) await f.catalog.install(x, f.disk, f.download);
     await fs.mkdir(path.join(f.byIdDir, `.tmp-${a.id.slice(7)}-0badc0de`));
     const unpin = f.catalog.pin(c.id);
-    const gone = await f.catalog.collect(new Set([a.id, f.named.id]));
+    const gone = await f.catalog.collect((id) => id === a.id || id === f.named.id);
     assert.deepEqual(gone, [b.id]);
     assert.deepEqual((await fs.readdir(f.byIdDir)).sort(), [a.id.slice(7), c.id.slice(7)].sort(), 'the leftover temporary is gone');
     unpin();
-    assert.deepEqual((await f.catalog.collect(new Set())).sort(), [a.id, c.id].sort());
+    assert.deepEqual((await f.catalog.collect(() => false)).sort(), [a.id, c.id].sort());
     assert.equal((await f.catalog.get('tiny')).id, f.named.id, 'the named image is untouched');
   });
+
+  it('keeps a named image by id when it is used, as links, and finds it by that id after the name is rebuilt', async (t) => {
+    const f = await fixture(t);
+    const named = path.join(f.root, 'images', 'tiny');
+    const img = await f.catalog.get('tiny');
+    assert.equal(img.stored, 'named');
+    const kept = path.join(f.byIdDir, f.named.id.slice(7));
+    for (const file of ['vmlinuz', 'initrd.img', 'disk.qcow2'])
+      assert.equal((await fs.stat(path.join(kept, file))).ino, (await fs.stat(path.join(named, file))).ino, `${file} is a link`);
+    await f.catalog.get('tiny');
+    assert.deepEqual(await fs.readdir(f.byIdDir), [f.named.id.slice(7)], 'once per id, no temporary left');
+    const rebuilt = await rebuild(named);
+    assert.equal((await f.catalog.get('tiny')).id, rebuilt);
+    const old = await f.catalog.byId(f.named.id, 'tiny');
+    assert.equal(old.stored, 'by-id');
+    assert.equal(old.kernel, path.join(kept, 'vmlinuz'));
+    assert.equal(sha(await fs.readFile(old.disk)), old.parts.disk.sha256);
+    // The copy of the name's current image stays though nothing records it yet (a boot may be about to).
+    assert.deepEqual(await f.catalog.collect(() => false), [f.named.id]);
+    assert.deepEqual(await f.catalog.listById(), [rebuilt]);
+  });
+
+  it('a named image that cannot be kept by id fails typed and leaves nothing', async (t) => {
+    const f = await fixture(t);
+    await fs.rm(path.join(f.root, 'images', 'tiny', 'initrd.img'));
+    const err = await f.catalog.get('tiny').catch((e: unknown) => e);
+    assert.ok(err instanceof ForkyError && err.details?.field === 'image', String(err));
+    assert.deepEqual(await fileTree(f.byIdDir), []);
+  });
+
+  it('an image whose record is kept while collection runs is not removed', async (t) => {
+    const f = await fixture(t);
+    const b = f.block('fetched');
+    const records = new Set<string>();
+    // A fetch: pinned, installed, then recorded and unpinned while collect reads the directory.
+    const unpin = f.catalog.pin(b.id);
+    await f.catalog.install(b, f.disk, f.download);
+    const collecting = f.catalog.collect((id) => records.has(id));
+    records.add(b.id);
+    unpin();
+    assert.deepEqual(await collecting, []);
+    assert.equal((await f.catalog.byId(b.id, 'tiny')).stored, 'by-id');
+    records.delete(b.id);
+    assert.deepEqual(await f.catalog.collect((id) => records.has(id)), [b.id], 'gone once its record is');
+  });
+
+  it('collection does not wait for an install that is downloading', { timeout: 20_000 }, async (t) => {
+    const f = await fixture(t);
+    const b = f.block('slow');
+    let release = (): void => undefined;
+    const stalled = new Promise<void>((r) => (release = r));
+    let started = (): void => undefined;
+    const downloading = new Promise<void>((r) => (started = r));
+    const slow = async (digest: string, dest: string): Promise<{ receivedBytes: number }> => {
+      started();
+      await stalled;
+      return f.download(digest, dest);
+    };
+    const installing = f.catalog.install(b, f.disk, slow);
+    await downloading;
+    const leftover = path.join(f.byIdDir, `.tmp-${f.block('dead').id.slice(7)}-0badc0de`);
+    await fs.mkdir(leftover);
+    // Returns while the download is held: the install's own temporary directory is passed by.
+    assert.deepEqual(await f.catalog.collect(() => false), []);
+    assert.equal(await fs.stat(leftover).catch(() => undefined), undefined, "a dead install's leftover is removed");
+    const own = (await fs.readdir(f.byIdDir)).filter((n) => n.startsWith(`.tmp-${b.id.slice(7)}-`));
+    assert.equal(own.length, 1, 'the install in progress keeps its directory');
+    release();
+    await installing;
+    assert.equal((await f.catalog.byId(b.id)).id, b.id);
+  });
 });
+
+/** Rewrites a named image's manifest as a rebuild would (another id, the dir renamed into place); says the new id. */
+async function rebuild(dir: string): Promise<string> {
+  const m = JSON.parse(await fs.readFile(path.join(dir, 'manifest.json'), 'utf8')) as { id: string };
+  m.id = `sha256:${sha(Buffer.from(m.id + ' rebuilt'))}`;
+  await fs.writeFile(path.join(dir, 'manifest.json.new'), JSON.stringify(m));
+  await fs.rename(path.join(dir, 'manifest.json.new'), path.join(dir, 'manifest.json'));
+  return m.id;
+}

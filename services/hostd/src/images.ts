@@ -1,61 +1,10 @@
-import { createHash, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import fs from 'node:fs/promises';
-import { z } from 'zod';
 import { ForkyError, KeyedMutex, NotFoundError, ValidationError, asForkyError, safeJoin } from '@forky/base';
 import { ImageName } from '@forky/contract';
+import { hexOf, imageOf, readManifest, type Image, type ManifestData } from './image-manifest.js';
 
-const Part = z.strictObject({ file: z.string().regex(/^[a-z0-9._-]+$/), sha256: z.string().regex(/^[0-9a-f]{64}$/), size: z.number() });
-
-/** The manifest written by images/tiny/build.sh or images/build-recipe.sh (a recipe image also records its recipe). */
-export const Manifest = z.strictObject({
-  schema: z.literal('forky.image/v1'),
-  name: ImageName,
-  id: z.string().regex(/^sha256:[0-9a-f]{64}$/),
-  /** Over the build's inputs: a build with the same key is skipped. */
-  inputKey: z
-    .string()
-    .regex(/^[0-9a-f]{64}$/)
-    .optional(),
-  arch: z.literal('x86_64').optional(),
-  cmdline: z.string(),
-  kernelVersion: z.string(),
-  /** Debian package -> version, as built. */
-  packages: z.record(z.string(), z.string()).optional(),
-  /** images/<name>/image.json as it was built (format: images/README.md). */
-  recipe: z.record(z.string(), z.unknown()).optional(),
-  /** An imported image's tarball (images/import-image.sh): its format and sha256. */
-  source: z.strictObject({ format: z.enum(['oci', 'docker', 'rootfs']), sha256: z.string().regex(/^[0-9a-f]{64}$/) }).optional(),
-  parts: z.strictObject({ kernel: Part, initrd: Part, disk: Part.extend({ virtualSize: z.number().int().positive() }).strict() }),
-});
-
-export interface Image {
-  name: string;
-  id: string;
-  /** sha256 of the disk part: the content address of its base layer. */
-  diskSha256: string;
-  cmdline: string;
-  kernel: string;
-  initrd: string;
-  disk: string;
-  diskVirtualSize: number;
-  kernelVersion: string;
-  /** Digests and sizes of the kernel and initrd, as the manifest records them (what a publish uploads). */
-  parts: { kernel: PartRef; initrd: PartRef; disk: PartRef };
-  /** `named`: from the images directory; `by-id`: fetched for a snapshot into the host's data dir. */
-  stored: 'named' | 'by-id';
-}
-export interface PartRef {
-  sha256: string;
-  size: number;
-}
-
-const ImageId = z.string().regex(/^sha256:[0-9a-f]{64}$/);
-
-/** The image id as images/build-recipe.sh and images/tiny/build.sh compute it: over the parts and the command line. */
-export function imageIdOf(p: { kernel: string; initrd: string; disk: string; cmdline: string }): string {
-  const h = createHash('sha256').update(`kernel:${p.kernel}\ninitrd:${p.initrd}\ndisk:${p.disk}\ncmdline:${p.cmdline}\n`);
-  return `sha256:${h.digest('hex')}`;
-}
+export { Manifest, imageIdOf, type Image, type PartRef } from './image-manifest.js';
 
 /** What a host needs to install an image it lacks (a snapshot's manifest carries it; see shipping.ts). */
 export interface ImageBlock {
@@ -78,27 +27,40 @@ export class ImageFetchError extends ForkyError {
 }
 
 /**
- * The images directory (by name, read-only) and, when `byIdDir` is given, the images this host
- * fetched for snapshots, by id (`<byIdDir>/<hex>/`, written here only, each atomically).
+ * The images directory (by name, read-only) and, when `byIdDir` is given, images kept by id
+ * (`<byIdDir>/<hex>/`, written here only, each atomically): fetched for snapshots, and every
+ * named image a VM was booted from, so that a record's id resolves after the name is rebuilt.
  */
 export class ImageCatalog {
-  /** One install or removal of an image id at a time. */
+  /** One install, keep or removal of an image id at a time. */
   readonly #mutex = new KeyedMutex();
   /** Ids being installed or put to use by a fetch, not yet referred to by any record: never collected. */
   readonly #pins = new Map<string, number>();
+  /** Hexes an install or keep holds or waits for: collect passes them by rather than wait for a download. */
+  readonly #busy = new Map<string, number>();
 
   constructor(
     readonly dir: string,
     readonly byIdDir?: string,
   ) {}
 
+  /**
+   * The named image, kept by id first: a VM booted from it records its id, and a rebuild gives the
+   * name another id (its snapshots, and a restarted hostd's re-attach, look it up by that id).
+   */
   async get(name: string): Promise<Image> {
+    const { dir, m } = await this.#named(name);
+    await this.#keep(dir, m);
+    return imageOf(dir, m, 'named');
+  }
+
+  async #named(name: string): Promise<{ dir: string; m: ManifestData }> {
     const parsed = ImageName.safeParse(name);
     if (!parsed.success) throw new ValidationError(`invalid image name ${JSON.stringify(name)}`, { field: 'image' });
     const dir = safeJoin(this.dir, name);
     const m = await readManifest(dir);
     if (!m) throw new NotFoundError('image', name);
-    return imageOf(dir, m, 'named');
+    return { dir, m };
   }
 
   /**
@@ -108,8 +70,8 @@ export class ImageCatalog {
   async byId(id: string, nameHint?: string): Promise<Image> {
     const hex = hexOf(id);
     if (nameHint !== undefined && ImageName.safeParse(nameHint).success) {
-      const named = await this.get(nameHint).catch(() => undefined);
-      if (named?.id === id) return named;
+      const named = await this.#named(nameHint).catch(() => undefined);
+      if (named?.m.id === id) return imageOf(named.dir, named.m, 'named');
     }
     if (this.byIdDir) {
       const dir = safeJoin(this.byIdDir, hex);
@@ -150,6 +112,54 @@ export class ImageCatalog {
     };
   }
 
+  /** Under the id's lock, marked busy meanwhile (queued included). */
+  async #locked<T>(hex: string, fn: () => Promise<T>): Promise<T> {
+    this.#busy.set(hex, (this.#busy.get(hex) ?? 0) + 1);
+    try {
+      return await this.#mutex.run(hex, fn);
+    } finally {
+      const n = (this.#busy.get(hex) ?? 1) - 1;
+      if (n > 0) this.#busy.set(hex, n);
+      else this.#busy.delete(hex);
+    }
+  }
+
+  /** Writes `fill` into a temporary directory renamed to `<byIdDir>/<hex>` (under the id's lock); a failure leaves nothing. */
+  async #writeById(root: string, hex: string, fill: (tmp: string) => Promise<void>): Promise<void> {
+    await fs.mkdir(root, { recursive: true });
+    const tmp = safeJoin(root, `.tmp-${hex}-${randomBytes(4).toString('hex')}`);
+    await fs.mkdir(tmp);
+    try {
+      await fill(tmp);
+      // QEMU, as its own user, reads the kernel and initrd.
+      await fs.chmod(tmp, 0o755);
+      await fs.rm(safeJoin(root, hex), { recursive: true, force: true });
+      await fs.rename(tmp, safeJoin(root, hex));
+    } catch (e) {
+      await fs.rm(tmp, { recursive: true, force: true });
+      throw e;
+    }
+  }
+
+  /** Keeps the named image in `dir` by its id too: hard links (a copy across filesystems). Done once per id. */
+  async #keep(dir: string, m: ManifestData): Promise<void> {
+    const root = this.byIdDir;
+    if (!root) return;
+    const hex = hexOf(m.id);
+    await this.#locked(hex, async () => {
+      if ((await readManifest(safeJoin(root, hex)).catch(() => undefined))?.id === m.id) return;
+      await this.#writeById(root, hex, async (tmp) => {
+        for (const p of [m.parts.kernel, m.parts.initrd, m.parts.disk]) await linkOrCopy(safeJoin(dir, p.file), safeJoin(tmp, p.file));
+        await fs.writeFile(safeJoin(tmp, 'manifest.json'), JSON.stringify(m, null, 2));
+      });
+    }).catch((e: unknown) => {
+      throw new ForkyError(asForkyError(e).code, `image ${m.name} (${m.id}) could not be kept by id: ${errText(e)}`, {
+        cause: e,
+        details: { field: 'image' },
+      });
+    });
+  }
+
   /**
    * Installs a by-id image from its parts: kernel and initrd fetched by `download` (which verifies
    * their digests), the disk a hard link of `diskFile` (the base layer, already verified). Written
@@ -164,14 +174,10 @@ export class ImageCatalog {
     const root = this.byIdDir;
     if (!root) throw new ForkyError('UNAVAILABLE', 'this host keeps no images by id');
     const hex = hexOf(b.id);
-    return this.#mutex.run(hex, async () => {
-      const still: Moved = { bytes: 0, moved: false };
-      const dest = safeJoin(root, hex);
-      if ((await readManifest(dest).catch(() => undefined))?.id === b.id) return { kernel: still, initrd: still };
-      await fs.mkdir(root, { recursive: true });
-      const tmp = safeJoin(root, `.tmp-${hex}-${randomBytes(4).toString('hex')}`);
-      await fs.mkdir(tmp);
-      try {
+    return this.#locked(hex, async () => {
+      let moved = { kernel: { bytes: 0, moved: false }, initrd: { bytes: 0, moved: false } };
+      if ((await readManifest(safeJoin(root, hex)).catch(() => undefined))?.id === b.id) return moved;
+      await this.#writeById(root, hex, async (tmp) => {
         const get = async (field: 'kernel' | 'initrd', file: string): Promise<Moved> => {
           const part = b[field];
           const at = safeJoin(tmp, file);
@@ -191,11 +197,10 @@ export class ImageCatalog {
             );
           return { bytes: r.receivedBytes, moved: true };
         };
-        const kernel = await get('kernel', 'vmlinuz');
-        const initrd = await get('initrd', 'initrd.img');
+        moved = { kernel: await get('kernel', 'vmlinuz'), initrd: await get('initrd', 'initrd.img') };
         // Same filesystem (the data dir): a link, not a second copy of the disk.
-        await fs.link(diskFile, safeJoin(tmp, 'disk.qcow2')).catch(() => fs.copyFile(diskFile, safeJoin(tmp, 'disk.qcow2')));
-        const m: z.infer<typeof Manifest> = {
+        await linkOrCopy(diskFile, safeJoin(tmp, 'disk.qcow2'));
+        const m: ManifestData = {
           schema: 'forky.image/v1',
           name: b.name,
           id: b.id,
@@ -208,41 +213,51 @@ export class ImageCatalog {
           },
         };
         await fs.writeFile(safeJoin(tmp, 'manifest.json'), JSON.stringify(m, null, 2));
-        // QEMU, as its own user, reads the kernel and initrd.
-        await fs.chmod(tmp, 0o755);
-        await fs.rm(dest, { recursive: true, force: true });
-        await fs.rename(tmp, dest);
-        return { kernel, initrd };
-      } catch (e) {
-        await fs.rm(tmp, { recursive: true, force: true });
-        throw e;
-      }
+      });
+      return moved;
     });
   }
 
   /**
-   * Removes the by-id images none of `used` names and no fetch holds, and leftover temporary
-   * directories (a hostd that died mid-install); named images are never touched. Says which went.
+   * Removes the by-id images that `inUse` says no record refers to, that no fetch holds and that
+   * are not what a name means now, and leftover temporary directories (a hostd that died
+   * mid-install); named images are never touched. `inUse` is asked under the id's lock, just
+   * before the removal, so a record kept meanwhile counts. An id an install or keep holds is
+   * passed by, not waited for (a download may hold it for minutes). Says which went.
    */
-  async collect(used: ReadonlySet<string>): Promise<string[]> {
+  async collect(inUse: (id: string) => boolean): Promise<string[]> {
     const root = this.byIdDir;
     if (!root) return [];
     const gone: string[] = [];
     for (const n of await fs.readdir(root).catch(() => [] as string[])) {
       const id = `sha256:${n}`;
       if (/^[0-9a-f]{64}$/.test(n)) {
-        if (used.has(id) || this.#pins.has(id)) continue;
+        if (this.#busy.has(n) || this.#pins.has(id)) continue;
         await this.#mutex.run(n, async () => {
-          if (this.#pins.has(id)) return;
+          // A boot may be about to record this id: a name's current image stays kept.
+          const named = await this.#namedIds();
+          if (this.#pins.has(id) || inUse(id) || named.has(id)) return;
           await fs.rm(safeJoin(root, n), { recursive: true, force: true });
           gone.push(id);
         });
       } else if (/^\.tmp-[0-9a-f]{64}-[0-9a-f]+$/.test(n)) {
-        // Under the id's lock: an install in progress has renamed or removed its own by then.
-        await this.#mutex.run(n.slice(5, 69), () => fs.rm(safeJoin(root, n), { recursive: true, force: true }));
+        const hex = n.slice(5, 69);
+        // Busy: the install in progress renames or removes its own.
+        if (this.#busy.has(hex)) continue;
+        await this.#mutex.run(hex, () => fs.rm(safeJoin(root, n), { recursive: true, force: true }));
       }
     }
     return gone;
+  }
+
+  /** The ids the names of the images directory mean now. */
+  async #namedIds(): Promise<Set<string>> {
+    const ids = new Set<string>();
+    for (const name of await this.list()) {
+      const m = await readManifest(safeJoin(this.dir, name)).catch(() => undefined);
+      if (m) ids.add(m.id);
+    }
+    return ids;
   }
 }
 
@@ -251,39 +266,8 @@ export interface Moved {
   moved: boolean;
 }
 
-/** The hex of a validated image id: the only thing a by-id path is built from. */
-function hexOf(id: string): string {
-  if (!ImageId.safeParse(id).success) throw new ValidationError(`invalid image id ${JSON.stringify(id)}`, { field: 'imageId' });
-  return id.slice('sha256:'.length);
-}
-
-/** A directory's manifest, or undefined when it has none; one that does not parse is an error. */
-async function readManifest(dir: string): Promise<z.infer<typeof Manifest> | undefined> {
-  let raw: string;
-  try {
-    raw = await fs.readFile(safeJoin(dir, 'manifest.json'), 'utf8');
-  } catch {
-    return undefined;
-  }
-  return Manifest.parse(JSON.parse(raw));
-}
-
-function imageOf(dir: string, m: z.infer<typeof Manifest>, stored: Image['stored']): Image {
-  const ref = (p: { sha256: string; size: number }): PartRef => ({ sha256: p.sha256, size: p.size });
-  return {
-    name: m.name,
-    id: m.id,
-    diskSha256: m.parts.disk.sha256,
-    cmdline: m.cmdline,
-    kernel: safeJoin(dir, m.parts.kernel.file),
-    initrd: safeJoin(dir, m.parts.initrd.file),
-    disk: safeJoin(dir, m.parts.disk.file),
-    diskVirtualSize: m.parts.disk.virtualSize,
-    kernelVersion: m.kernelVersion,
-    parts: { kernel: ref(m.parts.kernel), initrd: ref(m.parts.initrd), disk: ref(m.parts.disk) },
-    stored,
-  };
-}
+/** A hard link where both are on one filesystem; a copy otherwise. */
+const linkOrCopy = (from: string, to: string): Promise<void> => fs.link(from, to).catch(() => fs.copyFile(from, to));
 
 const exists = (p: string): Promise<boolean> =>
   fs.stat(p).then(

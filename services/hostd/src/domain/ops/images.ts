@@ -1,15 +1,16 @@
 import type { Host } from '../host.js';
 
 /**
- * Removes the by-id images (fetched for snapshots) that no VM or snapshot of this host refers to
- * any more. Run when a snapshot or VM goes and after recovery; a fetch in progress pins its image.
- * Named images are never touched.
+ * Removes the by-id images (fetched for snapshots, or kept for VMs booted from a name) that no VM
+ * or snapshot of this host refers to any more. Run when a snapshot or VM goes and after recovery;
+ * a fetch in progress pins its image. Named images are never touched.
  */
 export async function collectImages(host: Host): Promise<void> {
-  const used = new Set<string>();
-  for (const v of host.vms.values()) used.add(v.imageId);
-  for (const s of host.snaps.values()) used.add(s.info.profile.imageId);
-  const gone = await host.d.images.collect(used).catch((err: unknown) => {
+  // Asked per id under its lock, against the live maps: a fetch that records its snapshot while
+  // collection runs keeps its image (a set made here first would miss it).
+  const inUse = (id: string): boolean =>
+    [...host.vms.values()].some((v) => v.imageId === id) || [...host.snaps.values()].some((s) => s.info.profile.imageId === id);
+  const gone = await host.d.images.collect(inUse).catch((err: unknown) => {
     host.log.warn({ err }, 'by-id image collection failed');
     return [];
   });

@@ -1,6 +1,8 @@
+import { NotFoundError } from '@forky/base';
+import type { Image } from '../../images.js';
 import type { Host } from '../host.js';
 import { recoverHost, type Recovered } from '../recovery.js';
-import { egressOf, markFailed } from '../records.js';
+import { egressOf, markFailed, type VmRecord } from '../records.js';
 import { collectImages } from './images.js';
 
 /**
@@ -15,7 +17,7 @@ export async function recover(host: Host): Promise<Recovered> {
     snapshots: d.snapshots,
     records: d.records,
     layout: d.layout,
-    spec: async (rec) => host.spec(rec, await d.images.byId(rec.imageId, rec.image)),
+    spec: async (rec) => host.spec(rec, await imageToAttach(host, rec)),
     logger: host.log,
   });
   for (const s of r.snaps) host.snaps.set(s.info.id, s);
@@ -46,10 +48,45 @@ export async function recover(host: Host): Promise<Recovered> {
       await d.records.saveVm(v).catch(() => undefined);
     }
   }
+  await keepNamed(host, [
+    ...r.vms.map((v) => [v.imageId, v.image] as const),
+    ...r.snaps.map((s) => [s.info.profile.imageId, s.info.image] as const),
+  ]);
   // By-id images whose last snapshot or VM went while hostd was down (or mid-fetch).
   await collectImages(host);
   const swept = await d.network.sweep(new Set(r.vms.map((v) => v.id)));
   if (swept > 0) host.log.info({ swept }, 'removed network filters of VMs that are gone');
   if (r.vms.length + r.report.removed.length + r.report.orphansKilled > 0) host.log.info(r.report, 'recovered after a restart');
   return r;
+}
+
+/**
+ * The image a VM taken back is attached with: the one it was made from, by id; else (its name
+ * rebuilt since, by a hostd that kept no copy by id) the named one. Attaching needs only the
+ * VM's sockets, so its QEMU runs on; only a snapshot of it needs its own bytes (and says so).
+ */
+async function imageToAttach(host: Host, rec: VmRecord): Promise<Image> {
+  try {
+    return await host.d.images.byId(rec.imageId, rec.image);
+  } catch (err) {
+    if (!(err instanceof NotFoundError)) throw err;
+    const named = await host.d.images.get(rec.image);
+    host.log.warn(
+      { vm: rec.id, imageId: rec.imageId, now: named.id },
+      'the image a VM was made from is gone: re-attached with the named one',
+    );
+    return named;
+  }
+}
+
+/**
+ * Records an older hostd made from a named image it kept no copy of: kept by id now, while the
+ * name still means it, so that a later rebuild leaves them whole.
+ */
+async function keepNamed(host: Host, uses: ReadonlyArray<readonly [string, string]>): Promise<void> {
+  for (const [id, name] of new Map(uses.map(([i, n]) => [`${i} ${n}`, [i, n] as const])).values()) {
+    const image = await host.d.images.byId(id, name).catch(() => undefined);
+    if (image?.stored !== 'named') continue;
+    await host.d.images.get(name).catch((err: unknown) => host.log.warn({ err, image: name }, 'could not keep an image by id'));
+  }
 }
