@@ -184,8 +184,9 @@ describe(
         },
         batch: { body: { items: [{ source: snap.id, count: 1 }] }, fields: { items: 'items', key: 'key' }, required: ['items'] },
         // Hostile forms only (a valid one is skipped): no template is made or removed.
+        // An image no host has: every form is refused before a job is queued (a valid name alone would build a template).
         'template.create': {
-          body: { name: 'fz-tpl', image: 'tiny' },
+          body: { name: 'fz-tpl', image: 'fz-no-image' },
           fields: { name: 'name', image: 'name', memMiB: 'int', cpus: 'int', key: 'key' },
           required: ['name'],
         },

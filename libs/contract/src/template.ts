@@ -74,6 +74,11 @@ export const RetiredTemplate = z.strictObject({
   snapshot: SnapshotId,
   name: TemplateName,
   retiredAt: z.string(),
+  /**
+   * When its home copy was deleted. The record stays while any host's last heartbeat (a host that
+   * is down too) lists a copy fetched there, and a grace after, so that copies get deleted.
+   */
+  homeDeletedAt: z.string().optional(),
 });
 export type RetiredTemplate = z.infer<typeof RetiredTemplate>;
 

@@ -4,3 +4,4 @@ export { loadSchedulerConfig, SchedulerConfig } from './config.js';
 export { Scheduler, type SchedulerOptions } from './scheduler.js';
 export { MISSED_BEATS, hostStatus, pickHost, placeChildren } from './placement.js';
 export { Idempotency, requestHash } from './idempotency.js';
+export { COPY_GRACE } from './templates.js';
