@@ -2,7 +2,7 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import type { TestContext } from 'node:test';
 import { createLogger, silentLogger, type Logger } from '@forky/base';
-import { HostEngine, ImageCatalog, type EngineLimits, type LayerStore, type SnapshotStore } from '@forky/hostd/internal';
+import { HostEngine, ImageCatalog, type EngineDeps, type EngineLimits, type LayerStore, type SnapshotStore } from '@forky/hostd/internal';
 import { FaultPlan, withFaults } from './fault-plan.js';
 import { FaultRuntime } from './fault-runtime.js';
 import { fileTree } from './files.js';
@@ -73,7 +73,7 @@ function logger(): Logger {
   return level ? createLogger({ level, name: 'engine-test' }) : silentLogger();
 }
 
-export async function startEngineHost(opts: { limits?: Partial<EngineLimits> } = {}): Promise<EngineHost> {
+export async function startEngineHost(opts: { limits?: Partial<EngineLimits>; events?: EngineDeps['events'] } = {}): Promise<EngineHost> {
   // Under /tmp, short: the dry run checks its socket paths against the 107-byte limit.
   const root = await fs.mkdtemp(path.join('/tmp', 'fk-eng-'));
   await writeImage(path.join(root, 'images'));
@@ -85,6 +85,7 @@ export async function startEngineHost(opts: { limits?: Partial<EngineLimits> } =
     runtime: new FaultRuntime(new DryRunRuntime(), plan),
     directory: new MemoryDirectory(),
     network: new FakeNetworkFilter(),
+    ...(opts.events ? { events: opts.events } : {}),
   });
 }
 
@@ -96,6 +97,8 @@ interface Shared {
   directory: MemoryDirectory;
   /** Like the kernel's filter state, it outlives a restarted engine. */
   network: FakeNetworkFilter;
+  /** Where the engine's events go (default: nowhere). */
+  events?: EngineDeps['events'];
 }
 
 function build(s: Shared): EngineHost {
@@ -119,6 +122,7 @@ function build(s: Shared): EngineHost {
     network: s.network,
     logger: logger(),
     directory: withFaults('directory', s.directory, s.plan),
+    ...(s.events ? { events: s.events } : {}),
   });
   return {
     engine,
@@ -149,7 +153,10 @@ function build(s: Shared): EngineHost {
 }
 
 /** A host for one test, removed when the test ends (tests with hosts of their own may run side by side). */
-export async function hostFor(t: TestContext, opts: { limits?: Partial<EngineLimits> } = {}): Promise<EngineHost> {
+export async function hostFor(
+  t: TestContext,
+  opts: { limits?: Partial<EngineLimits>; events?: EngineDeps['events'] } = {},
+): Promise<EngineHost> {
   const h = await startEngineHost(opts);
   t.after(() => h.close());
   return h;

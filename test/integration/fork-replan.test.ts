@@ -79,7 +79,9 @@ describe('a spread fork over fake hosts (real nats-server and scheduler)', { tim
         const r = req as ForkRequest;
         calls.push({ host, endpoint: 'fork', key: r.key, count: r.count });
         if (failing.has(host)) throw new ForkyError('UNAVAILABLE', `${host} fails its share`);
-        const children = Array.from({ length: r.count }, () => ({
+        // Each child carries the labels of its perChild entry: which entry reached which host.
+        const children = Array.from({ length: r.count }, (_, i) => ({
+          ...(r.perChild?.[i]?.labels ? { labels: r.perChild[i].labels } : {}),
           id: `vm-child${String(made++).padStart(7, '0')}`,
           host,
           state: 'running' as const,
@@ -142,8 +144,14 @@ describe('a spread fork over fake hosts (real nats-server and scheduler)', { tim
     calls.length = 0;
     failing.clear();
     failing.add('rp-b');
-    const r = await client.call('fork', { source: SNAP, count: 6, spread: true });
+    const perChild = Array.from({ length: 6 }, (_, i) => ({ labels: { i: String(i) } }));
+    const r = await client.call('fork', { source: SNAP, count: 6, spread: true, perChild });
     assert.equal(r.children.length, 6);
+    // Every child's own entry went with it, once, whichever host made it; children come back in that order.
+    assert.deepEqual(
+      r.children.map((c) => c.labels?.i),
+      ['0', '1', '2', '3', '4', '5'],
+    );
     assert.ok(
       r.children.every((c) => c.host !== 'rp-b'),
       'no child on the failing host',

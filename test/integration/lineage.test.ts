@@ -191,11 +191,18 @@ describe('live forks, snapshot chains and lineage, a new identity per child', { 
       () => client.call('snapshot.delete', { id: snapB.id }),
       (e: unknown) => e instanceof RemoteError && e.code === 'CONFLICT' && siblings.every((s) => e.message.includes(s.id)),
     );
+    // c1 was handed over to a process restored from snapB when snapB was taken: it runs on snapB's
+    // memory, and a cascade never destroys the VM a snapshot was taken from (issue 20).
+    const c1 = live.children[0]?.id as string;
+    await assert.rejects(
+      () => client.call('snapshot.delete', { id: snapB.id, cascade: true }),
+      (e: unknown) => e instanceof RemoteError && e.code === 'CONFLICT' && e.message.includes(c1),
+    );
+    await client.call('vm.destroy', { id: c1 });
     const r = await client.call('snapshot.delete', { id: snapB.id, cascade: true });
     assert.deepEqual(r.snapshots, [snapB.id]);
-    // c1 was handed over to a process restored from snapB when snapB was taken: it runs on snapB's memory too.
-    const c1 = live.children[0]?.id as string;
-    for (const id of [...siblings.map((s) => s.id), c1]) assert.ok(r.vms.includes(id), `${id} went with the snapshot it runs on`);
+    for (const id of siblings.map((s) => s.id)) assert.ok(r.vms.includes(id), `${id} went with the snapshot it runs on`);
+    assert.ok(!r.vms.includes(c1), 'the VM snapB was taken from was destroyed by hand, not by the cascade');
     const vms = (await client.call('vm.list', {})).vms.map((v) => v.id);
     for (const id of r.vms) assert.equal(vms.includes(id), false);
     assert.ok(vms.includes(parent.id) && vms.includes(live.children[1]?.id as string), 'what did not depend on it stays');

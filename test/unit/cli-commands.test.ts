@@ -106,8 +106,20 @@ describe('CLI commands parse their arguments into requests (no cluster)', () => 
   it('vm ls prints a table of the VM columns', async () => {
     const r = await run(['vm', 'ls'], { vms: [VM] });
     assert.deepEqual(r.sent, [['vm.list', {}]]);
-    assert.equal(r.stdout, formatTable([VM], ['id', 'host', 'state', 'image', 'memMiB', 'parentSnapshot', 'pid']));
-    assert.match(r.stdout, /^ID +HOST +STATE +IMAGE +MEMMIB +PARENTSNAPSHOT +PID\nvm-aaaaaaaaaaaa +h1 +running +tiny +256 +- +-\n$/);
+    assert.equal(r.stdout, formatTable([VM], ['id', 'name', 'host', 'state', 'image', 'memMiB', 'parentSnapshot', 'pid', 'labels']));
+    assert.match(
+      r.stdout,
+      /^ID +NAME +HOST +STATE +IMAGE +MEMMIB +PARENTSNAPSHOT +PID +LABELS\nvm-aaaaaaaaaaaa +- +h1 +running +tiny +256 +- +- +-\n$/,
+    );
+    // Filters go to the cluster as asked; a VM's labels show as k=v,k=v.
+    const f = await run(['vm', 'ls', '--label', 'a=1', '--label', 'b=x=y', '--state', 'running,paused', '--parent', SNAP.id], {
+      vms: [{ ...VM, name: 'web', labels: { a: '1', b: 'x=y' } }],
+    });
+    assert.deepEqual(f.sent, [['vm.list', { labels: { a: '1', b: 'x=y' }, state: ['running', 'paused'], parent: SNAP.id }]]);
+    assert.match(f.stdout, /\nvm-aaaaaaaaaaaa +web +h1 .* a=1,b=x=y\n$/);
+    const bad = await run(['vm', 'ls', '--label', 'novalue'], { vms: [] });
+    assert.equal(bad.code, 2);
+    assert.deepEqual(bad.sent, []);
   });
 
   it('snapshot rm --cascade and vm pause are sent as asked, without a key (their contract has none)', async () => {

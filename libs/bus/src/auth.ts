@@ -72,6 +72,8 @@ export function hostPermissions(hostId: string): Permissions {
         subjects.heartbeat(hostId),
         // Its streams' messages to clients (STREAMS.md): its own `out` subjects only.
         `${SUBJECT_ROOT}.out.${HostId.parse(hostId)}.>`,
+        // Its VMs' and snapshots' events (STREAMS.md "Events"): never another host's.
+        `${SUBJECT_ROOT}.events.${HostId.parse(hostId)}.>`,
         `$KV.${BUCKETS.hosts}.${HostId.parse(hostId)}`,
         `$KV.${BUCKETS.locator}.>`,
         `$KV.${BUCKETS.lineage}.>`,

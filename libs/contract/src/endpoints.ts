@@ -1,7 +1,7 @@
 import type { z } from 'zod';
 import { HostInfo, Empty } from './host.js';
 import type { HostdEndpoint, SchedEndpoint } from './subjects.js';
-import { BootRequest, ExecRequest, ExecResult, VmAppRequest, VmInfo, VmList, VmRef } from './vm.js';
+import { BootRequest, ExecRequest, ExecResult, VmAppRequest, VmInfo, VmList, VmListRequest, VmRef } from './vm.js';
 import {
   ForkRequest,
   ForkResult,
@@ -10,6 +10,7 @@ import {
   SnapshotDeleteRequest,
   SnapshotDeleteResult,
   SnapshotList,
+  SnapshotListRequest,
   SnapshotRef,
   TransferResult,
 } from './snapshot.js';
@@ -20,7 +21,7 @@ import { VmNetworkRequest } from './network.js';
 export const hostdContract = {
   'host.info': { request: Empty, reply: HostInfo },
   'vm.boot': { request: BootRequest, reply: VmInfo },
-  'vm.list': { request: Empty, reply: VmList },
+  'vm.list': { request: VmListRequest, reply: VmList },
   'vm.show': { request: VmRef, reply: VmInfo },
   'vm.pause': { request: VmRef, reply: VmInfo },
   'vm.resume': { request: VmRef, reply: VmInfo },
@@ -29,7 +30,7 @@ export const hostdContract = {
   'vm.app': { request: VmAppRequest, reply: VmInfo },
   'vm.network': { request: VmNetworkRequest, reply: VmInfo },
   'snapshot.create': { request: SnapshotCreateRequest, reply: SnapshotInfo },
-  'snapshot.list': { request: Empty, reply: SnapshotList },
+  'snapshot.list': { request: SnapshotListRequest, reply: SnapshotList },
   'snapshot.show': { request: SnapshotRef, reply: SnapshotInfo },
   'snapshot.delete': { request: SnapshotDeleteRequest, reply: SnapshotDeleteResult },
   /** Puts the snapshot's parts that the object store lacks there, with its manifest. */

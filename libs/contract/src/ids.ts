@@ -14,3 +14,42 @@ export type HostId = z.infer<typeof HostId>;
 
 /** Names a request so that sending it twice creates its VMs once. */
 export const IdempotencyKey = z.string().regex(/^[A-Za-z0-9_-]{8,64}$/, '8 to 64 of A-Z a-z 0-9 _ -');
+
+/** A VM's name, unique in the cluster: like an image name, so it can be a KV key token. */
+export const VmName = z.string().regex(/^[a-z0-9][a-z0-9_-]{0,62}$/, 'lowercase letters, digits, _ and -, at most 63');
+export type VmName = z.infer<typeof VmName>;
+
+export const MAX_LABELS = 32;
+/** Printable: control, format and line-break characters would corrupt tables, logs and headers. */
+const PRINTABLE = /^[^\p{Cc}\p{Cf}\p{Zl}\p{Zp}]*$/u;
+export const LabelKey = z.string().regex(/^[a-z0-9][a-z0-9._/-]{0,62}$/, 'lowercase letters, digits, . _ / and -, at most 63');
+const LabelValue = z.string().max(256).regex(PRINTABLE, 'printable text (no control characters)');
+/** A VM's labels ride in every heartbeat of its host (with its VmInfo): kept small. */
+export const MAX_LABEL_BYTES = 2048;
+export const Labels = z
+  .record(LabelKey, LabelValue)
+  .refine((l) => Object.keys(l).length <= MAX_LABELS, `at most ${MAX_LABELS} labels`)
+  .refine(
+    (l) => Object.entries(l).reduce((n, [k, v]) => n + Buffer.byteLength(k) + Buffer.byteLength(v), 0) <= MAX_LABEL_BYTES,
+    `labels: keys and values together at most ${MAX_LABEL_BYTES} bytes`,
+  );
+export type Labels = z.infer<typeof Labels>;
+
+/** Whether `have` carries every label of `want` (no `want`: everything matches). */
+export function labelsMatch(
+  have: Readonly<Record<string, string>> | undefined,
+  want: Readonly<Record<string, string>> | undefined,
+): boolean {
+  if (!want) return true;
+  return Object.entries(want).every(([k, v]) => Object.hasOwn(have ?? {}, k) && have?.[k] === v);
+}
+
+export const MAX_CHILD_ENV = 64;
+/** A child's environment, written in its guest as /run/forky/env (one KEY=VALUE a line). */
+export const ChildEnv = z
+  .record(
+    z.string().regex(/^[A-Za-z_][A-Za-z0-9_]{0,127}$/, 'an environment variable name (letters, digits, _; at most 128)'),
+    z.string().max(4096).regex(PRINTABLE, 'printable text (no control characters or line breaks)'),
+  )
+  .refine((e) => Object.keys(e).length <= MAX_CHILD_ENV, `at most ${MAX_CHILD_ENV} entries`);
+export type ChildEnv = z.infer<typeof ChildEnv>;

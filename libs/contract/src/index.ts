@@ -1,5 +1,19 @@
 // The wire contract is what this package publishes: every schema and table, by name.
-export { VmId, SnapshotId, HostId, ImageName, ForkSource, IdempotencyKey } from './ids.js';
+export {
+  VmId,
+  SnapshotId,
+  HostId,
+  ImageName,
+  ForkSource,
+  IdempotencyKey,
+  VmName,
+  MAX_LABELS,
+  LabelKey,
+  Labels,
+  labelsMatch,
+  MAX_CHILD_ENV,
+  ChildEnv,
+} from './ids.js';
 export {
   EGRESS_ALLOW_MAX,
   parseEgressRule,
@@ -12,7 +26,20 @@ export {
   type EgressRule,
 } from './network.js';
 export { LayerDigest, MAX_APPS, MountPoint, AppMount, AppList } from './app.js';
-export { VM_STATES, VmState, Accel, VmInfo, BootRequest, VmRef, VmAppRequest, VmList, ExecRequest, ExecResult } from './vm.js';
+export {
+  VM_STATES,
+  VmState,
+  Accel,
+  VmInfo,
+  BootRequest,
+  VmRef,
+  VmAppRequest,
+  VmList,
+  VmListRequest,
+  vmMatches,
+  ExecRequest,
+  ExecResult,
+} from './vm.js';
 export {
   MachineProfile,
   SnapshotInfo,
@@ -23,8 +50,13 @@ export {
   LineageNode,
   SnapshotTree,
   SnapshotList,
+  SnapshotListRequest,
+  snapshotMatches,
+  ForkChild,
   MAX_FORK_COUNT,
+  ForkRequestShape,
   ForkRequest,
+  perChildFitsCount,
   TransferResult,
   ForkResult,
 } from './snapshot.js';
@@ -73,6 +105,7 @@ export {
   type GuestEndpoint,
 } from './guest.js';
 export { HostInfo, Empty, Heartbeat, HostStatus, HostList } from './host.js';
+export { EVENT_KINDS, EVENT_REASON_MAX_BYTES, EventKind, VmEvent } from './events.js';
 export { WireError, toWireError, RemoteError, fromWireError } from './wire-error.js';
 export { detectFormat, decodeBody, encodeBody, CONTENT_TYPE, type Format } from './codec.js';
 export { fieldPath, parseOrThrow } from './validate.js';

@@ -2,7 +2,7 @@ import { z } from 'zod';
 import { HostId, IdempotencyKey, ImageName } from './ids.js';
 import { BootRequest, VmInfo } from './vm.js';
 import { TemplateCreateRequest, TemplateDeleteResult, TemplateInfo, TemplateList, TemplateName, TemplateRef } from './template.js';
-import { ForkRequest, ForkResult, SnapshotTree } from './snapshot.js';
+import { ForkRequestShape, ForkResult, SnapshotTree, perChildFitsCount } from './snapshot.js';
 import { hostdContract } from './endpoints.js';
 import { Empty, HostList } from './host.js';
 import type { SchedEndpoint } from './subjects.js';
@@ -24,18 +24,19 @@ export const SchedBootRequest = BootRequest.extend({
 }).strict();
 export type SchedBootRequest = z.infer<typeof SchedBootRequest>;
 
-export const SchedForkRequest = ForkRequest.extend({
+const SchedForkShape = ForkRequestShape.extend({
   ...Placement,
   /** Spread the children over every live host (the snapshot travels through the object store). */
   spread: z.boolean().default(false),
 }).strict();
+export const SchedForkRequest = SchedForkShape.superRefine(perChildFitsCount);
 export type SchedForkRequest = z.infer<typeof SchedForkRequest>;
 
 export const MAX_BATCH = 100;
 
 export const BatchRequest = z.strictObject({
   items: z
-    .array(SchedForkRequest.omit({ key: true }))
+    .array(SchedForkShape.omit({ key: true }).superRefine(perChildFitsCount))
     .min(1)
     .max(MAX_BATCH),
   key: IdempotencyKey.optional(),

@@ -1,7 +1,8 @@
 import { z } from 'zod';
-import { ForkSource, HostId, IdempotencyKey, ImageName, SnapshotId, VmId } from './ids.js';
+import { ChildEnv, ForkSource, HostId, IdempotencyKey, ImageName, Labels, SnapshotId, VmId, labelsMatch } from './ids.js';
 import { Accel, VmInfo } from './vm.js';
 import { AppList } from './app.js';
+import { NetworkPolicy } from './network.js';
 
 /**
  * What a restore must match exactly: QEMU loads saved device state only into the same
@@ -30,6 +31,8 @@ export const SnapshotInfo = z.strictObject({
   /** Disk layers under the snapshot's state, image base included. */
   chainDepth: z.number().int().optional(),
   profile: MachineProfile,
+  /** The VM's labels when it was taken: its children inherit them. */
+  labels: Labels.optional(),
   createdAt: z.string(),
   sizes: z.strictObject({ stateBytes: z.number(), ramBytes: z.number(), diskBytes: z.number() }),
   timings: z
@@ -91,9 +94,26 @@ export type SnapshotTree = z.infer<typeof SnapshotTree>;
 export const SnapshotList = z.strictObject({ snapshots: z.array(SnapshotInfo) });
 export type SnapshotList = z.infer<typeof SnapshotList>;
 
+/** `snapshot.list` filters, all of which must match. */
+export const SnapshotListRequest = z.strictObject({
+  labels: Labels.optional(),
+  vm: VmId.optional(),
+  image: ImageName.optional(),
+});
+export type SnapshotListRequest = z.infer<typeof SnapshotListRequest>;
+
+export function snapshotMatches(s: SnapshotInfo, f: SnapshotListRequest): boolean {
+  return labelsMatch(s.labels, f.labels) && (!f.vm || s.vm === f.vm) && (!f.image || s.image === f.image);
+}
+
+/** What one child of a fork gets of its own: labels on top of the inherited and the fork's, and an environment. */
+export const ForkChild = z.strictObject({ labels: Labels.optional(), env: ChildEnv.optional() });
+export type ForkChild = z.infer<typeof ForkChild>;
+
 export const MAX_FORK_COUNT = 1000;
 
-export const ForkRequest = z.strictObject({
+/** The fork request's fields, for schemas built on it (a refined schema cannot be omitted from). */
+export const ForkRequestShape = z.strictObject({
   /** A VM (snapshotted first) or a snapshot. */
   source: ForkSource,
   count: z.number().int().min(1).max(MAX_FORK_COUNT),
@@ -107,8 +127,24 @@ export const ForkRequest = z.strictObject({
   until: z.enum(['ready', 'running']).default('ready'),
   /** App layers every child mounts once it runs, on top of what it inherited. */
   apps: AppList.optional(),
+  /** Added to every child's labels, on top of those it inherits from the source. */
+  labels: Labels.optional(),
+  /** One entry per child, in order: `count` entries exactly. */
+  perChild: z.array(ForkChild).max(MAX_FORK_COUNT).optional(),
   key: IdempotencyKey.optional(),
 });
+
+/** `perChild`, when given, has one entry per child (a refinement: apply it after extend/omit). */
+export function perChildFitsCount(r: { count: number; perChild?: unknown[] | undefined }, ctx: z.RefinementCtx): void {
+  if (r.perChild && r.perChild.length !== r.count)
+    ctx.addIssue({ code: 'custom', path: ['perChild'], message: `has ${r.perChild.length} entries for count ${r.count}: one per child` });
+}
+
+/**
+ * A host's fork. `network`: every child's egress instead of the source's, in force before its
+ * vCPUs run (a template boot's; the scheduler's fork does not take it).
+ */
+export const ForkRequest = ForkRequestShape.extend({ network: NetworkPolicy.optional() }).superRefine(perChildFitsCount);
 export type ForkRequest = z.infer<typeof ForkRequest>;
 
 /** What moving a snapshot between a host and the object store did. */

@@ -1,9 +1,11 @@
 import { HostId } from './ids.js';
 import { GUEST_ENDPOINTS } from './guest.js';
+import { EventKind } from './events.js';
 
 /**
  * Subject layout. The version is part of the subject, so a v2 contract can run beside v1.
  *   forky.v1.host.<hostId>.<endpoint>   one hostd's endpoints
+ *   forky.v1.events.<hostId>.<kind>    that host's VM and snapshot events (JSON, STREAMS.md "Events")
  */
 export const SUBJECT_ROOT = 'forky.v1';
 
@@ -64,6 +66,10 @@ export const subjects = {
   streamIn: (hostId: string, sid: string): string => `${subjects.hostPrefix(hostId)}.stream.${streamToken(sid)}.in`,
   streamCredit: (hostId: string, sid: string): string => `${subjects.hostPrefix(hostId)}.stream.${streamToken(sid)}.credit`,
   streamCancel: (hostId: string, sid: string): string => `${subjects.hostPrefix(hostId)}.stream.${streamToken(sid)}.cancel`,
+  /** A host's VM and snapshot events (STREAMS.md "Events"): only that host may publish here. */
+  event: (hostId: string, kind: EventKind): string => `${SUBJECT_ROOT}.events.${HostId.parse(hostId)}.${EventKind.parse(kind)}`,
+  /** Every host's events, for `nats sub` and the SDK. */
+  events: `${SUBJECT_ROOT}.events.>`,
 } as const;
 
 /** A stream id becomes a subject token: it must be one. */

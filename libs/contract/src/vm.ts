@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { HostId, IdempotencyKey, ImageName, SnapshotId, VmId } from './ids.js';
+import { HostId, IdempotencyKey, ImageName, Labels, SnapshotId, VmId, VmName, labelsMatch } from './ids.js';
 import { AppList, AppMount } from './app.js';
 import { NetworkInfo, NetworkPolicy } from './network.js';
 
@@ -26,6 +26,10 @@ export const VmInfo = z.strictObject({
   host: HostId,
   state: VmState,
   image: ImageName,
+  /** Unique in the cluster; children have none. */
+  name: VmName.optional(),
+  /** A child's are its parent's, with the fork's own on top. */
+  labels: Labels.optional(),
   memMiB: z.number().int(),
   cpus: z.number().int(),
   accel: Accel,
@@ -61,6 +65,9 @@ export const BootRequest = z.strictObject({
   network: NetworkPolicy.optional(),
   /** Virtual size of the VM's disk (sparse; the guest grows its file system to fit); default: the image's, never less. */
   diskGiB: z.number().int().min(1).max(1024).optional(),
+  /** Unique in the cluster: a boot with a name already taken is refused (CONFLICT). */
+  name: VmName.optional(),
+  labels: Labels.optional(),
   key: IdempotencyKey.optional(),
 });
 export type BootRequest = z.infer<typeof BootRequest>;
@@ -80,6 +87,24 @@ export type VmAppRequest = z.infer<typeof VmAppRequest>;
 export type VmRef = z.infer<typeof VmRef>;
 
 export const VmList = z.strictObject({ vms: z.array(VmInfo) });
+
+/** `vm.list` filters, all of which must match: every label given, one of the states, the image, the parent snapshot. */
+export const VmListRequest = z.strictObject({
+  labels: Labels.optional(),
+  state: z.array(VmState).min(1).max(VM_STATES.length).optional(),
+  image: ImageName.optional(),
+  parent: SnapshotId.optional(),
+});
+export type VmListRequest = z.infer<typeof VmListRequest>;
+
+export function vmMatches(v: VmInfo, f: VmListRequest): boolean {
+  return (
+    labelsMatch(v.labels, f.labels) &&
+    (!f.state || f.state.includes(v.state)) &&
+    (!f.image || v.image === f.image) &&
+    (!f.parent || v.parentSnapshot === f.parent)
+  );
+}
 export type VmList = z.infer<typeof VmList>;
 
 export const ExecRequest = z.strictObject({

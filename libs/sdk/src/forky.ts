@@ -1,10 +1,11 @@
 import type { NatsConnection } from '@nats-io/nats-core';
 import { newId } from '@forky/base';
 import type { RetryNotice } from '@forky/bus';
-import type { AppMount, HostStatus, NetworkPolicy, SnapshotInfo, SnapshotTree, VmInfo, VmState } from '@forky/contract';
+import type { AppMount, HostStatus, Labels, NetworkPolicy, SnapshotInfo, SnapshotTree, VmInfo, VmState } from '@forky/contract';
 import { connectTo, defaultDataDir, resolveConnection } from './connect.js';
+import { EventStream, type EventsOptions } from './events.js';
 import { transport, type CallOptions, type Transport } from './transport.js';
-import { Vm } from './vm.js';
+import { Vm, type ForkOptions } from './vm.js';
 
 export interface ConnectOptions {
   /** NATS URL(s) of the cluster; default FORKY_SERVER, else the local cluster of `data`. */
@@ -35,10 +36,29 @@ export interface CreateOptions extends CallOptions {
   apps?: AppMount[];
   /** Place it on this host. */
   host?: string;
+  /** Unique in the cluster: a name already taken is refused (CONFLICT, field `name`). */
+  name?: string;
+  /** Its children inherit them. */
+  labels?: Labels;
 }
 
+/** Filters, applied by the cluster; every one given must match. */
 export interface ListOptions extends CallOptions {
+  /** Any of these states. */
   state?: VmState | readonly VmState[];
+  /** Every one of these labels. */
+  labels?: Labels;
+  image?: string;
+  /** Forked from this snapshot. */
+  parent?: string;
+}
+
+/** Filters for `snapshots.list`, applied by the cluster. */
+export interface SnapshotListOptions extends CallOptions {
+  /** Taken of a VM with every one of these labels. */
+  labels?: Labels;
+  vm?: string;
+  image?: string;
 }
 
 /** The VMs of the cluster. */
@@ -58,9 +78,15 @@ export class Vms {
   }
 
   async list(o: ListOptions = {}): Promise<Vm[]> {
-    const states = o.state === undefined ? undefined : new Set<string>(typeof o.state === 'string' ? [o.state] : o.state);
-    const { vms } = await this.t.call('vm.list', {}, o);
-    return vms.filter((v: VmInfo) => !states || states.has(v.state)).map((v: VmInfo) => new Vm(this.t, v));
+    const { signal, timeoutMs, state, labels, image, parent } = o;
+    const filter = {
+      ...(state === undefined ? {} : { state: typeof state === 'string' ? [state as VmState] : [...state] }),
+      ...(labels ? { labels } : {}),
+      ...(image ? { image } : {}),
+      ...(parent ? { parent } : {}),
+    };
+    const { vms } = await this.t.call('vm.list', filter, { signal, timeoutMs });
+    return vms.map((v: VmInfo) => new Vm(this.t, v));
   }
 }
 
@@ -69,8 +95,10 @@ export class Snapshots {
   /** @internal */
   constructor(private readonly t: Transport) {}
 
-  async list(o: CallOptions = {}): Promise<SnapshotInfo[]> {
-    return (await this.t.call('snapshot.list', {}, o)).snapshots;
+  async list(o: SnapshotListOptions = {}): Promise<SnapshotInfo[]> {
+    const { signal, timeoutMs, labels, vm, image } = o;
+    const filter = { ...(labels ? { labels } : {}), ...(vm ? { vm } : {}), ...(image ? { image } : {}) };
+    return (await this.t.call('snapshot.list', filter, { signal, timeoutMs })).snapshots;
   }
 
   async get(id: string, o: CallOptions = {}): Promise<SnapshotInfo> {
@@ -82,9 +110,17 @@ export class Snapshots {
     return this.t.call('snapshot.tree', {}, o);
   }
 
-  /** Forks children of a snapshot. */
-  async fork(id: string, o: CallOptions & { count?: number; spread?: boolean } = {}): Promise<Vm[]> {
-    const r = await this.t.call('fork', { source: id, count: o.count ?? 1, spread: o.spread === true, key: newId('sdkfork', 16) }, o);
+  /** Forks children of a snapshot; `labels` and `perChild` as in `vm.fork`. */
+  async fork(id: string, o: CallOptions & Pick<ForkOptions, 'count' | 'spread' | 'labels' | 'perChild'> = {}): Promise<Vm[]> {
+    const req = {
+      source: id,
+      count: o.count ?? o.perChild?.length ?? 1,
+      spread: o.spread === true,
+      ...(o.labels ? { labels: o.labels } : {}),
+      ...(o.perChild ? { perChild: o.perChild } : {}),
+      key: newId('sdkfork', 16),
+    };
+    const r = await this.t.call('fork', req, { signal: o.signal, timeoutMs: o.timeoutMs });
     return r.children.map((c) => new Vm(this.t, c));
   }
 
@@ -125,6 +161,14 @@ export class Forky {
   /** The hosts of the cluster, with their capacity and health. */
   async hosts(o: CallOptions = {}): Promise<HostStatus[]> {
     return (await this.t.call('hosts', {}, o)).hosts;
+  }
+
+  /**
+   * The cluster's VM and snapshot events as they happen (`for await (const e of forky.events())`);
+   * a slow reader loses the newest past `maxPending` (`stream.dropped`). See events.ts.
+   */
+  events(o: EventsOptions = {}): EventStream {
+    return new EventStream(this.t.nc, o);
   }
 
   /** Closes the connection (one given to fromConnection is left open). */

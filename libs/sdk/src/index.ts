@@ -2,13 +2,15 @@
  * @forky/sdk: the one way code talks to a Forky Pig cluster (README.md). Every write goes under an
  * idempotency key; every long call takes an AbortSignal; failures are ForkyErrors with a `code`.
  */
-export { Forky, Vms, Snapshots, type ConnectOptions, type CreateOptions, type ListOptions } from './forky.js';
+export { Forky, Vms, Snapshots, type ConnectOptions, type CreateOptions, type ListOptions, type SnapshotListOptions } from './forky.js';
 export { Vm, type ForkOptions, type ForkOutcome } from './vm.js';
 export { Files, type FileEntry, type FileStat, type ReadOptions, type WriteOptions } from './files.js';
 export { Process, type OutputChunk, type ProcessExit } from './process.js';
 export type { ExecOptions, ExecResult, SpawnOptions } from './exec.js';
+export { EventStream, type EventsOptions } from './events.js';
 export { PortForward, type PortForwardOptions, type LocalAddress, type ConnectionFailure } from './port-forward.js';
 export type { CallOptions } from './transport.js';
 export { readCluster, resolveConnection, connectTo, clusterFile, defaultDataDir, type ClusterFile, type Connection } from './connect.js';
 export { ForkyError, ErrorCodes, type ErrorCode } from '@forky/base';
 export type { VmInfo, VmState, SnapshotInfo, SnapshotTree, HostStatus, ForkResult, Egress, NetworkPolicy } from '@forky/contract';
+export type { VmEvent, EventKind } from '@forky/contract';

@@ -1,5 +1,5 @@
 import { newId } from '@forky/base';
-import type { Egress, ForkResult, SnapshotInfo, VmInfo } from '@forky/contract';
+import type { ChildEnv, Egress, ForkResult, Labels, SnapshotInfo, VmInfo } from '@forky/contract';
 import { exec, spawn, type ExecOptions, type ExecResult, type SpawnOptions } from './exec.js';
 import { Files } from './files.js';
 import { PortForward, type PortForwardOptions } from './port-forward.js';
@@ -7,7 +7,7 @@ import type { Process } from './process.js';
 import type { CallOptions, Transport } from './transport.js';
 
 export interface ForkOptions extends CallOptions {
-  /** Children to make (default 1). */
+  /** Children to make (default: one per `perChild` entry, else 1). */
   count?: number;
   /** Keep this VM running (a live fork; default: it stays paused, as fork() leaves a parent). */
   live?: boolean;
@@ -15,6 +15,10 @@ export interface ForkOptions extends CallOptions {
   spread?: boolean;
   /** Return once each child's vCPUs run instead of once its agent answers. */
   until?: 'ready' | 'running';
+  /** Added to every child's labels, on top of this VM's. */
+  labels?: Labels;
+  /** One entry per child (exactly `count`): its own labels, and an env it finds in /run/forky/env. */
+  perChild?: Array<{ labels?: Labels; env?: ChildEnv }>;
 }
 
 export interface ForkOutcome {
@@ -72,10 +76,12 @@ export class Vm {
       'fork',
       {
         source: this.id,
-        count: o.count ?? 1,
+        count: o.count ?? o.perChild?.length ?? 1,
         resumeParent: o.live === true,
         spread: o.spread === true,
         until: o.until ?? 'ready',
+        ...(o.labels ? { labels: o.labels } : {}),
+        ...(o.perChild ? { perChild: o.perChild } : {}),
         key: newId('sdkfork', 16),
       },
       o,

@@ -16,6 +16,7 @@ import { registerCp } from './commands/cp.js';
 import { registerPort } from './commands/port.js';
 import { registerNet } from './commands/net.js';
 import { registerTemplate } from './commands/template.js';
+import { registerEvents } from './commands/events.js';
 
 const DEFAULT_DEPS: CliDeps = { openSession, exit: (code) => process.exit(code) };
 
@@ -47,5 +48,6 @@ export function buildProgram(deps: Partial<CliDeps> = {}): Command {
   registerFork(program, cli);
   registerBatch(program, cli);
   registerReq(program, cli);
+  registerEvents(program, cli);
   return program;
 }

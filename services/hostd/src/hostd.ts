@@ -12,6 +12,8 @@ import { GpuAllocator } from './domain/gpus.js';
 import { DryRunLayerStore, DryRunRuntime } from './adapters/dry-run.js';
 import type { VmRuntime } from './domain/ports.js';
 import { KvDirectory } from './adapters/kv-directory.js';
+import { NatsEventSink } from './adapters/events.js';
+import { failedWhileDown } from './domain/events.js';
 import type { HostdConfig } from './config.js';
 import { followPeers, ownAddresses, urlAddresses } from './cluster-peers.js';
 import { openNetworkFilter } from './adapters/net/index.js';
@@ -88,7 +90,9 @@ export async function startHostd(config: Readonly<HostdConfig>, logger: Logger):
   const buckets = await openBuckets(nc, { replicas });
   let beatSoon: () => void = () => undefined;
   const parts = await ObjectPartStore.open(nc, replicas);
+  const events = new NatsEventSink(nc, config.hostId, log.child({ component: 'events' }));
   const engine = new HostEngine({
+    events,
     onChange: () => beatSoon(),
     directory: new KvDirectory(buckets.locator, buckets.lineage, config.hostId),
     parts,
@@ -123,6 +127,8 @@ export async function startHostd(config: Readonly<HostdConfig>, logger: Logger):
   );
   // Before serving: VMs an earlier hostd of this data directory left running are taken back.
   const recovered = await engine.recover();
+  // Their QEMU died while no hostd was there to say so: said now.
+  for (const v of engine.list()) if (recovered.failed.includes(v.id)) events.publish(failedWhileDown(config.hostId, v));
   upkeepVms = () => engine.list().flatMap((v) => (v.network && v.state !== 'failed' ? [{ id: v.id, egress: v.network.egress }] : []));
   const streams = new GuestStreams({ nc, hostId: config.hostId, guest: (id) => engine.guest(id), log });
   streams.start();

@@ -2,6 +2,7 @@
 // parts, the dry-run runtime and the local stores it is tested on. Not for other packages' code.
 export * from './index.js';
 export { buildArgs } from './adapters/qemu/cmdline.js';
+export { askLine } from './adapters/qemu/control.js';
 export { ImageCatalog } from './images.js';
 export { WarmPool, loadWarm, type WarmChild, type WarmPoolOptions } from './domain/warm-pool.js';
 export { discoverGpus, type GpuDiscovery } from './adapters/gpu.js';
@@ -35,6 +36,7 @@ export type {
 export type { SnapshotRecord, VmRecord } from './domain/records.js';
 export { Layout } from './layout.js';
 export { DryRunLayerStore, DryRunRuntime } from './adapters/dry-run.js';
+export { NatsEventSink, type EventCounts } from './adapters/events.js';
 export { LocalSnapshotStore } from './adapters/store/local-snapshots.js';
 export { LocalAppLayers } from './adapters/store/app-layers.js';
 export { FileRecordStore, writeJsonAtomic } from './adapters/store/records.js';

@@ -20,7 +20,15 @@ export async function fork(ctx: SchedContext, req: Omit<SchedForkRequest, 'key'>
   const apps = req.apps ? { apps: req.apps } : {};
   if (plan.size === 1 && plan.has(home)) {
     return ctx.hosts.onHost(home, (c) =>
-      c.call('fork', { source: req.source, count: req.count, resumeParent: req.resumeParent, until: req.until, ...apps, key }),
+      c.call('fork', {
+        source: req.source,
+        count: req.count,
+        resumeParent: req.resumeParent,
+        until: req.until,
+        ...apps,
+        ...labelsOf(req, 0, req.count),
+        key,
+      }),
     );
   }
   const snapshot =
@@ -32,10 +40,18 @@ export async function fork(ctx: SchedContext, req: Omit<SchedForkRequest, 'key'>
   const snapshotMs = performance.now() - started;
   // Published once, up front; each target then fetches what it lacks and forks, in parallel.
   const transfers: TransferResult[] = [await ctx.hosts.onHost(home, (c) => c.call('snapshot.publish', { id: snapshot.id }))];
-  const forkOn = (host: string, count: number, attempt: number): Promise<ForkResult> =>
+  const forkOn = (host: string, count: number, attempt: number, first: number): Promise<ForkResult> =>
     ctx.hosts.onHost(host, async (c) => {
       if (host !== home) transfers.push(await c.call('snapshot.fetch', { id: snapshot.id }));
-      return c.call('fork', { source: snapshot.id, count, until: req.until, ...apps, key: subKey(key, `${host}/${attempt}`) });
+      const own = labelsOf(req, first, count);
+      return c.call('fork', {
+        source: snapshot.id,
+        count,
+        until: req.until,
+        ...apps,
+        ...own,
+        key: subKey(key, `${host}/${attempt}/${first}`),
+      });
     });
   const results = await forkShares(ctx, home, plan, forkOn);
   return {
@@ -50,6 +66,11 @@ export async function fork(ctx: SchedContext, req: Omit<SchedForkRequest, 'key'>
   };
 }
 
+/** The fork's labels, and the `perChild` entries of children `first` to `first + count - 1`, for one host's share. */
+function labelsOf(req: Omit<SchedForkRequest, 'key'>, first: number, count: number): Pick<SchedForkRequest, 'labels' | 'perChild'> {
+  return { ...(req.labels ? { labels: req.labels } : {}), ...(req.perChild ? { perChild: req.perChild.slice(first, first + count) } : {}) };
+}
+
 /**
  * Runs every host's share of a fork, and replans the shares of the hosts that failed (down, or
  * gone mid-fork) on the live others, under a new key per host and attempt.
@@ -58,19 +79,21 @@ async function forkShares(
   ctx: SchedContext,
   home: string,
   plan: Map<string, number>,
-  forkOn: (host: string, count: number, attempt: number) => Promise<ForkResult>,
+  forkOn: (host: string, count: number, attempt: number, first: number) => Promise<ForkResult>,
 ): Promise<ForkResult[]> {
-  const results: ForkResult[] = [];
-  let pending = [...plan.entries()];
+  const results: Array<[number, ForkResult]> = [];
+  // Each share is [host, count, index of its first child]: a child's perChild entry follows it to any host.
+  let next = 0;
+  let pending = [...plan.entries()].map(([h, n]): [string, number, number] => [h, n, (next += n) - n]);
   for (let attempt = 0; pending.length > 0; attempt++) {
-    const settled = await Promise.allSettled(pending.map(([h, n]) => forkOn(h, n, attempt)));
-    const failed: Array<[string, number]> = [];
+    const settled = await Promise.allSettled(pending.map(([h, n, f]) => forkOn(h, n, attempt, f)));
+    const failed: Array<[string, number, number]> = [];
     settled.forEach((r, i) => {
-      const [h, n] = pending[i] as [string, number];
-      if (r.status === 'fulfilled') results.push(r.value);
+      const [h, n, f] = pending[i] as [string, number, number];
+      if (r.status === 'fulfilled') results.push([f, r.value]);
       else {
         ctx.log.warn({ host: h, err: r.reason }, 'a host failed its share of a fork');
-        failed.push([h, n]);
+        failed.push([h, n, f]);
       }
     });
     if (failed.length === 0) break;
@@ -79,12 +102,18 @@ async function forkShares(
     if (!retryable) throw asForkyError(first.reason);
     const down = new Set(failed.map(([h]) => h));
     const rest = ctx.hosts.statuses().filter((h) => h.alive && !down.has(h.id));
-    const again = new Map<string, number>();
-    for (const [, n] of failed)
-      for (const [h, m] of placeChildren(rest, home, n, ctx.childCostMiB, { spread: true })) again.set(h, (again.get(h) ?? 0) + m);
-    pending = [...again.entries()];
+    const again: Array<[string, number, number]> = [];
+    for (const [, n, f] of failed) {
+      let at = f;
+      for (const [h, m] of placeChildren(rest, home, n, ctx.childCostMiB, { spread: true })) {
+        again.push([h, m, at]);
+        at += m;
+      }
+    }
+    pending = again;
   }
-  return results;
+  // In child order, so that children[i] is the one given perChild[i].
+  return results.sort((a, b) => a[0] - b[0]).map(([, r]) => r);
 }
 
 /**

@@ -1,4 +1,16 @@
-import type { ExecRequest, GuestEndpoint, HostdEndpoint, VmAppRequest, VmNetworkRequest } from '@forky/contract';
+import {
+  snapshotMatches,
+  vmMatches,
+  type ExecRequest,
+  type GuestEndpoint,
+  type HostdEndpoint,
+  type SnapshotInfo,
+  type SnapshotListRequest,
+  type VmAppRequest,
+  type VmInfo,
+  type VmListRequest,
+  type VmNetworkRequest,
+} from '@forky/contract';
 import type { SchedContext } from './context.js';
 
 /** The requests about one VM or snapshot, which its host answers. */
@@ -31,8 +43,16 @@ export async function forwardGuest(ctx: SchedContext, endpoint: GuestEndpoint, r
   return ctx.hosts.client(host).call(endpoint, req as never);
 }
 
-/** Every live host's VMs (or snapshots); a host that does not answer is left out and logged. */
-export async function gather(ctx: SchedContext, endpoint: 'vm.list' | 'snapshot.list'): Promise<unknown[]> {
+/**
+ * Every live host's VMs (or snapshots) that match `filter`; a host that does not answer is left
+ * out and logged. Each host filters its own list; what comes back is filtered here again, with the
+ * lost VMs (from heartbeats), so a host that ignored the filter cannot widen the answer.
+ */
+export async function gather(
+  ctx: SchedContext,
+  endpoint: 'vm.list' | 'snapshot.list',
+  filter: VmListRequest & SnapshotListRequest = {},
+): Promise<unknown[]> {
   const beats = ctx.hosts.beats();
   const live = beats.map((b) => b.status).filter((h) => h.alive);
   // A down host's VMs are shown as lost (from its last heartbeat), not silently dropped.
@@ -43,13 +63,29 @@ export async function gather(ctx: SchedContext, endpoint: 'vm.list' | 'snapshot.
       try {
         const c = ctx.hosts.client(h.id);
         return endpoint === 'vm.list'
-          ? (await c.call('vm.list', {}, { timeoutMs: 10_000 })).vms
-          : (await c.call('snapshot.list', {}, { timeoutMs: 10_000 })).snapshots;
+          ? (await c.call('vm.list', vmFilter(filter), { timeoutMs: 10_000 })).vms
+          : (await c.call('snapshot.list', snapshotFilter(filter), { timeoutMs: 10_000 })).snapshots;
       } catch (err) {
         ctx.log.warn({ err, host: h.id }, `${endpoint} failed on a host`);
         return [];
       }
     }),
   );
-  return [...lists.flat(), ...lost];
+  const all = [...lists.flat(), ...lost];
+  return endpoint === 'vm.list'
+    ? (all as VmInfo[]).filter((v) => vmMatches(v, filter))
+    : (all as SnapshotInfo[]).filter((s) => snapshotMatches(s, filter));
 }
+
+/** Only the fields each endpoint takes (its schema is strict). */
+const vmFilter = ({ labels, state, image, parent }: VmListRequest): VmListRequest => ({
+  ...(labels ? { labels } : {}),
+  ...(state ? { state } : {}),
+  ...(image ? { image } : {}),
+  ...(parent ? { parent } : {}),
+});
+const snapshotFilter = ({ labels, vm, image }: SnapshotListRequest): SnapshotListRequest => ({
+  ...(labels ? { labels } : {}),
+  ...(vm ? { vm } : {}),
+  ...(image ? { image } : {}),
+});

@@ -30,7 +30,7 @@ import { deleteSnapshot, tree } from './lineage.js';
 import { pickHost } from './placement.js';
 import { forward, forwardGuest, gather, type Forwarded, type ForwardedRequest } from './routing.js';
 import { bootFromTemplate, templateFor } from './template-boot.js';
-import { createTemplate } from './template-create.js';
+import { createTemplate, pickBuildHost } from './template-create.js';
 import { reapRetired, templateDelete, templateList, templateShow } from './templates.js';
 
 export interface SchedulerOptions {
@@ -112,7 +112,7 @@ export class Scheduler {
     return this.#jobs.once(
       'template.create',
       req,
-      async () => undefined,
+      async () => pickBuildHost(this.#ctx, req),
       (key) => this.#createTemplate(req, key, true),
     );
   }
@@ -187,8 +187,8 @@ export class Scheduler {
   }
 
   /** Every live host's VMs (or snapshots), and a down host's VMs as lost. */
-  gather<E extends 'vm.list' | 'snapshot.list'>(endpoint: E): Promise<unknown[]> {
-    return gather(this.#ctx, endpoint);
+  gather<E extends 'vm.list' | 'snapshot.list'>(endpoint: E, filter?: Parameters<typeof gather>[2]): Promise<unknown[]> {
+    return gather(this.#ctx, endpoint, filter);
   }
 
   locate(kind: Located, id: string): Promise<string> {
@@ -222,6 +222,8 @@ export class Scheduler {
         ...(req.apps ? { apps: req.apps } : {}),
         ...(req.diskGiB ? { diskGiB: req.diskGiB } : {}),
         ...(req.network ? { network: req.network } : {}),
+        ...(req.name ? { name: req.name } : {}),
+        ...(req.labels ? { labels: req.labels } : {}),
         key,
       }),
     );

@@ -28,7 +28,9 @@ export function registerBatch(program: Command, cli: CliContext): void {
   const batch = program.command('batch').description('fork batches');
   batch
     .command('submit <file>')
-    .description('submit a JSON file of fork requests ([{source, count, host?}, …] or {items: […]}); reports each child')
+    .description(
+      'submit a JSON file of fork requests ([{source, count, host?, labels?, perChild?: [{labels?, env?}]}, …] or {items: […]}); reports each child',
+    )
     .action(
       cli.action(async (file: string, _o: unknown, cmd: Command) => {
         let raw: unknown;

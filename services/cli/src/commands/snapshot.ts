@@ -2,7 +2,8 @@ import type { Command } from 'commander';
 import { newId } from '@forky/base';
 import { printJson, printTable } from '../output.js';
 import { renderTree } from '../tree.js';
-import type { CliContext } from './context.js';
+import { collect, type CliContext } from './context.js';
+import { parsePairs } from './vm.js';
 
 /** `forky snapshot create | ls | tree | rm`. */
 export function registerSnapshot(program: Command, cli: CliContext): void {
@@ -21,12 +22,30 @@ export function registerSnapshot(program: Command, cli: CliContext): void {
     );
   snapshot
     .command('ls')
-    .description('list snapshots on every host')
+    .description('list snapshots on every host; the filters given must all match')
+    .option('--label <k=v>', 'taken of a VM with this label (repeatable: all of them)', collect, [])
+    .option('--vm <id>', 'taken of this VM')
+    .option('--image <name>', 'of this image')
     .action(
-      cli.action(async (_o: unknown, cmd: Command) => {
-        const { snapshots } = await cli.withSession(cmd, (s) => s.call('snapshot.list', {}));
+      cli.action(async (o: { label: string[]; vm?: string; image?: string }, cmd: Command) => {
+        const filter = {
+          ...(o.label.length ? { labels: parsePairs(o.label, 'label') } : {}),
+          ...(o.vm ? { vm: o.vm } : {}),
+          ...(o.image ? { image: o.image } : {}),
+        };
+        const { snapshots } = await cli.withSession(cmd, (s) => s.call('snapshot.list', filter));
         if (cli.json(cmd)) printJson(snapshots);
-        else printTable(snapshots, ['id', 'host', 'vm', 'parentSnapshot', 'image', 'createdAt']);
+        else {
+          const rows = snapshots.map(({ labels, ...x }) => ({
+            ...x,
+            labels:
+              labels &&
+              Object.entries(labels)
+                .map(([k, v]) => `${k}=${v}`)
+                .join(','),
+          }));
+          printTable(rows, ['id', 'host', 'vm', 'parentSnapshot', 'image', 'createdAt', 'labels']);
+        }
       }),
     );
   snapshot

@@ -4,6 +4,7 @@ import type { Layout } from '../layout.js';
 import type {
   AppLayerStore,
   Directory,
+  EventSink,
   HostStats,
   LayerStore,
   NetworkFilter,
@@ -63,4 +64,6 @@ export interface EngineDeps {
   gpus?: GpuAllocator;
   /** The RAM directory's filesystem, for admission (default: unchecked, as in a dry run). */
   ramSpace?: RamSpace;
+  /** Where VM and snapshot events are published (default: nowhere). */
+  events?: EventSink;
 }

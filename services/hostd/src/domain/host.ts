@@ -11,6 +11,7 @@ import { assertTransition } from './state.js';
 import { egressOf, markFailed, vmInfo, type SnapshotRecord, type VmRecord } from './records.js';
 import type { Rollback } from './rollback.js';
 import { WarmPool, type WarmChild } from './warm-pool.js';
+import { NO_EVENTS, VmEvents, VmTable } from './events.js';
 
 const NO_DIRECTORY: Directory = {
   register: async () => undefined,
@@ -30,7 +31,9 @@ export interface WarmMaker {
  * locks and helpers they share, and `changed()`, which the facade runs once per operation.
  */
 export class Host implements AdmissionView {
-  readonly vms = new Map<string, VmRecord>();
+  /** Said of VMs as their records change (events.ts): one place, not every operation. */
+  readonly events: VmEvents;
+  readonly vms: Map<string, VmRecord> = new VmTable((rec) => this.events.gone(rec));
   readonly snaps = new Map<string, SnapshotRecord>();
   /** Forks in flight per snapshot: a snapshot in use cannot be deleted. */
   readonly snapUsers = new Map<string, number>();
@@ -50,6 +53,7 @@ export class Host implements AdmissionView {
     warm: WarmMaker,
   ) {
     this.log = d.logger.child({ component: 'engine' });
+    this.events = new VmEvents(d.events ?? NO_EVENTS, d.hostId, this.log.child({ component: 'events' }));
     this.gpus = d.gpus ?? new GpuAllocator([], d.hostId);
     this.apps = new AppMounter(d.runtime, d.appLayers, this.log.child({ component: 'apps' }), {
       fetchMs: 10 * 60_000,
@@ -109,14 +113,21 @@ export class Host implements AdmissionView {
   }
 
   // ---- records
-  persist(vm: VmRecord): Promise<void> {
-    return this.d.records.saveVm(vm);
+  async persist(vm: VmRecord): Promise<void> {
+    await this.d.records.saveVm(vm);
+    this.events.persisted(vm);
   }
 
   async setState(vm: VmRecord, to: VmState): Promise<void> {
-    if (vm.state !== to) assertTransition(vm.id, vm.state, to);
+    const from = vm.state;
+    if (from !== to) assertTransition(vm.id, from, to);
     vm.state = to;
-    await this.persist(vm);
+    try {
+      await this.persist(vm);
+    } finally {
+      // What hostd serves from now on, whether or not the record made it to disk.
+      this.events.state(vm, from, to);
+    }
   }
 
   newRecord(
@@ -128,7 +139,7 @@ export class Host implements AdmissionView {
     rest: Pick<VmRecord, 'ram' | 'kernelCmdline' | 'chain'> & { parentSnapshot?: string },
   ): VmRecord {
     admitVmRecord(this);
-    return {
+    const rec: VmRecord = {
       generation: 0,
       mac: newMac(new Set([...this.vms.values()].map((v) => v.mac))),
       id,
@@ -142,6 +153,8 @@ export class Host implements AdmissionView {
       timings: {},
       ...rest,
     };
+    this.events.made(rec);
+    return rec;
   }
 
   /** The record of a child of `snap`, restoring: its RAM, disk chain and app disks are the snapshot's. */
@@ -246,6 +259,7 @@ export class Host implements AdmissionView {
       `its QEMU process (pid ${handle.pid}) exited unexpectedly while it was ${vm.state}; see qemu.log and serial.log in its directory`,
     );
     this.gpus.release(vm.id);
+    this.events.failed(vm);
     this.d.onChange?.();
     // Under the VM's lock, so a destroy meanwhile cannot be followed by this record written back.
     void this.lock

@@ -1,5 +1,5 @@
 import type { UploadResult } from '@forky/bus';
-import type { Accel, Egress, ExecResult, MachineProfile, NetworkEnforcement, SnapshotInfo } from '@forky/contract';
+import type { Accel, Egress, ExecResult, MachineProfile, NetworkEnforcement, SnapshotInfo, VmEvent } from '@forky/contract';
 import type { GuestSession } from '@forky/agent';
 import type { Image } from '../images.js';
 import type { SnapshotRecord, VmRecord } from './records.js';
@@ -170,6 +170,13 @@ export interface Directory {
   /** Records a snapshot in the cluster's lineage (its origin does; copies do not). */
   recordLineage(info: SnapshotInfo): Promise<void>;
   forgetLineage(id: string): Promise<void>;
+  /**
+   * Takes `name` for VM `vmId` in the cluster, or CONFLICT naming `name` if another VM has it.
+   * `unregister('vm', id)` gives the VM's name back. Absent: names are unique on this host only.
+   */
+  claimName?(name: string, vmId: string): Promise<void>;
+  /** Gives `name` back if `vmId` holds it. */
+  releaseName?(name: string, vmId: string): Promise<void>;
 }
 
 export type { UploadResult };
@@ -260,4 +267,12 @@ export interface NetworkFilter {
   remove(vmId: string): Promise<void>;
   /** Removes the filters of VMs not in `keep` (a hostd that died left them); says how many. */
   sweep(keep: ReadonlySet<string>): Promise<number>;
+}
+
+/**
+ * Where VM and snapshot events go (STREAMS.md "Events"). Never throws and never blocks: an
+ * operation does not wait for, or fail by, an event that could not be sent.
+ */
+export interface EventSink {
+  publish(e: VmEvent): void;
 }

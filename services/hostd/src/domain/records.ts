@@ -1,4 +1,4 @@
-import type { Egress, NetworkEnforcement, SnapshotInfo, VmInfo, VmState } from '@forky/contract';
+import type { Egress, Labels, NetworkEnforcement, SnapshotInfo, VmInfo, VmState } from '@forky/contract';
 import type { VmHandle } from './ports.js';
 import { mountedApps, type AppDevice } from './apps.js';
 
@@ -11,6 +11,9 @@ export interface VmRecord {
   cpus: number;
   state: VmState;
   createdAt: string;
+  /** Unique in the cluster (held in the locator bucket while the VM exists); children have none. */
+  name?: string;
+  labels?: Labels;
   /** The snapshot this VM was forked from. */
   parentSnapshot?: string;
   /** The snapshot the VM's state last came from or went to: the parent of its next snapshot. */
@@ -66,6 +69,8 @@ export function vmInfo(r: VmRecord, host: string, accel: VmInfo['accel'], enforc
     host,
     state: r.state,
     image: r.image,
+    ...(r.name ? { name: r.name } : {}),
+    ...(r.labels && Object.keys(r.labels).length > 0 ? { labels: r.labels } : {}),
     memMiB: r.memMiB,
     cpus: r.cpus,
     accel,

@@ -1,6 +1,9 @@
 import net from 'node:net';
 import { ForkyError } from '@forky/base';
 
+/** forky-ident answers `ok` or `err N what: reason`; a guest sending more without a newline is refused, not buffered. */
+const ANSWER_MAX = 4096;
+
 /** Connects to a VM's control socket, sends `line`, and resolves with the first line back. */
 export function askLine(socketPath: string, line: string, timeoutMs: number): Promise<string> {
   return new Promise((resolve, reject) => {
@@ -18,7 +21,9 @@ export function askLine(socketPath: string, line: string, timeoutMs: number): Pr
     sock.on('data', (d: string) => {
       got += d;
       const nl = got.indexOf('\n');
-      if (nl >= 0) done(undefined, got.slice(0, nl));
+      if (nl >= 0 && nl <= ANSWER_MAX) done(undefined, got.slice(0, nl));
+      else if (got.length > ANSWER_MAX)
+        done(new ForkyError('QEMU', `guest control sent more than ${ANSWER_MAX} bytes without an answer line`));
     });
     sock.on('error', (e) => done(new ForkyError('QEMU', `guest control socket: ${e.message}`, { cause: e })));
     sock.on('close', () => done(new ForkyError('QEMU', 'guest control socket closed before an answer')));

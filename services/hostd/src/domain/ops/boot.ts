@@ -1,9 +1,9 @@
-import { ValidationError, newId } from '@forky/base';
-import type { BootRequest, Egress, VmInfo } from '@forky/contract';
+import { ConflictError, ValidationError, newId } from '@forky/base';
+import { quoteText, type BootRequest, type Egress, type VmInfo } from '@forky/contract';
 import { admitVms, ramNeed, type RamHold } from '../admission.js';
 import { bootDevices } from '../apps.js';
 import type { Host } from '../host.js';
-import { withRollback } from '../rollback.js';
+import { withRollback, type Rollback } from '../rollback.js';
 import { makeVm } from './make.js';
 
 /** Boots a VM from an image: admitted first (VMs, memory, RAM directory, GPUs, apps), then made. */
@@ -22,9 +22,12 @@ export async function boot(host: Host, req: BootRequest, hold: RamHold): Promise
   rec.diskVirtualSize = diskVirtualSize;
   if (req.key) rec.requestKey = req.key;
   rec.egress = req.network?.egress ?? host.defaultEgress();
+  if (req.labels && Object.keys(req.labels).length > 0) rec.labels = { ...req.labels };
   return withRollback(host.log, { vm: id }, async (rb) => {
     // First: a policy this host cannot enforce is refused before anything is made.
     await host.filterNetwork(rb, id, rec.egress as Egress);
+    if (req.name) await claimName(host, rb, id, req.name);
+    if (req.name) rec.name = req.name;
     const gpus = host.gpus.take(id, req.gpus);
     rb.push('give back the GPUs', () => host.gpus.release(id));
     if (gpus.length > 0) rec.gpus = gpus.map((g) => ({ group: g.group, functions: g.functions }));
@@ -43,6 +46,15 @@ export async function boot(host: Host, req: BootRequest, hold: RamHold): Promise
       unpin();
     }
   });
+}
+
+/** Takes the VM's name in the cluster (CONFLICT naming `name` if taken); given back on rollback. */
+async function claimName(host: Host, rb: Rollback, id: string, name: string): Promise<void> {
+  const here = [...host.vms.values()].find((v) => v.name === name);
+  if (here) throw new ConflictError(`name ${quoteText(name)} is taken by VM ${here.id}`, { field: 'name' });
+  if (!host.dir.claimName) return;
+  await host.dir.claimName(name, id);
+  rb.push(`give back the name ${name}`, () => host.dir.releaseName?.(name, id));
 }
 
 /** The VM's disk size: `diskGiB` when given (a sparse top layer; never below the image's file system), else the image's. */

@@ -1,9 +1,18 @@
-import { newId } from '@forky/base';
-import type { AppMount, VmInfo } from '@forky/contract';
+import { ForkyError, ValidationError, newId } from '@forky/base';
+import {
+  MAX_LABELS,
+  excerpt,
+  type AppMount,
+  type ChildEnv,
+  type Egress,
+  type ForkRequest,
+  type Labels,
+  type VmInfo,
+} from '@forky/contract';
 import type { Image } from '../../images.js';
 import { round, type Host } from '../host.js';
-import { giveIdentity } from '../identity.js';
-import type { VmHandle } from '../ports.js';
+import { giveIdentity, identityOf } from '../identity.js';
+import type { VmHandle, VmRuntime } from '../ports.js';
 import { egressOf, type SnapshotRecord } from '../records.js';
 import { withRollback } from '../rollback.js';
 import { loadWarm } from '../warm-pool.js';
@@ -16,6 +25,47 @@ export interface ChildOptions {
   until: 'ready' | 'running';
   requestKey?: string;
   apps?: AppMount[];
+  /** The fork's labels with this child's own on top; the snapshot's come under both. */
+  labels?: Labels;
+  /** Written in the guest as /run/forky/env once its identity is set. */
+  env?: ChildEnv;
+  /** Its egress instead of the snapshot's: filtered so before its vCPUs run. */
+  egress?: Egress;
+}
+
+/** Child `i`'s share of a fork request: the fork's labels with its `perChild` ones on top, and its env. */
+export function childShare(req: ForkRequest, i: number): Pick<ChildOptions, 'labels' | 'env'> {
+  const own = req.perChild?.[i];
+  const labels = { ...req.labels, ...own?.labels };
+  return {
+    ...(Object.keys(labels).length > 0 ? { labels } : {}),
+    ...(own?.env && Object.keys(own.env).length > 0 ? { env: own.env } : {}),
+  };
+}
+
+/** Refuses, before the source is touched, a fork whose children would carry more than MAX_LABELS labels. */
+export function checkForkLabels(host: Host, req: ForkRequest): void {
+  if (!req.labels && !req.perChild) return;
+  const inherited = (req.source.startsWith('vm-') ? host.vm(req.source).labels : host.snap(req.source).info.labels) ?? {};
+  for (let i = 0; i < req.count; i++) {
+    const n = Object.keys({ ...inherited, ...childShare(req, i).labels }).length;
+    if (n > MAX_LABELS)
+      throw new ValidationError(`child ${i} would carry ${n} labels, inherited ones included; at most ${MAX_LABELS}`, {
+        field: req.perChild?.[i]?.labels ? `perChild.${i}.labels` : 'labels',
+      });
+  }
+}
+
+/** Writes a child's env as /run/forky/env (root's only, replaced whole) through its guest agent: one exec, no image change. */
+async function writeEnv(runtime: VmRuntime, h: VmHandle, id: string, env: ChildEnv, timeoutMs: number): Promise<void> {
+  // Values are checked printable (no line breaks), so each entry is one KEY=VALUE line, unquoted.
+  const text = Object.entries(env)
+    .map(([k, v]) => `${k}=${v}\n`)
+    .join('');
+  const script = 'umask 077 && mkdir -p /run/forky && cat > /run/forky/env.tmp && mv -f /run/forky/env.tmp /run/forky/env';
+  const r = await runtime.exec(h, ['/bin/sh', '-c', script], { input: text, timeoutMs });
+  if (r.exitCode !== 0)
+    throw new ForkyError('INTERNAL', `writing /run/forky/env in VM ${id} failed (exit ${r.exitCode}): ${excerpt(r.stderr, 200)}`);
 }
 
 /**
@@ -30,6 +80,9 @@ export async function restoreChild(host: Host, snap: SnapshotRecord, image: Imag
   const id = warm?.id ?? newId('vm');
   const rec = host.childRecord(id, snap, image);
   if (o.requestKey) rec.requestKey = o.requestKey;
+  const labels = { ...snap.info.labels, ...o.labels };
+  if (Object.keys(labels).length > 0) rec.labels = labels;
+  if (o.egress) rec.egress = o.egress;
   if (warm) {
     rec.mac = warm.mac;
     rec.chain.push(warm.top);
@@ -64,8 +117,9 @@ export async function restoreChild(host: Host, snap: SnapshotRecord, image: Imag
         const handle = h;
         const settle = Promise.all([
           d.runtime.waitAgent(handle, d.limits.restoreTimeoutMs),
-          giveIdentity(d.runtime, handle, { vmId: id, hostname: id, mac: rec.mac, renewLease: d.runtime.bridged }, d.limits.agentTimeoutMs),
+          giveIdentity(d.runtime, handle, identityOf(rec, d.runtime), d.limits.agentTimeoutMs),
         ])
+          .then(() => (o.env ? writeEnv(d.runtime, handle, id, o.env, d.limits.agentTimeoutMs) : undefined))
           // Apps asked for the children come after identity: each child mounts them as itself.
           .then(() => (o.apps?.length ? host.apps.apply(rec, handle, o.apps, () => host.persist(rec)) : undefined))
           .then(() => {

@@ -11,14 +11,16 @@ const PART_GRACE_MS = 10 * 60_000;
 /**
  * Deletes a snapshot. Refused while a VM runs on its memory or disk, or another snapshot's disk
  * chain runs through it; with `cascade` those go first (on this host; the scheduler walks the
- * lineage across hosts).
+ * lineage across hosts), except the VM the snapshot was taken from: a cascade that would destroy
+ * it is refused whole, before anything goes.
  */
 export function deleteSnapshot(host: Host, id: string, cascade: boolean): Promise<SnapshotDeleteResult> {
   host.snap(id);
-  return host.lock.run(id, () => deleteLocked(host, id, cascade));
+  return host.lock.run(id, () => deleteLocked(host, id, cascade, true));
 }
 
-async function deleteLocked(host: Host, id: string, cascade: boolean): Promise<SnapshotDeleteResult> {
+/** `top`: the snapshot asked for, not one that goes with it (whose own source VM is a child of the one asked for). */
+async function deleteLocked(host: Host, id: string, cascade: boolean, top: boolean): Promise<SnapshotDeleteResult> {
   const { d } = host;
   const s = host.snap(id);
   const { vms, snapshots } = dependents(host, s);
@@ -26,10 +28,19 @@ async function deleteLocked(host: Host, id: string, cascade: boolean): Promise<S
   if ((host.snapUsers.get(id) ?? 0) > 0)
     throw new ConflictError(`snapshot ${id} is in use by a fork in progress`, { vms: [], snapshots: [] });
   if (vms.length + snapshots.length > 0) {
+    const source = top ? sourceGoing(host, s) : undefined;
     if (!cascade) {
       throw new ConflictError(
-        `snapshot ${id} is in use by ${[...vms, ...snapshots].join(', ')} (VMs forked from it or running on its memory since it was taken, snapshots below it); destroy those first or delete with cascade`,
+        `snapshot ${id} is in use by ${[...vms, ...snapshots].join(', ')} (VMs forked from it or running on its memory since it was taken, snapshots below it); destroy those first${source ? '' : ' or delete with cascade'}`,
         { vms, snapshots },
+      );
+    }
+    if (source) {
+      // Its successor maps the snapshot's RAM, its disk sits on the snapshot's frozen layer, and its
+      // later snapshots need that chain: no private copy short of a new process and a full disk copy.
+      throw new ConflictError(
+        `snapshot ${id} was taken from VM ${source}, which still runs on it (on its memory, or on its disk layers, as its later snapshots do); a cascade never destroys the VM a snapshot was taken from: destroy VM ${source} first, then delete the snapshot`,
+        { vms: [source], snapshots: [] },
       );
     }
     const ram = d.snapshots.files(id).ram;
@@ -39,7 +50,7 @@ async function deleteLocked(host: Host, id: string, cascade: boolean): Promise<S
     }
     for (const child of snapshots) {
       if (!host.snaps.has(child)) continue;
-      const r = await host.lock.run(child, () => deleteLocked(host, child, true));
+      const r = await host.lock.run(child, () => deleteLocked(host, child, true, false));
       out.vms.push(...r.vms);
       out.snapshots.push(...r.snapshots);
     }
@@ -73,4 +84,24 @@ function dependents(host: Host, s: SnapshotRecord): { vms: string[]; snapshots: 
   const vms = [...host.vms.values()].filter((v) => v.chain.includes(frozen) || v.ram.file === ram).map((v) => v.id);
   const snapshots = [...host.snaps.values()].filter((o) => o !== s && o.chain.includes(frozen)).map((o) => o.info.id);
   return { vms, snapshots };
+}
+
+/**
+ * The VM `s` was taken from, when a cascade of `s` would destroy it: it depends on `s`, or on a
+ * snapshot that goes with `s` (its later snapshots, whose chains run through it).
+ */
+function sourceGoing(host: Host, s: SnapshotRecord): string | undefined {
+  const source = s.info.vm;
+  if (!host.vms.has(source)) return undefined;
+  const seen = new Set([s.info.id]);
+  for (const queue = [s]; queue.length > 0;) {
+    const { vms, snapshots } = dependents(host, queue.shift() as SnapshotRecord);
+    if (vms.includes(source)) return source;
+    for (const id of snapshots) {
+      const next = host.snaps.get(id);
+      if (next && !seen.has(id)) queue.push(next);
+      seen.add(id);
+    }
+  }
+  return undefined;
 }

@@ -3,7 +3,7 @@ import type { ForkRequest, ForkResult } from '@forky/contract';
 import { admitVms, checkProfile, ramNeed, refuseGpuSnapshot, type RamHold } from '../admission.js';
 import { round, type Host } from '../host.js';
 import { withRollback } from '../rollback.js';
-import { restoreChild } from './child.js';
+import { checkForkLabels, childShare, restoreChild } from './child.js';
 import { destroyVm } from './lifecycle.js';
 import { snapshotVm } from './snapshot.js';
 
@@ -27,6 +27,7 @@ async function forkWithin(host: Host, req: ForkRequest, hold: RamHold): Promise<
   await admitVms(host, d.limits.childCostMiB, req.count);
   const fromVm = req.source.startsWith('vm-');
   if (fromVm) refuseGpuSnapshot(host, req.source, 'source');
+  checkForkLabels(host, req);
   if (req.apps?.length)
     host.apps.plan(
       { id: `each child of ${req.source}`, apps: (fromVm ? host.vms.get(req.source) : host.snaps.get(req.source))?.apps ?? [] },
@@ -46,9 +47,15 @@ async function forkWithin(host: Host, req: ForkRequest, hold: RamHold): Promise<
       // By id: the snapshot's own bytes, whatever its image's name means on this host now.
       const image = await d.images.byId(snap.info.profile.imageId, snap.info.image);
       checkProfile(host, snap.info.profile, image);
-      const opts = { started, until: req.until, ...(req.key ? { requestKey: req.key } : {}), ...(req.apps ? { apps: req.apps } : {}) };
-      const results = await mapSettled(Array.from({ length: req.count }), d.limits.forkConcurrency, () =>
-        restoreChild(host, snap, image, opts),
+      const opts = {
+        started,
+        until: req.until,
+        ...(req.key ? { requestKey: req.key } : {}),
+        ...(req.apps ? { apps: req.apps } : {}),
+        ...(req.network ? { egress: req.network.egress } : {}),
+      };
+      const results = await mapSettled(Array.from({ length: req.count }), d.limits.forkConcurrency, (_, i) =>
+        restoreChild(host, snap, image, { ...opts, ...childShare(req, i) }),
       );
       const children = results.flatMap((r) => (r.status === 'fulfilled' ? [r.value] : []));
       // All at once, as they were made.
@@ -59,6 +66,7 @@ async function forkWithin(host: Host, req: ForkRequest, hold: RamHold): Promise<
         const msg = `${failed.length} of ${req.count} children failed; none kept: ${first instanceof Error ? first.message : String(first)}`;
         throw new ForkyError(asForkyError(first).code, msg, { cause: first });
       }
+      host.events.forked(snap.info, children, fromVm ? host.vms.get(req.source) : undefined);
       host.pool.refill(sid);
       return {
         snapshot: snap.info,

@@ -1,5 +1,6 @@
 import type { VmInfo } from '@forky/contract';
 import type { Host } from '../host.js';
+import { stepClock } from '../identity.js';
 import type { VmHandle } from '../ports.js';
 import type { VmRecord } from '../records.js';
 import { assertAllowed, type VmOp } from '../state.js';
@@ -28,6 +29,8 @@ export function resume(host: Host, id: string): Promise<VmInfo> {
   return onVm(host, id, 'resume', async (vm, h) => {
     await host.runtime.resume(h);
     await host.setState(vm, 'running');
+    // Its clock stood still while it was paused.
+    await stepClock(host.runtime, h, vm, host.log);
   });
 }
 

@@ -1,6 +1,7 @@
 import { newId } from '@forky/base';
 import { ramNeed, type RamHold } from '../admission.js';
 import { round, type Host } from '../host.js';
+import { stepClock } from '../identity.js';
 import { egressOf, type SnapshotRecord, type VmRecord } from '../records.js';
 import { withRollback } from '../rollback.js';
 import { assertAllowed } from '../state.js';
@@ -93,6 +94,7 @@ export async function snapshotVm(host: Host, vmId: string, resume: boolean, hold
           ...(vm.lineage ? { parentSnapshot: vm.lineage } : {}),
           chainDepth: vm.chain.length - 1,
           profile: d.runtime.profile(vm.memMiB, vm.cpus, vm.imageId),
+          ...(vm.labels ? { labels: vm.labels } : {}),
           createdAt: new Date().toISOString(),
           sizes: { stateBytes, ramBytes, diskBytes },
           timings: { pauseMs, totalMs: round(performance.now() - t0), privateBytes },
@@ -106,11 +108,14 @@ export async function snapshotVm(host: Host, vmId: string, resume: boolean, hold
       vm.lineage = id;
       delete vm.snapshotPlan;
       host.snaps.set(id, rec);
+      host.events.snapshot(rec.info);
       await rb.forward('record the snapshot', () => d.records.saveSnapshot(rec));
       await rb.forward('set the VM', () => host.setState(vm, resume ? 'running' : 'paused'));
       await rb.forward('register the snapshot', () => host.dir.register('snap', id));
       await rb.forward('record the lineage', () => host.dir.recordLineage(rec.info));
       if (resume) await d.runtime.waitAgent(successor, d.limits.restoreTimeoutMs);
+      // A VM that was paused before its snapshot resumes behind by that pause: its clock is stepped as on resume.
+      if (resume && before === 'paused') await stepClock(d.runtime, successor, vm, host.log);
       await flattenIfDeep(host, vm);
       host.log.info({ vm: vmId, snapshot: id, ...rec.info.timings, ...rec.info.sizes }, 'snapshot taken');
       return rec;
