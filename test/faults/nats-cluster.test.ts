@@ -125,9 +125,9 @@ describe('a NATS node killed mid-batch on a 3-node cluster (R3 state)', { timeou
       assert.equal((await client.call('snapshot.show', { id })).id, id, `${id} located`);
     }
     t.diagnostic(`batch answered ${batchMs} ms after the kill`);
-    const parts = await new Objm(op).open(PARTS_BUCKET);
-    // A reader, like any client, tries again while the cluster settles (a consumer create can time out).
+    // A reader, like any client, tries again while the cluster settles (a stream info or a consumer create can time out).
     const read = <T>(what: string, fn: () => Promise<T>): Promise<T> => retryTransient(what, fn, { timeoutMs: 60_000 });
+    const parts = await read('open the parts store', () => new Objm(op).open(PARTS_BUCKET));
     const manifest = JSON.parse(
       new TextDecoder().decode((await read('manifest', () => parts.getBlob(`manifest.${s0.id}`))) ?? new Uint8Array()),
     ) as {
