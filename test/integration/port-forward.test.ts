@@ -79,7 +79,10 @@ describe('forky port: local TCP to a guest port over NATS (two hosts, a schedule
     await untilServes(f.port, '/small');
     const agent = new http.Agent({ keepAlive: false, maxSockets: GETS });
     const t0 = Date.now();
-    const all = await Promise.all(Array.from({ length: GETS }, () => get(f.port, '/big', agent)));
+    const all = await Promise.all(Array.from({ length: GETS }, () => get(f.port, '/big', agent))).catch((e: unknown) => {
+      // What the forwarder said of the connection that failed is the diagnosis.
+      throw new Error(`${(e as Error).message}; the forwarder said: ${f.stderr().slice(-2000) || '(nothing)'}`, { cause: e });
+    });
     const s = (Date.now() - t0) / 1000;
     process.stderr.write(`# ${GETS} x ${MIB} MiB from ${vm.host} in ${s.toFixed(1)} s (${((GETS * MIB) / s).toFixed(0)} MiB/s)\n`);
     for (const r of all) {
