@@ -62,3 +62,14 @@ export function reportDuration(name: string, budgetMs = 5000): void {
     assert.ok(ms < budgetMs, `${name} took ${ms} ms`);
   });
 }
+
+/** Everything a refusal must leave as it was. */
+export async function hostState(h: EngineHost) {
+  return {
+    vms: h.engine.list().map((v) => [v.id, v.state, v.pid]),
+    snaps: h.engine.listSnapshots().map((s) => s.id),
+    live: h.runtime.live().map((p) => p.pid),
+    files: await h.files(),
+    dir: [sorted(h.directory.vms), sorted(h.directory.snaps), sorted(h.directory.lineage.keys())],
+  };
+}

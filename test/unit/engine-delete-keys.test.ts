@@ -4,7 +4,7 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import { pollUntil } from '@forky/base';
 import { hostFor, type EngineHost } from '../helpers/engine-host.js';
-import { assertVm, boot, exists, fork, reportDuration, snapsWithFiles, sorted, vmsWithFiles } from '../helpers/engine-checks.js';
+import { assertVm, boot, exists, fork, hostState, reportDuration, snapsWithFiles, sorted, vmsWithFiles } from '../helpers/engine-checks.js';
 import { refused } from '../helpers/errors.js';
 
 /**
@@ -12,17 +12,6 @@ import { refused } from '../helpers/errors.js';
  * or with everything that does), and idempotency keys (a request repeated under its key gets the
  * first run's outcome and runs once, across a restart too; a failed one may be retried and then runs).
  */
-
-/** Everything a refusal must leave as it was. */
-async function hostState(h: EngineHost) {
-  return {
-    vms: h.engine.list().map((v) => [v.id, v.state, v.pid]),
-    snaps: h.engine.listSnapshots().map((s) => s.id),
-    live: h.runtime.live().map((p) => p.pid),
-    files: await h.files(),
-    dir: [sorted(h.directory.vms), sorted(h.directory.snaps), sorted(h.directory.lineage.keys())],
-  };
-}
 
 describe('engine: deleting a snapshot', { concurrency: true }, () => {
   it('refuses while forked children and a snapshot below run on it, naming them, and with cascade removes them all', async (t) => {

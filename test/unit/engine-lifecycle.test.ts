@@ -2,7 +2,7 @@ import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { ForkyError } from '@forky/base';
 import { hostFor, type EngineHost } from '../helpers/engine-host.js';
-import { assertVm, boot, fork, reportDuration, snapsWithFiles, sorted } from '../helpers/engine-checks.js';
+import { assertVm, boot, fork, hostState, reportDuration, snapsWithFiles, sorted } from '../helpers/engine-checks.js';
 import { refused } from '../helpers/errors.js';
 
 /**
@@ -17,17 +17,6 @@ function controlLines(h: EngineHost, id: string, mark: number): Array<{ fields: 
     .slice(mark)
     .filter((c) => c.call === 'runtime.control' && c.vmId === id)
     .map((c) => ({ fields: String(c.args[1]).split(' '), timeoutMs: c.args[2] as number }));
-}
-
-/** Everything a refusal must leave as it was. */
-async function hostState(h: EngineHost) {
-  return {
-    vms: h.engine.list().map((v) => [v.id, v.state, v.pid]),
-    snaps: h.engine.listSnapshots().map((s) => s.id),
-    live: h.runtime.live().map((p) => p.pid),
-    files: await h.files(),
-    dir: [sorted(h.directory.vms), sorted(h.directory.snaps), sorted(h.directory.lineage.keys())],
-  };
 }
 
 describe('engine: resume steps the clock', { concurrency: true }, () => {
