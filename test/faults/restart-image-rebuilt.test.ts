@@ -9,7 +9,7 @@ import type { NatsConnection } from '@nats-io/nats-core';
 import { HostdClient, startNatsServer, type NatsServer } from '@forky/bus';
 import { qemuPidsWhere } from '../helpers/procs.js';
 import { IMAGES_DIR, ensureImageOnce } from '../helpers/repo.js';
-import { HOSTD_MAIN, hostdEnv, logLines, spawnService, type ServiceProc } from '../helpers/service-proc.js';
+import { HOSTD_MAIN, answersHostInfo, hostdEnv, logLines, spawnService, type ServiceProc } from '../helpers/service-proc.js';
 
 const HOST = 'rebuilt-h1';
 
@@ -54,12 +54,7 @@ describe('a hostd restarted after the image its VMs were booted from was rebuilt
       ...hostdEnv({ hostId: HOST, natsUrl: nats.url, dataDir: dataDir(), ramDir: ramDir() }),
       FORKY_IMAGES_DIR: path.join(dir, 'images'),
     };
-    hostd = await spawnService(HOSTD_MAIN, env, log(), () =>
-      client.call('host.info', {}, { timeoutMs: 1000 }).then(
-        () => true,
-        () => false,
-      ),
-    );
+    hostd = await spawnService(HOSTD_MAIN, env, log(), answersHostInfo(client));
   };
   const killHostd = async (): Promise<void> => {
     await hostd?.kill();

@@ -11,7 +11,7 @@ import type { ForkResult, VmInfo } from '@forky/contract';
 import { fileTree } from '../helpers/files.js';
 import { qemuPidsWhere } from '../helpers/procs.js';
 import { ensureImageOnce } from '../helpers/repo.js';
-import { HOSTD_MAIN, hostdEnv, logLines, spawnService, type ServiceProc } from '../helpers/service-proc.js';
+import { HOSTD_MAIN, answersHostInfo, hostdEnv, logLines, spawnService, type ServiceProc } from '../helpers/service-proc.js';
 
 const HOST = 'restart-h1';
 
@@ -39,11 +39,11 @@ describe('hostd killed with SIGKILL and restarted re-adopts its VMs and cleans u
   const shortClient = (): HostdClient => new HostdClient(nc, HOST, { timeoutMs: 6_000 });
 
   const startHostd = async (): Promise<void> => {
-    hostd = await spawnService(HOSTD_MAIN, hostdEnv({ hostId: HOST, natsUrl: nats.url, dataDir: dataDir(), ramDir: ramDir() }), log(), () =>
-      client.call('host.info', {}, { timeoutMs: 1000 }).then(
-        () => true,
-        () => false,
-      ),
+    hostd = await spawnService(
+      HOSTD_MAIN,
+      hostdEnv({ hostId: HOST, natsUrl: nats.url, dataDir: dataDir(), ramDir: ramDir() }),
+      log(),
+      answersHostInfo(client),
     );
   };
   const killHostd = async (): Promise<void> => {

@@ -11,7 +11,7 @@ import type { VmInfo } from '@forky/contract';
 import { isRunning, qemuPidsWhere } from '../helpers/procs.js';
 import { startTestHost, type TestHost } from '../helpers/hostd.js';
 import { ensureImageOnce } from '../helpers/repo.js';
-import { HOSTD_MAIN, hostdEnv, spawnService, type ServiceProc } from '../helpers/service-proc.js';
+import { HOSTD_MAIN, answersHostInfo, hostdEnv, spawnService, type ServiceProc } from '../helpers/service-proc.js';
 
 const HOST = 'death-h1';
 const POOL = { size: 1, maxSnapshots: 4 };
@@ -42,11 +42,7 @@ describe('VMs whose QEMU dies are failed, with hostd up or down', { timeout: 600
       HOSTD_MAIN,
       hostdEnv({ hostId: HOST, natsUrl: nats.url, dataDir: dataDir(), ramDir: ramDir() }),
       path.join(dir, 'hostd.log'),
-      () =>
-        client.call('host.info', {}, { timeoutMs: 1000 }).then(
-          () => true,
-          () => false,
-        ),
+      answersHostInfo(client),
     );
   };
   const killHostd = async (): Promise<void> => {

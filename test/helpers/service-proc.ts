@@ -3,6 +3,7 @@ import { closeSync, openSync } from 'node:fs';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { pollUntil, withDeadline } from '@forky/base';
+import type { HostdClient } from '@forky/bus';
 import { IMAGES_DIR, REPO } from './repo.js';
 
 export const HOSTD_MAIN = path.join(REPO, 'services', 'hostd', 'dist', 'main.js');
@@ -81,3 +82,10 @@ export async function logLines(log: string, msg: string): Promise<Array<Record<s
     .map((l) => JSON.parse(l) as Record<string, unknown>)
     .filter((j) => j.msg === msg);
 }
+
+/** spawnService's readiness check for a hostd: it answers host.info (each try within 1 s). */
+export const answersHostInfo = (client: HostdClient) => (): Promise<boolean> =>
+  client.call('host.info', {}, { timeoutMs: 1000 }).then(
+    () => true,
+    () => false,
+  );

@@ -9,7 +9,7 @@ import { HostdClient, startNatsServer, type NatsServer } from '@forky/bus';
 import { qemuPidsWhere } from '../helpers/procs.js';
 import { refused } from '../helpers/errors.js';
 import { ensureImageOnce } from '../helpers/repo.js';
-import { HOSTD_MAIN, hostdEnv, spawnService, type ServiceProc } from '../helpers/service-proc.js';
+import { HOSTD_MAIN, answersHostInfo, hostdEnv, spawnService, type ServiceProc } from '../helpers/service-proc.js';
 
 const HOST = 'exec-out-h1';
 
@@ -37,11 +37,7 @@ describe('exec output larger than a reply can carry, on a real guest', { timeout
       HOSTD_MAIN,
       { ...hostdEnv({ hostId: HOST, natsUrl: nats.url, dataDir: path.join(dir, 'data'), ramDir: ramDir() }), FORKY_LOG_LEVEL: 'warn' },
       path.join(dir, 'hostd.log'),
-      () =>
-        client.call('host.info', {}, { timeoutMs: 1000 }).then(
-          () => true,
-          () => false,
-        ),
+      answersHostInfo(client),
     );
   });
   after(async () => {
