@@ -102,6 +102,12 @@ const BENCHES: Array<{ script: string; args: string[]; targets: Target[] }> = [
         target: 1,
         kind: 'min',
       },
+      {
+        from: 'cross-host re-snapshot bytes shipped ÷ bytes of pages dirtied',
+        name: 're-snapshot bytes shipped ÷ pages dirtied',
+        target: 2,
+        kind: 'max',
+      },
     ],
   },
   {

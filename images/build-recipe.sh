@@ -79,7 +79,7 @@ closure=$(apt-cache depends --recurse --no-recommends --no-suggests --no-conflic
 versions=$(apt-cache policy $closure 2>/dev/null | awk '/^[^ ].*:$/{p=$1} /Candidate:/{print p $2}')
 input_key=$( {
   # Names relative to images/, so the key does not depend on how or where the script was invoked.
-  for f in "$here/build-recipe.sh" "$here/build-lib.sh" "$glue"/* "$tiny/hook" "$tiny/udhcpc" "$tiny/app-mount" "$tiny/app-release" "$tiny/modules" "$tiny/ident.c" "$tiny"/agent/*.go "$tiny/agent/go.mod" "$tiny/agent/build.sh"; do
+  for f in "$here/build-recipe.sh" "$here/build-lib.sh" "$glue"/* "$tiny/hook" "$tiny/udhcpc" "$tiny/app-mount" "$tiny/app-release" "$tiny/modules" "$tiny/ident.c" "$tiny/fork.c" "$tiny"/agent/*.go "$tiny/agent/go.mod" "$tiny/agent/build.sh"; do
     echo "${f#"$here"/}"; cat "$f"
   done
   (cd "$recipe_dir" && find . -type f | sort | while read -r f; do echo "$f"; cat "$f"; done)
@@ -100,6 +100,7 @@ mkdir -p "$cache/debs" "$cache/apt" "$work/x" "$work/initrd" "$work/out"
 
 log "guest helpers"
 gcc -static -Os -s -o "$work/forky-ident" "$tiny/ident.c"
+gcc -static -Os -s -o "$work/forky-fork" "$tiny/fork.c"
 # From a copy outside the repository: inside it, go stamps the git revision into the binary, so
 # every commit would change the image although the agent's sources did not.
 cp -r "$tiny/agent" "$work/agent-src"

@@ -66,7 +66,7 @@ for p in "$kernel_pkg" "${bundle[@]}"; do versions+="$p=$(candidate "$p") "; don
 file_sha=$(sha256sum "$file" | cut -c1-64)
 input_key=$( {
   echo "file:$file_sha disk:$disk_arg"
-  for f in "$here"/import-*.sh "$here/build-lib.sh" "$here/image-cache.sh" "$glue"/* "$tiny/hook" "$tiny/udhcpc" "$tiny/app-mount" "$tiny/app-release" "$tiny/modules" "$tiny/ident.c" "$tiny"/agent/*.go "$tiny/agent/go.mod" "$tiny/agent/build.sh"; do
+  for f in "$here"/import-*.sh "$here/build-lib.sh" "$here/image-cache.sh" "$glue"/* "$tiny/hook" "$tiny/udhcpc" "$tiny/app-mount" "$tiny/app-release" "$tiny/modules" "$tiny/ident.c" "$tiny/fork.c" "$tiny"/agent/*.go "$tiny/agent/go.mod" "$tiny/agent/build.sh"; do
     echo "${f#"$here"/}"; cat "$f"
   done
   echo "$versions"; gcc --version | sed -n 1p; go version; mkfs.ext4 -V 2>&1 | sed -n 1p; tar --version | sed -n 1p

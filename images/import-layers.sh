@@ -134,6 +134,7 @@ for tool in usr/sbin/qemu-ga sbin/resize2fs sbin/dumpe2fs; do
 done
 cp -L "$work/x/lib64/ld-linux-x86-64.so.2" "$o/lib/"
 gcc -static -Os -s -o "$o/bin/forky-ident" "$tiny/ident.c"
+gcc -static -Os -s -o "$o/bin/forky-fork" "$tiny/fork.c"
 cp -r "$tiny/agent" "$work/agent-src"
 FORKY_GO_CACHE="$cache/go" bash "$work/agent-src/build.sh" "$o/bin/forky-agent"
 install -m 0755 "$glue/import-init" "$o/init"

@@ -1,4 +1,4 @@
-import type { Forky, Vm } from '@forky/sdk';
+import type { Duration, Forky, Vm } from '@forky/sdk';
 
 /** One state the search reached: a VM that tried `candidate` on top of its parent's state. */
 export interface Node {
@@ -19,6 +19,11 @@ export interface SearchOptions {
   length: number;
   image?: string;
   memMiB?: number;
+  /**
+   * A net under the whole tree (default 15m): the root, and every child (they inherit it, counted
+   * from their own start), is destroyed by its host after this even if the search dies midway.
+   */
+  ttl?: Duration;
   /** Told about each round as it ends. */
   onRound?: (round: number, tried: Node[]) => void;
 }
@@ -43,7 +48,7 @@ const DIGITS = '0123456789';
 export async function search(forky: Forky, o: SearchOptions): Promise<SearchResult> {
   if (!Number.isInteger(o.children) || o.children < 1 || o.children > 10) throw new RangeError('children must be 1 to 10');
   if (!Number.isInteger(o.length) || o.length < 1 || o.length > 8) throw new RangeError('length must be 1 to 8');
-  const root = await forky.vms.create({ image: o.image ?? 'tiny', memMiB: o.memMiB ?? 256 });
+  const root = await forky.vms.create({ image: o.image ?? 'tiny', memMiB: o.memMiB ?? 256, ttl: o.ttl ?? '15m' });
   const made: Vm[] = [root];
   const snapshots: string[] = [];
   let rounds = 0;

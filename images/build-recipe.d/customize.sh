@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # mmdebstrap's customize hook for build-recipe.sh: puts our guest glue into the root ROOT (init,
 # hook, DHCP script, agent, identity helper), then the recipe's files and run steps, in order.
-# usage: customize.sh ROOT WORK RECIPE_DIR        (WORK holds the built forky-agent and forky-ident)
+# usage: customize.sh ROOT WORK RECIPE_DIR        (WORK holds the built forky-agent, forky-ident and forky-fork)
 set -euo pipefail
 root=${1:?} work=${2:?} recipe_dir=${3:?}
 here=$(cd "$(dirname "$0")" && pwd)
@@ -17,6 +17,7 @@ install -m 0755 "$tiny/app-mount" "$root/etc/forky/app-mount"
 install -m 0755 "$tiny/app-release" "$root/etc/forky/app-release"
 install -m 0755 "$work/forky-agent" "$root/usr/sbin/forky-agent"
 install -m 0755 "$work/forky-ident" "$root/usr/sbin/forky-ident"
+install -m 0755 "$work/forky-fork" "$root/usr/bin/forky-fork"
 # tiny's scripts call busybox applets Debian has no binary for.
 for applet in udhcpc usleep; do
   found=""

@@ -35,7 +35,7 @@ cmdline="console=ttyS0 quiet panic=-1 random.trust_cpu=on i8042.noaux i8042.nokb
 load_candidates "${pkgs[@]}"
 versions=""
 for p in "${pkgs[@]}"; do versions+="$p=$(candidate "$p") "; done
-input_key=$( { cat "$0" "$here/init" "$here/hook" "$here/udhcpc" "$here/ident.c" "$here/modules" "$here/app-mount" "$here/app-release" "$here"/agent/*.go "$here/agent/go.mod" "$here/agent/build.sh"; echo "$versions"; gcc --version | head -1; go version; echo "$cmdline"; } | sha256sum | cut -c1-64)
+input_key=$( { cat "$0" "$here/init" "$here/hook" "$here/udhcpc" "$here/ident.c" "$here/fork.c" "$here/modules" "$here/app-mount" "$here/app-release" "$here"/agent/*.go "$here/agent/go.mod" "$here/agent/build.sh"; echo "$versions"; gcc --version | head -1; go version; echo "$cmdline"; } | sha256sum | cut -c1-64)
 
 verify_dir() {
   [ -f "$1/manifest.json" ] || return 1
@@ -81,6 +81,8 @@ install -m 0755 "$here/udhcpc" "$r/etc/forky/udhcpc"
 install -m 0755 "$here/app-mount" "$r/etc/forky/app-mount"
 install -m 0755 "$here/app-release" "$r/etc/forky/app-release"
 gcc -static -Os -s -o "$r/usr/sbin/forky-ident" "$here/ident.c"
+# A guest forks itself (issue 22): a command for any program in the guest.
+gcc -static -Os -s -o "$r/usr/bin/forky-fork" "$here/fork.c"
 FORKY_GO_CACHE="$cache/go" bash "$here/agent/build.sh" "$r/usr/sbin/forky-agent"
 install -m 0644 "$here/modules" "$r/etc/forky/modules"
 echo "root:x:0:0:root:/root:/bin/sh" > "$r/etc/passwd"

@@ -108,6 +108,8 @@ describe(
           fields: { id: 'id', key: 'key' },
           required: ['id', 'network'],
         },
+        // A valid form is skipped: the fuzzed VM never gets a TTL.
+        'vm.extend': { body: { id: vm.id, ttlMs: 600_000 }, fields: { id: 'id', ttlMs: 'int' }, required: ['id', 'ttlMs'] },
         'snapshot.create': { body: { vm: vm.id, resume: true }, fields: { vm: 'id', resume: 'bool', key: 'key' }, required: ['vm'] },
         'snapshot.list': { body: {}, fields: {}, required: [] },
         'snapshot.show': { body: { id: snap.id }, fields: id, required: ['id'] },

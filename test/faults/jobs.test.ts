@@ -129,7 +129,14 @@ describe('durable jobs: a scheduler or hostd killed mid-job, and the job still c
       intervalMs: 5,
       what: 'a first child of the batch',
     });
-    const atKill = await entry(key);
+    // A run claims its key in the bucket once it lasts a third of a lease (before that, its job is its claim).
+    const atKill = await pollUntil(
+      async () => {
+        const e = await entry(key);
+        return e?.state === 'pending' ? e : undefined;
+      },
+      { timeoutMs: 10_000, intervalMs: 20, what: 'the batch claimed by its scheduler' },
+    );
     assert.equal(atKill?.state, 'pending', 'the job was under way when its scheduler died');
     assert.match(atKill?.owner ?? '', new RegExp(`pid${a.child.pid}$`), 'scheduler A had it');
     const childrenAtKill = (await vmIds()).length - before.length;

@@ -1,6 +1,7 @@
 import type { GuestSession } from '@forky/agent';
 import type { ExecResult, MachineProfile } from '@forky/contract';
 import type { VmHandle, VmRuntime, VmSpec } from '@forky/hostd';
+import type { SelfForkListener } from '@forky/hostd/internal';
 import { FaultPlan, type Call } from './fault-plan.js';
 
 type Status = 'waiting' | 'running' | 'paused' | 'gone';
@@ -43,6 +44,9 @@ export class Proc implements VmHandle {
 export class FaultRuntime implements VmRuntime {
   readonly procs: Proc[] = [];
   #nextPid = 1000;
+  /** Every line hostd wrote to a process's self-fork port, in order. */
+  readonly selfForkReplies: Array<{ vmId: string; generation: number; line: string }> = [];
+  #selfFork: SelfForkListener | undefined;
 
   constructor(
     private readonly inner: VmRuntime,
@@ -178,6 +182,27 @@ export class FaultRuntime implements VmRuntime {
     return this.live()
       .filter((p) => p.spec.runDir.startsWith(`${vmsDir}/`))
       .map((p) => ({ pid: p.pid, vmId: p.spec.id, generation: p.spec.generation, kill: async () => p.end() }));
+  }
+
+  onSelfFork(listener: SelfForkListener): void {
+    this.#selfFork = listener;
+  }
+
+  async selfForkReply(vm: VmHandle, line: string): Promise<void> {
+    const p = await this.#checkVm('selfForkReply', vm, [line]);
+    this.selfForkReplies.push({ vmId: p.spec.id, generation: p.spec.generation, line });
+  }
+
+  /** The guest of VM `vmId`'s newest live process sends `line` (or a line over the limit) on its self-fork port. */
+  async guestSends(vmId: string, line: string | { tooLong: true }): Promise<void> {
+    const p = this.live(vmId).at(-1);
+    if (!p || !this.#selfFork) throw new Error(`no live process of ${vmId}, or no self-fork listener`);
+    await this.#selfFork({ id: vmId, generation: p.spec.generation }, typeof line === 'string' ? { line } : line);
+  }
+
+  /** The replies written to VM `vmId`'s ports, parsed. */
+  repliesTo(vmId: string): unknown[] {
+    return this.selfForkReplies.filter((r) => r.vmId === vmId).map((r) => JSON.parse(r.line) as unknown);
   }
 
   #spawn(spec: VmSpec, status: Status, autostart: boolean, inner: VmHandle): Proc {

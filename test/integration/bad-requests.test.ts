@@ -90,6 +90,10 @@ describe('bad requests get a typed error and change nothing', { timeout: 300_000
     await expectError('vm.boot', { image: 'nosuchimage' }, 'NOT_FOUND', '404', /nosuchimage/);
     await expectError('vm.boot', { memMiB: 'lots' }, 'BAD_REQUEST', '400', /memMiB/, 'memMiB');
     await expectError('vm.boot', { memMiB: 1e12 }, 'BAD_REQUEST', '400', /memMiB/, 'memMiB');
+    await expectError('vm.boot', { ttlMs: 10 }, 'BAD_REQUEST', '400', /ttlMs/, 'ttlMs');
+    await expectError('vm.boot', { idle: { afterMs: 5000, then: 'sleep' } }, 'BAD_REQUEST', '400', /idle/, 'idle.then');
+    await expectError('vm.extend', { id: vm.id, ttlMs: 10 }, 'BAD_REQUEST', '400', /ttlMs/, 'ttlMs');
+    await expectError('vm.extend', { id: 'vm-aaaaaaaaaaaa', ttlMs: 60_000 }, 'NOT_FOUND', '404', /vm-aaaaaaaaaaaa/);
     await expectError('fork', { source: vm.id, count: 0 }, 'BAD_REQUEST', '400', /count/, 'count');
     await expectError('fork', { source: vm.id, count: 10_000 }, 'BAD_REQUEST', '400', /count/, 'count');
     await expectError('fork', { source: '../../etc/passwd', count: 1 }, 'BAD_REQUEST', '400', /source/, 'source');

@@ -5,11 +5,12 @@ import path from 'node:path';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { startNatsServer, type NatsServer } from '@forky/bus';
-import { Forky, ForkyError, type Vm } from '@forky/sdk';
+import { Forky, ForkyError, parseDuration, type Vm } from '@forky/sdk';
 import { pollUntil } from '@forky/base';
 import { startTestHost, type TestHost } from '../helpers/hostd.js';
 import { startTestScheduler, type TestScheduler } from '../helpers/scheduler.js';
 import { REPO, ensureImage } from '../helpers/repo.js';
+import { sdkEvents } from '../helpers/sdk-events.js';
 
 const getText = (port: number, p: string): Promise<{ status: number; body: string }> =>
   new Promise((resolve, reject) => {
@@ -61,6 +62,62 @@ describe('@forky/sdk on a real cluster (real QEMU, real nats-server)', { timeout
     assert.deepEqual(await forky.vms.list({ state: 'paused' }), []);
     assert.equal((await forky.vms.get(vm.id)).id, vm.id);
     assert.equal((await forky.hosts()).length, 1);
+  });
+
+  it('ttl and idle are checked before anything is sent: one duration parser, errors naming the field', async () => {
+    assert.deepEqual(
+      ['1500ms', '90s', '10m', '2h', '7d', '250', 1500].map((d) => parseDuration(d)),
+      [1500, 90_000, 600_000, 7_200_000, 604_800_000, 250, 1500],
+    );
+    const field = (f: string) => (e: unknown) => e instanceof ForkyError && e.code === 'BAD_REQUEST' && e.details?.field === f;
+    assert.throws(() => parseDuration('soon', 'wait'), field('wait'));
+    assert.throws(() => parseDuration(-1), field('duration'));
+    await assert.rejects(forky.vms.create({ ttl: '5 minutes' }), field('ttl'));
+    await assert.rejects(forky.vms.create({ ttl: 999 }), field('ttl'));
+    await assert.rejects(forky.vms.create({ idle: { after: '1x', then: 'pause' } }), field('idle.after'));
+    await assert.rejects(forky.vms.create({ idle: { after: '3s', then: 'sleep' as 'pause' } }), field('idle.then'));
+    await assert.rejects(vm.fork({ ttl: '31d' }), field('ttl'));
+    await assert.rejects(vm.extend('0s'), field('ttl'));
+    assert.deepEqual(
+      (await forky.vms.list()).map((v) => v.id),
+      [vm.id],
+      'no VM was made',
+    );
+    assert.equal((await vm.refresh()).lifecycle, undefined, 'and this one was not given a TTL');
+  });
+
+  it("a VM with ttl '5s' is gone within 10 s: its events, by label, say expired, then destroyed", async () => {
+    const life = { life: `ttl-${process.pid}` };
+    const mine = sdkEvents(forky, life);
+    const all = sdkEvents(forky);
+    await Promise.all([mine.ready(), all.ready()]);
+    try {
+      const short = await forky.vms.create({ ttl: '5s', labels: life });
+      const made = Date.now();
+      assert.equal(short.lifecycle?.ttlMs, 5000);
+      assert.ok(short.lifecycle?.expiresAt && Date.parse(short.lifecycle.expiresAt) <= made + 5000, short.lifecycle?.expiresAt);
+      const destroyed = await mine.until((e) => e.kind === 'destroyed' && e.vm === short.id, 10_000 - (Date.now() - made));
+      const kinds = mine.of(short.id);
+      assert.ok(kinds.indexOf('expired') >= 0 && kinds.indexOf('expired') < kinds.indexOf('destroyed'), kinds.join(' '));
+      assert.deepEqual(destroyed.labels, life);
+      const after = await forky.vms.get(short.id).then(
+        (v) => v.state,
+        (e: unknown) => (e instanceof ForkyError ? e.code : String(e)),
+      );
+      assert.ok(after === 'destroyed' || after === 'NOT_FOUND', after);
+      assert.deepEqual(
+        (await forky.vms.list({ labels: life })).filter((v) => v.state !== 'destroyed'),
+        [],
+      );
+      // The label filter kept exactly the labelled VM's events; the unfiltered stream saw the same ones.
+      assert.ok(
+        mine.events.every((e) => e.vm === short.id && e.labels?.life === life.life),
+        JSON.stringify(mine.events),
+      );
+      assert.deepEqual(all.of(short.id), kinds);
+    } finally {
+      await Promise.all([mine.close(), all.close()]);
+    }
   });
 
   it('exec streams output to callbacks as it comes, keeps it, and gives the exit code without throwing', async () => {
@@ -150,6 +207,52 @@ describe('@forky/sdk on a real cluster (real QEMU, real nats-server)', { timeout
     }
     assert.equal((await forky.snapshots.get(snapshot.id)).vm, vm.id);
     for (const c of children) assert.equal((await c.destroy()).state, 'destroyed');
+  });
+
+  it('an idle rule pauses a fork nobody uses (pausedBy idle); an exec wakes it: events paused, resumed', async () => {
+    const life = { life: `idle-${process.pid}` };
+    const mine = sdkEvents(forky, life);
+    const all = sdkEvents(forky);
+    await Promise.all([mine.ready(), all.ready()]);
+    let child: Vm | undefined;
+    try {
+      const { children } = await vm.fork({ count: 1, live: true, labels: life, idle: { after: '3s', then: 'pause' } });
+      child = children[0] as Vm;
+      assert.deepEqual(child.lifecycle?.idle, { afterMs: 3000, then: 'pause' });
+      const id = child.id;
+      await mine.until((e) => e.kind === 'paused' && e.vm === id, 30_000);
+      await child.refresh();
+      assert.equal(child.state, 'paused');
+      assert.equal(child.lifecycle?.pausedBy, 'idle');
+      // Touching it is enough: the exec resumes it and runs.
+      assert.equal((await child.exec('echo awake')).stdout, 'awake\n');
+      await mine.until((e) => e.kind === 'resumed' && e.vm === id, 10_000);
+      await child.refresh();
+      assert.notEqual(child.lifecycle?.pausedBy, 'idle');
+      const kinds = mine.of(id);
+      assert.ok(kinds.indexOf('paused') >= 0 && kinds.indexOf('paused') < kinds.indexOf('resumed'), kinds.join(' '));
+      // By label: the child's events only; the fork's own (the source's, unlabelled) went by.
+      assert.ok(
+        mine.events.every((e) => e.labels?.life === life.life),
+        JSON.stringify(mine.events),
+      );
+      assert.ok(all.events.some((e) => e.kind === 'forked' && e.vm === vm.id && e.labels?.life === undefined));
+    } finally {
+      await child?.destroy().catch(() => undefined);
+      await Promise.all([mine.close(), all.close()]);
+    }
+  });
+
+  it('vm.extend moves lifecycle.expiresAt (a VM without a TTL gets one; shorter works too)', async () => {
+    const t0 = Date.now();
+    const a = await vm.extend('20m');
+    const at = Date.parse(a.lifecycle?.expiresAt ?? '');
+    assert.ok(at >= t0 + 20 * 60_000 && at <= Date.now() + 20 * 60_000, a.lifecycle?.expiresAt);
+    assert.equal(vm.lifecycle?.ttlMs, 20 * 60_000, 'the Vm shows what the reply said');
+    const b = await vm.extend(10 * 60_000);
+    const shorter = Date.parse(b.lifecycle?.expiresAt ?? '');
+    assert.ok(shorter < at - 9 * 60_000 && shorter >= t0 + 10 * 60_000, `${a.lifecycle?.expiresAt} then ${b.lifecycle?.expiresAt}`);
+    assert.equal((await forky.vms.get(vm.id)).lifecycle?.expiresAt, b.lifecycle?.expiresAt, 'as the cluster keeps it');
   });
 
   it('pause, resume, destroy; a VM that does not exist is a NOT_FOUND ForkyError', async () => {

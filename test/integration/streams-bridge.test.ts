@@ -33,8 +33,15 @@ describe('streams over NATS: hostd bridge and ClientStream (real nats-server, fa
   };
 
   let fixture: BridgeFixture | undefined;
+  /** The VMs each activity report named (engine.touch in hostd: a VM's idle rule counts from it). */
+  const activity: string[] = [];
   before(async () => {
-    fixture = await startBridge([HOST, 'h2'], { idleMs: IDLE_MS, keepaliveMs: 300, cancelGraceMs: 1000 });
+    fixture = await startBridge([HOST, 'h2'], {
+      idleMs: IDLE_MS,
+      keepaliveMs: 300,
+      cancelGraceMs: 1000,
+      onActivity: (id) => activity.push(id),
+    });
     ({ hostNc, client, session, streams } = fixture);
   });
   after(() => fixture?.stop());
@@ -57,6 +64,17 @@ describe('streams over NATS: hostd bridge and ClientStream (real nats-server, fa
     assert.equal(bytesOf(chunks, 'stderr'), 4 * 10000);
     assert.deepEqual(endOf(chunks).end, { ok: true, exitCode: 0, signal: null, timedOut: false });
     t.diagnostic(`${chunks.length} chunks (${bytesOf(chunks)} bytes) in seq order ${seqs[0]}..${seqs.at(-1)}, end exit 0`);
+  });
+
+  it("tells of its VM's activity as bytes move, at most once a second per stream", async () => {
+    const mark = activity.length;
+    const t0 = Date.now();
+    const s = await open('exec.start', { id: VM, cmd: ['chunks', '20', '10000'] });
+    await withDeadline(drain(s), 10_000, 'the stream');
+    const said = activity.slice(mark);
+    assert.ok(said.length >= 1, 'its output is activity');
+    assert.ok(said.length <= 1 + Math.floor((Date.now() - t0) / 1000), `${said.length} reports for 20 chunks`);
+    assert.deepEqual(new Set(said), new Set([VM]));
   });
 
   it('holds at most the window for a reader that takes nothing', async (t) => {

@@ -33,7 +33,7 @@ class ExitError extends Error {
 async function run(
   args: string[],
   reply: unknown,
-): Promise<{ sent: Array<[string, unknown]>; opened: SessionOptions[]; stdout: string; code?: number }> {
+): Promise<{ sent: Array<[string, unknown]>; opened: SessionOptions[]; stdout: string; stderr: string; code?: number }> {
   const sent: Array<[string, unknown]> = [];
   const opened: SessionOptions[] = [];
   const session: Session = {
@@ -48,10 +48,11 @@ async function run(
     close: async () => undefined,
   };
   let stdout = '';
+  let stderr = '';
   const write = process.stdout.write.bind(process.stdout);
   const writeErr = process.stderr.write.bind(process.stderr);
   process.stdout.write = ((s: string) => ((stdout += s), true)) as typeof process.stdout.write;
-  process.stderr.write = (() => true) as typeof process.stderr.write;
+  process.stderr.write = ((s: string) => ((stderr += s), true)) as typeof process.stderr.write;
   try {
     const program = buildProgram({
       openSession: async (o) => (opened.push(o), session),
@@ -60,9 +61,9 @@ async function run(
       },
     });
     await program.parseAsync(['node', 'forky', ...args]);
-    return { sent, opened, stdout };
+    return { sent, opened, stdout, stderr };
   } catch (e) {
-    if (e instanceof ExitError) return { sent, opened, stdout, code: e.code };
+    if (e instanceof ExitError) return { sent, opened, stdout, stderr, code: e.code };
     throw e;
   } finally {
     process.stdout.write = write;
@@ -106,10 +107,14 @@ describe('CLI commands parse their arguments into requests (no cluster)', () => 
   it('vm ls prints a table of the VM columns', async () => {
     const r = await run(['vm', 'ls'], { vms: [VM] });
     assert.deepEqual(r.sent, [['vm.list', {}]]);
-    assert.equal(r.stdout, formatTable([VM], ['id', 'name', 'host', 'state', 'image', 'memMiB', 'parentSnapshot', 'pid', 'labels']));
+    const row: VmInfo & { expires?: string } = VM;
+    assert.equal(
+      r.stdout,
+      formatTable([row], ['id', 'name', 'host', 'state', 'image', 'memMiB', 'parentSnapshot', 'pid', 'expires', 'labels']),
+    );
     assert.match(
       r.stdout,
-      /^ID +NAME +HOST +STATE +IMAGE +MEMMIB +PARENTSNAPSHOT +PID +LABELS\nvm-aaaaaaaaaaaa +- +h1 +running +tiny +256 +- +- +-\n$/,
+      /^ID +NAME +HOST +STATE +IMAGE +MEMMIB +PARENTSNAPSHOT +PID +EXPIRES +LABELS\nvm-aaaaaaaaaaaa +- +h1 +running +tiny +256 +- +- +- +-\n$/,
     );
     // Filters go to the cluster as asked; a VM's labels show as k=v,k=v.
     const f = await run(['vm', 'ls', '--label', 'a=1', '--label', 'b=x=y', '--state', 'running,paused', '--parent', SNAP.id], {
@@ -120,6 +125,57 @@ describe('CLI commands parse their arguments into requests (no cluster)', () => 
     const bad = await run(['vm', 'ls', '--label', 'novalue'], { vms: [] });
     assert.equal(bad.code, 2);
     assert.deepEqual(bad.sent, []);
+  });
+
+  it('lifetimes: --ttl and --idle go into boot and fork, vm extend sends ttlMs, ls filters by template and shows what is left', async () => {
+    const boot = await run(['--json', 'vm', 'boot', '--template', 'py', '--ttl', '10m', '--idle', '90s:pause'], VM);
+    assert.deepEqual(
+      boot.sent.map(([e, b]) => [e, { ...(b as object), key: undefined }]),
+      [['vm.boot', { template: 'py', ttlMs: 600_000, idle: { afterMs: 90_000, then: 'pause' }, key: undefined }]],
+    );
+    const fork = await run(['--json', 'fork', VM.id, '--count', '2', '--ttl', '2h', '--idle', '5m:destroy'], {
+      snapshot: SNAP,
+      children: [VM],
+      timings: { snapshotMs: 1, totalMs: 2, childMs: [2] },
+    });
+    const forkBody = fork.sent[0]?.[1] as Record<string, unknown>;
+    assert.equal(forkBody.ttlMs, 7_200_000);
+    assert.deepEqual(forkBody.idle, { afterMs: 300_000, then: 'destroy' });
+    const ext = await run(['--json', 'vm', 'extend', VM.id, '--ttl', '30m'], VM);
+    assert.deepEqual(ext.sent, [['vm.extend', { id: VM.id, ttlMs: 1_800_000 }]]);
+    const inFive = new Date(Date.now() + 300_500).toISOString();
+    const ls = await run(['vm', 'ls', '--template', 'py'], {
+      vms: [{ ...VM, template: 'py', lifecycle: { ttlMs: 600_000, expiresAt: inFive } }],
+    });
+    assert.deepEqual(ls.sent, [['vm.list', { template: 'py' }]]);
+    assert.match(ls.stdout, /\nvm-aaaaaaaaaaaa .* (5m0s|4m59s) +-\n$/);
+  });
+
+  it('a bad --ttl, --idle or events --label exits 2 naming the flag, before anything is sent', async () => {
+    const bad: Array<[string[], RegExp]> = [
+      [['vm', 'boot', '--ttl', 'soon'], /--ttl must be a duration like/],
+      [['vm', 'boot', '--ttl', '500ms'], /--ttl: from 1s to 30d/],
+      [['vm', 'boot', '--ttl', '31d'], /--ttl: from 1s to 30d/],
+      [['vm', 'boot', '--ttl', '99999999999999999h'], /--ttl must be a duration like/],
+      [['vm', 'boot', '--idle', '5m'], /--idle must be DURATION:pause or DURATION:destroy/],
+      [['vm', 'boot', '--idle', '5m:sleep'], /--idle must be DURATION:pause or DURATION:destroy/],
+      [['vm', 'boot', '--idle', ':pause'], /--idle must be DURATION:pause/],
+      [['vm', 'boot', '--idle', 'x:pause'], /--idle must be a duration like/],
+      [['fork', VM.id, '--count', '1', '--ttl', '-5s'], /--ttl must be a duration like/],
+      [['fork', VM.id, '--count', '1', '--idle', '0s:destroy'], /--idle: from 1s to 30d/],
+      [['vm', 'extend', VM.id, '--ttl', '1x'], /--ttl must be a duration like/],
+      [['vm', 'extend', VM.id], /required option '--ttl <duration>'/],
+      // Filtered on this side: a bad label is refused before connecting.
+      [['events', '--label', 'novalue'], /--label "novalue": expected KEY=VALUE/],
+      [['events', '--label', 'a=1', '--label', `k=${'x'.repeat(300)}`], /--label: /],
+    ];
+    for (const [args, message] of bad) {
+      const r = await run(args, VM);
+      assert.equal(r.code, 2, args.join(' '));
+      assert.match(r.stderr, message, args.join(' '));
+      assert.deepEqual(r.sent, [], args.join(' '));
+      assert.deepEqual(r.opened, [], `${args.join(' ')}: not even connected`);
+    }
   });
 
   it('snapshot rm --cascade and vm pause are sent as asked, without a key (their contract has none)', async () => {

@@ -53,6 +53,8 @@ const out = (kind: 'stdout' | 'stderr', text: string | Uint8Array, seq: number):
   bytes: typeof text === 'string' ? Buffer.from(text) : text,
 });
 const end = (seq: number, e: Record<string, unknown>): StreamChunk => ({ kind: 'end', seq, end: { ok: true, ...e } });
+/** A file's bytes, as a `file.read` stream carries them. */
+const data = (text: string, seq: number): StreamChunk => ({ kind: 'data', seq, bytes: Buffer.from(text) });
 
 interface Ran {
   calls: Array<[string, unknown]>;
@@ -331,7 +333,7 @@ describe('sandbox CLI: a hostile guest', () => {
             this.destroy();
           },
         })) as unknown as typeof fs.createWriteStream;
-      const r = await fileOut(dst, [out('stdout', 'a', 1), out('stdout', 'b', 2), end(3, { bytes: 2 })]);
+      const r = await fileOut(dst, [data('a', 1), data('b', 2), end(3, { bytes: 2 })]);
       assert.equal(r.code, 1);
       assert.match(r.stderr, /^forky: INVALID_STATE: the output is closed/);
       assert.equal(r.fakes[0]?.cancelled, true, 'and the read in the guest is cancelled');
@@ -345,7 +347,7 @@ describe('sandbox CLI: a hostile guest', () => {
             setImmediate(() => this.destroy());
           },
         })) as unknown as typeof fs.createWriteStream;
-      const r = await fileOut(dst, [out('stdout', 'abc', 1), end(2, { bytes: 3 })]);
+      const r = await fileOut(dst, [data('abc', 1), end(2, { bytes: 3 })]);
       assert.equal(r.code, 1);
       assert.match(r.stderr, /^forky: INVALID_STATE: the output is closed/);
     });
@@ -354,15 +356,15 @@ describe('sandbox CLI: a hostile guest', () => {
   it('Ctrl-C in cp exits 130, as in exec; a failing guest tar is a coded error', async () => {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'fk-cp-int-'));
     try {
-      const interrupted = (e: Record<string, unknown>) =>
+      const interrupted = (e: Record<string, unknown>, first = out('stdout', 'part', 1)) =>
         async function* (): AsyncIterable<StreamChunk> {
-          yield out('stdout', 'part', 1);
+          yield first;
           process.emit('SIGINT');
           yield end(2, e);
         };
       const file = await run(['cp', `${VM}:/data/f`, path.join(dir, 'f')], {
         reply: { stat: { type: 'file', size: 9, mode: 0o644 } },
-        chunks: interrupted({ cancelled: true, bytes: 4 }),
+        chunks: interrupted({ cancelled: true, bytes: 4 }, data('part', 1)),
       });
       assert.equal(file.code, undefined, file.stderr);
       assert.equal(process.exitCode, 130);

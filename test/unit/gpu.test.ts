@@ -92,7 +92,15 @@ describe('QEMU command line of a GPU VM', () => {
       runDir: '/run/x',
       net: { restrict: false },
     };
-    const p = { qmpSocket: '/q', qmpServerSocket: '/s', qgaSocket: '/g', ctlSocket: '/c', agentSocket: '/a', serialLog: '/l' };
+    const p = {
+      qmpSocket: '/q',
+      qmpServerSocket: '/s',
+      qgaSocket: '/g',
+      ctlSocket: '/c',
+      agentSocket: '/a',
+      forkSocket: '/f',
+      serialLog: '/l',
+    };
     const args = buildArgs(spec, { accel: 'kvm', machine: 'pc', cpuModel: 'host', sandbox: true, network: { mode: 'user' } }, p, 'boot');
     const devices = args.flatMap((a, i) => (args[i - 1] === '-device' ? [a] : []));
     assert.deepEqual(devices.slice(-2), ['vfio-pci,host=0000:01:00.0,id=gpu0', 'vfio-pci,host=0000:01:00.1,id=gpu1']);

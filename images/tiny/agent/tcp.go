@@ -13,7 +13,9 @@ import (
 )
 
 // dialTimeout bounds the connect to a guest port: a port nobody answers on must not hold a stream.
-const dialTimeout = 5 * time.Second
+// 15 s, not less: a server whose listen backlog is full drops SYNs, and Linux sends them again after
+// 1, 3 and 7 s (busybox httpd's backlog is 9: 100 connections at once failed at 5 s).
+const dialTimeout = 15 * time.Second
 
 // netCode maps a socket error to an errno-like code the host passes on (PROTOCOL.md, tcp).
 func netCode(err error) string {

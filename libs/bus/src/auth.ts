@@ -62,8 +62,9 @@ const JS_CLIENT = ['$JS.API.>', '$JS.ACK.>', '$JS.FC.>'];
 
 /**
  * A host serves only its own subjects and reports only its own heartbeat. It writes the locator
- * and lineage (its VMs and snapshots) and snapshot parts; it cannot write another host's
- * heartbeat or the scheduler's requests bucket, nor call another host.
+ * and lineage (its VMs and snapshots) and snapshot parts, and asks the scheduler for a fork (a
+ * guest's spread self-fork); it cannot write another host's heartbeat or the scheduler's requests
+ * bucket, nor call another host directly.
  */
 export function hostPermissions(hostId: string): Permissions {
   return {
@@ -78,6 +79,9 @@ export function hostPermissions(hostId: string): Permissions {
         `$KV.${BUCKETS.locator}.>`,
         `$KV.${BUCKETS.lineage}.>`,
         '$O.forky_parts.>',
+        // A guest's `forky-fork --spread` (issue 22): the scheduler places the children. This lets a
+        // host ask for forks of any VM through the scheduler, not only its own (not checked yet).
+        subjects.sched('fork'),
         ...JS_CLIENT,
       ],
       // Deleting a part purges its chunks: OBJ_forky_parts may be purged, the KV streams not.

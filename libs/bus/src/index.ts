@@ -19,7 +19,8 @@ export { openBuckets, createOrOpen, bindExisting, resolveReplicas, BucketReplica
 export { startNatsServer, writeServerConfig, type NatsServer, type NatsServerOptions } from './nats-server.js';
 export { JobQueue, type JobQueueOptions, type JobOutcome, type JobDelivery } from './jobs.js';
 export { isTransientNatsError, retryTransient } from './retry.js';
-export { ObjectPartStore, PARTS_BUCKET, type UploadResult } from './object-parts.js';
+export { ObjectPartStore, PARTS_BUCKET, type PartStoreOptions, type UploadResult } from './object-parts.js';
+export { CorruptPartError } from './chunk-map.js';
 export { digestFile } from './sparse.js';
 export { headerOf, setHeader, safeHeaders } from './headers.js';
 export { PastDeadlineError, callerDeadline, refuseIfLate, type CallerTimes } from './deadlines.js';

@@ -3,3 +3,6 @@ export * from './index.js';
 export { safeHeaders } from './headers.js';
 export { clientStreamState } from './streams.js';
 export { parseJsonBytes } from './entries.js';
+export { encodeMap, decodeMap, PAGE, MAX_MAP_BYTES, TOMBSTONE, type ChunkMap } from './chunk-map.js';
+export { diffMap, applyDelta } from './chunk-delta.js';
+export { encodeSparse } from './sparse.js';

@@ -16,6 +16,7 @@ import {
 } from './snapshot.js';
 import { guestContract } from './guest.js';
 import { VmNetworkRequest } from './network.js';
+import { VmExtendRequest } from './lifecycle.js';
 
 /** Request and reply schema of every hostd endpoint: the one table both sides are checked against. */
 export const hostdContract = {
@@ -29,6 +30,7 @@ export const hostdContract = {
   'vm.exec': { request: ExecRequest, reply: ExecResult },
   'vm.app': { request: VmAppRequest, reply: VmInfo },
   'vm.network': { request: VmNetworkRequest, reply: VmInfo },
+  'vm.extend': { request: VmExtendRequest, reply: VmInfo },
   'snapshot.create': { request: SnapshotCreateRequest, reply: SnapshotInfo },
   'snapshot.list': { request: SnapshotListRequest, reply: SnapshotList },
   'snapshot.show': { request: SnapshotRef, reply: SnapshotInfo },
@@ -68,6 +70,8 @@ export const ENDPOINT_KINDS = {
   'vm.exec': 'write',
   'vm.app': 'write',
   'vm.network': 'write',
+  // Sets the deadline from now: a re-send moves it by the reply's delay, never does anything else.
+  'vm.extend': 'write',
   'snapshot.create': 'write',
   'snapshot.delete': 'write',
   'snapshot.publish': 'write',

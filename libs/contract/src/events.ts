@@ -29,7 +29,10 @@ export const VmEvent = z.strictObject({
   image: ImageName.optional(),
   /** The VM's labels (a snapshot's: those of the VM it was taken of), when it has any. */
   labels: Labels.optional(),
-  /** `failed`: why, as hostd saw it (may quote guest or QEMU text: escape before showing). */
+  /**
+   * `failed`: why, as hostd saw it (may quote guest or QEMU text: escape before showing);
+   * `forked`: `self-fork` when the VM's own guest asked (`vm` is that VM).
+   */
   reason: z
     .string()
     .refine((s) => Buffer.byteLength(s) <= EVENT_REASON_MAX_BYTES, `at most ${EVENT_REASON_MAX_BYTES} bytes`)

@@ -105,6 +105,16 @@ export {
   type GuestEndpoint,
 } from './guest.js';
 export { HostInfo, Empty, Heartbeat, HostStatus, HostList } from './host.js';
+export { MAX_LIFETIME_MS, TtlMs, IdleRule, LifecycleInfo, VmExtendRequest } from './lifecycle.js';
+export {
+  SELF_FORK_LINE_MAX,
+  SELF_FORK_RESULT_MAX,
+  SelfForkPolicy,
+  SelfForkInfo,
+  SelfForkRequest,
+  SelfForkChildResult,
+  SelfForkReply,
+} from './self-fork.js';
 export { EVENT_KINDS, EVENT_REASON_MAX_BYTES, EventKind, VmEvent } from './events.js';
 export { WireError, toWireError, RemoteError, fromWireError } from './wire-error.js';
 export { detectFormat, decodeBody, encodeBody, CONTENT_TYPE, type Format } from './codec.js';

@@ -3,6 +3,8 @@ import { ChildEnv, ForkSource, HostId, IdempotencyKey, ImageName, Labels, Snapsh
 import { Accel, VmInfo } from './vm.js';
 import { AppList } from './app.js';
 import { NetworkPolicy } from './network.js';
+import { IdleRule, TtlMs } from './lifecycle.js';
+import { TemplateName } from './template.js';
 
 /**
  * What a restore must match exactly: QEMU loads saved device state only into the same
@@ -33,7 +35,17 @@ export const SnapshotInfo = z.strictObject({
   profile: MachineProfile,
   /** The VM's labels when it was taken: its children inherit them. */
   labels: Labels.optional(),
+  /** The VM's TTL and idle rule when it was taken: its children get them (counted from their own start) unless the fork sets its own. */
+  ttlMs: TtlMs.optional(),
+  idle: IdleRule.optional(),
   createdAt: z.string(),
+  /** Kept until deleted: the host's retention never expires it. */
+  keep: z.literal(true).optional(),
+  /**
+   * When the host's retention deletes it: set while no VM runs on it, nothing forks it and no
+   * snapshot descends from it on this host. Its deletion is an `expired` event naming the snapshot.
+   */
+  expiresAt: z.string().optional(),
   sizes: z.strictObject({ stateBytes: z.number(), ramBytes: z.number(), diskBytes: z.number() }),
   timings: z
     .strictObject({
@@ -51,6 +63,8 @@ export const SnapshotCreateRequest = z.strictObject({
   vm: VmId,
   /** Resume the VM once it is frozen (default: it stays paused). */
   resume: z.boolean().default(false),
+  /** Never expired by the host's retention (a template's snapshot); it goes only when deleted. */
+  keep: z.boolean().default(false),
   key: IdempotencyKey.optional(),
 });
 export type SnapshotCreateRequest = z.infer<typeof SnapshotCreateRequest>;
@@ -131,6 +145,10 @@ export const ForkRequestShape = z.strictObject({
   labels: Labels.optional(),
   /** One entry per child, in order: `count` entries exactly. */
   perChild: z.array(ForkChild).max(MAX_FORK_COUNT).optional(),
+  /** Every child's TTL, counted from its start, instead of the source's. */
+  ttlMs: TtlMs.optional(),
+  /** Every child's idle rule instead of the source's. */
+  idle: IdleRule.optional(),
   key: IdempotencyKey.optional(),
 });
 
@@ -142,9 +160,13 @@ export function perChildFitsCount(r: { count: number; perChild?: unknown[] | und
 
 /**
  * A host's fork. `network`: every child's egress instead of the source's, in force before its
- * vCPUs run (a template boot's; the scheduler's fork does not take it).
+ * vCPUs run (a template boot's; the scheduler's fork does not take it, nor `template`).
  */
-export const ForkRequest = ForkRequestShape.extend({ network: NetworkPolicy.optional() }).superRefine(perChildFitsCount);
+export const ForkRequest = ForkRequestShape.extend({
+  network: NetworkPolicy.optional(),
+  /** A template boot's: the template's name, recorded on every child (`vm.list {template}`). */
+  template: TemplateName.optional(),
+}).superRefine(perChildFitsCount);
 export type ForkRequest = z.infer<typeof ForkRequest>;
 
 /** What moving a snapshot between a host and the object store did. */

@@ -20,6 +20,7 @@ export const HOSTD_ENDPOINTS = [
   'vm.exec',
   'vm.app',
   'vm.network',
+  'vm.extend',
   'snapshot.create',
   'snapshot.list',
   'snapshot.show',

@@ -2,6 +2,9 @@ import { z } from 'zod';
 import { HostId, IdempotencyKey, ImageName, Labels, SnapshotId, VmId, VmName, labelsMatch } from './ids.js';
 import { AppList, AppMount } from './app.js';
 import { NetworkInfo, NetworkPolicy } from './network.js';
+import { IdleRule, LifecycleInfo, TtlMs } from './lifecycle.js';
+import { TemplateName } from './template.js';
+import { SelfForkInfo, SelfForkPolicy } from './self-fork.js';
 
 /** `lost`: shown by the scheduler for a VM whose host stopped reporting; hostd never uses it. */
 export const VM_STATES = [
@@ -35,6 +38,8 @@ export const VmInfo = z.strictObject({
   accel: Accel,
   /** The snapshot this VM was forked from, if any. */
   parentSnapshot: SnapshotId.optional(),
+  /** The template it was booted from (`vm.boot {template}`). */
+  template: TemplateName.optional(),
   createdAt: z.string(),
   /** The QEMU process; a failed VM has none. */
   pid: z.number().int().optional(),
@@ -50,6 +55,10 @@ export const VmInfo = z.strictObject({
   network: NetworkInfo.optional(),
   /** Milliseconds spent in each step of making this VM. */
   timings: z.record(z.string(), z.number()).optional(),
+  /** Its TTL and idle rule, when it has either (lifecycle.ts). */
+  lifecycle: LifecycleInfo.optional(),
+  /** Its self-fork policy and standing, when it may self-fork (self-fork.ts). */
+  selfFork: SelfForkInfo.optional(),
 });
 export type VmInfo = z.infer<typeof VmInfo>;
 
@@ -68,6 +77,12 @@ export const BootRequest = z.strictObject({
   /** Unique in the cluster: a boot with a name already taken is refused (CONFLICT). */
   name: VmName.optional(),
   labels: Labels.optional(),
+  /** Destroyed this long after it was made (an `expired` event); `vm.extend` moves the deadline. */
+  ttlMs: TtlMs.optional(),
+  /** Paused or destroyed after this long without activity (lifecycle.ts). */
+  idle: IdleRule.optional(),
+  /** Lets the guest fork itself (`forky-fork`) within this budget; default: it may not. */
+  selfFork: SelfForkPolicy.optional(),
   key: IdempotencyKey.optional(),
 });
 export type BootRequest = z.infer<typeof BootRequest>;
@@ -88,11 +103,12 @@ export type VmRef = z.infer<typeof VmRef>;
 
 export const VmList = z.strictObject({ vms: z.array(VmInfo) });
 
-/** `vm.list` filters, all of which must match: every label given, one of the states, the image, the parent snapshot. */
+/** `vm.list` filters, all of which must match: every label given, one of the states, the image, the template, the parent snapshot. */
 export const VmListRequest = z.strictObject({
   labels: Labels.optional(),
   state: z.array(VmState).min(1).max(VM_STATES.length).optional(),
   image: ImageName.optional(),
+  template: TemplateName.optional(),
   parent: SnapshotId.optional(),
 });
 export type VmListRequest = z.infer<typeof VmListRequest>;
@@ -102,6 +118,7 @@ export function vmMatches(v: VmInfo, f: VmListRequest): boolean {
     labelsMatch(v.labels, f.labels) &&
     (!f.state || f.state.includes(v.state)) &&
     (!f.image || v.image === f.image) &&
+    (!f.template || v.template === f.template) &&
     (!f.parent || v.parentSnapshot === f.parent)
   );
 }

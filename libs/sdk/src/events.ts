@@ -1,6 +1,6 @@
 import type { Msg, NatsConnection, Subscription } from '@nats-io/nats-core';
 import { ValidationError } from '@forky/base';
-import { EVENT_KINDS, HostId, SUBJECT_ROOT, VmEvent, VmId, type EventKind } from '@forky/contract';
+import { EVENT_KINDS, HostId, Labels, SUBJECT_ROOT, VmEvent, VmId, labelsMatch, type EventKind } from '@forky/contract';
 
 export interface EventsOptions {
   /** Only these kinds (filtered by the server: one subscription per kind). */
@@ -9,6 +9,8 @@ export interface EventsOptions {
   vm?: string;
   /** Only events of this host (filtered by the server). */
   host?: string;
+  /** Only events whose labels include every one of these (a snapshot's: its VM's; filtered here). */
+  labels?: Labels;
   /** Closes the stream: the loop over it ends. */
   signal?: AbortSignal;
   /** Events held for a reader that is behind (default 1024, at most 65536); past it, new ones are dropped and counted. */
@@ -32,6 +34,7 @@ export class EventStream implements AsyncIterable<VmEvent> {
   readonly #subs: Subscription[];
   readonly #max: number;
   readonly #vm: string | undefined;
+  readonly #labels: Labels | undefined;
   #wake: (() => void) | undefined;
   #closed = false;
   #onAbort: (() => void) | undefined;
@@ -41,9 +44,10 @@ export class EventStream implements AsyncIterable<VmEvent> {
     private readonly nc: NatsConnection,
     private readonly o: EventsOptions = {},
   ) {
-    const { kinds, host, vm } = checkOptions(o);
+    const { kinds, host, vm, labels } = checkOptions(o);
     this.#max = o.maxPending ?? DEFAULT_PENDING;
     this.#vm = vm;
+    this.#labels = labels;
     const filters = kinds ? [...new Set(kinds)] : ['*'];
     this.#subs = filters.map((k) =>
       nc.subscribe(`${SUBJECT_ROOT}.events.${host ?? '*'}.${k}`, { callback: (err, m) => this.#take(err, m) }),
@@ -109,6 +113,7 @@ export class EventStream implements AsyncIterable<VmEvent> {
       return;
     }
     if (this.#vm !== undefined && e.vm !== this.#vm) return;
+    if (!labelsMatch(e.labels, this.#labels)) return;
     if (this.#queue.length >= this.#max) {
       this.#dropped++;
       return;
@@ -118,7 +123,7 @@ export class EventStream implements AsyncIterable<VmEvent> {
   }
 }
 
-function checkOptions(o: EventsOptions): { kinds?: readonly EventKind[]; host?: string; vm?: string } {
+function checkOptions(o: EventsOptions): { kinds?: readonly EventKind[]; host?: string; vm?: string; labels?: Labels } {
   for (const k of o.kinds ?? [])
     if (!(EVENT_KINDS as readonly string[]).includes(k))
       throw new ValidationError(`kinds: ${JSON.stringify(String(k)).slice(0, 40)} is not one of ${EVENT_KINDS.join(', ')}`, {
@@ -131,5 +136,13 @@ function checkOptions(o: EventsOptions): { kinds?: readonly EventKind[]; host?: 
   const max = o.maxPending;
   if (max !== undefined && (!Number.isInteger(max) || max < 1 || max > MAX_PENDING))
     throw new ValidationError(`maxPending: a whole number from 1 to ${MAX_PENDING}`, { field: 'maxPending' });
-  return { ...(o.kinds ? { kinds: o.kinds } : {}), ...(o.host ? { host: o.host } : {}), ...(o.vm ? { vm: o.vm } : {}) };
+  const labels = o.labels === undefined ? undefined : Labels.safeParse(o.labels);
+  if (labels && !labels.success)
+    throw new ValidationError(`labels: ${labels.error.issues[0]?.message ?? 'not labels'}`, { field: 'labels' });
+  return {
+    ...(o.kinds ? { kinds: o.kinds } : {}),
+    ...(o.host ? { host: o.host } : {}),
+    ...(o.vm ? { vm: o.vm } : {}),
+    ...(labels?.data ? { labels: labels.data } : {}),
+  };
 }

@@ -1,6 +1,6 @@
 import { ForkyError, newId } from '@forky/base';
-import { Process, type ProcessExit } from './process.js';
-import type { CallOptions, Transport } from './transport.js';
+import { Process, type ProcessExit, type StreamEvent } from './process.js';
+import type { CallOptions, Calls } from './transport.js';
 
 export interface SpawnOptions extends CallOptions {
   env?: Record<string, string>;
@@ -10,6 +10,17 @@ export interface SpawnOptions extends CallOptions {
   stdin?: boolean;
   /** The command's deadline in the guest, 0 for none (default 0 for spawn, 60 s for exec); past it the process group is killed. */
   timeoutMs?: number;
+  /** The start's idempotency key (default: a new one); the same key again joins the first run, never starts a second. */
+  key?: string;
+  /** Every stream event, as the guest sent it (escape before showing). */
+  onEvent?: (event: StreamEvent) => void;
+}
+
+export interface AttachOptions extends Pick<CallOptions, 'signal'> {
+  /** Go on with what comes until the process exits (default); else only what the guest kept of its output. */
+  follow?: boolean;
+  /** Every stream event, as the guest sent it (`dropped`: output lost off the buffer's front). */
+  onEvent?: (event: StreamEvent) => void;
 }
 
 export interface ExecOptions extends Omit<SpawnOptions, 'stdin'> {
@@ -37,9 +48,15 @@ function command(cmd: string | readonly string[]): { cmd: string[] } | { shell: 
   return { cmd: [...cmd] };
 }
 
-/** Starts a command in VM `vm` under an idempotency key (a lost reply re-sent never starts it twice). */
-export async function spawn(t: Transport, vm: string, cmd: string | readonly string[], o: SpawnOptions = {}): Promise<Process> {
-  const body = {
+/** An `exec.start` body (STREAMS.md): one builder for every way a command is started. */
+function startBody(
+  vm: string,
+  cmd: string | readonly string[],
+  o: SpawnOptions,
+  detach: boolean,
+  keyPrefix: string,
+): Record<string, unknown> {
+  return {
     id: vm,
     ...command(cmd),
     env: o.env ?? {},
@@ -47,15 +64,48 @@ export async function spawn(t: Transport, vm: string, cmd: string | readonly str
     ...(o.user ? { user: o.user } : {}),
     stdin: o.stdin === true,
     timeoutMs: o.timeoutMs ?? 0,
-    detach: false,
-    key: newId('sdkexec', 16),
+    detach,
+    key: o.key ?? newId(keyPrefix, 16),
   };
-  const st = await t.stream('exec.start', body, o.signal ? { signal: o.signal } : {});
-  return new Process(t, vm, st, o.signal);
+}
+
+/** Starts a command in VM `vm` under an idempotency key (a lost reply re-sent never starts it twice). */
+export async function spawn(t: Calls, vm: string, cmd: string | readonly string[], o: SpawnOptions = {}): Promise<Process> {
+  const st = await t.stream('exec.start', startBody(vm, cmd, o, false, 'sdkexec'), o.signal ? { signal: o.signal } : {});
+  return new Process(t, vm, st, { ...(o.signal ? { signal: o.signal } : {}), ...(o.onEvent ? { onEvent: o.onEvent } : {}) });
+}
+
+/**
+ * Starts a command detached: no stream, it runs on by itself (no deadline unless `timeoutMs`) and
+ * its output goes to the guest's buffer of it (its last 1 MiB), for `attach` to read. Its pid.
+ */
+export async function startDetached(
+  t: Calls,
+  vm: string,
+  cmd: string | readonly string[],
+  o: Omit<SpawnOptions, 'stdin' | 'onEvent'> = {},
+): Promise<number> {
+  const st = await t.stream('exec.start', startBody(vm, cmd, o, true, 'sdkexec'), o.signal ? { signal: o.signal } : {});
+  st.close();
+  if (st.pid === undefined) throw new ForkyError('UNAVAILABLE', 'the detached command started, but its pid was not told');
+  return st.pid;
+}
+
+/** Follows a process the guest agent started (a detached one, or one whose exec was left): its output from its buffer on. */
+export async function attach(t: Calls, vm: string, pid: number, o: AttachOptions = {}): Promise<Process> {
+  if (!Number.isSafeInteger(pid) || pid < 1)
+    throw new ForkyError('BAD_REQUEST', 'pid must be a positive whole number', { details: { field: 'pid' } });
+  const follow = o.follow !== false;
+  const st = await t.stream('proc.attach', { id: vm, pid, follow }, o.signal ? { signal: o.signal } : {});
+  return new Process(t, vm, st, {
+    attached: { pid, follow },
+    ...(o.signal ? { signal: o.signal } : {}),
+    ...(o.onEvent ? { onEvent: o.onEvent } : {}),
+  });
 }
 
 /** Runs a command to its end: its output streamed to the callbacks and kept for the result. */
-export async function exec(t: Transport, vm: string, cmd: string | readonly string[], o: ExecOptions = {}): Promise<ExecResult> {
+export async function exec(t: Calls, vm: string, cmd: string | readonly string[], o: ExecOptions = {}): Promise<ExecResult> {
   const { stdin, onStdout, onStderr, maxOutputBytes = MAX_OUTPUT, ...rest } = o;
   const p = await spawn(t, vm, cmd, { ...rest, timeoutMs: o.timeoutMs ?? EXEC_TIMEOUT_MS, stdin: stdin !== undefined });
   const feeding =

@@ -2,7 +2,7 @@ import { ForkyError, newId } from '@forky/base';
 import type { StreamChunk } from '@forky/bus';
 import type { SchedReplyOf } from '@forky/contract';
 import { endError } from './process.js';
-import type { CallOptions, Transport } from './transport.js';
+import type { CallOptions, Calls, StreamLike } from './transport.js';
 
 const CHUNK = 64 * 1024;
 const READ_MAX = 64 * 2 ** 20;
@@ -24,13 +24,15 @@ export interface WriteOptions extends CallOptions {
   perm?: number;
   /** Create missing parent directories. */
   parents?: boolean;
+  /** The write's idempotency key (default: a new one). */
+  key?: string;
 }
 
 /** The files of one VM, through its guest agent (libs/contract/STREAMS.md). */
 export class Files {
   /** @internal */
   constructor(
-    private readonly t: Transport,
+    private readonly t: Calls,
     readonly vm: string,
   ) {}
 
@@ -40,10 +42,12 @@ export class Files {
     const st = await this.t.stream('file.read', body, o);
     const onAbort = (): void => st.cancel();
     o.signal?.addEventListener('abort', onAbort, { once: true });
+    let ended = false;
     try {
       for await (const c of st as AsyncIterable<StreamChunk>) {
         if (c.kind === 'data') yield c.bytes;
         else if (c.kind === 'end') {
+          ended = true;
           o.signal?.throwIfAborted();
           if (!c.end.ok) throw endError(c.end);
           return;
@@ -52,6 +56,8 @@ export class Files {
       throw new ForkyError('UNAVAILABLE', `reading ${path}: the stream ended without its end message`);
     } finally {
       o.signal?.removeEventListener('abort', onAbort);
+      // Left before its end (the reader stopped, or failed): the guest stops reading now.
+      if (!ended) st.cancel();
       st.close();
     }
   }
@@ -80,15 +86,13 @@ export class Files {
       mode: o.mode ?? 'truncate',
       ...(o.perm !== undefined ? { perm: o.perm } : {}),
       parents: o.parents === true,
-      key: newId('sdkwrite', 16),
+      key: o.key ?? newId('sdkwrite', 16),
     };
     const st = await this.t.stream('file.write', body, o);
     const onAbort = (): void => st.cancel();
     o.signal?.addEventListener('abort', onAbort, { once: true });
     try {
-      const src = typeof data === 'string' || data instanceof Uint8Array ? [typeof data === 'string' ? Buffer.from(data) : data] : data;
-      for await (const b of src) for (let i = 0; i < b.length; i += CHUNK) await st.write(b.subarray(i, i + CHUNK));
-      await st.closeInput();
+      await send(st, data, o.signal);
       for await (const c of st as AsyncIterable<StreamChunk>) {
         if (c.kind !== 'end') continue;
         o.signal?.throwIfAborted();
@@ -96,6 +100,11 @@ export class Files {
         return { bytes: c.end.bytes ?? 0 };
       }
       throw new ForkyError('UNAVAILABLE', `writing ${path}: the stream ended without its end message`);
+    } catch (e) {
+      // The source failed, or we gave up: the guest keeps what was written and stops.
+      st.cancel();
+      o.signal?.throwIfAborted();
+      throw e;
     } finally {
       o.signal?.removeEventListener('abort', onAbort);
       st.close();
@@ -135,4 +144,15 @@ export class Files {
   async rename(from: string, to: string, o: CallOptions = {}): Promise<void> {
     await this.t.call('file.rename', { id: this.vm, from, to }, o);
   }
+}
+
+/** A source's bytes as the stream's input, then EOF; one write at a time, so the source waits while the host has no credit. */
+async function send(st: StreamLike, data: string | Uint8Array | AsyncIterable<Uint8Array>, signal: AbortSignal | undefined): Promise<void> {
+  const src = typeof data === 'string' || data instanceof Uint8Array ? [typeof data === 'string' ? Buffer.from(data) : data] : data;
+  for await (const b of src)
+    for (let i = 0; i < b.length; i += CHUNK) {
+      signal?.throwIfAborted();
+      await st.write(b.subarray(i, i + CHUNK));
+    }
+  await st.closeInput();
 }

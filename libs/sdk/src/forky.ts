@@ -1,8 +1,19 @@
 import type { NatsConnection } from '@nats-io/nats-core';
 import { newId } from '@forky/base';
 import type { RetryNotice } from '@forky/bus';
-import type { AppMount, HostStatus, Labels, NetworkPolicy, SnapshotInfo, SnapshotTree, VmInfo, VmState } from '@forky/contract';
+import type {
+  AppMount,
+  HostStatus,
+  Labels,
+  NetworkPolicy,
+  SelfForkPolicy,
+  SnapshotInfo,
+  SnapshotTree,
+  VmInfo,
+  VmState,
+} from '@forky/contract';
 import { connectTo, defaultDataDir, resolveConnection } from './connect.js';
+import { lifetime, type Duration, type IdleOption } from './duration.js';
 import { EventStream, type EventsOptions } from './events.js';
 import { transport, type CallOptions, type Transport } from './transport.js';
 import { Vm, type ForkOptions } from './vm.js';
@@ -27,6 +38,8 @@ export interface ConnectOptions {
 export interface CreateOptions extends CallOptions {
   /** The guest image (default `tiny`). */
   image?: string;
+  /** Fork this template (`forky template create`) instead of booting: its image, memory and vCPUs, in a fork's time. */
+  template?: string;
   memMiB?: number;
   cpus?: number;
   /** Disk size in GiB (sparse; the guest grows its file system to fit). */
@@ -40,6 +53,12 @@ export interface CreateOptions extends CallOptions {
   name?: string;
   /** Its children inherit them. */
   labels?: Labels;
+  /** Destroyed this long after it was made (ms, or `'5s'`, `'10m'`, `'2h'`): an `expired` event, then `destroyed`; `vm.extend()` moves it. */
+  ttl?: Duration;
+  /** Paused or destroyed after `after` without activity; one it paused resumes when touched (exec, files, ports). */
+  idle?: IdleOption;
+  /** Lets its guest fork itself (`forky-fork`) within this budget, shared with what it forks; default: it may not. */
+  selfFork?: SelfForkPolicy;
 }
 
 /** Filters, applied by the cluster; every one given must match. */
@@ -49,6 +68,8 @@ export interface ListOptions extends CallOptions {
   /** Every one of these labels. */
   labels?: Labels;
   image?: string;
+  /** Booted from this template. */
+  template?: string;
   /** Forked from this snapshot. */
   parent?: string;
 }
@@ -68,8 +89,10 @@ export class Vms {
 
   /** Boots a VM and returns once its guest agent answers. */
   async create(o: CreateOptions = {}): Promise<Vm> {
-    const { signal, timeoutMs, ...rest } = o;
-    const info = await this.t.call('vm.boot', { ...rest, key: newId('sdkboot', 16) }, { signal, timeoutMs });
+    const { signal, timeoutMs, ttl, idle, ...rest } = o;
+    // Checked before anything is sent: a bad ttl or idle is a ValidationError naming it.
+    const body = { ...rest, ...lifetime({ ttl, idle }), key: newId('sdkboot', 16) };
+    const info = await this.t.call('vm.boot', body, { signal, timeoutMs });
     return new Vm(this.t, info);
   }
 
@@ -78,11 +101,12 @@ export class Vms {
   }
 
   async list(o: ListOptions = {}): Promise<Vm[]> {
-    const { signal, timeoutMs, state, labels, image, parent } = o;
+    const { signal, timeoutMs, state, labels, image, template, parent } = o;
     const filter = {
       ...(state === undefined ? {} : { state: typeof state === 'string' ? [state as VmState] : [...state] }),
       ...(labels ? { labels } : {}),
       ...(image ? { image } : {}),
+      ...(template ? { template } : {}),
       ...(parent ? { parent } : {}),
     };
     const { vms } = await this.t.call('vm.list', filter, { signal, timeoutMs });
@@ -110,14 +134,18 @@ export class Snapshots {
     return this.t.call('snapshot.tree', {}, o);
   }
 
-  /** Forks children of a snapshot; `labels` and `perChild` as in `vm.fork`. */
-  async fork(id: string, o: CallOptions & Pick<ForkOptions, 'count' | 'spread' | 'labels' | 'perChild'> = {}): Promise<Vm[]> {
+  /** Forks children of a snapshot; `labels`, `perChild`, `ttl` and `idle` as in `vm.fork`. */
+  async fork(
+    id: string,
+    o: CallOptions & Pick<ForkOptions, 'count' | 'spread' | 'labels' | 'perChild' | 'ttl' | 'idle'> = {},
+  ): Promise<Vm[]> {
     const req = {
       source: id,
       count: o.count ?? o.perChild?.length ?? 1,
       spread: o.spread === true,
       ...(o.labels ? { labels: o.labels } : {}),
       ...(o.perChild ? { perChild: o.perChild } : {}),
+      ...lifetime(o),
       key: newId('sdkfork', 16),
     };
     const r = await this.t.call('fork', req, { signal: o.signal, timeoutMs: o.timeoutMs });

@@ -5,12 +5,30 @@
 export { Forky, Vms, Snapshots, type ConnectOptions, type CreateOptions, type ListOptions, type SnapshotListOptions } from './forky.js';
 export { Vm, type ForkOptions, type ForkOutcome } from './vm.js';
 export { Files, type FileEntry, type FileStat, type ReadOptions, type WriteOptions } from './files.js';
-export { Process, type OutputChunk, type ProcessExit } from './process.js';
-export type { ExecOptions, ExecResult, SpawnOptions } from './exec.js';
+export { Process, type OutputChunk, type ProcessExit, type StreamEvent } from './process.js';
+export type { AttachOptions, ExecOptions, ExecResult, SpawnOptions } from './exec.js';
+// Lower level (README "On your own transport"): what Vm and Files do, on any Calls (the CLI's session is one).
+export { spawn, attach, startDetached, exec } from './exec.js';
+export { transport, type Calls, type StreamLike, type Transport } from './transport.js';
 export { EventStream, type EventsOptions } from './events.js';
 export { PortForward, type PortForwardOptions, type LocalAddress, type ConnectionFailure } from './port-forward.js';
 export type { CallOptions } from './transport.js';
+export { parseDuration, ttlMs, idleRule, type Duration, type IdleOption } from './duration.js';
 export { readCluster, resolveConnection, connectTo, clusterFile, defaultDataDir, type ClusterFile, type Connection } from './connect.js';
 export { ForkyError, ErrorCodes, type ErrorCode } from '@forky/base';
-export type { VmInfo, VmState, SnapshotInfo, SnapshotTree, HostStatus, ForkResult, Egress, NetworkPolicy } from '@forky/contract';
+export type {
+  VmInfo,
+  VmState,
+  LifecycleInfo,
+  IdleRule,
+  Labels,
+  SnapshotInfo,
+  SnapshotTree,
+  HostStatus,
+  ForkResult,
+  Egress,
+  NetworkPolicy,
+  SelfForkPolicy,
+  SelfForkInfo,
+} from '@forky/contract';
 export type { VmEvent, EventKind } from '@forky/contract';

@@ -1,7 +1,7 @@
 import { ForkyError, asForkyError, delay, type ErrorCode } from '@forky/base';
 import { ErrorCodes } from '@forky/base';
-import type { ClientStream, StreamChunk, StreamEnd } from '@forky/bus';
-import type { Transport } from './transport.js';
+import type { StreamChunk, StreamEnd } from '@forky/bus';
+import type { Calls, StreamLike } from './transport.js';
 
 /** How long a VM may take to come back from a snapshot before its processes are given up. */
 const HAND_OVER_MS = 120_000;
@@ -16,13 +16,29 @@ export interface OutputChunk {
   bytes: Uint8Array;
 }
 
-/** How a process ended: its exit code, or the signal that killed it, or its deadline. */
+/**
+ * How a process ended: its exit code, or the signal that killed it, or its deadline. Both
+ * `exitCode` and `signal` null: the output ended before the process did (an attach without
+ * `follow`, or `detach()`).
+ */
 export interface ProcessExit {
   exitCode: number | null;
   signal: string | null;
   timedOut: boolean;
   /** Ended by kill() or an AbortSignal. */
   cancelled: boolean;
+}
+
+/** A stream event as the guest sent it (`dropped`, `started`…): its values are the guest's, unchecked. */
+export type StreamEvent = { type: string } & Record<string, unknown>;
+
+/** @internal How a Process was begun, and what it is told besides output. */
+export interface ProcessOptions {
+  signal?: AbortSignal;
+  /** Begun by `proc.attach` of this pid: kill() signals it by pid, detach() leaves it running. */
+  attached?: { pid: number; follow: boolean };
+  /** Every event of its streams, as the guest sent it (escape before showing). */
+  onEvent?: (event: StreamEvent) => void;
 }
 
 /** A stream that ended because the VM's agent session did (a snapshot's hand-over), not its process. */
@@ -35,33 +51,52 @@ export function endError(end: { code: string; message: string }): ForkyError {
 }
 
 /**
- * A process in a VM (`vm.spawn`): its output as an async iterator of chunks (both channels, in the
- * order they came), its stdin, and its exit. A snapshot of the VM (a live fork) hands the VM to a new
- * QEMU process and ends the stream while the process runs on: the output is followed again by pid
- * from where it was, so a reader sees each byte once. Reading slowly slows the guest, not our memory.
+ * A process in a VM (`vm.spawn`, `vm.attach`): its output as an async iterator of chunks (both
+ * channels, in the order they came), its stdin, and its exit. A snapshot of the VM (a live fork)
+ * hands the VM to a new QEMU process and ends the stream while the process runs on: the output is
+ * followed again by pid from where it was, so a reader sees each byte once. Reading slowly slows
+ * the guest, not our memory.
  */
 export class Process implements AsyncIterable<OutputChunk> {
-  readonly #t: Transport;
+  readonly #t: Calls;
   readonly #vm: string;
-  #stream: ClientStream;
+  readonly #pid: number | undefined;
+  readonly #attached: boolean;
+  readonly #follow: boolean;
+  readonly #onEvent: ((event: StreamEvent) => void) | undefined;
+  #stream: StreamLike;
+  /** The current stream is a `proc.attach` (begun so, or followed again after a hand-over): cancelling it kills nothing. */
+  #onAttach: boolean;
   #seen = 0;
+  #skip = 0;
   #exit: ProcessExit | undefined;
   #failed: ForkyError | undefined;
   #reading = false;
   #cancelled = false;
+  #detached = false;
   readonly #done: Promise<ProcessExit>;
   #resolve!: (e: ProcessExit) => void;
   #reject!: (e: unknown) => void;
 
+  /** Output bytes the guest dropped before they were read (it keeps the last 1 MiB of a process's output). */
+  lostBytes = 0;
+
   /** @internal */
-  constructor(t: Transport, vm: string, stream: ClientStream, signal?: AbortSignal) {
+  constructor(t: Calls, vm: string, stream: StreamLike, o: ProcessOptions = {}) {
     this.#t = t;
     this.#vm = vm;
     this.#stream = stream;
+    this.#pid = stream.pid ?? o.attached?.pid;
+    this.#attached = o.attached !== undefined;
+    this.#onAttach = this.#attached;
+    this.#follow = o.attached?.follow ?? true;
+    this.#onEvent = o.onEvent;
     this.#done = new Promise((res, rej) => ((this.#resolve = res), (this.#reject = rej)));
     this.#done.catch(() => undefined);
+    const signal = o.signal;
     if (signal) {
-      const onAbort = (): void => this.kill();
+      // Giving up a process we only attached to stops following it; one we started is killed.
+      const onAbort = (): void => (this.#attached ? this.detach() : this.kill());
       if (signal.aborted) onAbort();
       else signal.addEventListener('abort', onAbort, { once: true });
       void this.#done.finally(() => signal.removeEventListener('abort', onAbort)).catch(() => undefined);
@@ -70,7 +105,7 @@ export class Process implements AsyncIterable<OutputChunk> {
 
   /** The process id in the guest. */
   get pid(): number | undefined {
-    return this.#stream.pid;
+    return this.#pid;
   }
 
   async *[Symbol.asyncIterator](): AsyncIterator<OutputChunk> {
@@ -84,32 +119,46 @@ export class Process implements AsyncIterable<OutputChunk> {
             end = c.end;
             break;
           }
-          if (c.kind === 'event' && c.event.type === 'dropped') this.#dropped(Number(c.event.bytes) || 0);
+          if (c.kind === 'event') this.#event(c.event);
           if (c.kind !== 'stdout' && c.kind !== 'stderr') continue;
           const fresh = this.#fresh(c.bytes);
           if (fresh.length > 0) yield { stream: c.kind, bytes: fresh };
         }
-        if (!end) throw this.#fail(new ForkyError('UNAVAILABLE', `the output of process ${this.pid ?? '?'} ended without its exit`));
-        if (endedWithSession(end) && !this.#cancelled && this.pid !== undefined) {
+        if (!end) throw this.#fail(new ForkyError('UNAVAILABLE', `the output of process ${this.#pid ?? '?'} ended without its exit`));
+        if (endedWithSession(end) && !this.#detached && this.#pid !== undefined) {
           this.#stream.close();
           this.#stream = await this.#reattach();
+          // Killed or left while the VM was handed over: done now, on the new stream.
+          if (this.#detached) this.#stream.cancel();
+          else if (this.#cancelled) this.#killByPid();
           continue;
         }
         if (!end.ok) throw this.#fail(endError(end));
-        this.#exit = {
+        const exit: ProcessExit = {
           exitCode: end.exitCode ?? null,
           signal: end.signal ?? null,
           timedOut: end.timedOut === true,
           cancelled: end.cancelled === true || this.#cancelled,
         };
-        this.#resolve(this.#exit);
+        // Followed after a hand-over until it exits: an end without the exit is not one to report as 0.
+        if (!this.#attached && this.#onAttach && exit.exitCode === null && exit.signal === null && !exit.cancelled)
+          throw this.#fail(
+            new ForkyError('UNAVAILABLE', `process ${this.#pid} was followed again after a snapshot, but its exit was not seen`),
+          );
+        this.#exit = exit;
+        this.#resolve(exit);
         return;
       }
     } catch (e) {
       throw this.#fail(asForkyError(e));
     } finally {
+      if (!this.#exit && !this.#failed) {
+        // Left before its end (a break, a throw): as a stream's loop left, the work stops now.
+        if (this.#attached) this.#stream.cancel();
+        else this.kill();
+        this.#fail(new ForkyError('INVALID_STATE', 'the process was left before it exited'));
+      }
       this.#stream.close();
-      if (!this.#exit && !this.#failed) this.#fail(new ForkyError('INVALID_STATE', 'the process was left before it exited'));
     }
   }
 
@@ -133,7 +182,34 @@ export class Process implements AsyncIterable<OutputChunk> {
   /** Kills the process group in the guest; its exit still comes, `cancelled`. */
   kill(): void {
     this.#cancelled = true;
+    if (this.#onAttach) this.#killByPid();
+    else this.#stream.cancel();
+  }
+
+  /** Stops following a process begun by `vm.attach()`: its output ends here, the process runs on. */
+  detach(): void {
+    if (!this.#attached)
+      throw new ForkyError('INVALID_STATE', 'a spawned process ends with its stream: kill() it, or start it detached and attach to it');
+    this.#detached = true;
     this.#stream.cancel();
+  }
+
+  /** Cancelling an attach only stops the following: the process is killed by pid, and its exit comes on the stream. */
+  #killByPid(): void {
+    if (this.#pid === undefined) return this.#stream.cancel();
+    this.#t.call('proc.signal', { id: this.#vm, pid: this.#pid, signal: 'KILL' }).catch((e: unknown) => {
+      // NOT_FOUND: it has exited, and that exit is on its way.
+      if (asForkyError(e).code !== 'NOT_FOUND') this.#stream.cancel();
+    });
+  }
+
+  #event(e: StreamEvent): void {
+    if (e.type === 'dropped') {
+      const n = Number(e.bytes);
+      // The guest's count: a value that is no byte count is not believed.
+      if (Number.isSafeInteger(n) && n >= 0) this.#dropped(n);
+    }
+    this.#onEvent?.(e);
   }
 
   /** Bytes of output not seen before a hand-over (the process's buffer replays from its start). */
@@ -148,7 +224,6 @@ export class Process implements AsyncIterable<OutputChunk> {
     this.#seen += rest.length;
     return rest;
   }
-  #skip = 0;
 
   /** The guest kept only the last part of the output: what it replays starts at byte `dropped`. */
   #dropped(dropped: number): void {
@@ -157,15 +232,13 @@ export class Process implements AsyncIterable<OutputChunk> {
     this.#seen = Math.max(this.#seen, dropped);
   }
 
-  /** Output bytes the guest dropped before they were read (it keeps the last 1 MiB of a process's output). */
-  lostBytes = 0;
-
-  async #reattach(): Promise<ClientStream> {
+  async #reattach(): Promise<StreamLike> {
     const deadline = Date.now() + HAND_OVER_MS;
     for (;;) {
       try {
-        const st = await this.#t.stream('proc.attach', { id: this.#vm, pid: this.pid as number, follow: true });
+        const st = await this.#t.stream('proc.attach', { id: this.#vm, pid: this.#pid as number, follow: this.#follow });
         this.#skip = this.#seen;
+        this.#onAttach = true;
         return st;
       } catch (e) {
         const err = asForkyError(e);

@@ -1,5 +1,5 @@
 import type { NatsConnection } from '@nats-io/nats-core';
-import { SchedulerClient, openStream, type ClientStream, type RetryNotice } from '@forky/bus';
+import { SchedulerClient, openStream, type ClientStream, type RetryNotice, type StreamChunk } from '@forky/bus';
 import { subjects, type SchedEndpoint, type SchedReplyOf, type SchedRequestOf, type StreamOpenEndpoint } from '@forky/contract';
 
 /** Per-call options of every long SDK call. */
@@ -10,10 +10,24 @@ export interface CallOptions {
   timeoutMs?: number;
 }
 
-/** What the SDK's objects use of the cluster: typed scheduler calls and streams. */
-export interface Transport {
-  readonly nc: NatsConnection;
+/** What processes and files read of a stream: @forky/bus's ClientStream, or a test's own. */
+export interface StreamLike extends AsyncIterable<StreamChunk> {
+  readonly pid?: number;
+  write(bytes: Uint8Array): Promise<void>;
+  closeInput(): Promise<void>;
+  cancel(): void;
+  close(): void;
+}
+
+/** Typed scheduler calls and streams: all a process or a VM's files need (the CLI's session is one). */
+export interface Calls {
   call<E extends SchedEndpoint>(endpoint: E, body: SchedRequestOf<E>, opts?: CallOptions): Promise<SchedReplyOf<E>>;
+  stream(endpoint: StreamOpenEndpoint, body: unknown, opts?: CallOptions): Promise<StreamLike>;
+}
+
+/** What the SDK's objects use of the cluster: its calls and streams, and the connection (events). */
+export interface Transport extends Calls {
+  readonly nc: NatsConnection;
   stream(endpoint: StreamOpenEndpoint, body: unknown, opts?: CallOptions): Promise<ClientStream>;
 }
 

@@ -1,6 +1,7 @@
 import { newId } from '@forky/base';
-import type { ChildEnv, Egress, ForkResult, Labels, SnapshotInfo, VmInfo } from '@forky/contract';
-import { exec, spawn, type ExecOptions, type ExecResult, type SpawnOptions } from './exec.js';
+import type { ChildEnv, Egress, ForkResult, Labels, LifecycleInfo, SnapshotInfo, VmInfo, VmState } from '@forky/contract';
+import { lifetime, ttlMs, type Duration, type IdleOption } from './duration.js';
+import { attach, exec, spawn, startDetached, type AttachOptions, type ExecOptions, type ExecResult, type SpawnOptions } from './exec.js';
 import { Files } from './files.js';
 import { PortForward, type PortForwardOptions } from './port-forward.js';
 import type { Process } from './process.js';
@@ -19,6 +20,10 @@ export interface ForkOptions extends CallOptions {
   labels?: Labels;
   /** One entry per child (exactly `count`): its own labels, and an env it finds in /run/forky/env. */
   perChild?: Array<{ labels?: Labels; env?: ChildEnv }>;
+  /** Every child's TTL, counted from its start (default: the source's, if it has one). */
+  ttl?: Duration;
+  /** Every child's idle rule (default: the source's). */
+  idle?: IdleOption;
 }
 
 export interface ForkOutcome {
@@ -47,6 +52,21 @@ export class Vm {
     return this.info.id;
   }
 
+  /** As last seen (`refresh()` reads it again). */
+  get state(): VmState {
+    return this.info.state;
+  }
+
+  /** Its TTL and idle rule, when it has either: `expiresAt`, `lastActivityAt`, `pausedBy: 'idle'` (as last seen). */
+  get lifecycle(): LifecycleInfo | undefined {
+    return this.info.lifecycle;
+  }
+
+  /** The template it was booted from, if any. */
+  get template(): string | undefined {
+    return this.info.template;
+  }
+
   async refresh(o: CallOptions = {}): Promise<VmInfo> {
     return (this.info = await this.t.call('vm.show', { id: this.id }, o));
   }
@@ -59,6 +79,16 @@ export class Vm {
   /** Starts a command and returns its process: iterate it for output, write() its stdin, wait() for its exit. */
   spawn(cmd: string | readonly string[], o: SpawnOptions = {}): Promise<Process> {
     return spawn(this.t, this.id, cmd, o);
+  }
+
+  /** Starts a command detached (no stream; it runs on by itself) and returns its pid, for attach(). */
+  startDetached(cmd: string | readonly string[], o: Omit<SpawnOptions, 'stdin' | 'onEvent'> = {}): Promise<number> {
+    return startDetached(this.t, this.id, cmd, o);
+  }
+
+  /** Follows a process of the guest agent by pid: what its buffer kept (its last 1 MiB), then, with `follow` (default), until it exits. */
+  attach(pid: number, o: AttachOptions = {}): Promise<Process> {
+    return attach(this.t, this.id, pid, o);
   }
 
   /** Forwards a local TCP port (default: any free one on 127.0.0.1) to `guestPort` inside the VM, until close(). */
@@ -82,6 +112,7 @@ export class Vm {
         until: o.until ?? 'ready',
         ...(o.labels ? { labels: o.labels } : {}),
         ...(o.perChild ? { perChild: o.perChild } : {}),
+        ...lifetime(o),
         key: newId('sdkfork', 16),
       },
       o,
@@ -108,6 +139,11 @@ export class Vm {
   /** Sets where the guest may connect (`none`, `internet`, or an allow-list), live. */
   async setEgress(egress: Egress, o: CallOptions = {}): Promise<VmInfo> {
     return (this.info = await this.t.call('vm.network', { id: this.id, network: { egress }, key: newId('sdknet', 16) }, o));
+  }
+
+  /** It now expires `ttl` from now (ms, or `'30m'`…), which may also shorten its life; a VM with no TTL gets one. */
+  async extend(ttl: Duration, o: CallOptions = {}): Promise<VmInfo> {
+    return (this.info = await this.t.call('vm.extend', { id: this.id, ttlMs: ttlMs(ttl) }, o));
   }
 
   async destroy(o: CallOptions = {}): Promise<VmInfo> {

@@ -9,17 +9,14 @@ import { clusterFile, connectTo, readCluster, type ClusterFile } from '@forky/sd
 import { prepareLocalAuth } from './local-auth.js';
 import { recordedPort, startLocalNats, writeNatsConf } from './local-nats.js';
 import { HOSTD_MAIN, IMAGE_RECIPES, SCHEDULER_MAIN } from './paths.js';
-import { isAlive, spawnDetached, stopProcess } from './procs.js';
+import { isAlive } from './pids.js';
+import { spawnDetached, stopProcess } from './procs.js';
 import { progress } from './output.js';
 import { findClusterQemu, killQemu, removeRamDir, type ClusterQemu } from './vm-sweep.js';
+import type { ClusterProcess } from './local-status.js';
 
 export { connectTo, readCluster, resolveConnection, type ClusterFile, type Connection } from '@forky/sdk';
-
-export interface ClusterProcess {
-  role: 'nats' | 'scheduler' | 'hostd';
-  pid: number;
-  host?: string;
-}
+export { status, type ClusterProcess } from './local-status.js';
 
 /** The tmpfs directory for this cluster's VM memory, one per data directory. */
 const ramRootOf = (data: string): string => path.join('/dev/shm', `forky-${createHash('sha256').update(data).digest('hex').slice(0, 8)}`);
@@ -210,9 +207,4 @@ export function describeDown(r: DownReport | undefined): string {
   }
   if (r.ramFilesRemoved > 0) parts.push(`removed ${r.ramFilesRemoved} RAM file${r.ramFilesRemoved === 1 ? '' : 's'} in ${r.ramDir}`);
   return `${parts.join('; ')}\n`;
-}
-
-export async function status(data: string): Promise<{ server: string | null; processes: ClusterProcess[] }> {
-  const cluster = await readCluster(data);
-  return { server: cluster?.server ?? null, processes: (cluster?.processes ?? []).filter((p) => isAlive(p.pid)) };
 }

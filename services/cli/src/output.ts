@@ -1,5 +1,4 @@
-import { ForkyError } from '@forky/base';
-import { guestText, safeJson } from './guest-text.js';
+import { safeJson } from './guest-text.js';
 
 /** What a command prints: one JSON document with --json (C1 controls escaped too), a table or lines otherwise. */
 export function printJson(v: unknown): void {
@@ -28,15 +27,4 @@ const fmt = (v: unknown): string => (v === undefined || v === null ? '-' : typeo
 /** Progress for people: on a terminal only, on stderr, so scripts and --json stay clean. */
 export function progress(msg: string): void {
   if (process.stderr.isTTY) process.stderr.write(`${msg}\n`);
-}
-
-/**
- * An error for people: what went wrong and what to do (the exit code says which kind). The message
- * is escaped: it may carry what a guest said (an agent's end message, a guest tar's stderr).
- */
-export function describeError(e: unknown): string {
-  const fe = e instanceof ForkyError ? e : undefined;
-  const msg = fe ? `${fe.code}: ${fe.message}` : e instanceof Error ? e.message : String(e);
-  const hint = fe?.code === 'UNAVAILABLE' ? '\nhint: is the cluster up? `forky up --detach`, or pass --server / FORKY_SERVER' : '';
-  return `forky: ${guestText(msg)}${hint}\n`;
 }

@@ -2,6 +2,7 @@ import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import { spawn } from 'node:child_process';
 import { DeadlineError, delay } from '@forky/base';
+import { isAlive } from './pids.js';
 
 /**
  * Starts a process that outlives the CLI, its output appended to `logFile` after a start line
@@ -24,16 +25,6 @@ export function spawnDetached(
     return { pid: child.pid, from };
   } finally {
     fs.closeSync(fd);
-  }
-}
-
-export function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
-    return !/\) Z /.test(stat);
-  } catch {
-    return false;
   }
 }
 

@@ -1,6 +1,6 @@
 import { Command } from 'commander';
-import { openSession } from './session.js';
 import { CliContext, positiveInt, type CliDeps } from './commands/context.js';
+import { parseLate } from './commands/late-args.js';
 import { registerCluster } from './commands/cluster.js';
 import { registerImage } from './commands/image.js';
 import { registerVm } from './commands/vm.js';
@@ -18,9 +18,17 @@ import { registerNet } from './commands/net.js';
 import { registerTemplate } from './commands/template.js';
 import { registerEvents } from './commands/events.js';
 
-const DEFAULT_DEPS: CliDeps = { openSession, exit: (code) => process.exit(code) };
+// The session (NATS, the SDK, the contract) is loaded by the first command that asks for one.
+const DEFAULT_DEPS: CliDeps = {
+  openSession: async (o) => (await import('./session.js')).openSession(o),
+  exit: (code) => process.exit(code),
+};
 
-/** The `forky` program with every command; `deps` replaces the cluster and the process exit (tests). */
+/**
+ * The `forky` program with every command; `deps` replaces the cluster and the process exit (tests).
+ * Defining the commands loads commander and the command tables only: each action imports its
+ * module when it runs, so `--help`, `--version`, a usage error and `status` load no zod and no NATS.
+ */
 export function buildProgram(deps: Partial<CliDeps> = {}): Command {
   const cli = new CliContext({ ...DEFAULT_DEPS, ...deps });
   const program = new Command('forky')
@@ -32,7 +40,9 @@ export function buildProgram(deps: Partial<CliDeps> = {}): Command {
     .option('--request-timeout <ms>', 'deadline of one request attempt', positiveInt('request-timeout'), 600_000)
     .showHelpAfterError()
     // Usage errors (bad option values, missing arguments) exit 2, like other bad input.
-    .exitOverride((err) => cli.deps.exit(err.exitCode === 0 ? 0 : 2));
+    .exitOverride((err) => cli.deps.exit(err.exitCode === 0 ? 0 : 2))
+    // Options whose parser needs the contract are parsed here, once the command is known.
+    .hook('preAction', (_program, action) => parseLate(action));
   registerCluster(program, cli);
   registerImage(program, cli);
   const vm = registerVm(program, cli);

@@ -2,18 +2,14 @@ import fs from 'node:fs';
 import os from 'node:os';
 import { ErrorCodes, ForkyError } from '@forky/base';
 import type { StreamChunk, StreamEnd } from '@forky/bus';
+import type { Process, StreamLike } from '@forky/sdk';
 import { guestText } from './guest-text.js';
 
 export type { StreamChunk, StreamEnd };
 
-/** What the commands use of @forky/bus's ClientStream; a test passes its own. */
-export interface CliStream extends AsyncIterable<StreamChunk> {
-  readonly pid?: number;
-  write(bytes: Uint8Array): Promise<void>;
-  closeInput(): Promise<void>;
+/** What the commands use of @forky/bus's ClientStream (the SDK's, and a PTY's resize); a test passes its own. */
+export interface CliStream extends StreamLike {
   resize(rows: number, cols: number): void;
-  cancel(): void;
-  close(): void;
 }
 
 /** The host's chunks are at most 64 KiB; ours too, so one `in` message never exceeds what the host takes. */
@@ -91,14 +87,43 @@ export async function exitOnInterrupt(fn: () => Promise<void>): Promise<void> {
   }
 }
 
-/** Sends a local stream's bytes as the stream's input, then EOF; one write at a time, so the source pauses while the host has no credit. */
-export async function pumpIn(src: AsyncIterable<Buffer | string>, stream: CliStream, stop: { stopped: boolean }): Promise<void> {
+/** Where input goes: a stream's `in`, or an SDK process's stdin. */
+interface InputSink {
+  write(bytes: Uint8Array): Promise<void>;
+  closeInput(): Promise<void>;
+}
+
+/** Sends a local stream's bytes as the sink's input, then EOF; one write at a time, so the source pauses while the host has no credit. */
+export async function pumpIn(src: AsyncIterable<Buffer | string>, sink: InputSink, stop: { stopped: boolean }): Promise<void> {
   for await (const buf of src) {
     const b = typeof buf === 'string' ? Buffer.from(buf) : buf;
-    for (let i = 0; i < b.length && !stop.stopped; i += CHUNK) await stream.write(b.subarray(i, i + CHUNK));
+    for (let i = 0; i < b.length && !stop.stopped; i += CHUNK) await sink.write(b.subarray(i, i + CHUNK));
     if (stop.stopped) return;
   }
-  if (!stop.stopped) await stream.closeInput();
+  if (!stop.stopped) await sink.closeInput();
+}
+
+/**
+ * Feeds `input` (if any) to `sink` while the caller reads: a failure stops the work (`abort`) and is
+ * kept for the caller to throw; once `stop` is set, nothing more goes in and nothing is a failure.
+ */
+function feed(input: AsyncIterable<Buffer | string> | undefined, sink: InputSink, abort: () => void) {
+  const stop = { stopped: false };
+  let error: unknown;
+  const fed = input
+    ? pumpIn(input, sink, stop).catch((e: unknown) => {
+        if (stop.stopped) return;
+        error = e;
+        abort();
+      })
+    : Promise.resolve();
+  void fed;
+  return {
+    failed: (): void => {
+      if (error) throw error;
+    },
+    stop: (): void => void (stop.stopped = true),
+  };
 }
 
 /**
@@ -149,11 +174,17 @@ export function encodeOutput(name: 'stdout' | 'stderr', bytes: Uint8Array): Reco
   }
 }
 
+/** Runs `fn` with Ctrl-C aborting its signal (with an InterruptedError as the reason); a second Ctrl-C exits 130. */
+export function abortOnInterrupt<T>(fn: (signal: AbortSignal) => Promise<T>, message?: string): Promise<T> {
+  const ac = new AbortController();
+  return cancelOnInterrupt({ cancel: () => ac.abort(new InterruptedError(message)) }, () => fn(ac.signal));
+}
+
 /**
  * Runs `fn` with Ctrl-C (SIGINT) cancelling `stream` instead of killing us: the host then kills the
  * guest's process group and still sends `end`. A second Ctrl-C gives up waiting and exits 130.
  */
-export async function cancelOnInterrupt<T>(stream: CliStream, fn: (interrupted: () => boolean) => Promise<T>): Promise<T> {
+export async function cancelOnInterrupt<T>(stream: { cancel(): void }, fn: (interrupted: () => boolean) => Promise<T>): Promise<T> {
   let count = 0;
   const onInt = (): void => {
     if (++count === 1) stream.cancel();
@@ -196,24 +227,51 @@ export async function runStream(
   onOutput: (kind: 'stdout' | 'stderr', bytes: Uint8Array) => Promise<void> | void = () => undefined,
   onEvent?: (event: { type: string } & Record<string, unknown>) => void,
 ): Promise<{ end: StreamEnd; interrupted: boolean }> {
-  const stop = { stopped: false };
-  let inputError: unknown;
-  const fed = input
-    ? pumpIn(input, st, stop).catch((e: unknown) => {
-        if (stop.stopped) return;
-        inputError = e;
-        st.cancel();
-      })
-    : Promise.resolve();
+  const fed = feed(input, st, () => st.cancel());
   try {
     return await cancelOnInterrupt(st, async (interrupted) => {
       const end = await consume(st, (kind, bytes) => onOutput(kind === 'stderr' ? 'stderr' : 'stdout', bytes), onEvent);
-      if (inputError) throw inputError;
+      fed.failed();
       return { end, interrupted: interrupted() };
     });
   } finally {
-    stop.stopped = true;
+    fed.stop();
     input?.destroy?.();
-    void fed;
+  }
+}
+
+/**
+ * Runs an SDK process to its end (the SDK follows it across a snapshot's hand-over): `input` (if
+ * any) as its stdin, its output to `onOutput`, Ctrl-C killing it. Its exit as a stream's end, for
+ * exitCodeOf; a failure after Ctrl-C is the interrupt. Input stops at the end.
+ */
+export async function runProcess(
+  p: Process,
+  input: (AsyncIterable<Buffer | string> & { destroy?(): void }) | undefined,
+  onOutput: (kind: 'stdout' | 'stderr', bytes: Uint8Array) => Promise<void> | void = () => undefined,
+): Promise<{ end: StreamEnd; interrupted: boolean }> {
+  const fed = feed(input, { write: (b) => p.write(b), closeInput: () => p.closeStdin() }, () => p.kill());
+  try {
+    return await cancelOnInterrupt({ cancel: () => p.kill() }, async (interrupted) => {
+      try {
+        for await (const c of p) await onOutput(c.stream, c.bytes);
+      } catch (e) {
+        if (!interrupted() || !(e instanceof ForkyError)) throw e;
+        return { end: { ok: false, code: e.code, message: e.message }, interrupted: true };
+      }
+      fed.failed();
+      const x = await p.wait();
+      const end: StreamEnd = {
+        ok: true,
+        ...(x.exitCode === null ? {} : { exitCode: x.exitCode }),
+        ...(x.signal === null ? {} : { signal: x.signal }),
+        timedOut: x.timedOut,
+        cancelled: x.cancelled,
+      };
+      return { end, interrupted: interrupted() };
+    });
+  } finally {
+    fed.stop();
+    input?.destroy?.();
   }
 }

@@ -1,7 +1,7 @@
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { delay } from '@forky/base';
-import { isAlive } from './procs.js';
+import { isAlive } from './pids.js';
 
 /** A QEMU process of this cluster, found in /proc. */
 export interface ClusterQemu {

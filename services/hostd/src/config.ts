@@ -99,6 +99,16 @@ export const HostdConfig = z.strictObject({
       sysfsRoot: z.string().min(1).default('/sys'),
     })
     .prefault({}),
+  /**
+   * How long a snapshot nothing uses (no VM runs on it, no fork or warm process uses it, none
+   * descends from it) and that is no template's is kept before this host deletes it; 0: never.
+   */
+  snapshotRetentionMs: z
+    .number()
+    .int()
+    .min(0)
+    .max(365 * 24 * 3600_000)
+    .default(24 * 3600_000),
   /** How often this host reports into the hosts bucket. */
   heartbeatMs: z.number().int().min(100).max(60_000).default(2000),
   /** Replicas of the KV buckets hostd creates if missing (3 on a 3-node cluster). */
@@ -132,6 +142,11 @@ function defaults(hostId: string, cwd: string): Record<string, unknown> {
 }
 
 const env = (k: string): string | undefined => process.env[k] || undefined;
+/** A number from the environment; one that is not a number is left for the schema to refuse, naming its field. */
+const numEnv = (k: string): number | string | undefined => {
+  const v = env(k);
+  return v === undefined || !/^\d+$/.test(v.trim()) ? v : Number(v);
+};
 
 /** Configuration from defaults < file (--config / FORKY_HOSTD_CONFIG) < env (FORKY_*) < flags. */
 export function loadHostdConfig(flags: Record<string, unknown> = {}, cwd = process.cwd()): Readonly<HostdConfig> {
@@ -144,6 +159,7 @@ export function loadHostdConfig(flags: Record<string, unknown> = {}, cwd = proce
     imagesDir: env('FORKY_IMAGES_DIR'),
     qemu: { accel: env('FORKY_ACCEL'), probeCacheFile: env('FORKY_PROBE_CACHE') },
     logLevel: env('FORKY_LOG_LEVEL'),
+    snapshotRetentionMs: numEnv('FORKY_SNAPSHOT_RETENTION_MS'),
   };
   const { config: _config, ...flagLayer } = flags;
   const hostId = String((flagLayer.hostId as string | undefined) ?? fromEnv.hostId ?? file.hostId ?? defaultHostId());

@@ -3,7 +3,7 @@ import path from 'node:path';
 import type { NatsConnection } from '@nats-io/nats-core';
 import type { Service } from '@nats-io/services';
 import { newId, type Logger } from '@forky/base';
-import { ObjectPartStore, connectBus, openBuckets, resolveReplicas } from '@forky/bus';
+import { ObjectPartStore, SchedulerClient, connectBus, openBuckets, resolveReplicas } from '@forky/bus';
 import { subjects, type Egress, type Heartbeat } from '@forky/contract';
 import { enableKsm } from './adapters/ksm.js';
 import { LocalAppLayers } from './adapters/store/app-layers.js';
@@ -33,6 +33,8 @@ import { startHostdService } from './service.js';
 import { GuestStreams } from './streams/endpoints.js';
 
 export const HOSTD_VERSION = '0.1.0';
+/** A spread self-fork's bound: the snapshot travels through the object store to each host. */
+const SPREAD_FORK_MS = 10 * 60_000;
 
 export interface Hostd {
   readonly engine: HostEngine;
@@ -89,10 +91,13 @@ export async function startHostd(config: Readonly<HostdConfig>, logger: Logger):
   const replicas = resolveReplicas(nc, config.bucketReplicas);
   const buckets = await openBuckets(nc, { replicas });
   let beatSoon: () => void = () => undefined;
-  const parts = await ObjectPartStore.open(nc, replicas);
+  // Chunk maps of the parts this host holds, so a lineage parent is never re-read to ship its child.
+  const parts = await ObjectPartStore.open(nc, replicas, { cacheDir: path.join(layout.dataDir, 'part-maps') });
   const events = new NatsEventSink(nc, config.hostId, log.child({ component: 'events' }));
   const engine = new HostEngine({
     events,
+    // A guest's spread self-fork goes through the scheduler like any spread fork (its key makes a resend safe).
+    schedulerFork: (req) => new SchedulerClient(nc, { timeoutMs: SPREAD_FORK_MS }).call('fork', req),
     onChange: () => beatSoon(),
     directory: new KvDirectory(buckets.locator, buckets.lineage, config.hostId),
     parts,
@@ -107,7 +112,7 @@ export async function startHostd(config: Readonly<HostdConfig>, logger: Logger):
     images,
     layout,
     network,
-    limits: config.limits,
+    limits: { ...config.limits, snapshotRetentionMs: config.snapshotRetentionMs },
     pool: config.pool,
     gpus: new GpuAllocator(gpus, config.hostId),
     // A dry run's RAM files stay empty: nothing to admit against.
@@ -130,7 +135,13 @@ export async function startHostd(config: Readonly<HostdConfig>, logger: Logger):
   // Their QEMU died while no hostd was there to say so: said now.
   for (const v of engine.list()) if (recovered.failed.includes(v.id)) events.publish(failedWhileDown(config.hostId, v));
   upkeepVms = () => engine.list().flatMap((v) => (v.network && v.state !== 'failed' ? [{ id: v.id, egress: v.network.egress }] : []));
-  const streams = new GuestStreams({ nc, hostId: config.hostId, guest: (id) => engine.guest(id), log });
+  const streams = new GuestStreams({
+    nc,
+    hostId: config.hostId,
+    guest: (id) => engine.guest(id),
+    onActivity: (id) => engine.touch(id),
+    log,
+  });
   streams.start();
   const service = await startHostdService(nc, config.hostId, engine, HOSTD_VERSION, log, streams.handlers());
   log.info({ accel: probe.accel, reason: probe.reason, qemu: probe.qemuVersion, network: network.describe() }, 'hostd serving');

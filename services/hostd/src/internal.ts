@@ -54,3 +54,8 @@ export {
 } from './adapters/net/index.js';
 export * as netFilter from './adapters/net/index.js';
 export { followPeers, ownAddresses, peerAddresses, urlAddresses } from './cluster-peers.js';
+export type { SelfForkLine, SelfForkListener } from './domain/ports.js';
+export { LineReader } from './adapters/qemu/fork-port.js';
+export { SelfForkRefusal, TokenBucket, aliveInTree, checkBudget, type SelfForkRecord } from './domain/self-fork-tree.js';
+export { SelfForkResults } from './domain/self-fork-results.js';
+export { SELF_FORK_RATE, parseLine } from './domain/ops/self-fork.js';

@@ -32,6 +32,7 @@ export function hostdHandlers(engine: HostEngine, guest: GuestHandlers): Handler
     'vm.exec': (r) => engine.exec(r),
     'vm.app': (r) => engine.apps(r),
     'vm.network': (r) => engine.network(r),
+    'vm.extend': (r) => engine.extend(r),
     'snapshot.create': (r) => engine.snapshot(r),
     'snapshot.list': (r) => ({ snapshots: engine.listSnapshots().filter((s) => snapshotMatches(s, r)) }),
     'snapshot.show': (r) => engine.showSnapshot(r.id),

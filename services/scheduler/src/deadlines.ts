@@ -40,7 +40,8 @@ export class StartByClient extends HostdClient {
     hostId: string,
     defaults: RequestOptions,
     private readonly windowMs: number,
-    private readonly givenUp: AbortSignal,
+    /** Set once the call is given up (an AbortSignal would do; a flag is all that is read). */
+    private readonly givenUp: { readonly aborted: boolean },
   ) {
     super(nc, hostId, defaults);
   }

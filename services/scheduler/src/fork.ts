@@ -5,6 +5,7 @@ import type { SchedContext } from './context.js';
 import { sourceKind } from './directory-reads.js';
 import { TRANSIENT } from './jobs.js';
 import { placeChildren } from './placement.js';
+import { lifetimeOf } from './routing.js';
 
 /**
  * Forks `req.count` children of a VM or snapshot. All at home, hostd does it in one call (it
@@ -27,6 +28,7 @@ export async function fork(ctx: SchedContext, req: Omit<SchedForkRequest, 'key'>
         until: req.until,
         ...apps,
         ...labelsOf(req, 0, req.count),
+        ...lifetimeOf(req),
         key,
       }),
     );
@@ -50,6 +52,7 @@ export async function fork(ctx: SchedContext, req: Omit<SchedForkRequest, 'key'>
         until: req.until,
         ...apps,
         ...own,
+        ...lifetimeOf(req),
         key: subKey(key, `${host}/${attempt}/${first}`),
       });
     });

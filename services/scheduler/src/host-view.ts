@@ -16,6 +16,8 @@ import { isReadableKey, logBadEntry } from '@forky/bus';
  */
 export class HostView<T extends { id: string; ts: number }> {
   readonly #beats = new Map<string, T>();
+  /** The same beats in host id order, kept as they arrive: a placement reads it as is. */
+  readonly #sorted: T[] = [];
   #sub?: Subscription;
 
   constructor(
@@ -59,9 +61,9 @@ export class HostView<T extends { id: string; ts: number }> {
     });
   }
 
-  /** The last valid heartbeat of every host that has one. */
-  values(): T[] {
-    return [...this.#beats.values()];
+  /** The last valid heartbeat of every host that has one, in host id order (not to be changed by the caller). */
+  values(): readonly T[] {
+    return this.#sorted;
   }
 
   /** One host's last valid heartbeat. */
@@ -83,5 +85,11 @@ export class HostView<T extends { id: string; ts: number }> {
     const have = this.#beats.get(host);
     if (have && have.ts >= beat.ts) return;
     this.#beats.set(host, beat);
+    // Hosts are never dropped, so a new one is rare: only then is the order worked out again.
+    if (have) this.#sorted[this.#sorted.indexOf(have)] = beat;
+    else {
+      this.#sorted.push(beat);
+      this.#sorted.sort((a, b) => a.id.localeCompare(b.id));
+    }
   }
 }

@@ -1,9 +1,46 @@
 import type { NatsConnection } from '@nats-io/nats-core';
-import { HostdClient } from '@forky/bus';
-import type { Heartbeat, HostStatus, VmInfo } from '@forky/contract';
+import { z } from 'zod';
+import { type ForkyError, type Logger } from '@forky/base';
+import { HostdClient, logBadEntry } from '@forky/bus';
+import { Heartbeat, VmInfo, type HostStatus } from '@forky/contract';
 import type { HostView } from './host-view.js';
-import { beatStatus } from './placement.js';
+import { beatStatus, isAlive } from './placement.js';
 import { StartByClient, hostGone, mayStillStart, startWindowMs } from './deadlines.js';
+
+/**
+ * A checked heartbeat. Its VM list is checked when first asked for: it is needed only once its
+ * host is down (to show those VMs as lost), while a host sends one after each change, so checking
+ * every VM of every beat would cost each placement in proportion to the VMs on the host.
+ */
+export type Beat = Omit<Heartbeat, 'vmList'> & { readonly vmList: () => VmInfo[] };
+
+const BeatShape = Heartbeat.extend({ vmList: z.array(z.unknown()) });
+const VmList = z.array(VmInfo);
+
+/** Checks a heartbeat's JSON text: undefined for one that is not valid; a VM list that is not is logged when read, and empty. */
+export function beatParser(log: Logger): (body: string) => Beat | undefined {
+  return (body) => {
+    let raw: unknown;
+    try {
+      raw = JSON.parse(body);
+    } catch {
+      return undefined;
+    }
+    const r = BeatShape.safeParse(raw);
+    if (!r.success) return undefined;
+    const { vmList, ...beat } = r.data;
+    let checked: VmInfo[] | undefined;
+    return {
+      ...beat,
+      vmList: () => {
+        if (checked) return checked;
+        const list = VmList.safeParse(vmList);
+        if (!list.success) logBadEntry(log, `heartbeat of ${beat.id}`, `vmList: ${list.error.issues[0]?.message ?? 'invalid'}`, body);
+        return (checked = list.success ? list.data : []);
+      },
+    };
+  };
+}
 
 /** One host's last heartbeat, with its liveness. */
 export interface HostBeat {
@@ -12,30 +49,48 @@ export interface HostBeat {
   snapshotIds: string[];
 }
 
+/** A call to a host under way: given up (`fail`) once its host is seen gone. */
+interface Watched {
+  host: string;
+  instance: string | undefined;
+  startBy(): number;
+  fail(e: ForkyError): void;
+}
+
 /**
  * The hosts as their heartbeats show them, and the clients that call them. A call made through
  * `onHost` fails once its host is seen gone, instead of waiting for its whole deadline.
  */
 export class Hosts {
+  /** Each beat's status up and down, worked out once: only which one holds depends on the time. */
+  readonly #statuses = new WeakMap<Beat, { up: HostStatus; down: HostStatus }>();
+  readonly #calls = new Set<Watched>();
+  #ticker: NodeJS.Timeout | undefined;
+
   constructor(
     private readonly nc: NatsConnection,
     /** Heartbeats, followed on their subjects (seeded from the hosts bucket). */
-    private readonly view: HostView<Heartbeat>,
+    private readonly view: HostView<Beat>,
     /** How long a request may take on its host (a fork of many children is long). */
     private readonly timeoutMs: number,
   ) {}
 
-  /** Every host's liveness and last report, by id. */
+  /** Every host's liveness and last report, by id (shared: not to be changed by the caller). */
   statuses(): HostStatus[] {
-    return this.beats().map((b) => b.status);
+    const now = Date.now();
+    return this.view.values().map((hb) => this.#status(hb, now));
   }
 
   /** Every host's last heartbeat, with its liveness, by id. */
   beats(): HostBeat[] {
     const now = Date.now();
-    const out: HostBeat[] = [];
-    for (const hb of this.view.values()) out.push({ status: beatStatus(hb, now), vms: hb.vmList, snapshotIds: hb.snapshotIds });
-    return out.sort((a, b) => a.status.id.localeCompare(b.status.id));
+    return this.view.values().map((hb) => ({
+      status: this.#status(hb, now),
+      get vms() {
+        return hb.vmList();
+      },
+      snapshotIds: hb.snapshotIds,
+    }));
   }
 
   /** The longest start window of any host: how long a call sent to one may still start there. */
@@ -50,37 +105,55 @@ export class Hosts {
 
   /** A call to a host that fails once the host is seen down and can no longer start it. */
   async onHost<T>(host: string, fn: (c: HostdClient) => Promise<T>): Promise<T> {
-    const ac = new AbortController();
-    const c = new StartByClient(this.nc, host, { timeoutMs: this.timeoutMs }, startWindowMs(this.view.get(host)?.intervalMs), ac.signal);
+    const hb = this.view.get(host);
+    const given = { aborted: false };
+    const c = new StartByClient(this.nc, host, { timeoutMs: this.timeoutMs }, startWindowMs(hb?.intervalMs), given);
+    let fail!: (e: ForkyError) => void;
+    const gone = new Promise<never>((_, reject) => (fail = reject));
+    const w: Watched = { host, instance: hb?.instance, startBy: () => c.latestStartBy, fail };
+    this.#calls.add(w);
+    this.#ticker ??= setInterval(() => this.#check(), 500);
     try {
-      return await Promise.race([fn(c), this.#whenDown(host, ac.signal, () => c.latestStartBy)]);
+      return await Promise.race([fn(c), gone]);
     } finally {
-      ac.abort();
+      given.aborted = true;
+      this.#calls.delete(w);
+      if (this.#calls.size === 0) {
+        clearInterval(this.#ticker);
+        this.#ticker = undefined;
+      }
     }
   }
 
+  #status(hb: Beat, now: number): HostStatus {
+    let s = this.#statuses.get(hb);
+    if (!s) {
+      const up = Object.freeze(beatStatus(hb, hb.ts));
+      s = { up, down: Object.freeze({ ...up, alive: false }) };
+      this.#statuses.set(hb, s);
+    }
+    return isAlive(hb, now) ? s.up : s.down;
+  }
+
   /**
-   * Rejects once `host` stops reporting (misses MISSED_BEATS heartbeats) or reports as a new
-   * process: a request in flight to a host that died would otherwise wait for its whole deadline,
-   * and one to a host that restarted would never be answered (the new process re-adopts VMs, not
-   * requests). A host that stopped reporting may only be stopped: it is given up once past
-   * `startBy()` (and the clock skew allowed), when it refuses what it was sent, however late it
-   * reads it.
+   * Every 500 ms while calls are under way, one look at their hosts. A call is given up once its
+   * host stops reporting (misses MISSED_BEATS heartbeats) or reports as a new process: a request
+   * in flight to a host that died would otherwise wait for its whole deadline, and one to a host
+   * that restarted would never be answered (the new process re-adopts VMs, not requests). A host
+   * that stopped reporting may only be stopped: it is given up once past the call's start-by (and
+   * the clock skew allowed), when it refuses what it was sent, however late it reads it.
    */
-  #whenDown(host: string, signal: AbortSignal, startBy: () => number): Promise<never> {
-    const instance = this.view.get(host)?.instance;
-    return new Promise((_, reject) => {
-      const timer = setInterval(() => {
-        const hb = this.view.get(host);
-        if (!hb) return;
-        const down = !beatStatus(hb, Date.now()).alive;
-        const restarted = !!instance && hb.instance !== instance;
-        // Alive, or quiet but still able to start what it was sent: keep waiting.
-        if (!restarted && (!down || mayStillStart(startBy()))) return;
-        clearInterval(timer);
-        reject(hostGone(host, hb.ts, down, startBy()));
-      }, 500);
-      signal.addEventListener('abort', () => clearInterval(timer), { once: true });
-    });
+  #check(): void {
+    const now = Date.now();
+    for (const w of this.#calls) {
+      const hb = this.view.get(w.host);
+      if (!hb) continue;
+      const down = !isAlive(hb, now);
+      const restarted = !!w.instance && hb.instance !== w.instance;
+      // Alive, or quiet but still able to start what it was sent: keep waiting.
+      if (!restarted && (!down || mayStillStart(w.startBy(), now))) continue;
+      this.#calls.delete(w);
+      w.fail(hostGone(w.host, hb.ts, down, w.startBy()));
+    }
   }
 }

@@ -1,80 +1,42 @@
-import { createHash } from 'node:crypto';
-import type { KV, KvEntry } from '@nats-io/kv';
-import { ConflictError, DeadlineError, ForkyError, asForkyError, delay, type Logger } from '@forky/base';
-import { z } from 'zod';
+import type { KV } from '@nats-io/kv';
+import type { NatsConnection } from '@nats-io/nats-core';
+import { DeadlineError, ForkyError, asForkyError, delay, type Logger } from '@forky/base';
 import { entryValue, retryTransient } from '@forky/bus';
-import { RemoteError, WireError, fromWireError, toWireError } from '@forky/contract';
+import { RemoteError, toWireError } from '@forky/contract';
+import { Outcomes, type Waiting } from './outcomes.js';
+import { Entry, isClaimLost, keyReused, type Recorded } from './records.js';
 
-/**
- * A key's record in the requests bucket. It is read back, so it is checked: a record that is
- * not one (written by hand, or garbage) is logged and counts as no record. Loose, so a field a
- * newer scheduler adds does not make an older one drop the record.
- */
-const Entry = z.looseObject({
-  state: z.enum(['pending', 'done', 'failed']),
-  hash: z.string().max(128),
-  owner: z.string().max(256),
-  leaseUntil: z.number(),
-  reply: z.unknown().optional(),
-  /** The failure, as a caller gets it: code, message and the field at fault, never a stack. */
-  error: WireError.shape.error.optional(),
-  /** A failed attempt that will be made again (its job goes back to the queue). */
-  retry: z.boolean().optional(),
-});
-type Entry = z.infer<typeof Entry>;
+export { keyReused, requestHash, underWay, type Recorded } from './records.js';
 
-/** A request under this key is being run, or will be run again: a new submission would be a duplicate. */
-export function underWay(entry: Entry, now = Date.now()): boolean {
-  return (entry.state === 'pending' && entry.leaseUntil > now) || (entry.state === 'failed' && !!entry.retry);
-}
-
-/** The one error for a key sent again with a different request. */
-export function keyReused(key: string): ConflictError {
-  return new ConflictError(`idempotency key ${key} was already used for a different request`, { field: 'key' });
-}
-
-export interface Recorded {
-  entry: Entry;
-  revision: number;
-}
-
-/** A stable digest of a request, without its key: the same key must mean the same request. */
-export function requestHash(endpoint: string, req: Record<string, unknown>): string {
-  const { key: _key, ...rest } = req;
-  return createHash('sha256')
-    .update(`${endpoint}\n${canonical(rest)}`)
-    .digest('hex')
-    .slice(0, 32);
-}
-
-/** JSON with every object's keys sorted, at every depth (a replacer array would drop nested keys). */
-function canonical(v: unknown): string {
-  if (Array.isArray(v)) return `[${v.map(canonical).join(',')}]`;
-  if (v !== null && typeof v === 'object') {
-    const o = v as Record<string, unknown>;
-    return `{${Object.keys(o)
-      .filter((k) => o[k] !== undefined)
-      .sort()
-      .map((k) => `${JSON.stringify(k)}:${canonical(o[k])}`)
-      .join(',')}}`;
-  }
-  return JSON.stringify(v) ?? 'null';
+export interface IdempotencyOptions {
+  /** Follow the whole bucket for outcomes other schedulers write (a scheduler does; a lone test of this class need not). */
+  watch?: boolean;
+  /** For reads from the bucket stream's leader (unrecorded); `bucket` is the requests bucket's name. */
+  leader?: { nc: NatsConnection; bucket: string };
 }
 
 /**
- * Runs a request once per idempotency key across every scheduler. The key is claimed in the
- * requests bucket with a lease the owner renews while it works; a scheduler that dies stops
- * renewing, and the next one to see the key takes it over once the lease runs out. hostd dedupes
- * the same key, so work started by a dead scheduler is joined, not repeated. The outcome is
- * stored, so a repeat gets the same reply.
+ * Runs a request once per idempotency key across every scheduler, its outcome stored, so a
+ * repeat gets the same reply. `run` claims the key in the requests bucket with a lease the owner
+ * renews while it works; a scheduler that dies stops renewing, and the next one to see the key
+ * takes it over once the lease runs out. `runUnclaimed` is for a run nobody else can be making
+ * (jobs.ts proves it): it writes nothing until its outcome, unless it lasts longer than a third
+ * of a lease, when it claims the key the same way. hostd dedupes the same key, so work started by
+ * a dead scheduler is joined, not repeated.
  */
 export class Idempotency {
+  readonly #outcomes: Outcomes;
+
   constructor(
     private readonly kv: KV,
     private readonly owner: string,
     private readonly leaseMs: number,
     private readonly log: Logger,
-  ) {}
+    private readonly opts: IdempotencyOptions = {},
+  ) {
+    const nc = opts.leader?.nc;
+    this.#outcomes = new Outcomes(kv, log, { watch: !!opts.watch, ...(nc ? { closed: () => nc.isClosed() } : {}) });
+  }
 
   /** What the bucket says about a key now. */
   async peek(key: string): Promise<Recorded | undefined> {
@@ -84,55 +46,37 @@ export class Idempotency {
   }
 
   /**
-   * Waits for the request under `key` to end (a write after revision `since` that is done, or
-   * failed for good) and returns its reply or throws its error, whichever scheduler ran it. A
-   * watch tells at once; a read every 2 s is the safety net, since a watch can stall for tens of
-   * seconds while the cluster replaces a dead node.
+   * Whether the bucket holds nothing at all under `key` (no record, no garbage, no delete marker),
+   * read from the stream's leader: a replica answering a direct get may not have a record just
+   * written. Any failure to tell says no (the caller then claims the key, which is always safe).
    */
-  outcome<T>(key: string, hash: string, since: number, timeoutMs: number): Promise<T> {
-    return new Promise<T>((resolve, reject) => {
-      let settled = false;
-      let watch: { stop(): void } | undefined;
-      const finish = (f: () => void): void => {
-        if (settled) return;
-        settled = true;
-        clearTimeout(timer);
-        clearInterval(poll);
-        watch?.stop();
-        f();
-      };
-      const see = (e: KvEntry | null): void => {
-        if (!e || e.revision <= since) return;
-        const entry = entryValue(Entry, e, this.log);
-        if (!entry) return;
-        if (entry.hash !== hash) finish(() => reject(keyReused(key)));
-        else if (entry.state === 'done') finish(() => resolve(entry.reply as T));
-        else if (entry.state === 'failed' && !entry.retry)
-          finish(() => reject(fromWireError({ error: entry.error ?? { code: 'INTERNAL', message: 'failed' } }, key)));
-      };
-      const timer = setTimeout(
-        () =>
-          finish(() =>
-            reject(
-              new DeadlineError(
-                `request ${key} (one not started by its deadline is failed, not run; one under way finishes: ask again with the same key for its outcome)`,
-                timeoutMs,
-              ),
-            ),
-          ),
-        timeoutMs,
+  async unrecorded(key: string): Promise<boolean> {
+    const leader = this.opts.leader;
+    try {
+      if (!leader) return (await this.kv.get(key)) === null;
+      const stream = `KV_${leader.bucket}`;
+      const r = await leader.nc.request(
+        `$JS.API.STREAM.MSG.GET.${stream}`,
+        JSON.stringify({ last_by_subj: `$KV.${leader.bucket}.${key}` }),
+        {
+          timeout: 5_000,
+        },
       );
-      const poll = setInterval(() => void this.kv.get(key).then(see, () => undefined), 2_000);
-      // A watch that fails to start, or ends in an error, leaves the poll: logged, never unhandled.
-      this.kv
-        .watch({ key })
-        .then(async (w) => {
-          watch = w;
-          if (settled) return w.stop();
-          for await (const e of w) see(e);
-        })
-        .catch((err: unknown) => this.log.warn({ err, key }, 'watching a request failed; reading it every 2 s instead'));
-    });
+      return (r.json<{ error?: { err_code?: number } }>().error?.err_code ?? 0) === 10037;
+    } catch (err) {
+      this.log.warn({ err, key }, 'reading a request record failed; the key is claimed before the run');
+      return false;
+    }
+  }
+
+  /** Waits for the request under `key` to end (a record after revision `since` that is done, or failed for good). */
+  outcome<T>(key: string, hash: string, since: number, timeoutMs: number): Promise<T> {
+    return this.#outcomes.wait<T>(key, hash, since, timeoutMs).done;
+  }
+
+  /** `outcome`, started now and ended by `cancel` if its request is never queued. */
+  waitFor<T>(key: string, hash: string, since: number, timeoutMs: number): Waiting<T> {
+    return this.#outcomes.wait<T>(key, hash, since, timeoutMs);
   }
 
   /**
@@ -172,50 +116,79 @@ export class Idempotency {
     }
   }
 
+  /** Runs `fn` for a key nothing else can be running (see the class): no write before its outcome, unless it lasts. */
+  runUnclaimed<T>(key: string, hash: string, fn: () => Promise<T>, willRetry: (e: ForkyError) => boolean = () => false): Promise<T> {
+    return this.#work(key, hash, undefined, fn, willRetry);
+  }
+
+  /** Stops following the bucket; waits under way end by their own deadlines. */
+  stop(): void {
+    this.#outcomes.stop();
+  }
+
   /** A claim or a renewal of it: this scheduler holds the key for one more lease. */
   #pending(hash: string): string {
     return JSON.stringify({ state: 'pending', hash, owner: this.owner, leaseUntil: Date.now() + this.leaseMs } satisfies Entry);
   }
 
-  async #work<T>(key: string, hash: string, revision: number, fn: () => Promise<T>, willRetry: (e: ForkyError) => boolean): Promise<T> {
+  /** Runs `fn` under the claim at `revision`, or under none yet (claimed at the first renewal, if it lasts that long). */
+  async #work<T>(
+    key: string,
+    hash: string,
+    revision: number | undefined,
+    fn: () => Promise<T>,
+    willRetry: (e: ForkyError) => boolean,
+  ): Promise<T> {
     let rev = revision;
+    let writing = false;
+    let lost = false;
     const renew = setInterval(
       () => {
-        this.kv.update(key, this.#pending(hash), rev).then(
-          (r) => (rev = r),
-          (err: unknown) => this.log.warn({ err, key }, 'lease renewal failed'),
-        );
+        // One write at a time, each on the revision the last one made; once someone else wrote the key, no more.
+        if (writing || lost) return;
+        writing = true;
+        (rev === undefined ? this.kv.create(key, this.#pending(hash)) : this.kv.update(key, this.#pending(hash), rev))
+          .then(
+            (r) => (rev = r),
+            (err: unknown) => {
+              lost = isClaimLost(err);
+              this.log.warn(
+                { err, key },
+                lost ? 'the key was written by another run; its lease is no longer renewed' : 'lease renewal failed',
+              );
+            },
+          )
+          .finally(() => (writing = false));
       },
       Math.max(100, this.leaseMs / 3),
     );
     try {
       const reply = await fn();
       clearInterval(renew);
-      const done = JSON.stringify({ state: 'done', hash, owner: this.owner, leaseUntil: 0, reply } satisfies Entry);
-      await retryTransient('requests put', () => this.kv.put(key, done), { log: this.log });
+      await this.#record(key, { state: 'done', hash, owner: this.owner, leaseUntil: 0, reply });
       return reply;
     } catch (e) {
       clearInterval(renew);
       const fe = asForkyError(e);
       const retry = willRetry(fe);
-      const failed = JSON.stringify({
+      const failed: Entry = {
         state: 'failed',
         hash,
         owner: this.owner,
         leaseUntil: 0,
         error: toWireError(fe).error,
         ...(retry ? { retry } : {}),
-      } satisfies Entry);
-      await retryTransient('requests put', () => this.kv.put(key, failed), { log: this.log }).catch(() => undefined);
+      };
+      await this.#record(key, failed).catch(() => undefined);
       throw fe instanceof RemoteError
         ? new ForkyError(fe.code, fe.message, { cause: fe, ...(fe.details ? { details: fe.details } : {}) })
         : fe;
     }
   }
-}
 
-/** kv.create/update refused: someone else wrote the key first. */
-function isClaimLost(e: unknown): boolean {
-  const err = e as { code?: number; api_error?: { err_code?: number }; message?: string };
-  return err?.api_error?.err_code === 10071 || /wrong last sequence/i.test(err?.message ?? '');
+  /** Stores a run's outcome and tells this process's waiters at once (others see it through their watch). */
+  async #record(key: string, entry: Entry): Promise<void> {
+    const revision = await retryTransient('requests put', () => this.kv.put(key, JSON.stringify(entry)), { log: this.log });
+    this.#outcomes.seen(key, revision, entry);
+  }
 }

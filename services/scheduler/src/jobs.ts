@@ -1,8 +1,19 @@
 import type { KV } from '@nats-io/kv';
+import { headers, type NatsConnection } from '@nats-io/nats-core';
 import { ForkyError, asForkyError, newId, type ErrorCode, type Logger } from '@forky/base';
-import { callerDeadline, type JobDelivery, type JobOutcome, type JobQueue } from '@forky/bus';
-import { schedContract, type Job, type JobEndpoint, type SchedParsedRequestOf } from '@forky/contract';
-import { Idempotency, keyReused, requestHash, underWay } from './idempotency.js';
+import { callerDeadline, retryTransient, type JobDelivery, type JobOutcome } from '@forky/bus';
+import {
+  BUCKETS,
+  CLOCK_SKEW_MS,
+  DEADLINE_HEADERS,
+  encodeBody,
+  schedContract,
+  subjects,
+  type Job,
+  type JobEndpoint,
+  type SchedParsedRequestOf,
+} from '@forky/contract';
+import { Idempotency, keyReused, requestHash, underWay, type Recorded } from './idempotency.js';
 import { failUnrun, jobRefusal } from './deadlines.js';
 
 /** Failures a later attempt may not meet: a host down, or not answering in time. */
@@ -15,28 +26,67 @@ export interface JobsOptions {
   /** How long a forwarded request may take on its host; also the longest wait for a job's outcome. */
   hostTimeoutMs: number;
   leaseMs: number;
+  /** How long the jobs stream waits for a sign of life from a job's worker before delivering it again. */
+  ackWaitMs: number;
   /** How long a call already sent to a host may still start there (see failUnrun). */
   startWindowMs: () => number;
+}
+
+/** The keys hostd gets for keyless requests: unique (a random prefix per process, then a count) without a random draw each. */
+const KEYLESS = newId('req', 12);
+let keyless = 0;
+
+/** How long the jobs stream drops a repeat of a job's message id (JobQueue.open's duplicate_window). */
+const DEDUPE_WINDOW_MS = 120_000;
+
+/** A key's jobs go on a subject of their own (in the stream's `jobs.>`), so that the stream holds at most one of them. */
+const keySubject = (key: string): string => `${subjects.jobs.slice(0, -1)}key.${key}`;
+
+/** A JetStream API refusal, named the way retryTransient knows one (503: no leader yet, try again). */
+class JsApiError extends Error {
+  override readonly name = 'JetStreamApiError';
+  constructor(
+    readonly status: number,
+    message: string,
+  ) {
+    super(message);
+  }
 }
 
 /**
  * Requests that change the cluster. A keyed one is a job on the jobs stream, run once per key
  * by whichever scheduler takes it, its outcome kept in the requests bucket; a keyless one runs
  * at once, here.
+ *
+ * The job is the request's claim: it is published on its key's subject expecting none there, so
+ * two jobs of one key are never queued at once, and on the normal path the job and the outcome
+ * are the only writes. A run claims the key in the bucket only when another could be near (see
+ * #unclaimed) or once it lasts (Idempotency.runUnclaimed).
  */
 export class Jobs {
   readonly #idem: Idempotency;
+  /** A first delivery within this of its submission may run unclaimed (see #unclaimed). */
+  readonly #freshMs: number;
 
   constructor(
     requests: KV,
-    /** Keyed requests go through it, so they outlive the scheduler that took them. */
-    private readonly queue: JobQueue,
+    /** Keyed requests are queued on it, so they outlive the scheduler that took them. */
+    private readonly nc: NatsConnection,
     private readonly perform: Perform,
     private readonly opts: JobsOptions,
     private readonly log: Logger,
   ) {
     // The owner names the process, so an operator (or a test) can tell whose lease a request holds.
-    this.#idem = new Idempotency(requests, `${newId('sch', 6)}-pid${process.pid}`, opts.leaseMs, log);
+    this.#idem = new Idempotency(requests, `${newId('sch', 6)}-pid${process.pid}`, opts.leaseMs, log, {
+      watch: true,
+      leader: { nc, bucket: BUCKETS.requests },
+    });
+    this.#freshMs = Math.max(0, DEDUPE_WINDOW_MS - opts.ackWaitMs - opts.leaseMs / 3 - CLOCK_SKEW_MS - 10_000);
+  }
+
+  /** Stops following the requests bucket. */
+  stop(): void {
+    this.#idem.stop();
   }
 
   /**
@@ -51,7 +101,7 @@ export class Jobs {
     precheck: () => Promise<unknown>,
     fn: (key: string) => Promise<T>,
   ): Promise<T> {
-    if (!req.key) return fn(newId('req', 16));
+    if (!req.key) return fn(`${KEYLESS}-${(++keyless).toString(36)}`);
     return this.#submit(endpoint, req as SchedParsedRequestOf<E> & { key: string }, precheck);
   }
 
@@ -61,19 +111,77 @@ export class Jobs {
    * and a repeat of a finished request gets the recorded reply.
    */
   async #submit<T>(endpoint: JobEndpoint, req: Record<string, unknown> & { key: string }, precheck: () => Promise<unknown>): Promise<T> {
+    // Computed once, here: it travels in the job.
     const hash = requestHash(endpoint, req);
     // The job does not start past its client's deadline, and nobody waits for its outcome after it.
     const deadline = callerDeadline() ?? Date.now() + this.opts.hostTimeoutMs;
     const now = await this.#idem.peek(req.key);
     if (now && now.entry.hash !== hash) throw keyReused(req.key);
     if (now?.entry.state === 'done') return now.entry.reply as T;
-    if (!now || !underWay(now.entry)) {
-      // What can be refused at once is, before anything is queued or recorded.
-      await precheck();
-      const job: Job = { v: 1, endpoint, key: req.key, hash, request: req, submittedAt: new Date().toISOString() };
-      await this.queue.submit(job, `${req.key}@${now?.revision ?? 0}`, deadline);
+    const since = now?.revision ?? 0;
+    const waitMs = Math.max(1, Math.min(this.opts.hostTimeoutMs, deadline - Date.now()));
+    if (now && underWay(now.entry)) return this.#idem.outcome<T>(req.key, hash, since, waitMs);
+    // What can be refused at once is, before anything is queued or recorded.
+    await precheck();
+    // Waited on before the job is queued: its outcome may be written before the publish is acknowledged.
+    const waiting = this.#idem.waitFor<T>(req.key, hash, since, waitMs);
+    try {
+      await this.#publish({ v: 1, endpoint, key: req.key, hash, request: req, submittedAt: new Date().toISOString() }, now, deadline);
+    } catch (e) {
+      waiting.cancel();
+      throw e;
     }
-    return this.#idem.outcome<T>(req.key, hash, now?.revision ?? 0, Math.max(1, Math.min(this.opts.hostTimeoutMs, deadline - Date.now())));
+    return waiting.done;
+  }
+
+  /**
+   * Queues `job` on its key's subject, expecting none there. One already there is queued or
+   * running: its outcome is the one waited for. But when the key has a record that is not under
+   * way (`seen`: a failure, a lapsed lease), the job there may be one left behind by a run that
+   * ended, never to be delivered again: this one is queued after it; both then find the record
+   * and claim the key before running. The message id makes a publish sent again harmless, and
+   * `deadline` (a header: a scheduler of the previous version still takes the job) is when its
+   * client gives up.
+   */
+  async #publish(job: Job, seen: Recorded | undefined, deadline: number): Promise<void> {
+    const subject = keySubject(job.key);
+    const body = encodeBody(job, 'json');
+    const h = headers();
+    h.set(DEADLINE_HEADERS.deadline, String(Math.floor(deadline)));
+    h.set('Nats-Msg-Id', `${job.key}@${seen?.revision ?? 0}`);
+    /** Publishes expecting `last` as the subject's last sequence; the sequence in the way if another is there. */
+    const send = (last: number): Promise<number | undefined> =>
+      retryTransient(
+        'job publish',
+        async () => {
+          h.set('Nats-Expected-Last-Subject-Sequence', String(last));
+          const ack = (await this.nc.request(subject, body, { headers: h, timeout: 5_000 })).json<{
+            error?: { code?: number; err_code?: number; description?: string };
+          }>();
+          if (!ack.error) return undefined;
+          if (ack.error.err_code === 10071) return Number(/wrong last sequence: (\d+)/.exec(ack.error.description ?? '')?.[1] ?? -1);
+          throw new JsApiError(ack.error.code ?? 500, `queueing job ${job.key}: ${ack.error.description ?? 'refused'}`);
+        },
+        { log: this.log },
+      );
+    const inWay = await send(0);
+    if (inWay === undefined) return;
+    this.log.debug({ job: job.key, inWay }, 'a job of this key is already queued');
+    // Refused again: another submission queued its job first, and that one is waited for.
+    if (seen && inWay > 0) await send(inWay);
+  }
+
+  /**
+   * Whether this delivery may run without claiming the key first: nothing can be running it. It
+   * is the job's first delivery (a later one follows a run that may still be going), the key has
+   * no record at all (a run that ended, or one that lasts, would have left one), and the job is
+   * fresh: a job of a scheduler of the previous version, queued on its endpoint's subject, has no
+   * subject to itself, but a repeat of it is dropped by the stream for DEDUPE_WINDOW_MS, by when a
+   * run of this one has claimed the key, or its worker died and its next delivery has.
+   */
+  async #unclaimed(d: JobDelivery): Promise<boolean> {
+    const age = Date.now() - Date.parse(d.job.submittedAt);
+    return d.attempt === 1 && age < this.#freshMs && (await this.#idem.unrecorded(d.job.key));
   }
 
   /**
@@ -84,16 +192,18 @@ export class Jobs {
   async run(d: JobDelivery): Promise<JobOutcome> {
     const { job } = d;
     const log = this.log.child({ job: job.key, endpoint: job.endpoint, attempt: d.attempt });
+    // The hash is the submitter's (only schedulers may queue jobs); the request is checked, since it is run.
     const parsed = schedContract[job.endpoint].request.safeParse(job.request);
-    if (!parsed.success || requestHash(job.endpoint, job.request) !== job.hash)
-      return { ack: false, drop: 'request does not match its schema or hash' };
+    if (!parsed.success) return { ack: false, drop: 'request does not match its schema' };
     const refusal = jobRefusal(d);
     if (refusal) return failUnrun(this.#idem, d, refusal, { waitMs: 2 * this.opts.leaseMs, startWindowMs: this.opts.startWindowMs() }, log);
     // `final`: a timeout that is the request's own fault (a template's ready command never succeeding), not a host's.
     const retryLater = (e: ForkyError): boolean => !d.last && TRANSIENT.has(e.code) && e.details?.['final'] !== true;
     const perform = this.perform[job.endpoint] as (req: unknown, key: string, last: boolean) => Promise<unknown>;
+    const fn = (): Promise<unknown> => perform(parsed.data, job.key, d.last);
     try {
-      await this.#idem.run(job.key, job.hash, this.opts.hostTimeoutMs, () => perform(parsed.data, job.key, d.last), retryLater);
+      if (await this.#unclaimed(d)) await this.#idem.runUnclaimed(job.key, job.hash, fn, retryLater);
+      else await this.#idem.run(job.key, job.hash, this.opts.hostTimeoutMs, fn, retryLater);
       log.info('job done');
       return { ack: true };
     } catch (e) {

@@ -9,10 +9,15 @@ export function hostStatus(raw: unknown, now: number): HostStatus | undefined {
   return hb.success ? beatStatus(hb.data, now) : undefined;
 }
 
-/** A checked heartbeat's host, alive or not at `now`. */
-export function beatStatus(hb: Heartbeat, now: number): HostStatus {
-  const { ts, intervalMs, instance: _i, vmList: _v, snapshotIds: _s, ...info } = hb;
-  return { ...info, alive: now - ts <= MISSED_BEATS * intervalMs, lastSeen: new Date(ts).toISOString() };
+/** Whether a host whose last beat is `hb` is up at `now`. */
+export function isAlive(hb: { ts: number; intervalMs: number }, now: number): boolean {
+  return now - hb.ts <= MISSED_BEATS * hb.intervalMs;
+}
+
+/** A checked heartbeat's host, alive or not at `now` (its VM list, however it is held, left out). */
+export function beatStatus(hb: Omit<Heartbeat, 'vmList'> & { vmList: unknown }, now: number): HostStatus {
+  const { ts, intervalMs: _n, instance: _i, vmList: _v, snapshotIds: _s, ...info } = hb;
+  return { ...info, alive: isAlive(hb, now), lastSeen: new Date(ts).toISOString() };
 }
 
 /**

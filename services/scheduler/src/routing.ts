@@ -6,7 +6,9 @@ import {
   type HostdEndpoint,
   type SnapshotInfo,
   type SnapshotListRequest,
+  type IdleRule,
   type VmAppRequest,
+  type VmExtendRequest,
   type VmInfo,
   type VmListRequest,
   type VmNetworkRequest,
@@ -14,14 +16,23 @@ import {
 import type { SchedContext } from './context.js';
 
 /** The requests about one VM or snapshot, which its host answers. */
-export type Forwarded = 'vm.show' | 'vm.pause' | 'vm.resume' | 'vm.destroy' | 'vm.exec' | 'vm.app' | 'vm.network' | 'snapshot.show';
+export type Forwarded =
+  'vm.show' | 'vm.pause' | 'vm.resume' | 'vm.destroy' | 'vm.exec' | 'vm.app' | 'vm.network' | 'vm.extend' | 'snapshot.show';
 export type ForwardedRequest<E extends Forwarded> = E extends 'vm.exec'
   ? ExecRequest
   : E extends 'vm.app'
     ? VmAppRequest
     : E extends 'vm.network'
       ? VmNetworkRequest
-      : { id: string };
+      : E extends 'vm.extend'
+        ? VmExtendRequest
+        : { id: string };
+
+/** A request's TTL and idle rule, for the host's boot or fork: only those given (its schema is strict). */
+export const lifetimeOf = (r: { ttlMs?: number | undefined; idle?: IdleRule | undefined }): { ttlMs?: number; idle?: IdleRule } => ({
+  ...(r.ttlMs === undefined ? {} : { ttlMs: r.ttlMs }),
+  ...(r.idle ? { idle: r.idle } : {}),
+});
 
 /**
  * Forwards a request about one VM or snapshot to the host that holds it, once and whole: an
@@ -78,10 +89,11 @@ export async function gather(
 }
 
 /** Only the fields each endpoint takes (its schema is strict). */
-const vmFilter = ({ labels, state, image, parent }: VmListRequest): VmListRequest => ({
+const vmFilter = ({ labels, state, image, template, parent }: VmListRequest): VmListRequest => ({
   ...(labels ? { labels } : {}),
   ...(state ? { state } : {}),
   ...(image ? { image } : {}),
+  ...(template ? { template } : {}),
   ...(parent ? { parent } : {}),
 });
 const snapshotFilter = ({ labels, vm, image }: SnapshotListRequest): SnapshotListRequest => ({

@@ -6,7 +6,8 @@ import type { SchedulerConfig } from './config.js';
 import { Scheduler } from './scheduler.js';
 import { startSchedulerService } from './service.js';
 import { HostView } from './host-view.js';
-import { Heartbeat, subjects } from '@forky/contract';
+import { subjects } from '@forky/contract';
+import { beatParser, type Beat } from './hosts.js';
 
 export const SCHEDULER_VERSION = '0.1.0';
 
@@ -45,7 +46,8 @@ async function startOnce(config: Readonly<SchedulerConfig>, logger: Logger): Pro
   try {
     const replicas = resolveReplicas(nc, config.bucketReplicas);
     const buckets = await step('opening buckets', () => openBuckets(nc, { replicas }));
-    const view = new HostView(nc, buckets.hosts, { subject: subjects.heartbeats, hostOf: (s) => s.split('.').at(-1) }, parseBeat, logger);
+    const feed = { subject: subjects.heartbeats, hostOf: (s: string) => s.split('.').at(-1) };
+    const view = new HostView(nc, buckets.hosts, feed, beatParser(logger.child({ component: 'hosts' })), logger);
     await step('reading hosts', () => view.start(config.startStepTimeoutMs / 2));
     const jobs = await step('opening the jobs stream', () =>
       JobQueue.open(nc, { replicas, ackWaitMs: config.jobAckWaitMs, maxDeliver: config.jobMaxDeliver }, logger),
@@ -61,7 +63,7 @@ async function startOnce(config: Readonly<SchedulerConfig>, logger: Logger): Pro
   }
 }
 
-function running(nc: NatsConnection, scheduler: Scheduler, service: Service, jobs: JobQueue, view: HostView<Heartbeat>): RunningScheduler {
+function running(nc: NatsConnection, scheduler: Scheduler, service: Service, jobs: JobQueue, view: HostView<Beat>): RunningScheduler {
   return {
     scheduler,
     nc,
@@ -74,12 +76,4 @@ function running(nc: NatsConnection, scheduler: Scheduler, service: Service, job
       await nc.drain();
     },
   };
-}
-
-function parseBeat(body: string): Heartbeat | undefined {
-  try {
-    return Heartbeat.safeParse(JSON.parse(body)).data;
-  } catch {
-    return undefined;
-  }
 }

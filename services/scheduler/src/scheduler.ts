@@ -5,7 +5,6 @@ import type {
   BatchRequest,
   BatchResult,
   ForkResult,
-  Heartbeat,
   HostStatus,
   SchedBootRequest,
   SchedForkRequest,
@@ -24,11 +23,11 @@ import type { SchedContext } from './context.js';
 import { locate, sourceKind, type Located } from './directory-reads.js';
 import { batch, fork } from './fork.js';
 import type { HostView } from './host-view.js';
-import { Hosts } from './hosts.js';
+import { Hosts, type Beat } from './hosts.js';
 import { Jobs, type Perform } from './jobs.js';
 import { deleteSnapshot, tree } from './lineage.js';
 import { pickHost } from './placement.js';
-import { forward, forwardGuest, gather, type Forwarded, type ForwardedRequest } from './routing.js';
+import { forward, forwardGuest, gather, lifetimeOf, type Forwarded, type ForwardedRequest } from './routing.js';
 import { bootFromTemplate, templateFor } from './template-boot.js';
 import { createTemplate, pickBuildHost } from './template-create.js';
 import { reapRetired, templateDelete, templateList, templateShow } from './templates.js';
@@ -64,8 +63,8 @@ export class Scheduler {
     nc: NatsConnection,
     buckets: Buckets,
     /** Heartbeats, followed on their subjects (seeded from the hosts bucket). */
-    view: HostView<Heartbeat>,
-    /** Keyed requests go through it, so they outlive the scheduler that took them. */
+    view: HostView<Beat>,
+    /** Where keyed requests are queued (its ack wait bounds when a run may skip claiming its key: jobs.ts). */
     jobs: JobQueue,
     opts: SchedulerOptions,
     logger: Logger,
@@ -80,13 +79,20 @@ export class Scheduler {
       batch: (req, key, last) => batch(this.#ctx, req, key, last),
       'template.create': (req, key, last) => this.#createTemplate(req, key, last),
     };
-    this.#jobs = new Jobs(buckets.requests, jobs, perform, { ...opts, startWindowMs: () => hosts.longestStartWindowMs() }, log);
+    this.#jobs = new Jobs(
+      buckets.requests,
+      nc,
+      perform,
+      { ...opts, ackWaitMs: jobs.opts.ackWaitMs, startWindowMs: () => hosts.longestStartWindowMs() },
+      log,
+    );
     this.#reaper = setInterval(() => void this.reap(), opts.templateReapMs ?? 30_000).unref();
   }
 
-  /** Stops the reaper's timer (the service and connection are the caller's). */
+  /** Stops the reaper's timer and the watch of outcomes (the service and connection are the caller's). */
   stop(): void {
     clearInterval(this.#reaper);
+    this.#jobs.stop();
   }
 
   async hosts(): Promise<HostStatus[]> {
@@ -224,6 +230,8 @@ export class Scheduler {
         ...(req.network ? { network: req.network } : {}),
         ...(req.name ? { name: req.name } : {}),
         ...(req.labels ? { labels: req.labels } : {}),
+        ...(req.selfFork ? { selfFork: req.selfFork } : {}),
+        ...lifetimeOf(req),
         key,
       }),
     );

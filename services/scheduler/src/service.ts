@@ -34,6 +34,7 @@ export function schedulerHandlers(s: Scheduler): Handlers {
     'vm.exec': (r) => s.forward('vm.exec', r),
     'vm.app': (r) => s.forward('vm.app', r),
     'vm.network': (r) => s.forward('vm.network', r),
+    'vm.extend': (r) => s.forward('vm.extend', r),
     'snapshot.create': (r) => s.snapshot(r),
     'snapshot.list': async (r) => ({ snapshots: await s.gather('snapshot.list', r) }),
     'snapshot.show': (r) => s.forward('snapshot.show', r),

@@ -4,6 +4,7 @@ import type { SchedContext } from './context.js';
 import { subKey } from './fork.js';
 import { TRANSIENT } from './jobs.js';
 import { pickHost } from './placement.js';
+import { lifetimeOf } from './routing.js';
 import { bootHost, dropBootHost, resolveTemplate } from './template-store.js';
 
 /**
@@ -79,6 +80,9 @@ export async function bootFromTemplate(ctx: SchedContext, req: SchedBootRequest 
         until: 'ready',
         ...(req.apps ? { apps: req.apps } : {}),
         ...(req.labels ? { labels: req.labels } : {}),
+        // The boot's TTL and idle rule, not the template snapshot's; the template's name for `vm.list {template}`.
+        ...lifetimeOf(req),
+        template: t.name,
         // Filtered so before the child's vCPUs run: it never has the template's egress.
         ...(req.network ? { network: req.network } : {}),
         key: subKey(key, 'fork'),

@@ -121,7 +121,8 @@ async function build1(
     lap('readyMs', t);
     t = performance.now();
     await note({ pending: ['snapshot'] });
-    snap = await on((c) => c.call('snapshot.create', { vm: id, resume: false, key: k('snapshot') }));
+    // `keep`: the template's snapshot is never expired by its host's retention, though no VM runs on it.
+    snap = await on((c) => c.call('snapshot.create', { vm: id, resume: false, keep: true, key: k('snapshot') }));
     await note({ snapshot: snap.id, pending: undefined });
     lap('snapshotMs', t);
   }

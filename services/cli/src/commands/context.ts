@@ -1,8 +1,9 @@
 import { InvalidArgumentError, type Command } from 'commander';
-import { ForkyError } from '@forky/base';
 import { dataDirOf } from '../paths.js';
-import { describeError } from '../output.js';
 import type { Session, SessionOptions } from '../session.js';
+
+// Light on purpose: every run loads this module (and commander), so it imports neither the contract
+// (zod) nor NATS: an action brings what it needs with `lazy`, when it runs.
 
 /** The options every command takes, before or after its name. */
 export interface Globals {
@@ -18,6 +19,11 @@ export interface CliDeps {
   /** Ends the process with this code (2: bad input). A test's throws instead. */
   exit(code: number): never;
 }
+
+/** What an action module exports: a function of the context and commander's arguments. */
+// `never[]`: any parameter list fits; commander passes its arguments, options and command untyped anyway.
+type ActionFn = (cli: CliContext, ...args: never[]) => Promise<void>;
+type ActionName<M> = { [K in keyof M]: M[K] extends ActionFn ? K : never }[keyof M] & string;
 
 /** What a command module registers its commands with. */
 export class CliContext {
@@ -49,10 +55,20 @@ export class CliContext {
   /** A commander action whose failure is said on stderr and ends the process: 2 for bad input, 1 otherwise. */
   action<A extends unknown[]>(fn: (...args: A) => Promise<void>): (...args: A) => Promise<void> {
     return (...args: A) =>
-      fn(...args).catch((e: unknown) => {
+      fn(...args).catch(async (e: unknown) => {
+        // Loaded on failure only: it knows ForkyError, so it brings @forky/base.
+        const { describeError, failureExitCode } = await import('../describe-error.js');
         process.stderr.write(describeError(e));
-        return this.deps.exit(e instanceof ForkyError && e.code === 'BAD_REQUEST' ? 2 : 1);
+        return this.deps.exit(failureExitCode(e));
       });
+  }
+
+  /** The action `name` of the module `load` imports, loaded when the command runs (not when it is registered). */
+  lazy<M>(load: () => Promise<M>, name: ActionName<M>): (...args: unknown[]) => Promise<void> {
+    return this.action(async (...args: unknown[]) => {
+      const fn = (await load())[name] as unknown as (cli: CliContext, ...a: unknown[]) => Promise<void>;
+      return fn(this, ...args);
+    });
   }
 }
 

@@ -1,6 +1,4 @@
 import type { Command } from 'commander';
-import { ValidationError } from '@forky/base';
-import { printJson } from '../output.js';
 import type { CliContext } from './context.js';
 
 /** `forky req SUBJECT [JSON]`: a raw request, sent once whatever it is (the CLI cannot tell a read from a write here). */
@@ -8,15 +6,5 @@ export function registerReq(program: Command, cli: CliContext): void {
   program
     .command('req <subject> [json]')
     .description('send a raw JSON request to any subject and print the JSON reply (for those without the nats CLI)')
-    .action(
-      cli.action(async (subject: string, body: string | undefined, _o: unknown, cmd: Command) => {
-        let value: unknown;
-        try {
-          value = JSON.parse(body ?? '{}');
-        } catch (e) {
-          throw new ValidationError(`the request body is not JSON: ${(e as Error).message}`, { field: 'json' });
-        }
-        printJson(await cli.withSession(cmd, (s) => s.raw(subject, value)));
-      }),
-    );
+    .action(cli.lazy(() => import('../actions/req.js'), 'req'));
 }

@@ -1,10 +1,8 @@
 import type { Command } from 'commander';
-import { newId } from '@forky/base';
-import { exitCodeOf, runStream, stdinIsPiped, writeOut } from '../streams-io.js';
 import type { CliContext } from './context.js';
-import { execFields, execOptions, type ExecOptions } from './exec.js';
+import { execOptions } from './exec.js';
 
-const DEFAULT_SHELL = ['/bin/sh', '-l'];
+export const DEFAULT_SHELL = ['/bin/sh', '-l'];
 
 /** `forky vm shell ID [-- CMD…]`: an interactive shell (or CMD) on a PTY in the guest. */
 export function registerShell(vm: Command, cli: CliContext): void {
@@ -13,50 +11,5 @@ export function registerShell(vm: Command, cli: CliContext): void {
       .command('shell <id> [cmd...]')
       .description(`an interactive shell in the guest on a pseudo-terminal (default ${DEFAULT_SHELL.join(' ')}); exits with its code`),
     'deadline of the shell in the guest (default 0: none)',
-  ).action(
-    cli.action(async (id: string, argv: string[], o: ExecOptions, cmd: Command) =>
-      runPty(cli, cmd, id, argv.length ? argv : DEFAULT_SHELL, execFields(o, 0)),
-    ),
-  );
-}
-
-const sizeOf = (): { rows: number; cols: number } => ({ rows: process.stdout.rows || 24, cols: process.stdout.columns || 80 });
-
-/**
- * Runs `argv` on a PTY of the terminal's size. Our terminal goes raw, so every key (Ctrl-C too)
- * reaches the guest; it is restored on every way out, a process.exit included.
- */
-export async function runPty(cli: CliContext, cmd: Command, id: string, argv: string[], fields: Record<string, unknown>): Promise<void> {
-  const tty = process.stdin.isTTY === true;
-  const input = tty || stdinIsPiped();
-  const env = { TERM: process.env.TERM || 'xterm', ...(fields.env as Record<string, string>) };
-  const body = { id, cmd: argv, ...fields, env, stdin: input, detach: false, pty: sizeOf(), key: newId('shell', 16) };
-  const r = await cli.withSession(cmd, async (s) => {
-    const st = await s.stream('exec.start', body);
-    const restore = (): void => {
-      if (tty && process.stdin.isRaw) process.stdin.setRawMode(false);
-    };
-    const onResize = (): void => {
-      const z = sizeOf();
-      st.resize(z.rows, z.cols);
-    };
-    // The terminal going away or a kill ends the guest's side too, and we exit the normal way.
-    const onHangup = (): void => st.cancel();
-    process.on('exit', restore);
-    process.stdout.on('resize', onResize);
-    process.on('SIGHUP', onHangup);
-    process.on('SIGTERM', onHangup);
-    try {
-      if (tty) process.stdin.setRawMode(true);
-      return await runStream(st, input ? process.stdin : undefined, (_kind, bytes) => writeOut(process.stdout, bytes));
-    } finally {
-      restore();
-      process.off('exit', restore);
-      process.stdout.off('resize', onResize);
-      process.off('SIGHUP', onHangup);
-      process.off('SIGTERM', onHangup);
-      st.close();
-    }
-  });
-  process.exitCode = exitCodeOf(r.end, r.interrupted);
+  ).action(cli.lazy(() => import('../actions/shell.js'), 'shell'));
 }

@@ -1,3 +1,4 @@
+import type { ForkResult, SchedForkRequest } from '@forky/contract';
 import type { Logger } from '@forky/base';
 import type { ImageCatalog } from '../images.js';
 import type { Layout } from '../layout.js';
@@ -30,6 +31,8 @@ export interface EngineLimits {
   /** Disk layers a VM's chain may reach before a snapshot flattens it. */
   maxChainDepth: number;
   agentTimeoutMs: number;
+  /** How long a snapshot nothing uses is kept before it expires (retention.ts); 0 or absent: never. */
+  snapshotRetentionMs?: number;
 }
 
 /** What the engine is built from: ports (runtime, stores, directory, stats) and settings. */
@@ -66,4 +69,6 @@ export interface EngineDeps {
   ramSpace?: RamSpace;
   /** Where VM and snapshot events are published (default: nowhere). */
   events?: EventSink;
+  /** The scheduler's fork, for a guest's `forky-fork --spread` (children on other hosts); none: refused. */
+  schedulerFork?: (req: SchedForkRequest) => Promise<ForkResult>;
 }

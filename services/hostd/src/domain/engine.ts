@@ -11,6 +11,7 @@ import type {
   TransferResult,
   VmAppRequest,
   VmInfo,
+  VmExtendRequest,
   VmNetworkRequest,
 } from '@forky/contract';
 import { asForkyError, type ErrorCode } from '@forky/base';
@@ -20,14 +21,16 @@ import type { EngineDeps } from './deps.js';
 import { Host } from './host.js';
 import type { RecoveryReport } from './recovery.js';
 import { Requests } from './requests.js';
+import { Retention } from './retention.js';
 import { applyApps } from './ops/apps.js';
 import { boot } from './ops/boot.js';
 import { deleteSnapshot } from './ops/delete-snapshot.js';
 import { exec } from './ops/exec.js';
 import { guestSession } from './ops/guest.js';
 import { fork } from './ops/fork.js';
+import { SelfForks, withSelfForkEvents } from './ops/self-fork.js';
 import { hostInfo } from './ops/info.js';
-import { destroyVm, pause, resume } from './ops/lifecycle.js';
+import { destroyVm, extend, lifetimeDue, pause, resume, touch, wake } from './ops/lifecycle.js';
 import { setNetwork, withRefused } from './ops/network.js';
 import { recover } from './ops/recover.js';
 import { fetch, publish } from './ops/ship.js';
@@ -56,10 +59,29 @@ const REFUSALS: ReadonlySet<ErrorCode> = new Set<ErrorCode>([
 export class HostEngine {
   readonly #host: Host;
   readonly #requests: Requests;
+  readonly #retention: Retention;
+  /** Guests' own forks (`forky-fork`, issue 22), from each VM's self-fork port. */
+  readonly #selfForks: SelfForks;
 
   constructor(d: EngineDeps) {
-    this.#host = new Host(d, warmMaker);
+    // A VM past its TTL goes through this facade's destroy: the host's change is told, as for any destroy.
+    // A VM's end is told to the self-fork waiters too (a `--wait` ends when its children do), and a
+    // fork's children to self-fork (a spread one's children here get their replies).
+    const dd = withSelfForkEvents(
+      d,
+      (vm, how) => this.#selfForks.vmEnded(vm, how),
+      (children) =>
+        void this.#selfForks.forkedHere(children).catch((err: unknown) => this.#host.log.warn({ err }, 'self-fork child replies')),
+    );
+    this.#host = new Host(dd, warmMaker, (host, ...a) => lifetimeDue(host, ...a, (id) => this.destroy(id)));
     this.#requests = new Requests(d.records, this.#host.log);
+    this.#retention = new Retention(this.#host, d.limits.snapshotRetentionMs ?? 0, (id) => this.deleteSnapshot(id));
+    this.#selfForks = new SelfForks(this.#host, {
+      fork: (req, own) => this.#changes(() => fork(this.#host, req, own)),
+      resume: (id) => this.resume(id),
+      destroy: (id) => this.destroy(id),
+    });
+    d.runtime.onSelfFork?.((vm, line) => this.#selfForks.line(vm, line));
   }
 
   /** Processes waiting in the warm pool, for one snapshot or all. */
@@ -69,7 +91,9 @@ export class HostEngine {
 
   /** Stops what only lives for this process (the warm pool, guest agent sessions); VMs stay. */
   async close(): Promise<void> {
+    this.#host.close();
     try {
+      await this.#retention.close();
       await this.#host.pool.dropAll();
     } finally {
       await this.#host.runtime.close();
@@ -123,12 +147,24 @@ export class HostEngine {
   /** Runs a command in the guest; under a key, once: a repeat gets the first run's outcome. */
   exec(req: ExecRequest): Promise<ExecResult> {
     const fingerprint = JSON.stringify([req.id, req.cmd, req.input ?? null, req.timeoutMs]);
-    return this.#requests.exec(req.key, fingerprint, (sent) => exec(this.#host, req, sent));
+    // Activity; a VM its idle rule paused is resumed first.
+    return this.#requests.exec(req.key, fingerprint, (sent) => wake(this.#host, req.id).then(() => exec(this.#host, req, sent)));
   }
 
-  /** A running VM's guest agent session (the sandbox endpoints' way in). */
-  guest(id: string): Promise<GuestSession> {
+  /** A running VM's guest agent session (the sandbox endpoints' way in): activity, and a VM its idle rule paused is resumed first. */
+  async guest(id: string): Promise<GuestSession> {
+    await wake(this.#host, id);
     return guestSession(this.#host, id);
+  }
+
+  /** Bytes of a running stream of the VM's (exec output and input, file chunks, port bytes): activity. */
+  touch(id: string): void {
+    touch(this.#host, id);
+  }
+
+  /** The VM now expires `ttlMs` from now. */
+  extend(req: VmExtendRequest): Promise<VmInfo> {
+    return this.#changes(() => extend(this.#host, req));
   }
 
   /** Mounts app layers in a running VM (new mount points, or new layers at old ones). */
@@ -146,14 +182,14 @@ export class HostEngine {
     return this.#changes(() => destroyVm(this.#host, id));
   }
 
-  snapshot(req: SnapshotCreateRequest): Promise<SnapshotInfo> {
+  snapshot(req: Omit<SnapshotCreateRequest, 'keep'> & { keep?: boolean }): Promise<SnapshotInfo> {
     try {
       refuseGpuSnapshot(this.#host, req.vm, 'vm');
     } catch (e) {
       return Promise.reject(e);
     }
     return this.#requests.once(req.key, 'snapshot', () =>
-      this.#changes(() => this.#host.ram.during((hold) => snapshotVm(this.#host, req.vm, req.resume, hold)).then((s) => s.info)),
+      this.#changes(() => this.#host.ram.during((hold) => snapshotVm(this.#host, req.vm, req.resume, hold, req.keep)).then((s) => s.info)),
     );
   }
 
@@ -190,11 +226,16 @@ export class HostEngine {
 
   /** Takes back what an earlier hostd of this data directory left. Runs once, before the host serves. */
   recover(): Promise<RecoveryReport> {
-    return this.#changes(async () => {
-      const r = await recover(this.#host);
-      this.#requests.restore(r.requests);
-      return r.report;
-    });
+    // No expiry while snapshots are taken back before the VMs that run on them.
+    return this.#retention.hold(() =>
+      this.#changes(async () => {
+        const r = await recover(this.#host);
+        this.#requests.restore(r.requests);
+        // A VM whose TTL passed while no hostd ran goes now.
+        this.#host.lifetimes.arm();
+        return r.report;
+      }),
+    );
   }
 
   /**
@@ -207,10 +248,16 @@ export class HostEngine {
     try {
       result = await op();
     } catch (e) {
-      if (!REFUSALS.has(asForkyError(e).code)) await this.#host.changed();
+      if (!REFUSALS.has(asForkyError(e).code)) await this.#changed();
       throw e;
     }
-    await this.#host.changed();
+    await this.#changed();
     return result;
+  }
+
+  async #changed(): Promise<void> {
+    await this.#host.changed();
+    // What is in use may have changed: snapshots' expiry is looked at again.
+    this.#retention.poke();
   }
 }

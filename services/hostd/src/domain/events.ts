@@ -62,6 +62,11 @@ export class VmEvents {
     this.#vm('failed', rec);
   }
 
+  /** Its TTL passed (`reason: idle`: its idle rule's time did); its destroy follows. */
+  expired(rec: VmRecord, reason?: 'idle'): void {
+    this.#vm('expired', rec, reason);
+  }
+
   /** The VM left the host's table: destroyed, or a boot or restore undone before it ran. */
   gone(rec: VmRecord): void {
     if (this.#fresh.has(rec)) return;
@@ -81,9 +86,22 @@ export class VmEvents {
     });
   }
 
-  forked(snap: SnapshotInfo, children: ReadonlyArray<{ id: string }>, source?: VmRecord): void {
+  /** Deleted by the host's retention (retention.ts). No `vm`: the VM it was taken of did not expire. */
+  snapshotExpired(info: SnapshotInfo): void {
+    this.#emit({
+      ...this.#base('expired'),
+      snapshot: info.id,
+      image: info.image,
+      ...(info.parentSnapshot ? { parent: info.parentSnapshot } : {}),
+      ...labelsOf(info),
+    });
+  }
+
+  /** `reason`: who asked, when not a client (`self-fork`: the source VM's guest). */
+  forked(snap: SnapshotInfo, children: ReadonlyArray<{ id: string }>, source?: VmRecord, reason?: string): void {
     this.#emit({
       ...this.#base('forked'),
+      ...(reason ? { reason } : {}),
       ...(source ? { vm: source.id, state: source.state } : {}),
       snapshot: snap.id,
       image: snap.image,
@@ -92,7 +110,9 @@ export class VmEvents {
     });
   }
 
-  #vm(kind: EventKind, rec: VmRecord, reason = rec.failure?.reason): void {
+  #vm(kind: EventKind, rec: VmRecord, reason?: string): void {
+    // A failure says why; a pause by the VM's idle rule says so (`idle`), as does an expiry by it.
+    const why = kind === 'failed' ? (reason ?? rec.failure?.reason) : kind === 'paused' ? rec.pausedBy : reason;
     this.#emit({
       ...this.#base(kind),
       vm: rec.id,
@@ -100,7 +120,7 @@ export class VmEvents {
       image: rec.image,
       ...(rec.parentSnapshot ? { parent: rec.parentSnapshot } : {}),
       ...labelsOf(rec),
-      ...(kind === 'failed' && reason ? { reason: truncateUtf8(reason, EVENT_REASON_MAX_BYTES) } : {}),
+      ...(why ? { reason: truncateUtf8(why, EVENT_REASON_MAX_BYTES) } : {}),
     });
   }
 

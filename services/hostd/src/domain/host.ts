@@ -12,6 +12,8 @@ import { egressOf, markFailed, vmInfo, type SnapshotRecord, type VmRecord } from
 import type { Rollback } from './rollback.js';
 import { WarmPool, type WarmChild } from './warm-pool.js';
 import { NO_EVENTS, VmEvents, VmTable } from './events.js';
+import { Lifetimes, type DueHandler } from './lifetimes.js';
+import { rootOf } from './self-fork-tree.js';
 
 const NO_DIRECTORY: Directory = {
   register: async () => undefined,
@@ -47,10 +49,15 @@ export class Host implements AdmissionView {
   readonly apps: AppMounter;
   readonly ram: RamAdmission;
   readonly pool: WarmPool<VmHandle>;
+  /** Every VM's TTL and idle rule (lifetimes.ts); armed again whenever a record is written. */
+  readonly lifetimes: Lifetimes;
+  #closed = false;
 
   constructor(
     readonly d: EngineDeps,
     warm: WarmMaker,
+    /** What is done when a VM's TTL or idle time is up (ops/lifecycle.ts, through the engine). */
+    onDue: (host: Host, ...a: Parameters<DueHandler>) => ReturnType<DueHandler>,
   ) {
     this.log = d.logger.child({ component: 'engine' });
     this.events = new VmEvents(d.events ?? NO_EVENTS, d.hostId, this.log.child({ component: 'events' }));
@@ -68,6 +75,7 @@ export class Host implements AdmissionView {
       (c) => warm.discard(this, c),
       this.log.child({ component: 'warm-pool' }),
     );
+    this.lifetimes = new Lifetimes(this.vms, (...a) => onDue(this, ...a), this.log);
   }
 
   // ---- what admission.ts looks at
@@ -116,12 +124,19 @@ export class Host implements AdmissionView {
   async persist(vm: VmRecord): Promise<void> {
     await this.d.records.saveVm(vm);
     this.events.persisted(vm);
+    // Its deadlines may have moved (a birth, a state, an extend).
+    this.lifetimes.arm();
   }
 
   async setState(vm: VmRecord, to: VmState): Promise<void> {
     const from = vm.state;
     if (from !== to) assertTransition(vm.id, from, to);
     vm.state = to;
+    if (to === 'running' && from !== 'running') {
+      // Running again (ready, resumed, past a snapshot): not paused by anyone, and its idle time starts over.
+      delete vm.pausedBy;
+      vm.lastActivityAt = Date.now();
+    }
     try {
       await this.persist(vm);
     } finally {
@@ -149,6 +164,7 @@ export class Host implements AdmissionView {
       cpus,
       state,
       createdAt: new Date().toISOString(),
+      lastActivityAt: Date.now(),
       diskVirtualSize: image.diskVirtualSize,
       timings: {},
       ...rest,
@@ -169,6 +185,8 @@ export class Host implements AdmissionView {
     rec.diskVirtualSize = snap.diskVirtualSize;
     rec.lineage = snap.info.id;
     rec.egress = egressOf(snap);
+    // A self-fork's child joins its parent's tree instead (ops/child.ts).
+    if (snap.selfFork) rec.selfFork = rootOf(id, snap.selfFork);
     if (snap.apps?.length) rec.apps = snap.apps.map((a) => ({ ...a }));
     return rec;
   }
@@ -226,9 +244,15 @@ export class Host implements AdmissionView {
     await this.d.records.removeVm(vm);
   }
 
-  /** Watches `handle`, the VM's process: if it exits while it is the VM's, the VM is failed. */
+  /** Watches `handle`, the VM's process: if it exits while it is the VM's, the VM is failed (not once closed: a successor may drive it). */
   watch(vm: VmRecord, handle: VmHandle): void {
-    void handle.exited.then(() => this.#onExit(vm, handle));
+    void handle.exited.then(() => this.#closed || this.#onExit(vm, handle));
+  }
+
+  /** The engine closed: no more timers, and its VMs' processes are no longer its to watch. */
+  close(): void {
+    this.#closed = true;
+    this.lifetimes.close();
   }
 
   /**

@@ -114,7 +114,19 @@ export interface VmRuntime<H extends VmHandle = VmHandle> {
   destroy(vm: H): Promise<void>;
   /** Releases what the runtime holds for this hostd process (guest agent sessions); VMs keep running. */
   close(): Promise<void>;
+  /**
+   * Where the lines every VM process sends on its self-fork port (org.forky.fork.0) go: set once,
+   * before any VM is made. A process's next line is read only once `listener` has settled.
+   */
+  onSelfFork?(listener: SelfForkListener): void;
+  /** Writes one line (no newline) to the process's self-fork port. */
+  selfForkReply?(vm: H, line: string): Promise<void>;
 }
+
+/** One line from a guest's self-fork port, bounded by the adapter: a line over the limit is only `tooLong`. */
+export type SelfForkLine = { line: string } | { tooLong: true };
+/** Gets each line of VM `vm.id`'s process `vm.generation`. */
+export type SelfForkListener = (vm: { id: string; generation: number }, line: SelfForkLine) => Promise<void>;
 
 /** Disk layers: a base per image, frozen layers owned by snapshots, a writable top per VM. */
 export interface LayerStore {
@@ -184,9 +196,13 @@ export type { UploadResult };
 /** Content-addressed snapshot parts shared by every host (the JetStream object store). */
 export interface PartStore {
   has(digest: string): Promise<boolean>;
-  upload(file: string, known?: { digest: string; size: number }): Promise<UploadResult>;
-  /** Fetches, verifies by digest, and only then puts the part at `dest` (via a temporary name). */
-  download(digest: string, dest: string, timeoutMs: number): Promise<{ receivedBytes: number }>;
+  /** With `base`, a local part of the same lineage the store has: only pages it lacks are sent. */
+  upload(file: string, known?: { digest: string; size: number }, base?: string): Promise<UploadResult>;
+  /**
+   * Fetches, verifies by digest, and only then puts the part at `dest` (via a temporary name).
+   * With `base`, a local file of the same lineage: pages it has are copied, not fetched.
+   */
+  download(digest: string, dest: string, timeoutMs: number, base?: string): Promise<{ receivedBytes: number }>;
   putManifest(id: string, manifest: unknown): Promise<void>;
   getManifest(id: string): Promise<unknown>;
   deleteManifest(id: string): Promise<void>;

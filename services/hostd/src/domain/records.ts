@@ -1,6 +1,7 @@
-import type { Egress, Labels, NetworkEnforcement, SnapshotInfo, VmInfo, VmState } from '@forky/contract';
+import type { Egress, IdleRule, Labels, LifecycleInfo, NetworkEnforcement, SnapshotInfo, VmInfo, VmState } from '@forky/contract';
 import type { VmHandle } from './ports.js';
 import { mountedApps, type AppDevice } from './apps.js';
+import { selfForkInfo, type SelfForkPolicy, type SelfForkRecord } from './self-fork-tree.js';
 
 /** What hostd knows of one VM; `handle` only while its process is ours. */
 export interface VmRecord {
@@ -16,6 +17,16 @@ export interface VmRecord {
   labels?: Labels;
   /** The snapshot this VM was forked from. */
   parentSnapshot?: string;
+  /** The template it was booted from (a template boot's fork). */
+  template?: string;
+  /** Its TTL (the last one set: at birth or by `vm.extend`), and when it passes (epoch ms). */
+  ttlMs?: number;
+  expiresAt?: number;
+  idle?: IdleRule;
+  /** Epoch ms of its last activity (lifetimes.ts): what the idle rule counts from. */
+  lastActivityAt: number;
+  /** Set while it is paused by its idle rule: a touch resumes it (a user's pause is never undone so). */
+  pausedBy?: 'idle';
   /** The snapshot the VM's state last came from or went to: the parent of its next snapshot. */
   lineage?: string;
   /** Which QEMU process of the VM runs now: each snapshot hands over to a successor. */
@@ -43,6 +54,8 @@ export interface VmRecord {
   requestKey?: string;
   /** A snapshot being taken, persisted before the pause, so a restart can roll it back or forward. */
   snapshotPlan?: { id: string; top: string; from: VmState; ownRam?: string };
+  /** Its self-fork policy and standing (self-fork-tree.ts), when it may self-fork. */
+  selfFork?: SelfForkRecord;
 }
 
 export interface SnapshotRecord {
@@ -57,6 +70,8 @@ export interface SnapshotRecord {
   apps?: AppDevice[];
   /** The VM's egress policy when it was frozen: its children start with it. */
   egress?: Egress;
+  /** The VM's self-fork policy when it was frozen: each child of an outside fork is the root of a tree with it. */
+  selfFork?: SelfForkPolicy;
 }
 
 /** A record's policy: one written before policies existed means `internet`, what every VM had then. */
@@ -76,6 +91,7 @@ export function vmInfo(r: VmRecord, host: string, accel: VmInfo['accel'], enforc
     accel,
     createdAt: r.createdAt,
     ...(r.parentSnapshot ? { parentSnapshot: r.parentSnapshot } : {}),
+    ...(r.template ? { template: r.template } : {}),
     // A failed VM's pid is a dead process's (or, later, someone else's).
     ...(r.pid && r.state !== 'failed' ? { pid: r.pid } : {}),
     ...(r.failure ? { failure: r.failure } : {}),
@@ -84,6 +100,21 @@ export function vmInfo(r: VmRecord, host: string, accel: VmInfo['accel'], enforc
     ...(apps ? { apps } : {}),
     network: { egress: egressOf(r), enforcedBy },
     timings: r.timings,
+    ...(r.ttlMs !== undefined || r.idle ? { lifecycle: lifecycleOf(r) } : {}),
+    ...(r.selfFork ? { selfFork: selfForkInfo(r.selfFork) } : {}),
+  };
+}
+
+const iso = (ms: number): string => new Date(ms).toISOString();
+
+/** A VM's TTL and idle rule as `vm.show` reports them. */
+function lifecycleOf(r: VmRecord): LifecycleInfo {
+  return {
+    ...(r.ttlMs !== undefined ? { ttlMs: r.ttlMs } : {}),
+    ...(r.expiresAt !== undefined ? { expiresAt: iso(r.expiresAt) } : {}),
+    ...(r.idle ? { idle: r.idle } : {}),
+    lastActivityAt: iso(r.lastActivityAt),
+    ...(r.pausedBy ? { pausedBy: r.pausedBy } : {}),
   };
 }
 

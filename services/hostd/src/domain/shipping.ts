@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { IncompatibleError, ValidationError } from '@forky/base';
+import { IncompatibleError, ValidationError, mapSettled } from '@forky/base';
 import { Egress, ImageName, LayerDigest, MountPoint, SnapshotInfo, type TransferResult } from '@forky/contract';
 import { imageIdOf, type Image, type ImageCatalog } from '../images.js';
 import type { AppLayerStore, LayerStore, PartStore, SnapshotStore } from './ports.js';
@@ -55,6 +55,24 @@ export interface ShippingDeps {
   snapshots: SnapshotStore;
   images: ImageCatalog;
   timeoutMs: number;
+  /** Whether this host holds a snapshot: a lineage parent held here is the base of a transfer. */
+  held?: (id: string) => boolean;
+}
+
+/** The parent's files, when this host holds it: pages they share need not travel (chunked parts). */
+function lineageBase(d: ShippingDeps, parent: string | undefined): { state: string; ram: string } | undefined {
+  if (!parent || !d.held?.(parent)) return undefined;
+  const f = d.snapshots.files(parent);
+  return { state: f.state, ram: f.ram };
+}
+
+/** Independent transfers, at most 4 at once, results in order; the first failure fails the whole. */
+async function bounded<T>(jobs: Array<() => Promise<T>>): Promise<T[]> {
+  const got = await mapSettled(jobs, 4, (j) => j());
+  return got.map((g) => {
+    if (g.status === 'rejected') throw g.reason;
+    return g.value;
+  });
 }
 
 /**
@@ -64,28 +82,31 @@ export interface ShippingDeps {
 export async function publish(d: ShippingDeps, rec: SnapshotRecord, image?: Image): Promise<TransferResult> {
   const t0 = performance.now();
   const files = d.snapshots.files(rec.info.id);
-  const ups = [];
-  const chain: ShippingManifest['chain'] = [];
-  for (const layer of rec.chain) {
-    const up = await d.parts.upload(d.layers.path(layer));
-    ups.push(up);
-    chain.push({ layer, digest: up.digest, size: up.size });
-  }
-  const state = await d.parts.upload(files.state);
-  const ram = await d.parts.upload(files.ram);
-  ups.push(state, ram);
-  const apps: NonNullable<ShippingManifest['apps']> = [];
-  for (const a of rec.apps ?? []) {
-    const file = d.appLayers.path(a.layer);
-    const up = await d.parts.upload(file, { digest: a.layer, size: await d.appLayers.size(a.layer) });
-    ups.push(up);
-    apps.push({ ...a, size: up.size });
-  }
+  const base = lineageBase(d, rec.info.parentSnapshot);
+  const recApps = rec.apps ?? [];
+  const ups = await bounded([
+    ...rec.chain.map((layer) => () => d.parts.upload(d.layers.path(layer))),
+    () => d.parts.upload(files.state, undefined, base?.state),
+    () => d.parts.upload(files.ram, undefined, base?.ram),
+    ...recApps.map(
+      (a) => async () => d.parts.upload(d.appLayers.path(a.layer), { digest: a.layer, size: await d.appLayers.size(a.layer) }),
+    ),
+    ...(image
+      ? [
+          () => d.parts.upload(image.kernel, { digest: image.parts.kernel.sha256, size: image.parts.kernel.size }),
+          () => d.parts.upload(image.initrd, { digest: image.parts.initrd.sha256, size: image.parts.initrd.size }),
+        ]
+      : []),
+  ]);
+  const at = (i: number): (typeof ups)[number] => ups[i] as (typeof ups)[number];
+  const chain: ShippingManifest['chain'] = rec.chain.map((layer, i) => ({ layer, digest: at(i).digest, size: at(i).size }));
+  const state = at(rec.chain.length);
+  const ram = at(rec.chain.length + 1);
+  const apps: NonNullable<ShippingManifest['apps']> = recApps.map((a, i) => ({ ...a, size: at(rec.chain.length + 2 + i).size }));
   let shipped: ShippingManifest['image'];
   if (image) {
-    const k = await d.parts.upload(image.kernel, { digest: image.parts.kernel.sha256, size: image.parts.kernel.size });
-    const i = await d.parts.upload(image.initrd, { digest: image.parts.initrd.sha256, size: image.parts.initrd.size });
-    ups.push(k, i);
+    const k = at(rec.chain.length + 2 + recApps.length);
+    const i = at(rec.chain.length + 3 + recApps.length);
     shipped = {
       name: image.name,
       id: image.id,
@@ -159,20 +180,38 @@ export async function fetch(
       },
     );
   }
-  const moves: Array<{ size: number; bytes: number; moved: boolean }> = [];
+  type Move = { size: number; bytes: number; moved: boolean };
   const have = new Set(await d.layers.list());
-  for (const part of m.chain) {
-    if (have.has(part.layer)) {
-      moves.push({ size: part.size, bytes: 0, moved: false });
-    } else if (image && part.layer.startsWith('img-') && image.diskSha256 === part.digest) {
-      await d.layers.importImage(image);
-      moves.push({ size: part.size, bytes: 0, moved: false });
-    } else {
+  const files = d.snapshots.files(id);
+  const present = await d.snapshots.present(id);
+  const base = lineageBase(d, m.snapshot.parentSnapshot);
+  // Layers, state, RAM and app layers are independent; the image (below) needs the base layer.
+  const moves: Move[] = await bounded<Move>([
+    ...m.chain.map((part) => async (): Promise<Move> => {
+      if (have.has(part.layer)) return { size: part.size, bytes: 0, moved: false };
+      if (image && part.layer.startsWith('img-') && image.diskSha256 === part.digest) {
+        await d.layers.importImage(image);
+        return { size: part.size, bytes: 0, moved: false };
+      }
       const r = await d.parts.download(part.digest, d.layers.path(part.layer), d.timeoutMs);
       await d.layers.freeze(part.layer);
-      moves.push({ size: part.size, bytes: r.receivedBytes, moved: true });
-    }
-  }
+      return { size: part.size, bytes: r.receivedBytes, moved: true };
+    }),
+    ...(
+      [
+        [m.state, files.state, present.state, base?.state],
+        [m.ram, files.ram, present.ram, base?.ram],
+      ] as const
+    ).map(([p, dest, there, from]) => async (): Promise<Move> => {
+      if (there) return { size: p.size, bytes: 0, moved: false };
+      const r = await d.parts.download(p.digest, dest, d.timeoutMs, from);
+      return { size: p.size, bytes: r.receivedBytes, moved: true };
+    }),
+    ...(m.apps ?? []).map((a) => async (): Promise<Move> => {
+      const r = await d.appLayers.ensure(a.layer, d.timeoutMs);
+      return { size: a.size, bytes: r.receivedBytes, moved: r.fetched };
+    }),
+  ]);
   if (m.image) {
     const b = m.image;
     const got = image
@@ -182,23 +221,6 @@ export async function fetch(
         );
     moves.push({ size: b.kernel.size, ...(got?.kernel ?? { bytes: 0, moved: false }) });
     moves.push({ size: b.initrd.size, ...(got?.initrd ?? { bytes: 0, moved: false }) });
-  }
-  const files = d.snapshots.files(id);
-  const present = await d.snapshots.present(id);
-  for (const [p, dest, there] of [
-    [m.state, files.state, present.state],
-    [m.ram, files.ram, present.ram],
-  ] as const) {
-    if (there) {
-      moves.push({ size: p.size, bytes: 0, moved: false });
-      continue;
-    }
-    const r = await d.parts.download(p.digest, dest, d.timeoutMs);
-    moves.push({ size: p.size, bytes: r.receivedBytes, moved: true });
-  }
-  for (const a of m.apps ?? []) {
-    const r = await d.appLayers.ensure(a.layer, d.timeoutMs);
-    moves.push({ size: a.size, bytes: r.receivedBytes, moved: r.fetched });
   }
   const record: SnapshotRecord = {
     ...(m.apps?.length ? { apps: m.apps.map(({ size: _s, ...a }) => a) } : {}),

@@ -31,6 +31,7 @@ export class Bridge {
   #inQueue: Array<Uint8Array | 'eof'> = [];
   #inPumping = false;
   #finished = false;
+  #activityAt = -Infinity;
   /** Wakes the one wait for a guest event, if any: a fresh promise per wait, so none outlives it. */
   #onCancel: (() => void) | undefined;
   readonly #resizes: ResizePacer;
@@ -95,6 +96,7 @@ export class Bridge {
     } else if (kind === 'data') {
       if (data.length > this.#inAllowed || data.length > STREAM_CHUNK_MAX) return this.#violation('input beyond the credit granted');
       this.#inAllowed -= data.length;
+      this.#activity();
       this.#inQueue.push(data);
       this.counters.inHeld += data.length;
       this.counters.maxInHeld = Math.max(this.counters.maxInHeld, this.counters.inHeld);
@@ -111,6 +113,14 @@ export class Bridge {
     this.#resizes.stop();
     this.#onCancel?.();
     this.#wakeUp();
+  }
+
+  /** Bytes moved (output or input): the VM is in use. Said at most once a second, so a busy stream costs nothing. */
+  #activity(): void {
+    const now = Date.now();
+    if (now - this.#activityAt < 1000) return;
+    this.#activityAt = now;
+    this.#o.onActivity?.(this.#o.vmId);
   }
 
   #violation(what: string): void {
@@ -161,6 +171,7 @@ export class Bridge {
       // A port connection's half-close: after its bytes, and free (it is no bytes).
       if (ev.kind === 'eof' && this.#o.eofOut && ev.channel === 1 && !this.#cancelled) this.#publish('eof', new Uint8Array(0));
       if (ev.kind === 'msg') await this.#sendEvent(json(ev.msg));
+      if (ev.kind === 'data') this.#activity();
       if (ev.kind === 'data') await this.#sendBytes(this.#o.bytes === 'file' ? 'data' : ev.channel === 2 ? 'stderr' : 'stdout', ev.bytes);
     }
   }

@@ -19,6 +19,8 @@ export interface GuestStreamsOptions {
   startedWaitMs?: number;
   /** How long a stream that never had credit lives (default 90 s: past a client's request timeout). */
   startIdleMs?: number;
+  /** A stream's bytes moved: activity of the VM (engine.touch), at most once a second per stream. */
+  onActivity?: (vmId: string) => void;
   /** One-shot calls at once per VM (CAPACITY beyond). */
   unaryPerVm?: number;
 }

@@ -235,6 +235,7 @@ export class GuestStreams {
         idleMs: this.#o.idleMs ?? STREAM_IDLE_MS,
         keepaliveMs: this.#o.keepaliveMs ?? STREAM_KEEPALIVE_MS,
         cancelGraceMs: this.#o.cancelGraceMs ?? 10_000,
+        ...(this.#o.onActivity ? { onActivity: this.#o.onActivity } : {}),
         log: this.#log,
       });
       this.registry.add(bridge, release);

@@ -25,6 +25,8 @@ export interface LaunchPaths {
   ctlSocket: string;
   /** hostd's session with the guest's forky-agent (exec, processes, files: libs/agent/PROTOCOL.md). */
   agentSocket: string;
+  /** The guest's `forky-fork` requests (self-fork, issue 22); every VM has it, so children match their parents. */
+  forkSocket: string;
   serialLog: string;
 }
 
@@ -89,6 +91,10 @@ export function buildArgs(spec: VmSpec, m: MachineOptions, paths: LaunchPaths, m
     `socket,id=agent0,path=${esc(paths.agentSocket)},server=on,wait=off`,
     '-device',
     'virtserialport,bus=vser0.0,chardev=agent0,name=org.forky.agent.0',
+    '-chardev',
+    `socket,id=fork0,path=${esc(paths.forkSocket)},server=on,wait=off`,
+    '-device',
+    'virtserialport,bus=vser0.0,chardev=fork0,name=org.forky.fork.0',
     '-object',
     'rng-random,filename=/dev/urandom,id=rng0',
     '-device',
@@ -167,6 +173,7 @@ export function launchPaths(spec: VmSpec): LaunchPaths {
     qgaSocket: vmSocket(spec, 'qga'),
     ctlSocket: vmSocket(spec, 'ctl'),
     agentSocket: vmSocket(spec, 'agent'),
+    forkSocket: vmSocket(spec, 'fork'),
     serialLog: path.join(spec.runDir, 'serial.log'),
   };
 }

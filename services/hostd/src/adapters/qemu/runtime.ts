@@ -4,7 +4,7 @@ import { ForkyError, withDeadline, type Logger } from '@forky/base';
 import { GuestAgentClient, QmpClient } from '@forky/qemu';
 import { connectAgent, SessionCache, type GuestSession } from '@forky/agent';
 import type { Accel, ExecResult, MachineProfile } from '@forky/contract';
-import type { AppDisk, NetworkFilter, RunningProcess, VmHandle, VmRuntime, VmSpec } from '../../domain/ports.js';
+import type { AppDisk, NetworkFilter, RunningProcess, SelfForkListener, VmHandle, VmRuntime, VmSpec } from '../../domain/ports.js';
 import { appBlockdev, appDevice, buildArgs, launchPaths, vmSocket as sock, type LaunchMode, type MachineOptions } from './cmdline.js';
 import { findQemuProcesses, killAndWait, killGroup, launchQemu, watchProcess, type QemuProcess } from './process.js';
 import { listenForState, loadState } from './migration.js';
@@ -12,6 +12,7 @@ import { copyPrivatePages } from './private-pages.js';
 import { askLine } from './control.js';
 import { createTap, removeTap, tapName } from './tap.js';
 import { handOver, type RunAs } from './run-as.js';
+import { ForkPort } from './fork-port.js';
 
 /**
  * The most output (stdout and stderr, UTF-8) an exec returns: the reply must fit NATS's 1 MiB
@@ -33,6 +34,8 @@ export interface QemuVm extends VmHandle {
   qmp: QmpClient;
   agent: GuestAgentClient;
   spec: VmSpec;
+  /** Its self-fork port; absent for a process an older hostd started without one. */
+  fork?: ForkPort;
 }
 
 export interface QemuRuntimeOptions extends Omit<MachineOptions, 'runAs'> {
@@ -55,6 +58,8 @@ export class QemuRuntime implements VmRuntime<QemuVm> {
   readonly bridged: boolean;
   /** One forky-agent session per VM process, made on first use and again once it has closed or stopped answering. */
   readonly #guests: SessionCache<QemuVm>;
+  /** Where self-fork lines go (the engine's); until it is set, lines are dropped. */
+  #onSelfFork: SelfForkListener = async () => undefined;
 
   constructor(private readonly opts: QemuRuntimeOptions) {
     this.accel = opts.accel;
@@ -184,8 +189,25 @@ export class QemuRuntime implements VmRuntime<QemuVm> {
     await vm.qmp.execute('blockdev-del', { 'node-name': id }, { timeoutMs });
   }
 
+  onSelfFork(listener: SelfForkListener): void {
+    this.#onSelfFork = listener;
+  }
+
+  async selfForkReply(vm: QemuVm, line: string): Promise<void> {
+    if (!vm.fork) throw new ForkyError('INVALID_STATE', `VM ${vm.spec.id} has no self-fork port (started by an older hostd)`);
+    await vm.fork.write(line);
+  }
+
+  /** Its self-fork port: connected before the process loads state (a guest blocked reading it must never see the host leave). */
+  #connectFork(spec: VmSpec, timeoutMs: number): Promise<ForkPort> {
+    const from = { id: spec.id, generation: spec.generation };
+    const log = this.opts.logger.child({ vm: spec.id, generation: spec.generation, component: 'self-fork' });
+    return ForkPort.connect(sock(spec, 'fork'), (line) => this.#onSelfFork(from, line), log, timeoutMs);
+  }
+
   async destroy(vm: QemuVm): Promise<void> {
     vm.agent?.close();
+    vm.fork?.close();
     // Its streams end (GONE) now, not when the socket notices QEMU is gone.
     this.#guests.close(vm);
     if (!vm.proc.isExited()) {
@@ -214,7 +236,9 @@ export class QemuRuntime implements VmRuntime<QemuVm> {
       const { status } = await qmp.execute<{ status: string }>('query-status', undefined, { timeoutMs });
       const agent = await GuestAgentClient.connect(sock(spec, 'qga'), timeoutMs);
       const proc = watchProcess(pid, qmp);
-      const vm: QemuVm = { pid, exited: proc.exited, proc, qmp, agent, spec };
+      // A process an older hostd started may have no such port: it then cannot self-fork.
+      const fork = await this.#connectFork(spec, timeoutMs).catch(() => undefined);
+      const vm: QemuVm = { pid, exited: proc.exited, proc, qmp, agent, spec, ...(fork ? { fork } : {}) };
       return { handle: vm, status };
     } catch (e) {
       qmp.close();
@@ -252,7 +276,11 @@ export class QemuRuntime implements VmRuntime<QemuVm> {
     }
     try {
       const agent = await GuestAgentClient.connect(paths.qgaSocket, timeoutMs);
-      return { pid: proc.pid, exited: proc.exited, proc, qmp: proc.qmp, agent, spec };
+      const fork = await this.#connectFork(spec, timeoutMs).catch((e: unknown) => {
+        agent.close();
+        throw e;
+      });
+      return { pid: proc.pid, exited: proc.exited, proc, qmp: proc.qmp, agent, spec, fork };
     } catch (e) {
       killGroup(proc.pid, 'SIGKILL');
       await proc.exited;

@@ -3,7 +3,9 @@ import { quoteText, type BootRequest, type Egress, type VmInfo } from '@forky/co
 import { admitVms, ramNeed, type RamHold } from '../admission.js';
 import { bootDevices } from '../apps.js';
 import type { Host } from '../host.js';
+import { setLifetime } from '../lifetimes.js';
 import { withRollback, type Rollback } from '../rollback.js';
+import { rootOf } from '../self-fork-tree.js';
 import { makeVm } from './make.js';
 
 /** Boots a VM from an image: admitted first (VMs, memory, RAM directory, GPUs, apps), then made. */
@@ -23,6 +25,8 @@ export async function boot(host: Host, req: BootRequest, hold: RamHold): Promise
   if (req.key) rec.requestKey = req.key;
   rec.egress = req.network?.egress ?? host.defaultEgress();
   if (req.labels && Object.keys(req.labels).length > 0) rec.labels = { ...req.labels };
+  if (req.selfFork) rec.selfFork = rootOf(id, req.selfFork);
+  setLifetime(rec, req);
   return withRollback(host.log, { vm: id }, async (rb) => {
     // First: a policy this host cannot enforce is refused before anything is made.
     await host.filterNetwork(rb, id, rec.egress as Egress);

@@ -6,14 +6,17 @@ import {
   type ChildEnv,
   type Egress,
   type ForkRequest,
+  type IdleRule,
   type Labels,
   type VmInfo,
 } from '@forky/contract';
 import type { Image } from '../../images.js';
 import { round, type Host } from '../host.js';
 import { giveIdentity, identityOf } from '../identity.js';
+import { setLifetime } from '../lifetimes.js';
 import type { VmHandle, VmRuntime } from '../ports.js';
 import { egressOf, type SnapshotRecord } from '../records.js';
+import { childSelfFork, type SelfForkRecord } from '../self-fork-tree.js';
 import { withRollback } from '../rollback.js';
 import { loadWarm } from '../warm-pool.js';
 import { destroyVm } from './lifecycle.js';
@@ -31,6 +34,13 @@ export interface ChildOptions {
   env?: ChildEnv;
   /** Its egress instead of the snapshot's: filtered so before its vCPUs run. */
   egress?: Egress;
+  /** Its TTL (from its own start) and idle rule instead of the snapshot's (those of the VM it was taken of). */
+  ttlMs?: number;
+  idle?: IdleRule;
+  /** A template boot's template name. */
+  template?: string;
+  /** Its self-fork standing, for a child of a self-fork (its parent's tree, one generation down). */
+  selfFork?: SelfForkRecord;
 }
 
 /** Child `i`'s share of a fork request: the fork's labels with its `perChild` ones on top, and its env. */
@@ -83,6 +93,10 @@ export async function restoreChild(host: Host, snap: SnapshotRecord, image: Imag
   const labels = { ...snap.info.labels, ...o.labels };
   if (Object.keys(labels).length > 0) rec.labels = labels;
   if (o.egress) rec.egress = o.egress;
+  setLifetime(rec, { ttlMs: o.ttlMs ?? snap.info.ttlMs, idle: o.idle ?? snap.info.idle });
+  if (o.template) rec.template = o.template;
+  const selfFork = childSelfFork(o.selfFork, o.env);
+  if (selfFork) rec.selfFork = selfFork;
   if (warm) {
     rec.mac = warm.mac;
     rec.chain.push(warm.top);

@@ -78,7 +78,7 @@ async function deleteLocked(host: Host, id: string, cascade: boolean, top: boole
  * chain runs through its layer. A snapshot below it in the lineage alone does not: its RAM is
  * its own, and the tree shows it with its parent gone.
  */
-function dependents(host: Host, s: SnapshotRecord): { vms: string[]; snapshots: string[] } {
+export function dependents(host: Host, s: SnapshotRecord): { vms: string[]; snapshots: string[] } {
   const frozen = s.chain.at(-1) as string;
   const ram = host.d.snapshots.files(s.info.id).ram;
   const vms = [...host.vms.values()].filter((v) => v.chain.includes(frozen) || v.ram.file === ram).map((v) => v.id);

@@ -6,22 +6,23 @@ import { withRollback } from '../rollback.js';
 import { checkForkLabels, childShare, restoreChild } from './child.js';
 import { destroyVm } from './lifecycle.js';
 import { snapshotVm } from './snapshot.js';
+import type { ForkOwn } from '../self-fork-tree.js';
 
 /**
  * Forks `count` children of a snapshot, or of a VM (snapshotted first). Every refusal comes before
  * the source is touched; all or nothing: a fork that half-worked leaves no children behind.
  */
-export async function fork(host: Host, req: ForkRequest): Promise<ForkResult> {
+export async function fork(host: Host, req: ForkRequest, own: ForkOwn = {}): Promise<ForkResult> {
   // The children's apps are fetched (or refused) before the source is touched.
   const unpin = await host.apps.prefetch(req.apps ?? []);
   try {
-    return await host.ram.during((hold) => forkWithin(host, req, hold));
+    return await host.ram.during((hold) => forkWithin(host, req, hold, own));
   } finally {
     unpin();
   }
 }
 
-async function forkWithin(host: Host, req: ForkRequest, hold: RamHold): Promise<ForkResult> {
+async function forkWithin(host: Host, req: ForkRequest, hold: RamHold, own: ForkOwn): Promise<ForkResult> {
   const { d } = host;
   const started = performance.now();
   await admitVms(host, d.limits.childCostMiB, req.count);
@@ -53,9 +54,16 @@ async function forkWithin(host: Host, req: ForkRequest, hold: RamHold): Promise<
         ...(req.key ? { requestKey: req.key } : {}),
         ...(req.apps ? { apps: req.apps } : {}),
         ...(req.network ? { egress: req.network.egress } : {}),
+        ...(req.ttlMs === undefined ? {} : { ttlMs: req.ttlMs }),
+        ...(req.idle ? { idle: req.idle } : {}),
+        ...(req.template ? { template: req.template } : {}),
       };
       const results = await mapSettled(Array.from({ length: req.count }), d.limits.forkConcurrency, (_, i) =>
-        restoreChild(host, snap, image, { ...opts, ...childShare(req, i) }),
+        restoreChild(host, snap, image, {
+          ...opts,
+          ...childShare(req, i),
+          ...(own.selfFork ? { selfFork: { ...own.selfFork, index: i + 1 } } : {}),
+        }),
       );
       const children = results.flatMap((r) => (r.status === 'fulfilled' ? [r.value] : []));
       // All at once, as they were made.
@@ -66,7 +74,7 @@ async function forkWithin(host: Host, req: ForkRequest, hold: RamHold): Promise<
         const msg = `${failed.length} of ${req.count} children failed; none kept: ${first instanceof Error ? first.message : String(first)}`;
         throw new ForkyError(asForkyError(first).code, msg, { cause: first });
       }
-      host.events.forked(snap.info, children, fromVm ? host.vms.get(req.source) : undefined);
+      host.events.forked(snap.info, children, fromVm ? host.vms.get(req.source) : undefined, own.reason);
       host.pool.refill(sid);
       return {
         snapshot: snap.info,

@@ -22,6 +22,11 @@ export async function recover(host: Host): Promise<Recovered> {
   });
   for (const s of r.snaps) host.snaps.set(s.info.id, s);
   for (const v of r.vms) {
+    // Its lifecycle is kept (the timer is armed once recovery is done). A record written before
+    // lifetimes has no activity time: its idleness counts from now.
+    if (typeof v.lastActivityAt !== 'number') v.lastActivityAt = Date.now();
+    // Found running (its QEMU was resumed meanwhile): no longer paused by its idle rule.
+    if (v.state !== 'paused') delete v.pausedBy;
     host.vms.set(v.id, v);
     host.gpus.adopt(
       v.id,

@@ -18,6 +18,7 @@ function shipping(host: Host): ShippingDeps {
     snapshots: d.snapshots,
     images: d.images,
     timeoutMs: 10 * 60_000,
+    held: (id) => host.snaps.has(id),
   };
 }
 

@@ -18,7 +18,7 @@ const GUEST_QUIESCE_MS = 2000;
  * the successor. Until the successor has loaded, a failure undoes every step and the old process
  * is the VM as it was; from then on the snapshot stands and the steps left are carried through.
  */
-export async function snapshotVm(host: Host, vmId: string, resume: boolean, hold: RamHold): Promise<SnapshotRecord> {
+export async function snapshotVm(host: Host, vmId: string, resume: boolean, hold: RamHold, keep = false): Promise<SnapshotRecord> {
   // A child still settling would be frozen before its identity is set: waited for outside the lock.
   await host.vm(vmId).settling;
   return host.lock.run(vmId, () =>
@@ -95,7 +95,11 @@ export async function snapshotVm(host: Host, vmId: string, resume: boolean, hold
           chainDepth: vm.chain.length - 1,
           profile: d.runtime.profile(vm.memMiB, vm.cpus, vm.imageId),
           ...(vm.labels ? { labels: vm.labels } : {}),
+          // Its children's, counted from their own start, unless a fork sets others.
+          ...(vm.ttlMs === undefined ? {} : { ttlMs: vm.ttlMs }),
+          ...(vm.idle ? { idle: vm.idle } : {}),
           createdAt: new Date().toISOString(),
+          ...(keep ? { keep: true as const } : {}),
           sizes: { stateBytes, ramBytes, diskBytes },
           timings: { pauseMs, totalMs: round(performance.now() - t0), privateBytes },
         },
@@ -104,6 +108,7 @@ export async function snapshotVm(host: Host, vmId: string, resume: boolean, hold
         diskVirtualSize: vm.diskVirtualSize,
         ...(vm.apps?.length ? { apps: vm.apps.map((a) => ({ ...a })) } : {}),
         egress: egressOf(vm),
+        ...(vm.selfFork ? { selfFork: vm.selfFork.policy } : {}),
       };
       vm.lineage = id;
       delete vm.snapshotPlan;

@@ -5,7 +5,7 @@ import type { Command } from 'commander';
 import { ForkyError, ValidationError } from '@forky/base';
 import { printJson } from '../output.js';
 import { IMAGE_RECIPES } from '../paths.js';
-import { positiveInt, type CliContext } from './context.js';
+import type { CliContext } from '../commands/context.js';
 
 /** A big image (gigabytes of layers) takes minutes to check, unpack and make a disk of; not forever. */
 const IMPORT_TIMEOUT_MS = 30 * 60_000;
@@ -90,33 +90,25 @@ function runScript(script: string, args: string[], env: NodeJS.ProcessEnv, timeo
 }
 
 /** `forky image import NAME FILE`: a container image tarball (OCI layout, docker save, or a root file system) as a guest image. */
-export function registerImageImport(image: Command, cli: CliContext): void {
-  image
-    .command('import <name> <file>')
-    .description('import an OCI layout, `docker save` or root file system tarball as image NAME (adds our kernel, agent and init)')
-    .option('--disk <GiB>', 'root disk size (default: the unpacked root plus headroom, whole GiB)', positiveInt('disk'))
-    .action(
-      cli.action(async (name: string, file: string, o: ImportOptions, cmd: Command) => {
-        if (!NAME.test(name)) throw new ValidationError(`invalid image name ${JSON.stringify(name)}`, { field: 'name' });
-        if (o.disk !== undefined && o.disk > 1024) throw new ValidationError('--disk must be 1..1024 GiB', { field: 'disk' });
-        const abs = path.resolve(file);
-        const st = await fs.stat(abs).catch(() => undefined);
-        if (!st?.isFile()) throw new ValidationError(`no file ${file}`, { field: 'file' });
-        const out = path.join(cli.dataOf(cmd), 'images');
-        const args = [...(o.disk ? ['--disk', String(o.disk)] : []), name, abs, out];
-        const env = { ...process.env, ...(process.stderr.isTTY ? {} : { FORKY_QUIET: '1' }) };
-        const script = path.join(IMAGE_RECIPES, 'import-image.sh');
-        const timeoutMs = importTimeoutMs();
-        const r = await runScript(script, args, env, timeoutMs);
-        if (r.timedOut) throw new ImageImportError(name, `timed out after ${timeoutMs} ms; its steps were stopped`, undefined, 'TIMEOUT');
-        if (r.code !== 0) {
-          const why = r.stderr.trim().split('\n').slice(-5).join('\n') || `import-image.sh exited with ${r.code ?? 'a signal'}`;
-          if (r.code !== null && REFUSED.has(r.code)) throw new ValidationError(why, { field: 'file', exitCode: r.code });
-          throw new ImageImportError(name, why, undefined);
-        }
-        const m = JSON.parse(await fs.readFile(path.join(out, name, 'manifest.json'), 'utf8')) as { id: string; source?: unknown };
-        if (cli.json(cmd)) printJson({ name, id: m.id, source: m.source });
-        else process.stdout.write(`${name} ${m.id}\n`);
-      }),
-    );
+export async function importImage(cli: CliContext, name: string, file: string, o: ImportOptions, cmd: Command): Promise<void> {
+  if (!NAME.test(name)) throw new ValidationError(`invalid image name ${JSON.stringify(name)}`, { field: 'name' });
+  if (o.disk !== undefined && o.disk > 1024) throw new ValidationError('--disk must be 1..1024 GiB', { field: 'disk' });
+  const abs = path.resolve(file);
+  const st = await fs.stat(abs).catch(() => undefined);
+  if (!st?.isFile()) throw new ValidationError(`no file ${file}`, { field: 'file' });
+  const out = path.join(cli.dataOf(cmd), 'images');
+  const args = [...(o.disk ? ['--disk', String(o.disk)] : []), name, abs, out];
+  const env = { ...process.env, ...(process.stderr.isTTY ? {} : { FORKY_QUIET: '1' }) };
+  const script = path.join(IMAGE_RECIPES, 'import-image.sh');
+  const timeoutMs = importTimeoutMs();
+  const r = await runScript(script, args, env, timeoutMs);
+  if (r.timedOut) throw new ImageImportError(name, `timed out after ${timeoutMs} ms; its steps were stopped`, undefined, 'TIMEOUT');
+  if (r.code !== 0) {
+    const why = r.stderr.trim().split('\n').slice(-5).join('\n') || `import-image.sh exited with ${r.code ?? 'a signal'}`;
+    if (r.code !== null && REFUSED.has(r.code)) throw new ValidationError(why, { field: 'file', exitCode: r.code });
+    throw new ImageImportError(name, why, undefined);
+  }
+  const m = JSON.parse(await fs.readFile(path.join(out, name, 'manifest.json'), 'utf8')) as { id: string; source?: unknown };
+  if (cli.json(cmd)) printJson({ name, id: m.id, source: m.source });
+  else process.stdout.write(`${name} ${m.id}\n`);
 }

@@ -1,0 +1,250 @@
+import { describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { SELF_FORK_LINE_MAX, SELF_FORK_RESULT_MAX, type SelfForkPolicy, type VmEvent } from '@forky/contract';
+import {
+  LineReader,
+  SELF_FORK_RATE,
+  SelfForkRefusal,
+  TokenBucket,
+  aliveInTree,
+  checkBudget,
+  type SelfForkRecord,
+} from '@forky/hostd/internal';
+import { hostFor, type EngineHost } from '../helpers/engine-host.js';
+import { boot, fork, reportDuration } from '../helpers/engine-checks.js';
+
+const POLICY: SelfForkPolicy = { maxChildren: 10, maxDepth: 1, maxAlive: 4 };
+const req = (o: Record<string, unknown>): string => JSON.stringify({ v: 1, ...o });
+type Reply = { ok: boolean; code?: string; message?: string; role?: string; children?: string[]; index?: number; results?: unknown[] };
+const last = (h: EngineHost, id: string): Reply => h.runtime.repliesTo(id).at(-1) as Reply;
+/** What a refusal must leave as it was: the VMs, the snapshots, the processes. */
+const state = (h: EngineHost): string =>
+  JSON.stringify([h.engine.list().map((v) => [v.id, v.state, v.selfFork]), h.engine.listSnapshots().length, h.runtime.live().length]);
+
+describe('self-fork: the line reader bounds what a guest sends', () => {
+  it('splits lines across chunks, skips empty ones, and passes a line of exactly the limit', () => {
+    const r = new LineReader(8);
+    assert.deepEqual(r.push(Buffer.from('ab')), []);
+    assert.deepEqual(r.push(Buffer.from('c\n\n12345678\nx')), [{ line: 'abc' }, { line: '12345678' }]);
+    assert.deepEqual(r.push(Buffer.from('\n')), [{ line: 'x' }]);
+  });
+
+  it('a line over the limit is reported once and dropped up to its newline, however long it goes on', () => {
+    const r = new LineReader(8);
+    assert.deepEqual(r.push(Buffer.from('123456789')), [{ tooLong: true }]);
+    // Megabytes more of the same line: nothing is reported or held.
+    for (let i = 0; i < 16; i++) assert.deepEqual(r.push(Buffer.alloc(1 << 20, 0x61)), []);
+    assert.deepEqual(r.push(Buffer.from('tail\nok\n')), [{ line: 'ok' }]);
+    // Split over two chunks, the limit counts both.
+    assert.deepEqual(r.push(Buffer.from('12345')), []);
+    assert.deepEqual(r.push(Buffer.from('6789\nnext\n')), [{ tooLong: true }, { line: 'next' }]);
+  });
+
+  it('defaults to the protocol limit', () => {
+    const r = new LineReader();
+    assert.deepEqual(r.push(Buffer.from(`${'a'.repeat(SELF_FORK_LINE_MAX)}\n`)), [{ line: 'a'.repeat(SELF_FORK_LINE_MAX) }]);
+    assert.deepEqual(r.push(Buffer.from(`${'a'.repeat(SELF_FORK_LINE_MAX + 1)}\n`)), [{ tooLong: true }]);
+  });
+});
+
+describe('self-fork: budget and rate', () => {
+  const sf = (o: Partial<SelfForkRecord> = {}): SelfForkRecord => ({
+    policy: POLICY,
+    root: 'vm-root00000000',
+    depth: 0,
+    children: 0,
+    ...o,
+  });
+  const refused = (fn: () => void, code: string, text: RegExp): void =>
+    assert.throws(fn, (e: unknown) => e instanceof SelfForkRefusal && e.code === code && text.test(e.message));
+
+  it('no policy, too deep, too many children, too many alive: each refused by name; the bounds themselves pass', () => {
+    refused(() => checkBudget(undefined, 1, 1), 'FORBIDDEN', /^self-fork is off for this VM: boot it with a selfFork policy$/);
+    refused(() => checkBudget(sf({ depth: 2 }), 1, 1), 'FORBIDDEN', /maxDepth 1/);
+    checkBudget(sf({ depth: 1 }), 1, 1);
+    refused(() => checkBudget(sf({ children: 8 }), 3, 1), 'CAPACITY', /maxChildren/);
+    checkBudget(sf({ children: 8 }), 2, 1);
+    refused(() => checkBudget(sf(), 3, 2), 'CAPACITY', /5 VMs alive .* at most 4 \(maxAlive\)/);
+    checkBudget(sf(), 3, 1);
+    refused(() => checkBudget(sf({ pending: true }), 1, 1), 'INVALID_STATE', /still being made/);
+  });
+
+  it('counts a tree alive: its own root only, not the failed, gone or still pending', () => {
+    const r = 'vm-root00000000';
+    const vms = [
+      { state: 'running' as const, selfFork: sf() },
+      { state: 'paused' as const, selfFork: sf({ depth: 1 }) },
+      { state: 'failed' as const, selfFork: sf({ depth: 1 }) },
+      { state: 'destroying' as const, selfFork: sf({ depth: 1 }) },
+      { state: 'restoring' as const, selfFork: sf({ depth: 1, pending: true }) },
+      { state: 'running' as const, selfFork: sf({ root: 'vm-other0000000' }) },
+      { state: 'running' as const },
+    ];
+    assert.equal(aliveInTree(vms, r), 2);
+  });
+
+  it('a token bucket: a burst, then the rate', () => {
+    let now = 0;
+    const b = new TokenBucket(2, 4, () => now);
+    for (let i = 0; i < 4; i++) assert.equal(b.take(), true, `token ${i}`);
+    assert.equal(b.take(), false);
+    assert.equal(b.msUntilToken(), 500);
+    now = 499;
+    assert.equal(b.take(), false);
+    now = 1000;
+    // A second at 2/s is two tokens; the refused take at 499 ms cost none.
+    assert.equal(b.take(), true);
+    assert.equal(b.take(), true);
+    assert.equal(b.take(), false);
+    now = 100_000;
+    for (let i = 0; i < 4; i++) assert.equal(b.take(), true);
+    assert.equal(b.take(), false, 'never more than the burst saved up');
+  });
+});
+
+describe('self-fork: the engine on a dry-run runtime', () => {
+  it('a fork: the parent gets the ids, each child its index; the tree, the counts and the event follow', async (t) => {
+    const events: VmEvent[] = [];
+    const h = await hostFor(t, { events: { publish: (e) => events.push(e) } });
+    const root = await boot(h, { selfFork: POLICY });
+    assert.deepEqual(root.selfFork, { policy: POLICY, root: root.id, depth: 0, children: 0 });
+    await h.runtime.guestSends(root.id, req({ op: 'fork', count: 2, labels: { job: 'a' } }));
+    const p = last(h, root.id);
+    assert.equal(p.ok, true);
+    assert.equal(p.role, 'parent');
+    const [c1, c2] = p.children as [string, string];
+    assert.equal(h.engine.show(root.id).state, 'running', 'a fork that is not live resumes the parent before its reply');
+    assert.equal(h.engine.show(root.id).selfFork?.children, 2);
+    for (const [i, c] of [c1, c2].entries()) {
+      assert.deepEqual(h.runtime.repliesTo(c), [{ v: 1, ok: true, role: 'child', index: i + 1, count: 2, vm: c, parent: root.id }]);
+      const info = h.engine.show(c);
+      assert.deepEqual(info.selfFork, { policy: POLICY, root: root.id, depth: 1, children: 0 });
+      assert.equal(info.labels?.job, 'a');
+    }
+    const ev = events.find((e) => e.kind === 'forked');
+    assert.deepEqual([ev?.vm, ev?.reason, ev?.children], [root.id, 'self-fork', [c1, c2]]);
+
+    // An outside fork of a VM with a policy: each child is the root of a tree of its own.
+    const outside = await fork(h, root.id, 1, { resumeParent: true });
+    const o = outside.children[0]!;
+    assert.deepEqual(o.selfFork, { policy: POLICY, root: o.id, depth: 0, children: 0 });
+  });
+
+  it('without a policy: FORBIDDEN, and nothing is made', async (t) => {
+    const h = await hostFor(t);
+    const vm = await boot(h);
+    const before = state(h);
+    await h.runtime.guestSends(vm.id, req({ op: 'fork', count: 3 }));
+    assert.deepEqual(last(h, vm.id), {
+      v: 1,
+      ok: false,
+      code: 'FORBIDDEN',
+      message: 'self-fork is off for this VM: boot it with a selfFork policy',
+    });
+    assert.equal(state(h), before);
+  });
+
+  it('maxAlive over the tree: a request past it is refused whole; two at once cannot both take the last place', async (t) => {
+    const h = await hostFor(t);
+    const root = await boot(h, { selfFork: POLICY });
+    const before = state(h);
+    await h.runtime.guestSends(root.id, req({ op: 'fork', count: 4 }));
+    assert.equal(last(h, root.id).code, 'CAPACITY');
+    assert.equal(state(h), before, 'a refused fork changes nothing');
+    await h.runtime.guestSends(root.id, req({ op: 'fork', count: 2, live: true }));
+    const [c1, c2] = last(h, root.id).children as [string, string];
+    // Alive 3 of 4: two children ask for one each, at once.
+    await Promise.all([h.runtime.guestSends(c1, req({ op: 'fork', count: 1 })), h.runtime.guestSends(c2, req({ op: 'fork', count: 1 }))]);
+    const outcomes = [last(h, c1), last(h, c2)].map((r) => (r.ok ? 'ok' : r.code)).sort();
+    assert.deepEqual(outcomes, ['CAPACITY', 'ok']);
+    assert.equal(aliveInTree(h.engine.list(), root.id), 4);
+    // A grandchild is two generations down: past maxDepth 1, whatever the budget.
+    const grandchild = h.engine.list().find((v) => v.selfFork?.depth === 2)!;
+    await h.runtime.guestSends(grandchild.id, req({ op: 'fork', count: 1 }));
+    assert.equal(last(h, grandchild.id).code, 'FORBIDDEN');
+  });
+
+  it('the rate: a burst, then RATE_LIMITED (refusals count), then a token again', async (t) => {
+    const h = await hostFor(t);
+    const vm = await boot(h);
+    for (let i = 0; i < SELF_FORK_RATE.burst; i++) await h.runtime.guestSends(vm.id, req({ op: 'fork', count: 1 }));
+    assert.deepEqual(
+      h.runtime.repliesTo(vm.id).map((r) => (r as Reply).code),
+      Array<string>(SELF_FORK_RATE.burst).fill('FORBIDDEN'),
+    );
+    const t0 = performance.now();
+    await h.runtime.guestSends(vm.id, req({ op: 'fork', count: 1 }));
+    assert.equal(last(h, vm.id).code, 'RATE_LIMITED');
+    // The port's next line waits for the next token.
+    assert.ok(performance.now() - t0 >= 1000 / SELF_FORK_RATE.perSec - 50);
+    await h.runtime.guestSends(vm.id, req({ op: 'fork', count: 1 }));
+    assert.equal(last(h, vm.id).code, 'FORBIDDEN');
+  });
+
+  it('bad lines: too long, not JSON, not the schema: BAD_REQUEST naming what', async (t) => {
+    const h = await hostFor(t);
+    const vm = await boot(h, { selfFork: POLICY });
+    const before = state(h);
+    const cases: Array<[string | { tooLong: true }, RegExp]> = [
+      [{ tooLong: true }, /at most 4096 bytes/],
+      ['{"v":1,"op":"fork"', /one JSON object/],
+      [req({ op: 'fork', count: 0 }), /count/],
+      [req({ op: 'fork', count: 1, shell: 'rm -rf /' }), /unknown key "shell"/],
+    ];
+    for (const [line, text] of cases) {
+      await h.runtime.guestSends(vm.id, line);
+      const r = last(h, vm.id);
+      assert.equal(r.code, 'BAD_REQUEST', JSON.stringify(r));
+      assert.match(r.message as string, text);
+    }
+    assert.equal(state(h), before);
+  });
+
+  it('results: kept for the parent, --exit-after-result destroys the child, --wait gets all (or their end)', async (t) => {
+    const h = await hostFor(t);
+    const root = await boot(h, { selfFork: POLICY });
+    await h.runtime.guestSends(root.id, req({ op: 'fork', count: 3, live: true }));
+    const [c1, c2, c3] = last(h, root.id).children as [string, string, string];
+    await h.runtime.guestSends(c1, req({ op: 'result', result: { a: 1 } }));
+    assert.deepEqual(last(h, c1), { v: 1, ok: true });
+    const big = 'x'.repeat(SELF_FORK_RESULT_MAX);
+    await h.runtime.guestSends(c2, req({ op: 'result', result: big }));
+    assert.equal(last(h, c2).code, 'BAD_REQUEST', 'a result over the bound is refused');
+    await h.runtime.guestSends(c2, req({ op: 'result', result: [2], exit: true }));
+    assert.equal(
+      h.engine.list().some((v) => v.id === c2),
+      false,
+      'the child is destroyed once its result is kept',
+    );
+    assert.equal(h.runtime.repliesTo(c2).length, 2, 'and gets no reply (it is gone)');
+    await h.engine.destroy(c3);
+    await h.runtime.guestSends(root.id, req({ op: 'wait', timeoutMs: 1000 }));
+    assert.deepEqual(last(h, root.id), {
+      v: 1,
+      ok: true,
+      results: [
+        { vm: c1, index: 1, result: { a: 1 } },
+        { vm: c2, index: 2, result: [2] },
+        { vm: c3, index: 3, ended: 'destroyed' },
+      ],
+    });
+    // A VM not made by a self-fork has no parent to report to.
+    await h.runtime.guestSends(root.id, req({ op: 'result', result: 1 }));
+    assert.equal(last(h, root.id).code, 'INVALID_STATE');
+  });
+
+  it('--wait ends when the last child ends, and times out by its own deadline', async (t) => {
+    const h = await hostFor(t);
+    const root = await boot(h, { selfFork: POLICY });
+    await h.runtime.guestSends(root.id, req({ op: 'fork', count: 1, live: true }));
+    const [c] = last(h, root.id).children as [string];
+    await h.runtime.guestSends(root.id, req({ op: 'wait', timeoutMs: 100 }));
+    assert.equal(last(h, root.id).code, 'TIMEOUT');
+    const waited = h.runtime.guestSends(root.id, req({ op: 'wait', timeoutMs: 5000 }));
+    await h.engine.destroy(c);
+    await waited;
+    assert.deepEqual(last(h, root.id).results, [{ vm: c, index: 1, ended: 'destroyed' }]);
+  });
+});
+
+reportDuration('self-fork unit tests');
