@@ -73,7 +73,16 @@ function logger(): Logger {
   return level ? createLogger({ level, name: 'engine-test' }) : silentLogger();
 }
 
-export async function startEngineHost(opts: { limits?: Partial<EngineLimits>; events?: EngineDeps['events'] } = {}): Promise<EngineHost> {
+/** `parts`, `pool`, `hostId`: an object store (shared by hosts of one test), a warm pool, a host id other than h-test. */
+export type EngineHostOptions = {
+  limits?: Partial<EngineLimits>;
+  events?: EngineDeps['events'];
+  parts?: EngineDeps['parts'];
+  pool?: EngineDeps['pool'];
+  hostId?: string;
+};
+
+export async function startEngineHost(opts: EngineHostOptions = {}): Promise<EngineHost> {
   // Under /tmp, short: the dry run checks its socket paths against the 107-byte limit.
   const root = await fs.mkdtemp(path.join('/tmp', 'fk-eng-'));
   await writeImage(path.join(root, 'images'));
@@ -86,6 +95,9 @@ export async function startEngineHost(opts: { limits?: Partial<EngineLimits>; ev
     directory: new MemoryDirectory(),
     network: new FakeNetworkFilter(),
     ...(opts.events ? { events: opts.events } : {}),
+    ...(opts.parts ? { parts: opts.parts } : {}),
+    ...(opts.pool ? { pool: opts.pool } : {}),
+    ...(opts.hostId ? { hostId: opts.hostId } : {}),
   });
 }
 
@@ -99,6 +111,9 @@ interface Shared {
   network: FakeNetworkFilter;
   /** Where the engine's events go (default: nowhere). */
   events?: EngineDeps['events'];
+  parts?: EngineDeps['parts'];
+  pool?: EngineDeps['pool'];
+  hostId?: string;
 }
 
 function build(s: Shared): EngineHost {
@@ -108,7 +123,7 @@ function build(s: Shared): EngineHost {
   const layers = withFaults('layers', new DryRunLayerStore(layout), s.plan, ['path']);
   const snapshots = withFaults('snapshots', new LocalSnapshotStore(layout), s.plan, ['files']);
   const engine = new HostEngine({
-    hostId: 'h-test',
+    hostId: s.hostId ?? 'h-test',
     accelReason: 'dry run',
     runtime: s.runtime,
     layers,
@@ -123,6 +138,8 @@ function build(s: Shared): EngineHost {
     logger: logger(),
     directory: withFaults('directory', s.directory, s.plan),
     ...(s.events ? { events: s.events } : {}),
+    ...(s.parts ? { parts: s.parts } : {}),
+    ...(s.pool ? { pool: s.pool } : {}),
   });
   return {
     engine,
@@ -153,10 +170,7 @@ function build(s: Shared): EngineHost {
 }
 
 /** A host for one test, removed when the test ends (tests with hosts of their own may run side by side). */
-export async function hostFor(
-  t: TestContext,
-  opts: { limits?: Partial<EngineLimits>; events?: EngineDeps['events'] } = {},
-): Promise<EngineHost> {
+export async function hostFor(t: TestContext, opts: EngineHostOptions = {}): Promise<EngineHost> {
   const h = await startEngineHost(opts);
   t.after(() => h.close());
   return h;

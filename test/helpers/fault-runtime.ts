@@ -47,6 +47,7 @@ export class FaultRuntime implements VmRuntime {
   /** Every line hostd wrote to a process's self-fork port, in order. */
   readonly selfForkReplies: Array<{ vmId: string; generation: number; line: string }> = [];
   #selfFork: SelfForkListener | undefined;
+  #onReply: Array<() => void> = [];
 
   constructor(
     private readonly inner: VmRuntime,
@@ -191,6 +192,22 @@ export class FaultRuntime implements VmRuntime {
   async selfForkReply(vm: VmHandle, line: string): Promise<void> {
     const p = await this.#checkVm('selfForkReply', vm, [line]);
     this.selfForkReplies.push({ vmId: p.spec.id, generation: p.spec.generation, line });
+    for (const f of this.#onReply) f();
+  }
+
+  /** Resolves once VM `vmId` has been written `n` replies (rejects after `timeoutMs`). */
+  waitReplies(vmId: string, n: number, timeoutMs = 2000): Promise<void> {
+    return new Promise((resolve, reject) => {
+      const check = (): void => {
+        if (this.repliesTo(vmId).length < n) return;
+        clearTimeout(timer);
+        this.#onReply = this.#onReply.filter((f) => f !== check);
+        resolve();
+      };
+      const timer = setTimeout(() => reject(new Error(`${vmId} got no ${n} replies within ${timeoutMs} ms`)), timeoutMs);
+      this.#onReply.push(check);
+      check();
+    });
   }
 
   /** The guest of VM `vmId`'s newest live process sends `line` (or a line over the limit) on its self-fork port. */

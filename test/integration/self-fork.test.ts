@@ -24,9 +24,10 @@ const CLOCK = 'adjtimex | awk \'/tv_sec/ { s = $2 } /tv_usec/ { u = $2 } END { p
 
 /**
  * Issue 22 on real QEMU (tiny, TCG): a guest forks itself with `forky-fork`. One VM with a policy
- * is the root of every fork here; a second, without one, is refused. The scripts run in the
- * background (a fork hands the VM to a new QEMU process, which ends any exec in flight), and
- * their outcome is read from files in each VM once it is there.
+ * is the root of every fork here; a second, without one, is refused; a second host (booting
+ * nothing) and a scheduler take a `--spread` fork's share. The scripts run in the background (a
+ * fork hands the VM to a new QEMU process, which ends any exec in flight), and their outcome is
+ * read from files in each VM once it is there.
  */
 describe('self-fork: a guest forks itself (real QEMU)', { timeout: 900_000 }, () => {
   let nats: NatsServer;

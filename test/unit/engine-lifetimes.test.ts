@@ -168,15 +168,21 @@ describe('engine: lifetimes', { concurrency: true }, () => {
       assertVm(h, src.id, 'running');
     });
 
-    it('a VM whose TTL passed while no engine ran is destroyed once the next one recovers; another keeps its lifecycle', async (t) => {
+    it('a VM whose TTL passed while no engine ran is destroyed once the next one recovers; idleness counts from the recovery', async (t) => {
       const sink = eventRecorder();
       let h = await hostFor(t, { events: sink });
       const late = await boot(h, { ttlMs: 60_000 });
       const kept = await boot(h, { ttlMs: 60_000, idle: { afterMs: 60_000, then: 'pause' } });
-      // Its deadline passed while "hostd was down": written as the record a restart finds.
-      const file = path.join(h.dataDir, 'vms', late.id, 'vm.json');
-      const rec = JSON.parse(await fs.readFile(file, 'utf8')) as { expiresAt: number };
-      await fs.writeFile(file, JSON.stringify({ ...rec, expiresAt: Date.now() - 1000 }));
+      const quiet = await boot(h, { idle: { afterMs: 1000, then: 'pause' } });
+      // Written as the records a restart finds: a deadline that passed while "hostd was down", and
+      // activity an hour old (nobody could reach the VM while no hostd ran).
+      const rewrite = async (id: string, over: Record<string, number>): Promise<void> => {
+        const file = path.join(h.dataDir, 'vms', id, 'vm.json');
+        await fs.writeFile(file, JSON.stringify({ ...JSON.parse(await fs.readFile(file, 'utf8')), ...over }));
+      };
+      await rewrite(late.id, { expiresAt: Date.now() - 1000 });
+      await rewrite(quiet.id, { lastActivityAt: Date.now() - 3_600_000 });
+      const down = Date.now();
       h = await h.restart();
       const served = Date.now();
       t.after(() => h.engine.close());
@@ -184,8 +190,13 @@ describe('engine: lifetimes', { concurrency: true }, () => {
       assert.ok(gone.seenAt - served < 1000, `destroyed ${gone.seenAt - served} ms after recovery`);
       assert.ok(sink.events.some(kind(late.id, 'expired')));
       assert.equal((await refused(Promise.resolve().then(() => h.engine.show(late.id)))).code, 'NOT_FOUND');
-      assert.deepEqual(h.engine.show(kept.id).lifecycle, kept.lifecycle, 'the same lifecycle after the restart');
+      const { lastActivityAt, ...life } = h.engine.show(kept.id).lifecycle ?? {};
+      const { lastActivityAt: _before, ...lifeBefore } = kept.lifecycle ?? {};
+      assert.deepEqual(life, lifeBefore, 'the same TTL (absolute) and idle rule after the restart');
+      assert.ok(ms(lastActivityAt) >= down, 'its idle time counts from the recovery');
       assertVm(h, kept.id, 'running');
+      const paused = await sink.until(kind(quiet.id, 'paused'), 2500);
+      assert.ok(paused.seenAt - down >= 1000, `an hour-old activity paused it ${paused.seenAt - served} ms after recovery, not at once`);
     });
   });
 });

@@ -8,6 +8,8 @@ import {
   TokenBucket,
   aliveInTree,
   checkBudget,
+  childSelfFork,
+  spreadToken,
   type SelfForkRecord,
 } from '@forky/hostd/internal';
 import { hostFor, type EngineHost } from '../helpers/engine-host.js';
@@ -83,6 +85,27 @@ describe('self-fork: budget and rate', () => {
     assert.equal(aliveInTree(vms, r), 2);
   });
 
+  it("a spread child's token: what it says comes back whole; anything else gives no standing", () => {
+    const child = sf({ depth: 1 });
+    const token = spreadToken('vm-parent000000', 2, 3, child);
+    assert.deepEqual(childSelfFork(undefined, { FORKY_SELF_FORK: token }), {
+      ...child,
+      parent: 'vm-parent000000',
+      index: 2,
+      pending: true,
+      spread: { count: 3 },
+    });
+    for (const bad of [
+      token.replace(',2,3,', ',4,3,'), // index past count
+      token.replace(/,4$/, ',1'), // maxAlive 1: not a policy
+      `${token},1`,
+      token.replace('vm-parent000000', 'vm-PARENT'),
+      '',
+    ])
+      assert.equal(childSelfFork(undefined, { FORKY_SELF_FORK: bad }), undefined, bad);
+    assert.equal(childSelfFork(child, { FORKY_SELF_FORK: token }), child, "a local self-fork's own standing wins");
+  });
+
   it('a token bucket: a burst, then the rate', () => {
     let now = 0;
     const b = new TokenBucket(2, 4, () => now);
@@ -123,6 +146,21 @@ describe('self-fork: the engine on a dry-run runtime', () => {
     }
     const ev = events.find((e) => e.kind === 'forked');
     assert.deepEqual([ev?.vm, ev?.reason, ev?.children], [root.id, 'self-fork', [c1, c2]]);
+
+    // A host with no scheduler cannot spread: refused, nothing made.
+    const before = state(h);
+    await h.runtime.guestSends(root.id, req({ op: 'fork', count: 1, spread: true }));
+    assert.match(last(h, root.id).message as string, /^spread: this host has no scheduler/);
+    assert.equal(state(h), before);
+
+    // A share of a spread self-fork made here (as the scheduler asks): each child gets its reply from this host.
+    const token = spreadToken(root.id, 1, 1, { policy: POLICY, root: root.id, depth: 1, children: 0 });
+    const share = await fork(h, root.id, 1, { resumeParent: true, perChild: [{ env: { FORKY_SELF_FORK: token } }] });
+    const s = share.children[0]!;
+    // Written once the share's `forked` event is seen, beside the fork's return.
+    await h.runtime.waitReplies(s.id, 1);
+    assert.deepEqual(h.runtime.repliesTo(s.id), [{ v: 1, ok: true, role: 'child', index: 1, count: 1, vm: s.id, parent: root.id }]);
+    assert.deepEqual(h.engine.show(s.id).selfFork, { policy: POLICY, root: root.id, depth: 1, children: 0 });
 
     // An outside fork of a VM with a policy: each child is the root of a tree of its own.
     const outside = await fork(h, root.id, 1, { resumeParent: true });

@@ -1,12 +1,13 @@
 import { CorruptPartError, HASH_BYTES, MAX_PACKS, TOMBSTONE, pagesOf, type ChunkMap } from './chunk-map.js';
 import { U32 } from './chunk-scan.js';
+import { Bytes } from './chunk-index.js';
 
 /** Builds a map entry by entry, naming each pack once. */
 class Builder {
   readonly idx = new U32();
   readonly off = new U32();
   readonly pack = new U32();
-  readonly hashes: Buffer[] = [];
+  readonly hashes = new Bytes();
   readonly packs: string[] = [];
   readonly #at = new Map<string, number>();
 
@@ -25,7 +26,7 @@ class Builder {
     this.idx.push(x);
     this.off.push(off);
     this.pack.push(p);
-    this.hashes.push(hash);
+    this.hashes.push(hash, 0, HASH_BYTES);
   }
 
   done(size: number, depth: number, base?: ChunkMap['base']): ChunkMap {
@@ -35,7 +36,7 @@ class Builder {
       idx: this.idx.view(),
       off: this.off.view(),
       pack: new Uint16Array(this.pack.view()),
-      hash: Buffer.concat(this.hashes),
+      hash: Buffer.from(this.hashes.view()),
       depth,
       ...(base ? { base } : {}),
     };

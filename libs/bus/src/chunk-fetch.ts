@@ -1,7 +1,8 @@
 import type { FileHandle } from 'node:fs/promises';
 import { mapSettled } from '@forky/base';
 import { CorruptPartError, HASH_BYTES, PAGE, byHash, type ChunkMap } from './chunk-map.js';
-import { walk } from './chunk-walk.js';
+import { walk, writeAll } from './chunk-walk.js';
+import type { HashIndex } from './chunk-index.js';
 
 /** Pages moved in one read or write at most (1 MiB). */
 const RUN = 256;
@@ -28,7 +29,7 @@ function fromBase(map: ChunkMap, base: ChunkMap | undefined): Int32Array {
   const src = new Int32Array(map.idx.length).fill(-1);
   if (!base) return src;
   let c = 0;
-  let hashes: Map<string, number> | undefined;
+  let hashes: HashIndex | undefined;
   for (let i = 0; i < map.idx.length; i++) {
     const x = map.idx[i] as number;
     while (c < base.idx.length && (base.idx[c] as number) < x) c++;
@@ -37,8 +38,8 @@ function fromBase(map: ChunkMap, base: ChunkMap | undefined): Int32Array {
       src[i] = x;
       continue;
     }
-    const j = (hashes ??= byHash(base)).get(map.hash.toString('latin1', h, h + HASH_BYTES));
-    if (j !== undefined) src[i] = base.idx[j] as number;
+    const j = (hashes ??= byHash(base)).get(map.hash, h);
+    if (j >= 0) src[i] = base.idx[j] as number;
   }
   return src;
 }
@@ -46,6 +47,10 @@ function fromBase(map: ChunkMap, base: ChunkMap | undefined): Int32Array {
 /** Per pack, the entries it must supply, sorted by offset; offsets past a pack are refused here. */
 function plan(a: Assembly, src: Int32Array): Float64Array[] {
   const { map } = a;
+  if (map.idx.length >= ENTRY_BITS)
+    throw new CorruptPartError(`part ${a.what}: its chunk map has ${map.idx.length} entries, more than ${ENTRY_BITS - 1}`, {
+      field: 'entries',
+    });
   const counts = new Uint32Array(map.packs.length);
   for (let i = 0; i < src.length; i++) if (src[i] === -1) counts[map.pack[i] as number]!++;
   const keys = [...counts].map((c) => new Float64Array(c));
@@ -93,7 +98,7 @@ async function fromPack(a: Assembly, p: number, keys: Float64Array, wrote: (entr
         const o2 = Math.floor(next / ENTRY_BITS);
         if (o2 !== off + n || map.idx[next % ENTRY_BITS] !== (map.idx[i] as number) + n || (o2 + 1) * PAGE > end) break;
       }
-      writes.push(out.write(chunk, off * PAGE - start, n * PAGE, (map.idx[i] as number) * PAGE));
+      writes.push(writeAll(out, chunk, off * PAGE - start, n * PAGE, (map.idx[i] as number) * PAGE));
       k += n;
     }
     // A chunk's runs are written all at once (a RAM part's pages are scattered: many small writes).
@@ -157,7 +162,7 @@ const quiet = <T>(p: Promise<T>): Promise<T> => {
  * in file order (chunk-walk.ts) copies pages from the base, waits for the pages packs bring, and
  * hashes the whole.
  */
-export async function assemble(a: Assembly): Promise<{ digest: string; receivedBytes: number }> {
+export async function assemble(a: Assembly): Promise<{ digest: string; pagesOk: boolean; receivedBytes: number }> {
   const { map, out } = a;
   const src = fromBase(map, a.base?.map);
   const keys = plan(a, src);
@@ -167,20 +172,22 @@ export async function assemble(a: Assembly): Promise<{ digest: string; receivedB
     mapSettled(
       keys.map((k, p) => ({ k, p })).filter((x) => x.k.length > 0),
       a.parallel,
-      (x) => fromPack(a, x.p, x.k, (e) => landed.mark(e)),
+      // The first pack that fails stops the walk at once, not after every other pack settled.
+      (x) =>
+        fromPack(a, x.p, x.k, (e) => landed.mark(e)).catch((e: unknown) => {
+          landed.fail(e);
+          throw e;
+        }),
     ).then((got) => {
       let received = 0;
       for (const g of got) {
-        if (g.status === 'rejected') {
-          landed.fail(g.reason);
-          throw g.reason;
-        }
+        if (g.status === 'rejected') throw g.reason;
         received += g.value;
       }
       return received;
     }),
   );
-  const digest = await walk({
+  const { digest, pagesOk } = await walk({
     map,
     src,
     out,
@@ -190,5 +197,5 @@ export async function assemble(a: Assembly): Promise<{ digest: string; receivedB
   });
   const receivedBytes = await fetching;
   await out.truncate(map.size);
-  return { digest, receivedBytes };
+  return { digest, pagesOk, receivedBytes };
 }

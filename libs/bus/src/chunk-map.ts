@@ -1,4 +1,5 @@
 import { ForkyError, type ErrorDetails } from '@forky/base';
+import { HashIndex } from './chunk-index.js';
 
 /*
  * A part's object is a chunk map: the file's size and, for each non-zero 4 KiB page, its hash
@@ -139,9 +140,9 @@ export function decodeMap(b: Buffer, what: string): ChunkMap {
   return { size, packs, idx, off, pack, hash, depth, ...(base ? { base } : {}) };
 }
 
-/** Index from page hash (latin1 string key) to the first entry with it, for lookups by content. */
-export function byHash(m: ChunkMap): Map<string, number> {
-  const at = new Map<string, number>();
-  for (let i = m.idx.length - 1; i >= 0; i--) at.set(m.hash.toString('latin1', i * HASH_BYTES, (i + 1) * HASH_BYTES), i);
+/** Index from page hash to the first entry with it, for lookups by content. */
+export function byHash(m: ChunkMap): HashIndex {
+  const at = new HashIndex(() => m.hash);
+  for (let i = 0; i < m.idx.length; i++) at.add(i);
   return at;
 }

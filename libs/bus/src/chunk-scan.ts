@@ -1,6 +1,7 @@
 import { createHash, hash as oneShot } from 'node:crypto';
 import type { FileHandle } from 'node:fs/promises';
 import { HASH_BYTES, MAX_MAP_BYTES, MAX_PACKS, PAGE, byHash, mapBytes, type ChunkMap } from './chunk-map.js';
+import { Bytes, HashIndex } from './chunk-index.js';
 
 /** A growable Uint32Array: entries are counted in millions for large parts, JS arrays would be 4× the size. */
 export class U32 {
@@ -76,18 +77,19 @@ export async function scanFile(fh: FileHandle, opts: { base?: { fh: FileHandle; 
   const idx = new U32();
   const off = new U32();
   const pack = new U32();
-  const hashes: Buffer[] = [];
+  const hashes = new Bytes();
   const fresh = new U32();
-  const freshAt = new Map<string, number>();
+  const freshHashes = new Bytes();
+  const freshAt = new HashIndex(() => freshHashes.buf);
   const packHash = createHash('sha256');
   // Pack 0 is the new one; base packs get indices as they are first used.
   const refs: string[] = [''];
   const refOf = new Map<number, number>();
-  let baseHashes: Map<string, number> | undefined;
+  let baseHashes: HashIndex | undefined;
   let c = 0;
   const entry = (i: number, h: Buffer, p: number, o: number): void => {
     idx.push(i);
-    hashes.push(h);
+    hashes.push(h, 0, HASH_BYTES);
     pack.push(p);
     off.push(o);
   };
@@ -123,17 +125,17 @@ export async function scanFile(fh: FileHandle, opts: { base?: { fh: FileHandle; 
         }
       }
       const h = hashPage(piece);
-      const key = h.toString('latin1', 0, HASH_BYTES);
-      const j = base ? (baseHashes ??= byHash(base.map)).get(key) : undefined;
-      if (j !== undefined) {
+      const j = base ? (baseHashes ??= byHash(base.map)).get(h, 0) : -1;
+      if (j >= 0) {
         reuse(i, j, h.subarray(0, HASH_BYTES));
         continue;
       }
-      let at = freshAt.get(key);
-      if (at === undefined) {
+      let at = freshAt.get(h, 0);
+      if (at < 0) {
         at = fresh.n;
         fresh.push(i);
-        freshAt.set(key, at);
+        freshHashes.push(h, 0, HASH_BYTES);
+        freshAt.add(at);
         packHash.update(h);
       }
       entry(i, h.subarray(0, HASH_BYTES), 0, at);
@@ -146,7 +148,7 @@ export async function scanFile(fh: FileHandle, opts: { base?: { fh: FileHandle; 
     idx: idx.view(),
     off: off.view(),
     pack: new Uint16Array(pack.view()),
-    hash: Buffer.concat(hashes),
+    hash: Buffer.from(hashes.view()),
     depth: 0,
   };
   const packDigest = packHash.digest('hex');

@@ -2,18 +2,19 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import type { NatsConnection } from '@nats-io/nats-core';
 import { Objm, setSha256Backend, type ObjectInfo, type ObjectStore } from '@nats-io/obj';
-import { ForkyError, mapSettled, withDeadline } from '@forky/base';
+import { randomBytes } from 'node:crypto';
+import { ForkyError, withDeadline } from '@forky/base';
 import { bindExisting, createOrOpen } from './buckets.js';
-import { assemble } from './chunk-fetch.js';
 import { ChunkMapCache } from './chunk-cache.js';
 import { CorruptPartError, MAX_DEPTH, decodeMap, encodeMap, mapBytes, type ChunkMap } from './chunk-map.js';
 import { applyDelta, diffMap } from './chunk-delta.js';
 import { TooLargeForMap, scanFile, type Scan } from './chunk-scan.js';
-import { streamObject } from './obj-stream.js';
 import { KIND, PARTS_BUCKET, blobStream, putPack, readMap } from './parts-io.js';
 import { downloadSparse, uploadSparse } from './parts-legacy.js';
-import { refsOf, sweepParts } from './parts-sweep.js';
+import { named, refsOf, sweepParts } from './parts-sweep.js';
+import { liveInfo, packName, partName as name, partState } from './parts-check.js';
 import { DigestMemo } from './digest-memo.js';
+import { fetchMapped, type FetchContext } from './parts-fetch.js';
 import { digestFile } from './sparse.js';
 
 export interface UploadResult {
@@ -22,18 +23,19 @@ export interface UploadResult {
   /** Bytes that went on the wire (0 when the part was already there). */
   sentBytes: number;
   skipped: boolean;
+  /** Stored as a chunk map: a manifest naming it is v 2 (hosts before chunk maps cannot read it). */
+  chunked?: boolean;
 }
-const name = (digest: string): string => `sha256-${digest}`;
-const packName = (digest: string): string => `pack-${digest}`;
 /** Pack names in the map object's metadata up to this length, so a sweep need not read the map. */
 const META_PACKS_MAX = 32 << 10;
-const PARALLEL = 4;
 
 export interface PartStoreOptions {
   /** Where chunk maps of parts this host holds are kept (memory only without). */
   cacheDir?: string;
   /** Upload as before chunk maps (one sparse-encoded object a part): for comparisons only. */
   sparse?: boolean;
+  /** Deadline of an upload's and a sweep's reads of the store (default 10 min). */
+  timeoutMs?: number;
 }
 
 /**
@@ -64,6 +66,16 @@ export class ObjectPartStore {
     this.#cache = new ChunkMapCache(opts.cacheDir);
   }
 
+  get #ctx(): FetchContext {
+    return {
+      nc: this.nc,
+      cache: this.#cache,
+      digests: this.#digests,
+      info: (o) => this.#info(o),
+      resolve: (m, d, s) => this.#resolve(m, d, s),
+    };
+  }
+
   static async open(nc: NatsConnection, replicas = 1, opts: PartStoreOptions = {}): Promise<ObjectPartStore> {
     // The object store hashes every chunk; the default pure-JS sha256 is several times slower.
     setSha256Backend('native');
@@ -81,9 +93,12 @@ export class ObjectPartStore {
     return !!info && !info.deleted;
   }
 
-  async #info(object: string): Promise<ObjectInfo | undefined> {
-    const info = await this.os.info(object);
-    return info && !info.deleted ? info : undefined;
+  #info(object: string): Promise<ObjectInfo | undefined> {
+    return liveInfo(this.os, object);
+  }
+
+  #deadline(): AbortSignal {
+    return AbortSignal.timeout(this.opts.timeoutMs ?? 600_000);
   }
 
   /**
@@ -91,29 +106,40 @@ export class ObjectPartStore {
    * already has (a lineage parent's file), only pages the base lacks are sent, in one new pack.
    */
   async upload(file: string, known?: { digest: string; size: number }, base?: string): Promise<UploadResult> {
+    const signal = this.#deadline();
     const had = known ?? (await this.#digests.get(file));
-    if (had && (await this.has(had.digest))) return { ...had, sentBytes: 0, skipped: true };
+    // A part there but broken (a sweep took its base or packs) is put again, whole, over it.
+    let st = had ? await partState(this.os, this.nc, had.digest, signal) : undefined;
+    if (had && st?.intact) return { ...had, sentBytes: 0, skipped: true, chunked: st.chunked };
+    const broken = !!st?.present;
     let scan: Scan;
     let parent: StoreBase | undefined;
     try {
       if (this.opts.sparse) throw new TooLargeForMap('sparse-encoded by option');
-      ({ scan, base: parent } = await this.#scan(file, had?.digest, base));
+      ({ scan, base: parent } = await this.#scan(file, had?.digest, broken ? undefined : base, signal));
     } catch (e) {
       if (!(e instanceof TooLargeForMap)) throw e;
       const d = had ?? (await digestFile(file));
-      return { ...d, sentBytes: await uploadSparse(this.os, file, name(d.digest)), skipped: false };
+      return { ...d, sentBytes: await uploadSparse(this.os, file, name(d.digest)), skipped: false, chunked: false };
     }
     const { digest, size } = scan;
     const full = scan.map;
     await this.#digests.set(file, { digest, size });
-    if (!had && (await this.has(digest))) return { digest, size, sentBytes: 0, skipped: true };
+    if (!had) {
+      st = await partState(this.os, this.nc, digest, signal);
+      if (st.intact) return { digest, size, sentBytes: 0, skipped: true, chunked: st.chunked };
+    }
     let sent = 0;
     if (scan.fresh.length && !(await this.#info(packName(scan.packDigest))))
-      sent += await putPack(this.os, file, scan, packName(scan.packDigest));
+      // Conditional: of two hosts putting one pack, the loser's put fails (its chunks purged), not the winner's object.
+      sent += await putPack(this.os, file, scan, packName(scan.packDigest)).catch(async (e: unknown) => {
+        if (await this.#info(packName(scan.packDigest))) return 0;
+        throw e;
+      });
     // A sweep may have taken a base's pack since its map was read: then the part goes without the base.
     const gone = await Promise.all(full.packs.map(async (p) => !(await this.#info(packName(p)))));
     if (gone.some(Boolean)) {
-      if (!base) throw new ForkyError('UNAVAILABLE', `part ${digest}: a pack it just put is gone from the store`);
+      if (!parent) throw new ForkyError('UNAVAILABLE', `part ${digest}: a pack it just put is gone from the store`);
       return this.upload(file, { digest, size });
     }
     // A re-snapshot's map lists only what differs from its parent's, when that is much smaller.
@@ -128,14 +154,28 @@ export class ObjectPartStore {
       ...(packs.length <= META_PACKS_MAX ? { packs } : {}),
       ...(stored.base ? { base: stored.base.digest } : {}),
     };
-    const info = await this.os.put({ name: name(digest), metadata, options: { max_chunk_size: 1 << 20 } }, blobStream(bytes));
+    let info: ObjectInfo;
+    try {
+      const meta = { name: name(digest), metadata, options: { max_chunk_size: 1 << 20 } };
+      info = await this.os.put(meta, blobStream(bytes), { previousRevision: st?.revision ?? 0, timeout: 30_000 });
+    } catch (e) {
+      // Another host put it meanwhile: theirs stands if whole.
+      const now = await partState(this.os, this.nc, digest, signal);
+      if (now.intact) return { digest, size, sentBytes: sent, skipped: true, chunked: now.chunked };
+      throw e;
+    }
     await this.#cache.put(digest, info.nuid, encodeMap({ ...full, depth: stored.depth }));
-    return { digest, size, sentBytes: sent + bytes.length, skipped: false };
+    return { digest, size, sentBytes: sent + bytes.length, skipped: false, chunked: true };
   }
 
-  async #scan(file: string, digest: string | undefined, base: string | undefined): Promise<{ scan: Scan; base?: StoreBase }> {
+  async #scan(
+    file: string,
+    digest: string | undefined,
+    base: string | undefined,
+    signal: AbortSignal,
+  ): Promise<{ scan: Scan; base?: StoreBase }> {
     const fh = await fs.open(file, 'r');
-    const b = base ? await this.#storeBase(base).catch(() => undefined) : undefined;
+    const b = base ? await this.#storeBase(base, signal).catch(() => undefined) : undefined;
     try {
       return { scan: await scanFile(fh, { digest, ...(b ? { base: b } : {}) }), ...(b ? { base: b } : {}) };
     } finally {
@@ -145,16 +185,17 @@ export class ObjectPartStore {
   }
 
   /** A base for an upload: its map as the store has it now, and an open handle; none if the store lacks it. */
-  async #storeBase(file: string): Promise<StoreBase | undefined> {
+  async #storeBase(file: string, signal: AbortSignal): Promise<StoreBase | undefined> {
     const d = (await this.#digests.get(file)) ?? (await digestFile(file));
     await this.#digests.set(file, d);
     const info = await this.#info(name(d.digest));
     if (info?.metadata?.forky !== KIND) return undefined;
+    // By digest: the same content has the same pages; pack locations are checked after the scan.
     const cached = await this.#cache.get(d.digest);
-    let map = cached?.nuid === info.nuid ? cached.map : undefined;
+    let map = cached?.nuid ? cached.map : undefined;
     if (!map) {
-      const bytes = await readMap(this.nc, info, d.digest, new AbortController().signal);
-      map = await this.#resolve(decodeMap(bytes, d.digest), d.digest, new AbortController().signal);
+      const bytes = await readMap(this.nc, info, d.digest, signal);
+      map = await this.#resolve(decodeMap(bytes, d.digest), d.digest, signal);
       await this.#cache.put(d.digest, info.nuid, encodeMap(map));
     }
     return { fh: await fs.open(file, 'r'), map, digest: d.digest, nuid: info.nuid };
@@ -166,10 +207,12 @@ export class ObjectPartStore {
     if (!base) return map;
     if (hops >= MAX_DEPTH)
       throw new CorruptPartError(`part ${digest}: its chunk map is deltas more than ${MAX_DEPTH} deep`, { field: 'depth' });
+    // Against the base part as the store has it now (any object of that digest has the same pages),
+    // so a replaced base does not break its descendants. A map made from a local file ('') names no packs.
     const cached = await this.#cache.get(base.digest);
-    if (cached?.nuid === base.nuid) return applyDelta(map, cached.map);
+    if (cached?.nuid) return applyDelta(map, cached.map);
     const info = await this.#info(name(base.digest));
-    if (info?.nuid !== base.nuid)
+    if (!info)
       throw new CorruptPartError(`part ${digest}: the base its chunk map was made against (${base.digest}) is gone from the store`, {
         field: 'base',
       });
@@ -183,14 +226,15 @@ export class ObjectPartStore {
    * Fetches, verifies by digest, and only then puts the part at `dest` (via a temporary name).
    * With `base`, a local file of the same lineage, pages it has are copied from it, not fetched.
    */
-  async download(digest: string, dest: string, timeoutMs: number, base?: string): Promise<{ receivedBytes: number }> {
+  async download(digest: string, dest: string, timeoutMs: number, base?: string, size?: number): Promise<{ receivedBytes: number }> {
     const info = await this.#info(name(digest));
     if (!info) throw new ForkyError('NOT_FOUND', `part ${digest} is not in the object store`);
     await fs.mkdir(path.dirname(dest), { recursive: true });
-    const paths = { tmp: `${dest}.partial`, dest };
-    if (info.metadata?.forky !== KIND) return downloadSparse(this.nc, PARTS_BUCKET, info, digest, paths, timeoutMs);
+    // Unique and exclusive: two fetches of one layer must not write one file.
+    const paths = { tmp: `${dest}.${randomBytes(6).toString('hex')}.partial`, dest };
+    if (info.metadata?.forky !== KIND) return downloadSparse(this.nc, PARTS_BUCKET, info, digest, paths, timeoutMs, size);
     const ac = new AbortController();
-    const work = this.#fetchMapped(info, digest, paths, base, ac.signal);
+    const work = fetchMapped(this.#ctx, info, digest, paths, base, ac.signal, size);
     try {
       return await withDeadline(work, timeoutMs, `fetching part ${digest.slice(0, 12)}`);
     } catch (e) {
@@ -205,71 +249,17 @@ export class ObjectPartStore {
     }
   }
 
-  async #fetchMapped(
-    info: ObjectInfo,
-    digest: string,
-    paths: { tmp: string; dest: string },
-    base: string | undefined,
-    signal: AbortSignal,
-  ): Promise<{ receivedBytes: number }> {
-    const bytes = await readMap(this.nc, info, digest, signal);
-    const raw = decodeMap(bytes, digest);
-    const map = await this.#resolve(raw, digest, signal);
-    const packs = new Map<string, ObjectInfo>();
-    const infos = await mapSettled(map.packs, 16, async (p) => {
-      const pi = await this.#info(packName(p));
-      if (!pi) throw new ForkyError('NOT_FOUND', `part ${digest}: its pack ${p} is not in the object store`);
-      packs.set(p, pi);
-    });
-    for (const r of infos) if (r.status === 'rejected') throw r.reason;
-    const b = base ? await this.#localBase(base).catch(() => undefined) : undefined;
-    const out = await fs.open(paths.tmp, 'w+');
-    try {
-      const got = await assemble({
-        map,
-        what: digest,
-        out,
-        ...(b ? { base: b } : {}),
-        packSize: (p) => packs.get(p)?.size ?? 0,
-        readPack: (p, onChunk) => streamObject(this.nc, PARTS_BUCKET, packs.get(p) as ObjectInfo, onChunk, signal),
-        signal,
-        parallel: PARALLEL,
-      });
-      if (got.digest !== digest) throw new CorruptPartError(`part ${digest} arrived with digest ${got.digest}`, { field: 'digest' });
-      await out.close();
-      signal.throwIfAborted();
-      await fs.rename(paths.tmp, paths.dest);
-      await this.#digests.set(paths.dest, { digest, size: map.size });
-      await this.#cache.put(digest, info.nuid, raw.base ? encodeMap(map) : bytes);
-      return { receivedBytes: bytes.length + got.receivedBytes };
-    } catch (e) {
-      await out.close().catch(() => undefined);
-      await fs.rm(paths.tmp, { force: true });
-      throw e;
-    } finally {
-      await b?.fh.close();
-    }
-  }
-
-  /** A base for a download: an open handle and the pages it holds (cached, or hashed once now). */
-  async #localBase(file: string): Promise<{ fh: fs.FileHandle; map: ChunkMap }> {
-    const fh = await fs.open(file, 'r');
-    try {
-      const d = await this.#digests.get(file);
-      const cached = d ? await this.#cache.get(d.digest) : undefined;
-      if (cached) return { fh, map: cached.map };
-      const scan = await scanFile(fh, {});
-      await this.#digests.set(file, { digest: scan.digest, size: scan.size });
-      await this.#cache.put(scan.digest, '', encodeMap(scan.map));
-      return { fh, map: scan.map };
-    } catch (e) {
-      await fh.close();
-      throw e;
-    }
-  }
-
-  async putManifest(id: string, manifest: unknown): Promise<void> {
+  /**
+   * Puts the manifest, then checks what it names is whole (a sweep that listed before this
+   * publish may have taken a base or packs): resolves with the parts that are not, to put again.
+   */
+  async putManifest(id: string, manifest: unknown): Promise<{ broken: string[] }> {
     await this.os.putBlob({ name: `manifest.${id}` }, new TextEncoder().encode(JSON.stringify(manifest)));
+    const signal = this.#deadline();
+    const broken: string[] = [];
+    for (const d of new Set(named(manifest as Parameters<typeof named>[0])))
+      if (!(await partState(this.os, this.nc, d, signal)).intact) broken.push(d);
+    return { broken };
   }
 
   async getManifest(id: string): Promise<unknown> {
@@ -284,6 +274,7 @@ export class ObjectPartStore {
 
   /** Deletes parts no manifest refers to and packs no kept part refers to, if older than `graceMs`. */
   async sweep(graceMs: number): Promise<{ deleted: number; kept: number }> {
-    return sweepParts(this.os, graceMs, (info) => refsOf(this.nc, info));
+    const signal = this.#deadline();
+    return sweepParts(this.os, graceMs, (info) => refsOf(this.nc, info, signal));
   }
 }

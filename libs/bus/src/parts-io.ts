@@ -37,7 +37,7 @@ export async function putPack(os: ObjectStore, file: string, scan: Scan, name: s
     },
   });
   try {
-    await os.put({ name, options: { max_chunk_size: 1 << 20 } }, rs);
+    await os.put({ name, options: { max_chunk_size: 1 << 20 } }, rs, { previousRevision: 0, timeout: 30_000 });
     return sent;
   } finally {
     await fh.close();

@@ -33,10 +33,11 @@ export async function downloadSparse(
   digest: string,
   paths: { tmp: string; dest: string },
   timeoutMs: number,
+  size?: number,
 ): Promise<{ receivedBytes: number }> {
-  const fh = await fs.open(paths.tmp, 'w');
-  const writer = new SparseWriter(fh);
+  const fh = await fs.open(paths.tmp, 'wx');
   const ac = new AbortController();
+  const writer = new SparseWriter(fh, size, ac.signal);
   try {
     const pump = streamObject(
       nc,

@@ -1,6 +1,7 @@
-import { createHash, type Hash } from 'node:crypto';
+import { createHash } from 'node:crypto';
 import fs from 'node:fs/promises';
 import { ForkyError } from '@forky/base';
+import { hashZeros, writeAll } from './chunk-walk.js';
 
 /*
  * The wire form of a part: only the chunks that are not all zero. Holes and zero pages of a RAM
@@ -10,15 +11,10 @@ import { ForkyError } from '@forky/base';
  */
 const MAGIC = Buffer.from('FKSP1\n');
 export const CHUNK = 64 * 1024;
-const ZERO = Buffer.alloc(1 << 20);
 
 function isZero(b: Buffer): boolean {
   for (let i = 0; i < b.length; i += 8) if (b.readBigUInt64LE(i) !== 0n) return false;
   return true;
-}
-
-function hashZeros(h: Hash, n: number): void {
-  for (let left = n; left > 0; left -= ZERO.length) h.update(ZERO.subarray(0, Math.min(left, ZERO.length)));
 }
 
 /** The sha256 and size of a file's logical content. */
@@ -88,7 +84,12 @@ export class SparseWriter {
   #done = false;
   received = 0;
 
-  constructor(private readonly fh: fs.FileHandle) {}
+  constructor(
+    private readonly fh: fs.FileHandle,
+    /** The size the caller expects (its manifest's); a header declaring another is refused. */
+    private readonly expect?: number,
+    private readonly signal?: AbortSignal,
+  ) {}
 
   get done(): boolean {
     return this.#done;
@@ -101,6 +102,8 @@ export class SparseWriter {
       if (this.#buf.length < MAGIC.length + 12) return;
       if (!this.#buf.subarray(0, MAGIC.length).equals(MAGIC)) throw new ForkyError('INTERNAL', 'part is not in the sparse format');
       this.#size = Number(this.#buf.readBigUInt64BE(MAGIC.length));
+      if (this.expect !== undefined && this.#size !== this.expect)
+        throw new ForkyError('INTERNAL', `part declares ${this.#size} bytes, its manifest ${this.expect}`, { details: { field: 'size' } });
       this.#buf = this.#buf.subarray(MAGIC.length + 12);
     }
     while (!this.#done && this.#buf.length >= 12) {
@@ -108,14 +111,14 @@ export class SparseWriter {
       const len = this.#buf.readUInt32BE(8);
       if (this.#buf.length < 12 + len) return;
       if (off < this.#pos || off + len > this.#size) throw new ForkyError('INTERNAL', `part record out of order or bounds at ${off}`);
-      hashZeros(this.#hash, off - this.#pos);
+      await hashZeros(this.#hash, off - this.#pos, this.signal);
       if (len === 0) {
         await this.fh.truncate(this.#size);
         this.#pos = this.#size;
         this.#done = true;
       } else {
         const data = this.#buf.subarray(12, 12 + len);
-        await this.fh.write(data, 0, len, off);
+        await writeAll(this.fh, data, 0, len, off);
         this.#hash.update(data);
         this.#pos = off + len;
       }

@@ -121,9 +121,10 @@ export class Vm {
     return { snapshot: result.snapshot, children: result.children.map((c) => new Vm(this.t, c)), result };
   }
 
-  /** Freezes the VM into a snapshot (kept paused unless `resume`). */
-  async snapshot(o: CallOptions & { resume?: boolean } = {}): Promise<SnapshotInfo> {
-    const s = await this.t.call('snapshot.create', { vm: this.id, resume: o.resume === true, key: newId('sdksnap', 16) }, o);
+  /** Freezes the VM into a snapshot (kept paused unless `resume`); `keep`: its host's retention never expires it. */
+  async snapshot(o: CallOptions & { resume?: boolean; keep?: boolean } = {}): Promise<SnapshotInfo> {
+    const req = { vm: this.id, resume: o.resume === true, ...(o.keep === true ? { keep: true } : {}), key: newId('sdksnap', 16) };
+    const s = await this.t.call('snapshot.create', req, o);
     await this.refresh().catch(() => undefined);
     return s;
   }

@@ -140,6 +140,7 @@ export async function startHostd(config: Readonly<HostdConfig>, logger: Logger):
     hostId: config.hostId,
     guest: (id) => engine.guest(id),
     onActivity: (id) => engine.touch(id),
+    work: (id) => engine.work(id),
     log,
   });
   streams.start();

@@ -59,3 +59,5 @@ export { LineReader } from './adapters/qemu/fork-port.js';
 export { SelfForkRefusal, TokenBucket, aliveInTree, checkBudget, type SelfForkRecord } from './domain/self-fork-tree.js';
 export { SelfForkResults } from './domain/self-fork-results.js';
 export { SELF_FORK_RATE, parseLine } from './domain/ops/self-fork.js';
+export { childSelfFork, spreadToken } from './domain/self-fork-tree.js';
+export { Lifetimes, dueOf, type Due, type LifetimesTiming } from './domain/lifetimes.js';

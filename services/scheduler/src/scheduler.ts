@@ -1,5 +1,5 @@
 import type { NatsConnection } from '@nats-io/nats-core';
-import type { Logger } from '@forky/base';
+import { ValidationError, type Logger } from '@forky/base';
 import type { Buckets, JobDelivery, JobOutcome, JobQueue } from '@forky/bus';
 import type {
   BatchRequest,
@@ -105,6 +105,9 @@ export class Scheduler {
   }
 
   boot(req: SchedBootRequest): Promise<VmInfo> {
+    // A template's VM is a fork of the template's snapshot, made without a policy (issue 22: not yet).
+    if (req.template && req.selfFork)
+      return Promise.reject(new ValidationError('selfFork: not with a template yet; boot from an image', { field: 'selfFork' }));
     return this.#jobs.once(
       'vm.boot',
       req,
@@ -239,7 +242,7 @@ export class Scheduler {
 
   async #snapshot(req: SnapshotCreateRequest, key: string): Promise<SnapshotInfo> {
     return this.#ctx.hosts.onHost(await this.locate('vm', req.vm), (c) =>
-      c.call('snapshot.create', { vm: req.vm, resume: req.resume, key }),
+      c.call('snapshot.create', { vm: req.vm, resume: req.resume, ...(req.keep ? { keep: true } : {}), key }),
     );
   }
 }

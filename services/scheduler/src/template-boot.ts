@@ -80,7 +80,7 @@ export async function bootFromTemplate(ctx: SchedContext, req: SchedBootRequest 
         until: 'ready',
         ...(req.apps ? { apps: req.apps } : {}),
         ...(req.labels ? { labels: req.labels } : {}),
-        // The boot's TTL and idle rule, not the template snapshot's; the template's name for `vm.list {template}`.
+        // The boot's TTL and idle rule; without them the child takes the template snapshot's (hostd, child.ts). The template's name for `vm.list {template}`.
         ...lifetimeOf(req),
         template: t.name,
         // Filtered so before the child's vCPUs run: it never has the template's egress.

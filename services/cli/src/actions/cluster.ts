@@ -3,7 +3,11 @@ import type { CliContext } from '../commands/context.js';
 import { describeDown, down as stop, up as start } from '../local-cluster.js';
 import { printJson, printTable, progress } from '../output.js';
 
-export async function up(cli: CliContext, o: { hosts: number; detach?: boolean; auth: boolean; tls?: boolean }, cmd: Command): Promise<void> {
+export async function up(
+  cli: CliContext,
+  o: { hosts: number; detach?: boolean; auth: boolean; tls?: boolean },
+  cmd: Command,
+): Promise<void> {
   const data = cli.dataOf(cmd);
   const cluster = await start({ data, hosts: o.hosts, auth: o.auth, tls: o.tls === true });
   if (cli.json(cmd)) printJson({ server: cluster.server, processes: cluster.processes });

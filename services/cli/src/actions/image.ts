@@ -82,9 +82,7 @@ export async function build(cli: CliContext, name: string | undefined, _o: unkno
   const env = { ...process.env, ...(process.stderr.isTTY ? {} : { FORKY_QUIET: '1' }) };
   await promisify(execFile)('bash', [script as string, ...args, out], { env, maxBuffer: 64 << 20, timeout: BUILD_TIMEOUT_MS }).catch(
     (e: Error & { stderr?: string; killed?: boolean }) => {
-      const why = e.killed
-        ? `timed out after ${BUILD_TIMEOUT_MS / 60_000} min`
-        : (e.stderr ?? '').trim().split('\n').slice(-5).join('\n');
+      const why = e.killed ? `timed out after ${BUILD_TIMEOUT_MS / 60_000} min` : (e.stderr ?? '').trim().split('\n').slice(-5).join('\n');
       throw new ForkyError('INTERNAL', `building image ${n} failed: ${why || e.message}`);
     },
   );

@@ -63,8 +63,7 @@ export async function ls(cli: CliContext, _o: unknown, cmd: Command): Promise<vo
   if (cli.json(cmd)) printJson(r);
   else {
     printTable(r.templates, COLUMNS);
-    if (r.retired.length > 0)
-      process.stdout.write(`retired, in use: ${r.retired.map((x) => `${x.snapshot} (${x.name})`).join(', ')}\n`);
+    if (r.retired.length > 0) process.stdout.write(`retired, in use: ${r.retired.map((x) => `${x.snapshot} (${x.name})`).join(', ')}\n`);
   }
 }
 

@@ -3,6 +3,7 @@ import { ValidationError, newId } from '@forky/base';
 import { Labels, type IdleRule, type VmInfo } from '@forky/contract';
 import { printJson, printTable } from '../output.js';
 import type { CliContext } from '../commands/context.js';
+import type { SelfForkArg } from '../commands/self-fork-option.js';
 import { remaining } from '../lifetime-args.js';
 import { parseEgress } from './net.js';
 
@@ -80,6 +81,7 @@ interface BootOptions {
   label: string[];
   ttl?: number;
   idle?: IdleRule;
+  selfFork?: SelfForkArg;
 }
 
 const printVms = (cli: CliContext, cmd: Command, vms: VmInfo[], one = false): void =>
@@ -106,6 +108,7 @@ export async function boot(cli: CliContext, o: BootOptions, cmd: Command): Promi
       ...(o.label.length ? { labels } : {}),
       ...(o.ttl ? { ttlMs: o.ttl } : {}),
       ...(o.idle ? { idle: o.idle } : {}),
+      ...(o.selfFork ? { selfFork: o.selfFork } : {}),
     });
   });
   printVms(cli, cmd, [v], true);

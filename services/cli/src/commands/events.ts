@@ -3,7 +3,17 @@ import type { EventKind } from '@forky/contract';
 import { collect, type CliContext } from './context.js';
 
 /** The contract's event kinds (kept here so that parsing --kind needs no zod; cli-startup.test.ts checks they are the contract's). */
-export const EVENT_KINDS = ['created', 'ready', 'paused', 'resumed', 'forked', 'snapshot', 'destroyed', 'failed', 'expired'] as const satisfies readonly EventKind[];
+export const EVENT_KINDS = [
+  'created',
+  'ready',
+  'paused',
+  'resumed',
+  'forked',
+  'snapshot',
+  'destroyed',
+  'failed',
+  'expired',
+] as const satisfies readonly EventKind[];
 
 export function parseKind(v: string, acc: EventKind[]): EventKind[] {
   if (!(EVENT_KINDS as readonly string[]).includes(v)) throw new InvalidArgumentError(`--kind must be one of ${EVENT_KINDS.join(', ')}`);

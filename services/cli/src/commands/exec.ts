@@ -48,4 +48,3 @@ export function registerExec(vm: Command, cli: CliContext): void {
     .option('-t, --tty', 'run it on a pseudo-terminal, as forky vm shell does')
     .action(cli.lazy(() => import('../actions/exec.js'), 'exec'));
 }
-    

@@ -22,5 +22,5 @@ export function registerFork(program: Command, cli: CliContext): void {
     .option('--env <k=v>', 'an environment entry every child finds in /run/forky/env (repeatable)', collect, [])
     .addOption(ttlOption("every child's TTL, counted from its start (default: the source's)"))
     .addOption(idleOption(`every child's idle rule (default: the source's): ${IDLE_HELP}`))
-        .action(cli.lazy(() => import('../actions/fork.js'), 'fork'));
+    .action(cli.lazy(() => import('../actions/fork.js'), 'fork'));
 }

@@ -6,10 +6,7 @@ const actions = () => import('../actions/image.js');
 /** `forky image ls | build | import`: guest images in the data directory, built from recipes in images/. */
 export function registerImage(program: Command, cli: CliContext): void {
   const image = program.command('image').description('guest images');
-  image
-    .command('ls')
-    .description('images built in the data directory: name, id, size and when built')
-    .action(cli.lazy(actions, 'ls'));
+  image.command('ls').description('images built in the data directory: name, id, size and when built').action(cli.lazy(actions, 'ls'));
   image
     .command('build [name]')
     .description('build an image from images/NAME/image.json (or its own build.sh); skipped when up to date')

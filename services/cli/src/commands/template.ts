@@ -32,16 +32,7 @@ export function registerTemplate(program: Command, cli: CliContext): void {
     .option('--egress <policy>', `${EGRESS_HELP}; while building, and inherited by its VMs`)
     .option('--no-dns', 'with an --egress allow-list: no DNS either')
     .action(cli.lazy(actions, 'create'));
-  template
-    .command('ls')
-    .description('list templates (and old snapshots kept while VMs use them)')
-    .action(cli.lazy(actions, 'ls'));
-  template
-    .command('show <name>')
-    .description('show a template')
-    .action(cli.lazy(actions, 'show'));
-  template
-    .command('rm <name>')
-    .description('remove a template; its snapshot goes once no VM uses it')
-    .action(cli.lazy(actions, 'rm'));
+  template.command('ls').description('list templates (and old snapshots kept while VMs use them)').action(cli.lazy(actions, 'ls'));
+  template.command('show <name>').description('show a template').action(cli.lazy(actions, 'show'));
+  template.command('rm <name>').description('remove a template; its snapshot goes once no VM uses it').action(cli.lazy(actions, 'rm'));
 }

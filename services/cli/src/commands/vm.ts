@@ -2,6 +2,7 @@ import type { Command } from 'commander';
 import { APP_HELP, collect, nonNegativeInt, positiveInt, type CliContext } from './context.js';
 import { IDLE_HELP, idleOption, ttlOption } from './lifetime-options.js';
 import { EGRESS_HELP } from './net.js';
+import { selfForkOption } from './self-fork-option.js';
 
 const actions = () => import('../actions/vm.js');
 
@@ -26,6 +27,7 @@ export function registerVm(program: Command, cli: CliContext): Command {
     .option('--label <k=v>', 'a label (repeatable); children inherit it', collect, [])
     .addOption(ttlOption('destroyed this long after it was made (e.g. 10m, 2h; `forky vm extend` moves it)'))
     .addOption(idleOption(IDLE_HELP))
+    .addOption(selfForkOption())
     .action(cli.lazy(actions, 'boot'));
 
   vm.command('ls')

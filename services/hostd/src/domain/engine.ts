@@ -30,7 +30,7 @@ import { guestSession } from './ops/guest.js';
 import { fork } from './ops/fork.js';
 import { SelfForks, withSelfForkEvents } from './ops/self-fork.js';
 import { hostInfo } from './ops/info.js';
-import { destroyVm, extend, lifetimeDue, pause, resume, touch, wake } from './ops/lifecycle.js';
+import { destroyIfDue, destroyVm, extend, lifetimeDue, pause, resume, touch, wake, work } from './ops/lifecycle.js';
 import { setNetwork, withRefused } from './ops/network.js';
 import { recover } from './ops/recover.js';
 import { fetch, publish } from './ops/ship.js';
@@ -64,7 +64,6 @@ export class HostEngine {
   readonly #selfForks: SelfForks;
 
   constructor(d: EngineDeps) {
-    // A VM past its TTL goes through this facade's destroy: the host's change is told, as for any destroy.
     // A VM's end is told to the self-fork waiters too (a `--wait` ends when its children do), and a
     // fork's children to self-fork (a spread one's children here get their replies).
     const dd = withSelfForkEvents(
@@ -73,9 +72,14 @@ export class HostEngine {
       (children) =>
         void this.#selfForks.forkedHere(children).catch((err: unknown) => this.#host.log.warn({ err }, 'self-fork child replies')),
     );
-    this.#host = new Host(dd, warmMaker, (host, ...a) => lifetimeDue(host, ...a, (id) => this.destroy(id)));
+    // A VM past its TTL goes through this facade's destroy: the host's change is told, as for any destroy.
+    this.#host = new Host(dd, warmMaker, (host, ...a) =>
+      lifetimeDue(host, ...a, (id, check) => this.#changes(() => destroyIfDue(this.#host, id, check))),
+    );
     this.#requests = new Requests(d.records, this.#host.log);
-    this.#retention = new Retention(this.#host, d.limits.snapshotRetentionMs ?? 0, (id) => this.deleteSnapshot(id));
+    this.#retention = new Retention(this.#host, d.limits.snapshotRetentionMs ?? 0, (id, due) =>
+      this.#changes(() => deleteSnapshot(this.#host, id, false, due)),
+    );
     this.#selfForks = new SelfForks(this.#host, {
       fork: (req, own) => this.#changes(() => fork(this.#host, req, own)),
       resume: (id) => this.resume(id),
@@ -147,8 +151,13 @@ export class HostEngine {
   /** Runs a command in the guest; under a key, once: a repeat gets the first run's outcome. */
   exec(req: ExecRequest): Promise<ExecResult> {
     const fingerprint = JSON.stringify([req.id, req.cmd, req.input ?? null, req.timeoutMs]);
-    // Activity; a VM its idle rule paused is resumed first.
-    return this.#requests.exec(req.key, fingerprint, (sent) => wake(this.#host, req.id).then(() => exec(this.#host, req, sent)));
+    // Work under way until it ends (the idle rule waits for it); a VM its idle rule paused is resumed first.
+    return this.#requests.exec(req.key, fingerprint, (sent) => {
+      const end = work(this.#host, req.id);
+      return wake(this.#host, req.id)
+        .then(() => exec(this.#host, req, sent))
+        .finally(end);
+    });
   }
 
   /** A running VM's guest agent session (the sandbox endpoints' way in): activity, and a VM its idle rule paused is resumed first. */
@@ -157,9 +166,14 @@ export class HostEngine {
     return guestSession(this.#host, id);
   }
 
-  /** Bytes of a running stream of the VM's (exec output and input, file chunks, port bytes): activity. */
+  /** Bytes of a running stream of the VM's (exec output and input, file chunks, port bytes): activity; resumes a VM its idle rule paused. */
   touch(id: string): void {
     touch(this.#host, id);
+  }
+
+  /** A guest stream or call on the VM begins: its idle rule waits until the returned function ends it. */
+  work(id: string): () => void {
+    return work(this.#host, id);
   }
 
   /** The VM now expires `ttlMs` from now. */
@@ -221,7 +235,12 @@ export class HostEngine {
 
   /** Brings a published snapshot here (only the parts this host lacks). */
   fetch(id: string): Promise<TransferResult> {
-    return this.#changes(() => fetch(this.#host, id));
+    return this.#changes(async () => {
+      const r = await fetch(this.#host, id);
+      // A fork follows: its retention starts over (a copy already held included), before the sweep below.
+      this.#retention.used(id);
+      return r;
+    });
   }
 
   /** Takes back what an earlier hostd of this data directory left. Runs once, before the host serves. */

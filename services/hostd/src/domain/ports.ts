@@ -202,8 +202,9 @@ export interface PartStore {
    * Fetches, verifies by digest, and only then puts the part at `dest` (via a temporary name).
    * With `base`, a local file of the same lineage: pages it has are copied, not fetched.
    */
-  download(digest: string, dest: string, timeoutMs: number, base?: string): Promise<{ receivedBytes: number }>;
-  putManifest(id: string, manifest: unknown): Promise<void>;
+  download(digest: string, dest: string, timeoutMs: number, base?: string, size?: number): Promise<{ receivedBytes: number }>;
+  /** Resolves with the parts it names that are not whole in the store (to put again), if it checks. */
+  putManifest(id: string, manifest: unknown): Promise<{ broken: string[] } | void>;
   getManifest(id: string): Promise<unknown>;
   deleteManifest(id: string): Promise<void>;
   /** Deletes parts no manifest refers to, if older than `graceMs` (a publish puts parts before its manifest). */

@@ -62,6 +62,8 @@ export interface SnapshotRecord {
   info: SnapshotInfo;
   /** For a copy fetched from another host: that host. The origin owns the published manifest. */
   origin?: string;
+  /** This host put its manifest in the object store: others may fork it, so retention never expires it. */
+  published?: true;
   /** Disk layers, bottom to the layer frozen by this snapshot. */
   chain: string[];
   kernelCmdline: string;

@@ -10,12 +10,13 @@ const RETRY_MS = SWEEP_MS;
 
 /**
  * A snapshot in use: a VM here was forked from it or last snapshotted into it, a VM or snapshot
- * runs on its memory or frozen layer (what `snapshot rm` refuses on), a fork is using it, the warm
- * pool holds processes for it, or another snapshot here descends from it in the lineage.
+ * runs on its memory or frozen layer (what `snapshot rm` refuses on), a fork or a transfer is
+ * using it, or another snapshot here descends from it in the lineage. The warm pool's processes
+ * are not use (its deletion drops them): they would keep a snapshot nobody forks for ever.
  */
 export function snapshotInUse(host: Host, s: SnapshotRecord): boolean {
   const id = s.info.id;
-  if ((host.snapUsers.get(id) ?? 0) > 0 || host.pool.size(id) > 0) return true;
+  if ((host.snapUsers.get(id) ?? 0) > 0) return true;
   for (const v of host.vms.values()) if (v.parentSnapshot === id || v.lineage === id) return true;
   const { vms, snapshots } = dependents(host, s);
   if (vms.length + snapshots.length > 0) return true;
@@ -24,10 +25,19 @@ export function snapshotInUse(host: Host, s: SnapshotRecord): boolean {
 }
 
 /**
- * Snapshot retention: a snapshot of this host that nothing uses (above) and that is not `keep`
- * expires `retentionMs` after it was last seen in use, and is then deleted the way `snapshot rm`
- * deletes it (no cascade), said by an `expired` event. A fetched copy expires whatever its origin
- * said (it can be fetched again). Expiry times live in memory only: a restarted hostd counts
+ * Never expired here: `keep`, or published by this host. Other hosts fork a published one from
+ * the object store (its users are not seen here), so only its own deletion retires it. A fetched
+ * copy is a cache: it expires whatever its origin said (it can be fetched again).
+ */
+function kept(s: SnapshotRecord): boolean {
+  return !s.origin && (!!s.info.keep || !!s.published);
+}
+
+/**
+ * Snapshot retention: a snapshot of this host that nothing uses (above) and that is not kept
+ * (above) expires `retentionMs` after it was last seen in use (or fetched), and is then deleted
+ * the way `snapshot rm` deletes it (no cascade), said by an `expired` event; the deletion checks
+ * again under the snapshot's lock. Expiry times live in memory only: a restarted hostd counts
  * them again from its recovery, which only ever keeps a snapshot longer. `retentionMs` 0: never.
  */
 export class Retention {
@@ -42,8 +52,8 @@ export class Retention {
   constructor(
     private readonly host: Host,
     private readonly retentionMs: number,
-    /** The engine's own delete (not cascade), so the snapshot goes as on `snapshot rm`. */
-    private readonly remove: (id: string) => Promise<unknown>,
+    /** The engine's own delete (not cascade), so the snapshot goes as on `snapshot rm`, if `due` still holds under its lock. */
+    private readonly remove: (id: string, due: (s: SnapshotRecord) => boolean) => Promise<unknown>,
     private readonly now: () => number = Date.now,
   ) {
     if (retentionMs > 0) this.#arm(SWEEP_MS);
@@ -57,6 +67,13 @@ export class Retention {
       return;
     }
     this.#running = this.#loop().finally(() => (this.#running = undefined));
+  }
+
+  /** The snapshot was fetched (a fork is to follow): its time starts over. */
+  used(id: string): void {
+    this.#due.delete(id);
+    const s = this.host.snaps.get(id);
+    if (s) delete s.info.expiresAt;
   }
 
   /** No sweep while `op` runs (recovery: snapshots are taken back before the VMs that use them). */
@@ -94,7 +111,7 @@ export class Retention {
       if (this.host.snaps.get(info.id) !== s) continue;
       // A copy's `keep` is its origin's: here it is a cache.
       if (s.origin) delete info.keep;
-      if (info.keep || snapshotInUse(this.host, s)) {
+      if (kept(s) || snapshotInUse(this.host, s)) {
         this.#forget(s);
         continue;
       }
@@ -108,7 +125,8 @@ export class Retention {
   async #expire(s: SnapshotRecord): Promise<void> {
     const id = s.info.id;
     try {
-      await this.remove(id);
+      if (await this.#publishedBefore(s)) return this.#forget(s);
+      await this.remove(id, (r) => r === s && this.#stillDue(s));
     } catch (e) {
       const code = asForkyError(e).code;
       // Someone started using it since the check: in use again, not a failure; gone already: done.
@@ -122,6 +140,33 @@ export class Retention {
     // Said once it is gone: a refused deletion is no expiry.
     this.host.events.snapshotExpired(s.info);
     this.host.log.info({ snapshot: id, retentionMs: this.retentionMs }, 'unused snapshot expired and deleted');
+  }
+
+  /** Due now, as the sweep saw it, and still neither kept nor in use (checked again under the snapshot's lock). */
+  #stillDue(s: SnapshotRecord): boolean {
+    const due = this.#due.get(s.info.id);
+    const inTable = this.host.snaps.get(s.info.id) === s;
+    return !this.#closed && inTable && due !== undefined && due <= this.now() && !kept(s) && !snapshotInUse(this.host, s);
+  }
+
+  /**
+   * A snapshot of this host whose manifest is in the object store though its record does not say
+   * so (published by a hostd before records said it, as a template's always is): recorded as
+   * published now, and kept. The store not answering is a failure: tried again later.
+   */
+  async #publishedBefore(s: SnapshotRecord): Promise<boolean> {
+    const parts = this.host.d.parts;
+    if (s.origin || s.published || !parts) return false;
+    try {
+      await parts.getManifest(s.info.id);
+    } catch (e) {
+      if (e instanceof SyntaxError || asForkyError(e).code === 'NOT_FOUND') return false;
+      throw e;
+    }
+    s.published = true;
+    await this.host.d.records.saveSnapshot(s);
+    this.host.log.info({ snapshot: s.info.id }, 'snapshot found published: kept by retention');
+    return true;
   }
 
   #forget(s: SnapshotRecord): void {

@@ -1,8 +1,8 @@
 import { z } from 'zod';
-import { IncompatibleError, ValidationError, mapSettled } from '@forky/base';
+import { ForkyError, IncompatibleError, ValidationError, mapSettled } from '@forky/base';
 import { Egress, ImageName, LayerDigest, MountPoint, SnapshotInfo, type TransferResult } from '@forky/contract';
 import { imageIdOf, type Image, type ImageCatalog } from '../images.js';
-import type { AppLayerStore, LayerStore, PartStore, SnapshotStore } from './ports.js';
+import type { AppLayerStore, LayerStore, PartStore, SnapshotStore, UploadResult } from './ports.js';
 import type { SnapshotRecord } from './records.js';
 
 const Part = z.strictObject({ digest: z.string().regex(/^[0-9a-f]{64}$/), size: z.number().int().nonnegative() });
@@ -22,7 +22,8 @@ const ShippedImage = z.strictObject({
 
 /** What the object store holds for a snapshot besides its parts: enough to rebuild it anywhere. */
 export const ShippingManifest = z.strictObject({
-  v: z.literal(1),
+  /** 2 when a part is a chunk map (hosts before chunk maps refuse it: their schema says 1). */
+  v: z.union([z.literal(1), z.literal(2)]),
   snapshot: SnapshotInfo,
   kernelCmdline: z.string(),
   diskVirtualSize: z.number().int(),
@@ -84,20 +85,25 @@ export async function publish(d: ShippingDeps, rec: SnapshotRecord, image?: Imag
   const files = d.snapshots.files(rec.info.id);
   const base = lineageBase(d, rec.info.parentSnapshot);
   const recApps = rec.apps ?? [];
-  const ups = await bounded([
-    ...rec.chain.map((layer) => () => d.parts.upload(d.layers.path(layer))),
-    () => d.parts.upload(files.state, undefined, base?.state),
-    () => d.parts.upload(files.ram, undefined, base?.ram),
-    ...recApps.map(
-      (a) => async () => d.parts.upload(d.appLayers.path(a.layer), { digest: a.layer, size: await d.appLayers.size(a.layer) }),
-    ),
+  type Up = { file: string; known?: () => Promise<{ digest: string; size: number }>; base?: string | undefined };
+  const jobs: Up[] = [
+    ...rec.chain.map((layer) => ({ file: d.layers.path(layer) })),
+    { file: files.state, base: base?.state },
+    { file: files.ram, base: base?.ram },
+    ...recApps.map((a) => ({
+      file: d.appLayers.path(a.layer),
+      known: async () => ({ digest: a.layer, size: await d.appLayers.size(a.layer) }),
+    })),
     ...(image
       ? [
-          () => d.parts.upload(image.kernel, { digest: image.parts.kernel.sha256, size: image.parts.kernel.size }),
-          () => d.parts.upload(image.initrd, { digest: image.parts.initrd.sha256, size: image.parts.initrd.size }),
+          { file: image.kernel, known: async () => ({ digest: image.parts.kernel.sha256, size: image.parts.kernel.size }) },
+          { file: image.initrd, known: async () => ({ digest: image.parts.initrd.sha256, size: image.parts.initrd.size }) },
         ]
       : []),
-  ]);
+  ];
+  const up = async (j: Up, withBase: boolean): Promise<UploadResult> =>
+    d.parts.upload(j.file, j.known ? await j.known() : undefined, withBase ? j.base : undefined);
+  const ups = await bounded(jobs.map((j) => () => up(j, true)));
   const at = (i: number): (typeof ups)[number] => ups[i] as (typeof ups)[number];
   const chain: ShippingManifest['chain'] = rec.chain.map((layer, i) => ({ layer, digest: at(i).digest, size: at(i).size }));
   const state = at(rec.chain.length);
@@ -119,7 +125,7 @@ export async function publish(d: ShippingDeps, rec: SnapshotRecord, image?: Imag
     };
   }
   const manifest: ShippingManifest = {
-    v: 1,
+    v: ups.some((u) => u.chunked) ? 2 : 1,
     snapshot: rec.info,
     kernelCmdline: rec.kernelCmdline,
     diskVirtualSize: rec.diskVirtualSize,
@@ -130,7 +136,14 @@ export async function publish(d: ShippingDeps, rec: SnapshotRecord, image?: Imag
     ...(rec.egress ? { egress: rec.egress } : {}),
     ...(shipped ? { image: shipped } : {}),
   };
-  await d.parts.putManifest(rec.info.id, manifest);
+  // A sweep that listed before this publish may have taken a base or packs of a part: those go again, whole.
+  const broken = (await d.parts.putManifest(rec.info.id, manifest))?.broken ?? [];
+  if (broken.length) {
+    await bounded(jobs.filter((_, i) => broken.includes(at(i).digest)).map((j) => () => up(j, false)));
+    const still = (await d.parts.putManifest(rec.info.id, manifest))?.broken ?? [];
+    if (still.length)
+      throw new ForkyError('UNAVAILABLE', `snapshot ${rec.info.id}: parts ${still.join(', ')} were swept while it was published`);
+  }
   return summary(
     rec.info.id,
     d.hostId,
@@ -185,6 +198,7 @@ export async function fetch(
   const files = d.snapshots.files(id);
   const present = await d.snapshots.present(id);
   const base = lineageBase(d, m.snapshot.parentSnapshot);
+  checkSizes(m);
   // Layers, state, RAM and app layers are independent; the image (below) needs the base layer.
   const moves: Move[] = await bounded<Move>([
     ...m.chain.map((part) => async (): Promise<Move> => {
@@ -193,7 +207,7 @@ export async function fetch(
         await d.layers.importImage(image);
         return { size: part.size, bytes: 0, moved: false };
       }
-      const r = await d.parts.download(part.digest, d.layers.path(part.layer), d.timeoutMs);
+      const r = await d.parts.download(part.digest, d.layers.path(part.layer), d.timeoutMs, undefined, part.size);
       await d.layers.freeze(part.layer);
       return { size: part.size, bytes: r.receivedBytes, moved: true };
     }),
@@ -204,7 +218,7 @@ export async function fetch(
       ] as const
     ).map(([p, dest, there, from]) => async (): Promise<Move> => {
       if (there) return { size: p.size, bytes: 0, moved: false };
-      const r = await d.parts.download(p.digest, dest, d.timeoutMs, from);
+      const r = await d.parts.download(p.digest, dest, d.timeoutMs, from, p.size);
       return { size: p.size, bytes: r.receivedBytes, moved: true };
     }),
     ...(m.apps ?? []).map((a) => async (): Promise<Move> => {
@@ -232,6 +246,22 @@ export async function fetch(
     ...(m.egress ? { egress: m.egress } : {}),
   };
   return { record, result: summary(id, d.hostId, moves, t0) };
+}
+
+/** A layer's file: its virtual size plus qcow2 metadata (about 1/512 of it, and clusters) with room to spare. */
+const layerMax = (virtualSize: number): number => virtualSize + Math.ceil(virtualSize / 64) + (64 << 20);
+
+/** The sizes a manifest gives its parts are what fetches hold maps to: bounded by the snapshot's profile. */
+function checkSizes(m: ShippingManifest): void {
+  const bad = (field: string, size: number, max: number): never => {
+    throw new ValidationError(`snapshot ${m.snapshot.id}: its manifest's ${field} is ${size} bytes, more than ${max}`, { field });
+  };
+  const ram = m.snapshot.profile.memMiB * 2 ** 20;
+  if (m.ram.size > ram) bad('ram.size', m.ram.size, ram);
+  if (m.state.size > ram + (64 << 20)) bad('state.size', m.state.size, ram + (64 << 20));
+  m.chain.forEach((c, i) => {
+    if (c.size > layerMax(m.diskVirtualSize)) bad(`chain[${i}].size`, c.size, layerMax(m.diskVirtualSize));
+  });
 }
 
 function summary(id: string, host: string, moves: Array<{ size: number; bytes: number; moved: boolean }>, t0: number): TransferResult {

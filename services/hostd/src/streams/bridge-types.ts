@@ -26,7 +26,7 @@ export interface BridgeOptions {
   keepaliveMs: number;
   /** How long the guest gets to end a stream once it is cancelled. */
   cancelGraceMs: number;
-  /** Bytes moved on the stream: activity of its VM (its idle rule), said at most once a second. */
+  /** Bytes moved on the stream (output, the client's input or credit): activity of its VM (its idle rule), said at most once a second. */
   onActivity?: (vmId: string) => void;
   log: Logger;
 }

@@ -61,9 +61,10 @@ export class Bridge {
     this.#lastHeard = Date.now();
   }
 
-  /** `credit` from the client: more bytes it takes; also its keepalive. */
+  /** `credit` from the client: more bytes it takes (activity of its VM); also its keepalive. */
   onCredit(bytes: number): void {
     this.#lastHeard = Date.now();
+    if (bytes > 0) this.#activity();
     this.#credit += bytes;
     if (!this.#started) {
       this.#started = true;
@@ -81,6 +82,8 @@ export class Bridge {
     if (seq <= this.#inLast) return; // a repeat
     if (seq > this.#inLast + 1) return this.#violation(`input message ${seq} came after ${this.#inLast}`);
     this.#inLast = seq;
+    // The client's input (keys, a resize, its eof): activity, which wakes a VM its idle rule paused.
+    this.#activity();
     if (kind === 'resize') {
       if (!this.#o.pty) return this.#violation('a resize on a stream without a terminal');
       const r = safeJson(data, ResizeBody);
@@ -96,7 +99,6 @@ export class Bridge {
     } else if (kind === 'data') {
       if (data.length > this.#inAllowed || data.length > STREAM_CHUNK_MAX) return this.#violation('input beyond the credit granted');
       this.#inAllowed -= data.length;
-      this.#activity();
       this.#inQueue.push(data);
       this.counters.inHeld += data.length;
       this.counters.maxInHeld = Math.max(this.counters.maxInHeld, this.counters.inHeld);
@@ -115,7 +117,7 @@ export class Bridge {
     this.#wakeUp();
   }
 
-  /** Bytes moved (output or input): the VM is in use. Said at most once a second, so a busy stream costs nothing. */
+  /** Bytes moved (output, input, credit): the VM is in use. Said at most once a second, so a busy stream costs nothing. */
   #activity(): void {
     const now = Date.now();
     if (now - this.#activityAt < 1000) return;

@@ -19,8 +19,10 @@ export interface GuestStreamsOptions {
   startedWaitMs?: number;
   /** How long a stream that never had credit lives (default 90 s: past a client's request timeout). */
   startIdleMs?: number;
-  /** A stream's bytes moved: activity of the VM (engine.touch), at most once a second per stream. */
+  /** A stream's bytes moved: activity of the VM (engine.touch: resumes one its idle rule paused), at most once a second per stream. */
   onActivity?: (vmId: string) => void;
+  /** A stream or one-shot call on a VM begins (engine.work): its idle rule waits until the returned function ends it. */
+  work?: (vmId: string) => () => void;
   /** One-shot calls at once per VM (CAPACITY beyond). */
   unaryPerVm?: number;
 }

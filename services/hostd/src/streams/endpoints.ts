@@ -40,7 +40,7 @@ export class GuestStreams {
   constructor(o: GuestStreamsOptions) {
     this.#o = o;
     this.#log = (o.log ?? silentLogger()).child({ component: 'streams' });
-    this.registry = new StreamRegistry({ ...DEFAULT_STREAM_LIMITS, ...o.limits });
+    this.registry = new StreamRegistry({ ...DEFAULT_STREAM_LIMITS, ...o.limits }, o.work);
     this.#prefix = `${subjects.hostPrefix(o.hostId)}.stream.`;
   }
 
@@ -72,9 +72,11 @@ export class GuestStreams {
     const max = this.#o.unaryPerVm ?? UNARY_PER_VM;
     if (n >= max) throw new CapacityError(`VM ${vmId} has ${n} guest calls under way, the most it may`);
     this.#unaryBusy.set(vmId, n + 1);
+    const endWork = this.registry.work(vmId);
     try {
       return await run(await this.#o.guest(vmId));
     } finally {
+      endWork();
       const left = (this.#unaryBusy.get(vmId) ?? 1) - 1;
       if (left > 0) this.#unaryBusy.set(vmId, left);
       else this.#unaryBusy.delete(vmId);
@@ -186,10 +188,16 @@ export class GuestStreams {
 
   async #detachedNow(vmId: string, req: GuestRequest, sent: () => void): Promise<StreamOpenReply> {
     this.#refuseIfStopping();
-    const session = await this.#o.guest(vmId);
-    // From here the OPEN may reach the guest, and a detached process outlives any answer lost.
-    sent();
-    const { end } = await session.call(req, this.#o.startedWaitMs ?? 30_000);
+    // Its start is work; the process it leaves running is not (nothing is seen of it).
+    const endWork = this.registry.work(vmId);
+    const { end } = await this.#o
+      .guest(vmId)
+      .then((session) => {
+        // From here the OPEN may reach the guest, and a detached process outlives any answer lost.
+        sent();
+        return session.call(req, this.#o.startedWaitMs ?? 30_000);
+      })
+      .finally(endWork);
     // The agent's own refusal ran nothing; GONE and PROTOCOL are the host's: it may have run.
     if (!end.ok) throw end.code === 'GONE' || end.code === 'PROTOCOL' ? guestError(end, 'exec') : ranNothing(guestError(end, 'exec'));
     if (end.pid === undefined) throw new ForkyError('INTERNAL', 'the guest started a detached process without saying its pid');

@@ -57,7 +57,22 @@ export class StreamRegistry {
   readonly #total: Record<StreamPool, number> = { stream: 0, port: 0 };
   readonly #keys = new Map<string, Keyed>();
 
-  constructor(readonly limits: StreamLimits = DEFAULT_STREAM_LIMITS) {}
+  constructor(
+    readonly limits: StreamLimits = DEFAULT_STREAM_LIMITS,
+    /** Work under way on a VM (engine.work): a slot and a one-shot call are, until given back. */
+    private readonly onWork: (vmId: string) => () => void = () => () => undefined,
+  ) {}
+
+  /** Work on `vmId` that holds no slot (a one-shot call, a detached exec's start); the returned function ends it, once. */
+  work(vmId: string): () => void {
+    const end = this.onWork(vmId);
+    let ended = false;
+    return () => {
+      if (ended) return;
+      ended = true;
+      end();
+    };
+  }
 
   get size(): number {
     return this.#streams.size;
@@ -82,10 +97,13 @@ export class StreamRegistry {
       throw new CapacityError(`this host has ${this.#total[pool]} ${what} open, the most it may (${hostMax} per host)`);
     this.#perVm.set(slot, n + 1);
     this.#total[pool]++;
+    // From before the guest is asked until the stream's end: an idle rule never pauses it under way.
+    const endWork = this.work(vmId);
     let released = false;
     return () => {
       if (released) return;
       released = true;
+      endWork();
       this.#total[pool]--;
       const left = (this.#perVm.get(slot) ?? 1) - 1;
       if (left > 0) this.#perVm.set(slot, left);

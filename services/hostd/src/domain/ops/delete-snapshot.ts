@@ -14,9 +14,19 @@ const PART_GRACE_MS = 10 * 60_000;
  * lineage across hosts), except the VM the snapshot was taken from: a cascade that would destroy
  * it is refused whole, before anything goes.
  */
-export function deleteSnapshot(host: Host, id: string, cascade: boolean): Promise<SnapshotDeleteResult> {
+export function deleteSnapshot(
+  host: Host,
+  id: string,
+  cascade: boolean,
+  /** Retention's: whether the snapshot is still due to expire, checked under its lock (CONFLICT if not). */
+  due?: (s: SnapshotRecord) => boolean,
+): Promise<SnapshotDeleteResult> {
   host.snap(id);
-  return host.lock.run(id, () => deleteLocked(host, id, cascade, true));
+  return host.lock.run(id, () => {
+    if (due && !due(host.snap(id)))
+      throw new ConflictError(`snapshot ${id} was taken up again before it expired`, { vms: [], snapshots: [] });
+    return deleteLocked(host, id, cascade, true);
+  });
 }
 
 /** `top`: the snapshot asked for, not one that goes with it (whose own source VM is a child of the one asked for). */

@@ -20,10 +20,19 @@ async function onVm(host: Host, id: string, op: VmOp, fn: (vm: VmRecord, h: VmHa
   });
 }
 
-/** A pause, by the user or (`by: idle`) by the VM's idle rule; the `paused` event says which. */
+/**
+ * A pause, by the user or (`by: idle`) by the VM's idle rule; the `paused` event says which. An
+ * idle pause is marked before the guest stops, so an exec that comes meanwhile waits for the lock
+ * and resumes it (`wake`) rather than reach a frozen guest.
+ */
 async function pauseNow(host: Host, vm: VmRecord, h: VmHandle, by?: 'idle'): Promise<void> {
-  await host.runtime.pause(h);
   if (by) vm.pausedBy = by;
+  try {
+    await host.runtime.pause(h);
+  } catch (e) {
+    delete vm.pausedBy;
+    throw e;
+  }
   await host.setState(vm, 'paused');
 }
 
@@ -43,7 +52,7 @@ export function resume(host: Host, id: string): Promise<VmInfo> {
 }
 
 /** Activity on a VM (lifetimes.ts): in memory, written now and then, under its lock so a destroyed VM is never written back. */
-export function touch(host: Host, id: string): void {
+function activity(host: Host, id: string): void {
   const vm = host.vms.get(id);
   if (!vm || !host.lifetimes.touch(vm)) return;
   void host.lock
@@ -54,11 +63,39 @@ export function touch(host: Host, id: string): void {
 }
 
 /**
+ * Bytes of a running stream (a client's input or credit, the guest's output): activity, and a VM
+ * its idle rule paused is resumed in the background (resume on touch), so a shell's next key wakes it.
+ */
+export function touch(host: Host, id: string): void {
+  activity(host, id);
+  if (host.vms.get(id)?.pausedBy !== 'idle') return;
+  wake(host, id).catch((err: unknown) => host.log.warn({ err, vm: id }, 'could not resume the VM on touch'));
+}
+
+/**
+ * Work on a VM begins (an exec, a guest stream or call): its idle rule is not due until the
+ * returned function has ended it (once), which counts as activity.
+ */
+export function work(host: Host, id: string): () => void {
+  const vm = host.vms.get(id);
+  if (!vm) return () => undefined;
+  host.lifetimes.begin(vm);
+  let ended = false;
+  return () => {
+    if (ended) return;
+    ended = true;
+    host.lifetimes.end(vm);
+    activity(host, id);
+  };
+}
+
+/**
  * An exec, guest call or stream reaching a VM: activity, and a VM its idle rule paused is resumed
- * first, as `vm.resume` does. One paused by its user is left so (the caller refuses as before).
+ * first, as `vm.resume` does (one being paused so is waited for, then resumed). One paused by
+ * its user is left so (the caller refuses as before).
  */
 export async function wake(host: Host, id: string): Promise<void> {
-  touch(host, id);
+  activity(host, id);
   const vm = host.vms.get(id);
   if (vm?.pausedBy !== 'idle') return;
   await host.lock.run(id, async () => {
@@ -82,36 +119,46 @@ export function extend(host: Host, req: VmExtendRequest): Promise<VmInfo> {
   });
 }
 
+/** What decides, under a VM's lock, whether a destroy asked by its lifetime still goes ahead. */
+export type DestroyCheck = (vm: VmRecord) => 'go' | 'done' | 'later';
+
+/** States an operation holds a VM in: what is due of it waits until the operation is over. */
+const BUSY_STATES: ReadonlySet<VmRecord['state']> = new Set(['booting', 'restoring', 'snapshotting', 'destroying']);
+
 /**
- * What a VM's TTL or idle rule asks, now due (lifetimes.ts): `expired` then the engine's destroy
- * (`destroy`, so the host's change is told and `destroyed` follows), or an idle pause under its
- * lock. `later` for a VM an operation holds: tried again shortly.
+ * What a VM's TTL or idle rule asks, now due (lifetimes.ts), re-checked under the VM's lock
+ * before anything is done (an extend, activity or work that got there first wins; nothing once
+ * the engine closed): an idle pause, or `expired` then the engine's destroy (`destroyIfDue`
+ * through the facade, so the host's change is told and `destroyed` follows). `later` for a VM an
+ * operation holds: tried again shortly.
  */
 export async function lifetimeDue(
   host: Host,
   vm: VmRecord,
   due: Due,
-  announce: boolean,
-  destroy: (id: string) => Promise<unknown>,
+  announce: () => boolean,
+  destroy: (id: string, check: DestroyCheck) => Promise<'done' | 'later'>,
 ): Promise<'done' | 'later'> {
   if (host.vms.get(vm.id) !== vm) return 'done';
   if (due.what === 'idle' && due.then === 'pause') {
     await vm.settling;
     return host.lock.run(vm.id, async (): Promise<'done'> => {
-      // Touched while the lock was waited for, or changed by another operation: nothing to do now.
-      if (host.vms.get(vm.id) !== vm || vm.state !== 'running' || !vm.idle) return 'done';
-      if (vm.lastActivityAt + vm.idle.afterMs > Date.now()) return 'done';
+      if (host.vms.get(vm.id) !== vm || vm.state !== 'running' || !host.lifetimes.isDue(vm, due)) return 'done';
       await pauseNow(host, vm, host.handle(vm), 'idle');
-      host.log.info({ vm: vm.id, afterMs: vm.idle.afterMs }, 'vm paused by its idle rule');
+      host.log.info({ vm: vm.id, afterMs: vm.idle?.afterMs }, 'vm paused by its idle rule');
       return 'done';
     });
   }
-  if (vm.state === 'booting' || vm.state === 'restoring' || vm.state === 'snapshotting' || vm.state === 'destroying') return 'later';
+  if (BUSY_STATES.has(vm.state)) return 'later';
   const reason = due.what === 'idle' ? 'idle' : undefined;
-  if (announce) host.events.expired(vm, reason);
-  host.log.info({ vm: vm.id, reason: reason ?? 'ttl', state: vm.state }, 'vm expired: destroying it');
-  await destroy(vm.id);
-  return 'done';
+  return destroy(vm.id, (v) => {
+    if (v !== vm || !host.lifetimes.isDue(vm, due)) return 'done';
+    if (BUSY_STATES.has(vm.state)) return 'later';
+    // Said only now: it goes.
+    if (announce()) host.events.expired(vm, reason);
+    host.log.info({ vm: vm.id, reason: reason ?? 'ttl', state: vm.state }, 'vm expired: destroying it');
+    return 'go';
+  });
 }
 
 /**
@@ -120,18 +167,49 @@ export async function lifetimeDue(
  */
 export function destroyVm(host: Host, id: string, opts: { ramGoing?: string } = {}): Promise<VmInfo> {
   host.vm(id);
+  return host.lock.run(id, () => destroyLocked(host, host.vm(id), opts));
+}
+
+/** A destroy asked by the VM's lifetime: under its lock, only if `check` still says so. */
+export function destroyIfDue(host: Host, id: string, check: DestroyCheck): Promise<'done' | 'later'> {
+  if (!host.vms.has(id)) return Promise.resolve('done');
   return host.lock.run(id, async () => {
-    const vm = host.vm(id);
-    assertAllowed(id, vm.state, 'destroy');
-    await host.setState(vm, 'destroying');
-    await host.teardown(vm);
-    if (!vm.ram.shared && vm.ram.file !== opts.ramGoing) await host.ram.reclaim(vm.ram.file);
-    vm.state = 'destroyed';
-    host.vms.delete(id);
-    await host.dir.unregister('vm', id).catch((err: unknown) => host.log.warn({ err, vm: id }, 'locator delete failed'));
-    host.log.info({ vm: id }, 'vm destroyed');
-    // A child whose chain was flattened may outlive every snapshot of its (fetched) image.
-    await collectImages(host);
-    return host.info(vm);
+    const vm = host.vms.get(id);
+    const go = vm ? check(vm) : 'done';
+    if (go !== 'go' || !vm) return go === 'later' ? 'later' : 'done';
+    await destroyLocked(host, vm, {});
+    return 'done';
   });
+}
+
+async function destroyLocked(host: Host, vm: VmRecord, opts: { ramGoing?: string }): Promise<VmInfo> {
+  const id = vm.id;
+  assertAllowed(id, vm.state, 'destroy');
+  await host.setState(vm, 'destroying');
+  try {
+    await host.teardown(vm);
+  } catch (e) {
+    await failDestroy(host, vm, e);
+    throw e;
+  }
+  if (!vm.ram.shared && vm.ram.file !== opts.ramGoing) await host.ram.reclaim(vm.ram.file);
+  vm.state = 'destroyed';
+  host.vms.delete(id);
+  await host.dir.unregister('vm', id).catch((err: unknown) => host.log.warn({ err, vm: id }, 'locator delete failed'));
+  host.log.info({ vm: id }, 'vm destroyed');
+  // A child whose chain was flattened may outlive every snapshot of its (fetched) image.
+  await collectImages(host);
+  return host.info(vm);
+}
+
+/**
+ * A teardown that threw leaves the VM `failed`, saying why, so a later destroy (its user's, or
+ * its lifetime's again) can run. Its handle stays if it still has one: its process may live on.
+ */
+async function failDestroy(host: Host, vm: VmRecord, e: unknown): Promise<void> {
+  const why = e instanceof Error ? e.message : String(e);
+  host.log.error({ err: e, vm: vm.id }, 'vm destroy failed: left failed');
+  vm.failure = { at: new Date().toISOString(), reason: `its destroy failed (${why.slice(0, 300)}); destroy it again` };
+  delete vm.snapshotPlan;
+  await host.setState(vm, 'failed').catch((err: unknown) => host.log.warn({ err, vm: vm.id }, 'could not write the failed destroy'));
 }

@@ -22,9 +22,10 @@ export async function recover(host: Host): Promise<Recovered> {
   });
   for (const s of r.snaps) host.snaps.set(s.info.id, s);
   for (const v of r.vms) {
-    // Its lifecycle is kept (the timer is armed once recovery is done). A record written before
-    // lifetimes has no activity time: its idleness counts from now.
-    if (typeof v.lastActivityAt !== 'number') v.lastActivityAt = Date.now();
+    // Its lifecycle is kept (the timer is armed once recovery is done); its TTL stays absolute.
+    // Idleness counts from the recovery at the earliest: nobody could reach it while no hostd ran
+    // (and a record written before lifetimes has no activity time).
+    v.lastActivityAt = Math.max(typeof v.lastActivityAt === 'number' ? v.lastActivityAt : 0, Date.now());
     // Found running (its QEMU was resumed meanwhile): no longer paused by its idle rule.
     if (v.state !== 'paused') delete v.pausedBy;
     host.vms.set(v.id, v);

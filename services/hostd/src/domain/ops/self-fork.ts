@@ -157,14 +157,16 @@ export class SelfForks {
 
   /** A fork's share was made here (its `forked` event): the children of a spread self-fork among it get their replies. */
   async forkedHere(ids: readonly string[]): Promise<void> {
-    for (const id of ids) {
-      const rec = this.host.vms.get(id);
-      const sf = rec?.selfFork;
-      if (!rec || !sf?.spread || !sf.pending || !sf.parent || !sf.index) continue;
+    const mine = ids.flatMap((id) => {
+      const sf = this.host.vms.get(id)?.selfFork;
+      if (!sf?.spread || !sf.pending || !sf.parent || !sf.index) return [];
       delete sf.pending;
-      await this.#persist([id]);
-      await this.#reply(id, { v: 1, ok: true, role: 'child', index: sf.index, count: sf.spread.count, vm: id, parent: sf.parent });
-    }
+      return [{ id, parent: sf.parent, index: sf.index, count: sf.spread.count }];
+    });
+    await Promise.all(
+      mine.map((c) => this.#reply(c.id, { v: 1, ok: true, role: 'child', index: c.index, count: c.count, vm: c.id, parent: c.parent })),
+    );
+    await this.#persist(mine.map((c) => c.id));
   }
 
   /** A child's result for its parent; with `exit` the child is destroyed once it is kept (no reply then). */

@@ -7,6 +7,23 @@ import { withRollback } from '../rollback.js';
 import { ShippingManifest, checkImageBlock, fetch as fetchParts, publish as publishParts, type ShippingDeps } from '../shipping.js';
 import { collectImages } from './images.js';
 
+/**
+ * Deps for one transfer whose lineage parent is `parent`: held here, it is the transfer's base
+ * and is kept in use (snapUsers: no deletion, no expiry) until `release`; else there is no base.
+ */
+function shippingWith(host: Host, parent: string | undefined): { deps: ShippingDeps; release: () => void } {
+  const deps = shipping(host);
+  if (!parent || !host.snaps.has(parent)) return { deps: { ...deps, held: () => false }, release: () => undefined };
+  host.snapUsers.set(parent, (host.snapUsers.get(parent) ?? 0) + 1);
+  let released = false;
+  const release = (): void => {
+    if (released) return;
+    released = true;
+    host.snapUsers.set(parent, (host.snapUsers.get(parent) ?? 1) - 1);
+  };
+  return { deps: { ...deps, held: (id) => id === parent }, release };
+}
+
 function shipping(host: Host): ShippingDeps {
   const { d } = host;
   if (!d.parts) throw new ForkyError('UNAVAILABLE', `host ${d.hostId} has no object store to ship snapshots through`);
@@ -40,7 +57,18 @@ export function publish(host: Host, id: string): Promise<TransferResult> {
       host.log.warn({ err, snapshot: id }, 'image of the snapshot not found here: published without it');
       return undefined;
     });
-    return publishParts(shipping(host), rec, image);
+    const { deps, release } = shippingWith(host, rec.info.parentSnapshot);
+    try {
+      const r = await publishParts(deps, rec, image);
+      if (!rec.published) {
+        // Other hosts may fork it from now on: retention keeps it (retention.ts).
+        rec.published = true;
+        await host.d.records.saveSnapshot(rec);
+      }
+      return r;
+    } finally {
+      release();
+    }
   });
 }
 
@@ -87,7 +115,8 @@ export function fetch(host: Host, id: string): Promise<TransferResult> {
     try {
       return await withRollback(host.log, { snapshot: id }, async (rb) => {
         rb.push('remove what was fetched', () => host.d.snapshots.remove(id));
-        const { record, result } = await fetchParts(shipping(host), m, image);
+        const { deps, release } = shippingWith(host, m.snapshot.parentSnapshot);
+        const { record, result } = await fetchParts(deps, m, image).finally(release);
         host.snaps.set(id, record);
         rb.push('forget the snapshot', () => host.snaps.delete(id));
         await host.d.records.saveSnapshot(record);
