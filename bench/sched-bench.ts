@@ -78,8 +78,11 @@ const exited = (p: ChildProcess): Promise<void> =>
 type Kind = 'direct' | 'keyless' | 'keyed';
 const KINDS: Kind[] = ['direct', 'keyless', 'keyed'];
 
-/** Every round of one kind of host, for each scheduler compared: each round's figures by name. */
-async function measure(mode: Mode): Promise<Map<string, Array<Record<string, number>>>> {
+/**
+ * One round on a cluster of its own (nats-server, hosts, scheduler `main`), so that no round starts with
+ * the VMs, heartbeats and streams of another: its figures by name.
+ */
+async function round(mode: Mode, main: string): Promise<Record<string, number>> {
   const nats = await startNatsServer();
   const procs: ChildProcess[] = [];
   const nc: NatsConnection = await connect({ servers: nats.url, name: 'sched-bench' });
@@ -89,7 +92,6 @@ async function measure(mode: Mode): Promise<Map<string, Array<Record<string, num
     // Hosts spread over worker processes, so they do not share one event loop with each other or us.
     await Promise.all(
       counts.map((count, w) => {
-        const extra = mode === 'answering' ? ['--answering'] : [];
         const sim = [
           path.join(REPO, 'bench', 'dist', 'sim-hosts.js'),
           '--nats',
@@ -99,7 +101,9 @@ async function measure(mode: Mode): Promise<Map<string, Array<Record<string, num
           '--count',
           `${count}`,
         ];
-        const p = spawn(process.execPath, [...sim, ...extra], { stdio: ['ignore', 'pipe', 'inherit'] });
+        const p = spawn(process.execPath, [...sim, ...(mode === 'answering' ? ['--answering'] : [])], {
+          stdio: ['ignore', 'pipe', 'inherit'],
+        });
         procs.push(p);
         return new Promise<void>((resolve, reject) => {
           p.stdout?.on('data', (d: Buffer) => d.toString().includes('ready') && resolve());
@@ -107,60 +111,59 @@ async function measure(mode: Mode): Promise<Map<string, Array<Record<string, num
         });
       }),
     );
+    const hostPids = procs.map((p) => p.pid as number);
+    const prof = profDir && main === SCHED_MAIN ? ['--cpu-prof', '--cpu-prof-dir', profDir] : [];
+    const sched = spawn(process.execPath, [...prof, main, '--nats', nats.url, '--log-level', 'warn'], { stdio: 'ignore' });
+    procs.push(sched);
     const direct = ids.map((id) => new HostdClient(nc, id, { timeoutMs: 60_000 }));
     const client = new SchedulerClient(nc, { timeoutMs: 60_000 });
-    const hostPids = procs.map((p) => p.pid as number);
     const call = (kind: Kind, i: number): Promise<unknown> =>
       kind === 'direct'
         ? (direct[i % direct.length] as HostdClient).call('vm.boot', { memMiB: 256 })
         : client.call('vm.boot', { memMiB: 256, ...(kind === 'keyed' ? { key: newId('bench', 16) } : {}) });
-    const round = async (pid: number): Promise<Record<string, number>> => {
-      const serial: Record<Kind, number[]> = { direct: [], keyless: [], keyed: [] };
-      for (let i = 0; i < perMode(mode, nSerial); i++)
-        for (let k = 0; k < KINDS.length; k++) {
-          const kind = KINDS[(i + k) % KINDS.length] as Kind;
-          const t = performance.now();
-          await call(kind, i);
-          serial[kind].push(performance.now() - t);
-        }
-      const r: Record<string, number> = { 'direct p50': pct(serial.direct, 50), 'direct p99': pct(serial.direct, 99) };
-      for (const kind of ['keyless', 'keyed'] as const) {
-        r[`overhead p99 ${kind}`] = pct(serial[kind], 99) - pct(serial.direct, 99);
-        r[`overhead p50 ${kind}`] = pct(serial[kind], 50) - pct(serial.direct, 50);
+    const up = async (): Promise<true | undefined> =>
+      (await client.call('hosts', {}, { timeoutMs: 2_000 }).catch(() => ({ hosts: [] }))).hosts.filter((h) => h.alive).length === nHosts
+        ? true
+        : undefined;
+    await pollUntil(up, { timeoutMs: 60_000, what: `the scheduler seeing ${nHosts} simulated hosts alive` });
+    // Warm-up (JIT, connections, buckets), not counted.
+    await drive(300, 8, (i) => call(KINDS[i % 3] as Kind, i));
+    const serial: Record<Kind, number[]> = { direct: [], keyless: [], keyed: [] };
+    for (let i = 0; i < perMode(mode, nSerial); i++)
+      for (let k = 0; k < KINDS.length; k++) {
+        const kind = KINDS[(i + k) % KINDS.length] as Kind;
+        const t = performance.now();
+        await call(kind, i);
+        serial[kind].push(performance.now() - t);
       }
-      const n = perMode(mode, nRequests);
-      for (const kind of KINDS) {
-        const [s0, h0] = [await cpuMs(pid), await cpuMs(...hostPids)];
-        const wallMs = await drive(n, concurrency, (i) => call(kind, i));
-        const [s1, h1] = [await cpuMs(pid), await cpuMs(...hostPids)];
-        if (kind === 'direct') r['host cpu'] = (h1 - h0) / n;
-        else [r[`cpu ${kind}`], r[`rate ${kind}`]] = [(s1 - s0) / n, (n / wallMs) * 1000];
-      }
-      return r;
-    };
-    const mains = compare ? [SCHED_MAIN, compare] : [SCHED_MAIN];
-    const results = new Map<string, Array<Record<string, number>>>(mains.map((m) => [m, []]));
-    for (let n = 0; n < rounds; n++)
-      for (const main of n % 2 ? [...mains].reverse() : mains) {
-        const prof = profDir && main === SCHED_MAIN ? ['--cpu-prof', '--cpu-prof-dir', profDir] : [];
-        const sched = spawn(process.execPath, [...prof, main, '--nats', nats.url, '--log-level', 'warn'], { stdio: 'ignore' });
-        procs.push(sched);
-        const up = async (): Promise<true | undefined> =>
-          (await client.call('hosts', {}, { timeoutMs: 2_000 }).catch(() => ({ hosts: [] }))).hosts.filter((h) => h.alive).length === nHosts
-            ? true
-            : undefined;
-        await pollUntil(up, { timeoutMs: 60_000, what: `the scheduler seeing ${nHosts} simulated hosts alive` });
-        // Warm-up (JIT, connections, buckets), not counted.
-        await drive(300, 8, (i) => call(KINDS[i % 3] as Kind, i));
-        results.get(main)?.push(await round(sched.pid as number));
-        await exited(sched);
-      }
-    return results;
+    const r: Record<string, number> = { 'direct p50': pct(serial.direct, 50), 'direct p99': pct(serial.direct, 99) };
+    for (const kind of ['keyless', 'keyed'] as const) {
+      r[`overhead p99 ${kind}`] = pct(serial[kind], 99) - pct(serial.direct, 99);
+      r[`overhead p50 ${kind}`] = pct(serial[kind], 50) - pct(serial.direct, 50);
+    }
+    const n = perMode(mode, nRequests);
+    for (const kind of KINDS) {
+      const [s0, h0] = [await cpuMs(sched.pid as number), await cpuMs(...hostPids)];
+      const wallMs = await drive(n, concurrency, (i) => call(kind, i));
+      const [s1, h1] = [await cpuMs(sched.pid as number), await cpuMs(...hostPids)];
+      if (kind === 'direct') r['host cpu'] = (h1 - h0) / n;
+      else [r[`cpu ${kind}`], r[`rate ${kind}`]] = [(s1 - s0) / n, (n / wallMs) * 1000];
+    }
+    return r;
   } finally {
     await nc.close();
     await Promise.all(procs.map(exited));
     await nats.stop();
   }
+}
+
+/** Every round of one kind of host, for each scheduler compared (in turns, the order swapped each round). */
+async function measure(mode: Mode): Promise<Map<string, Array<Record<string, number>>>> {
+  const mains = compare ? [SCHED_MAIN, compare] : [SCHED_MAIN];
+  const results = new Map<string, Array<Record<string, number>>>(mains.map((m) => [m, []]));
+  for (let n = 0; n < rounds; n++)
+    for (const main of n % 2 ? [...mains].reverse() : mains) results.get(main)?.push(await round(mode, main));
+  return results;
 }
 
 type Figure = { name: string; value: number; unit: string; target?: number; met?: boolean; ratio?: number; ratioTo?: string };

@@ -2,8 +2,8 @@
  * Simulated hosts for the scheduler bench, until SIGTERM. Prints "ready" on stdout once all serve.
  *   node bench/dist/sim-hosts.js --nats URL --prefix P --count N [--answering]
  * By default N hostd in dry-run mode (records only, no QEMU). With --answering, N hosts of our own
- * that answer `vm.boot` at once and beat as hostd does (at once after a change, with their whole VM
- * list, and every period): the scheduler is then the one doing most of the work, so its own cost
+ * that answer `vm.boot` at once and beat as hostd does (at once after a change, with their VM list,
+ * and every period): the scheduler is then the one doing most of the work, so its own cost
  * shows, where dry-run hostd spends ~8 ms of CPU on each boot.
  */
 import path from 'node:path';
@@ -64,7 +64,8 @@ function answeringHost(nc: NatsConnection, id: string): () => void {
         accel: 'tcg',
         createdAt: new Date().toISOString(),
       };
-      vms.push(vm);
+      // It holds its latest 100 (older ones taken as destroyed): beats stay the size of a busy host's.
+      if (vms.push(vm) > 100) vms.shift();
       soon ??= setTimeout(beat, 100);
       const h = headers();
       h.set('Content-Type', CONTENT_TYPE[format]);

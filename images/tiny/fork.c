@@ -7,9 +7,12 @@
  * reply line (libs/contract/src/self-fork.ts is the protocol). A fork returns twice over: in the
  * parent (the children's ids, one a line) and in each child k of N, which is restored blocked in
  * this very read and gets its own reply (`child K VMID`, and /run/forky/fork to source). A
- * refusal: its message on stderr, exit 1; usage: exit 2; no port: exit 3.
+ * refusal: its message on stderr, exit 1; usage: exit 2; no port: exit 3; no reply in time: exit 4.
  * One request at a time per VM: the port opens once only (EBUSY), so callers queue on a lock file.
- * No timeout of its own: the host bounds every request (a wait by --timeout, or its default).
+ * Every request carries a fresh 16-hex id; the host echoes it in every reply to it (children get
+ * the parent's), so a line with another id (an earlier caller's reply, a lost one) is skipped.
+ * The host bounds every request; an alarm bounds it here too (a copy restored by an outside
+ * snapshot may never get a reply).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -30,6 +33,27 @@
 
 static char req[LINE_MAX_OUT + 2];
 static size_t req_len;
+static char id[17];
+
+/* A fresh request id: 8 random bytes as hex (the time and pid if there is no urandom). */
+static void new_id(void) {
+  unsigned char b[8];
+  int fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
+  if (fd < 0 || read(fd, b, sizeof b) != (ssize_t)sizeof b) {
+    unsigned long long t = (unsigned long long)time(NULL) ^ ((unsigned long long)getpid() << 32) ^ (unsigned long long)clock();
+    memcpy(b, &t, sizeof b);
+  }
+  if (fd >= 0) close(fd);
+  for (int i = 0; i < 8; i++) snprintf(id + 2 * i, 3, "%02x", b[i]);
+}
+
+static void on_alarm(int sig) {
+  (void)sig;
+  static const char m[] = "forky-fork: TIMEOUT: no reply from the host in time\n";
+  ssize_t w = write(2, m, sizeof m - 1);
+  (void)w;
+  _exit(4);
+}
 
 static int usage(const char *why) {
   fprintf(stderr, "forky-fork: %s\nusage: forky-fork [--count N] [--live] [--spread] [--label K=V]... [--json]\n"
@@ -96,7 +120,9 @@ static void print_json_string(FILE *f, const char *p) {
   }
 }
 
-/* Reads one line (the reply) from the port; waits out a host that is not connected (hostd restarting). */
+/* Reads the reply to this request (the first line with its id) from the port; lines with another id
+ * are skipped, and what follows a newline in one read is kept for the next line. Waits out a host
+ * that is not connected (hostd restarting). */
 static char *read_reply(int fd) {
   size_t cap = 8192, len = 0;
   char *buf = malloc(cap);
@@ -105,6 +131,15 @@ static char *read_reply(int fd) {
   sigaddset(&io, SIGIO);
   struct timespec second = {1, 0};
   while (buf) {
+    char *nl;
+    while ((nl = memchr(buf, '\n', len))) {
+      char got[24] = "";
+      *nl = 0;
+      if (str_field(buf, "id", got, sizeof got) == 0 && !strcmp(got, id)) return buf;
+      size_t used = (size_t)(nl + 1 - buf);
+      memmove(buf, nl + 1, len - used);
+      len -= used;
+    }
     if (len + 4096 > cap) {
       if (cap >= REPLY_MAX) { fprintf(stderr, "forky-fork: reply over %d bytes\n", REPLY_MAX); exit(3); }
       char *n = realloc(buf, cap *= 2);
@@ -115,9 +150,7 @@ static char *read_reply(int fd) {
     if (r < 0 && errno == EINTR) continue;
     if (r < 0) { perror("forky-fork: read " PORT); exit(3); }
     if (r == 0) { sigtimedwait(&io, NULL, &second); continue; } /* the host is away: SIGIO says when it is back */
-    char *nl = memchr(buf + len, '\n', (size_t)r);
     len += (size_t)r;
-    if (nl) { *nl = 0; return buf; }
   }
   fprintf(stderr, "forky-fork: out of memory\n");
   exit(3);
@@ -174,25 +207,31 @@ int main(int argc, char **argv) {
   }
   if ((wait && result) || ((wait || result) && (live || spread || labels || count != 1)) || (exit_after && !result))
     return usage("--wait, --result and a fork's options do not mix");
+  new_id();
+  char head0[40];
+  snprintf(head0, sizeof head0, "{\"v\":1,\"id\":\"%s\",", id);
   req_len = 0;
   int bad;
   if (wait) {
     char t[48] = "";
     if (timeout > 0) snprintf(t, sizeof t, ",\"timeoutMs\":%ld", timeout * 1000);
-    bad = puts_("{\"v\":1,\"op\":\"wait\"") < 0 || puts_(t) < 0 || puts_("}") < 0;
+    bad = puts_(head0) < 0 || puts_("\"op\":\"wait\"") < 0 || puts_(t) < 0 || puts_("}") < 0;
   } else if (result) {
-    bad = puts_("{\"v\":1,\"op\":\"result\",\"result\":") < 0 || puts_(result) < 0 ||
+    bad = puts_(head0) < 0 || puts_("\"op\":\"result\",\"result\":") < 0 || puts_(result) < 0 ||
           puts_(exit_after ? ",\"exit\":true}" : "}") < 0;
     /* JSON may be spread over lines; the protocol may not: a newline is JSON whitespace. */
     for (size_t i = 0; i < req_len; i++) if (req[i] == '\n' || req[i] == '\r') req[i] = ' ';
   } else {
-    char head[96];
-    snprintf(head, sizeof head, "{\"v\":1,\"op\":\"fork\",\"count\":%ld,\"live\":%s,\"spread\":%s", count, live ? "true" : "false",
+    char head[128];
+    snprintf(head, sizeof head, "%s\"op\":\"fork\",\"count\":%ld,\"live\":%s,\"spread\":%s", head0, count, live ? "true" : "false",
              spread ? "true" : "false");
     bad = puts_(head) < 0 || (labels && (puts_(",\"labels\":{") < 0 || put(lab, lab_len) < 0 || puts_("}") < 0)) || puts_("}") < 0;
   }
   if (bad) return usage("request over 4096 bytes");
   req[req_len++] = '\n';
+  /* The host's own deadline (a wait's, or a fork of many children under TCG) with room to spare. */
+  signal(SIGALRM, on_alarm);
+  alarm(wait ? (unsigned)(timeout > 0 ? timeout : 600) + 60 : result ? 600 : 1800);
 
   mkdir("/run/forky", 0755);
   int lock = open(LOCK, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
@@ -219,7 +258,11 @@ int main(int argc, char **argv) {
   close(fd);
   close(lock);
 
-  if (strncmp(line, "{\"v\":1,\"ok\":true", 16) != 0) {
+  alarm(0);
+  /* The host writes v, id, ok first: {"v":1,"id":"<id>","ok":true */
+  char ok[64];
+  int okn = snprintf(ok, sizeof ok, "%s\"ok\":true", head0);
+  if (strncmp(line, ok, (size_t)okn) != 0) {
     const char *m = strstr(line, "\"message\":\"");
     char code[64] = "ERROR";
     str_field(line, "code", code, sizeof code);
@@ -230,7 +273,7 @@ int main(int argc, char **argv) {
     return 1;
   }
   char role[16] = "";
-  if (strncmp(line + 16, ",\"role\":", 8) == 0) str_field(line, "role", role, sizeof role);
+  if (strncmp(line + okn, ",\"role\":", 8) == 0) str_field(line, "role", role, sizeof role);
   if (!strcmp(role, "child")) {
     if (write_env(line) < 0) { perror("forky-fork: " ENV_FILE); return 3; }
     char vm[64] = "";

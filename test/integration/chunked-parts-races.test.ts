@@ -176,6 +176,13 @@ describe('chunked parts: hostile sizes, sweeps under a publish, replaced bases (
     assert.deepEqual(await fs.readdir(path.join(dir, 'twice')), ['x']);
   });
 
+  it('an upload says whether the part is a chunk map (its manifest is then v 2), also when skipped', async () => {
+    const f = path.join(dir, 'kind.bin');
+    await fs.writeFile(f, randomBytes(16 * PAGE));
+    assert.equal((await store.upload(f)).chunked, true);
+    assert.equal((await store.upload(f)).chunked, true, 'also when skipped');
+  });
+
   it('a map whose page hashes lie (its pages are right) is fetched but not cached for reuse', async () => {
     const f = path.join(dir, 'liar.bin');
     await fs.writeFile(f, randomBytes(64 * PAGE));

@@ -255,6 +255,15 @@ describe('@forky/sdk on a real cluster (real QEMU, real nats-server)', { timeout
     assert.equal((await forky.vms.get(vm.id)).lifecycle?.expiresAt, b.lifecycle?.expiresAt, 'as the cluster keeps it');
   });
 
+  it('vm.snapshot({ keep }) reaches the host through the scheduler: that snapshot is kept from retention, another is not', async () => {
+    const kept = await vm.snapshot({ resume: true, keep: true });
+    const plain = await vm.snapshot({ resume: true });
+    assert.equal(kept.keep, true);
+    assert.equal((await forky.snapshots.get(kept.id)).keep, true, 'as its host keeps it');
+    assert.equal(plain.keep, undefined);
+    assert.equal(vm.state, 'running');
+  });
+
   it('pause, resume, destroy; a VM that does not exist is a NOT_FOUND ForkyError', async () => {
     assert.equal((await vm.pause()).state, 'paused');
     assert.equal((await vm.resume()).state, 'running');

@@ -35,12 +35,20 @@ describe('streams over NATS: hostd bridge and ClientStream (real nats-server, fa
   let fixture: BridgeFixture | undefined;
   /** The VMs each activity report named (engine.touch in hostd: a VM's idle rule counts from it). */
   const activity: string[] = [];
+  /** Work under way per VM (engine.work in hostd: a VM's idle rule waits for it). */
+  const working = new Map<string, number>();
+  const workOn = (id: string): (() => void) => {
+    working.set(id, (working.get(id) ?? 0) + 1);
+    return () => working.set(id, (working.get(id) ?? 0) - 1);
+  };
+  const workNow = (): number => working.get(VM) ?? 0;
   before(async () => {
     fixture = await startBridge([HOST, 'h2'], {
       idleMs: IDLE_MS,
       keepaliveMs: 300,
       cancelGraceMs: 1000,
       onActivity: (id) => activity.push(id),
+      work: workOn,
     });
     ({ hostNc, client, session, streams } = fixture);
   });
@@ -75,6 +83,30 @@ describe('streams over NATS: hostd bridge and ClientStream (real nats-server, fa
     assert.ok(said.length >= 1, 'its output is activity');
     assert.ok(said.length <= 1 + Math.floor((Date.now() - t0) / 1000), `${said.length} reports for 20 chunks`);
     assert.deepEqual(new Set(said), new Set([VM]));
+  });
+
+  it('a stream and a one-shot call are work on their VM from their open to their end; client input is activity', async () => {
+    const settled = (): Promise<number> =>
+      pollUntil(async () => (workNow() === 0 ? 0 : undefined), { timeoutMs: 5000, what: 'the work on the VM to end' });
+    await settled();
+    // A file written: the client's bytes are all that moves.
+    const s = await open('file.write', { id: VM, path: '/tmp/w' });
+    assert.equal(workNow(), 1, 'the open stream');
+    const reading = drain(s);
+    const mark = activity.length;
+    await s.write(new Uint8Array([1, 2, 3]));
+    await s.closeInput();
+    assert.equal(endOf(await withDeadline(reading, 10_000, 'the stream')).end.ok, true);
+    assert.ok(activity.length > mark, 'its input was activity');
+    await settled();
+    let go!: () => void;
+    session.slow = new Promise<void>((resolve) => (go = resolve));
+    const call = request(client, subjects.host(HOST, 'file.stat'), { id: VM, path: '/slow' });
+    await pollUntil(async () => (workNow() === 1 ? 1 : undefined), { timeoutMs: 5000, what: 'the call to be under way' });
+    go();
+    session.slow = undefined;
+    await call;
+    assert.equal(workNow(), 0, 'the call ended');
   });
 
   it('holds at most the window for a reader that takes nothing', async (t) => {

@@ -8,6 +8,7 @@ import { hostFor, type EngineHost } from '../helpers/engine-host.js';
 import { assertVm, boot, reportDuration, vmsWithFiles } from '../helpers/engine-checks.js';
 import { refused } from '../helpers/errors.js';
 import { eventRecorder } from '../helpers/event-recorder.js';
+import { InjectedError } from '../helpers/fault-plan.js';
 
 /**
  * A lifetime's destroy (review R1 of the lifetimes, findings 5, 6, 11, 14), dry run: a destroy
@@ -24,11 +25,23 @@ function gate(): { wait: Promise<void>; open: () => void } {
   return { wait, open };
 }
 
-/** The user's pause holds VM `id`'s lock until the gate opens, then fails (the VM runs on). */
-function holdLock(h: EngineHost, id: string): { open: () => void; done: Promise<unknown> } {
+/**
+ * The user's pause of VM `id` holds its lock (once `held` resolves) until `open`, then fails: the
+ * VM runs on. The next runtime.pause is the one held.
+ */
+async function holdLock(h: EngineHost, id: string): Promise<{ open: () => void; done: Promise<unknown> }> {
   const g = gate();
-  h.plan.fail('runtime.pause', { gate: g.wait, where: (c) => c.vmId === id });
-  return { open: g.open, done: refused(h.engine.pause(id)) };
+  const entered = gate();
+  const pause = h.runtime.pause.bind(h.runtime);
+  h.runtime.pause = async () => {
+    h.runtime.pause = pause;
+    entered.open();
+    await g.wait;
+    throw new InjectedError('the held pause gives up');
+  };
+  const done = refused(h.engine.pause(id));
+  await entered.wait;
+  return { open: g.open, done };
 }
 
 describe('engine: lifetime destroys', { concurrency: true }, () => {
@@ -53,7 +66,7 @@ describe('engine: lifetime destroys', { concurrency: true }, () => {
     const sink = eventRecorder();
     const h = await hostFor(t, { events: sink });
     const vm = await boot(h, { ttlMs: 1000 });
-    const lock = holdLock(h, vm.id);
+    const lock = await holdLock(h, vm.id);
     const extended = h.engine.extend({ id: vm.id, ttlMs: 60_000 });
     // The TTL passes while the lock is held: its destroy queues behind the extend.
     await sleep(Date.parse(vm.lifecycle?.expiresAt ?? '') + 300 - Date.now());
@@ -71,7 +84,7 @@ describe('engine: lifetime destroys', { concurrency: true }, () => {
     const sink = eventRecorder();
     const h = await hostFor(t, { events: sink });
     const vm = await boot(h, { ttlMs: 1000 });
-    const lock = holdLock(h, vm.id);
+    const lock = await holdLock(h, vm.id);
     await sleep(Date.parse(vm.lifecycle?.expiresAt ?? '') + 300 - Date.now());
     await h.engine.close();
     lock.open();

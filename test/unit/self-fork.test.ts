@@ -16,8 +16,14 @@ import { hostFor, type EngineHost } from '../helpers/engine-host.js';
 import { boot, fork, reportDuration } from '../helpers/engine-checks.js';
 
 const POLICY: SelfForkPolicy = { maxChildren: 10, maxDepth: 1, maxAlive: 4 };
-const req = (o: Record<string, unknown>): string => JSON.stringify({ v: 1, ...o });
-type Reply = { ok: boolean; code?: string; message?: string; role?: string; children?: string[]; index?: number; results?: unknown[] };
+/** Each request gets a fresh id (16 hex), kept in `lastId` to check the replies echo it. */
+let seq = 0;
+let lastId = '';
+const req = (o: Record<string, unknown>): string => {
+  lastId = (++seq).toString(16).padStart(16, '0');
+  return JSON.stringify({ v: 1, id: lastId, ...o });
+};
+type Reply = { id?: string; ok: boolean; code?: string; message?: string; role?: string; children?: string[]; index?: number; results?: unknown[] };
 const last = (h: EngineHost, id: string): Reply => h.runtime.repliesTo(id).at(-1) as Reply;
 /** What a refusal must leave as it was: the VMs, the snapshots, the processes. */
 const state = (h: EngineHost): string =>
@@ -87,17 +93,22 @@ describe('self-fork: budget and rate', () => {
 
   it("a spread child's token: what it says comes back whole; anything else gives no standing", () => {
     const child = sf({ depth: 1 });
-    const token = spreadToken('vm-parent000000', 2, 3, child);
-    assert.deepEqual(childSelfFork(undefined, { FORKY_SELF_FORK: token }), {
+    const token = spreadToken('vm-parent000000', 2, 3, child, 'ab'.repeat(8));
+    const got = childSelfFork(undefined, { FORKY_SELF_FORK: token });
+    assert.deepEqual(got, {
       ...child,
+      // Past maxDepth: a spread child may not self-fork (no host sees its whole tree to count it).
+      depth: POLICY.maxDepth + 1,
       parent: 'vm-parent000000',
       index: 2,
       pending: true,
-      spread: { count: 3 },
+      spread: { count: 3, id: 'ab'.repeat(8) },
     });
+    refused(() => checkBudget({ ...got!, pending: undefined } as SelfForkRecord, 1, 1), 'FORBIDDEN', /maxDepth/);
     for (const bad of [
       token.replace(',2,3,', ',4,3,'), // index past count
-      token.replace(/,4$/, ',1'), // maxAlive 1: not a policy
+      token.replace(/,4,(\w+)$/, ',1,$1'), // maxAlive 1: not a policy
+      token.replace(/,\w+$/, ',ABABABABABABABAB'), // not a request id
       `${token},1`,
       token.replace('vm-parent000000', 'vm-PARENT'),
       '',
@@ -132,14 +143,19 @@ describe('self-fork: the engine on a dry-run runtime', () => {
     const root = await boot(h, { selfFork: POLICY });
     assert.deepEqual(root.selfFork, { policy: POLICY, root: root.id, depth: 0, children: 0 });
     await h.runtime.guestSends(root.id, req({ op: 'fork', count: 2, labels: { job: 'a' } }));
+    const forkId = lastId;
     const p = last(h, root.id);
     assert.equal(p.ok, true);
+    assert.equal(p.id, forkId, 'the reply carries the request id');
     assert.equal(p.role, 'parent');
     const [c1, c2] = p.children as [string, string];
     assert.equal(h.engine.show(root.id).state, 'running', 'a fork that is not live resumes the parent before its reply');
     assert.equal(h.engine.show(root.id).selfFork?.children, 2);
     for (const [i, c] of [c1, c2].entries()) {
-      assert.deepEqual(h.runtime.repliesTo(c), [{ v: 1, ok: true, role: 'child', index: i + 1, count: 2, vm: c, parent: root.id }]);
+      // The child's reply carries its parent's request id: the same call, returning in the child.
+      assert.deepEqual(h.runtime.repliesTo(c), [
+        { v: 1, id: forkId, ok: true, role: 'child', index: i + 1, count: 2, vm: c, parent: root.id },
+      ]);
       const info = h.engine.show(c);
       assert.deepEqual(info.selfFork, { policy: POLICY, root: root.id, depth: 1, children: 0 });
       assert.equal(info.labels?.job, 'a');
@@ -154,13 +170,15 @@ describe('self-fork: the engine on a dry-run runtime', () => {
     assert.equal(state(h), before);
 
     // A share of a spread self-fork made here (as the scheduler asks): each child gets its reply from this host.
-    const token = spreadToken(root.id, 1, 1, { policy: POLICY, root: root.id, depth: 1, children: 0 });
+    const token = spreadToken(root.id, 1, 1, { policy: POLICY, root: root.id, depth: 1, children: 0 }, 'cd'.repeat(8));
     const share = await fork(h, root.id, 1, { resumeParent: true, perChild: [{ env: { FORKY_SELF_FORK: token } }] });
     const s = share.children[0]!;
     // Written once the share's `forked` event is seen, beside the fork's return.
     await h.runtime.waitReplies(s.id, 1);
-    assert.deepEqual(h.runtime.repliesTo(s.id), [{ v: 1, ok: true, role: 'child', index: 1, count: 1, vm: s.id, parent: root.id }]);
-    assert.deepEqual(h.engine.show(s.id).selfFork, { policy: POLICY, root: root.id, depth: 1, children: 0 });
+    assert.deepEqual(h.runtime.repliesTo(s.id), [
+      { v: 1, id: 'cd'.repeat(8), ok: true, role: 'child', index: 1, count: 1, vm: s.id, parent: root.id },
+    ]);
+    assert.deepEqual(h.engine.show(s.id).selfFork, { policy: POLICY, root: root.id, depth: POLICY.maxDepth + 1, children: 0 });
 
     // An outside fork of a VM with a policy: each child is the root of a tree of its own.
     const outside = await fork(h, root.id, 1, { resumeParent: true });
@@ -175,6 +193,7 @@ describe('self-fork: the engine on a dry-run runtime', () => {
     await h.runtime.guestSends(vm.id, req({ op: 'fork', count: 3 }));
     assert.deepEqual(last(h, vm.id), {
       v: 1,
+      id: lastId,
       ok: false,
       code: 'FORBIDDEN',
       message: 'self-fork is off for this VM: boot it with a selfFork policy',
@@ -244,7 +263,7 @@ describe('self-fork: the engine on a dry-run runtime', () => {
     await h.runtime.guestSends(root.id, req({ op: 'fork', count: 3, live: true }));
     const [c1, c2, c3] = last(h, root.id).children as [string, string, string];
     await h.runtime.guestSends(c1, req({ op: 'result', result: { a: 1 } }));
-    assert.deepEqual(last(h, c1), { v: 1, ok: true });
+    assert.deepEqual(last(h, c1), { v: 1, id: lastId, ok: true });
     const big = 'x'.repeat(SELF_FORK_RESULT_MAX);
     await h.runtime.guestSends(c2, req({ op: 'result', result: big }));
     assert.equal(last(h, c2).code, 'BAD_REQUEST', 'a result over the bound is refused');
@@ -259,6 +278,7 @@ describe('self-fork: the engine on a dry-run runtime', () => {
     await h.runtime.guestSends(root.id, req({ op: 'wait', timeoutMs: 1000 }));
     assert.deepEqual(last(h, root.id), {
       v: 1,
+      id: lastId,
       ok: true,
       results: [
         { vm: c1, index: 1, result: { a: 1 } },

@@ -109,6 +109,7 @@ export { MAX_LIFETIME_MS, TtlMs, IdleRule, LifecycleInfo, VmExtendRequest } from
 export {
   SELF_FORK_LINE_MAX,
   SELF_FORK_RESULT_MAX,
+  SelfForkId,
   SelfForkPolicy,
   SelfForkInfo,
   SelfForkRequest,

@@ -7,8 +7,11 @@ import { Labels, VmId } from './ids.js';
  * port `org.forky.fork.0` (/dev/virtio-ports/org.forky.fork.0): one JSON object per line each way.
  * A request line is at most SELF_FORK_LINE_MAX bytes (a longer one is refused and dropped up to its
  * newline); a reply is one line too, and a `results` reply may be longer (every child's result).
- * One request at a time: the port opens once only, so `forky-fork` queues callers on a lock file,
- * and a second request sent while one is carried out is refused (`BUSY`). Every request counts
+ * Every request carries a fresh 16-hex `id`, echoed in every reply to it (a fork's `child` replies
+ * carry the parent's request id): a reader skips any line with another id (an earlier caller's
+ * reply, a restored copy's, a restarted host's "lost"). One request at a time: the port opens once
+ * only, so `forky-fork` queues callers on a lock file; lines are dealt with in order, at most 8
+ * waiting (past that the rest of what arrived at once is dropped, with no reply). Every request counts
  * against a per-VM rate (2 a second, 4 saved up; `RATE_LIMITED`), refused ones too. A refusal's
  * `code`: FORBIDDEN (no policy, too deep), CAPACITY (maxChildren, maxAlive), RATE_LIMITED, BUSY,
  * BAD_REQUEST, INVALID_STATE, TIMEOUT, or the fork's own error code. The schemas below are the
@@ -43,10 +46,14 @@ export const SelfForkInfo = z.strictObject({
 });
 export type SelfForkInfo = z.infer<typeof SelfForkInfo>;
 
+/** A request's id: 16 lowercase hex digits, fresh per request. */
+export const SelfForkId = z.string().regex(/^[0-9a-f]{16}$/, 'a request id is 16 lowercase hex digits');
+
 /** guest → host. */
 export const SelfForkRequest = z.discriminatedUnion('op', [
   z.strictObject({
     v: z.literal(1),
+    id: SelfForkId,
     op: z.literal('fork'),
     count: z.number().int().min(1).max(1000),
     /** The parent runs on while its children are made (a live fork); default: it waits paused. */
@@ -56,9 +63,9 @@ export const SelfForkRequest = z.discriminatedUnion('op', [
     labels: Labels.optional(),
   }),
   /** A child's result for its parent's `--wait`; `exit`: destroy this child once it is delivered. */
-  z.strictObject({ v: z.literal(1), op: z.literal('result'), result: z.unknown(), exit: z.boolean().default(false) }),
+  z.strictObject({ v: z.literal(1), id: SelfForkId, op: z.literal('result'), result: z.unknown(), exit: z.boolean().default(false) }),
   /** The parent: block until every child of its last fork has a result or is gone. */
-  z.strictObject({ v: z.literal(1), op: z.literal('wait'), timeoutMs: z.number().int().min(1).max(3_600_000).optional() }),
+  z.strictObject({ v: z.literal(1), id: SelfForkId, op: z.literal('wait'), timeoutMs: z.number().int().min(1).max(3_600_000).optional() }),
 ]);
 export type SelfForkRequest = z.infer<typeof SelfForkRequest>;
 
@@ -73,9 +80,10 @@ export const SelfForkChildResult = z.strictObject({
 
 /** host → guest. The same fork call gets `parent` in the parent and `child` in each child. */
 export const SelfForkReply = z.union([
-  z.strictObject({ v: z.literal(1), ok: z.literal(true), role: z.literal('parent'), children: z.array(VmId) }),
+  z.strictObject({ v: z.literal(1), id: SelfForkId, ok: z.literal(true), role: z.literal('parent'), children: z.array(VmId) }),
   z.strictObject({
     v: z.literal(1),
+    id: SelfForkId,
     ok: z.literal(true),
     role: z.literal('child'),
     index: z.number().int().min(1),
@@ -83,8 +91,8 @@ export const SelfForkReply = z.union([
     vm: VmId,
     parent: VmId,
   }),
-  z.strictObject({ v: z.literal(1), ok: z.literal(true), results: z.array(SelfForkChildResult) }),
-  z.strictObject({ v: z.literal(1), ok: z.literal(true) }),
-  z.strictObject({ v: z.literal(1), ok: z.literal(false), code: z.string(), message: z.string().max(1024) }),
+  z.strictObject({ v: z.literal(1), id: SelfForkId, ok: z.literal(true), results: z.array(SelfForkChildResult) }),
+  z.strictObject({ v: z.literal(1), id: SelfForkId, ok: z.literal(true) }),
+  z.strictObject({ v: z.literal(1), id: SelfForkId, ok: z.literal(false), code: z.string(), message: z.string().max(1024) }),
 ]);
 export type SelfForkReply = z.infer<typeof SelfForkReply>;

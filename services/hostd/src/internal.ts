@@ -55,9 +55,10 @@ export {
 export * as netFilter from './adapters/net/index.js';
 export { followPeers, ownAddresses, peerAddresses, urlAddresses } from './cluster-peers.js';
 export type { SelfForkLine, SelfForkListener } from './domain/ports.js';
-export { LineReader } from './adapters/qemu/fork-port.js';
+export { ForkPort, LineReader, PORT_BYTES } from './adapters/qemu/fork-port.js';
 export { SelfForkRefusal, TokenBucket, aliveInTree, checkBudget, type SelfForkRecord } from './domain/self-fork-tree.js';
 export { SelfForkResults } from './domain/self-fork-results.js';
-export { SELF_FORK_RATE, parseLine } from './domain/ops/self-fork.js';
+export { SELF_FORK_RATE } from './domain/ops/self-fork.js';
+export { NO_ID, parseLine } from './domain/self-fork-lines.js';
 export { childSelfFork, spreadToken } from './domain/self-fork-tree.js';
 export { Lifetimes, dueOf, type Due, type LifetimesTiming } from './domain/lifetimes.js';

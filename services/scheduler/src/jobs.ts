@@ -180,6 +180,9 @@ export class Jobs {
    * run of this one has claimed the key, or its worker died and its next delivery has.
    */
   async #unclaimed(d: JobDelivery): Promise<boolean> {
+    // Template builds and template boots are always claimed: the template reaper takes a key with
+    // no record for one that ended (template-build.ts jobEnded) and cleans up after it.
+    if (d.job.endpoint === 'template.create' || (d.job.endpoint === 'vm.boot' && d.job.request['template'] !== undefined)) return false;
     const age = Date.now() - Date.parse(d.job.submittedAt);
     return d.attempt === 1 && age < this.#freshMs && (await this.#idem.unrecorded(d.job.key));
   }

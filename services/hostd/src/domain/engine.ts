@@ -28,7 +28,8 @@ import { deleteSnapshot } from './ops/delete-snapshot.js';
 import { exec } from './ops/exec.js';
 import { guestSession } from './ops/guest.js';
 import { fork } from './ops/fork.js';
-import { SelfForks, withSelfForkEvents } from './ops/self-fork.js';
+import { SelfForks } from './ops/self-fork.js';
+import { withSelfForkEvents } from './self-fork-lines.js';
 import { hostInfo } from './ops/info.js';
 import { destroyIfDue, destroyVm, extend, lifetimeDue, pause, resume, touch, wake, work } from './ops/lifecycle.js';
 import { setNetwork, withRefused } from './ops/network.js';
@@ -69,8 +70,8 @@ export class HostEngine {
     const dd = withSelfForkEvents(
       d,
       (vm, how) => this.#selfForks.vmEnded(vm, how),
-      (children) =>
-        void this.#selfForks.forkedHere(children).catch((err: unknown) => this.#host.log.warn({ err }, 'self-fork child replies')),
+      (children, source) =>
+        void this.#selfForks.forkedHere(children, source).catch((err: unknown) => this.#host.log.warn({ err }, 'self-fork child replies')),
     );
     // A VM past its TTL goes through this facade's destroy: the host's change is told, as for any destroy.
     this.#host = new Host(dd, warmMaker, (host, ...a) =>
@@ -250,6 +251,8 @@ export class HostEngine {
       this.#changes(async () => {
         const r = await recover(this.#host);
         this.#requests.restore(r.requests);
+        // A guest waiting on a request the earlier hostd was carrying out is told it is lost.
+        await this.#selfForks.recovered().catch((err: unknown) => this.#host.log.warn({ err }, 'self-fork: lost replies'));
         // A VM whose TTL passed while no hostd ran goes now.
         this.#host.lifetimes.arm();
         return r.report;

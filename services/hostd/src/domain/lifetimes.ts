@@ -12,8 +12,8 @@ export type Due = { what: 'expiry' } | { what: 'idle'; then: IdleRule['then'] };
  */
 export type DueHandler = (rec: VmRecord, due: Due, announce: () => boolean) => Promise<'done' | 'later'>;
 
-/** States an operation holds a VM in: its expiry waits until the operation is over. */
-const MID_OPERATION: ReadonlySet<VmState> = new Set<VmState>(['booting', 'restoring', 'snapshotting', 'destroying']);
+/** States an operation holds a VM in: what is due of it waits until the operation is over. */
+export const MID_OPERATION: ReadonlySet<VmState> = new Set<VmState>(['booting', 'restoring', 'snapshotting', 'destroying']);
 /** The first retry of a VM mid-operation, doubled per retry up to the most (a VM stuck so costs little). */
 const RETRY_MS = 500;
 const MAX_RETRY_MS = 5_000;

@@ -163,8 +163,12 @@ export class Retention {
       if (e instanceof SyntaxError || asForkyError(e).code === 'NOT_FOUND') return false;
       throw e;
     }
-    s.published = true;
-    await this.host.d.records.saveSnapshot(s);
+    // Under its lock, and only while it is still here: a record written after its deletion would come back on a restart.
+    await this.host.lock.run(s.info.id, async () => {
+      if (this.host.snaps.get(s.info.id) !== s || s.published) return;
+      s.published = true;
+      await this.host.d.records.saveSnapshot(s);
+    });
     this.host.log.info({ snapshot: s.info.id }, 'snapshot found published: kept by retention');
     return true;
   }

@@ -24,8 +24,17 @@ export interface SelfForkRecord {
    * fork itself yet (its guest has not even been told it is a child).
    */
   pending?: true;
-  /** A child of a spread self-fork: its own host writes its reply once its fork's share is made. */
-  spread?: { count: number };
+  /**
+   * A child of a spread self-fork: its own host writes its reply (with the parent's request `id`)
+   * once its fork's share is made.
+   */
+  spread?: { count: number; id?: string };
+  /**
+   * The id of the request this VM's guest is waiting on, saved before it is carried out: a hostd
+   * restarted meanwhile, or a copy of the VM made meanwhile, tells that id it is lost (the guest
+   * skips a line with another id, so one left over is harmless).
+   */
+  inFlight?: string;
 }
 
 /** What the hostd adds to a fork it makes for a guest; never from the wire. */
@@ -39,17 +48,18 @@ export interface ForkOwn {
 /**
  * The env entry (ChildEnv, in the fork's perChild) that makes a child of a spread self-fork part
  * of its parent's tree on whichever host it lands: `parent,index,count,root,depth,maxChildren,
- * maxDepth,maxAlive`. Set by hostd only (a guest names no env); a client that sets it could boot
+ * maxDepth,maxAlive,id` (id: the parent's request id, echoed in the child's reply). A spread child's
+ * depth is past maxDepth: it may not self-fork, since no host sees the whole tree to count it. Set by hostd only (a guest names no env); a client that sets it could boot
  * such a policy anyway.
  */
 export const SELF_FORK_ENV = 'FORKY_SELF_FORK';
 
-export function spreadToken(parent: string, index: number, count: number, child: SelfForkRecord): string {
+export function spreadToken(parent: string, index: number, count: number, child: SelfForkRecord, id: string): string {
   const p = child.policy;
-  return [parent, index, count, child.root, child.depth, p.maxChildren, p.maxDepth, p.maxAlive].join(',');
+  return [parent, index, count, child.root, p.maxDepth + 1, p.maxChildren, p.maxDepth, p.maxAlive, id].join(',');
 }
 
-const TOKEN = /^(vm-[a-z0-9]{12}),(\d{1,4}),(\d{1,4}),(vm-[a-z0-9]{12}),(\d{1,2}),(\d{1,4}),(\d{1,2}),(\d{1,4})$/;
+const TOKEN = /^(vm-[a-z0-9]{12}),(\d{1,4}),(\d{1,4}),(vm-[a-z0-9]{12}),(\d{1,2}),(\d{1,4}),(\d{1,2}),(\d{1,4}),([0-9a-f]{16})$/;
 
 /** A child's standing: its fork's (a local self-fork), or its env's token (a spread one's share), or none. */
 export function childSelfFork(
@@ -69,7 +79,16 @@ export function childSelfFork(
   ];
   const policy = SelfForkPolicy.safeParse({ maxChildren, maxDepth, maxAlive });
   if (!policy.success || index < 1 || index > count) return undefined;
-  return { policy: policy.data, root: m[4] as string, depth, children: 0, parent: m[1] as string, index, pending: true, spread: { count } };
+  return {
+    policy: policy.data,
+    root: m[4] as string,
+    depth,
+    children: 0,
+    parent: m[1] as string,
+    index,
+    pending: true,
+    spread: { count, id: m[9] as string },
+  };
 }
 
 export const rootOf = (id: string, policy: SelfForkPolicy): SelfForkRecord => ({ policy, root: id, depth: 0, children: 0 });

@@ -6,20 +6,33 @@ import type { SelfForkLine } from '../../domain/ports.js';
 /**
  * Splits what a guest sends into lines of at most `max` bytes (without the newline). A line that
  * grows past `max` is given once as `tooLong` and the rest of it, up to its newline, is dropped:
- * at most `max` bytes are ever held, whatever the guest sends. Empty lines are skipped.
+ * at most `max` bytes are ever held, whatever the guest sends. Empty lines are skipped. At most
+ * `room` lines are cut from one chunk: past them the rest of it, up to its next newline, is dropped
+ * (counted in `dropped`), so a chunk of tiny lines costs no more than a few.
  */
 export class LineReader {
   #held: Buffer[] = [];
   #heldBytes = 0;
   /** Inside a line already reported too long: everything up to the next newline is dropped. */
   #dropping = false;
+  /** Bytes dropped since the last look (lines past `room`). */
+  dropped = 0;
 
   constructor(private readonly max: number = SELF_FORK_LINE_MAX) {}
 
-  push(chunk: Buffer): SelfForkLine[] {
+  push(chunk: Buffer, room = Infinity): SelfForkLine[] {
     const out: SelfForkLine[] = [];
     let from = 0;
     while (from < chunk.length) {
+      if (out.length >= room) {
+        this.dropped += chunk.length - from;
+        this.#reset();
+        this.#dropping = true;
+        break;
+      }
+      // A run of newlines (empty lines) is passed over in one tight loop, not line by line.
+      if (!this.#dropping && this.#heldBytes === 0) while (from < chunk.length && chunk[from] === 0x0a) from++;
+      if (from >= chunk.length) break;
       const nl = chunk.indexOf(0x0a, from);
       const end = nl < 0 ? chunk.length : nl;
       if (!this.#dropping) {
@@ -50,6 +63,13 @@ export class LineReader {
 
 /** Lines kept waiting at most (the socket is paused meanwhile; one read gives at most 64 KiB). */
 const QUEUE_MAX = 8;
+/**
+ * Bytes a guest may send a second, and save up: past it the socket is paused until the budget is
+ * back, so a guest sending only newlines or one endless line cannot keep hostd's loop busy.
+ */
+export const PORT_BYTES = { perSec: 16 * 1024, burst: 64 * 1024 };
+/** A reply the guest does not read within this long: the port is closed (the process keeps running). */
+const WRITE_MS = 30_000;
 
 /**
  * hostd's end of one VM process's self-fork port (org.forky.fork.0, a unix-socket chardev).
@@ -63,23 +83,70 @@ export class ForkPort {
   readonly #queue: SelfForkLine[] = [];
   #draining = false;
   #closed = false;
+  /** The byte budget: bytes that may still come now (negative: in debt), as of `#at`. */
+  #budget: number;
+  #at = performance.now();
+  #throttle: NodeJS.Timeout | undefined;
+  /** Bytes taken from the socket so far (what the budget bounds). */
+  received = 0;
 
   private constructor(
     private readonly sock: net.Socket,
     private readonly deliver: (line: SelfForkLine) => Promise<void>,
     private readonly log: Logger,
+    private readonly bytes = PORT_BYTES,
   ) {
+    this.#budget = bytes.burst;
     sock.on('data', (d: Buffer) => {
-      this.#queue.push(...this.#reader.push(d));
-      // The guest program sends one line and waits: lines past a few at once get no answer.
-      if (this.#queue.length > QUEUE_MAX) this.#queue.length = QUEUE_MAX;
+      // The guest program sends one line and waits: lines past a few at once are dropped, unread.
+      this.#queue.push(...this.#reader.push(d, QUEUE_MAX - this.#queue.length));
+      if (this.#reader.dropped > 0) {
+        this.log.info({ bytes: this.#reader.dropped }, 'self-fork port: lines past the queue dropped, with no reply');
+        this.#reader.dropped = 0;
+      }
+      this.received += d.length;
+      this.#spend(d.length);
       void this.#drain();
     });
     sock.on('error', (err) => this.log.debug({ err }, 'self-fork port error'));
-    sock.on('close', () => (this.#closed = true));
+    sock.on('close', () => this.#close());
   }
 
-  static connect(socketPath: string, deliver: (line: SelfForkLine) => Promise<void>, log: Logger, timeoutMs: number): Promise<ForkPort> {
+  /** Takes `n` bytes from the budget; in debt, the socket is paused until it is paid back. */
+  #spend(n: number): void {
+    const t = performance.now();
+    this.#budget = Math.min(this.bytes.burst, this.#budget + ((t - this.#at) * this.bytes.perSec) / 1000) - n;
+    this.#at = t;
+    if (this.#budget >= 0 || this.#throttle || this.#closed) return;
+    this.sock.pause();
+    this.#throttle = setTimeout(
+      () => {
+        this.#throttle = undefined;
+        this.#resume();
+      },
+      Math.ceil((-this.#budget * 1000) / this.bytes.perSec),
+    );
+    this.#throttle.unref();
+  }
+
+  /** Reading goes on only when no line is being dealt with and the budget is not in debt. */
+  #resume(): void {
+    if (!this.#closed && !this.#draining && !this.#throttle) this.sock.resume();
+  }
+
+  #close(): void {
+    this.#closed = true;
+    clearTimeout(this.#throttle);
+    this.#throttle = undefined;
+  }
+
+  static connect(
+    socketPath: string,
+    deliver: (line: SelfForkLine) => Promise<void>,
+    log: Logger,
+    timeoutMs: number,
+    bytes = PORT_BYTES,
+  ): Promise<ForkPort> {
     return new Promise((resolve, reject) => {
       const sock = net.createConnection(socketPath);
       const timer = setTimeout(
@@ -95,23 +162,29 @@ export class ForkPort {
       sock.once('connect', () => {
         clearTimeout(timer);
         sock.off('error', fail);
-        resolve(new ForkPort(sock, deliver, log));
+        resolve(new ForkPort(sock, deliver, log, bytes));
       });
     });
   }
 
-  /** Writes one line to the guest; rejects if the process is gone. */
-  write(line: string): Promise<void> {
+  /** Writes one line to the guest; rejects if the process is gone, or (the port closed) if the guest does not read it in time. */
+  write(line: string, timeoutMs = WRITE_MS): Promise<void> {
     if (this.#closed || this.sock.destroyed) return Promise.reject(new ForkyError('QEMU', 'the self-fork port is closed'));
-    return new Promise((resolve, reject) =>
-      this.sock.write(`${line}\n`, (err) =>
-        err ? reject(new ForkyError('QEMU', `self-fork port write: ${err.message}`, { cause: err })) : resolve(),
-      ),
-    );
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.close();
+        reject(new ForkyError('TIMEOUT', `self-fork port write: the guest read no reply within ${timeoutMs} ms; port closed`));
+      }, timeoutMs);
+      this.sock.write(`${line}\n`, (err) => {
+        clearTimeout(timer);
+        if (err) reject(new ForkyError('QEMU', `self-fork port write: ${err.message}`, { cause: err }));
+        else resolve();
+      });
+    });
   }
 
   close(): void {
-    this.#closed = true;
+    this.#close();
     this.sock.destroy();
   }
 
@@ -124,7 +197,7 @@ export class ForkPort {
         await this.deliver(l).catch((err: unknown) => this.log.warn({ err }, 'self-fork line handler failed'));
     } finally {
       this.#draining = false;
-      if (!this.#closed) this.sock.resume();
+      this.#resume();
     }
   }
 }

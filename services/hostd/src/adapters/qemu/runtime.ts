@@ -19,7 +19,6 @@ import { ForkPort } from './fork-port.js';
  * max_payload; 64 KiB is left for the rest of the reply and its headers.
  */
 const EXEC_MAX_OUTPUT = (1 << 20) - (64 << 10);
-const LOST_REQUEST = JSON.stringify({ v: 1, ok: false, code: 'UNAVAILABLE', message: 'hostd restarted: the request was lost; try again' });
 /** Connecting to forky-agent and its HELLO_ACK. */
 const AGENT_CONNECT_MS = 10_000;
 /** An agent session quiet this long is probed before reuse (the agent may have been restarted in the guest)… */
@@ -239,8 +238,7 @@ export class QemuRuntime implements VmRuntime<QemuVm> {
       const proc = watchProcess(pid, qmp);
       // A process an older hostd started may have no such port: it then cannot self-fork.
       const fork = await this.#connectFork(spec, timeoutMs).catch(() => undefined);
-      // A request the earlier hostd was carrying out is lost: its caller is told (forky-fork drops a stale line).
-      await fork?.write(LOST_REQUEST).catch(() => undefined);
+      // A request the earlier hostd was carrying out is told lost by the engine (it knows the id in flight).
       const vm: QemuVm = { pid, exited: proc.exited, proc, qmp, agent, spec, ...(fork ? { fork } : {}) };
       return { handle: vm, status };
     } catch (e) {

@@ -2,7 +2,7 @@ import { InvalidStateError } from '@forky/base';
 import type { VmExtendRequest, VmInfo } from '@forky/contract';
 import type { Host } from '../host.js';
 import { stepClock } from '../identity.js';
-import { extendLifetime, type Due } from '../lifetimes.js';
+import { MID_OPERATION, extendLifetime, type Due } from '../lifetimes.js';
 import type { VmHandle } from '../ports.js';
 import type { VmRecord } from '../records.js';
 import { assertAllowed, type VmOp } from '../state.js';
@@ -122,9 +122,6 @@ export function extend(host: Host, req: VmExtendRequest): Promise<VmInfo> {
 /** What decides, under a VM's lock, whether a destroy asked by its lifetime still goes ahead. */
 export type DestroyCheck = (vm: VmRecord) => 'go' | 'done' | 'later';
 
-/** States an operation holds a VM in: what is due of it waits until the operation is over. */
-const BUSY_STATES: ReadonlySet<VmRecord['state']> = new Set(['booting', 'restoring', 'snapshotting', 'destroying']);
-
 /**
  * What a VM's TTL or idle rule asks, now due (lifetimes.ts), re-checked under the VM's lock
  * before anything is done (an extend, activity or work that got there first wins; nothing once
@@ -149,11 +146,11 @@ export async function lifetimeDue(
       return 'done';
     });
   }
-  if (BUSY_STATES.has(vm.state)) return 'later';
+  if (MID_OPERATION.has(vm.state)) return 'later';
   const reason = due.what === 'idle' ? 'idle' : undefined;
   return destroy(vm.id, (v) => {
     if (v !== vm || !host.lifetimes.isDue(vm, due)) return 'done';
-    if (BUSY_STATES.has(vm.state)) return 'later';
+    if (MID_OPERATION.has(vm.state)) return 'later';
     // Said only now: it goes.
     if (announce()) host.events.expired(vm, reason);
     host.log.info({ vm: vm.id, reason: reason ?? 'ttl', state: vm.state }, 'vm expired: destroying it');

@@ -1,8 +1,9 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { asForkyError, newId } from '@forky/base';
-import { SELF_FORK_LINE_MAX, SelfForkRequest, parseOrThrow, type ForkRequest, type ForkResult, type SelfForkReply } from '@forky/contract';
+import type { ForkRequest, ForkResult, SelfForkReply, SelfForkRequest } from '@forky/contract';
 import type { Host } from '../host.js';
-import type { EventSink, SelfForkLine } from '../ports.js';
+import type { SelfForkLine } from '../ports.js';
+import { NO_ID, lineId, lostReply, parseLine, refusal } from '../self-fork-lines.js';
 import type { VmRecord } from '../records.js';
 import { SelfForkResults } from '../self-fork-results.js';
 import {
@@ -20,8 +21,6 @@ import {
 export const SELF_FORK_RATE = { perSec: 2, burst: 4 };
 /** How long a `--wait` without a timeout of its own waits for the children. */
 const WAIT_DEFAULT_MS = 10 * 60_000;
-/** Bytes of a reply's message (the protocol's bound). */
-const MESSAGE_MAX = 1024;
 
 /** What a self-fork does through the engine's facade (so each is one operation, told as a change). */
 export interface SelfForkEngine {
@@ -44,6 +43,11 @@ export class SelfForks {
   readonly #buckets = new Map<string, TokenBucket>();
   /** Per tree root: VMs that self-forks in flight will make, counted before they exist. */
   readonly #reserved = new Map<string, number>();
+  /**
+   * Per tree root: spread children this host asked for, elsewhere or not yet seen here. No host sees
+   * the whole tree, so they count here until their parent ends (an over-count, never an under-count).
+   */
+  readonly #spread = new Map<string, Map<string, string>>();
 
   constructor(
     private readonly host: Host,
@@ -57,6 +61,10 @@ export class SelfForks {
   vmEnded(id: string, how: string): void {
     this.results.ended(id, how);
     if (!this.host.vms.has(id)) this.#buckets.delete(id);
+    for (const [root, kids] of this.#spread) {
+      for (const [child, parent] of kids) if (child === id || parent === id) kids.delete(child);
+      if (kids.size === 0) this.#spread.delete(root);
+    }
   }
 
   /** One line from process `from.generation` of VM `from.id`; lines of a process that is no longer the VM's are dropped. */
@@ -65,31 +73,39 @@ export class SelfForks {
     if (!vm || vm.generation !== from.generation || !vm.handle) return;
     let bucket = this.#buckets.get(vm.id);
     if (!bucket) this.#buckets.set(vm.id, (bucket = new TokenBucket(this.rate.perSec, this.rate.burst)));
+    // Every reply to this line carries its id (one it cannot be read from gets NO_ID: no caller's).
+    const id = lineId(l);
     if (!bucket.take()) {
-      await this.#reply(vm.id, refusal(new SelfForkRefusal('RATE_LIMITED', `at most ${this.rate.perSec} self-fork requests a second`)));
+      await this.#reply(vm.id, refusal(id, new SelfForkRefusal('RATE_LIMITED', `at most ${this.rate.perSec} self-fork requests a second`)));
       // This port's next line waits for the next token: a flood is held at the rate, not answered.
       await sleep(bucket.msUntilToken());
       return;
     }
     if (this.#busy.has(vm.id)) {
-      await this.#reply(vm.id, refusal(new SelfForkRefusal('BUSY', 'another self-fork request of this VM is being carried out')));
+      await this.#reply(vm.id, refusal(id, new SelfForkRefusal('BUSY', 'another self-fork request of this VM is being carried out')));
       return;
     }
     this.#busy.add(vm.id);
     try {
       const req = parseLine(l);
+      // Saved first: a restart or an outside copy of this VM meanwhile tells this id it is lost.
+      if (vm.selfFork) {
+        vm.selfFork.inFlight = req.id;
+        await this.#persist([vm.id]);
+      }
       const reply =
         req.op === 'fork'
           ? await this.#fork(vm, req)
           : req.op === 'wait'
-            ? { v: 1 as const, ok: true as const, results: await this.results.wait(vm.id, req.timeoutMs ?? WAIT_DEFAULT_MS) }
-            : await this.#result(vm, req.result, req.exit);
+            ? { v: 1 as const, id, ok: true as const, results: await this.results.wait(vm.id, req.timeoutMs ?? WAIT_DEFAULT_MS) }
+            : await this.#result(vm, req);
       if (reply) await this.#reply(vm.id, reply);
     } catch (e) {
       this.host.log.info({ vm: vm.id, err: e }, 'self-fork request refused');
-      await this.#reply(vm.id, refusal(e));
+      await this.#reply(vm.id, refusal(id, e));
     } finally {
       this.#busy.delete(vm.id);
+      if (vm.selfFork?.inFlight === id) delete vm.selfFork.inFlight;
     }
   }
 
@@ -97,7 +113,8 @@ export class SelfForks {
     const sf = vm.selfFork;
     const root = sf?.root ?? vm.id;
     const reserved = this.#reserved.get(root) ?? 0;
-    checkBudget(sf, req.count, aliveInTree(this.host.vms.values(), root) + reserved);
+    const spreadKids = [...(this.#spread.get(root)?.keys() ?? [])].filter((c) => this.host.vms.get(c)?.selfFork?.pending ?? true).length;
+    checkBudget(sf, req.count, aliveInTree(this.host.vms.values(), root) + reserved + spreadKids);
     const schedulerFork = this.host.d.schedulerFork;
     if (req.spread && !schedulerFork)
       throw new SelfForkRefusal('BAD_REQUEST', 'spread: this host has no scheduler to place children elsewhere');
@@ -118,7 +135,7 @@ export class SelfForks {
               until: 'ready',
               spread: true,
               perChild: Array.from({ length: req.count }, (_, i) => ({
-                env: { [SELF_FORK_ENV]: spreadToken(vm.id, i + 1, req.count, child) },
+                env: { [SELF_FORK_ENV]: spreadToken(vm.id, i + 1, req.count, child, req.id) },
               })),
               ...labels,
               key: newId('sfk', 16),
@@ -128,6 +145,11 @@ export class SelfForks {
               { selfFork: child, reason: 'self-fork' },
             );
       children = r.children.map((c) => c.id);
+      if (req.spread) {
+        const kids = this.#spread.get(root) ?? new Map<string, string>();
+        for (const c of children) kids.set(c, vm.id);
+        this.#spread.set(root, kids);
+      }
       // The children join the tree as the reservation goes: the count never dips or doubles.
       sf.children += children.length;
       for (const id of children) {
@@ -147,34 +169,54 @@ export class SelfForks {
     if (!req.spread)
       await Promise.all(
         children.map((id, i) =>
-          this.#reply(id, { v: 1, ok: true, role: 'child', index: i + 1, count: children.length, vm: id, parent: vm.id }),
+          this.#reply(id, { v: 1, id: req.id, ok: true, role: 'child', index: i + 1, count: children.length, vm: id, parent: vm.id }),
         ),
       );
     if (!req.live) await this.engine.resume(vm.id);
     this.host.log.info({ vm: vm.id, children, live: req.live, spread: req.spread, ms: Math.round(performance.now() - t0) }, 'self-fork');
-    return { v: 1, ok: true, role: 'parent', children };
+    return { v: 1, id: req.id, ok: true, role: 'parent', children };
   }
 
-  /** A fork's share was made here (its `forked` event): the children of a spread self-fork among it get their replies. */
-  async forkedHere(ids: readonly string[]): Promise<void> {
+  /**
+   * After recovery: a request the earlier hostd was carrying out is lost, and its caller is told so
+   * by its id (a VM with none in flight gets nothing).
+   */
+  async recovered(): Promise<void> {
+    const lost = [...this.host.vms.values()].flatMap((v) => (v.selfFork?.inFlight ? [[v.id, v.selfFork.inFlight] as const] : []));
+    await Promise.all(lost.map(([vm, id]) => this.#reply(vm, lostReply(id, 'hostd restarted'))));
+  }
+
+  /**
+   * A fork's share was made here (its `forked` event): the children of a spread self-fork among it
+   * get their replies; the copies an outside fork made of a VM whose guest was waiting on a
+   * request are told it is lost (they are not its children: no reply would ever come).
+   */
+  async forkedHere(ids: readonly string[], source?: string): Promise<void> {
+    const waiting = source ? this.host.vms.get(source)?.selfFork?.inFlight : undefined;
+    if (waiting)
+      await Promise.all(
+        ids
+          .filter((id) => !this.host.vms.get(id)?.selfFork?.parent)
+          .map((id) => this.#reply(id, lostReply(waiting, 'this VM is a copy made while the request was carried out'))),
+      );
     const mine = ids.flatMap((id) => {
       const sf = this.host.vms.get(id)?.selfFork;
       if (!sf?.spread || !sf.pending || !sf.parent || !sf.index) return [];
       delete sf.pending;
-      return [{ id, parent: sf.parent, index: sf.index, count: sf.spread.count }];
+      return [{ id, parent: sf.parent, index: sf.index, count: sf.spread.count, req: sf.spread.id ?? NO_ID }];
     });
     await Promise.all(
-      mine.map((c) => this.#reply(c.id, { v: 1, ok: true, role: 'child', index: c.index, count: c.count, vm: c.id, parent: c.parent })),
+      mine.map((c) => this.#reply(c.id, { v: 1, id: c.req, ok: true, role: 'child', index: c.index, count: c.count, vm: c.id, parent: c.parent })),
     );
     await this.#persist(mine.map((c) => c.id));
   }
 
   /** A child's result for its parent; with `exit` the child is destroyed once it is kept (no reply then). */
-  async #result(vm: VmRecord, result: unknown, exit: boolean): Promise<SelfForkReply | undefined> {
+  async #result(vm: VmRecord, { id, result, exit }: Extract<SelfForkRequest, { op: 'result' }>): Promise<SelfForkReply | undefined> {
     const parent = vm.selfFork?.parent;
     if (!parent) throw new SelfForkRefusal('INVALID_STATE', 'this VM was not made by a self-fork: it has no parent to report to');
     this.results.put(parent, vm.id, result);
-    if (!exit) return { v: 1, ok: true };
+    if (!exit) return { v: 1, id, ok: true };
     try {
       await this.engine.destroy(vm.id);
       return undefined;
@@ -202,47 +244,3 @@ export class SelfForks {
   }
 }
 
-/** A request line, or BAD_REQUEST naming what is wrong with it. */
-export function parseLine(l: SelfForkLine): SelfForkRequest {
-  if (!('line' in l)) throw new SelfForkRefusal('BAD_REQUEST', `a request is one line of at most ${SELF_FORK_LINE_MAX} bytes`);
-  let v: unknown;
-  try {
-    v = JSON.parse(l.line);
-  } catch {
-    throw new SelfForkRefusal('BAD_REQUEST', 'a request is one JSON object per line');
-  }
-  try {
-    return parseOrThrow(SelfForkRequest, v, 'self-fork request');
-  } catch (e) {
-    throw new SelfForkRefusal('BAD_REQUEST', asForkyError(e).message, { cause: e });
-  }
-}
-
-function refusal(e: unknown): SelfForkReply {
-  const { code, message } = e instanceof SelfForkRefusal ? e : asForkyError(e);
-  return { v: 1, ok: false, code, message: message.length > MESSAGE_MAX ? `${message.slice(0, MESSAGE_MAX - 1)}…` : message };
-}
-
-/** The engine's events, with each VM's end (destroyed, failed) also told to `ended`, and each fork's children to `forked`. */
-export function withSelfForkEvents<D extends { events?: EventSink }>(
-  d: D,
-  ended: (vm: string, how: string) => void,
-  forked: (children: readonly string[]) => void,
-): D {
-  const inner = d.events;
-  return {
-    ...d,
-    events: {
-      publish(e) {
-        inner?.publish(e);
-        // A sink never throws: a waiter's bookkeeping failing must not fail the operation that told it.
-        try {
-          if (e.vm && (e.kind === 'destroyed' || e.kind === 'failed')) ended(e.vm, e.kind);
-          if (e.kind === 'forked' && e.children) forked(e.children);
-        } catch {
-          /* nothing to undo */
-        }
-      },
-    },
-  };
-}
