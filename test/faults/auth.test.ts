@@ -124,6 +124,13 @@ describe('authentication and per-host authorization (real nats-server with users
       assert.equal(seen.getProcessed(), 0);
       seen.unsubscribe();
 
+      // A guest's spread self-fork goes on the host's own subject only: not the scheduler's fork, not h2's.
+      for (const subject of [subjects.sched('fork'), subjects.selfFork('h2')]) {
+        const refused = nextPermissionError(nc);
+        nc.publish(subject, '{}');
+        assert.match(await refused, new RegExp(`Publish to "${subject.replace(/\./g, '\\.')}"`));
+      }
+
       // h2's key in the hosts bucket: the put is refused and the key is unchanged.
       const kv = await new Kvm(nc).open(BUCKETS.hosts);
       await assert.rejects(kv.put('h2', JSON.stringify({ forged: true }), { timeout: 2000 } as never));

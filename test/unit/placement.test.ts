@@ -1,8 +1,10 @@
-import { describe, it } from 'node:test';
+import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { CapacityError, ForkyError, NotFoundError } from '@forky/base';
-import type { HostStatus } from '@forky/contract';
+import { CapacityError, ForkyError, NotFoundError, pollUntil } from '@forky/base';
+import { startNatsServer, type NatsServer } from '@forky/bus';
+import { subjects, type HostStatus, type VmInfo } from '@forky/contract';
 import { hostStatus, pickHost, placeChildren } from '@forky/scheduler/internal';
+import { startTestScheduler, type TestScheduler } from '../helpers/scheduler.js';
 
 const host = (id: string, free: number, extra: Partial<HostStatus> = {}): HostStatus => ({
   id,
@@ -23,6 +25,17 @@ const host = (id: string, free: number, extra: Partial<HostStatus> = {}): HostSt
   lastSeen: new Date().toISOString(),
   ...extra,
 });
+
+const VM: VmInfo = {
+  id: 'vm-aaaaaaaaaaa0',
+  host: 'pl-h1',
+  state: 'running',
+  image: 'tiny',
+  memMiB: 256,
+  cpus: 1,
+  accel: 'tcg',
+  createdAt: '2026-01-01T00:00:00.000Z',
+};
 
 describe('placement', () => {
   it('keeps children at home by default, and on a pinned host when asked', () => {
@@ -95,5 +108,56 @@ describe('placement', () => {
     assert.equal(hostStatus(beat(5000), Date.now())?.alive, true);
     assert.equal(hostStatus(beat(7000), Date.now())?.alive, false);
     assert.equal(hostStatus({ nonsense: true }, Date.now()), undefined);
+  });
+});
+
+describe('heartbeats as a scheduler reads them (real nats-server, scheduler)', { timeout: 30_000 }, () => {
+  let nats: NatsServer;
+  let sched: TestScheduler;
+  before(async () => {
+    nats = await startNatsServer();
+    sched = await startTestScheduler(nats.url);
+  });
+  after(async () => {
+    await sched?.stop();
+    await nats?.stop();
+  });
+
+  it('a beat whose VM list is not valid still reports its host; its VMs, read once it is down, count as none', async () => {
+    const { alive: _a, lastSeen: _l, ...info } = host('pl-h1', 4000);
+    const vm = (id: string, on: string): VmInfo => ({ ...VM, id, host: on });
+    // Beats every 100 ms: down 300 ms after the last one.
+    const beat = (id: string, vmList: unknown[]): string =>
+      JSON.stringify({ ...info, id, ts: Date.now(), intervalMs: 100, instance: 'i1', vmList, snapshotIds: [] });
+    const good = [vm('vm-aaaaaaaaaaa1', 'pl-h1'), vm('vm-aaaaaaaaaaa2', 'pl-h1')];
+    sched.nc.publish(subjects.heartbeat('pl-h1'), beat('pl-h1', good));
+    sched.nc.publish(subjects.heartbeat('pl-h2'), beat('pl-h2', [vm('vm-aaaaaaaaaaa3', 'pl-h2'), { id: 'not a VM' }]));
+    sched.nc.publish(
+      subjects.heartbeat('pl-h3'),
+      beat('pl-h3', [vm('vm-aaaaaaaaaaa4', 'pl-h3')]).replace('"instance"', '"unknownField":1,"instance"'),
+    );
+    const seen = await pollUntil(
+      async () => {
+        const { hosts } = await sched.client.call('hosts', {});
+        return hosts.length >= 2 ? hosts : undefined;
+      },
+      { timeoutMs: 5_000, intervalMs: 20, what: 'the hosts in the view' },
+    );
+    assert.deepEqual(
+      seen.map((h) => h.id),
+      ['pl-h1', 'pl-h2'],
+      'a beat with a bad VM still counts; one with a field the contract does not have does not',
+    );
+    await pollUntil(async () => ((await sched.client.call('hosts', {})).hosts.every((h) => !h.alive) ? true : undefined), {
+      timeoutMs: 5_000,
+      intervalMs: 50,
+      what: 'both hosts down',
+    });
+    const { vms } = await sched.client.call('vm.list', {});
+    assert.deepEqual(
+      vms.map((v) => [v.id, v.state]),
+      good.map((v) => [v.id, 'lost']),
+      "a down host's VMs are shown lost; a VM list that is not valid shows none",
+    );
   });
 });

@@ -120,12 +120,13 @@ describe('self-fork: what a guest sends costs hostd a bounded CPU', () => {
       pump();
     });
     await new Promise<void>((resolve) => server.listen(sockPath, resolve));
-    t.after(() => new Promise<void>((resolve) => server.close(() => resolve())));
     const budget = { perSec: 16 * 1024, burst: 16 * 1024 };
     const port = await ForkPort.connect(sockPath, async () => undefined, silentLogger(), 2000, budget);
-    t.after(() => {
+    // One hook: the port and its peer go before the server (closing it waits for them).
+    t.after(async () => {
       port.close();
       for (const c of conns) c.destroy();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
     });
     const t0 = performance.now();
     await new Promise((resolve) => setTimeout(resolve, 500));

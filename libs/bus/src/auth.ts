@@ -79,9 +79,9 @@ export function hostPermissions(hostId: string): Permissions {
         `$KV.${BUCKETS.locator}.>`,
         `$KV.${BUCKETS.lineage}.>`,
         '$O.forky_parts.>',
-        // A guest's `forky-fork --spread` (issue 22): the scheduler places the children. This lets a
-        // host ask for forks of any VM through the scheduler, not only its own (not checked yet).
-        subjects.sched('fork'),
+        // A guest's `forky-fork --spread` (issue 22): on its own subject only, and the scheduler
+        // checks the source is on this host and takes nothing but what a self-fork needs.
+        subjects.selfFork(hostId),
         ...JS_CLIENT,
       ],
       // Deleting a part purges its chunks: OBJ_forky_parts may be purged, the KV streams not.

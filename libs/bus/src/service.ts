@@ -22,7 +22,8 @@ export interface EndpointDef {
   subject: string;
   request: z.ZodType;
   reply: z.ZodType;
-  handler: (req: unknown) => Promise<unknown>;
+  /** `subject`: the one the request came on (an endpoint on a wildcard subject learns which). */
+  handler: (req: unknown, subject: string) => Promise<unknown>;
 }
 
 export interface ServiceDef {
@@ -85,7 +86,8 @@ interface EndpointStats {
 
 async function handle(ep: EndpointDef, msg: ServiceMsg, logger: Logger, stats: EndpointStats): Promise<void> {
   // Past the caller's deadline (Forky-Deadline, Forky-Start-By) the handler is not called: TIMEOUT.
-  ep = inCallerTime(ep, msg);
+  const def = ep;
+  ep = inCallerTime({ ...def, handler: (req: unknown) => def.handler(req, msg.subject) }, msg);
   const started = performance.now();
   stats.requests++;
   let format: Format = 'json';
@@ -93,7 +95,7 @@ async function handle(ep: EndpointDef, msg: ServiceMsg, logger: Logger, stats: E
     const decoded = decodeBody(msg.data, headerOf(msg, 'Content-Type'));
     format = decoded.format;
     const req = parseOrThrow(ep.request, decoded.value, `${ep.name} request`);
-    const reply = await ep.handler(req);
+    const reply = await ep.handler(req, msg.subject);
     msg.respond(encodeReply(ep, reply, format), { headers: contentType(format) });
     logger.debug({ endpoint: ep.name, ms: Math.round(performance.now() - started) }, 'request served');
   } catch (e) {

@@ -115,6 +115,7 @@ export {
   SelfForkRequest,
   SelfForkChildResult,
   SelfForkReply,
+  SelfForkSchedRequest,
 } from './self-fork.js';
 export { EVENT_KINDS, EVENT_REASON_MAX_BYTES, EventKind, VmEvent } from './events.js';
 export { WireError, toWireError, RemoteError, fromWireError } from './wire-error.js';

@@ -78,6 +78,23 @@ export const SelfForkChildResult = z.strictObject({
   ended: z.string().optional(),
 });
 
+/**
+ * host → scheduler, on `subjects.selfFork(host)`: a guest's spread self-fork. The scheduler checks
+ * the source is on that host, that each token is the source's child's, and forks with spread on,
+ * nothing else (no host, apps, TTL, idle rule or env but the tokens). Across hosts only this holds:
+ * spread children may not self-fork, and their parent's host counts them against its tree.
+ */
+export const SelfForkSchedRequest = z.strictObject({
+  source: VmId,
+  count: z.number().int().min(1).max(1000),
+  live: z.boolean(),
+  labels: Labels.optional(),
+  /** Each child's FORKY_SELF_FORK token, in index order (count of them). */
+  tokens: z.array(z.string().min(1).max(160)).min(1).max(1000),
+  key: z.string().min(1).max(64),
+});
+export type SelfForkSchedRequest = z.infer<typeof SelfForkSchedRequest>;
+
 /** host → guest. The same fork call gets `parent` in the parent and `child` in each child. */
 export const SelfForkReply = z.union([
   z.strictObject({ v: z.literal(1), id: SelfForkId, ok: z.literal(true), role: z.literal('parent'), children: z.array(VmId) }),

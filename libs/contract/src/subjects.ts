@@ -52,6 +52,10 @@ export type SchedEndpoint = (typeof SCHED_ENDPOINTS)[number];
 
 export const subjects = {
   sched: (endpoint: SchedEndpoint): string => `${SUBJECT_ROOT}.sched.${endpoint}`,
+  /** A guest's spread self-fork (issue 22), asked by its host: only that host may publish here. */
+  selfFork: (hostId: string): string => `${SUBJECT_ROOT}.sched.selffork.${HostId.parse(hostId)}`,
+  /** Every host's self-fork subject (the scheduler serves them all; the last token names the host). */
+  selfForks: `${SUBJECT_ROOT}.sched.selffork.*`,
   heartbeat: (hostId: string): string => `${SUBJECT_ROOT}.hb.${HostId.parse(hostId)}`,
   /** Every host's heartbeat. */
   heartbeats: `${SUBJECT_ROOT}.hb.*`,

@@ -3,8 +3,8 @@ import path from 'node:path';
 import type { NatsConnection } from '@nats-io/nats-core';
 import type { Service } from '@nats-io/services';
 import { newId, type Logger } from '@forky/base';
-import { ObjectPartStore, SchedulerClient, connectBus, openBuckets, resolveReplicas } from '@forky/bus';
-import { subjects, type Egress, type Heartbeat } from '@forky/contract';
+import { ObjectPartStore, connectBus, openBuckets, request, resolveReplicas } from '@forky/bus';
+import { ForkResult, subjects, type Egress, type Heartbeat } from '@forky/contract';
 import { enableKsm } from './adapters/ksm.js';
 import { LocalAppLayers } from './adapters/store/app-layers.js';
 import { discoverGpus } from './adapters/gpu.js';
@@ -96,8 +96,9 @@ export async function startHostd(config: Readonly<HostdConfig>, logger: Logger):
   const events = new NatsEventSink(nc, config.hostId, log.child({ component: 'events' }));
   const engine = new HostEngine({
     events,
-    // A guest's spread self-fork goes through the scheduler like any spread fork (its key makes a resend safe).
-    schedulerFork: (req) => new SchedulerClient(nc, { timeoutMs: SPREAD_FORK_MS }).call('fork', req),
+    // A guest's spread self-fork goes to the scheduler on this host's own subject (its key makes a resend safe).
+    schedulerFork: async (req) =>
+      ForkResult.parse(await request(nc, subjects.selfFork(config.hostId), req, { timeoutMs: SPREAD_FORK_MS })),
     onChange: () => beatSoon(),
     directory: new KvDirectory(buckets.locator, buckets.lineage, config.hostId),
     parts,

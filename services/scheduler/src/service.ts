@@ -13,6 +13,7 @@ import {
   type SchedParsedRequestOf,
 } from '@forky/contract';
 import type { Scheduler } from './scheduler.js';
+import { refuseSelfForkEnv, selfForkEndpoint } from './self-fork.js';
 
 type Handlers = { [E in SchedEndpoint]: (req: SchedParsedRequestOf<E>) => Promise<unknown> };
 
@@ -40,7 +41,10 @@ export function schedulerHandlers(s: Scheduler): Handlers {
     'snapshot.show': (r) => s.forward('snapshot.show', r),
     'snapshot.delete': (r) => s.deleteSnapshot(r.id, r.cascade),
     'snapshot.tree': () => s.tree(),
-    fork: (r) => s.fork(r),
+    fork: async (r) => {
+      refuseSelfForkEnv(r);
+      return s.fork(r);
+    },
     batch: (r) => s.batch(r),
     'template.create': (r) => s.createTemplate(r),
     'template.list': () => s.templates(),
@@ -59,6 +63,8 @@ export function startSchedulerService(nc: NatsConnection, s: Scheduler, version:
     reply: schedContract[e].reply,
     handler: (req: unknown) => (handlers[e] as (r: unknown) => Promise<unknown>)(req),
   }));
+  // Hosts' spread self-forks, each on its own host's subject (self-fork.ts).
+  endpoints.push(selfForkEndpoint(s));
   return startService(
     nc,
     {

@@ -1,4 +1,4 @@
-import type { ForkResult, SchedForkRequest } from '@forky/contract';
+import type { ForkResult, SelfForkSchedRequest } from '@forky/contract';
 import type { Logger } from '@forky/base';
 import type { ImageCatalog } from '../images.js';
 import type { Layout } from '../layout.js';
@@ -70,5 +70,5 @@ export interface EngineDeps {
   /** Where VM and snapshot events are published (default: nowhere). */
   events?: EventSink;
   /** The scheduler's fork, for a guest's `forky-fork --spread` (children on other hosts); none: refused. */
-  schedulerFork?: (req: SchedForkRequest) => Promise<ForkResult>;
+  schedulerFork?: (req: SelfForkSchedRequest) => Promise<ForkResult>;
 }

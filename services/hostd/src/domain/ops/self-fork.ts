@@ -7,7 +7,6 @@ import { NO_ID, lineId, lostReply, parseLine, refusal } from '../self-fork-lines
 import type { VmRecord } from '../records.js';
 import { SelfForkResults } from '../self-fork-results.js';
 import {
-  SELF_FORK_ENV,
   SelfForkRefusal,
   TokenBucket,
   aliveInTree,
@@ -131,12 +130,8 @@ export class SelfForks {
             await schedulerFork({
               source: vm.id,
               count: req.count,
-              resumeParent: req.live,
-              until: 'ready',
-              spread: true,
-              perChild: Array.from({ length: req.count }, (_, i) => ({
-                env: { [SELF_FORK_ENV]: spreadToken(vm.id, i + 1, req.count, child, req.id) },
-              })),
+              live: req.live,
+              tokens: Array.from({ length: req.count }, (_, i) => spreadToken(vm.id, i + 1, req.count, child, req.id)),
               ...labels,
               key: newId('sfk', 16),
             })
