@@ -5,9 +5,9 @@ import { renderTree } from '../tree.js';
 import type { CliContext } from '../commands/context.js';
 import { parsePairs } from './vm.js';
 
-export async function create(cli: CliContext, vmId: string, o: { paused?: boolean }, cmd: Command): Promise<void> {
+export async function create(cli: CliContext, vmId: string, o: { paused?: boolean; keep?: boolean }, cmd: Command): Promise<void> {
   const key = newId('snap', 16);
-  const s = await cli.withSession(cmd, (x) => x.call('snapshot.create', { vm: vmId, resume: !o.paused, key }));
+  const s = await cli.withSession(cmd, (x) => x.call('snapshot.create', { vm: vmId, resume: !o.paused, keep: !!o.keep, key }));
   if (cli.json(cmd)) printJson(s);
   else printTable([s], ['id', 'host', 'vm', 'parentSnapshot', 'createdAt']);
 }

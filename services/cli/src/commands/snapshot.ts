@@ -10,6 +10,7 @@ export function registerSnapshot(program: Command, cli: CliContext): void {
     .command('create <vm>')
     .description('freeze a VM into a snapshot (the VM is resumed after, unless --paused)')
     .option('--paused', 'leave the VM paused')
+    .option('--keep', "never expired by its host's snapshot retention (deleted only by `snapshot rm`)")
     .action(cli.lazy(actions, 'create'));
   snapshot
     .command('ls')
