@@ -6,7 +6,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { silentLogger } from '@forky/base';
 import type { SelfForkPolicy } from '@forky/contract';
-import { ForkPort, LineReader, NO_ID } from '@forky/hostd/internal';
+import { ForkPort, LineReader, NO_ID, TokenBucket } from '@forky/hostd/internal';
 import { hostFor, type EngineHost } from '../helpers/engine-host.js';
 import { boot, fork, reportDuration } from '../helpers/engine-checks.js';
 
@@ -135,6 +135,26 @@ describe('self-fork: what a guest sends costs hostd a bounded CPU', () => {
     console.log(`fork port: ${port.received} bytes in ${secs.toFixed(2)} s (bound ${Math.round(bound)})`);
     assert.ok(port.received > 0, 'it reads');
     assert.ok(port.received <= bound, `${port.received} bytes read in ${secs} s; the budget allows ${bound}`);
+  });
+});
+
+describe('self-fork: the rate', () => {
+  it('a token bucket: a burst, then the rate', () => {
+    let now = 0;
+    const b = new TokenBucket(2, 4, () => now);
+    for (let i = 0; i < 4; i++) assert.equal(b.take(), true, `token ${i}`);
+    assert.equal(b.take(), false);
+    assert.equal(b.msUntilToken(), 500);
+    now = 499;
+    assert.equal(b.take(), false);
+    now = 1000;
+    // A second at 2/s is two tokens; the refused take at 499 ms cost none.
+    assert.equal(b.take(), true);
+    assert.equal(b.take(), true);
+    assert.equal(b.take(), false);
+    now = 100_000;
+    for (let i = 0; i < 4; i++) assert.equal(b.take(), true);
+    assert.equal(b.take(), false, 'never more than the burst saved up');
   });
 });
 

@@ -5,7 +5,6 @@ import {
   LineReader,
   SELF_FORK_RATE,
   SelfForkRefusal,
-  TokenBucket,
   aliveInTree,
   checkBudget,
   childSelfFork,
@@ -23,7 +22,16 @@ const req = (o: Record<string, unknown>): string => {
   lastId = (++seq).toString(16).padStart(16, '0');
   return JSON.stringify({ v: 1, id: lastId, ...o });
 };
-type Reply = { id?: string; ok: boolean; code?: string; message?: string; role?: string; children?: string[]; index?: number; results?: unknown[] };
+type Reply = {
+  id?: string;
+  ok: boolean;
+  code?: string;
+  message?: string;
+  role?: string;
+  children?: string[];
+  index?: number;
+  results?: unknown[];
+};
 const last = (h: EngineHost, id: string): Reply => h.runtime.repliesTo(id).at(-1) as Reply;
 /** What a refusal must leave as it was: the VMs, the snapshots, the processes. */
 const state = (h: EngineHost): string =>
@@ -115,24 +123,6 @@ describe('self-fork: budget and rate', () => {
     ])
       assert.equal(childSelfFork(undefined, { FORKY_SELF_FORK: bad }), undefined, bad);
     assert.equal(childSelfFork(child, { FORKY_SELF_FORK: token }), child, "a local self-fork's own standing wins");
-  });
-
-  it('a token bucket: a burst, then the rate', () => {
-    let now = 0;
-    const b = new TokenBucket(2, 4, () => now);
-    for (let i = 0; i < 4; i++) assert.equal(b.take(), true, `token ${i}`);
-    assert.equal(b.take(), false);
-    assert.equal(b.msUntilToken(), 500);
-    now = 499;
-    assert.equal(b.take(), false);
-    now = 1000;
-    // A second at 2/s is two tokens; the refused take at 499 ms cost none.
-    assert.equal(b.take(), true);
-    assert.equal(b.take(), true);
-    assert.equal(b.take(), false);
-    now = 100_000;
-    for (let i = 0; i < 4; i++) assert.equal(b.take(), true);
-    assert.equal(b.take(), false, 'never more than the burst saved up');
   });
 });
 

@@ -97,8 +97,7 @@ export async function startHostd(config: Readonly<HostdConfig>, logger: Logger):
   const engine = new HostEngine({
     events,
     // A guest's spread self-fork goes to the scheduler on this host's own subject (its key makes a resend safe).
-    schedulerFork: async (req) =>
-      ForkResult.parse(await request(nc, subjects.selfFork(config.hostId), req, { timeoutMs: SPREAD_FORK_MS })),
+    schedulerFork: async (req) => ForkResult.parse(await request(nc, subjects.selfFork(config.hostId), req, { timeoutMs: SPREAD_FORK_MS })),
     onChange: () => beatSoon(),
     directory: new KvDirectory(buckets.locator, buckets.lineage, config.hostId),
     parts,

@@ -60,4 +60,3 @@ export function selfForkEndpoint(s: SelfForkScheduler): EndpointDef {
     handler: (req, subject) => selfFork(s, req as SelfForkSchedRequest, subject),
   };
 }
-

@@ -31,6 +31,11 @@ export class KvDirectory implements Directory {
     private readonly hostId: string,
   ) {}
 
+  async hasVm(id: string): Promise<boolean> {
+    const e = await retryTransient('locator get', () => this.locator.get(`vm.${id}`));
+    return e?.operation === 'PUT';
+  }
+
   async register(kind: 'vm' | 'snap', id: string): Promise<void> {
     await retryTransient('locator put', () => this.locator.put(`${kind}.${id}`, JSON.stringify({ host: this.hostId })));
   }

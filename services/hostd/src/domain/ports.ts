@@ -189,6 +189,8 @@ export interface Directory {
   claimName?(name: string, vmId: string): Promise<void>;
   /** Gives `name` back if `vmId` holds it. */
   releaseName?(name: string, vmId: string): Promise<void>;
+  /** Whether VM `id` is in the cluster's locator (on any host); absent: unknown. */
+  hasVm?(id: string): Promise<boolean>;
 }
 
 export type { UploadResult };

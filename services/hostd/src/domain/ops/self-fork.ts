@@ -111,6 +111,7 @@ export class SelfForks {
   async #fork(vm: VmRecord, req: Fork): Promise<SelfForkReply> {
     const sf = vm.selfFork;
     const root = sf?.root ?? vm.id;
+    await this.#pruneSpread(root);
     const reserved = this.#reserved.get(root) ?? 0;
     const spreadKids = [...(this.#spread.get(root)?.keys() ?? [])].filter((c) => this.host.vms.get(c)?.selfFork?.pending ?? true).length;
     checkBudget(sf, req.count, aliveInTree(this.host.vms.values(), root) + reserved + spreadKids);
@@ -181,6 +182,14 @@ export class SelfForks {
     await Promise.all(lost.map(([vm, id]) => this.#reply(vm, lostReply(id, 'hostd restarted'))));
   }
 
+  /** Spread children the cluster's locator no longer has are gone: they stop counting (a failed look keeps them). */
+  async #pruneSpread(root: string): Promise<void> {
+    const kids = this.#spread.get(root);
+    const has = this.host.d.directory?.hasVm?.bind(this.host.d.directory);
+    if (!kids || !has) return;
+    for (const id of [...kids.keys()]) if (!this.host.vms.has(id) && !(await has(id).catch(() => true))) kids.delete(id);
+  }
+
   /**
    * A fork's share was made here (its `forked` event): the children of a spread self-fork among it
    * get their replies; the copies an outside fork made of a VM whose guest was waiting on a
@@ -201,7 +210,9 @@ export class SelfForks {
       return [{ id, parent: sf.parent, index: sf.index, count: sf.spread.count, req: sf.spread.id ?? NO_ID }];
     });
     await Promise.all(
-      mine.map((c) => this.#reply(c.id, { v: 1, id: c.req, ok: true, role: 'child', index: c.index, count: c.count, vm: c.id, parent: c.parent })),
+      mine.map((c) =>
+        this.#reply(c.id, { v: 1, id: c.req, ok: true, role: 'child', index: c.index, count: c.count, vm: c.id, parent: c.parent }),
+      ),
     );
     await this.#persist(mine.map((c) => c.id));
   }
@@ -238,4 +249,3 @@ export class SelfForks {
       .catch((err: unknown) => this.host.log.warn({ err, vm: id }, 'self-fork reply not written'));
   }
 }
-
