@@ -4,8 +4,8 @@ import fs from 'node:fs/promises';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
-import { silentLogger } from '@forky/base';
-import type { SelfForkPolicy } from '@forky/contract';
+import { pollUntil, silentLogger } from '@forky/base';
+import { SELF_FORK_RESULT_MAX, type SelfForkPolicy } from '@forky/contract';
 import { ForkPort, LineReader, NO_ID, TokenBucket } from '@forky/hostd/internal';
 import { hostFor, type EngineHost } from '../helpers/engine-host.js';
 import { boot, fork, reportDuration } from '../helpers/engine-checks.js';
@@ -155,6 +155,102 @@ describe('self-fork: the rate', () => {
     now = 100_000;
     for (let i = 0; i < 4; i++) assert.equal(b.take(), true);
     assert.equal(b.take(), false, 'never more than the burst saved up');
+  });
+});
+
+describe('self-fork: a fork that fails, or is overtaken, leaves the parent as it should', () => {
+  it('a non-live fork that fails resumes the parent it paused, before its refusal is written', async (t) => {
+    const h = await hostFor(t);
+    const root = await boot(h, { selfFork: POLICY });
+    // A child's agent never answers (a guest can cause it: kill -STOP its forky-agent).
+    h.plan.fail('runtime.waitAgent', { where: (c) => c.vmId !== root.id });
+    const mark = h.plan.calls.length;
+    const [f, id] = req({ op: 'fork', count: 1 });
+    await h.runtime.guestSends(root.id, f);
+    assert.deepEqual(
+      replies(h, root.id).map((r) => [r.id, r.ok]),
+      [[id, false]],
+    );
+    assert.equal(h.engine.show(root.id).state, 'running');
+    assert.equal(h.engine.show(root.id).selfFork?.children, 0, 'no child was made: none counted');
+    assert.deepEqual(
+      h.engine.list().map((v) => v.id),
+      [root.id],
+    );
+    const at = (call: string): number => h.plan.calls.findLastIndex((c, i) => i >= mark && c.call === call && c.vmId === root.id);
+    assert.ok(at('runtime.resume') >= 0 && at('runtime.resume') < at('runtime.selfForkReply'), 'resumed, then told');
+  });
+
+  it('a parent resumed from outside meanwhile: the fork is still reported made (its children exist)', async (t) => {
+    const h = await hostFor(t);
+    const root = await boot(h, { selfFork: POLICY });
+    // The child's reply waits while the parent, paused by the fork, is resumed from outside.
+    let reached!: () => void;
+    const atReply = new Promise<void>((r) => (reached = r));
+    let release!: () => void;
+    const gate = new Promise<void>((r) => (release = r));
+    const isChild = (c: { vmId?: string }): boolean => c.vmId !== root.id && (reached(), true);
+    h.plan.fail('runtime.selfForkReply', { where: isChild, gate });
+    const [f, id] = req({ op: 'fork', count: 1 });
+    const sent = h.runtime.guestSends(root.id, f);
+    await atReply;
+    assert.equal(h.engine.show(root.id).state, 'paused');
+    await h.engine.resume(root.id);
+    release();
+    await sent;
+    const r = replies(h, root.id).at(-1)!;
+    assert.deepEqual([r.id, r.ok, r.children?.length], [id, true, 1], JSON.stringify(r));
+    assert.equal(h.engine.show(root.id).state, 'running');
+    assert.equal(h.engine.show(root.id).selfFork?.children, 1);
+  });
+
+  it('--result with --exit-after-result destroys the VM even when the result is not kept', async (t) => {
+    const h = await hostFor(t);
+    const root = await boot(h, { selfFork: POLICY });
+    const [f] = req({ op: 'fork', count: 1, live: true });
+    await h.runtime.guestSends(root.id, f);
+    const [c] = replies(h, root.id).at(-1)!.children!;
+    const [r] = req({ op: 'result', result: 'x'.repeat(SELF_FORK_RESULT_MAX), exit: true });
+    await h.runtime.guestSends(c!, r);
+    assert.equal(
+      h.engine.list().some((v) => v.id === c),
+      false,
+      'destroyed',
+    );
+    assert.equal(h.runtime.live(c).length, 0);
+  });
+});
+
+describe('self-fork: a hostd restart in the middle of a self-fork', () => {
+  it('destroys the children still pending (never told they are children) and keeps the parent counted', async (t) => {
+    const h = await hostFor(t);
+    const root = await boot(h, { selfFork: POLICY });
+    // Stands in for a hostd that stopped mid-fork: the second child's load never returns.
+    h.plan.fail('runtime.load', { nth: 2, where: (c) => c.vmId !== root.id, gate: new Promise<void>(() => undefined) });
+    const [f] = req({ op: 'fork', count: 2, live: true });
+    void h.runtime.guestSends(root.id, f);
+    const onDisk = async (id: string): Promise<{ state?: string; selfFork?: { pending?: boolean } }> =>
+      JSON.parse(await fs.readFile(path.join(h.dataDir, 'vms', id, 'vm.json'), 'utf8')) as { state?: string };
+    const made = await pollUntil(
+      async () => {
+        const v = h.engine.list().find((x) => x.id !== root.id && x.state === 'running');
+        return h.plan.armed === 0 && v && (await onDisk(v.id)).state === 'running' ? v.id : undefined;
+      },
+      { timeoutMs: 2000, what: 'one child made, the other at load' },
+    );
+    assert.equal((await onDisk(made)).selfFork?.pending, true, 'saved while its fork is in flight');
+    const h2 = await h.restart();
+    t.after(() => h2.close());
+    assert.deepEqual(
+      h2.engine.list().map((v) => v.id),
+      [root.id],
+    );
+    assert.deepEqual(
+      h2.runtime.live().map((p) => p.spec.id),
+      [root.id],
+      'no child process left',
+    );
+    assert.equal(h2.engine.show(root.id).selfFork?.children, 2, 'counted against maxChildren before they were made');
   });
 });
 

@@ -4,6 +4,7 @@ import type { Host } from '../host.js';
 import { recoverHost, type Recovered } from '../recovery.js';
 import { egressOf, markFailed, type VmRecord } from '../records.js';
 import { collectImages } from './images.js';
+import { destroyVm } from './lifecycle.js';
 
 /**
  * Takes back what an earlier hostd of this data directory left (see recovery.ts) into the host
@@ -53,6 +54,13 @@ export async function recover(host: Host): Promise<Recovered> {
       await d.runtime.destroy(h).catch(() => undefined);
       await d.records.saveVm(v).catch(() => undefined);
     }
+  }
+  // A self-fork's child still pending was never told it is a child (its hostd stopped mid-fork): it goes.
+  for (const v of r.vms.filter((x) => x.selfFork?.pending)) {
+    await destroyVm(host, v.id).then(
+      () => r.report.removed.push(v.id),
+      (err: unknown) => host.log.error({ err, vm: v.id }, 'could not destroy a pending self-fork child'),
+    );
   }
   await keepNamed(host, [
     ...r.vms.map((v) => [v.imageId, v.image] as const),

@@ -120,11 +120,16 @@ export class SelfForks {
       throw new SelfForkRefusal('BAD_REQUEST', 'spread: this host has no scheduler to place children elsewhere');
     // Counted from here, with no await since the check: a second request sees these children.
     this.#reserved.set(root, reserved + req.count);
+    // Raised (and saved, below) before any child exists: a restart mid-fork cannot pass maxChildren.
+    sf.children += req.count;
+    // Only a fork that pauses its parent resumes it (one paused from outside stays so).
+    const pauses = !req.live && vm.state === 'running';
     const t0 = performance.now();
     const child: SelfForkRecord = { policy: sf.policy, root, depth: sf.depth + 1, children: 0, parent: vm.id, pending: true };
     const labels = req.labels ? { labels: req.labels } : {};
     let children: string[];
     try {
+      await this.host.persist(vm);
       const r =
         req.spread && schedulerFork
           ? // Each child's token travels in its env to whichever host makes it; that host replies to it.
@@ -147,11 +152,17 @@ export class SelfForks {
         this.#spread.set(root, kids);
       }
       // The children join the tree as the reservation goes: the count never dips or doubles.
-      sf.children += children.length;
+      sf.children += children.length - req.count;
       for (const id of children) {
         const c = this.host.vms.get(id)?.selfFork;
         if (c && !c.spread) delete c.pending;
       }
+    } catch (e) {
+      // None made (a fork is all or nothing): not counted, and the parent runs again before it is told.
+      sf.children -= req.count;
+      await this.#persist([vm.id]);
+      if (pauses) await this.#resumeParent(vm.id);
+      throw e;
     } finally {
       const left = (this.#reserved.get(root) ?? req.count) - req.count;
       if (left > 0) this.#reserved.set(root, left);
@@ -168,9 +179,15 @@ export class SelfForks {
           this.#reply(id, { v: 1, id: req.id, ok: true, role: 'child', index: i + 1, count: children.length, vm: id, parent: vm.id }),
         ),
       );
-    if (!req.live) await this.engine.resume(vm.id);
+    if (pauses) await this.#resumeParent(vm.id);
     this.host.log.info({ vm: vm.id, children, live: req.live, spread: req.spread, ms: Math.round(performance.now() - t0) }, 'self-fork');
     return { v: 1, id: req.id, ok: true, role: 'parent', children };
+  }
+
+  /** Resumes a parent its self-fork paused, if it still is paused; never fails the request (its outcome stands either way). */
+  async #resumeParent(id: string): Promise<void> {
+    if (this.host.vms.get(id)?.state !== 'paused') return;
+    await this.engine.resume(id).catch((err: unknown) => this.host.log.warn({ err, vm: id }, 'self-fork: parent not resumed'));
   }
 
   /**
@@ -217,19 +234,29 @@ export class SelfForks {
     await this.#persist(mine.map((c) => c.id));
   }
 
-  /** A child's result for its parent; with `exit` the child is destroyed once it is kept (no reply then). */
+  /**
+   * A child's result for its parent; with `exit` the child is destroyed whether or not the result is
+   * kept (one left behind would count against maxAlive until its TTL), and gets no reply then.
+   */
   async #result(vm: VmRecord, { id, result, exit }: Extract<SelfForkRequest, { op: 'result' }>): Promise<SelfForkReply | undefined> {
     const parent = vm.selfFork?.parent;
+    // Not a self-fork's child: refused, and never destroyed (its guest did not make it).
     if (!parent) throw new SelfForkRefusal('INVALID_STATE', 'this VM was not made by a self-fork: it has no parent to report to');
-    this.results.put(parent, vm.id, result);
+    let notKept: unknown;
+    try {
+      this.results.put(parent, vm.id, result);
+    } catch (e) {
+      if (!exit) throw e;
+      notKept = e;
+      this.host.log.info({ vm: vm.id, err: e }, 'self-fork result not kept; destroying the VM as it asked');
+    }
     if (!exit) return { v: 1, id, ok: true };
     try {
       await this.engine.destroy(vm.id);
       return undefined;
     } catch (e) {
-      throw new SelfForkRefusal('INVALID_STATE', `the result is kept, but destroying this VM failed: ${asForkyError(e).message}`, {
-        cause: e,
-      });
+      const kept = notKept ? `the result is not kept (${asForkyError(notKept).message})` : 'the result is kept';
+      throw new SelfForkRefusal('INVALID_STATE', `${kept}, but destroying this VM failed: ${asForkyError(e).message}`, { cause: e });
     }
   }
 
