@@ -211,7 +211,10 @@ describe('forky up / down on a running cluster, under faults', { timeout: 600_00
     );
     const figures: string[] = [];
     for (const name of ['scheduler', 'hostd-host-1', 'hostd-host-2']) {
-      const at = await reconnectedAt(path.join(data, 'logs', `${name}.log`));
+      // A request through the scheduler does not wait for every host (it gathers those that answer),
+      // so a hostd may still be reconnecting: its log line is what says it did, within a deadline.
+      const file = path.join(data, 'logs', `${name}.log`);
+      const at = await pollUntil(() => reconnectedAt(file), { timeoutMs: 30_000, intervalMs: 100, what: `${name} logging its reconnect` });
       assert.ok(at !== undefined, `${name} logged its reconnect`);
       figures.push(`${name} ${at - ready} ms`);
     }
