@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { delay, withDeadline } from '@forky/base';
-import { VmEvent } from '@forky/contract';
+import { expiryRecorder } from '../helpers/expiry-recorder.js';
 import { startEngineHost, type EngineHost, type EngineHostOptions } from '../helpers/engine-host.js';
 import { boot, fork, reportDuration, snapsWithFiles } from '../helpers/engine-checks.js';
 import { refused } from '../helpers/errors.js';
@@ -17,28 +17,11 @@ import { MemoryParts } from '../helpers/memory-parts.js';
  * lineage base cannot be deleted under it; the warm pool does not keep a snapshot.
  */
 const RETENTION_MS = 1000;
-const EXPIRES_WITHIN_MS = 3000;
 /** Well past a retention. */
 const STAYS_MS = 1600;
 const IMAGE_DISK = 'd'.repeat(64);
 
-function recorder() {
-  const events: VmEvent[] = [];
-  const waiting = new Map<string, (e: VmEvent) => void>();
-  return {
-    events,
-    publish(e: VmEvent): void {
-      events.push(VmEvent.parse(e));
-      if (e.kind === 'expired' && e.snapshot) waiting.get(e.snapshot)?.(e);
-    },
-    expired(id: string, ms = EXPIRES_WITHIN_MS): Promise<VmEvent> {
-      const seen = events.find((e) => e.kind === 'expired' && e.snapshot === id);
-      if (seen) return Promise.resolve(seen);
-      return withDeadline(new Promise<VmEvent>((resolve) => waiting.set(id, resolve)), ms, `the expiry of ${id}`);
-    },
-    saidOf: (id: string) => events.some((e) => e.kind === 'expired' && e.snapshot === id),
-  };
-}
+const recorder = expiryRecorder;
 type Sink = ReturnType<typeof recorder>;
 
 type Start = (o: EngineHostOptions) => Promise<[EngineHost, Sink]>;

@@ -1,8 +1,8 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { delay, withDeadline } from '@forky/base';
-import { VmEvent } from '@forky/contract';
+import { delay } from '@forky/base';
 import type { EngineLimits } from '@forky/hostd';
+import { expiryRecorder } from '../helpers/expiry-recorder.js';
 import { startEngineHost, type EngineHost } from '../helpers/engine-host.js';
 import { boot, fork, snapsWithFiles } from '../helpers/engine-checks.js';
 
@@ -13,27 +13,10 @@ import { boot, fork, snapsWithFiles } from '../helpers/engine-checks.js';
  */
 const RETENTION_MS = 1000;
 /** How long a snapshot left alone may take to go: its retention, then the sweep it is due at. */
-const EXPIRES_WITHIN_MS = 3000;
 /** How long a snapshot that must stay is watched: well past its retention. */
 const STAYS_MS = 1600;
 
-/** Keeps every event (each checked against the contract); `expired(id)` waits for one naming a snapshot. */
-function recorder() {
-  const events: VmEvent[] = [];
-  const waiting = new Map<string, (e: VmEvent) => void>();
-  return {
-    events,
-    publish(e: VmEvent): void {
-      events.push(VmEvent.parse(e));
-      if (e.kind === 'expired' && e.snapshot) waiting.get(e.snapshot)?.(e);
-    },
-    expired(id: string, ms = EXPIRES_WITHIN_MS): Promise<VmEvent> {
-      const seen = events.find((e) => e.kind === 'expired' && e.snapshot === id);
-      if (seen) return Promise.resolve(seen);
-      return withDeadline(new Promise<VmEvent>((resolve) => waiting.set(id, resolve)), ms, `the expiry of ${id}`);
-    },
-  };
-}
+const recorder = expiryRecorder;
 
 async function withHost(
   limits: Partial<EngineLimits>,
