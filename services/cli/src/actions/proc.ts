@@ -1,20 +1,11 @@
 import type { Command } from 'commander';
+import type { GuestProc as Proc } from '@forky/agent';
 import { attach } from '@forky/sdk';
 import { printJson, printTable } from '../output.js';
 import type { SignalName } from '../sandbox-args.js';
 import { guestText } from '../guest-text.js';
 import { INTERRUPTED_EXIT, cancelOnInterrupt, noteDropped, writeOut } from '../streams-io.js';
 import type { CliContext } from '../commands/context.js';
-
-interface Proc {
-  pid: number;
-  cmd: string[];
-  detached: boolean;
-  pty: boolean;
-  running: boolean;
-  exitCode: number | null;
-  startedAtMs: number;
-}
 
 /** A process as a table row: the state says running or how it ended; the command is escaped (the guest may name it anything). */
 export function procRow(p: Proc): Record<'pid' | 'state' | 'detached' | 'pty' | 'started' | 'cmd', string | number> {
