@@ -15,6 +15,7 @@ import { createOrOpen } from './buckets.js';
 import { headerOf } from './headers.js';
 import { retryTransient } from './retry.js';
 import { setTimeHeaders } from './deadlines.js';
+import { publishKeyedJob } from './job-publish.js';
 
 export interface JobQueueOptions {
   /** 3 where a 3-node JetStream cluster exists. */
@@ -113,6 +114,14 @@ export class JobQueue {
         }),
       { log: this.log },
     );
+  }
+
+  /**
+   * Queues a keyed job on its key's own subject, the publish being the key's claim (see
+   * publishKeyedJob); `seenRevision` is the key's record, if it has one that is not under way.
+   */
+  submitKeyed(job: Job, opts: { seenRevision: number | undefined; deadline: number }): Promise<void> {
+    return publishKeyedJob(this.nc, job, opts, this.log);
   }
 
   /** Runs `concurrency` workers, each taking one job at a time, until `stop`. */

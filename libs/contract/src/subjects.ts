@@ -1,4 +1,4 @@
-import { HostId } from './ids.js';
+import { HostId, IdempotencyKey } from './ids.js';
 import { GUEST_ENDPOINTS } from './guest.js';
 import { EventKind } from './events.js';
 
@@ -64,6 +64,8 @@ export const subjects = {
   /** Jobs waiting for a scheduler (the work-queue stream's subjects). */
   job: (endpoint: SchedEndpoint): string => `${SUBJECT_ROOT}.jobs.${endpoint}`,
   jobs: `${SUBJECT_ROOT}.jobs.>`,
+  /** A keyed job's own subject (in `jobs.>`): the stream holds at most one job of a key. */
+  jobOfKey: (key: string): string => `${SUBJECT_ROOT}.jobs.key.${IdempotencyKey.parse(key)}`,
   /** A stream's messages from its host (STREAMS.md): only that host may publish here. */
   streamOut: (hostId: string, sid: string): string => `${SUBJECT_ROOT}.out.${HostId.parse(hostId)}.${streamToken(sid)}`,
   /** Every stream subject a host listens on for its clients' messages. */

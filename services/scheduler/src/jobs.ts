@@ -1,19 +1,9 @@
 import type { KV } from '@nats-io/kv';
-import { headers, type NatsConnection } from '@nats-io/nats-core';
+import type { NatsConnection } from '@nats-io/nats-core';
 import { ForkyError, asForkyError, newId, type ErrorCode, type Logger } from '@forky/base';
-import { callerDeadline, retryTransient, type JobDelivery, type JobOutcome } from '@forky/bus';
-import {
-  BUCKETS,
-  CLOCK_SKEW_MS,
-  DEADLINE_HEADERS,
-  encodeBody,
-  schedContract,
-  subjects,
-  type Job,
-  type JobEndpoint,
-  type SchedParsedRequestOf,
-} from '@forky/contract';
-import { Idempotency, keyReused, requestHash, underWay, type Recorded } from './idempotency.js';
+import { callerDeadline, type JobDelivery, type JobOutcome, type JobQueue } from '@forky/bus';
+import { BUCKETS, CLOCK_SKEW_MS, schedContract, type Job, type JobEndpoint, type SchedParsedRequestOf } from '@forky/contract';
+import { Idempotency, keyReused, requestHash, underWay } from './idempotency.js';
 import { failUnrun, jobRefusal } from './deadlines.js';
 
 /** Failures a later attempt may not meet: a host down, or not answering in time. */
@@ -39,20 +29,6 @@ let keyless = 0;
 /** How long the jobs stream drops a repeat of a job's message id (JobQueue.open's duplicate_window). */
 const DEDUPE_WINDOW_MS = 120_000;
 
-/** A key's jobs go on a subject of their own (in the stream's `jobs.>`), so that the stream holds at most one of them. */
-const keySubject = (key: string): string => `${subjects.jobs.slice(0, -1)}key.${key}`;
-
-/** A JetStream API refusal, named the way retryTransient knows one (503: no leader yet, try again). */
-class JsApiError extends Error {
-  override readonly name = 'JetStreamApiError';
-  constructor(
-    readonly status: number,
-    message: string,
-  ) {
-    super(message);
-  }
-}
-
 /**
  * Requests that change the cluster. A keyed one is a job on the jobs stream, run once per key
  * by whichever scheduler takes it, its outcome kept in the requests bucket; a keyless one runs
@@ -70,8 +46,9 @@ export class Jobs {
 
   constructor(
     requests: KV,
+    nc: NatsConnection,
     /** Keyed requests are queued on it, so they outlive the scheduler that took them. */
-    private readonly nc: NatsConnection,
+    private readonly queue: Pick<JobQueue, 'submitKeyed'>,
     private readonly perform: Perform,
     private readonly opts: JobsOptions,
     private readonly log: Logger,
@@ -126,49 +103,13 @@ export class Jobs {
     // Waited on before the job is queued: its outcome may be written before the publish is acknowledged.
     const waiting = this.#idem.waitFor<T>(req.key, hash, since, waitMs);
     try {
-      await this.#publish({ v: 1, endpoint, key: req.key, hash, request: req, submittedAt: new Date().toISOString() }, now, deadline);
+      const job: Job = { v: 1, endpoint, key: req.key, hash, request: req, submittedAt: new Date().toISOString() };
+      await this.queue.submitKeyed(job, { seenRevision: now?.revision, deadline });
     } catch (e) {
       waiting.cancel();
       throw e;
     }
     return waiting.done;
-  }
-
-  /**
-   * Queues `job` on its key's subject, expecting none there. One already there is queued or
-   * running: its outcome is the one waited for. But when the key has a record that is not under
-   * way (`seen`: a failure, a lapsed lease), the job there may be one left behind by a run that
-   * ended, never to be delivered again: this one is queued after it; both then find the record
-   * and claim the key before running. The message id makes a publish sent again harmless, and
-   * `deadline` (a header: a scheduler of the previous version still takes the job) is when its
-   * client gives up.
-   */
-  async #publish(job: Job, seen: Recorded | undefined, deadline: number): Promise<void> {
-    const subject = keySubject(job.key);
-    const body = encodeBody(job, 'json');
-    const h = headers();
-    h.set(DEADLINE_HEADERS.deadline, String(Math.floor(deadline)));
-    h.set('Nats-Msg-Id', `${job.key}@${seen?.revision ?? 0}`);
-    /** Publishes expecting `last` as the subject's last sequence; the sequence in the way if another is there. */
-    const send = (last: number): Promise<number | undefined> =>
-      retryTransient(
-        'job publish',
-        async () => {
-          h.set('Nats-Expected-Last-Subject-Sequence', String(last));
-          const ack = (await this.nc.request(subject, body, { headers: h, timeout: 5_000 })).json<{
-            error?: { code?: number; err_code?: number; description?: string };
-          }>();
-          if (!ack.error) return undefined;
-          if (ack.error.err_code === 10071) return Number(/wrong last sequence: (\d+)/.exec(ack.error.description ?? '')?.[1] ?? -1);
-          throw new JsApiError(ack.error.code ?? 500, `queueing job ${job.key}: ${ack.error.description ?? 'refused'}`);
-        },
-        { log: this.log },
-      );
-    const inWay = await send(0);
-    if (inWay === undefined) return;
-    this.log.debug({ job: job.key, inWay }, 'a job of this key is already queued');
-    // Refused again: another submission queued its job first, and that one is waited for.
-    if (seen && inWay > 0) await send(inWay);
   }
 
   /**

@@ -82,6 +82,7 @@ export class Scheduler {
     this.#jobs = new Jobs(
       buckets.requests,
       nc,
+      jobs,
       perform,
       { ...opts, ackWaitMs: jobs.opts.ackWaitMs, startWindowMs: () => hosts.longestStartWindowMs() },
       log,
