@@ -1,13 +1,18 @@
 import { ForkyError, newId } from '@forky/base';
-import { Process, type ProcessExit, type StreamEvent } from './process.js';
+import { Process, checkSize, type ProcessExit, type StreamEvent } from './process.js';
 import type { CallOptions, Calls } from './transport.js';
 
 export interface SpawnOptions extends CallOptions {
   env?: Record<string, string>;
   cwd?: string;
   user?: string;
-  /** Keep stdin open for write() (default: no stdin). */
+  /** Keep stdin open for write() (default: no stdin; with `pty`, stdin). */
   stdin?: boolean;
+  /**
+   * Run it on a pseudo-terminal of this size (whole numbers 1–1000): stdin is written raw to the
+   * terminal (Ctrl-C is byte 3), stdout and stderr come merged as stdout, and `resize()` changes the size.
+   */
+  pty?: { rows: number; cols: number };
   /** The command's deadline in the guest, 0 for none (default 0 for spawn, 60 s for exec); past it the process group is killed. */
   timeoutMs?: number;
   /** The start's idempotency key (default: a new one); the same key again joins the first run, never starts a second. */
@@ -24,6 +29,8 @@ export interface AttachOptions extends Pick<CallOptions, 'signal'> {
 }
 
 export interface ExecOptions extends Omit<SpawnOptions, 'stdin'> {
+  /** No terminal for exec (use spawn with `pty`, or vm.pty()). */
+  pty?: never;
   /** Given whole to the command's stdin, then EOF. */
   stdin?: string | Uint8Array;
   /** Each piece of stdout as it comes (text, decoded as UTF-8 across chunk boundaries). */
@@ -32,6 +39,15 @@ export interface ExecOptions extends Omit<SpawnOptions, 'stdin'> {
   /** Most bytes of stdout plus stderr kept for the result (default 16 MiB); past it the command is killed and the call fails with CAPACITY. */
   maxOutputBytes?: number;
 }
+
+/** vm.pty(): a terminal's size, and what spawn takes besides. */
+export interface PtyOptions extends Omit<SpawnOptions, 'pty' | 'stdin'> {
+  rows: number;
+  cols: number;
+}
+
+/** What vm.pty() runs when given no command: a login shell. */
+export const DEFAULT_PTY_CMD: readonly string[] = ['/bin/sh', '-l'];
 
 export interface ExecResult extends ProcessExit {
   stdout: string;
@@ -56,15 +72,18 @@ function startBody(
   detach: boolean,
   keyPrefix: string,
 ): Record<string, unknown> {
+  // Checked here, naming the field, before anything is sent.
+  const pty = o.pty === undefined ? undefined : checkSize(o.pty, 'pty.');
   return {
     id: vm,
     ...command(cmd),
     env: o.env ?? {},
     ...(o.cwd ? { cwd: o.cwd } : {}),
     ...(o.user ? { user: o.user } : {}),
-    stdin: o.stdin === true,
+    stdin: pty ? o.stdin !== false : o.stdin === true,
     timeoutMs: o.timeoutMs ?? 0,
     detach,
+    ...(pty ? { pty } : {}),
     key: o.key ?? newId(keyPrefix, 16),
   };
 }
@@ -72,7 +91,20 @@ function startBody(
 /** Starts a command in VM `vm` under an idempotency key (a lost reply re-sent never starts it twice). */
 export async function spawn(t: Calls, vm: string, cmd: string | readonly string[], o: SpawnOptions = {}): Promise<Process> {
   const st = await t.stream('exec.start', startBody(vm, cmd, o, false, 'sdkexec'), o.signal ? { signal: o.signal } : {});
-  return new Process(t, vm, st, { ...(o.signal ? { signal: o.signal } : {}), ...(o.onEvent ? { onEvent: o.onEvent } : {}) });
+  return new Process(t, vm, st, {
+    ...(o.signal ? { signal: o.signal } : {}),
+    ...(o.onEvent ? { onEvent: o.onEvent } : {}),
+    pty: o.pty !== undefined,
+  });
+}
+
+/**
+ * Starts `cmd` (default a login shell) on a pseudo-terminal of `rows` × `cols`, TERM=xterm unless
+ * `env` names one: a spawn with `pty`, whose process takes raw keys on write() and has resize().
+ */
+export function pty(t: Calls, vm: string, cmd: string | readonly string[] | undefined, o: PtyOptions): Promise<Process> {
+  const { rows, cols, env, ...rest } = o;
+  return spawn(t, vm, cmd ?? DEFAULT_PTY_CMD, { ...rest, env: { TERM: 'xterm', ...env }, pty: { rows, cols }, stdin: true });
 }
 
 /**
@@ -83,7 +115,7 @@ export async function startDetached(
   t: Calls,
   vm: string,
   cmd: string | readonly string[],
-  o: Omit<SpawnOptions, 'stdin' | 'onEvent'> = {},
+  o: Omit<SpawnOptions, 'stdin' | 'onEvent' | 'pty'> = {},
 ): Promise<number> {
   const st = await t.stream('exec.start', startBody(vm, cmd, o, true, 'sdkexec'), o.signal ? { signal: o.signal } : {});
   st.close();

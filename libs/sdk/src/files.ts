@@ -3,6 +3,7 @@ import type { StreamChunk } from '@forky/bus';
 import type { SchedReplyOf } from '@forky/contract';
 import { endError } from './process.js';
 import type { CallOptions, Calls, StreamLike } from './transport.js';
+import { watch, type FileWatch, type WatchOptions } from './watch.js';
 
 const CHUNK = 64 * 1024;
 const READ_MAX = 64 * 2 ** 20;
@@ -109,6 +110,14 @@ export class Files {
       o.signal?.removeEventListener('abort', onAbort);
       st.close();
     }
+  }
+
+  /**
+   * Changes under `path` (a file or a directory; `recursive`: its subdirectories too) as they
+   * happen: iterate the watch for `{kind, path}` events until close() or the signal's abort.
+   */
+  watch(path: string, o: WatchOptions = {}): Promise<FileWatch> {
+    return watch(this.t, this.vm, path, o);
   }
 
   async list(path: string, o: CallOptions = {}): Promise<{ entries: FileEntry[]; truncated: boolean }> {

@@ -6,9 +6,11 @@ export { Forky, Vms, Snapshots, type ConnectOptions, type CreateOptions, type Li
 export { Vm, type ForkOptions, type ForkOutcome } from './vm.js';
 export { Files, type FileEntry, type FileStat, type ReadOptions, type WriteOptions } from './files.js';
 export { Process, type OutputChunk, type ProcessExit, type StreamEvent } from './process.js';
-export type { AttachOptions, ExecOptions, ExecResult, SpawnOptions } from './exec.js';
+export type { AttachOptions, ExecOptions, ExecResult, PtyOptions, SpawnOptions } from './exec.js';
+export { FileWatch, type WatchEvent, type WatchOptions, type DropReason } from './watch.js';
 // Lower level (README "On your own transport"): what Vm and Files do, on any Calls (the CLI's session is one).
-export { spawn, attach, startDetached, exec } from './exec.js';
+export { spawn, attach, startDetached, exec, pty } from './exec.js';
+export { watch } from './watch.js';
 export { transport, type Calls, type StreamLike, type Transport } from './transport.js';
 export { EventStream, type EventsOptions } from './events.js';
 export { PortForward, type PortForwardOptions, type LocalAddress, type ConnectionFailure } from './port-forward.js';

@@ -1,12 +1,10 @@
-import { ForkyError, asForkyError, delay, type ErrorCode } from '@forky/base';
+import { ForkyError, ValidationError, asForkyError, type ErrorCode } from '@forky/base';
 import { ErrorCodes } from '@forky/base';
 import type { StreamChunk, StreamEnd } from '@forky/bus';
+import { ResizeBody } from '@forky/contract';
+import { reopen } from './hand-over.js';
 import type { Calls, StreamLike } from './transport.js';
 
-/** How long a VM may take to come back from a snapshot before its processes are given up. */
-const HAND_OVER_MS = 120_000;
-/** Codes an attach meets while the VM is still being handed over: worth another try. */
-const PASSING = new Set(['INVALID_STATE', 'UNAVAILABLE', 'CAPACITY']);
 /** The host's chunks are at most 64 KiB; ours too, so one `in` message never exceeds what it takes. */
 const CHUNK = 64 * 1024;
 
@@ -39,6 +37,17 @@ export interface ProcessOptions {
   attached?: { pid: number; follow: boolean };
   /** Every event of its streams, as the guest sent it (escape before showing). */
   onEvent?: (event: StreamEvent) => void;
+  /** Started on a PTY: resize() may send the terminal's size. */
+  pty?: boolean;
+}
+
+/** A terminal size as the contract bounds it (whole numbers 1–1000), or a typed error naming the field. */
+export function checkSize(size: unknown, prefix = ''): { rows: number; cols: number } {
+  const s = (size ?? {}) as { rows?: unknown; cols?: unknown };
+  const r = ResizeBody.safeParse({ rows: s.rows, cols: s.cols });
+  if (r.success) return r.data;
+  const field = `${prefix}${String(r.error.issues[0]?.path[0] ?? 'rows')}`;
+  throw new ValidationError(`${field}: a whole number from 1 to 1000`, { field });
 }
 
 /** A stream that ended because the VM's agent session did (a snapshot's hand-over), not its process. */
@@ -64,6 +73,7 @@ export class Process implements AsyncIterable<OutputChunk> {
   readonly #attached: boolean;
   readonly #follow: boolean;
   readonly #onEvent: ((event: StreamEvent) => void) | undefined;
+  readonly #pty: boolean;
   #stream: StreamLike;
   /** The current stream is a `proc.attach` (begun so, or followed again after a hand-over): cancelling it kills nothing. */
   #onAttach: boolean;
@@ -91,6 +101,7 @@ export class Process implements AsyncIterable<OutputChunk> {
     this.#onAttach = this.#attached;
     this.#follow = o.attached?.follow ?? true;
     this.#onEvent = o.onEvent;
+    this.#pty = o.pty === true;
     this.#done = new Promise((res, rej) => ((this.#resolve = res), (this.#reject = rej)));
     this.#done.catch(() => undefined);
     const signal = o.signal;
@@ -174,6 +185,20 @@ export class Process implements AsyncIterable<OutputChunk> {
     for (let i = 0; i < b.length; i += CHUNK) await this.#stream.write(b.subarray(i, i + CHUNK));
   }
 
+  /**
+   * Sets the size of its terminal (a process spawned with `pty`); the guest gets the latest size at
+   * most every 50 ms. False when it could not be sent: after a snapshot's hand-over the process is
+   * followed by pid, on a stream that has no terminal, and keeps the size it had.
+   */
+  resize(rows: number, cols: number): boolean {
+    const size = checkSize({ rows, cols });
+    if (!this.#pty) throw new ForkyError('INVALID_STATE', 'the process has no terminal: spawn it with `pty`');
+    // A resize on a stream without a PTY ends it (PROTOCOL): never sent on a follow-up attach.
+    if (this.#onAttach || !this.#stream.resize) return false;
+    this.#stream.resize(size.rows, size.cols);
+    return true;
+  }
+
   /** Ends its stdin. */
   closeStdin(): Promise<void> {
     return this.#stream.closeInput();
@@ -233,19 +258,10 @@ export class Process implements AsyncIterable<OutputChunk> {
   }
 
   async #reattach(): Promise<StreamLike> {
-    const deadline = Date.now() + HAND_OVER_MS;
-    for (;;) {
-      try {
-        const st = await this.#t.stream('proc.attach', { id: this.#vm, pid: this.#pid as number, follow: this.#follow });
-        this.#skip = this.#seen;
-        this.#onAttach = true;
-        return st;
-      } catch (e) {
-        const err = asForkyError(e);
-        if (!PASSING.has(err.code) || Date.now() > deadline) throw err;
-        await delay(250);
-      }
-    }
+    const st = await reopen(() => this.#t.stream('proc.attach', { id: this.#vm, pid: this.#pid as number, follow: this.#follow }));
+    this.#skip = this.#seen;
+    this.#onAttach = true;
+    return st;
   }
 
   #fail(e: ForkyError): ForkyError {

@@ -17,6 +17,8 @@ export interface StreamLike extends AsyncIterable<StreamChunk> {
   closeInput(): Promise<void>;
   cancel(): void;
   close(): void;
+  /** A PTY's new size (an `exec.start` with `pty`; on any other stream the host ends it with PROTOCOL). */
+  resize?(rows: number, cols: number): void;
 }
 
 /** Typed scheduler calls and streams: all a process or a VM's files need (the CLI's session is one). */

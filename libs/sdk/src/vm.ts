@@ -1,7 +1,18 @@
 import { newId } from '@forky/base';
 import type { ChildEnv, Egress, ForkResult, Labels, LifecycleInfo, SnapshotInfo, VmInfo, VmState } from '@forky/contract';
 import { lifetime, ttlMs, type Duration, type IdleOption } from './duration.js';
-import { attach, exec, spawn, startDetached, type AttachOptions, type ExecOptions, type ExecResult, type SpawnOptions } from './exec.js';
+import {
+  attach,
+  exec,
+  pty,
+  spawn,
+  startDetached,
+  type AttachOptions,
+  type ExecOptions,
+  type ExecResult,
+  type PtyOptions,
+  type SpawnOptions,
+} from './exec.js';
 import { Files } from './files.js';
 import { PortForward, type PortForwardOptions } from './port-forward.js';
 import type { Process } from './process.js';
@@ -81,8 +92,16 @@ export class Vm {
     return spawn(this.t, this.id, cmd, o);
   }
 
+  /**
+   * Starts `cmd` (default `/bin/sh -l`) on a pseudo-terminal of `rows` × `cols`: write() its keys
+   * raw, read its screen as stdout, resize() it, wait() for its exit. As spawn() with `pty`.
+   */
+  pty(cmd: string | readonly string[] | undefined, o: PtyOptions): Promise<Process> {
+    return pty(this.t, this.id, cmd, o);
+  }
+
   /** Starts a command detached (no stream; it runs on by itself) and returns its pid, for attach(). */
-  startDetached(cmd: string | readonly string[], o: Omit<SpawnOptions, 'stdin' | 'onEvent'> = {}): Promise<number> {
+  startDetached(cmd: string | readonly string[], o: Omit<SpawnOptions, 'stdin' | 'onEvent' | 'pty'> = {}): Promise<number> {
     return startDetached(this.t, this.id, cmd, o);
   }
 

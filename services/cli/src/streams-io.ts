@@ -198,46 +198,9 @@ export async function cancelOnInterrupt<T>(stream: { cancel(): void }, fn: (inte
   }
 }
 
-/** Reads a stream to its end: output bytes to `onBytes`, events to `onEvent`; returns the end. */
-export async function consume(
-  stream: CliStream,
-  onBytes: (kind: 'stdout' | 'stderr' | 'data', bytes: Uint8Array) => Promise<void> | void,
-  onEvent: (event: { type: string } & Record<string, unknown>) => void = () => undefined,
-): Promise<StreamEnd> {
-  for await (const c of stream) {
-    if (c.kind === 'end') return c.end;
-    if (c.kind === 'event') onEvent(c.event);
-    else if (c.kind !== 'eof') await onBytes(c.kind, c.bytes);
-  }
-  throw new ForkyError('UNAVAILABLE', 'the stream ended without its end message');
-}
-
 /** Says on stderr that the start of a process's buffered output was lost (it keeps the last 1 MiB). */
 export function noteDropped(event: { type: string } & Record<string, unknown>): void {
   if (event.type === 'dropped') process.stderr.write(`forky: ${guestText(event.bytes)} bytes of earlier output were dropped\n`);
-}
-
-/**
- * Runs a stream to its end: `input` (if any) as its input (stdin, a file's bytes), its output to
- * `onOutput`, Ctrl-C cancelling it. Input stops at the end: a command may exit before reading it all.
- */
-export async function runStream(
-  st: CliStream,
-  input: (AsyncIterable<Buffer | string> & { destroy?(): void }) | undefined,
-  onOutput: (kind: 'stdout' | 'stderr', bytes: Uint8Array) => Promise<void> | void = () => undefined,
-  onEvent?: (event: { type: string } & Record<string, unknown>) => void,
-): Promise<{ end: StreamEnd; interrupted: boolean }> {
-  const fed = feed(input, st, () => st.cancel());
-  try {
-    return await cancelOnInterrupt(st, async (interrupted) => {
-      const end = await consume(st, (kind, bytes) => onOutput(kind === 'stderr' ? 'stderr' : 'stdout', bytes), onEvent);
-      fed.failed();
-      return { end, interrupted: interrupted() };
-    });
-  } finally {
-    fed.stop();
-    input?.destroy?.();
-  }
 }
 
 /**

@@ -1,11 +1,12 @@
 import type { Command } from 'commander';
+import { watch as watchIn } from '@forky/sdk';
 import { guestText, safeJson } from '../guest-text.js';
-import { INTERRUPTED_EXIT, cancelOnInterrupt, consume, endError } from '../streams-io.js';
+import { INTERRUPTED_EXIT, cancelOnInterrupt } from '../streams-io.js';
 import type { CliContext } from '../commands/context.js';
 
 interface WatchEvent {
   path: string;
-  kind: 'create' | 'modify' | 'delete' | 'move';
+  kind: string;
 }
 
 /** One line per event: `kind path` (escaped: the guest names them), or (--json) one JSON object, so a pipe reads them as they come. */
@@ -16,25 +17,19 @@ export function formatWatchEvent(e: WatchEvent, json: boolean): string {
 /** `forky vm watch ID PATH [--recursive]`: changes under a path in the guest, until Ctrl-C. */
 export async function watch(cli: CliContext, id: string, p: string, o: { recursive?: boolean }, cmd: Command): Promise<void> {
   const json = cli.json(cmd);
-  const r = await cli.withSession(cmd, async (s) => {
-    const st = await s.stream('file.watch', { id, path: p, recursive: !!o.recursive });
-    try {
-      return await cancelOnInterrupt(st, async (interrupted) => {
-        const end = await consume(
-          st,
-          () => undefined,
-          (ev) => {
-            if (ev.type === 'dropped') process.stderr.write(`forky: some events were dropped\n`);
-            if (ev.type !== 'events' || !Array.isArray(ev.events)) return;
-            for (const e of ev.events as WatchEvent[]) process.stdout.write(formatWatchEvent(e, json));
-          },
-        );
-        return { end, interrupted: interrupted() };
-      });
-    } finally {
-      st.close();
-    }
+  const onDropped = (why: 'guest' | 'hand-over'): void =>
+    void process.stderr.write(
+      why === 'guest'
+        ? 'forky: some events were dropped\n'
+        : 'forky: the VM was handed over (a snapshot): changes meanwhile were not seen\n',
+    );
+  const interrupted = await cli.withSession(cmd, async (s) => {
+    // The SDK's watch follows the VM across a snapshot; Ctrl-C stops it in the guest, and it ends.
+    const w = await watchIn(s, id, p, { recursive: !!o.recursive, onDropped });
+    return cancelOnInterrupt({ cancel: () => w.close() }, async (stopped) => {
+      for await (const e of w) process.stdout.write(formatWatchEvent(e, json));
+      return stopped();
+    });
   });
-  if (!r.end.ok) throw endError(r.end);
-  process.exitCode = r.interrupted ? INTERRUPTED_EXIT : 0;
+  process.exitCode = interrupted ? INTERRUPTED_EXIT : 0;
 }
