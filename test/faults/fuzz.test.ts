@@ -20,7 +20,7 @@ import { FuzzCluster } from '../helpers/fuzz-cluster.js';
 import { NO_LAYER, RAW_HEADER_BLOCKS, hostileBodies, type Base, type Hostile } from '../helpers/fuzz-bodies.js';
 import { GHOST_SNAP, GHOST_VM, HOSTILE_VALUES, HostileWriter, ODD_TOKENS } from '../helpers/fuzz-entries.js';
 import { qemuPidsOf } from '../helpers/procs.js';
-import { ensureImage } from '../helpers/repo.js';
+import { ensureImageOnce } from '../helpers/repo.js';
 
 const TOTAL = Number(process.env.FORKY_FUZZ_REQUESTS ?? 10_000);
 const SEED = Number(process.env.FORKY_FUZZ_SEED ?? 20261125);
@@ -63,7 +63,7 @@ describe(
     });
 
     before(async () => {
-      await ensureImage();
+      await ensureImageOnce();
       c = await FuzzCluster.start(HOST, ROGUE, { dryRun: DRY_RUN });
       vm = await c.host.call('vm.boot', {});
       // A second VM is snapshotted (paused), so the fuzzed VM keeps running and its snapshot exists.

@@ -8,7 +8,7 @@ import { VmEvent, subjects } from '@forky/contract';
 import { Forky, type EventStream, type Vm } from '@forky/sdk';
 import { startTestHost, type TestHost } from '../helpers/hostd.js';
 import { startTestScheduler, type TestScheduler } from '../helpers/scheduler.js';
-import { ensureImage } from '../helpers/repo.js';
+import { ensureImageOnce } from '../helpers/repo.js';
 
 /** What a reader saw, in order; `until` resolves when it has seen what a predicate wants (no polling). */
 class Seen<T> {
@@ -51,7 +51,7 @@ describe('VM events on NATS (real hostd, QEMU, nats-server)', { timeout: 180_000
   let children: Vm[] = [];
 
   before(async () => {
-    await ensureImage();
+    await ensureImageOnce();
     nats = await startNatsServer();
     host = await startTestHost(nats.url, { hostId: HOST });
     sched = await startTestScheduler(nats.url);

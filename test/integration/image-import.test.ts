@@ -15,7 +15,7 @@ import { startEphemeralHostd, type EphemeralHostd } from '@forky/hostd';
 import { cliRunner } from '../helpers/cli-run.js';
 import { testLogger } from '../helpers/hostd.js';
 import { dockerSave, ociLayout, tar, type TarEntry } from '../helpers/oci-tar.js';
-import { ensureImage, IMAGE_CACHE_DIR, IMAGES_DIR, REPO } from '../helpers/repo.js';
+import { ensureImageOnce, IMAGE_CACHE_DIR, IMAGES_DIR, REPO } from '../helpers/repo.js';
 
 const run = promisify(execFile);
 const exists = (p: string): Promise<boolean> =>
@@ -62,7 +62,7 @@ describe('forky image import: OCI layout, docker save, plain rootfs', { timeout:
     work = await fs.mkdtemp(path.join(os.tmpdir(), 'fk-import-'));
     data = path.join(work, 'data');
     await fs.mkdir(path.join(data, 'images'), { recursive: true });
-    await ensureImage('tiny');
+    await ensureImageOnce('tiny');
     // hostd's accelerator probe boots tiny; this run's probe result is reused.
     await fs.symlink(path.join(IMAGES_DIR, 'tiny'), path.join(data, 'images', 'tiny'));
     // Builds of this test are kept out of the machine's image cache (downloads are shared).

@@ -11,7 +11,7 @@ import type { SnapshotInfo, TransferResult, VmInfo } from '@forky/contract';
 import { startTestHost, type TestHost } from '../helpers/hostd.js';
 import { guestShell } from '../helpers/guest.js';
 import { refused } from '../helpers/errors.js';
-import { IMAGES_DIR, ensureImage } from '../helpers/repo.js';
+import { IMAGES_DIR, ensureImageOnce } from '../helpers/repo.js';
 
 const sha = (b: Buffer | string): string => createHash('sha256').update(b).digest('hex');
 const shaFile = async (f: string): Promise<string> => sha(await fs.readFile(f));
@@ -69,7 +69,7 @@ describe('images travel with their snapshots, by id', { timeout: 300_000 }, () =
   };
 
   before(async () => {
-    await ensureImage();
+    await ensureImageOnce();
     dirA = await fs.mkdtemp(path.join(os.tmpdir(), 'fk-imgA-'));
     dirB = await fs.mkdtemp(path.join(os.tmpdir(), 'fk-imgB-'));
     // Hard links, not a copy: the images dir and the temp dirs share a filesystem.

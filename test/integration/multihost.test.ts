@@ -121,7 +121,7 @@ describe('three hosts: a fork spread across them ships the snapshot through the 
     await assert.rejects(client.call('fork', { source: first.snapshot.id, count: 1, host: 'mh-zz' }), /NOT_FOUND|host "mh-zz" not found/);
   });
 
-  it('a host killed during a fork is marked down, its share placed elsewhere, its VMs shown as lost', async () => {
+  it('a host killed during a fork is marked down, its share placed elsewhere, its VMs shown as lost', async (t) => {
     const victim = hosts[2] as TestHost;
     const itsVms = (await client.call('vm.list', {})).vms.filter((v) => v.host === victim.hostId).map((v) => v.id);
     assert.ok(itsVms.length > 0);
@@ -138,7 +138,9 @@ describe('three hosts: a fork spread across them ships the snapshot through the 
     const forking = client.call('fork', { source: first.snapshot.id, count: 6, spread: true });
     // The host drops off the network as the fork starts: no more answers, no more heartbeats.
     await victim.hostd.nc.close();
+    const closedAt = Date.now();
     const r = await forking;
+    const forkedMs = Date.now() - closedAt;
     assert.equal(r.children.length, 6, 'all 6 children were made');
     assert.equal(r.children.filter((c) => c.host === victim.hostId).length, 0, 'none on the dead host');
     assert.deepEqual(new Set(r.children.map((c) => c.host)), new Set(['mh-a', 'mh-b']));
@@ -151,6 +153,9 @@ describe('three hosts: a fork spread across them ships the snapshot through the 
       assert.ok(Date.now() < deadline, 'the host is marked down within 20 s');
       await new Promise((res) => setTimeout(res, 250));
     }
+    t.diagnostic(
+      `heartbeat listing its VMs after ${closedAt - seen} ms; the fork answered ${forkedMs} ms, the host seen down ${Date.now() - closedAt} ms after the close`,
+    );
     const lost = (await client.call('vm.list', {})).vms.filter((v) => v.host === victim.hostId);
     assert.deepEqual(lost.map((v) => v.id).sort(), [...itsVms].sort());
     assert.ok(

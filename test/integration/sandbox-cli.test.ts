@@ -254,8 +254,11 @@ describe('sandbox commands of the CLI against a local cluster', { timeout: 900_0
       assert.notEqual(resized, size);
       await tmux('send-keys', '-t', name, 'clear; stty size', 'Enter');
       await until(new RegExp(`^${resized}$`, 'm'), `stty size ${resized} after the resize`);
-      // Raw mode: Ctrl-C goes to the guest's foreground job, not to the CLI.
-      await tmux('send-keys', '-t', name, 'sleep 30', 'Enter');
+      // Raw mode: Ctrl-C goes to the guest's foreground job, not to the CLI. It is sent once the job
+      // runs (a ^C read with the line by the shell's editor was dropped, and the test waited out a
+      // 30 s sleep); the job outlives the wait below, so only a delivered Ctrl-C passes.
+      await tmux('send-keys', '-t', name, "sh -c 'echo job-$((2+3)); exec sleep 600'", 'Enter');
+      await until(/^job-5$/m, 'the foreground job running');
       await tmux('send-keys', '-t', name, 'C-c');
       await tmux('send-keys', '-t', name, 'echo still-$((1+1))', 'Enter');
       await until(/^still-2$/m, 'the shell alive after Ctrl-C');

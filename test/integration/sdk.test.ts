@@ -9,7 +9,7 @@ import { Forky, ForkyError, parseDuration, type Vm } from '@forky/sdk';
 import { pollUntil } from '@forky/base';
 import { startTestHost, type TestHost } from '../helpers/hostd.js';
 import { startTestScheduler, type TestScheduler } from '../helpers/scheduler.js';
-import { REPO, ensureImage } from '../helpers/repo.js';
+import { REPO, ensureImageOnce } from '../helpers/repo.js';
 import { sdkEvents } from '../helpers/sdk-events.js';
 
 const getText = (port: number, p: string): Promise<{ status: number; body: string }> =>
@@ -37,7 +37,7 @@ describe('@forky/sdk on a real cluster (real QEMU, real nats-server)', { timeout
   let vm: Vm;
 
   before(async () => {
-    await ensureImage();
+    await ensureImageOnce();
     nats = await startNatsServer();
     host = await startTestHost(nats.url, { hostId: 'sdk-a' });
     sched = await startTestScheduler(nats.url);

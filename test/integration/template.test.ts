@@ -10,7 +10,7 @@ import { guestShell } from '../helpers/guest.js';
 import { refused } from '../helpers/errors.js';
 import { RawNats } from '../helpers/raw-nats.js';
 import { cliRunner } from '../helpers/cli-run.js';
-import { ensureImage } from '../helpers/repo.js';
+import { ensureImageOnce } from '../helpers/repo.js';
 
 /**
  * Templates (issue 19 point 5) on two real hosts and a scheduler, real QEMU under TCG: a debian
@@ -28,8 +28,8 @@ describe('templates: make once, fork anywhere', { timeout: 600_000 }, () => {
   const hostOf = (id: string): TestHost => hosts.find((h) => h.hostId === id) as TestHost;
 
   before(async () => {
-    await ensureImage('tiny');
-    await ensureImage('debian');
+    await ensureImageOnce('tiny');
+    await ensureImageOnce('debian');
     nats = await startNatsServer();
     const started = await Promise.allSettled(['tp-a', 'tp-b'].map((id) => startTestHost(nats.url, { hostId: id })));
     hosts = started.flatMap((r) => (r.status === 'fulfilled' ? [r.value] : []));
