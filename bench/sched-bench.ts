@@ -1,7 +1,7 @@
 /**
  * Scheduler cost per request with many simulated hosts.
  *   node bench/dist/sched-bench.js [--quick] [--hosts N] [--requests M] [--serial S] [--rounds R] [--concurrency C]
- *     [--workers W] [--only hostd|answering] [--cpu-prof DIR] [--compare SCHEDULER_MAIN] [--json]
+ *     [--workers W] [--only hostd|answering] [--cpu-prof DIR] [--compare SCHEDULER_MAIN [--compare-sim SIM_HOSTS_JS]] [--json]
  * A placement is a `vm.boot` through the scheduler: keyless (run at once) and keyed (a durable job whose outcome
  * is recorded: what the CLI and SDK send); the same boot sent straight to a host is the baseline. Two kinds of
  * hosts (sim-hosts.ts): dry-run hostd (the issue's figures; each boot costs the host ~8 ms of CPU, so they bound
@@ -9,7 +9,8 @@
  * bottleneck). Each round: S requests one at a time, direct, keyless and keyed interleaved, so all three meet the
  * same machine (overhead = via scheduler - direct); then M of each kind with C in flight, and the CPU the
  * scheduler process spent on them. Figures are medians over rounds. `--compare` runs each round against that
- * scheduler too (e.g. a build of an earlier version), in turns, and prints this one's figures as a ratio to it.
+ * scheduler too (e.g. a build of an earlier version), in turns, and prints this one's figures as a ratio to it;
+ * `--compare-sim` gives those rounds their own simulated hosts (that build's sim-hosts.js, so its hostd too).
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs/promises';
@@ -34,6 +35,8 @@ const concurrency = opt('concurrency', 32);
 const workers = opt('workers', 2);
 const profDir = str('cpu-prof');
 const compare = str('compare');
+const compareSim = str('compare-sim');
+const SIM = path.join(REPO, 'bench', 'dist', 'sim-hosts.js');
 const SCHED_MAIN = path.join(REPO, 'services', 'scheduler', 'bin', 'forky-scheduler.js');
 const MODES = (['hostd', 'answering'] as const).filter((m) => !str('only') || str('only') === m);
 type Mode = (typeof MODES)[number];
@@ -82,7 +85,7 @@ const KINDS: Kind[] = ['direct', 'keyless', 'keyed'];
  * One round on a cluster of its own (nats-server, hosts, scheduler `main`), so that no round starts with
  * the VMs, heartbeats and streams of another: its figures by name.
  */
-async function round(mode: Mode, main: string): Promise<Record<string, number>> {
+async function round(mode: Mode, main: string, simHosts: string): Promise<Record<string, number>> {
   const nats = await startNatsServer();
   const procs: ChildProcess[] = [];
   const nc: NatsConnection = await connect({ servers: nats.url, name: 'sched-bench' });
@@ -92,15 +95,7 @@ async function round(mode: Mode, main: string): Promise<Record<string, number>> 
     // Hosts spread over worker processes, so they do not share one event loop with each other or us.
     await Promise.all(
       counts.map((count, w) => {
-        const sim = [
-          path.join(REPO, 'bench', 'dist', 'sim-hosts.js'),
-          '--nats',
-          nats.url,
-          '--prefix',
-          `${mode[0]}${w}x`,
-          '--count',
-          `${count}`,
-        ];
+        const sim = [simHosts, '--nats', nats.url, '--prefix', `${mode[0]}${w}x`, '--count', `${count}`];
         const p = spawn(process.execPath, [...sim, ...(mode === 'answering' ? ['--answering'] : [])], {
           stdio: ['ignore', 'pipe', 'inherit'],
         });
@@ -162,14 +157,15 @@ async function measure(mode: Mode): Promise<Map<string, Array<Record<string, num
   const mains = compare ? [SCHED_MAIN, compare] : [SCHED_MAIN];
   const results = new Map<string, Array<Record<string, number>>>(mains.map((m) => [m, []]));
   for (let n = 0; n < rounds; n++)
-    for (const main of n % 2 ? [...mains].reverse() : mains) results.get(main)?.push(await round(mode, main));
+    for (const main of n % 2 ? [...mains].reverse() : mains)
+      results.get(main)?.push(await round(mode, main, main === SCHED_MAIN ? SIM : (compareSim ?? SIM)));
   return results;
 }
 
 type Figure = { name: string; value: number; unit: string; target?: number; met?: boolean; ratio?: number; ratioTo?: string };
 const figures: Figure[] = [];
 out(
-  `scheduler bench: ${nHosts} simulated hosts in ${workers} processes; ${rounds} rounds of ${nSerial} requests one at a time and ${nRequests} with ${concurrency} in flight, of each kind (5x as many on answering hosts)${compare ? `; against ${compare} in turns` : ''}`,
+  `scheduler bench: ${nHosts} simulated hosts in ${workers} processes; ${rounds} rounds of ${nSerial} requests one at a time and ${nRequests} with ${concurrency} in flight, of each kind (5x as many on answering hosts)${compare ? `; against ${compare} in turns${compareSim ? ` on ${compareSim}` : ''}` : ''}`,
 );
 for (const mode of MODES) {
   const results = await measure(mode);

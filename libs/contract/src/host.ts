@@ -35,8 +35,12 @@ export const Heartbeat = HostInfo.extend({
   intervalMs: z.number().int().positive(),
   /** Names this hostd process: a new one means the host restarted, and requests in flight to it were lost. */
   instance: z.string().min(1).max(64),
-  /** The host's VMs as of this beat: what is shown as lost if the host stops reporting. */
-  vmList: z.array(VmInfo),
+  /**
+   * The host's VMs as of this beat: what is shown as lost if the host stops reporting. Sent by the
+   * periodic beat (and in the hosts bucket), not by the beat that follows a change within 100 ms:
+   * a receiver keeps the last list it had for that host instance when a beat has none.
+   */
+  vmList: z.array(VmInfo).optional(),
   snapshotIds: z.array(z.string()),
   /** The host's own addresses: every other host refuses them to its VMs (README "Network isolation"). */
   addrs: z

@@ -148,10 +148,18 @@ export async function startHostd(config: Readonly<HostdConfig>, logger: Logger):
   log.info({ accel: probe.accel, reason: probe.reason, qemu: probe.qemuVersion, network: network.describe() }, 'hostd serving');
 
   const instance = newId('hd', 12);
-  const beat = async (): Promise<void> => {
+  /**
+   * `full` (each period): with the VM list, and into the hosts bucket. A change's beat is only the
+   * counts and capacity on the subject: a busy host changes many times a period, and a list of
+   * every VM in each of those beats cost the scheduler a parse per VM (the list is read only once
+   * the host is down, to show its VMs as lost; it lags a change by at most one period).
+   */
+  const beat = async (full: boolean): Promise<void> => {
+    const { vmList, snapshotIds } = engine.ids();
     const hb: Heartbeat = {
       ...(await engine.hostInfo()),
-      ...engine.ids(),
+      ...(full ? { vmList } : {}),
+      snapshotIds,
       ts: Date.now(),
       intervalMs: config.heartbeatMs,
       instance,
@@ -159,17 +167,17 @@ export async function startHostd(config: Readonly<HostdConfig>, logger: Logger):
     };
     const body = JSON.stringify(hb);
     nc.publish(subjects.heartbeat(config.hostId), body);
-    await buckets.hosts.put(config.hostId, body);
+    if (full) await buckets.hosts.put(config.hostId, body);
   };
   // A first beat lost to a cluster still electing leaders is not fatal: the next one follows.
-  await beat().catch((err: unknown) => log.warn({ err }, 'first heartbeat failed'));
-  const timer = setInterval(() => void beat().catch((err: unknown) => log.warn({ err }, 'heartbeat failed')), config.heartbeatMs);
+  await beat(true).catch((err: unknown) => log.warn({ err }, 'first heartbeat failed'));
+  const timer = setInterval(() => void beat(true).catch((err: unknown) => log.warn({ err }, 'heartbeat failed')), config.heartbeatMs);
   // A change (a VM made or gone) is reported within 100 ms, not at the next period: coalesced.
   let pendingBeat: NodeJS.Timeout | undefined;
   beatSoon = () => {
     pendingBeat ??= setTimeout(() => {
       pendingBeat = undefined;
-      void beat().catch((err: unknown) => log.warn({ err }, 'heartbeat failed'));
+      void beat(false).catch((err: unknown) => log.warn({ err }, 'heartbeat failed'));
     }, 100);
   };
 

@@ -14,7 +14,7 @@ import { isReadableKey, logBadEntry } from '@forky/bus';
  * when the node leading the bucket dies (measured: test/faults/nats-cluster.test.ts). A beat
  * counts only on its own host's subject, and a newer `ts` wins, so the two sources can race.
  */
-export class HostView<T extends { id: string; ts: number }> {
+export class HostView<T extends { id: string; ts: number; after?: (prev: T) => T }> {
   readonly #beats = new Map<string, T>();
   /** The same beats in host id order, kept as they arrive: a placement reads it as is. */
   readonly #sorted: T[] = [];
@@ -84,11 +84,13 @@ export class HostView<T extends { id: string; ts: number }> {
     }
     const have = this.#beats.get(host);
     if (have && have.ts >= beat.ts) return;
-    this.#beats.set(host, beat);
+    // A beat with only what a change moved takes the rest (its VM list) from the one it follows.
+    const next = have && beat.after ? beat.after(have) : beat;
+    this.#beats.set(host, next);
     // Hosts are never dropped, so a new one is rare: only then is the order worked out again.
-    if (have) this.#sorted[this.#sorted.indexOf(have)] = beat;
+    if (have) this.#sorted[this.#sorted.indexOf(have)] = next;
     else {
-      this.#sorted.push(beat);
+      this.#sorted.push(next);
       this.#sorted.sort((a, b) => a.id.localeCompare(b.id));
     }
   }

@@ -9,13 +9,15 @@ import { StartByClient, hostGone, mayStillStart, startWindowMs } from './deadlin
 
 /**
  * A checked heartbeat. Its VM list is checked when first asked for: it is needed only once its
- * host is down (to show those VMs as lost), while a host sends one after each change, so checking
- * every VM of every beat would cost each placement in proportion to the VMs on the host.
+ * host is down (to show those VMs as lost), so checking every VM of every beat would cost each
+ * placement in proportion to the VMs on the host. A beat sent after a change carries no list
+ * (contract host.ts): `after` gives it the list of the beat before, from the same hostd process.
  */
-export type Beat = Omit<Heartbeat, 'vmList'> & { readonly vmList: () => VmInfo[] };
+export type Beat = Omit<Heartbeat, 'vmList'> & { readonly vmList: () => VmInfo[]; readonly after?: (prev: Beat) => Beat };
 
-const BeatShape = Heartbeat.extend({ vmList: z.array(z.unknown()) });
+const BeatShape = Heartbeat.extend({ vmList: z.array(z.unknown()).optional() });
 const VmList = z.array(VmInfo);
+const none = (): VmInfo[] => [];
 
 /** Checks a heartbeat's JSON text: undefined for one that is not valid; a VM list that is not is logged when read, and empty. */
 export function beatParser(log: Logger): (body: string) => Beat | undefined {
@@ -29,6 +31,12 @@ export function beatParser(log: Logger): (body: string) => Beat | undefined {
     const r = BeatShape.safeParse(raw);
     if (!r.success) return undefined;
     const { vmList, ...beat } = r.data;
+    if (!vmList) {
+      // A new process's list is its own: a restarted host's old VMs are not carried over to it.
+      const after = (prev: Beat): Beat => ({ ...beat, vmList: prev.instance === beat.instance ? prev.vmList : none });
+      // Not enumerable: a status is the beat's other fields (placement.ts), sent to clients as is.
+      return Object.defineProperty({ ...beat, vmList: none }, 'after', { value: after, enumerable: false });
+    }
     let checked: VmInfo[] | undefined;
     return {
       ...beat,

@@ -15,7 +15,7 @@ export function isAlive(hb: { ts: number; intervalMs: number }, now: number): bo
 }
 
 /** A checked heartbeat's host, alive or not at `now` (its VM list, however it is held, left out). */
-export function beatStatus(hb: Omit<Heartbeat, 'vmList'> & { vmList: unknown }, now: number): HostStatus {
+export function beatStatus(hb: Omit<Heartbeat, 'vmList'> & { vmList?: unknown }, now: number): HostStatus {
   const { ts, intervalMs: _n, instance: _i, vmList: _v, snapshotIds: _s, ...info } = hb;
   return { ...info, alive: isAlive(hb, now), lastSeen: new Date(ts).toISOString() };
 }
