@@ -126,6 +126,8 @@ describe('self-fork: budget and rate', () => {
   });
 });
 
+/** The rate is per tree: tests that send more than its burst across one tree raise it. */
+const FAST = { limits: { selfForkRate: { perSec: 1000, burst: 1000 } } };
 describe('self-fork: the engine on a dry-run runtime', () => {
   it('a fork: the parent gets the ids, each child its index; the tree, the counts and the event follow', async (t) => {
     const events: VmEvent[] = [];
@@ -192,7 +194,7 @@ describe('self-fork: the engine on a dry-run runtime', () => {
   });
 
   it('maxAlive over the tree: a request past it is refused whole; two at once cannot both take the last place', async (t) => {
-    const h = await hostFor(t);
+    const h = await hostFor(t, FAST);
     const root = await boot(h, { selfFork: POLICY });
     const before = state(h);
     await h.runtime.guestSends(root.id, req({ op: 'fork', count: 4 }));
@@ -248,7 +250,7 @@ describe('self-fork: the engine on a dry-run runtime', () => {
   });
 
   it('results: kept for the parent, --exit-after-result destroys the child, --wait gets all (or their end)', async (t) => {
-    const h = await hostFor(t);
+    const h = await hostFor(t, FAST);
     const root = await boot(h, { selfFork: POLICY });
     await h.runtime.guestSends(root.id, req({ op: 'fork', count: 3, live: true }));
     const [c1, c2, c3] = last(h, root.id).children as [string, string, string];

@@ -41,6 +41,7 @@ export {
   ExecResult,
 } from './vm.js';
 export {
+  DEVICE_SET,
   MachineProfile,
   SnapshotInfo,
   SnapshotCreateRequest,

@@ -9,10 +9,13 @@ import { Labels, VmId } from './ids.js';
  * newline); a reply is one line too, and a `results` reply may be longer (every child's result).
  * Every request carries a fresh 16-hex `id`, echoed in every reply to it (a fork's `child` replies
  * carry the parent's request id): a reader skips any line with another id (an earlier caller's
- * reply, a restored copy's, a restarted host's "lost"). One request at a time: the port opens once
- * only, so `forky-fork` queues callers on a lock file; lines are dealt with in order, at most 8
- * waiting (past that the rest of what arrived at once is dropped, with no reply). Every request counts
- * against a per-VM rate (2 a second, 4 saved up; `RATE_LIMITED`), refused ones too. A refusal's
+ * reply, a restored copy's, a restarted host's "lost"). One request at a time per VM: the port
+ * opens once only, so `forky-fork` queues callers on a lock file; a line that comes while another
+ * request of the VM is carried out gets `BUSY` at once (nothing done). Lines are dealt with in
+ * order, at most 8 of what arrived at once; past them the rest is dropped and its first whole line
+ * gets `BUSY`. Every request counts against a rate per self-fork tree (the root and all it
+ * self-forked share 10 a second, 20 saved up; `RATE_LIMITED`), refused ones too. `--wait` after a
+ * `--spread` fork is refused (INVALID_STATE): children elsewhere report to their own hosts. A refusal's
  * `code`: FORBIDDEN (no policy, too deep), CAPACITY (maxChildren, maxAlive), RATE_LIMITED, BUSY,
  * BAD_REQUEST, INVALID_STATE, TIMEOUT, or the fork's own error code. The schemas below are the
  * protocol, for programs in any language.

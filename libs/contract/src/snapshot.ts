@@ -11,6 +11,12 @@ import { TemplateName } from './template.js';
  * accelerator, QEMU version, machine type, CPU model, vCPU count and RAM size (and the disk
  * under it must be the same image), so a mismatch is refused before QEMU is started.
  */
+/**
+ * The version of the device set a VM gets (QEMU's command line): bumped whenever a device is added,
+ * removed or changed. 2: the 4th virtio-serial port (self-fork, issue 22).
+ */
+export const DEVICE_SET = 2;
+
 export const MachineProfile = z.strictObject({
   accel: Accel,
   qemuVersion: z.string(),
@@ -19,6 +25,11 @@ export const MachineProfile = z.strictObject({
   cpus: z.number().int(),
   memMiB: z.number().int(),
   imageId: z.string(),
+  /**
+   * The device set the VM ran with (DEVICE_SET then). Optional only so that older snapshots parse:
+   * one without it, or with another, restores nowhere (its saved device state would not load).
+   */
+  devices: z.number().int().min(1).optional(),
 });
 export type MachineProfile = z.infer<typeof MachineProfile>;
 

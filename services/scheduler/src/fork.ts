@@ -40,11 +40,17 @@ export async function fork(ctx: SchedContext, req: Omit<SchedForkRequest, 'key'>
         )
       : await ctx.hosts.onHost(home, (c) => c.call('snapshot.show', { id: req.source }));
   const snapshotMs = performance.now() - started;
-  // Published once, up front; each target then fetches what it lacks and forks, in parallel.
-  const transfers: TransferResult[] = [await ctx.hosts.onHost(home, (c) => c.call('snapshot.publish', { id: snapshot.id }))];
+  // Published once, from the moment it is frozen: the home share forks meanwhile, each target
+  // fetches once it is there (a failed publish fails the targets: their shares go elsewhere).
+  const published = ctx.hosts.onHost(home, (c) => c.call('snapshot.publish', { id: snapshot.id }));
+  published.catch(() => undefined);
+  const transfers: TransferResult[] = [];
   const forkOn = (host: string, count: number, attempt: number, first: number): Promise<ForkResult> =>
     ctx.hosts.onHost(host, async (c) => {
-      if (host !== home) transfers.push(await c.call('snapshot.fetch', { id: snapshot.id }));
+      if (host !== home) {
+        await published;
+        transfers.push(await c.call('snapshot.fetch', { id: snapshot.id }));
+      }
       const own = labelsOf(req, first, count);
       return c.call('fork', {
         source: snapshot.id,
@@ -53,14 +59,16 @@ export async function fork(ctx: SchedContext, req: Omit<SchedForkRequest, 'key'>
         ...apps,
         ...own,
         ...lifetimeOf(req),
-        key: subKey(key, `${host}/${attempt}/${first}`),
+        // The share's own key on that host: tried there again, it is replayed, never made twice.
+        key: subKey(key, `${host}/${first}/${count}`),
       });
     });
   const results = await forkShares(ctx, home, plan, forkOn);
+  const pub = await published.catch(() => undefined);
   return {
     snapshot,
     children: results.flatMap((r) => r.children),
-    transfers,
+    transfers: pub ? [pub, ...transfers] : transfers,
     timings: {
       snapshotMs: Math.round(snapshotMs * 10) / 10,
       totalMs: Math.round((performance.now() - started) * 10) / 10,
@@ -76,7 +84,8 @@ function labelsOf(req: Omit<SchedForkRequest, 'key'>, first: number, count: numb
 
 /**
  * Runs every host's share of a fork, and replans the shares of the hosts that failed (down, or
- * gone mid-fork) on the live others, under a new key per host and attempt.
+ * gone mid-fork) on the live others; a share that timed out on a host still up is asked there
+ * again under its own key. If the fork fails, the shares made are destroyed.
  */
 async function forkShares(
   ctx: SchedContext,
@@ -85,31 +94,58 @@ async function forkShares(
   forkOn: (host: string, count: number, attempt: number, first: number) => Promise<ForkResult>,
 ): Promise<ForkResult[]> {
   const results: Array<[number, ForkResult]> = [];
+  try {
+    return await forkEach(ctx, home, plan, forkOn, results);
+  } catch (e) {
+    // All or nothing: the shares made go with the fork (their children must not run on as its).
+    await undoShares(
+      ctx,
+      results.map(([, r]) => r),
+    );
+    throw e;
+  }
+}
+
+async function forkEach(
+  ctx: SchedContext,
+  home: string,
+  plan: Map<string, number>,
+  forkOn: (host: string, count: number, attempt: number, first: number) => Promise<ForkResult>,
+  results: Array<[number, ForkResult]>,
+): Promise<ForkResult[]> {
   // Each share is [host, count, index of its first child]: a child's perChild entry follows it to any host.
   let next = 0;
   let pending = [...plan.entries()].map(([h, n]): [string, number, number] => [h, n, (next += n) - n]);
   for (let attempt = 0; pending.length > 0; attempt++) {
     const settled = await Promise.allSettled(pending.map(([h, n, f]) => forkOn(h, n, attempt, f)));
     const failed: Array<[string, number, number]> = [];
+    const reasons: unknown[] = [];
     settled.forEach((r, i) => {
       const [h, n, f] = pending[i] as [string, number, number];
       if (r.status === 'fulfilled') results.push([f, r.value]);
       else {
         ctx.log.warn({ host: h, err: r.reason }, 'a host failed its share of a fork');
         failed.push([h, n, f]);
+        reasons.push(r.reason);
       }
     });
     if (failed.length === 0) break;
     const first = settled.find((r) => r.status === 'rejected') as PromiseRejectedResult;
     const retryable = failed.every(([h]) => h !== home) && attempt < 2;
     if (!retryable) throw asForkyError(first.reason);
+    const alive = new Set(ctx.hosts.statuses().flatMap((h) => (h.alive ? [h.id] : [])));
     const down = new Set(failed.map(([h]) => h));
     const rest = ctx.hosts.statuses().filter((h) => h.alive && !down.has(h.id));
     const again: Array<[string, number, number]> = [];
-    for (const [, n, f] of failed) {
+    for (const [i, [h, n, f]] of failed.entries()) {
+      // Timed out on a host still up: it may have made them; asked again there under the same key, it replays.
+      if (asForkyError(reasons[i]).code === 'TIMEOUT' && alive.has(h)) {
+        again.push([h, n, f]);
+        continue;
+      }
       let at = f;
-      for (const [h, m] of placeChildren(rest, home, n, ctx.childCostMiB, { spread: true })) {
-        again.push([h, m, at]);
+      for (const [to, m] of placeChildren(rest, home, n, ctx.childCostMiB, { spread: true })) {
+        again.push([to, m, at]);
         at += m;
       }
     }
@@ -117,6 +153,19 @@ async function forkShares(
   }
   // In child order, so that children[i] is the one given perChild[i].
   return results.sort((a, b) => a[0] - b[0]).map(([, r]) => r);
+}
+
+/** Destroys the children of the shares made (best effort: one that fails is logged, the fork's error stands). */
+async function undoShares(ctx: SchedContext, made: readonly ForkResult[]): Promise<void> {
+  const children = made.flatMap((r) => r.children);
+  if (children.length > 0) ctx.log.warn({ children: children.map((c) => c.id) }, 'a fork failed: destroying the children it made');
+  await Promise.all(
+    children.map((c) =>
+      ctx.hosts
+        .onHost(c.host, (h) => h.call('vm.destroy', { id: c.id }))
+        .catch((err: unknown) => ctx.log.error({ err, vm: c.id, host: c.host }, 'a child of a failed fork was not destroyed')),
+    ),
+  );
 }
 
 /**

@@ -5,3 +5,4 @@ export { Scheduler, type SchedulerOptions } from './scheduler.js';
 export { MISSED_BEATS, hostStatus, pickHost, placeChildren } from './placement.js';
 export { Idempotency, requestHash } from './idempotency.js';
 export { COPY_GRACE } from './templates.js';
+export { fork as schedFork } from './fork.js';

@@ -2,7 +2,7 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import { ForkyError } from '@forky/base';
 import type { GuestSession } from '@forky/agent';
-import type { Accel, ExecResult, MachineProfile } from '@forky/contract';
+import { DEVICE_SET, type Accel, type ExecResult, type MachineProfile } from '@forky/contract';
 import type { Image } from '../images.js';
 import type { RunningProcess, VmHandle, VmRuntime, VmSpec } from '../domain/ports.js';
 import { QcowLayerStore } from './qemu/layers.js';
@@ -19,7 +19,16 @@ export class DryRunRuntime implements VmRuntime {
   readonly bridged = false;
 
   profile(memMiB: number, cpus: number, imageId: string): MachineProfile {
-    return { accel: this.accel, qemuVersion: this.qemuVersion, machine: 'dry-run', cpuModel: 'none', cpus, memMiB, imageId };
+    return {
+      accel: this.accel,
+      qemuVersion: this.qemuVersion,
+      machine: 'dry-run',
+      cpuModel: 'none',
+      cpus,
+      memMiB,
+      imageId,
+      devices: DEVICE_SET,
+    };
   }
 
   async boot(spec: VmSpec): Promise<VmHandle> {

@@ -62,10 +62,13 @@ export function refuseGpuSnapshot(h: AdmissionView, vmId: string, field: string)
 /** A snapshot restores only on a host whose machine profile for it is the same, field by field. */
 export function checkProfile(h: AdmissionView, p: MachineProfile, image: Pick<Image, 'id'>): void {
   const here = h.runtime.profile(p.memMiB, p.cpus, image.id);
-  const diff = (Object.keys(p) as Array<keyof MachineProfile>).filter((k) => p[k] !== here[k]);
+  // Both sides' fields: one the snapshot lacks (`devices`, before device sets were versioned) differs too.
+  const keys = [...new Set([...Object.keys(p), ...Object.keys(here)])] as Array<keyof MachineProfile>;
+  const diff = keys.filter((k) => p[k] !== here[k]);
   if (diff.length > 0) {
+    const was = (k: keyof MachineProfile): string => (p[k] === undefined ? `missing in the snapshot` : `${String(p[k])} in the snapshot`);
     throw new IncompatibleError(
-      `snapshot cannot be restored on host ${h.hostId}: ${diff.map((k) => `${k} is ${String(p[k])} in the snapshot, ${String(here[k])} here`).join('; ')}`,
+      `snapshot cannot be restored on host ${h.hostId}: ${diff.map((k) => `${k} is ${was(k)}, ${String(here[k])} here`).join('; ')}`,
       { fields: diff },
     );
   }

@@ -33,6 +33,8 @@ export interface EngineLimits {
   agentTimeoutMs: number;
   /** How long a snapshot nothing uses is kept before it expires (retention.ts); 0 or absent: never. */
   snapshotRetentionMs?: number;
+  /** Self-fork requests a tree may send a second, and save up (absent: SELF_FORK_RATE). */
+  selfForkRate?: { perSec: number; burst: number };
 }
 
 /** What the engine is built from: ports (runtime, stores, directory, stats) and settings. */

@@ -29,6 +29,7 @@ import { exec } from './ops/exec.js';
 import { guestSession } from './ops/guest.js';
 import { fork } from './ops/fork.js';
 import { SelfForks } from './ops/self-fork.js';
+import { shareOwn } from './self-fork-tree.js';
 import { withSelfForkEvents } from './self-fork-lines.js';
 import { hostInfo } from './ops/info.js';
 import { destroyIfDue, destroyVm, extend, lifetimeDue, pause, resume, touch, wake, work } from './ops/lifecycle.js';
@@ -81,11 +82,15 @@ export class HostEngine {
     this.#retention = new Retention(this.#host, d.limits.snapshotRetentionMs ?? 0, (id, due) =>
       this.#changes(() => deleteSnapshot(this.#host, id, false, due)),
     );
-    this.#selfForks = new SelfForks(this.#host, {
-      fork: (req, own) => this.#changes(() => fork(this.#host, req, own)),
-      resume: (id) => this.resume(id),
-      destroy: (id) => this.destroy(id),
-    });
+    this.#selfForks = new SelfForks(
+      this.#host,
+      {
+        fork: (req, own) => this.#changes(() => fork(this.#host, req, own)),
+        resume: (id) => this.resume(id),
+        destroy: (id) => this.destroy(id),
+      },
+      d.limits.selfForkRate,
+    );
     d.runtime.onSelfFork?.((vm, line) => this.#selfForks.line(vm, line));
   }
 
@@ -96,6 +101,8 @@ export class HostEngine {
 
   /** Stops what only lives for this process (the warm pool, guest agent sessions); VMs stay. */
   async close(): Promise<void> {
+    // Pending `--wait`s end (their timers with them); the runtime's close then closes the ports.
+    this.#selfForks.close();
     this.#host.close();
     try {
       await this.#retention.close();
@@ -214,7 +221,7 @@ export class HostEngine {
   }
 
   fork(req: ForkRequest): Promise<ForkResult> {
-    return this.#requests.once(req.key, 'fork', () => this.#changes(() => fork(this.#host, req)));
+    return this.#requests.once(req.key, 'fork', () => this.#changes(() => fork(this.#host, req, shareOwn(req.perChild))));
   }
 
   /** Destroys every VM and snapshot (for `forky down` and tests). */

@@ -1,5 +1,6 @@
 import { asForkyError } from '@forky/base';
 import { SELF_FORK_LINE_MAX, SelfForkId, SelfForkRequest, parseOrThrow, type SelfForkReply } from '@forky/contract';
+import type { Host } from './host.js';
 import type { EventSink, SelfForkLine } from './ports.js';
 import { SelfForkRefusal } from './self-fork-tree.js';
 
@@ -67,4 +68,24 @@ export function withSelfForkEvents<D extends { events?: EventSink }>(
       },
     },
   };
+}
+
+/** What `forky-fork` leaves in a child for scripts (its index, its VM id): wrong in a copy made from outside. */
+const FORK_FILE = '/run/forky/fork';
+const DROP_FORK_FILE_MS = 10_000;
+
+/** A child of an outside fork (or snapshot) of a VM with a policy: the root of a tree of its own, no parent. */
+export function outsideCopy(host: Host, id: string): boolean {
+  const sf = host.vms.get(id)?.selfFork;
+  return sf !== undefined && sf.parent === undefined && sf.depth === 0;
+}
+
+/** Removes FORK_FILE in the VM's guest (one exec); a failure is logged, not thrown (the fork stands). */
+export async function dropForkFile(host: Host, id: string): Promise<void> {
+  const h = host.vms.get(id)?.handle;
+  if (!h) return;
+  const r = await host.runtime
+    .exec(h, ['/bin/sh', '-c', `rm -f ${FORK_FILE}`], { timeoutMs: DROP_FORK_FILE_MS })
+    .catch((err: unknown) => ({ exitCode: -1, stderr: asForkyError(err).message }));
+  if (r.exitCode !== 0) host.log.warn({ vm: id, exit: r.exitCode, stderr: r.stderr }, `self-fork: ${FORK_FILE} not removed`);
 }

@@ -12,6 +12,8 @@ interface LastFork {
   children: ChildResult[];
   /** `--wait`s of the parent, told whenever a child of this fork reports or ends. */
   waiters: Set<() => void>;
+  /** A `--spread` fork: its children elsewhere report to their own hosts, so it cannot be waited for. */
+  spread?: boolean;
 }
 
 /**
@@ -21,14 +23,21 @@ interface LastFork {
  */
 export class SelfForkResults {
   readonly #forks = new Map<string, LastFork>();
+  /** Ends each `--wait` in progress (its timer cleared), for close(). */
+  readonly #stops = new Set<() => void>();
+  #closed = false;
 
   /** `stateOf`: a VM's state on this host, undefined once it is gone. */
   constructor(private readonly stateOf: (id: string) => VmState | undefined) {}
 
   /** The parent's new self-fork: its children replace the last fork's (whose waiters end). */
-  forked(parent: string, children: ReadonlyArray<{ vm: string; index: number }>): void {
+  forked(parent: string, children: ReadonlyArray<{ vm: string; index: number }>, spread = false): void {
     this.#end(parent);
-    this.#forks.set(parent, { children: children.map((c) => ({ vm: c.vm, index: c.index })), waiters: new Set() });
+    this.#forks.set(parent, {
+      children: children.map((c) => ({ vm: c.vm, index: c.index })),
+      waiters: new Set(),
+      ...(spread ? { spread } : {}),
+    });
   }
 
   /** Keeps `result` for `parent`'s `--wait`; refused (changing nothing) when too big or not one of its last fork. */
@@ -65,6 +74,14 @@ export class SelfForkResults {
   wait(parent: string, timeoutMs: number): Promise<ChildResult[]> {
     const f = this.#forks.get(parent);
     if (!f) return Promise.reject(new SelfForkRefusal('INVALID_STATE', 'this VM has no self-fork to wait for'));
+    if (f.spread)
+      return Promise.reject(
+        new SelfForkRefusal(
+          'INVALID_STATE',
+          '--wait after a --spread self-fork is not supported: children on other hosts report to their own hosts, so only a subset could be gathered; fork without --spread to --wait',
+        ),
+      );
+    if (this.#closed) return Promise.reject(new SelfForkRefusal('INVALID_STATE', 'hostd is stopping'));
     return new Promise((resolve, reject) => {
       const check = (): void => {
         if (this.#forks.get(parent) !== f) return finish(new SelfForkRefusal('INVALID_STATE', 'the self-fork waited for was replaced'));
@@ -76,9 +93,11 @@ export class SelfForkResults {
         }
         if (f.children.every((c) => c.result !== undefined || c.ended)) finish();
       };
+      const stop = (): void => finish(new SelfForkRefusal('INVALID_STATE', 'hostd is stopping: the wait ended'));
       const finish = (err?: Error): void => {
         clearTimeout(timer);
         f.waiters.delete(check);
+        this.#stops.delete(stop);
         if (err) reject(err);
         else resolve(f.children.map((c) => ({ ...c })));
       };
@@ -89,8 +108,15 @@ export class SelfForkResults {
         );
       }, timeoutMs);
       f.waiters.add(check);
+      this.#stops.add(stop);
       check();
     });
+  }
+
+  /** Every `--wait` ends now (INVALID_STATE), its timer cleared; none starts after. */
+  close(): void {
+    this.#closed = true;
+    for (const stop of [...this.#stops]) stop();
   }
 
   /** Parents with a fork kept (for tests and bounds). */

@@ -35,6 +35,11 @@ export interface SelfForkRecord {
    * skips a line with another id, so one left over is harmless).
    */
   inFlight?: string;
+  /**
+   * The id of the non-live self-fork that paused this VM, saved before the pause: a hostd that
+   * restarted mid-fork resumes it (and clears this), as the fork itself would have.
+   */
+  pausedBy?: string;
 }
 
 /** What the hostd adds to a fork it makes for a guest; never from the wire. */
@@ -53,6 +58,11 @@ export interface ForkOwn {
  * such a policy anyway.
  */
 export const SELF_FORK_ENV = 'FORKY_SELF_FORK';
+
+/** A fork asked by the scheduler for a spread self-fork's share (its children carry tokens): its `forked` event says so. */
+export function shareOwn(perChild: ReadonlyArray<{ env?: Readonly<Record<string, string>> }> | undefined): ForkOwn {
+  return perChild?.some((c) => c.env && SELF_FORK_ENV in c.env) ? { reason: 'self-fork' } : {};
+}
 
 export function spreadToken(parent: string, index: number, count: number, child: SelfForkRecord, id: string): string {
   const p = child.policy;

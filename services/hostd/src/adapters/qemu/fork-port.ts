@@ -1,7 +1,9 @@
 import net from 'node:net';
 import { ForkyError, type Logger } from '@forky/base';
 import { SELF_FORK_LINE_MAX } from '@forky/contract';
-import type { SelfForkLine } from '../../domain/ports.js';
+import type { SelfForkLine, SelfForkListener } from '../../domain/ports.js';
+import { lineId, refusal } from '../../domain/self-fork-lines.js';
+import { SelfForkRefusal } from '../../domain/self-fork-tree.js';
 
 /**
  * Splits what a guest sends into lines of at most `max` bytes (without the newline). A line that
@@ -17,6 +19,8 @@ export class LineReader {
   #dropping = false;
   /** Bytes dropped since the last look (lines past `room`). */
   dropped = 0;
+  /** The first line dropped past `room` since the last look, when whole in its chunk: it gets a BUSY reply. */
+  overflow: string | undefined;
 
   constructor(private readonly max: number = SELF_FORK_LINE_MAX) {}
 
@@ -26,6 +30,9 @@ export class LineReader {
     while (from < chunk.length) {
       if (out.length >= room) {
         this.dropped += chunk.length - from;
+        const nl = chunk.indexOf(0x0a, from);
+        if (this.overflow === undefined && !this.#dropping && this.#heldBytes === 0 && nl >= 0 && nl - from <= this.max)
+          this.overflow = chunk.subarray(from, nl).toString('utf8');
         this.#reset();
         this.#dropping = true;
         break;
@@ -74,14 +81,17 @@ const WRITE_MS = 30_000;
 /**
  * hostd's end of one VM process's self-fork port (org.forky.fork.0, a unix-socket chardev).
  * Connected before the process loads any state, so a restored guest blocked reading it never
- * sees the host go away. Lines go to `deliver` one at a time: the socket is not read again
- * until the last one has been dealt with, so a guest that floods the port only fills its own
- * virtqueue (QEMU stops taking from it), never hostd's memory.
+ * sees the host go away. Lines go to `deliver` in order. One may be carried out at a time while
+ * the next are delivered (and refused BUSY at once, or held at the rate); the socket is not read
+ * while such a line is dealt with, so a guest that floods the port only fills its own virtqueue
+ * (QEMU stops taking from it), never hostd's memory.
  */
 export class ForkPort {
   readonly #reader = new LineReader();
   readonly #queue: SelfForkLine[] = [];
   #draining = false;
+  /** The line being carried out, if any: the lines after it are delivered meanwhile (BUSY). */
+  #current: Promise<void> | undefined;
   #closed = false;
   /** The byte budget: bytes that may still come now (negative: in debt), as of `#at`. */
   #budget: number;
@@ -103,6 +113,12 @@ export class ForkPort {
       if (this.#reader.dropped > 0) {
         this.log.info({ bytes: this.#reader.dropped }, 'self-fork port: lines past the queue dropped, with no reply');
         this.#reader.dropped = 0;
+      }
+      const over = this.#reader.overflow;
+      this.#reader.overflow = undefined;
+      if (over !== undefined) {
+        const busy = new SelfForkRefusal('BUSY', `more than ${QUEUE_MAX} lines at once: this one and the rest were dropped`);
+        this.write(JSON.stringify(refusal(lineId({ line: over }), busy))).catch((err: unknown) => this.log.debug({ err }, 'busy reply'));
       }
       this.received += d.length;
       this.#spend(d.length);
@@ -134,7 +150,16 @@ export class ForkPort {
     if (!this.#closed && !this.#draining && !this.#throttle) this.sock.resume();
   }
 
+  #onClose: Array<() => void> = [];
+
+  /** `f` runs once the port is closed (by either end). */
+  onClose(f: () => void): void {
+    if (this.#closed) f();
+    else this.#onClose.push(f);
+  }
+
   #close(): void {
+    if (!this.#closed) for (const f of this.#onClose.splice(0)) f();
     this.#closed = true;
     clearTimeout(this.#throttle);
     this.#throttle = undefined;
@@ -193,11 +218,76 @@ export class ForkPort {
     this.#draining = true;
     this.sock.pause();
     try {
-      for (let l = this.#queue.shift(); l && !this.#closed; l = this.#queue.shift())
-        await this.deliver(l).catch((err: unknown) => this.log.warn({ err }, 'self-fork line handler failed'));
+      for (let l = this.#queue.shift(); l && !this.#closed; l = this.#queue.shift()) {
+        const done = this.deliver(l).catch((err: unknown) => this.log.warn({ err }, 'self-fork line handler failed'));
+        // A line while one is carried out is dealt with at once (BUSY), or held at the rate: awaited.
+        if (this.#current) await done;
+        else this.#current = done.finally(() => (this.#current = undefined));
+      }
     } finally {
       this.#draining = false;
       this.#resume();
     }
+  }
+}
+
+/** How long a self-fork port that could not be connected at reattach is tried again. */
+export const REATTACH_FORK_MS = 30_000;
+
+/** A runtime's self-fork ports: each one open, and each reattach retry waiting, so close() ends them all. */
+export class ForkPorts {
+  readonly #open = new Set<ForkPort>();
+  readonly #retries = new Set<NodeJS.Timeout>();
+
+  async connect(
+    socketPath: string,
+    vm: { id: string; generation: number },
+    listener: SelfForkListener,
+    logger: Logger,
+    timeoutMs: number,
+  ): Promise<ForkPort> {
+    const from = { id: vm.id, generation: vm.generation };
+    const log = logger.child({ vm: vm.id, generation: vm.generation, component: 'self-fork' });
+    const p = await ForkPort.connect(socketPath, (line) => listener(from, line), log, timeoutMs);
+    this.#open.add(p);
+    p.onClose(() => this.#open.delete(p));
+    return p;
+  }
+
+  /**
+   * A connect that failed at reattach: logged at warn, then `attempt` again each second until
+   * REATTACH_FORK_MS (`attempt` gives false once the process is gone); past it, logged at error.
+   */
+  retry(err: unknown, attempt: () => false | Promise<void>, log: Logger, everyMs = 1000, forMs = REATTACH_FORK_MS): void {
+    log.warn({ err }, 'self-fork port not connected at reattach: trying again; this VM cannot self-fork meanwhile');
+    const until = performance.now() + forMs;
+    const again = (): void => {
+      const t = setTimeout(() => {
+        this.#retries.delete(t);
+        const a = attempt();
+        if (a === false) return;
+        a.then(
+          () => log.info('self-fork port connected after reattach'),
+          (e: unknown) => {
+            if (performance.now() < until) return again();
+            log.error({ err: e }, `self-fork port not connected within ${forMs} ms of reattach: this VM cannot self-fork`);
+          },
+        );
+      }, everyMs);
+      t.unref();
+      this.#retries.add(t);
+    };
+    again();
+  }
+
+  /** Retries waiting (for tests). */
+  get retrying(): number {
+    return this.#retries.size;
+  }
+
+  close(): void {
+    for (const t of this.#retries) clearTimeout(t);
+    this.#retries.clear();
+    for (const p of [...this.#open]) p.close();
   }
 }

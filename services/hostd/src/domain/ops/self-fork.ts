@@ -3,7 +3,7 @@ import { asForkyError, newId } from '@forky/base';
 import type { ForkRequest, ForkResult, SelfForkReply, SelfForkRequest } from '@forky/contract';
 import type { Host } from '../host.js';
 import type { SelfForkLine } from '../ports.js';
-import { NO_ID, lineId, lostReply, parseLine, refusal } from '../self-fork-lines.js';
+import { NO_ID, dropForkFile, lineId, lostReply, outsideCopy, parseLine, refusal } from '../self-fork-lines.js';
 import type { VmRecord } from '../records.js';
 import { SelfForkResults } from '../self-fork-results.js';
 import {
@@ -16,8 +16,8 @@ import {
   type SelfForkRecord,
 } from '../self-fork-tree.js';
 
-/** Requests a VM may send a second (refused ones too), and how many it may save up. */
-export const SELF_FORK_RATE = { perSec: 2, burst: 4 };
+/** Requests a tree (its root and every VM it self-forked) may send a second (refused ones too), and may save up. */
+export const SELF_FORK_RATE = { perSec: 10, burst: 20 };
 /** How long a `--wait` without a timeout of its own waits for the children. */
 const WAIT_DEFAULT_MS = 10 * 60_000;
 
@@ -29,7 +29,6 @@ export interface SelfForkEngine {
 }
 
 type Fork = Extract<SelfForkRequest, { op: 'fork' }>;
-
 /**
  * The host's end of every VM's self-fork port (issue 22): one request per line, each checked
  * against the VM's policy and rate before anything is touched, one reply line per request (a
@@ -39,7 +38,10 @@ export class SelfForks {
   readonly results: SelfForkResults;
   /** VMs with a request being carried out: one at a time each (the guest program holds a lock too). */
   readonly #busy = new Set<string>();
+  /** Per tree root (a VM without a policy: per VM): a tree of 1000 VMs shares one rate, not 1000. */
   readonly #buckets = new Map<string, TokenBucket>();
+  /** Set by close(): nothing more is written (the next hostd tells a request in flight it is lost). */
+  #closed = false;
   /** Per tree root: VMs that self-forks in flight will make, counted before they exist. */
   readonly #reserved = new Map<string, number>();
   /**
@@ -51,7 +53,7 @@ export class SelfForks {
   constructor(
     private readonly host: Host,
     private readonly engine: SelfForkEngine,
-    private readonly rate = SELF_FORK_RATE,
+    private readonly rate: { perSec: number; burst: number } = SELF_FORK_RATE,
   ) {
     this.results = new SelfForkResults((id) => host.vms.get(id)?.state);
   }
@@ -59,7 +61,8 @@ export class SelfForks {
   /** A VM was destroyed or failed (from its event). */
   vmEnded(id: string, how: string): void {
     this.results.ended(id, how);
-    if (!this.host.vms.has(id)) this.#buckets.delete(id);
+    // A root's bucket stays while any VM of its tree is here (a child re-made cannot reset the rate).
+    if (this.#buckets.has(id) && ![...this.host.vms.values()].some((v) => v.id === id || v.selfFork?.root === id)) this.#buckets.delete(id);
     for (const [root, kids] of this.#spread) {
       for (const [child, parent] of kids) if (child === id || parent === id) kids.delete(child);
       if (kids.size === 0) this.#spread.delete(root);
@@ -70,12 +73,14 @@ export class SelfForks {
   async line(from: { id: string; generation: number }, l: SelfForkLine): Promise<void> {
     const vm = this.host.vms.get(from.id);
     if (!vm || vm.generation !== from.generation || !vm.handle) return;
-    let bucket = this.#buckets.get(vm.id);
-    if (!bucket) this.#buckets.set(vm.id, (bucket = new TokenBucket(this.rate.perSec, this.rate.burst)));
+    const tree = vm.selfFork?.root ?? vm.id;
+    let bucket = this.#buckets.get(tree);
+    if (!bucket) this.#buckets.set(tree, (bucket = new TokenBucket(this.rate.perSec, this.rate.burst)));
     // Every reply to this line carries its id (one it cannot be read from gets NO_ID: no caller's).
     const id = lineId(l);
     if (!bucket.take()) {
-      await this.#reply(vm.id, refusal(id, new SelfForkRefusal('RATE_LIMITED', `at most ${this.rate.perSec} self-fork requests a second`)));
+      const why = `at most ${this.rate.perSec} self-fork requests a second in the tree of ${tree}`;
+      await this.#reply(vm.id, refusal(id, new SelfForkRefusal('RATE_LIMITED', why)));
       // This port's next line waits for the next token: a flood is held at the rate, not answered.
       await sleep(bucket.msUntilToken());
       return;
@@ -124,6 +129,8 @@ export class SelfForks {
     sf.children += req.count;
     // Only a fork that pauses its parent resumes it (one paused from outside stays so).
     const pauses = !req.live && vm.state === 'running';
+    // Saved with the record before the pause: a hostd restarted mid-fork resumes it (recovered()).
+    if (pauses) sf.pausedBy = req.id;
     const t0 = performance.now();
     const child: SelfForkRecord = { policy: sf.policy, root, depth: sf.depth + 1, children: 0, parent: vm.id, pending: true };
     const labels = req.labels ? { labels: req.labels } : {};
@@ -168,9 +175,10 @@ export class SelfForks {
       if (left > 0) this.#reserved.set(root, left);
       else this.#reserved.delete(root);
     }
-    // Results are kept here for the children made here (results across hosts are not collected yet).
+    // Results are kept here for the children made here; a spread fork's `--wait` is refused
+    // (results are not gathered across hosts: it would return a subset).
     const here = children.flatMap((id, i) => (this.host.vms.has(id) ? [{ vm: id, index: i + 1 }] : []));
-    this.results.forked(vm.id, here);
+    this.results.forked(vm.id, here, req.spread);
     await this.#persist([vm.id, ...children]);
     // Each child's forky-fork, restored blocked on its port, returns now: its identity is already its own.
     if (!req.spread)
@@ -186,8 +194,18 @@ export class SelfForks {
 
   /** Resumes a parent its self-fork paused, if it still is paused; never fails the request (its outcome stands either way). */
   async #resumeParent(id: string): Promise<void> {
-    if (this.host.vms.get(id)?.state !== 'paused') return;
-    await this.engine.resume(id).catch((err: unknown) => this.host.log.warn({ err, vm: id }, 'self-fork: parent not resumed'));
+    const vm = this.host.vms.get(id);
+    if (vm?.state === 'paused')
+      await this.engine.resume(id).catch((err: unknown) => this.host.log.warn({ err, vm: id }, 'self-fork: parent not resumed'));
+    if (vm?.selfFork?.pausedBy === undefined) return;
+    delete vm.selfFork.pausedBy;
+    await this.#persist([id]);
+  }
+
+  /** Stops for good (hostd closes): every `--wait` ends and its timer goes; nothing more is written. */
+  close(): void {
+    this.#closed = true;
+    this.results.close();
   }
 
   /**
@@ -195,6 +213,8 @@ export class SelfForks {
    * by its id (a VM with none in flight gets nothing).
    */
   async recovered(): Promise<void> {
+    // A parent its self-fork paused, left so by the earlier hostd: running again, unmarked.
+    for (const v of [...this.host.vms.values()].filter((x) => x.selfFork?.pausedBy !== undefined)) await this.#resumeParent(v.id);
     const lost = [...this.host.vms.values()].flatMap((v) => (v.selfFork?.inFlight ? [[v.id, v.selfFork.inFlight] as const] : []));
     await Promise.all(lost.map(([vm, id]) => this.#reply(vm, lostReply(id, 'hostd restarted'))));
   }
@@ -213,6 +233,8 @@ export class SelfForks {
    * request are told it is lost (they are not its children: no reply would ever come).
    */
   async forkedHere(ids: readonly string[], source?: string): Promise<void> {
+    // A copy made from outside is no self-fork child: a /run/forky/fork its source had names another VM.
+    if (!this.#closed) await Promise.all(ids.filter((id) => outsideCopy(this.host, id)).map((id) => dropForkFile(this.host, id)));
     const waiting = source ? this.host.vms.get(source)?.selfFork?.inFlight : undefined;
     if (waiting)
       await Promise.all(
@@ -270,7 +292,7 @@ export class SelfForks {
   /** Writes a reply on the VM's current process (a fork's parent has a new one by then); one gone is skipped. */
   async #reply(id: string, reply: SelfForkReply): Promise<void> {
     const h = this.host.vms.get(id)?.handle;
-    if (!h || !this.host.runtime.selfForkReply) return;
+    if (!h || !this.host.runtime.selfForkReply || this.#closed) return;
     await this.host.runtime
       .selfForkReply(h, JSON.stringify(reply))
       .catch((err: unknown) => this.host.log.warn({ err, vm: id }, 'self-fork reply not written'));

@@ -1,0 +1,105 @@
+import { describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { ForkyError, silentLogger } from '@forky/base';
+import type { ForkRequest, ForkResult, Heartbeat, SnapshotInfo } from '@forky/contract';
+import { hostStatus, schedFork } from '@forky/scheduler/internal';
+
+/**
+ * Review R3 item 8, on the scheduler's cross-host fork over our own fake hosts (no NATS): a fork
+ * that fails destroys the shares made, and a share that timed out on a host still up is asked
+ * there again under its own key (so it cannot be made twice, two VMs each told `child k`).
+ */
+const SNAP = 'snap-shares00000001';
+const beat = (id: string): Heartbeat => ({
+  id,
+  accel: 'tcg',
+  accelReason: 'fake',
+  qemuVersion: '7.2.0',
+  cpus: 2,
+  memTotalMiB: 8000,
+  memFreeMiB: 4000,
+  vms: 0,
+  snapshots: 0,
+  images: ['tiny'],
+  memCommittedMiB: 0,
+  childPssMiB: 0,
+  ksmSavedMiB: 0,
+  gpus: { total: 0, free: 0 },
+  ts: Date.now(),
+  intervalMs: 1_000,
+  instance: `${id}-1`,
+  vmList: [],
+  snapshotIds: [SNAP],
+});
+const snapshot = (host: string): SnapshotInfo => ({
+  id: SNAP,
+  host,
+  image: 'tiny',
+  vm: 'vm-shares0000001',
+  profile: { accel: 'tcg', qemuVersion: '7.2.0', machine: 'pc', cpuModel: 'max', cpus: 1, memMiB: 256, imageId: 'x' },
+  createdAt: new Date().toISOString(),
+  sizes: { stateBytes: 1, ramBytes: 1, diskBytes: 1 },
+});
+
+type Call = { host: string; endpoint: string; key?: string; id?: string };
+/** A scheduler context over fake hosts; `fail(host, n)` says how the n-th fork call of a host fails, if it does. */
+function cluster(hosts: string[], fail: (host: string, n: number) => ForkyError | undefined) {
+  const calls: Call[] = [];
+  const statuses = hosts.map((h) => hostStatus(beat(h), Date.now())!);
+  const call = async (host: string, endpoint: string, req: Record<string, unknown>): Promise<unknown> => {
+    calls.push({ host, endpoint, ...(req.key ? { key: req.key as string } : {}), ...(req.id ? { id: req.id as string } : {}) });
+    if (endpoint === 'snapshot.show') return snapshot(host);
+    if (endpoint === 'snapshot.publish' || endpoint === 'snapshot.fetch')
+      return { id: SNAP, host, parts: 1, moved: 0, bytes: 0, nominalBytes: 0, ms: 1 };
+    if (endpoint === 'vm.destroy') return {};
+    const r = req as unknown as ForkRequest;
+    const err = fail(host, calls.filter((c) => c.host === host && c.endpoint === 'fork').length);
+    if (err) throw err;
+    // Children named by the key: a share asked again under its key is the same share (a replay).
+    const children = Array.from({ length: r.count }, (_, i) => ({ id: `vm-${(r.key ?? '').slice(1, 10).toLowerCase()}${i}`, host }));
+    return { snapshot: snapshot(host), children, timings: { snapshotMs: 0, totalMs: 1, childMs: children.map(() => 1) } };
+  };
+  const ctx = {
+    hosts: {
+      statuses: () => statuses,
+      onHost: (host: string, fn: (c: unknown) => Promise<unknown>) =>
+        fn({ call: (e: string, q: Record<string, unknown>) => call(host, e, q) }),
+    },
+    childCostMiB: 1,
+    log: silentLogger(),
+    locate: async () => hosts[0]!,
+  };
+  return {
+    calls,
+    fork: (count: number) => schedFork(ctx as never, { source: SNAP, count, spread: true } as never, 'k'.repeat(20)) as Promise<ForkResult>,
+  };
+}
+
+describe('self-fork spread shares (review R3 item 8)', () => {
+  it('a fork that fails destroys the children of the shares that were made', async () => {
+    const c = cluster(['sa', 'sb'], (h) => (h === 'sa' ? new ForkyError('UNAVAILABLE', 'home fails its share') : undefined));
+    await assert.rejects(c.fork(2), (e: ForkyError) => e.code === 'UNAVAILABLE');
+    const made = c.calls.filter((x) => x.host === 'sb' && x.endpoint === 'fork');
+    assert.equal(made.length, 1);
+    assert.deepEqual(
+      c.calls.filter((x) => x.endpoint === 'vm.destroy').map((x) => [x.host, x.id]),
+      [['sb', `vm-${made[0]!.key!.slice(1, 10).toLowerCase()}0`]],
+    );
+  });
+
+  it('a share that timed out on a host still up is asked there again under its own key, placed nowhere else', async () => {
+    const c = cluster(['sa', 'sb', 'sc'], (h, n) => (h === 'sb' && n === 1 ? new ForkyError('TIMEOUT', 'no reply in time') : undefined));
+    const r = await c.fork(3);
+    assert.equal(r.children.length, 3);
+    const forks = c.calls.filter((x) => x.endpoint === 'fork');
+    const onB = forks.filter((x) => x.host === 'sb');
+    assert.equal(onB.length, 2, 'asked again on its own host');
+    assert.equal(onB[0]!.key, onB[1]!.key, 'under the same key (a replay there)');
+    assert.deepEqual(
+      ['sa', 'sc'].map((h) => forks.filter((x) => x.host === h).length),
+      [1, 1],
+      'the others got their own share only',
+    );
+    assert.equal(c.calls.filter((x) => x.endpoint === 'vm.destroy').length, 0);
+  });
+});
