@@ -70,6 +70,8 @@ try {
   let shipped = 0;
   let nominal = 0;
   const fetchMs: number[] = [];
+  const publishMs: number[] = [];
+  const forkMs: number[] = [];
   const reRatio: number[] = [];
   const reRate: number[] = [];
   let prev: string | undefined;
@@ -90,6 +92,9 @@ try {
     const r = await c.call('fork', { source: snap.id, count: 1, host: 'bench-b' });
     remote.push(performance.now() - t);
     const fetch = (r.transfers ?? []).find((x) => x.host === 'bench-b');
+    const pub = (r.transfers ?? []).find((x) => x.host === 'bench-a');
+    publishMs.push(pub?.ms ?? 0);
+    forkMs.push(Math.max(...r.timings.childMs));
     shipped = fetch?.bytes ?? 0;
     nominal = fetch?.nominalBytes ?? 0;
     fetchMs.push(fetch?.ms ?? 0);
@@ -104,7 +109,9 @@ try {
   const figures = [
     { name: 'local fork of 1 child (snapshot at home)', value: median(local), unit: 'ms', runs: local },
     { name: 'cross-host fork of 1 child (parts new to host)', value: median(remote), unit: 'ms', runs: remote },
+    { name: '  of which publish at home', value: median(publishMs), unit: 'ms', runs: publishMs },
     { name: '  of which fetch on the target', value: median(fetchMs), unit: 'ms', runs: fetchMs },
+    { name: '  of which the child on the target (hostd childMs)', value: median(forkMs), unit: 'ms', runs: forkMs },
     { name: 'bytes shipped to the target (last run)', value: shipped / 2 ** 20, unit: 'MiB', runs: [] as number[] },
     { name: 'nominal size of the snapshot (last run)', value: nominal / 2 ** 20, unit: 'MiB', runs: [] as number[] },
     {

@@ -16,6 +16,7 @@ import { liveInfo, packName, partName as name, partState } from './parts-check.j
 import { DigestMemo } from './digest-memo.js';
 import { fetchMapped, type FetchContext } from './parts-fetch.js';
 import { digestFile } from './sparse.js';
+import { endPublishing, markPublishing, waitManifest } from './parts-publishing.js';
 
 export interface UploadResult {
   digest: string;
@@ -266,6 +267,21 @@ export class ObjectPartStore {
     const b = await this.os.getBlob(`manifest.${id}`);
     if (!b) throw new ForkyError('NOT_FOUND', `snapshot ${id} has not been published`);
     return JSON.parse(new TextDecoder().decode(b)) as unknown;
+  }
+
+  /** A publish of `id` is under way from this host: fetches that find no manifest wait for it. */
+  markPublishing(id: string, host: string): Promise<void> {
+    return markPublishing(this.os, id, host);
+  }
+
+  /** The publish of `id` ended (with `failure`, the fetches waiting for it fail with it). */
+  endPublishing(id: string, host: string, failure?: { code: string; message: string }): Promise<void> {
+    return endPublishing(this.os, id, host, failure);
+  }
+
+  /** The manifest of `id`, waiting up to `timeoutMs` for a publish under way (parts-publishing.ts). */
+  waitManifest(id: string, timeoutMs: number): Promise<unknown> {
+    return waitManifest(this.nc, this.os, id, timeoutMs, () => this.getManifest(id));
   }
 
   async deleteManifest(id: string): Promise<void> {

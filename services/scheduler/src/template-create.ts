@@ -126,6 +126,11 @@ async function build1(
     await note({ snapshot: snap.id, pending: undefined });
     lap('snapshotMs', t);
   }
+  const t = performance.now();
+  // Templates are always published: from the moment the snapshot is frozen, while the builder goes.
+  const snapId = snap.id;
+  const publishing = on((c) => c.call('snapshot.publish', { id: snapId }));
+  publishing.catch(() => undefined);
   const builder = cur().vm;
   if (builder) {
     // The builder is done with: it was all for the snapshot, which does not need it.
@@ -137,8 +142,7 @@ async function build1(
       });
     await note({ vm: undefined });
   }
-  const t = performance.now();
-  await on((c) => c.call('snapshot.publish', { id: snap.id }));
+  await publishing;
   lap('publishMs', t);
   const info: TemplateInfo = {
     name: req.name,

@@ -1,10 +1,17 @@
-import { ForkyError, IncompatibleError, NotFoundError } from '@forky/base';
+import { ForkyError, IncompatibleError, NotFoundError, asForkyError } from '@forky/base';
 import type { TransferResult } from '@forky/contract';
 import type { Image } from '../../images.js';
 import { checkProfile } from '../admission.js';
 import { round, type Host } from '../host.js';
 import { withRollback } from '../rollback.js';
-import { ShippingManifest, checkImageBlock, fetch as fetchParts, publish as publishParts, type ShippingDeps } from '../shipping.js';
+import {
+  ShippingManifest,
+  checkImageBlock,
+  fetch as fetchParts,
+  publish as publishParts,
+  watchable,
+  type ShippingDeps,
+} from '../shipping.js';
 import { collectImages } from './images.js';
 
 /**
@@ -39,6 +46,9 @@ function shipping(host: Host): ShippingDeps {
   };
 }
 
+/** How long a fetch waits for a publish under way elsewhere (a publish's own deadline). */
+const WAIT_MS = 10 * 60_000;
+
 /** A manifest that is not JSON counts as none. */
 const notPublished =
   (id: string) =>
@@ -47,9 +57,28 @@ const notPublished =
     throw e;
   };
 
-/** Puts this host's snapshot in the object store (only the parts it lacks), with its image's parts. */
+/** Publishes under way, per host and snapshot: a second caller joins the first's upload. */
+const publishing = new WeakMap<Host, Map<string, Promise<TransferResult>>>();
+
+/**
+ * Puts this host's snapshot in the object store (only the parts it lacks), with its image's parts.
+ * A call while one is under way joins it (one upload; its failure is every caller's, and the
+ * next call starts afresh).
+ */
 export function publish(host: Host, id: string): Promise<TransferResult> {
   host.snap(id);
+  let runs = publishing.get(host);
+  if (!runs) publishing.set(host, (runs = new Map()));
+  const running = runs.get(id);
+  if (running) return running;
+  const p = publishOnce(host, id).finally(() => {
+    if (runs.get(id) === p) runs.delete(id);
+  });
+  runs.set(id, p);
+  return p;
+}
+
+function publishOnce(host: Host, id: string): Promise<TransferResult> {
   return host.lock.run(id, async () => {
     const rec = host.snap(id);
     // Without its image here, it is published as before images travelled: hosts that have the image can still fetch it.
@@ -58,8 +87,20 @@ export function publish(host: Host, id: string): Promise<TransferResult> {
       return undefined;
     });
     const { deps, release } = shippingWith(host, rec.info.parentSnapshot);
+    const watch = watchable(deps.parts) ? deps.parts : undefined;
     try {
-      const r = await publishParts(deps, rec, image);
+      await watch?.markPublishing(id, host.hostId);
+      const r = await publishParts(deps, rec, image).catch(async (e: unknown) => {
+        const fe = asForkyError(e);
+        // The fetches waiting for this publish fail with it; the marker goes.
+        await watch?.endPublishing(id, host.hostId, { code: fe.code, message: fe.message }).catch((err: unknown) => {
+          host.log.warn({ err, snapshot: id }, 'publish marker not ended');
+        });
+        throw e;
+      });
+      await watch
+        ?.endPublishing(id, host.hostId)
+        .catch((err: unknown) => host.log.warn({ err, snapshot: id }, 'publish marker not removed'));
       if (!rec.published) {
         // Other hosts may fork it from now on: retention keeps it (retention.ts).
         rec.published = true;
@@ -98,7 +139,10 @@ export function fetch(host: Host, id: string): Promise<TransferResult> {
     if (host.snaps.has(id))
       return { id, host: host.hostId, parts: 0, moved: 0, bytes: 0, nominalBytes: 0, ms: round(performance.now() - t0) };
     // The object store is writable by every host: a manifest that does not parse is no snapshot.
-    const parsed = ShippingManifest.safeParse(await shipping(host).parts.getManifest(id).catch(notPublished(id)));
+    // A publish under way is waited for (with the transfer's deadline), not taken for none.
+    const parts = shipping(host).parts;
+    const raw = await (watchable(parts) ? parts.waitManifest(id, WAIT_MS) : parts.getManifest(id)).catch(notPublished(id));
+    const parsed = ShippingManifest.safeParse(raw);
     if (!parsed.success) throw new ForkyError('NOT_FOUND', `snapshot ${id} has no valid manifest in the object store`);
     const m = parsed.data;
     checkImageBlock(m);
