@@ -3,6 +3,9 @@
 export * from './index.js';
 export { buildArgs } from './adapters/qemu/cmdline.js';
 export { askLine } from './adapters/qemu/control.js';
+export { copyPrivatePages, type ProcFiles } from './adapters/qemu/private-pages.js';
+export { softDirtyTracked } from './adapters/qemu/soft-dirty.js';
+export { overlayBytes, writeOverlay, MAX_NATIVE_SIZE } from './adapters/qemu/qcow2-overlay.js';
 export { ImageCatalog } from './images.js';
 export { WarmPool, loadWarm, type WarmChild, type WarmPoolOptions } from './domain/warm-pool.js';
 export { discoverGpus, type GpuDiscovery } from './adapters/gpu.js';
@@ -55,7 +58,7 @@ export {
 export * as netFilter from './adapters/net/index.js';
 export { followPeers, ownAddresses, peerAddresses, urlAddresses } from './cluster-peers.js';
 export type { SelfForkLine, SelfForkListener } from './domain/ports.js';
-export { ForkPort, LineReader, PORT_BYTES } from './adapters/qemu/fork-port.js';
+export { ForkPort, ForkPorts, LineReader, PORT_BYTES } from './adapters/qemu/fork-port.js';
 export { SelfForkRefusal, TokenBucket, aliveInTree, checkBudget, type SelfForkRecord } from './domain/self-fork-tree.js';
 export { SelfForkResults } from './domain/self-fork-results.js';
 export { SELF_FORK_RATE } from './domain/ops/self-fork.js';

@@ -87,8 +87,11 @@ export interface VmRuntime<H extends VmHandle = VmHandle> {
   resume(vm: H): Promise<void>;
   /** Saves a paused VM's device state (never its RAM) to `stateFile` and lets go of its disks for a successor. */
   saveState(vm: H, stateFile: string): Promise<{ stateBytes: number }>;
-  /** Writes the pages a copy-on-write VM has made its own into `file` (a copy of its RAM file), at their offsets. */
-  writePrivatePages(vm: H, file: string): Promise<{ bytes: number }>;
+  /**
+   * Writes the pages a copy-on-write VM has made its own into `file` (a copy of its RAM file), at their offsets.
+   * `precopy`: the VM still runs; where the runtime tracks its writes, the next call copies only those (else this does nothing).
+   */
+  writePrivatePages(vm: H, file: string, opts?: { precopy?: boolean }): Promise<{ bytes: number }>;
   /** Copies into the VM's top layer what the layers above `baseFile` hold, so its chain is base + top. */
   flattenDisk(vm: H, baseFile: string, timeoutMs: number): Promise<void>;
   exec(vm: H, cmd: readonly string[], opts: { input?: string; timeoutMs: number }): Promise<ExecResult>;

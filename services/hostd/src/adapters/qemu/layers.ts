@@ -4,6 +4,7 @@ import { execa } from 'execa';
 import type { Image } from '../../images.js';
 import type { LayerStore } from '../../domain/ports.js';
 import type { Layout } from '../../layout.js';
+import { writeOverlay } from './qcow2-overlay.js';
 
 /**
  * qcow2 layers in one directory. Backing references are bare file names, relative to the
@@ -30,20 +31,11 @@ export class QcowLayerStore implements LayerStore {
   async createOverlay(id: string, backing: string, virtualSize: number): Promise<void> {
     await fs.mkdir(this.layout.layersDir(), { recursive: true });
     const file = this.layout.layer(id);
+    const name = path.basename(this.layout.layer(backing));
+    // No process for the usual size (one per child of a fork); qemu-img beyond what is checked against it.
+    if (await writeOverlay(file, name, virtualSize)) return;
     // -u: no need to open the whole chain; the size is given.
-    await execa(this.qemuImg, [
-      'create',
-      '-q',
-      '-u',
-      '-f',
-      'qcow2',
-      '-b',
-      path.basename(this.layout.layer(backing)),
-      '-F',
-      'qcow2',
-      file,
-      String(virtualSize),
-    ]);
+    await execa(this.qemuImg, ['create', '-q', '-u', '-f', 'qcow2', '-b', name, '-F', 'qcow2', file, String(virtualSize)]);
   }
 
   async freeze(layer: string): Promise<void> {

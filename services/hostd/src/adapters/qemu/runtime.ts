@@ -3,7 +3,7 @@ import path from 'node:path';
 import { ForkyError, withDeadline, type Logger } from '@forky/base';
 import { GuestAgentClient, QmpClient } from '@forky/qemu';
 import { connectAgent, SessionCache, type GuestSession } from '@forky/agent';
-import type { Accel, ExecResult, MachineProfile } from '@forky/contract';
+import { DEVICE_SET, type Accel, type ExecResult, type MachineProfile } from '@forky/contract';
 import type { AppDisk, NetworkFilter, RunningProcess, SelfForkListener, VmHandle, VmRuntime, VmSpec } from '../../domain/ports.js';
 import { appBlockdev, appDevice, buildArgs, launchPaths, vmSocket as sock, type LaunchMode, type MachineOptions } from './cmdline.js';
 import { findQemuProcesses, killAndWait, killGroup, launchQemu, watchProcess, type QemuProcess } from './process.js';
@@ -12,7 +12,7 @@ import { copyPrivatePages } from './private-pages.js';
 import { askLine } from './control.js';
 import { createTap, removeTap, tapName } from './tap.js';
 import { handOver, type RunAs } from './run-as.js';
-import { ForkPort } from './fork-port.js';
+import { ForkPort, ForkPorts } from './fork-port.js';
 
 /**
  * The most output (stdout and stderr, UTF-8) an exec returns: the reply must fit NATS's 1 MiB
@@ -60,6 +60,7 @@ export class QemuRuntime implements VmRuntime<QemuVm> {
   readonly #guests: SessionCache<QemuVm>;
   /** Where self-fork lines go (the engine's); until it is set, lines are dropped. */
   #onSelfFork: SelfForkListener = async () => undefined;
+  readonly #ports = new ForkPorts();
 
   constructor(private readonly opts: QemuRuntimeOptions) {
     this.accel = opts.accel;
@@ -77,6 +78,7 @@ export class QemuRuntime implements VmRuntime<QemuVm> {
       cpus,
       memMiB,
       imageId,
+      devices: DEVICE_SET,
     };
   }
 
@@ -130,8 +132,8 @@ export class QemuRuntime implements VmRuntime<QemuVm> {
     return { stateBytes: (await fs.stat(stateFile)).size };
   }
 
-  async writePrivatePages(vm: QemuVm, file: string): Promise<{ bytes: number }> {
-    return copyPrivatePages(vm.pid, vm.spec.ram.file, file);
+  async writePrivatePages(vm: QemuVm, file: string, opts?: { precopy?: boolean }): Promise<{ bytes: number }> {
+    return copyPrivatePages(vm.pid, vm.spec.ram.file, file, opts);
   }
 
   async flattenDisk(vm: QemuVm, baseFile: string, timeoutMs: number): Promise<void> {
@@ -163,6 +165,7 @@ export class QemuRuntime implements VmRuntime<QemuVm> {
   /** Ends every agent session (hostd stops; the VMs and what their agents run go on). */
   async close(): Promise<void> {
     this.#guests.closeAll();
+    this.#ports.close();
   }
 
   async exec(vm: QemuVm, cmd: readonly string[], opts: { input?: string; timeoutMs: number }): Promise<ExecResult> {
@@ -200,9 +203,7 @@ export class QemuRuntime implements VmRuntime<QemuVm> {
 
   /** Its self-fork port: connected before the process loads state (a guest blocked reading it must never see the host leave). */
   #connectFork(spec: VmSpec, timeoutMs: number): Promise<ForkPort> {
-    const from = { id: spec.id, generation: spec.generation };
-    const log = this.opts.logger.child({ vm: spec.id, generation: spec.generation, component: 'self-fork' });
-    return ForkPort.connect(sock(spec, 'fork'), (line) => this.#onSelfFork(from, line), log, timeoutMs);
+    return this.#ports.connect(sock(spec, 'fork'), spec, (vm, line) => this.#onSelfFork(vm, line), this.opts.logger, timeoutMs);
   }
 
   async destroy(vm: QemuVm): Promise<void> {
@@ -236,10 +237,11 @@ export class QemuRuntime implements VmRuntime<QemuVm> {
       const { status } = await qmp.execute<{ status: string }>('query-status', undefined, { timeoutMs });
       const agent = await GuestAgentClient.connect(sock(spec, 'qga'), timeoutMs);
       const proc = watchProcess(pid, qmp);
-      // A process an older hostd started may have no such port: it then cannot self-fork.
-      const fork = await this.#connectFork(spec, timeoutMs).catch(() => undefined);
-      // A request the earlier hostd was carrying out is told lost by the engine (it knows the id in flight).
-      const vm: QemuVm = { pid, exited: proc.exited, proc, qmp, agent, spec, ...(fork ? { fork } : {}) };
+      // Not connected (or an older hostd's process with none): logged, tried again with a deadline. A request in flight is told lost by the engine.
+      const fork = await this.#connectFork(spec, timeoutMs).catch((e: unknown) => e as Error);
+      const vm: QemuVm = { pid, exited: proc.exited, proc, qmp, agent, spec, ...(fork instanceof ForkPort ? { fork } : {}) };
+      const again = (): false | Promise<void> => !proc.isExited() && this.#connectFork(spec, timeoutMs).then((p) => void (vm.fork = p));
+      if (!(fork instanceof ForkPort)) this.#ports.retry(fork, again, this.opts.logger.child({ vm: spec.id, component: 'self-fork' }));
       return { handle: vm, status };
     } catch (e) {
       qmp.close();
