@@ -56,6 +56,7 @@ export {
   type OpenedNetworkFilter,
 } from './adapters/net/index.js';
 export * as netFilter from './adapters/net/index.js';
+export { ApplyBatches, type BatchSteps } from './adapters/net/apply-batch.js';
 export { followPeers, ownAddresses, peerAddresses, urlAddresses } from './cluster-peers.js';
 export type { SelfForkLine, SelfForkListener } from './domain/ports.js';
 export { ForkPort, ForkPorts, LineReader, PORT_BYTES } from './adapters/qemu/fork-port.js';

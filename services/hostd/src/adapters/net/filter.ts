@@ -7,6 +7,7 @@ import { childDirs, makeDir, processesUnder, removeDir, type Cgroup2 } from './c
 import { applyScript, clusterScript, names, safeName, tableScript, vmCgroup, vmIdOfChain, type HostFacts } from './egress-rules.js';
 import { ensureScript, removeScript, sweepScript, type VmObjects } from './remove-rules.js';
 import type { Nft } from './nft.js';
+import { ApplyBatches } from './apply-batch.js';
 import type { TapFilter } from './tap-filter.js';
 
 const VM_DIR = /^[a-z0-9][a-z0-9-]{0,62}$/;
@@ -43,6 +44,12 @@ export class NftNetworkFilter implements NetworkFilter {
   /** TAP devices bound, to bind again after a repair. */
   private readonly devices = new Map<string, { vmId: string; mac: string }>();
 
+  private readonly batches = new ApplyBatches((fn) => this.enqueue(fn), {
+    prepare: (vmId) => makeDir(this.dir(vmId), false),
+    run: (script) => this.p.nft.run(script),
+    undo: (vmId) => removeDir(this.dir(vmId), 0),
+  });
+
   private constructor(private readonly p: NftFilterParts) {}
 
   /** Makes (or, after a restart, reloads over live VMs) the host's cgroup and table. */
@@ -65,24 +72,22 @@ export class NftNetworkFilter implements NetworkFilter {
 
   /** One nft change at a time: a remove must not interleave with an apply of the same VM. */
   private serial<T>(fn: () => Promise<T>): Promise<T> {
+    // Queued behind a batch of applies: a later apply must not join it and run before this.
+    this.batches.close();
+    return this.enqueue(fn);
+  }
+
+  private enqueue<T>(fn: () => Promise<T>): Promise<T> {
     const next = this.queue.then(fn, fn);
     this.queue = next.catch(() => undefined);
     return next;
   }
 
+  /** Applies queued together run as one nft transaction (apply-batch.ts). */
   async apply(vmId: string, egress: Egress): Promise<void> {
     // Built first: a policy we cannot enforce throws before anything changes.
-    const script = applyScript(this.p.facts, vmId, egress);
-    const tapScript = this.p.taps?.vmScript(vmId, egress);
-    await this.serial(async () => {
-      const made = await makeDir(this.dir(vmId), false);
-      try {
-        await this.p.nft.run(script + (tapScript ?? ''));
-      } catch (e) {
-        if (made) await removeDir(this.dir(vmId), 0).catch(() => undefined);
-        throw e;
-      }
-    });
+    const script = applyScript(this.p.facts, vmId, egress) + (this.p.taps?.vmScript(vmId, egress) ?? '');
+    await this.batches.add(vmId, script);
     this.p.log.debug({ vmId, egress }, 'egress filter applied');
   }
 
