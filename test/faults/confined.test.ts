@@ -8,14 +8,22 @@ import { startTestHost, type TestHost } from '../helpers/hostd.js';
 import { ensureImageOnce } from '../helpers/repo.js';
 
 /** What the kernel says about a process: its uids, no_new_privs, seccomp mode. */
-async function confinement(pid: number): Promise<{ uids: number[]; noNewPrivs: number; seccomp: number; cmdline: string[] }> {
+async function confinement(
+  pid: number,
+): Promise<{ uids: number[]; noNewPrivs: number; seccomp: number; cmdline: string[]; nice: number[] }> {
   const status = await fs.readFile(`/proc/${pid}/status`, 'utf8');
+  // Field 19 of each thread's stat (after the command in parentheses, field 3 is the first).
+  const threads = await fs.readdir(`/proc/${pid}/task`);
+  const nice = await Promise.all(
+    threads.map(async (t) => Number((await fs.readFile(`/proc/${pid}/task/${t}/stat`, 'utf8')).replace(/^.*\) /s, '').split(' ')[16])),
+  );
   const field = (name: string): string => new RegExp(`^${name}:\\s*(.*)$`, 'm').exec(status)?.[1] ?? '';
   return {
     uids: field('Uid').split(/\s+/).map(Number),
     noNewPrivs: Number(field('NoNewPrivs')),
     seccomp: Number(field('Seccomp')),
     cmdline: (await fs.readFile(`/proc/${pid}/cmdline`, 'utf8')).split('\0'),
+    nice,
   };
 }
 
@@ -58,6 +66,8 @@ describe('QEMU runs as an unprivileged user, sandboxed', { timeout: 300_000 }, (
         assert.deepEqual(c.uids, [who.uid, who.uid, who.uid, who.uid], `${v.id}: real, effective, saved and fs uid are forky-qemu`);
         assert.equal(c.noNewPrivs, 1, `${v.id}: no_new_privs`);
         assert.equal(c.seccomp, 2, `${v.id}: a seccomp filter`);
+        // Guests yield the CPU to hostd and NATS (config qemu.nice, default 10), every thread of QEMU.
+        assert.deepEqual(new Set(c.nice), new Set([10]), `${v.id}: every QEMU thread at nice 10`);
         assert.ok(c.cmdline.includes('-runas'));
         assert.ok(c.cmdline.some((a) => a.startsWith('on,obsolete=deny,elevateprivileges=allow,spawn=deny,resourcecontrol=deny')));
       }

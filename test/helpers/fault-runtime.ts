@@ -120,9 +120,9 @@ export class FaultRuntime implements VmRuntime {
     return this.inner.saveState(p.inner, stateFile);
   }
 
-  async writePrivatePages(vm: VmHandle, file: string): Promise<{ bytes: number }> {
-    const p = await this.#checkVm('writePrivatePages', vm, [file]);
-    return this.inner.writePrivatePages(p.inner, file);
+  async writePrivatePages(vm: VmHandle, file: string, opts?: { precopy?: boolean }): Promise<{ bytes: number }> {
+    const p = await this.#checkVm('writePrivatePages', vm, opts ? [file, opts] : [file]);
+    return this.inner.writePrivatePages(p.inner, file, opts);
   }
 
   async flattenDisk(vm: VmHandle, baseFile: string, timeoutMs: number): Promise<void> {

@@ -98,6 +98,18 @@ describe('copying the pages a copy-on-write VM made its own', () => {
     assert.deepEqual(await pagesOf(dest), ['0', 'A', 'X', '3', '4', 'E', 'F', '7']);
   });
 
+  it("a pause copy of a pre-copied file without that process's record refuses (the snapshot rolls back) instead of copying over it blindly", async () => {
+    const dest = path.join(dir, 'snap-d.ram');
+    await fs.copyFile(ram, dest);
+    const tracked = { root: proc.root, softDirty: () => true };
+    await proc.state({ 3: { hi: PRIV, tag: 'c' } });
+    copyPrivatePages(proc.pid, ram, dest, { precopy: true }, tracked);
+    // Another process (the VM's QEMU replaced meanwhile): only the record knows which pages of `dest` are stale.
+    assert.throws(() => copyPrivatePages(proc.pid + 1, ram, dest, {}, tracked), { code: 'INTERNAL', message: /pre-copy record/ });
+    // Refused once, the file is owed nothing more: a plain copy again works as without a pre-copy.
+    assert.deepEqual(copyPrivatePages(proc.pid, ram, dest, {}, tracked), { bytes: PAGE });
+  });
+
   it('without soft-dirty tracking a pre-copy does nothing and the pause copies every private page', async () => {
     const dest = path.join(dir, 'snap-b.ram');
     await fs.copyFile(ram, dest);

@@ -21,6 +21,12 @@ const Limits = z.strictObject({
   maxChainDepth: z.number().int().min(2).max(64).default(8),
   /** Bounds a guest-agent call made by hostd itself (the identity hook). */
   agentTimeoutMs: z.number().int().positive().default(10_000),
+  /**
+   * Copy a child's private pages before a snapshot's pause, then only what it wrote since
+   * (soft-dirty tracking; where the kernel has none, nothing changes). Off until verified on a
+   * kernel with soft-dirty (issue 21, point 5): a missed page would be a child resuming wrong.
+   */
+  snapshotPrecopy: z.boolean().default(false),
 });
 
 const Pool = z.strictObject({
@@ -66,6 +72,11 @@ export const HostdConfig = z.strictObject({
       cpuModel: z.string().optional(),
       tcgTbSizeMiB: z.number().int().min(1).max(2048).optional(),
       sandbox: z.boolean().default(true),
+      /**
+       * QEMU's CPU niceness: guests (hostile, or just busy) yield to hostd, the NATS server and the
+       * scheduler on the same box, so a host full of spinning guests still heartbeats and answers.
+       */
+      nice: z.number().int().min(0).max(19).default(10),
       /** Whom QEMU runs as: `auto` (forky-qemu where the host allows), `none` (hostd's user), or a user name. */
       runAs: z
         .string()

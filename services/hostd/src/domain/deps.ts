@@ -33,6 +33,8 @@ export interface EngineLimits {
   agentTimeoutMs: number;
   /** How long a snapshot nothing uses is kept before it expires (retention.ts); 0 or absent: never. */
   snapshotRetentionMs?: number;
+  /** A soft-dirty pre-copy of a child's private pages before a snapshot's pause (config.ts: off by default). */
+  snapshotPrecopy?: boolean;
   /** Self-fork requests a tree may send a second, and save up (absent: SELF_FORK_RATE). */
   selfForkRate?: { perSec: number; burst: number };
 }

@@ -1,6 +1,7 @@
 import fs from 'node:fs/promises';
-import { readFileSync } from 'node:fs';
+import { createReadStream } from 'node:fs';
 import net from 'node:net';
+import { pipeline } from 'node:stream/promises';
 import { ForkyError, withDeadline } from '@forky/base';
 import type { QmpClient, QmpEvent } from '@forky/qemu';
 
@@ -25,23 +26,20 @@ export async function listenForState(qmp: QmpClient, socketPath: string): Promis
 
 /** Feeds `file` to a QEMU listening for state and waits until it has loaded (and, if it autostarts, runs). */
 export async function loadState(qmp: QmpClient, socketPath: string, file: string, timeoutMs: number): Promise<void> {
-  // In the pause, and just written (a few hundred KiB in the page cache): read at once and sent
-  // in one write, not streamed in chunks through the thread pool.
-  const state = readFileSync(file);
   const finished = qmp.waitForEvent('MIGRATION', done, timeoutMs);
   const sock = net.createConnection(socketPath);
   try {
     // QEMU closes its end as soon as it has read the end of the stream, which can race our own
-    // end of writing: the MIGRATION event, not the socket, says whether it loaded.
-    const sent = new Promise<Error | undefined>((resolve) => {
-      sock.once('error', resolve);
-      sock.end(state, () => resolve(undefined));
-    });
+    // end of writing ("Premature close"): the MIGRATION event, not the pipe, says whether it loaded.
+    const sent = pipeline(createReadStream(file), sock).then(
+      () => undefined,
+      (e: unknown) => e,
+    );
     const ev = await finished;
     if (ev.data?.status !== 'completed') {
       const sendError = await withDeadline(sent, 1000, 'state send').catch(() => undefined);
       const err = await migrationError(qmp, 'loading device state', ev);
-      throw sendError ? new ForkyError('QEMU', `${err.message} (sending: ${sendError.message})`, { cause: sendError }) : err;
+      throw sendError ? new ForkyError('QEMU', `${err.message} (sending: ${(sendError as Error).message})`, { cause: sendError }) : err;
     }
   } finally {
     sock.destroy();

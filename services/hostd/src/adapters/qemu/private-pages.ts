@@ -39,9 +39,14 @@ export interface ProcFiles {
 }
 const PROC: ProcFiles = { root: '/proc' };
 
-/** Pre-copies by destination, until the pause's copy takes them; a few at most (one per snapshot under way). */
+/**
+ * Pre-copies by destination, until the pause's copy takes them. Never evicted: a pause copy over a
+ * pre-copied file without its record would leave pages the process gave back stale. A new
+ * pre-copy of a process drops that process's older ones (one snapshot of a VM at a time: its lock).
+ */
 const precopies = new Map<string, PreCopy>();
-const MAX_PRECOPIES = 64;
+/** Destinations pre-copied whose record is still owed to the pause's copy. */
+const pending = new Map<string, number>();
 
 /**
  * Copies the pages of process `pid`'s private mapping of `ramFile` that it has made its own
@@ -66,8 +71,11 @@ export function copyPrivatePages(
   if (opts.precopy) return precopy(pid, ramFile, dest, proc);
   const pre = precopies.get(dest);
   precopies.delete(dest);
+  const owed = pending.delete(dest);
+  if (owed && (!pre || pre.pid !== pid || pre.ramFile !== ramFile))
+    throw new ForkyError('INTERNAL', `the pre-copy record of ${dest} is gone or not this process's: the snapshot is not taken`);
   return withFds(pid, ramFile, dest, proc, (maps, fds) => {
-    if (!pre || pre.pid !== pid || pre.ramFile !== ramFile) return sum(maps, (map) => copyPages(pid, map, fds, dest, isPrivate));
+    if (!pre) return sum(maps, (map) => copyPages(pid, map, fds, dest, isPrivate));
     const stale = pre.copied;
     const bytes = sum(maps, (map) =>
       copyPages(pid, map, fds, dest, (hi, page) => {
@@ -82,8 +90,14 @@ export function copyPrivatePages(
 }
 
 function precopy(pid: number, ramFile: string, dest: string, proc: ProcFiles): { bytes: number } {
-  precopies.delete(dest);
+  for (const [d, owner] of pending)
+    if (d === dest || owner === pid) {
+      precopies.delete(d);
+      pending.delete(d);
+    }
   if (!(proc.softDirty ?? softDirtyTracked)()) return { bytes: 0 };
+  // Owed from here: a pause copy that then finds no record refuses, rather than copy over it blindly.
+  pending.set(dest, pid);
   const fd = openSync(`${proc.root}/${pid}/clear_refs`, 'w');
   try {
     // 4: clear the soft-dirty bits. Before the copy: a page written during it is copied again.
@@ -100,7 +114,6 @@ function precopy(pid: number, ramFile: string, dest: string, proc: ProcFiles): {
         return true;
       }),
     );
-    if (precopies.size >= MAX_PRECOPIES) precopies.delete(precopies.keys().next().value as string);
     precopies.set(dest, { pid, ramFile, copied });
     return n;
   });

@@ -26,6 +26,8 @@ export async function launchQemu(
   timeoutMs: number,
   log: Logger,
   scope?: string,
+  /** CPU niceness, set by `nice` before QEMU's exec (same pid), so all its threads inherit it. */
+  nice = 0,
 ): Promise<QemuProcess> {
   await fs.rm(qmpSocket, { force: true });
   const server = net.createServer();
@@ -37,9 +39,8 @@ export async function launchQemu(
   const logFd = openSync(logFile, 'a');
   let exited = false;
   try {
-    const child = scope
-      ? spawnInScope(scope, binary, args, logFd)
-      : spawn(binary, args, { stdio: ['ignore', logFd, logFd], detached: true });
+    const [cmd, argv] = nice > 0 ? ['nice', ['-n', String(nice), binary, ...args]] : [binary, args];
+    const child = scope ? spawnInScope(scope, cmd, argv, logFd) : spawn(cmd, argv, { stdio: ['ignore', logFd, logFd], detached: true });
     const pid = child.pid;
     const exitedP = new Promise<void>((resolve) => child.once('exit', () => resolve()));
     child.once('exit', () => (exited = true));

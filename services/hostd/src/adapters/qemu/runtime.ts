@@ -41,6 +41,8 @@ export interface QemuVm extends VmHandle {
 export interface QemuRuntimeOptions extends Omit<MachineOptions, 'runAs'> {
   runAs?: RunAs;
   binary: string;
+  /** QEMU's CPU niceness (config.ts qemu.nice). */
+  nice?: number;
   qemuVersion: string;
   logger: Logger;
   /** Puts each TAP device behind its VM's egress filter (TAP mode: QEMU's own sockets are not the path). */
@@ -70,16 +72,8 @@ export class QemuRuntime implements VmRuntime<QemuVm> {
   }
 
   profile(memMiB: number, cpus: number, imageId: string): MachineProfile {
-    return {
-      accel: this.accel,
-      qemuVersion: this.qemuVersion,
-      machine: this.opts.machine,
-      cpuModel: this.opts.cpuModel,
-      cpus,
-      memMiB,
-      imageId,
-      devices: DEVICE_SET,
-    };
+    const { machine, cpuModel } = this.opts;
+    return { accel: this.accel, qemuVersion: this.qemuVersion, machine, cpuModel, cpus, memMiB, imageId, devices: DEVICE_SET };
   }
 
   async boot(spec: VmSpec, timeoutMs: number): Promise<QemuVm> {
@@ -272,7 +266,8 @@ export class QemuRuntime implements VmRuntime<QemuVm> {
     }
     let proc: QemuProcess;
     try {
-      proc = await launchQemu(this.opts.binary, args, paths.qmpSocket, path.join(spec.runDir, 'qemu.log'), timeoutMs, log, spec.net.scope);
+      const { binary, nice } = this.opts;
+      proc = await launchQemu(binary, args, paths.qmpSocket, path.join(spec.runDir, 'qemu.log'), timeoutMs, log, spec.net.scope, nice);
     } catch (e) {
       if (tap) await this.#removeTap(tap);
       throw e;

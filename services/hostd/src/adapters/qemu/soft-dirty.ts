@@ -12,7 +12,14 @@ let tracked: boolean | undefined;
  * bit 55 is always clear and a pre-copy could not tell what the guest wrote since.
  */
 export function softDirtyTracked(): boolean {
-  tracked ??= probe();
+  // A /proc that cannot be read is no tracking: the pause then copies everything, as before.
+  tracked ??= (() => {
+    try {
+      return probe();
+    } catch {
+      return false;
+    }
+  })();
   return tracked;
 }
 
