@@ -16,7 +16,7 @@ import { liveInfo, packName, partName as name, partState } from './parts-check.j
 import { DigestMemo } from './digest-memo.js';
 import { fetchMapped, type FetchContext } from './parts-fetch.js';
 import { digestFile } from './sparse.js';
-import { endPublishing, markPublishing, waitManifest } from './parts-publishing.js';
+import { PublishMarkers, waitManifest } from './parts-publishing.js';
 
 export interface UploadResult {
   digest: string;
@@ -37,6 +37,8 @@ export interface PartStoreOptions {
   sparse?: boolean;
   /** Deadline of an upload's and a sweep's reads of the store (default 10 min). */
   timeoutMs?: number;
+  /** Publish markers' renewal, and how long one not renewed is taken for a live publish (parts-publishing.ts). */
+  markers?: { refreshMs?: number; staleMs?: number };
 }
 
 /**
@@ -58,6 +60,7 @@ export class ObjectPartStore {
   readonly #cache: ChunkMapCache;
   /** Digests of files already hashed here; parts are immutable, so a path's digest never changes. */
   readonly #digests = new DigestMemo();
+  readonly #markers: PublishMarkers;
 
   private constructor(
     private readonly nc: NatsConnection,
@@ -65,6 +68,7 @@ export class ObjectPartStore {
     private readonly opts: PartStoreOptions,
   ) {
     this.#cache = new ChunkMapCache(opts.cacheDir);
+    this.#markers = new PublishMarkers(os, opts.markers?.refreshMs);
   }
 
   get #ctx(): FetchContext {
@@ -268,26 +272,26 @@ export class ObjectPartStore {
     if (!b) throw new ForkyError('NOT_FOUND', `snapshot ${id} has not been published`);
     return JSON.parse(new TextDecoder().decode(b)) as unknown;
   }
-
-  /** A publish of `id` is under way from this host: fetches that find no manifest wait for it. */
+  /** A publish of `id` is under way from this host (renewed until ended): fetches that find no manifest wait for it. */
   markPublishing(id: string, host: string): Promise<void> {
-    return markPublishing(this.os, id, host);
+    return this.#markers.mark(id, host);
   }
-
   /** The publish of `id` ended (with `failure`, the fetches waiting for it fail with it). */
   endPublishing(id: string, host: string, failure?: { code: string; message: string }): Promise<void> {
-    return endPublishing(this.os, id, host, failure);
+    return this.#markers.end(id, host, failure);
   }
-
+  /** Removes the markers of publishes `host` had under way when it last stopped; how many. */
+  clearMarkers(host: string): Promise<number> {
+    return this.#markers.clear(host);
+  }
   /** The manifest of `id`, waiting up to `timeoutMs` for a publish under way (parts-publishing.ts). */
   waitManifest(id: string, timeoutMs: number): Promise<unknown> {
-    return waitManifest(this.nc, this.os, id, timeoutMs, () => this.getManifest(id));
+    return waitManifest(this.nc, this.os, id, timeoutMs, () => this.getManifest(id), this.opts.markers?.staleMs);
   }
 
   async deleteManifest(id: string): Promise<void> {
     await this.os.delete(`manifest.${id}`).catch(() => undefined);
   }
-
   /** Deletes parts no manifest refers to and packs no kept part refers to, if older than `graceMs`. */
   async sweep(graceMs: number): Promise<{ deleted: number; kept: number }> {
     const signal = this.#deadline();

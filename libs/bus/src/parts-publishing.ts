@@ -3,6 +3,7 @@ import { Base64UrlPaddedCodec, type ObjectInfo, type ObjectStore } from '@nats-i
 import { DeliverPolicy, jetstream } from '@nats-io/jetstream';
 import { DeadlineError, ForkyError, type ErrorCode } from '@forky/base';
 import { PARTS_BUCKET } from './parts-io.js';
+import { callerDeadline } from './deadlines.js';
 
 /**
  * A publish under way leaves a marker, `publishing.<id>`, from its start until its manifest is
@@ -11,8 +12,13 @@ import { PARTS_BUCKET } from './parts-io.js';
  */
 export const markerName = (id: string): string => `publishing.${id}`;
 const manifestName = (id: string): string => `manifest.${id}`;
-/** A marker older than this is a publish whose host went away (a publish has this deadline itself). */
-export const MARKER_STALE_MS = 10 * 60_000;
+/** How often a publish under way puts its marker again: a fetch takes a marker not renewed for long for none. */
+export const MARKER_REFRESH_MS = 30_000;
+/**
+ * A marker with no renewal seen for this long (by the reader's own clock; the writer's `at` counts
+ * no later than the reader's now) is a publish whose host went away: no publish is under way.
+ */
+export const MARKER_STALE_MS = 90_000;
 
 interface Marker {
   state: 'running' | 'failed';
@@ -66,15 +72,59 @@ const putMarker = (os: ObjectStore, id: string, m: Marker): Promise<unknown> =>
     new Uint8Array(0),
   );
 
-export async function markPublishing(os: ObjectStore, id: string, host: string): Promise<void> {
-  await putMarker(os, id, { state: 'running', host, at: Date.now() });
-}
+/**
+ * This host's publish markers: each is put again every `refreshMs` until ended. A renewal in
+ * flight is waited for before the end, so that it does not bring back a marker already gone.
+ */
+export class PublishMarkers {
+  readonly #timers = new Map<string, { timer: NodeJS.Timeout; last: Promise<unknown> }>();
 
-/** Ends the marker: on failure it says so first (its deletion keeps that, for the fetches waiting), then it goes. */
-export async function endPublishing(os: ObjectStore, id: string, host: string, failure?: { code: string; message: string }): Promise<void> {
-  if (failure)
-    await putMarker(os, id, { state: 'failed', host, at: Date.now(), code: failure.code, message: failure.message.slice(0, 512) });
-  await os.delete(markerName(id));
+  constructor(
+    private readonly os: ObjectStore,
+    private readonly refreshMs = MARKER_REFRESH_MS,
+  ) {}
+
+  async mark(id: string, host: string): Promise<void> {
+    await this.#stop(id);
+    await putMarker(this.os, id, { state: 'running', host, at: Date.now() });
+    const r = {
+      last: Promise.resolve() as Promise<unknown>,
+      timer: setInterval(() => {
+        r.last = putMarker(this.os, id, { state: 'running', host, at: Date.now() }).catch(() => undefined);
+      }, this.refreshMs),
+    };
+    r.timer.unref();
+    this.#timers.set(id, r);
+  }
+
+  /** Ends the marker: on failure it says so first (its deletion keeps that, for the fetches waiting), then it goes. */
+  async end(id: string, host: string, failure?: { code: string; message: string }): Promise<void> {
+    await this.#stop(id);
+    if (failure)
+      await putMarker(this.os, id, { state: 'failed', host, at: Date.now(), code: failure.code, message: failure.message.slice(0, 512) });
+    await this.os.delete(markerName(id));
+  }
+
+  /** Removes the markers `host` left (its publishes died with its last run): fetches need not wait for them. */
+  async clear(host: string): Promise<number> {
+    let n = 0;
+    for (const info of await this.os.list()) {
+      if (!info.name.startsWith('publishing.') || this.#timers.has(info.name.slice('publishing.'.length))) continue;
+      const m = parseMarker(info);
+      if (m?.host !== host || m.state !== 'running') continue;
+      await this.os.delete(info.name);
+      n++;
+    }
+    return n;
+  }
+
+  async #stop(id: string): Promise<void> {
+    const r = this.#timers.get(id);
+    if (!r) return;
+    this.#timers.delete(id);
+    clearInterval(r.timer);
+    await r.last;
+  }
 }
 
 /** Wakes on each change to the named objects' meta entries (puts and deletes), until closed. */
@@ -127,8 +177,9 @@ async function watchMeta(nc: NatsConnection, names: string[]): Promise<{ changed
 
 /**
  * The manifest of snapshot `id`: at once if it is there; if a publish of it is under way, once
- * that publish puts it. NOT_FOUND without either; PublishFailedError if the publish fails;
- * DeadlineError after `timeoutMs` (or once the marker is stale).
+ * that publish puts it. NOT_FOUND without either (a marker not renewed for `staleMs` counts as
+ * none); PublishFailedError if the publish fails; DeadlineError after `timeoutMs`, or once the
+ * caller of the request being served gives up.
  */
 export async function waitManifest(
   nc: NatsConnection,
@@ -136,29 +187,58 @@ export async function waitManifest(
   id: string,
   timeoutMs: number,
   read: () => Promise<unknown>,
+  staleMs = MARKER_STALE_MS,
 ): Promise<unknown> {
-  const notFound = (): ForkyError => new ForkyError('NOT_FOUND', `snapshot ${id} has not been published`);
-  const first = await os.info(manifestName(id));
-  if (first && !first.deleted) return read();
-  const marker = async (): Promise<ReturnType<typeof parseMarker>> => parseMarker(await os.info(markerName(id)).catch(() => null));
+  const notFound = (why = ''): ForkyError => new ForkyError('NOT_FOUND', `snapshot ${id} has not been published${why}`);
+  const published = async (): Promise<boolean> => {
+    const info = await os.info(manifestName(id));
+    return !!info && !info.deleted;
+  };
+  if (await published()) return read();
+  const marker = async (): Promise<(ReturnType<typeof parseMarker> & { revision: number }) | undefined> => {
+    const info = await os.info(markerName(id)).catch(() => null);
+    const m = parseMarker(info);
+    return m && { ...m, revision: info?.revision ?? 0 };
+  };
+  // The publish may have put its manifest and removed its marker between the two looks.
   const m0 = await marker();
-  if (!m0 || m0.gone || m0.state !== 'running') throw notFound();
+  if (!m0 || m0.gone || m0.state !== 'running') {
+    if (await published()) return read();
+    throw notFound();
+  }
+  // Fresh by the reader's clock: a writer's `at` ahead of it counts as now, not later.
+  let seen = m0.revision;
+  let freshUntil = Math.min(m0.at, Date.now()) + staleMs;
+  const stale = (host: string): ForkyError =>
+    notFound(`: the marker of its publish on host ${host} was not renewed for ${staleMs} ms (that host went away)`);
+  if (freshUntil <= Date.now()) throw stale(m0.host);
   // Watch first, then look: a change between the look and the wait is not missed.
   const w = await watchMeta(nc, [manifestName(id), markerName(id)]);
   const t0 = Date.now();
+  // Served for a caller, the wait ends when that caller gives up (it would get no answer after).
+  timeoutMs = Math.max(0, Math.min(timeoutMs, (callerDeadline() ?? Infinity) - t0));
+  const late = (host: string): DeadlineError => new DeadlineError(`waiting for the publish of snapshot ${id} on host ${host}`, timeoutMs);
   let timer: NodeJS.Timeout | undefined;
   try {
     for (;;) {
-      const info = await os.info(manifestName(id));
-      if (info && !info.deleted) return await read();
+      if (await published()) return await read();
       const m = await marker();
       if (m?.state === 'failed')
         throw new PublishFailedError(id, m.host, m.message ?? 'no reason given', (m.code as ErrorCode) ?? 'UNAVAILABLE');
-      if (!m || m.gone) throw new PublishFailedError(id, m0.host, 'it ended without a manifest');
-      const left = Math.min(t0 + timeoutMs, m.at + MARKER_STALE_MS) - Date.now();
-      if (left <= 0) throw new DeadlineError(`waiting for the publish of snapshot ${id} on host ${m.host}`, timeoutMs);
+      if (!m || m.gone) {
+        if (await published()) return await read();
+        throw new PublishFailedError(id, m0.host, 'it ended without a manifest');
+      }
+      if (m.revision !== seen) {
+        seen = m.revision;
+        freshUntil = Date.now() + staleMs;
+      }
+      const now = Date.now();
+      if (now >= freshUntil) throw stale(m.host);
+      if (now >= t0 + timeoutMs) throw late(m.host);
+      // Woken by a change, or at the deadline or staleness, whichever comes first: the loop says which.
       await new Promise<void>((resolve, reject) => {
-        timer = setTimeout(() => reject(new DeadlineError(`waiting for the publish of snapshot ${id} on host ${m.host}`, timeoutMs)), left);
+        timer = setTimeout(resolve, Math.min(t0 + timeoutMs, freshUntil) - now);
         w.changed().then(resolve, reject);
       });
       clearTimeout(timer);

@@ -79,6 +79,7 @@ export async function startHostd(config: Readonly<HostdConfig>, logger: Logger):
         machine: config.qemu.machine,
         cpuModel: config.qemu.cpuModel ?? (probe.accel === 'kvm' ? 'host' : 'qemu64'),
         sandbox: config.qemu.sandbox,
+        nice: config.qemu.nice,
         ...(runAs ? { runAs } : {}),
         network: config.network,
         filter: network,
@@ -132,6 +133,11 @@ export async function startHostd(config: Readonly<HostdConfig>, logger: Logger):
   );
   // Before serving: VMs an earlier hostd of this data directory left running are taken back.
   const recovered = await engine.recover();
+  // Publishes under way in the last run died with it: their markers go, so fetches elsewhere do not wait on them.
+  await parts.clearMarkers(config.hostId).then(
+    (n) => n > 0 && log.info({ markers: n }, 'publish markers of the last run removed'),
+    (err: unknown) => log.warn({ err }, 'publish markers of the last run not removed'),
+  );
   // Their QEMU died while no hostd was there to say so: said now.
   for (const v of engine.list()) if (recovered.failed.includes(v.id)) events.publish(failedWhileDown(config.hostId, v));
   upkeepVms = () => engine.list().flatMap((v) => (v.network && v.state !== 'failed' ? [{ id: v.id, egress: v.network.egress }] : []));

@@ -46,7 +46,7 @@ function shipping(host: Host): ShippingDeps {
   };
 }
 
-/** How long a fetch waits for a publish under way elsewhere (a publish's own deadline). */
+/** How long a fetch waits for a publish under way elsewhere (a publish's own deadline); the store stops sooner if the caller gives up. */
 const WAIT_MS = 10 * 60_000;
 
 /** A manifest that is not JSON counts as none. */
