@@ -60,10 +60,9 @@ describe('heartbeats: the VM list only in the periodic beat', { timeout: 60_000 
     await nats?.stop();
   });
 
-  /** Sends beats in order, then waits until the scheduler shows the last one and then the host down. */
-  const lastBeatThenDown = async (beats: Heartbeat[]): Promise<void> => {
+  /** Sends beats in order, then waits until the scheduler shows the last one (or `last`) and then the host down. */
+  const lastBeatThenDown = async (beats: Heartbeat[], last = beats.at(-1) as Heartbeat): Promise<void> => {
     for (const b of beats) nc.publish(subjects.heartbeat(b.id), JSON.stringify(b));
-    const last = beats.at(-1) as Heartbeat;
     const seen = new Date(last.ts).toISOString();
     // Down is a matter of time passing (three missed periods): no event to wait on.
     await pollUntil(
@@ -93,6 +92,21 @@ describe('heartbeats: the VM list only in the periodic beat', { timeout: 60_000 
       shown.every((v) => v.state === 'lost'),
       'shown as lost',
     );
+  });
+
+  it("an older beat with a list, come after a newer one without (the bucket's, read at start), fills in its list", async () => {
+    const list = [vm('vm-ccccccccccc1', 'hb-c')];
+    const t = Date.now();
+    const slim = beat('hb-c', 'i-1', { ts: t + 1, vms: 1 });
+    await lastBeatThenDown([slim, beat('hb-c', 'i-1', { ts: t, vms: 1, list })], slim);
+    assert.deepEqual(
+      (await lost('hb-c')).map((v) => v.id),
+      list.map((v) => v.id),
+    );
+    // Of another process, an older list is not taken.
+    const other = beat('hb-d', 'i-2', { ts: t + 1, vms: 1 });
+    await lastBeatThenDown([other, beat('hb-d', 'i-1', { ts: t, vms: 1, list: [vm('vm-ddddddddddd1', 'hb-d')] })], other);
+    assert.deepEqual(await lost('hb-d'), []);
   });
 
   it("a beat of a new hostd process without a list does not take the old process's VMs", async () => {

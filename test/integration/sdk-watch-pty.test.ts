@@ -143,32 +143,9 @@ describe('SDK: file watch and PTY processes over the stream bridge (real nats-se
     assert.equal(guest.cancelled, true, "the abort stopped the guest's watch");
   });
 
-  it('watch follows the VM across a hand-over (GONE): watched again, the gap told; close() ends it', async () => {
-    const drops: DropReason[] = [];
-    const w = await files().watch('/h', { onDropped: (r) => drops.push(r) });
-    const first = await watchGuest(1);
-    const seen: string[] = [];
-    const reading = (async () => {
-      for await (const e of w) {
-        seen.push(e.path);
-        if (e.path === '/h/after') w.close();
-      }
-    })();
-    first.send([{ kind: 'create', path: '/h/before' }]);
-    await pollUntil(async () => (seen.length === 1 ? true : undefined), { timeoutMs: 5000, what: 'the first event' });
-    first.end({ ok: false, code: 'GONE', message: 'the session closed' } as never);
-    const second = await watchGuest(2);
-    assert.deepEqual(second.req, first.req, 'the same watch, opened again');
-    second.send([{ kind: 'create', path: '/h/after' }]);
-    await withDeadline(reading, 10_000, 'the watch to end on close()');
-    assert.deepEqual(seen, ['/h/before', '/h/after']);
-    assert.deepEqual(drops, ['hand-over']);
-    assert.equal(second.cancelled, true);
-  });
-
   it('a failed watch end is an error with its code; bad input is refused, naming the field, before anything is sent', async () => {
     const w = await files().watch('/missing');
-    (await watchGuest(3)).end({ ok: false, code: 'NOT_FOUND', message: '/missing: no such file' });
+    (await watchGuest(watches.length - 1)).end({ ok: false, code: 'NOT_FOUND', message: '/missing: no such file' });
     await assert.rejects(async () => {
       for await (const _ of w) void _;
     }, isCode('NOT_FOUND'));
@@ -179,7 +156,9 @@ describe('SDK: file watch and PTY processes over the stream bridge (real nats-se
     await assert.rejects(files().watch('/ok', { recursive: 'yes' as unknown as boolean }), isField('recursive'));
     await assert.rejects(spawn(calls, VM, ['cat'], { pty: { rows: 0, cols: 80 } }), isField('pty.rows'));
     await assert.rejects(spawn(calls, VM, ['cat'], { pty: { rows: 24, cols: 1.5 } }), isField('pty.cols'));
-    await assert.rejects(pty(calls, VM, undefined, { rows: 24, cols: 1001 }), isField('pty.cols'));
+    // vm.pty() takes rows and cols themselves: its errors name them so.
+    await assert.rejects(pty(calls, VM, undefined, { rows: 24, cols: 1001 }), isField('cols'));
+    await assert.rejects(pty(calls, VM, undefined, { rows: 0, cols: 80 }), isField('rows'));
     assert.equal(opened.length, before, 'nothing was opened');
   });
 
@@ -232,5 +211,53 @@ describe('SDK: file watch and PTY processes over the stream bridge (real nats-se
     assert.throws(() => plain.resize(24, 80), isCode('INVALID_STATE'));
     await plain.closeStdin();
     assert.equal((await withDeadline(plain.wait(), 5000, 'the exit')).exitCode, 0, 'its stream was not ended by a resize');
+  });
+
+  it("a guest's own GONE (its session still open) is no hand-over: the watch fails INVALID_STATE at once, opened once", async () => {
+    const n = watches.length;
+    const before = opened.length;
+    let drops = 0;
+    const w = await files().watch('/g', { onDropped: () => drops++ });
+    (await watchGuest(n)).end({ ok: false, code: 'GONE', message: 'hostile' } as never);
+    const err = await withDeadline(
+      (async () => {
+        for await (const _ of w) void _;
+      })().then(
+        () => undefined,
+        (e: unknown) => e,
+      ),
+      5000,
+      'the watch to fail',
+    );
+    assert.ok(err instanceof ForkyError && err.code === 'INVALID_STATE' && /GONE: hostile/.test(err.message), String(err));
+    assert.equal(opened.length - before, 1, 'opened once: no reopen');
+    assert.equal(watches.length, n + 1);
+    assert.equal(drops, 0);
+  });
+
+  // Last: it closes the (one) session, as a snapshot's hand-over does.
+  it("watch follows the VM across a hand-over (its session ended: hostd's GONE): watched again, the gap told; close() ends it", async () => {
+    const drops: DropReason[] = [];
+    const w = await files().watch('/h', { onDropped: (r) => drops.push(r) });
+    const first = await watchGuest(watches.length - 1);
+    const seen: string[] = [];
+    const reading = (async () => {
+      for await (const e of w) {
+        seen.push(e.path);
+        if (e.path === '/h/after') w.close();
+      }
+    })();
+    first.send([{ kind: 'create', path: '/h/before' }]);
+    await pollUntil(async () => (seen.length === 1 ? true : undefined), { timeoutMs: 5000, what: 'the first event' });
+    const n = watches.length;
+    (fixture as BridgeFixture).session.close();
+    first.end({ ok: false, code: 'GONE', message: 'the session closed' } as never);
+    const second = await watchGuest(n);
+    assert.deepEqual(second.req, first.req, 'the same watch, opened again');
+    second.send([{ kind: 'create', path: '/h/after' }]);
+    await withDeadline(reading, 10_000, 'the watch to end on close()');
+    assert.deepEqual(seen, ['/h/before', '/h/after']);
+    assert.deepEqual(drops, ['hand-over']);
+    assert.equal(second.cancelled, true);
   });
 });

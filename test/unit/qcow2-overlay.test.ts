@@ -9,6 +9,7 @@ import { MAX_NATIVE_SIZE, overlayBytes, writeOverlay } from '@forky/hostd/intern
 
 const GiB = 2 ** 30;
 const TiB = 2 ** 40;
+const CLUSTER_BYTES = 1 << 16;
 /** 1 MiB .. 64 GiB, odd ones (not a multiple of 512, one byte over an L1 entry's span), and the edges. */
 const SIZES = [0, 1, 511, 1 << 20, 1_000_001, 512 * 2 ** 20 + 1, GiB, 3 * GiB + 12_345, 8 * GiB, 64 * GiB, 4 * TiB + 1, 64 * TiB];
 const NAMES = ['base.qcow2', `img-${'0123456789abcdef'.repeat(2)}.qcow2`, 'lyr-a1b2c3d4e5f6.qcow2', 'bäse layer.qcow2', 'x'.repeat(255)];
@@ -57,6 +58,29 @@ describe('qcow2 overlays written without qemu-img', () => {
     await execa('qemu-io', ['-f', 'qcow2', '-c', 'read -P 0xcd 2M 4k', top]);
     await execa('qemu-io', ['-f', 'qcow2', '-c', 'read -P 0 2M 4k', base]);
     await qemuImg('check', '-q', top);
+  });
+
+  it('replace a file there by a rename: one held open keeps its bytes; a failed write leaves no temp file', async () => {
+    const sub = await fs.mkdtemp(path.join(dir, 'swap-'));
+    const file = path.join(sub, 'inuse.qcow2');
+    const old = Buffer.alloc(4 * CLUSTER_BYTES, 0x5a);
+    await fs.writeFile(file, old);
+    // As a QEMU that has it open: the file it holds must not be truncated under it.
+    const held = await fs.open(file, 'r');
+    try {
+      assert.equal(await writeOverlay(file, 'base.qcow2', 1 << 20), true);
+      const seen = Buffer.alloc(old.length);
+      await held.read(seen, 0, old.length, 0);
+      assert.ok(seen.equals(old), 'the open file keeps its bytes');
+      assert.equal((await held.stat()).size, old.length);
+    } finally {
+      await held.close();
+    }
+    assert.ok((await fs.readFile(file)).equals(overlayBytes('base.qcow2', 1 << 20) as Buffer), 'the name has the new overlay');
+    const dirAsFile = path.join(sub, 'adir.qcow2');
+    await fs.mkdir(dirAsFile);
+    await assert.rejects(writeOverlay(dirAsFile, 'base.qcow2', 1 << 20));
+    assert.deepEqual((await fs.readdir(sub)).sort(), ['adir.qcow2', 'inuse.qcow2'], 'no temp file left');
   });
 
   it('leave a size above what was checked to qemu-img, writing nothing', async () => {

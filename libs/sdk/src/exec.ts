@@ -102,8 +102,10 @@ export async function spawn(t: Calls, vm: string, cmd: string | readonly string[
  * Starts `cmd` (default a login shell) on a pseudo-terminal of `rows` × `cols`, TERM=xterm unless
  * `env` names one: a spawn with `pty`, whose process takes raw keys on write() and has resize().
  */
-export function pty(t: Calls, vm: string, cmd: string | readonly string[] | undefined, o: PtyOptions): Promise<Process> {
+export async function pty(t: Calls, vm: string, cmd: string | readonly string[] | undefined, o: PtyOptions): Promise<Process> {
   const { rows, cols, env, ...rest } = o;
+  // The caller named them rows and cols, not pty.rows: the error names them so.
+  checkSize({ rows, cols });
   return spawn(t, vm, cmd ?? DEFAULT_PTY_CMD, { ...rest, env: { TERM: 'xterm', ...env }, pty: { rows, cols }, stdin: true });
 }
 

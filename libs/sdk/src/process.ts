@@ -2,7 +2,7 @@ import { ForkyError, ValidationError, asForkyError, type ErrorCode } from '@fork
 import { ErrorCodes } from '@forky/base';
 import type { StreamChunk, StreamEnd } from '@forky/bus';
 import { ResizeBody } from '@forky/contract';
-import { reopen } from './hand-over.js';
+import { HandOvers } from './hand-over.js';
 import type { Calls, StreamLike } from './transport.js';
 
 /** The host's chunks are at most 64 KiB; ours too, so one `in` message never exceeds what it takes. */
@@ -84,6 +84,7 @@ export class Process implements AsyncIterable<OutputChunk> {
   #reading = false;
   #cancelled = false;
   #detached = false;
+  readonly #handOvers = new HandOvers();
   readonly #done: Promise<ProcessExit>;
   #resolve!: (e: ProcessExit) => void;
   #reject!: (e: unknown) => void;
@@ -258,7 +259,8 @@ export class Process implements AsyncIterable<OutputChunk> {
   }
 
   async #reattach(): Promise<StreamLike> {
-    const st = await reopen(() => this.#t.stream('proc.attach', { id: this.#vm, pid: this.#pid as number, follow: this.#follow }));
+    const body = { id: this.#vm, pid: this.#pid as number, follow: this.#follow };
+    const st = await this.#handOvers.reopen(() => this.#t.stream('proc.attach', body), `process ${this.#pid}`);
     this.#skip = this.#seen;
     this.#onAttach = true;
     return st;

@@ -1,7 +1,7 @@
 import { ForkyError, ValidationError } from '@forky/base';
 import type { StreamChunk, StreamEnd } from '@forky/bus';
 import { FileWatchRequest } from '@forky/contract';
-import { HAND_OVER_MS, reopen } from './hand-over.js';
+import { HandOvers } from './hand-over.js';
 import { endError } from './process.js';
 import type { CallOptions, Calls, StreamLike } from './transport.js';
 
@@ -25,9 +25,6 @@ export interface WatchOptions extends CallOptions {
   onDropped?: (reason: DropReason) => void;
 }
 
-/** A stream that ended this soon after its open, GONE, counts as one hand-over with the one before. */
-const SHORT_LIVED_MS = 1000;
-
 /**
  * Changes under a path in a VM (`vm.files.watch`), as an async iterable of events, until close()
  * or the signal's abort, which end the iteration (no error). A snapshot of the VM (a live fork)
@@ -39,8 +36,9 @@ export class FileWatch implements AsyncIterable<WatchEvent> {
   readonly #body: Record<string, unknown>;
   readonly #onDropped: ((reason: DropReason) => void) | undefined;
   readonly #signal: AbortSignal | undefined;
+  /** Aborted by close() (or the caller's signal): stops a reopen under way. */
+  readonly #stop = new AbortController();
   #stream: StreamLike;
-  #openedAt = Date.now();
   #closed = false;
   #reading = false;
 
@@ -60,6 +58,7 @@ export class FileWatch implements AsyncIterable<WatchEvent> {
     if (this.#closed) return;
     this.#closed = true;
     this.#signal?.removeEventListener('abort', this.#onAbort);
+    this.#stop.abort();
     this.#stream.cancel();
     // Nobody reads it to its end: stop listening now.
     if (!this.#reading) this.#stream.close();
@@ -70,7 +69,7 @@ export class FileWatch implements AsyncIterable<WatchEvent> {
   async *[Symbol.asyncIterator](): AsyncIterator<WatchEvent> {
     if (this.#reading) throw new ForkyError('INVALID_STATE', 'a watch is read by one reader');
     this.#reading = true;
-    let handOverSince: number | undefined;
+    const handOvers = new HandOvers();
     let ended = false;
     try {
       for (;;) {
@@ -81,7 +80,6 @@ export class FileWatch implements AsyncIterable<WatchEvent> {
             break;
           }
           if (c.kind !== 'event') continue;
-          handOverSince = undefined;
           if (c.event.type === 'dropped') this.#onDropped?.('guest');
           if (c.event.type !== 'events' || !Array.isArray(c.event.events)) continue;
           for (const e of c.event.events as unknown[]) {
@@ -95,22 +93,18 @@ export class FileWatch implements AsyncIterable<WatchEvent> {
         if (!end) throw new ForkyError('UNAVAILABLE', 'the watch stream ended without its end message');
         if (end.ok) return;
         if (end.code !== 'GONE') throw endError(end);
-        // Handed over: watched again on the new process. A stream GONE at once (the VM still
-        // going, or gone for good) shares one deadline with the first, so this never spins.
-        if (Date.now() - this.#openedAt > SHORT_LIVED_MS) handOverSince = undefined;
-        handOverSince ??= Date.now();
+        // Handed over: watched again on the new process (HandOvers bounds how often, and how long).
         this.#stream.close();
-        const opts = this.#signal ? { signal: this.#signal } : {};
+        const signal = this.#stop.signal;
         let st: StreamLike;
         try {
-          st = await reopen(() => this.#t.stream('file.watch', this.#body, opts), handOverSince + HAND_OVER_MS, this.#signal);
+          st = await handOvers.reopen(() => this.#t.stream('file.watch', this.#body, { signal }), 'the watch', signal);
         } catch (e) {
           if (this.#closed) return;
           throw e;
         }
         this.#stream = st;
         ended = false;
-        this.#openedAt = Date.now();
         if (this.#closed) st.cancel();
         else this.#onDropped?.('hand-over');
       }

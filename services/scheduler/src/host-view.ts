@@ -14,7 +14,7 @@ import { isReadableKey, logBadEntry } from '@forky/bus';
  * when the node leading the bucket dies (measured: test/faults/nats-cluster.test.ts). A beat
  * counts only on its own host's subject, and a newer `ts` wins, so the two sources can race.
  */
-export class HostView<T extends { id: string; ts: number; after?: (prev: T) => T }> {
+export class HostView<T extends { id: string; ts: number; instance?: string | undefined; after?: (prev: T) => T }> {
   readonly #beats = new Map<string, T>();
   /** The same beats in host id order, kept as they arrive: a placement reads it as is. */
   readonly #sorted: T[] = [];
@@ -83,9 +83,16 @@ export class HostView<T extends { id: string; ts: number; after?: (prev: T) => T
       return;
     }
     const have = this.#beats.get(host);
-    if (have && have.ts >= beat.ts) return;
-    // A beat with only what a change moved takes the rest (its VM list) from the one it follows.
-    const next = have && beat.after ? beat.after(have) : beat;
+    let next: T;
+    if (have && have.ts >= beat.ts) {
+      // An older beat is dropped, but for its list when the newer one has none (the bucket's full
+      // beat read after a change's beat came on the feed): the same process's list is the best known.
+      if (!have.after || beat.after || have.instance !== beat.instance) return;
+      next = have.after(beat);
+    } else {
+      // A beat with only what a change moved takes the rest (its VM list) from the one it follows.
+      next = have && beat.after ? beat.after(have) : beat;
+    }
     this.#beats.set(host, next);
     // Hosts are never dropped, so a new one is rare: only then is the order worked out again.
     if (have) this.#sorted[this.#sorted.indexOf(have)] = next;

@@ -18,6 +18,8 @@ export interface BridgeOptions {
   bytes: 'process' | 'file';
   /** A port connection: the guest's EOF goes out as `eof` (TCP half-close); other streams keep it to themselves. */
   eofOut?: boolean;
+  /** Whether the stream's agent session has ended: only then does a GONE end go on as GONE. */
+  sessionEnded?: () => boolean;
   /** A PTY exec: the only kind that takes `resize`. */
   pty?: boolean;
   idleMs: number;

@@ -149,7 +149,7 @@ export class Bridge {
       this.#o.log.warn({ err: e, sid: this.#o.sid }, 'stream failed');
       end = { ok: false, code: 'GONE', message: 'the guest stream failed' };
     }
-    const body = endBody(end, this.#protocol, !!this.#cancelled);
+    const body = endBody(end, this.#protocol, !!this.#cancelled, this.#o.sessionEnded?.() === true);
     this.#publish('end', json(body));
     this.#finished = true;
     clearInterval(this.#timer);

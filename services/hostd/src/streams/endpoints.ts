@@ -16,7 +16,7 @@ import type { GuestHandlers, GuestStreamsOptions, OpenSpec } from './endpoints-t
 
 export type { GuestHandlers, GuestStreamsOptions };
 import { DEFAULT_STREAM_LIMITS, StreamRegistry, newSid, ranNothing } from './registry.js';
-import { fingerprint, withinMs } from './helpers.js';
+import { endedCheck, fingerprint, withinMs } from './helpers.js';
 import { guestError, unary } from './unary.js';
 
 /** One-shot guest calls at once per VM: each holds a guest stream and up to a reply's worth of hostd memory. */
@@ -238,6 +238,7 @@ export class GuestStreams {
         inWindow: DEFAULT_STREAM_WINDOW,
         bytes: s.bytes,
         pty: s.pty ?? false,
+        sessionEnded: endedCheck(session),
         eofOut: s.port ?? false,
         ...(this.#o.startIdleMs === undefined ? {} : { startIdleMs: this.#o.startIdleMs }),
         idleMs: this.#o.idleMs ?? STREAM_IDLE_MS,

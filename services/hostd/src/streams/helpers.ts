@@ -1,4 +1,4 @@
-import type { AgentEnd } from '@forky/agent';
+import type { AgentEnd, GuestSession } from '@forky/agent';
 import { boundedText, type StreamEndBody } from '@forky/contract';
 
 /**
@@ -60,9 +60,16 @@ export function safeJson<T>(
   }
 }
 
-/** The `end` a client gets: a protocol violation wins; a cancelled stream says so. */
-export function endBody(end: AgentEnd, protocol: string | undefined, cancelled: boolean): StreamEndBody {
+/**
+ * The `end` a client gets: a protocol violation wins; a cancelled stream says so. GONE is hostd's
+ * word for a stream whose agent session ended (a snapshot's hand-over: clients open it again), so
+ * a GONE while the session is still open is the guest's own and goes on as INVALID_STATE, its
+ * code named in the message.
+ */
+export function endBody(end: AgentEnd, protocol: string | undefined, cancelled: boolean, sessionEnded = false): StreamEndBody {
   if (protocol) return { ok: false, code: 'PROTOCOL', message: boundedText(protocol, 200) };
+  if (!end.ok && end.code === 'GONE' && !sessionEnded)
+    return { ok: false, code: 'INVALID_STATE', message: boundedText(`GONE: ${end.message}`, 4000) };
   if (!end.ok) return { ok: false, code: boundedText(end.code, 64), message: boundedText(end.message, 4000) };
   const body: StreamEndBody = { ok: true };
   if (end.exitCode !== undefined) body.exitCode = end.exitCode;
@@ -71,6 +78,20 @@ export function endBody(end: AgentEnd, protocol: string | undefined, cancelled: 
   if (end.cancelled || cancelled) body.cancelled = true;
   if (end.bytes !== undefined) body.bytes = end.bytes;
   return body;
+}
+
+const ended = new WeakMap<GuestSession, () => boolean>();
+
+/** Whether `session` has ended, as a check: one per session, so its many streams add nothing to its `closed`. */
+export function endedCheck(session: GuestSession): () => boolean {
+  let check = ended.get(session);
+  if (!check) {
+    let done = false;
+    void session.closed.then(() => (done = true));
+    check = () => done;
+    ended.set(session, check);
+  }
+  return check;
 }
 
 /** The request a key names, but for the key (and the window: a retry may pick another). */

@@ -1,3 +1,4 @@
+import { randomBytes } from 'node:crypto';
 import fs from 'node:fs/promises';
 import { ValidationError } from '@forky/base';
 
@@ -101,14 +102,23 @@ export function overlayBytes(backing: string, virtualSize: number): Buffer | und
 }
 
 /**
- * Writes an empty overlay in one write (replacing any file there, as qemu-img does), with
- * qemu-img's mode. No fsync: the first flush QEMU makes of the file makes the header durable
- * too, and a host that crashes before that loses the VM using it as well.
+ * Writes an empty overlay, with qemu-img's mode, to a temporary file renamed over `file`: a file
+ * there (one a QEMU may have open) is replaced, never truncated in place, and a crash mid-write
+ * leaves no torn file under the final name. No fsync: the first flush QEMU makes of the file
+ * makes the header durable too, and a host that crashes before that loses the VM using it as well.
  * Returns false, writing nothing, for a size made only by qemu-img.
  */
 export async function writeOverlay(file: string, backing: string, virtualSize: number): Promise<boolean> {
   const bytes = overlayBytes(backing, virtualSize);
   if (!bytes) return false;
-  await fs.writeFile(file, bytes, { mode: 0o644 });
+  // Beside it (a rename stays on its filesystem); `.tmp`, so no listing of layers takes it for one.
+  const tmp = `${file}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`;
+  try {
+    await fs.writeFile(tmp, bytes, { mode: 0o644, flag: 'wx' });
+    await fs.rename(tmp, file);
+  } catch (e) {
+    await fs.rm(tmp, { force: true });
+    throw e;
+  }
   return true;
 }
