@@ -71,7 +71,9 @@ function cluster(hosts: string[], fail: (host: string, n: number) => ForkyError 
   };
   return {
     calls,
-    fork: (count: number) => schedFork(ctx as never, { source: SNAP, count, spread: true } as never, 'k'.repeat(20)) as Promise<ForkResult>,
+    /** `last`: the job's last delivery (the default here), or one it will be tried again after. */
+    fork: (count: number, last = true) =>
+      schedFork(ctx as never, { source: SNAP, count, spread: true } as never, 'k'.repeat(20), last) as Promise<ForkResult>,
   };
 }
 
@@ -101,5 +103,32 @@ describe('self-fork spread shares (review R3 item 8)', () => {
       'the others got their own share only',
     );
     assert.equal(c.calls.filter((x) => x.endpoint === 'vm.destroy').length, 0);
+  });
+
+  it('R1 #1: a fork tried again (transient, not the last delivery) keeps its shares; the retry gets them alive, once', async () => {
+    let first = true;
+    const c = cluster(['sa', 'sb'], (h) => (h === 'sa' && first ? new ForkyError('UNAVAILABLE', 'home fails its share') : undefined));
+    await assert.rejects(c.fork(4, false), (e: ForkyError) => e.code === 'UNAVAILABLE');
+    assert.equal(c.calls.filter((x) => x.endpoint === 'vm.destroy').length, 0, 'kept for the retry');
+    first = false;
+    // The job's next delivery, same key: sb's share is replayed (same children), sa makes its own.
+    const r = await c.fork(4, false);
+    assert.equal(r.children.length, 4);
+    assert.equal(new Set(r.children.map((x) => x.id)).size, 4);
+    assert.equal(c.calls.filter((x) => x.endpoint === 'vm.destroy').length, 0, 'none of its children destroyed');
+  });
+
+  it('R1 #1: a failure that is not tried again (not transient) destroys the shares made, last delivery or not', async () => {
+    const c = cluster(['sa', 'sb'], (h) => (h === 'sa' ? new ForkyError('INCOMPATIBLE', 'home refuses the snapshot') : undefined));
+    await assert.rejects(c.fork(2, false), (e: ForkyError) => e.code === 'INCOMPATIBLE');
+    assert.deepEqual(
+      c.calls.filter((x) => x.endpoint === 'vm.destroy').map((x) => x.host),
+      ['sb'],
+    );
+    // A timeout that is the request's own fault (`final`): the job does not try it again either.
+    const own = new ForkyError('TIMEOUT', 'never ready', { details: { final: true } });
+    const final = cluster(['sa', 'sb'], (h) => (h === 'sa' ? own : undefined));
+    await assert.rejects(final.fork(2, false), (e: ForkyError) => e.code === 'TIMEOUT');
+    assert.equal(final.calls.filter((x) => x.endpoint === 'vm.destroy').length, 1);
   });
 });

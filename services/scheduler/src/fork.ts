@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { ForkyError, asForkyError, type ErrorCode } from '@forky/base';
+import { ForkyError, asForkyError } from '@forky/base';
 import type { BatchRequest, BatchResult, ForkResult, SchedForkRequest, TransferResult } from '@forky/contract';
 import type { SchedContext } from './context.js';
 import { sourceKind } from './directory-reads.js';
@@ -12,8 +12,9 @@ import { lifetimeOf } from './routing.js';
  * snapshots a VM source itself); otherwise the source is frozen once at home, its snapshot
  * published, and each target fetches what it lacks and forks its share, in parallel. A target
  * that fails has its share placed on the others, twice at most; a failure at home fails the fork.
+ * `last`: this is the job's last delivery (a transient failure before it is tried again, same key).
  */
-export async function fork(ctx: SchedContext, req: Omit<SchedForkRequest, 'key'>, key: string): Promise<ForkResult> {
+export async function fork(ctx: SchedContext, req: Omit<SchedForkRequest, 'key'>, key: string, last: boolean): Promise<ForkResult> {
   const started = performance.now();
   const kind = sourceKind(req.source);
   const home = await ctx.locate(kind, req.source);
@@ -41,14 +42,17 @@ export async function fork(ctx: SchedContext, req: Omit<SchedForkRequest, 'key'>
       : await ctx.hosts.onHost(home, (c) => c.call('snapshot.show', { id: req.source }));
   const snapshotMs = performance.now() - started;
   // Published once, from the moment it is frozen: the home share forks meanwhile, each target
-  // fetches once it is there (a failed publish fails the targets: their shares go elsewhere).
+  // fetches once it is there (a failed publish fails the fork with its error: no share is re-placed).
   const published = ctx.hosts.onHost(home, (c) => c.call('snapshot.publish', { id: snapshot.id }));
   published.catch(() => undefined);
   const transfers: TransferResult[] = [];
   const forkOn = (host: string, count: number, attempt: number, first: number): Promise<ForkResult> =>
     ctx.hosts.onHost(host, async (c) => {
       if (host !== home) {
-        await published;
+        // A rejected publish is the fork's failure, not this target's: its share is not re-placed.
+        await published.catch((e: unknown) => {
+          throw new PublishRejected(e);
+        });
         transfers.push(await c.call('snapshot.fetch', { id: snapshot.id }));
       }
       const own = labelsOf(req, first, count);
@@ -63,7 +67,7 @@ export async function fork(ctx: SchedContext, req: Omit<SchedForkRequest, 'key'>
         key: subKey(key, `${host}/${first}/${count}`),
       });
     });
-  const results = await forkShares(ctx, home, plan, forkOn);
+  const results = await forkShares(ctx, home, plan, forkOn, last);
   const pub = await published.catch(() => undefined);
   return {
     snapshot,
@@ -77,6 +81,14 @@ export async function fork(ctx: SchedContext, req: Omit<SchedForkRequest, 'key'>
   };
 }
 
+/** A target's share failed because the source's publish did: carries the publish's error. */
+class PublishRejected extends Error {
+  override readonly name = 'PublishRejected';
+  constructor(override readonly cause: unknown) {
+    super('the publish of the fork source failed');
+  }
+}
+
 /** The fork's labels, and the `perChild` entries of children `first` to `first + count - 1`, for one host's share. */
 function labelsOf(req: Omit<SchedForkRequest, 'key'>, first: number, count: number): Pick<SchedForkRequest, 'labels' | 'perChild'> {
   return { ...(req.labels ? { labels: req.labels } : {}), ...(req.perChild ? { perChild: req.perChild.slice(first, first + count) } : {}) };
@@ -85,26 +97,33 @@ function labelsOf(req: Omit<SchedForkRequest, 'key'>, first: number, count: numb
 /**
  * Runs every host's share of a fork, and replans the shares of the hosts that failed (down, or
  * gone mid-fork) on the live others; a share that timed out on a host still up is asked there
- * again under its own key. If the fork fails, the shares made are destroyed.
+ * again under its own key. If the fork fails for good, the shares made are destroyed; if it is
+ * tried again (a transient failure, not the job's last delivery) they stay, as the retry replays
+ * them under the same keys (their hosts remember them: destroyed, they would be handed back dead).
  */
 async function forkShares(
   ctx: SchedContext,
   home: string,
   plan: Map<string, number>,
   forkOn: (host: string, count: number, attempt: number, first: number) => Promise<ForkResult>,
+  last: boolean,
 ): Promise<ForkResult[]> {
   const results: Array<[number, ForkResult]> = [];
   try {
     return await forkEach(ctx, home, plan, forkOn, results);
   } catch (e) {
-    // All or nothing: the shares made go with the fork (their children must not run on as its).
-    await undoShares(
-      ctx,
-      results.map(([, r]) => r),
-    );
+    // All or nothing: the shares made go with a fork failed for good (their children must not run on as its).
+    if (last || !retried(asForkyError(e)))
+      await undoShares(
+        ctx,
+        results.map(([, r]) => r),
+      );
     throw e;
   }
 }
+
+/** A failure the job tries again at its next delivery (jobs.ts retryLater, less `last`). */
+const retried = (e: ForkyError): boolean => TRANSIENT.has(e.code) && e.details?.['final'] !== true;
 
 async function forkEach(
   ctx: SchedContext,
@@ -130,6 +149,8 @@ async function forkEach(
       }
     });
     if (failed.length === 0) break;
+    const rejected = reasons.find((r): r is PublishRejected => r instanceof PublishRejected);
+    if (rejected) throw asForkyError(rejected.cause);
     const first = settled.find((r) => r.status === 'rejected') as PromiseRejectedResult;
     const retryable = failed.every(([h]) => h !== home) && attempt < 2;
     if (!retryable) throw asForkyError(first.reason);
@@ -175,17 +196,19 @@ async function undoShares(ctx: SchedContext, made: readonly ForkResult[]): Promi
  */
 export async function batch(ctx: SchedContext, req: BatchRequest, key: string, last: boolean): Promise<BatchResult> {
   const results: BatchResult['results'] = [];
+  let transient = 0;
   for (const [i, item] of req.items.entries()) {
     try {
-      results.push({ ok: true, result: await fork(ctx, item, subKey(key, i)) });
+      results.push({ ok: true, result: await fork(ctx, item, subKey(key, i), last) });
     } catch (e) {
       const fe = asForkyError(e);
+      // The same test as the item's fork made: an item that kept its shares for a retry gets one.
+      if (retried(fe)) transient++;
       results.push({ ok: false, error: { code: fe.code, message: fe.message } });
     }
   }
   // Items whose host went away are tried again with the job (the done ones are replayed by
   // their hosts under the same keys), unless this is its last attempt.
-  const transient = results.filter((r) => !r.ok && TRANSIENT.has(r.error.code as ErrorCode)).length;
   if (transient > 0 && !last)
     throw new ForkyError('UNAVAILABLE', `${transient} of ${results.length} batch items failed on hosts that did not answer`);
   return { results };

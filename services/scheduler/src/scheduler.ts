@@ -75,7 +75,7 @@ export class Scheduler {
     const perform: Perform = {
       'vm.boot': (req, key) => this.#boot(req, key),
       'snapshot.create': (req, key) => this.#snapshot(req, key),
-      fork: (req, key) => fork(this.#ctx, req, key),
+      fork: (req, key, last) => fork(this.#ctx, req, key, last),
       batch: (req, key, last) => batch(this.#ctx, req, key, last),
       'template.create': (req, key, last) => this.#createTemplate(req, key, last),
     };
@@ -154,7 +154,7 @@ export class Scheduler {
       'fork',
       req,
       () => this.locate(sourceKind(req.source), req.source),
-      (key) => fork(this.#ctx, req, key),
+      (key) => fork(this.#ctx, req, key, true),
     );
   }
 

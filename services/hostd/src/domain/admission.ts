@@ -1,5 +1,5 @@
 import { CapacityError, IncompatibleError } from '@forky/base';
-import type { MachineProfile } from '@forky/contract';
+import { MachineProfile } from '@forky/contract';
 import type { Image } from '../images.js';
 import type { HostStats, VmRuntime } from './ports.js';
 
@@ -59,17 +59,34 @@ export function refuseGpuSnapshot(h: AdmissionView, vmId: string, field: string)
   );
 }
 
-/** A snapshot restores only on a host whose machine profile for it is the same, field by field. */
+/**
+ * A VM's profile for its snapshot: this host's for its size, with the device set of the VM's own
+ * QEMU process (its record's), not this hostd's; none recorded (a VM an older hostd started), none said.
+ */
+export function vmProfile(
+  runtime: Pick<VmRuntime, 'profile'>,
+  vm: { memMiB: number; cpus: number; imageId: string; devices?: number },
+): MachineProfile {
+  const { devices: _, ...here } = runtime.profile(vm.memMiB, vm.cpus, vm.imageId);
+  return vm.devices === undefined ? here : { ...here, devices: vm.devices };
+}
+
+/**
+ * A snapshot restores only on a host whose machine profile for it is the same, field by field,
+ * each side normalised first: an absent `devices` is set 1 (before device sets were versioned),
+ * so a profile that says 1 and one that says none agree (the fields compared are the schema's, not either side's keys).
+ */
 export function checkProfile(h: AdmissionView, p: MachineProfile, image: Pick<Image, 'id'>): void {
-  const here = h.runtime.profile(p.memMiB, p.cpus, image.id);
-  // Both sides' fields: one the snapshot lacks (`devices`, before device sets were versioned) differs too.
-  const keys = [...new Set([...Object.keys(p), ...Object.keys(here)])] as Array<keyof MachineProfile>;
-  const diff = keys.filter((k) => p[k] !== here[k]);
-  if (diff.length > 0) {
-    const was = (k: keyof MachineProfile): string => (p[k] === undefined ? `missing in the snapshot` : `${String(p[k])} in the snapshot`);
-    throw new IncompatibleError(
-      `snapshot cannot be restored on host ${h.hostId}: ${diff.map((k) => `${k} is ${was(k)}, ${String(here[k])} here`).join('; ')}`,
-      { fields: diff },
-    );
-  }
+  const norm = (x: MachineProfile): MachineProfile & { devices: number } => ({ ...x, devices: x.devices ?? 1 });
+  const [snap, here] = [norm(p), norm(h.runtime.profile(p.memMiB, p.cpus, image.id))];
+  const diff = MachineProfile.keyof().options.filter((k) => snap[k] !== here[k]);
+  if (diff.length === 0) return;
+  const hint =
+    diff.includes('devices') && snap.devices < here.devices
+      ? ': the snapshot was made by an older hostd (or of a VM one started), whose device state this one cannot load; re-create it from a VM this hostd started (for a template: re-create the template)'
+      : '';
+  throw new IncompatibleError(
+    `snapshot cannot be restored on host ${h.hostId}: ${diff.map((k) => `${k} is ${String(snap[k])} in the snapshot, ${String(here[k])} here`).join('; ')}${hint}`,
+    { fields: diff },
+  );
 }

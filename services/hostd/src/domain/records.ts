@@ -29,6 +29,11 @@ export interface VmRecord {
   pausedBy?: 'idle';
   /** The snapshot the VM's state last came from or went to: the parent of its next snapshot. */
   lineage?: string;
+  /**
+   * The device set (DEVICE_SET) of the QEMU process hostd started for it, whose device state its
+   * successors carry on: absent for a VM an older hostd started (its snapshots restore nowhere).
+   */
+  devices?: number;
   /** Which QEMU process of the VM runs now: each snapshot hands over to a successor. */
   generation: number;
   mac: string;

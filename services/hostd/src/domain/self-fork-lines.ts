@@ -23,6 +23,15 @@ export function parseLine(l: SelfForkLine): SelfForkRequest {
   }
 }
 
+/** The line's request, or the refusal saying what is wrong with it (thrown later, in its turn). */
+export function parsedOrRefusal(l: SelfForkLine): SelfForkRequest | SelfForkRefusal {
+  try {
+    return parseLine(l);
+  } catch (e) {
+    return e as SelfForkRefusal;
+  }
+}
+
 /** The id of a reply to a line that names none a reader could be waiting for. */
 export const NO_ID = '0000000000000000';
 

@@ -1,5 +1,5 @@
 import { ConflictError, ValidationError, newId } from '@forky/base';
-import { quoteText, type BootRequest, type Egress, type VmInfo } from '@forky/contract';
+import { DEVICE_SET, quoteText, type BootRequest, type Egress, type VmInfo } from '@forky/contract';
 import { admitVms, ramNeed, type RamHold } from '../admission.js';
 import { bootDevices } from '../apps.js';
 import type { Host } from '../host.js';
@@ -22,6 +22,7 @@ export async function boot(host: Host, req: BootRequest, hold: RamHold): Promise
     chain: [],
   });
   rec.diskVirtualSize = diskVirtualSize;
+  rec.devices = DEVICE_SET;
   if (req.key) rec.requestKey = req.key;
   rec.egress = req.network?.egress ?? host.defaultEgress();
   if (req.labels && Object.keys(req.labels).length > 0) rec.labels = { ...req.labels };

@@ -1,5 +1,6 @@
 import { ForkyError, ValidationError, newId } from '@forky/base';
 import {
+  DEVICE_SET,
   MAX_LABELS,
   excerpt,
   type AppMount,
@@ -89,6 +90,8 @@ export async function restoreChild(host: Host, snap: SnapshotRecord, image: Imag
   const warm = host.pool.take(snap.info.id);
   const id = warm?.id ?? newId('vm');
   const rec = host.childRecord(id, snap, image);
+  // Its process is started here (or was, warm), loading a snapshot checked to have this device set.
+  rec.devices = DEVICE_SET;
   if (o.requestKey) rec.requestKey = o.requestKey;
   const labels = { ...snap.info.labels, ...o.labels };
   if (Object.keys(labels).length > 0) rec.labels = labels;

@@ -3,21 +3,13 @@ import { asForkyError, newId } from '@forky/base';
 import type { ForkRequest, ForkResult, SelfForkReply, SelfForkRequest } from '@forky/contract';
 import type { Host } from '../host.js';
 import type { SelfForkLine } from '../ports.js';
-import { NO_ID, dropForkFile, lineId, lostReply, outsideCopy, parseLine, refusal } from '../self-fork-lines.js';
+import { NO_ID, dropForkFile, lineId, lostReply, outsideCopy, parsedOrRefusal, refusal } from '../self-fork-lines.js';
 import type { VmRecord } from '../records.js';
+import { SelfForkRates } from '../self-fork-rate.js';
 import { SelfForkResults } from '../self-fork-results.js';
-import {
-  SelfForkRefusal,
-  TokenBucket,
-  aliveInTree,
-  checkBudget,
-  spreadToken,
-  type ForkOwn,
-  type SelfForkRecord,
-} from '../self-fork-tree.js';
+import { SelfForkRefusal, aliveInTree, checkBudget, spreadToken, type ForkOwn, type SelfForkRecord } from '../self-fork-tree.js';
 
-/** Requests a tree (its root and every VM it self-forked) may send a second (refused ones too), and may save up. */
-export const SELF_FORK_RATE = { perSec: 10, burst: 20 };
+export { SELF_FORK_RATE } from '../self-fork-rate.js';
 /** How long a `--wait` without a timeout of its own waits for the children. */
 const WAIT_DEFAULT_MS = 10 * 60_000;
 
@@ -38,8 +30,8 @@ export class SelfForks {
   readonly results: SelfForkResults;
   /** VMs with a request being carried out: one at a time each (the guest program holds a lock too). */
   readonly #busy = new Set<string>();
-  /** Per tree root (a VM without a policy: per VM): a tree of 1000 VMs shares one rate, not 1000. */
-  readonly #buckets = new Map<string, TokenBucket>();
+  /** Forks per tree (a tree of 1000 VMs shares one rate, not 1000); results and waits per VM. */
+  readonly rates: SelfForkRates;
   /** Set by close(): nothing more is written (the next hostd tells a request in flight it is lost). */
   #closed = false;
   /** Per tree root: VMs that self-forks in flight will make, counted before they exist. */
@@ -53,16 +45,16 @@ export class SelfForks {
   constructor(
     private readonly host: Host,
     private readonly engine: SelfForkEngine,
-    private readonly rate: { perSec: number; burst: number } = SELF_FORK_RATE,
+    rate?: { perSec: number; burst: number },
   ) {
     this.results = new SelfForkResults((id) => host.vms.get(id)?.state);
+    this.rates = new SelfForkRates(rate);
   }
 
   /** A VM was destroyed or failed (from its event). */
   vmEnded(id: string, how: string): void {
     this.results.ended(id, how);
-    // A root's bucket stays while any VM of its tree is here (a child re-made cannot reset the rate).
-    if (this.#buckets.has(id) && ![...this.host.vms.values()].some((v) => v.id === id || v.selfFork?.root === id)) this.#buckets.delete(id);
+    this.rates.ended(id, this.host.vms.values());
     for (const [root, kids] of this.#spread) {
       for (const [child, parent] of kids) if (child === id || parent === id) kids.delete(child);
       if (kids.size === 0) this.#spread.delete(root);
@@ -73,13 +65,12 @@ export class SelfForks {
   async line(from: { id: string; generation: number }, l: SelfForkLine): Promise<void> {
     const vm = this.host.vms.get(from.id);
     if (!vm || vm.generation !== from.generation || !vm.handle) return;
-    const tree = vm.selfFork?.root ?? vm.id;
-    let bucket = this.#buckets.get(tree);
-    if (!bucket) this.#buckets.set(tree, (bucket = new TokenBucket(this.rate.perSec, this.rate.burst)));
     // Every reply to this line carries its id (one it cannot be read from gets NO_ID: no caller's).
     const id = lineId(l);
+    // Parsed first to find its bucket (a line is bounded); a bad one is refused below, after BUSY.
+    const parsed = parsedOrRefusal(l);
+    const { bucket, why } = this.rates.bucketFor(vm, parsed instanceof SelfForkRefusal ? undefined : parsed.op);
     if (!bucket.take()) {
-      const why = `at most ${this.rate.perSec} self-fork requests a second in the tree of ${tree}`;
       await this.#reply(vm.id, refusal(id, new SelfForkRefusal('RATE_LIMITED', why)));
       // This port's next line waits for the next token: a flood is held at the rate, not answered.
       await sleep(bucket.msUntilToken());
@@ -91,7 +82,8 @@ export class SelfForks {
     }
     this.#busy.add(vm.id);
     try {
-      const req = parseLine(l);
+      if (parsed instanceof SelfForkRefusal) throw parsed;
+      const req = parsed;
       // Saved first: a restart or an outside copy of this VM meanwhile tells this id it is lost.
       if (vm.selfFork) {
         vm.selfFork.inFlight = req.id;

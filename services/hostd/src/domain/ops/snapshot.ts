@@ -1,5 +1,5 @@
 import { newId } from '@forky/base';
-import { ramNeed, type RamHold } from '../admission.js';
+import { ramNeed, vmProfile, type RamHold } from '../admission.js';
 import { round, type Host } from '../host.js';
 import { stepClock } from '../identity.js';
 import { egressOf, type SnapshotRecord, type VmRecord } from '../records.js';
@@ -65,7 +65,8 @@ export async function snapshotVm(host: Host, vmId: string, resume: boolean, hold
       const letGuestGo = await d.runtime.quiesceGuest(h, GUEST_QUIESCE_MS);
       rb.push('let guest requests go', async () => letGuestGo());
       // As late as can be: the fewer pages the guest writes after it, the fewer the pause copies.
-      const precopied = !ownRam && before === 'running' ? (await d.runtime.writePrivatePages(h, files.ram, { precopy: true })).bytes : 0;
+      const precopy = d.limits.snapshotPrecopy === true && !ownRam && before === 'running';
+      const precopied = precopy ? (await d.runtime.writePrivatePages(h, files.ram, { precopy: true })).bytes : 0;
       const p0 = performance.now();
       const lap = laps(p0);
       if (before === 'running') {
@@ -101,7 +102,7 @@ export async function snapshotVm(host: Host, vmId: string, resume: boolean, hold
           vm: vm.id,
           ...(vm.lineage ? { parentSnapshot: vm.lineage } : {}),
           chainDepth: vm.chain.length - 1,
-          profile: d.runtime.profile(vm.memMiB, vm.cpus, vm.imageId),
+          profile: vmProfile(d.runtime, vm),
           ...(vm.labels ? { labels: vm.labels } : {}),
           // Its children's, counted from their own start, unless a fork sets others.
           ...(vm.ttlMs === undefined ? {} : { ttlMs: vm.ttlMs }),
