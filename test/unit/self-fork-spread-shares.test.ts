@@ -3,6 +3,7 @@ import assert from 'node:assert/strict';
 import { ForkyError, silentLogger } from '@forky/base';
 import type { ForkRequest, ForkResult, Heartbeat, SnapshotInfo } from '@forky/contract';
 import { hostStatus, schedFork } from '@forky/scheduler/internal';
+import { fakeBeat, fakeSnapshot } from '../helpers/fake-fork-cluster.js';
 
 /**
  * Review R3 item 8, on the scheduler's cross-host fork over our own fake hosts (no NATS): a fork
@@ -10,36 +11,8 @@ import { hostStatus, schedFork } from '@forky/scheduler/internal';
  * there again under its own key (so it cannot be made twice, two VMs each told `child k`).
  */
 const SNAP = 'snap-shares00000001';
-const beat = (id: string): Heartbeat => ({
-  id,
-  accel: 'tcg',
-  accelReason: 'fake',
-  qemuVersion: '7.2.0',
-  cpus: 2,
-  memTotalMiB: 8000,
-  memFreeMiB: 4000,
-  vms: 0,
-  snapshots: 0,
-  images: ['tiny'],
-  memCommittedMiB: 0,
-  childPssMiB: 0,
-  ksmSavedMiB: 0,
-  gpus: { total: 0, free: 0 },
-  ts: Date.now(),
-  intervalMs: 1_000,
-  instance: `${id}-1`,
-  vmList: [],
-  snapshotIds: [SNAP],
-});
-const snapshot = (host: string): SnapshotInfo => ({
-  id: SNAP,
-  host,
-  image: 'tiny',
-  vm: 'vm-shares0000001',
-  profile: { accel: 'tcg', qemuVersion: '7.2.0', machine: 'pc', cpuModel: 'max', cpus: 1, memMiB: 256, imageId: 'x' },
-  createdAt: new Date().toISOString(),
-  sizes: { stateBytes: 1, ramBytes: 1, diskBytes: 1 },
-});
+const beat = (id: string): Heartbeat => fakeBeat(id, SNAP);
+const snapshot = (host: string): SnapshotInfo => fakeSnapshot(SNAP, host, 'vm-shares0000001');
 
 type Call = { host: string; endpoint: string; key?: string; id?: string };
 /** A scheduler context over fake hosts; `fail(host, n)` says how the n-th fork call of a host fails, if it does. */
