@@ -57,6 +57,7 @@ export {
 } from './adapters/net/index.js';
 export * as netFilter from './adapters/net/index.js';
 export { ApplyBatches, type BatchSteps } from './adapters/net/apply-batch.js';
+export { PssSamples, PSS_MAX_AGE_MS, PSS_REFRESH_PER_REPORT } from './domain/pss-samples.js';
 export { followPeers, ownAddresses, peerAddresses, urlAddresses } from './cluster-peers.js';
 export type { SelfForkLine, SelfForkListener } from './domain/ports.js';
 export { ForkPort, ForkPorts, LineReader, PORT_BYTES } from './adapters/qemu/fork-port.js';

@@ -1,13 +1,17 @@
 import type { HostInfo } from '@forky/contract';
 import type { Host } from '../host.js';
+import { PssSamples } from '../pss-samples.js';
+
+/** Each host's samples (an engine per host; tests make several in one process). */
+const samples = new WeakMap<Host, PssSamples>();
 
 /** What this host is and holds, with its memory as its kernel reports it (for heartbeats and `host.info`). */
 export async function hostInfo(host: Host): Promise<HostInfo> {
   const { d } = host;
   const mem = await d.stats.meminfo();
-  const pss = await Promise.all(
-    [...host.vms.values()].map(async (v) => ({ child: !!v.parentSnapshot, mib: v.pid ? await d.stats.pssMiB(v.pid) : 0 })),
-  );
+  let sampled = samples.get(host);
+  if (!sampled) samples.set(host, (sampled = new PssSamples()));
+  const pss = await sampled.of(host.vms.values(), (pid) => d.stats.pssMiB(pid));
   const children = pss
     .filter((p) => p.child && p.mib > 0)
     .map((p) => p.mib)
