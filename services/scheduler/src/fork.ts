@@ -3,7 +3,7 @@ import { ForkyError, asForkyError } from '@forky/base';
 import type { BatchRequest, BatchResult, ForkResult, SchedForkRequest, TransferResult } from '@forky/contract';
 import type { SchedContext } from './context.js';
 import { sourceKind } from './directory-reads.js';
-import { TRANSIENT } from './jobs.js';
+import { triedAgain } from './jobs.js';
 import { placeChildren } from './placement.js';
 import { lifetimeOf } from './routing.js';
 
@@ -113,7 +113,7 @@ async function forkShares(
     return await forkEach(ctx, home, plan, forkOn, results);
   } catch (e) {
     // All or nothing: the shares made go with a fork failed for good (their children must not run on as its).
-    if (last || !retried(asForkyError(e)))
+    if (last || !triedAgain(asForkyError(e)))
       await undoShares(
         ctx,
         results.map(([, r]) => r),
@@ -121,9 +121,6 @@ async function forkShares(
     throw e;
   }
 }
-
-/** A failure the job tries again at its next delivery (jobs.ts retryLater, less `last`). */
-const retried = (e: ForkyError): boolean => TRANSIENT.has(e.code) && e.details?.['final'] !== true;
 
 async function forkEach(
   ctx: SchedContext,
@@ -154,9 +151,10 @@ async function forkEach(
     const first = settled.find((r) => r.status === 'rejected') as PromiseRejectedResult;
     const retryable = failed.every(([h]) => h !== home) && attempt < 2;
     if (!retryable) throw asForkyError(first.reason);
-    const alive = new Set(ctx.hosts.statuses().flatMap((h) => (h.alive ? [h.id] : [])));
+    const live = ctx.hosts.statuses().filter((h) => h.alive);
+    const alive = new Set(live.map((h) => h.id));
     const down = new Set(failed.map(([h]) => h));
-    const rest = ctx.hosts.statuses().filter((h) => h.alive && !down.has(h.id));
+    const rest = live.filter((h) => !down.has(h.id));
     const again: Array<[string, number, number]> = [];
     for (const [i, [h, n, f]] of failed.entries()) {
       // Timed out on a host still up: it may have made them; asked again there under the same key, it replays.
@@ -203,7 +201,7 @@ export async function batch(ctx: SchedContext, req: BatchRequest, key: string, l
     } catch (e) {
       const fe = asForkyError(e);
       // The same test as the item's fork made: an item that kept its shares for a retry gets one.
-      if (retried(fe)) transient++;
+      if (triedAgain(fe)) transient++;
       results.push({ ok: false, error: { code: fe.code, message: fe.message } });
     }
   }

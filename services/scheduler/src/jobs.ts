@@ -9,6 +9,13 @@ import { failUnrun, jobRefusal } from './deadlines.js';
 /** Failures a later attempt may not meet: a host down, or not answering in time. */
 export const TRANSIENT: ReadonlySet<ErrorCode> = new Set<ErrorCode>(['UNAVAILABLE', 'TIMEOUT']);
 
+/**
+ * A failure the job is tried again for at its next delivery (unless this one is its last): a host
+ * down or not answering, but not a timeout that is the request's own fault (`final`: a template's
+ * ready command never succeeding).
+ */
+export const triedAgain = (e: ForkyError): boolean => TRANSIENT.has(e.code) && e.details?.['final'] !== true;
+
 /** What a job of each endpoint does, under its key; `last` says whether it is the job's last delivery. */
 export type Perform = { [E in JobEndpoint]: (req: SchedParsedRequestOf<E>, key: string, last: boolean) => Promise<unknown> };
 
@@ -141,8 +148,7 @@ export class Jobs {
     if (!parsed.success) return { ack: false, drop: 'request does not match its schema' };
     const refusal = jobRefusal(d);
     if (refusal) return failUnrun(this.#idem, d, refusal, { waitMs: 2 * this.opts.leaseMs, startWindowMs: this.opts.startWindowMs() }, log);
-    // `final`: a timeout that is the request's own fault (a template's ready command never succeeding), not a host's.
-    const retryLater = (e: ForkyError): boolean => !d.last && TRANSIENT.has(e.code) && e.details?.['final'] !== true;
+    const retryLater = (e: ForkyError): boolean => !d.last && triedAgain(e);
     const perform = this.perform[job.endpoint] as (req: unknown, key: string, last: boolean) => Promise<unknown>;
     const fn = (): Promise<unknown> => perform(parsed.data, job.key, d.last);
     try {

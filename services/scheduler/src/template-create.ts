@@ -9,7 +9,7 @@ import {
   type TemplateInfo,
 } from '@forky/contract';
 import type { SchedContext } from './context.js';
-import { TRANSIENT } from './jobs.js';
+import { triedAgain } from './jobs.js';
 import { pickHost } from './placement.js';
 import { attemptKey, attemptOf, finishBuild, newNonce, nextAttempt, sweepLeft, undoAttempt } from './template-build.js';
 import { getTemplate, openBuild, putTemplate, readBuild, saveBuild, type BootSpec, type Build } from './template-store.js';
@@ -71,7 +71,7 @@ export async function createTemplate(ctx: SchedContext, req: TemplateCreateReque
     const fe = asForkyError(e);
     const clean = await undoAttempt(ctx, key, b, attemptOf(b));
     const next = nextAttempt(b, b.host, !clean);
-    if (last || !TRANSIENT.has(fe.code) || fe.details?.['final'] === true) await finishBuild(ctx, key, next);
+    if (last || !triedAgain(fe)) await finishBuild(ctx, key, next);
     else await save(next);
     throw fe;
   }
