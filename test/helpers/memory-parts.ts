@@ -81,9 +81,18 @@ export class MemoryParts implements PartStore {
     return JSON.parse(JSON.stringify(m)) as unknown;
   }
 
+  /** Nothing is published across hosts here: a manifest not put is none, at once. */
+  async waitManifest(id: string): Promise<unknown> {
+    return this.getManifest(id);
+  }
+
   async deleteManifest(id: string): Promise<void> {
     this.manifests.delete(id);
   }
+
+  async markPublishing(): Promise<void> {}
+
+  async endPublishing(): Promise<void> {}
 
   async sweep(): Promise<{ deleted: number; kept: number }> {
     return { deleted: 0, kept: this.blobs.size };

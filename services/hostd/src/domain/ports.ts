@@ -211,7 +211,13 @@ export interface PartStore {
   /** Resolves with the parts it names that are not whole in the store (to put again), if it checks. */
   putManifest(id: string, manifest: unknown): Promise<{ broken: string[] } | void>;
   getManifest(id: string): Promise<unknown>;
+  /** The manifest of `id`, waiting up to `timeoutMs` for a publish under way (marked) to put it. */
+  waitManifest(id: string, timeoutMs: number): Promise<unknown>;
   deleteManifest(id: string): Promise<void>;
+  /** A publish of `id` is under way from `host`: fetches that find no manifest wait for it. */
+  markPublishing(id: string, host: string): Promise<void>;
+  /** The publish of `id` ended (with `failure`, the fetches waiting for it fail with it). */
+  endPublishing(id: string, host: string, failure?: { code: string; message: string }): Promise<void>;
   /** Deletes parts no manifest refers to, if older than `graceMs` (a publish puts parts before its manifest). */
   sweep(graceMs: number): Promise<{ deleted: number; kept: number }>;
 }

@@ -60,18 +60,6 @@ export interface ShippingDeps {
   held?: (id: string) => boolean;
 }
 
-/**
- * What a store offers besides the PartStore port so that a fetch may wait for a publish under
- * way (ObjectPartStore does; a store without it fetches only what is published).
- */
-export interface PublishWatch {
-  markPublishing(id: string, host: string): Promise<void>;
-  endPublishing(id: string, host: string, failure?: { code: string; message: string }): Promise<void>;
-  waitManifest(id: string, timeoutMs: number): Promise<unknown>;
-}
-export const watchable = (p: PartStore): p is PartStore & PublishWatch =>
-  typeof (p as Partial<PublishWatch>).waitManifest === 'function' && typeof (p as Partial<PublishWatch>).markPublishing === 'function';
-
 /** The parent's files, when this host holds it: pages they share need not travel (chunked parts). */
 function lineageBase(d: ShippingDeps, parent: string | undefined): { state: string; ram: string } | undefined {
   if (!parent || !d.held?.(parent)) return undefined;

@@ -4,14 +4,7 @@ import type { Image } from '../../images.js';
 import { checkProfile } from '../admission.js';
 import { round, type Host } from '../host.js';
 import { withRollback } from '../rollback.js';
-import {
-  ShippingManifest,
-  checkImageBlock,
-  fetch as fetchParts,
-  publish as publishParts,
-  watchable,
-  type ShippingDeps,
-} from '../shipping.js';
+import { ShippingManifest, checkImageBlock, fetch as fetchParts, publish as publishParts, type ShippingDeps } from '../shipping.js';
 import { collectImages } from './images.js';
 
 /**
@@ -87,19 +80,19 @@ function publishOnce(host: Host, id: string): Promise<TransferResult> {
       return undefined;
     });
     const { deps, release } = shippingWith(host, rec.info.parentSnapshot);
-    const watch = watchable(deps.parts) ? deps.parts : undefined;
+    const { parts } = deps;
     try {
-      await watch?.markPublishing(id, host.hostId);
+      await parts.markPublishing(id, host.hostId);
       const r = await publishParts(deps, rec, image).catch(async (e: unknown) => {
         const fe = asForkyError(e);
         // The fetches waiting for this publish fail with it; the marker goes.
-        await watch?.endPublishing(id, host.hostId, { code: fe.code, message: fe.message }).catch((err: unknown) => {
+        await parts.endPublishing(id, host.hostId, { code: fe.code, message: fe.message }).catch((err: unknown) => {
           host.log.warn({ err, snapshot: id }, 'publish marker not ended');
         });
         throw e;
       });
-      await watch
-        ?.endPublishing(id, host.hostId)
+      await parts
+        .endPublishing(id, host.hostId)
         .catch((err: unknown) => host.log.warn({ err, snapshot: id }, 'publish marker not removed'));
       if (!rec.published) {
         // Other hosts may fork it from now on: retention keeps it (retention.ts).
@@ -140,8 +133,7 @@ export function fetch(host: Host, id: string): Promise<TransferResult> {
       return { id, host: host.hostId, parts: 0, moved: 0, bytes: 0, nominalBytes: 0, ms: round(performance.now() - t0) };
     // The object store is writable by every host: a manifest that does not parse is no snapshot.
     // A publish under way is waited for (with the transfer's deadline), not taken for none.
-    const parts = shipping(host).parts;
-    const raw = await (watchable(parts) ? parts.waitManifest(id, WAIT_MS) : parts.getManifest(id)).catch(notPublished(id));
+    const raw = await shipping(host).parts.waitManifest(id, WAIT_MS).catch(notPublished(id));
     const parsed = ShippingManifest.safeParse(raw);
     if (!parsed.success) throw new ForkyError('NOT_FOUND', `snapshot ${id} has no valid manifest in the object store`);
     const m = parsed.data;
