@@ -14,29 +14,11 @@ import {
   type TransferResult,
 } from '@forky/contract';
 import { loadSchedulerConfig, startScheduler, type RunningScheduler } from '@forky/scheduler';
+import { fakeBeat } from './fake-beat.js';
 
-/** A fake host's heartbeat: alive, room for children, holding `snap`. */
-export const fakeBeat = (id: string, snap: string): Heartbeat => ({
-  id,
-  accel: 'tcg',
-  accelReason: 'fake',
-  qemuVersion: '7.2.0',
-  cpus: 2,
-  memTotalMiB: 8000,
-  memFreeMiB: 4000,
-  vms: 0,
-  snapshots: 0,
-  images: ['tiny'],
-  memCommittedMiB: 0,
-  childPssMiB: 0,
-  ksmSavedMiB: 0,
-  gpus: { total: 0, free: 0 },
-  ts: Date.now(),
-  intervalMs: 1_000,
-  instance: `${id}-1`,
-  vmList: [],
-  snapshotIds: [snap],
-});
+/** A fake host's heartbeat, holding `snap`. */
+export const forkHostBeat = (id: string, snap: string): Heartbeat =>
+  fakeBeat(id, { memTotalMiB: 8000, memFreeMiB: 4000, snapshotIds: [snap] });
 
 export const fakeSnapshot = (snap: string, host: string, vm: string): SnapshotInfo => ({
   id: snap,
@@ -153,7 +135,7 @@ export async function startFakeForkCluster(o: {
     const buckets = await openBuckets(conn);
     await buckets.locator.put(`snap.${o.snap}`, JSON.stringify({ host: o.home }));
     for (const h of o.hosts) services.push(await fakeHost(conn, h));
-    const send = (): void => o.hosts.forEach((h) => conn.publish(subjects.heartbeat(h), JSON.stringify(fakeBeat(h, o.snap))));
+    const send = (): void => o.hosts.forEach((h) => conn.publish(subjects.heartbeat(h), JSON.stringify(forkHostBeat(h, o.snap))));
     send();
     beats = setInterval(send, 200);
     await pollUntil(

@@ -11,6 +11,7 @@ import {
   type SnapshotInfo,
   type VmInfo,
 } from '@forky/contract';
+import { fakeBeat } from './fake-beat.js';
 import { testLogger } from './hostd.js';
 
 /** What a fetched copy's info is taken to be (the fake keeps no fetched metadata). */
@@ -77,27 +78,15 @@ export class FakeHostd {
 
   /** Sends one heartbeat now (also every second until `down`). */
   async beat(): Promise<void> {
-    const hb: Heartbeat = {
-      id: this.id,
-      accel: 'tcg',
-      accelReason: 'fake',
-      qemuVersion: '7.2.0',
-      cpus: 2,
-      memTotalMiB: 8192,
+    const hb: Heartbeat = fakeBeat(this.id, {
       memFreeMiB: this.memFreeMiB,
       vms: this.vms.size,
       snapshots: this.snaps.size,
       images: this.images,
-      memCommittedMiB: 0,
-      childPssMiB: 0,
-      ksmSavedMiB: 0,
-      gpus: { total: 0, free: 0 },
-      ts: Date.now(),
-      intervalMs: 1_000,
       instance: `fake-${this.id}`,
       vmList: [...this.vms.values()],
       snapshotIds: [...this.snaps.keys(), ...this.copies],
-    };
+    });
     const body = JSON.stringify(hb);
     this.nc.publish(subjects.heartbeat(this.id), body);
     await this.#buckets.hosts.put(this.id, body);

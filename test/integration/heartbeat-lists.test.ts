@@ -6,33 +6,19 @@ import { pollUntil } from '@forky/base';
 import { HostdClient, openBuckets, startNatsServer, type NatsServer } from '@forky/bus';
 import { startEphemeralHostd, type EphemeralHostd } from '@forky/hostd';
 import { subjects, type Heartbeat, type VmInfo } from '@forky/contract';
+import { fakeBeat } from '../helpers/fake-beat.js';
 import { testLogger } from '../helpers/hostd.js';
 import { IMAGES_DIR } from '../helpers/repo.js';
 import { startTestScheduler, type TestScheduler } from '../helpers/scheduler.js';
 
 /** A beat as a host of ours sends it; `list` left out is a change's beat (contract host.ts). */
-const beat = (id: string, instance: string, o: { ts: number; vms: number; list?: VmInfo[] }): Heartbeat => ({
-  id,
-  accel: 'tcg',
-  accelReason: 'test',
-  qemuVersion: '7.2.0',
-  cpus: 2,
-  memTotalMiB: 8192,
-  memFreeMiB: 4096,
-  vms: o.vms,
-  snapshots: 0,
-  images: ['tiny'],
-  memCommittedMiB: 0,
-  childPssMiB: 0,
-  ksmSavedMiB: 0,
-  gpus: { total: 0, free: 0 },
-  ts: o.ts,
-  // Short, so that the host is down soon after its last beat.
-  intervalMs: 100,
-  instance,
-  ...(o.list ? { vmList: o.list } : {}),
-  snapshotIds: [],
-});
+const beat = (id: string, instance: string, o: { ts: number; vms: number; list?: VmInfo[] }): Heartbeat => {
+  // A short period, so that the host is down soon after its last beat.
+  const b = fakeBeat(id, { accelReason: 'test', vms: o.vms, ts: o.ts, intervalMs: 100, instance });
+  if (o.list) b.vmList = o.list;
+  else delete b.vmList;
+  return b;
+};
 const vm = (id: string, host: string): VmInfo => ({
   id,
   host,

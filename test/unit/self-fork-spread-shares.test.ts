@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { ForkyError, silentLogger } from '@forky/base';
 import type { ForkRequest, ForkResult, Heartbeat, SnapshotInfo } from '@forky/contract';
 import { hostStatus, schedFork } from '@forky/scheduler/internal';
-import { fakeBeat, fakeSnapshot } from '../helpers/fake-fork-cluster.js';
+import { fakeSnapshot, forkHostBeat } from '../helpers/fake-fork-cluster.js';
 
 /**
  * Review R3 item 8, on the scheduler's cross-host fork over our own fake hosts (no NATS): a fork
@@ -11,7 +11,7 @@ import { fakeBeat, fakeSnapshot } from '../helpers/fake-fork-cluster.js';
  * there again under its own key (so it cannot be made twice, two VMs each told `child k`).
  */
 const SNAP = 'snap-shares00000001';
-const beat = (id: string): Heartbeat => fakeBeat(id, SNAP);
+const beat = (id: string): Heartbeat => forkHostBeat(id, SNAP);
 const snapshot = (host: string): SnapshotInfo => fakeSnapshot(SNAP, host, 'vm-shares0000001');
 
 type Call = { host: string; endpoint: string; key?: string; id?: string };
