@@ -161,11 +161,11 @@ export async function startHostd(config: Readonly<HostdConfig>, logger: Logger):
    * the host is down, to show its VMs as lost; it lags a change by at most one period).
    */
   const beat = async (full: boolean): Promise<void> => {
-    const { vmList, snapshotIds } = engine.ids();
     const hb: Heartbeat = {
       ...(await engine.hostInfo()),
-      ...(full ? { vmList } : {}),
-      snapshotIds,
+      // Built only for the beat that carries it: a change's beat comes every 100 ms in a big fork.
+      ...(full ? { vmList: engine.list() } : {}),
+      snapshotIds: engine.snapshotIds(),
       ts: Date.now(),
       intervalMs: config.heartbeatMs,
       instance,

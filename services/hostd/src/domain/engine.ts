@@ -113,8 +113,8 @@ export class HostEngine {
   }
 
   /** Ids of what this host holds, for heartbeats. */
-  ids(): { vmList: VmInfo[]; snapshotIds: string[] } {
-    return { vmList: this.list(), snapshotIds: [...this.#host.snaps.keys()] };
+  snapshotIds(): string[] {
+    return [...this.#host.snaps.keys()];
   }
 
   // ---- queries
