@@ -79,11 +79,19 @@ describe('forky port: local TCP to a guest port over NATS (two hosts, a schedule
     await untilServes(f.port, '/small');
     const agent = new http.Agent({ keepAlive: false, maxSockets: GETS });
     const t0 = Date.now();
-    const all = await Promise.all(Array.from({ length: GETS }, () => get(f.port, '/big', agent))).catch((e: unknown) => {
+    const all = await Promise.all(Array.from({ length: GETS }, () => get(f.port, '/big', agent))).catch(async (e: unknown) => {
       // What the forwarder said of the connection that failed is the diagnosis.
-      throw new Error(`${(e as Error).message}; the forwarder said: ${f.stderr().slice(-2000) || '(nothing)'}`, { cause: e });
+      // …and the guest kernel's view: a TCP memory abort is logged there ("out of memory -- consider tuning tcp_mem").
+      const k = await sh(vm.id, 'dmesg | tail -5; cat /proc/sys/net/ipv4/tcp_mem /proc/net/sockstat').catch((x: unknown) => String(x));
+      throw new Error(`${(e as Error).message}; the forwarder said: ${f.stderr().slice(-2000) || '(nothing)'}; guest: ${k}`, { cause: e });
     });
     const s = (Date.now() - t0) / 1000;
+    // The image's TCP ceiling (half the guest's RAM, in pages) is what lets 100 of these through.
+    const [mem, ceiling] = (await sh(vm.id, "awk '/^MemTotal:/{print int($2/4)}' /proc/meminfo; cut -f3 /proc/sys/net/ipv4/tcp_mem"))
+      .trim()
+      .split(/\s+/)
+      .map(Number);
+    assert.equal(ceiling, Math.floor((mem as number) / 2), 'tcp_mem ceiling at half the guest RAM');
     process.stderr.write(`# ${GETS} x ${MIB} MiB from ${vm.host} in ${s.toFixed(1)} s (${((GETS * MIB) / s).toFixed(0)} MiB/s)\n`);
     for (const r of all) {
       assert.equal(r.status, 200);

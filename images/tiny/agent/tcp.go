@@ -68,7 +68,12 @@ func dialGuest(st *stream, port int) (*net.TCPConn, error) {
 	for _, host := range []string{"127.0.0.1", "::1"} {
 		c, err := d.DialContext(ctx, "tcp", net.JoinHostPort(host, p))
 		if err == nil {
-			return c.(*net.TCPConn), nil
+			tc := c.(*net.TCPConn)
+			// A bounded receive buffer: left to autotune (up to tcp_rmem's 6 MiB) while the stream
+			// waits for credit, this hop's buffers took the guest's whole TCP budget (tcp_mem, 19 MiB
+			// in a 256 MiB guest) at 100 forwards, and the kernel reset the guest server's sockets.
+			_ = tc.SetReadBuffer(guestReadBuffer)
+			return tc, nil
 		}
 		if first == nil {
 			first = err
@@ -79,6 +84,10 @@ func dialGuest(st *stream, port int) (*net.TCPConn, error) {
 	}
 	return nil, first
 }
+
+// guestReadBuffer is the receive buffer of the agent's socket to a guest port: a few DATA frames,
+// enough for the stream's pace (its window is 256 KiB of credit, sent as it is read).
+const guestReadBuffer = 64 * 1024
 
 // opTCP carries one TCP connection to a guest port (PROTOCOL.md, tcp): DATA 0 from the host is
 // written to the socket, what the socket sends goes out as DATA 1, each within its credit; an
