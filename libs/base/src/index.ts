@@ -17,5 +17,5 @@ export { withDeadline, delay, pollUntil, mapSettled, type PollOptions } from './
 export { safeJoin, checkSocketPath } from './paths.js';
 export { newId } from './ids.js';
 export { createLogger, silentLogger, type Logger, type LoggerOptions } from './logger.js';
-export { KeyedMutex } from './mutex.js';
+export { KeyedMutex, Semaphore } from './mutex.js';
 export { readConfigFile, parseConfig } from './config.js';

@@ -1,4 +1,4 @@
-import { ForkyError, ValidationError, newId } from '@forky/base';
+import { ForkyError, ValidationError, newId, type Semaphore } from '@forky/base';
 import {
   DEVICE_SET,
   MAX_LABELS,
@@ -42,6 +42,11 @@ export interface ChildOptions {
   template?: string;
   /** Its self-fork standing, for a child of a self-fork (its parent's tree, one generation down). */
   selfFork?: SelfForkRecord;
+  /**
+   * Bounds the children starting their process and loading the snapshot at once (the CPU-heavy
+   * part); waiting for the agent and the identity step are not bounded by it.
+   */
+  starts?: Semaphore;
 }
 
 /** Child `i`'s share of a fork request: the fork's labels with its `perChild` ones on top, and its env. */
@@ -120,18 +125,23 @@ export async function restoreChild(host: Host, snap: SnapshotRecord, image: Imag
         // Here, once the child is counted (no await between its admission and that): a warm
         // process was started in its filter's scope already, and applying again keeps it so.
         await host.filterNetwork(rb, id, egressOf(rec));
-        let h: VmHandle = warm ? warm.handle : await d.runtime.prepare(spec, { autostart: true, timeoutMs: d.limits.restoreTimeoutMs });
+        let h: VmHandle | undefined = warm?.handle;
         // Reads `h` when undone: a warm process that died is replaced by a fresh one.
-        rb.push('stop the process', () => d.runtime.destroy(h));
-        if (!warm) await d.runtime.load(h, files.state, d.limits.restoreTimeoutMs);
-        else {
-          const loaded = await loadWarm(d.runtime, h, spec, files.state, d.limits.restoreTimeoutMs, host.log);
+        rb.push('stop the process', () => (h ? d.runtime.destroy(h) : undefined));
+        const load = async (): Promise<void> => {
+          if (!warm) {
+            h = await d.runtime.prepare(spec, { autostart: true, timeoutMs: d.limits.restoreTimeoutMs });
+            await d.runtime.load(h, files.state, d.limits.restoreTimeoutMs);
+            return;
+          }
+          const loaded = await loadWarm(d.runtime, warm.handle, spec, files.state, d.limits.restoreTimeoutMs, host.log);
           h = loaded.handle;
           if (loaded.replaced) delete rec.timings.warm;
-        }
+        };
+        await (o.starts ? o.starts.run(load) : load());
         rec.timings.runningMs = round(performance.now() - o.started);
         // Before anyone reaches the child through hostd: its agent answers, and it is no longer its siblings' twin.
-        const handle = h;
+        const handle = h as VmHandle;
         const settle = Promise.all([
           d.runtime.waitAgent(handle, d.limits.restoreTimeoutMs),
           giveIdentity(d.runtime, handle, identityOf(rec, d.runtime), d.limits.agentTimeoutMs),

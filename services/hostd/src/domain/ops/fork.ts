@@ -1,4 +1,4 @@
-import { ForkyError, asForkyError, mapSettled } from '@forky/base';
+import { ForkyError, Semaphore, asForkyError, mapSettled } from '@forky/base';
 import type { ForkRequest, ForkResult } from '@forky/contract';
 import { admitVms, checkProfile, ramNeed, refuseGpuSnapshot, type RamHold } from '../admission.js';
 import { round, type Host } from '../host.js';
@@ -58,9 +58,14 @@ async function forkWithin(host: Host, req: ForkRequest, hold: RamHold, own: Fork
         ...(req.idle ? { idle: req.idle } : {}),
         ...(req.template ? { template: req.template } : {}),
       };
-      const results = await mapSettled(Array.from({ length: req.count }), d.limits.forkConcurrency, (_, i) =>
+      // Every child is under way at once, but only `forkConcurrency` start and load at a time: the
+      // ones running wait for their agents together (as the raw floor does), instead of each slot
+      // holding its turn through the guest's answer while the guests already up take the CPU.
+      const starts = new Semaphore(d.limits.forkConcurrency);
+      const results = await mapSettled(Array.from({ length: req.count }), req.count, (_, i) =>
         restoreChild(host, snap, image, {
           ...opts,
+          starts,
           ...childShare(req, i),
           ...(own.selfFork ? { selfFork: { ...own.selfFork, index: i + 1 } } : {}),
         }),
