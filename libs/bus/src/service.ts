@@ -74,6 +74,9 @@ export async function startService(
       metadata: { subject: ep.subject },
     });
   }
+  // Served once this returns: the server has every subscription. Without the round trip, a client
+  // on another connection told "up" (a test, a heartbeat read) could ask first and get no responders.
+  await nc.flush();
   return svc;
 }
 
