@@ -81,6 +81,7 @@ describe(
       const id = { id: 'id' as const };
       const hostBases: Record<HostdEndpoint, Base> = {
         'host.info': { body: {}, fields: {}, required: [] },
+        'host.ping': { body: {}, fields: {}, required: [] },
         'vm.boot': {
           body: { image: 'tiny', memMiB: 256, cpus: 1 },
           fields: { image: 'name', memMiB: 'int', cpus: 'int', key: 'key' },

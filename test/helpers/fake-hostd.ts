@@ -92,6 +92,11 @@ export class FakeHostd {
     await this.#buckets.hosts.put(this.id, body);
   }
 
+  /** Stops beating but goes on answering: a host too busy to beat on time. */
+  quiet(): void {
+    clearInterval(this.#beat);
+  }
+
   /** Stops beating and answering: the host is down (its last heartbeat stays in the bucket). */
   async down(): Promise<void> {
     clearInterval(this.#beat);
@@ -124,6 +129,8 @@ export class FakeHostd {
   async #do(e: HostdEndpoint, req: Req): Promise<unknown> {
     const now = new Date().toISOString();
     switch (e) {
+      case 'host.ping':
+        return { instance: `fake-${this.id}` };
       case 'vm.boot': {
         const vm: VmInfo = {
           id: newId('vm'),

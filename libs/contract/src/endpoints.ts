@@ -1,5 +1,5 @@
 import type { z } from 'zod';
-import { HostInfo, Empty } from './host.js';
+import { HostInfo, HostPing, Empty } from './host.js';
 import type { HostdEndpoint, SchedEndpoint } from './subjects.js';
 import { BootRequest, ExecRequest, ExecResult, VmAppRequest, VmInfo, VmList, VmListRequest, VmRef } from './vm.js';
 import {
@@ -21,6 +21,8 @@ import { VmExtendRequest } from './lifecycle.js';
 /** Request and reply schema of every hostd endpoint: the one table both sides are checked against. */
 export const hostdContract = {
   'host.info': { request: Empty, reply: HostInfo },
+  /** Which hostd process answers: cheap, no engine work (the scheduler's liveness probe). */
+  'host.ping': { request: Empty, reply: HostPing },
   'vm.boot': { request: BootRequest, reply: VmInfo },
   'vm.list': { request: VmListRequest, reply: VmList },
   'vm.show': { request: VmRef, reply: VmInfo },
@@ -55,6 +57,7 @@ export type ReplyOf<E extends HostdEndpoint> = z.output<HostdContract[E]['reply'
  */
 export const ENDPOINT_KINDS = {
   'host.info': 'read',
+  'host.ping': 'read',
   hosts: 'read',
   'vm.list': 'read',
   'vm.show': 'read',

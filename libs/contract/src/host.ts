@@ -28,6 +28,14 @@ export type HostInfo = z.infer<typeof HostInfo>;
 export const Empty = z.strictObject({});
 export type Empty = z.infer<typeof Empty>;
 
+/**
+ * host.ping's reply: the hostd process that answered (the heartbeat's `instance`). The scheduler
+ * asks a host whose beats stopped before it gives up the calls under way there: a host busy enough
+ * to beat late (100 TCG guests on 2 cores) still answers, and a dead one has no responders.
+ */
+export const HostPing = z.strictObject({ instance: z.string().min(1).max(64) });
+export type HostPing = z.infer<typeof HostPing>;
+
 /** What a hostd reports every heartbeat period, into the hosts KV bucket and on its heartbeat subject. */
 export const Heartbeat = HostInfo.extend({
   /** When it was sent, ms since the epoch. */

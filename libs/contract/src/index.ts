@@ -105,7 +105,7 @@ export {
   type GuestUnaryEndpoint,
   type GuestEndpoint,
 } from './guest.js';
-export { HostInfo, Empty, Heartbeat, HostStatus, HostList } from './host.js';
+export { HostInfo, HostPing, Empty, Heartbeat, HostStatus, HostList } from './host.js';
 export { MAX_LIFETIME_MS, TtlMs, IdleRule, LifecycleInfo, VmExtendRequest } from './lifecycle.js';
 export {
   SELF_FORK_LINE_MAX,

@@ -50,7 +50,13 @@ export const BatchItemResult = z.union([
 export const BatchResult = z.strictObject({ results: z.array(BatchItemResult) });
 export type BatchResult = z.infer<typeof BatchResult>;
 
-const { 'host.info': _hostInfo, 'snapshot.publish': _publish, 'snapshot.fetch': _fetch, ...forwarded } = hostdContract;
+const {
+  'host.info': _hostInfo,
+  'host.ping': _hostPing,
+  'snapshot.publish': _publish,
+  'snapshot.fetch': _fetch,
+  ...forwarded
+} = hostdContract;
 
 /** The scheduler's endpoints: the hostd ones (placed or forwarded), plus hosts and batch. */
 export const schedContract = {

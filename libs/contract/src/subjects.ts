@@ -11,6 +11,7 @@ export const SUBJECT_ROOT = 'forky.v1';
 
 export const HOSTD_ENDPOINTS = [
   'host.info',
+  'host.ping',
   'vm.boot',
   'vm.list',
   'vm.show',
@@ -34,7 +35,7 @@ export const HOSTD_ENDPOINTS = [
 export type HostdEndpoint = (typeof HOSTD_ENDPOINTS)[number];
 
 /** hostd endpoints the scheduler does not offer as such: it moves snapshots itself when placing. */
-const HOST_ONLY = ['host.info', 'snapshot.publish', 'snapshot.fetch'] as const;
+const HOST_ONLY = ['host.info', 'host.ping', 'snapshot.publish', 'snapshot.fetch'] as const;
 type HostOnly = (typeof HOST_ONLY)[number];
 
 /** The scheduler's endpoints: every hostd endpoint but the host-only ones (placed or forwarded), plus its own. */

@@ -150,10 +150,10 @@ export async function startHostd(config: Readonly<HostdConfig>, logger: Logger):
     log,
   });
   streams.start();
-  const service = await startHostdService(nc, config.hostId, engine, HOSTD_VERSION, log, streams.handlers());
+  const instance = newId('hd', 12);
+  const service = await startHostdService(nc, config.hostId, engine, HOSTD_VERSION, log, streams.handlers(), instance);
   log.info({ accel: probe.accel, reason: probe.reason, qemu: probe.qemuVersion, network: network.describe() }, 'hostd serving');
 
-  const instance = newId('hd', 12);
   /**
    * `full` (each period): with the VM list, and into the hosts bucket. A change's beat is only the
    * counts and capacity on the subject: a busy host changes many times a period, and a list of

@@ -19,10 +19,11 @@ import type { GuestHandlers } from './streams/endpoints.js';
 type Handlers = { [E in HostdEndpoint]: (req: ParsedRequestOf<E>) => Promise<ReplyOf<E>> | ReplyOf<E> };
 
 /** Maps every hostd endpoint of the contract onto the engine. */
-export function hostdHandlers(engine: HostEngine, guest: GuestHandlers): Handlers {
+export function hostdHandlers(engine: HostEngine, guest: GuestHandlers, instance: string): Handlers {
   return {
     ...guest,
     'host.info': () => engine.hostInfo(),
+    'host.ping': () => ({ instance }),
     'vm.boot': (r) => engine.boot(r),
     'vm.list': (r) => ({ vms: engine.list().filter((v) => vmMatches(v, r)) }),
     'vm.show': (r) => engine.showWithCounters(r.id),
@@ -55,8 +56,10 @@ export async function startHostdService(
   logger: Logger,
   /** The sandbox endpoints (streams/endpoints.ts). */
   guest: GuestHandlers,
+  /** This hostd process's name, as its heartbeats give it (host.ping answers with it). */
+  instance: string,
 ): Promise<Service> {
-  const handlers = hostdHandlers(engine, guest);
+  const handlers = hostdHandlers(engine, guest, instance);
   const endpoints: EndpointDef[] = HOSTD_ENDPOINTS.map((e) => ({
     name: e.replace('.', '_'),
     subject: subjects.host(hostId, e),

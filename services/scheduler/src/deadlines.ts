@@ -60,10 +60,10 @@ export class StartByClient extends HostdClient {
 }
 
 /** Why a host call is given up: the host restarted, or stopped reporting and can no longer start what it was sent. */
-export function hostGone(host: string, lastSeen: number, down: boolean, startBy: number): ForkyError {
+export function hostGone(host: string, lastSeen: number, down: boolean, startBy: number, asked?: string): ForkyError {
   const why = !down
     ? 'restarted; the request in flight to it was lost'
-    : `stopped reporting (last seen ${new Date(lastSeen).toISOString()})${startBy > 0 ? `; it does not start the request after ${new Date(startBy).toISOString()}` : ''}`;
+    : `stopped reporting (last seen ${new Date(lastSeen).toISOString()})${startBy > 0 ? `; it does not start the request after ${new Date(startBy).toISOString()}` : ''}${asked ? `; asked directly: ${asked}` : ''}`;
   return new ForkyError('UNAVAILABLE', `host ${host} ${why}`, { details: { host } });
 }
 

@@ -4,7 +4,8 @@ import { type ForkyError, type Logger } from '@forky/base';
 import { HostdClient, logBadEntry } from '@forky/bus';
 import { Heartbeat, VmInfo, type HostStatus } from '@forky/contract';
 import type { HostView } from './host-view.js';
-import { beatStatus, isAlive } from './placement.js';
+import { HostProbes } from './host-probe.js';
+import { MISSED_BEATS, beatStatus, isAlive } from './placement.js';
 import { StartByClient, hostGone, mayStillStart, startWindowMs } from './deadlines.js';
 
 /**
@@ -73,6 +74,7 @@ export class Hosts {
   /** Each beat's status up and down, worked out once: only which one holds depends on the time. */
   readonly #statuses = new WeakMap<Beat, { up: HostStatus; down: HostStatus }>();
   readonly #calls = new Set<Watched>();
+  readonly #probes: HostProbes;
   #ticker: NodeJS.Timeout | undefined;
 
   constructor(
@@ -81,7 +83,10 @@ export class Hosts {
     private readonly view: HostView<Beat>,
     /** How long a request may take on its host (a fork of many children is long). */
     private readonly timeoutMs: number,
-  ) {}
+    probeTimeoutMs?: number,
+  ) {
+    this.#probes = new HostProbes(nc, probeTimeoutMs);
+  }
 
   /** Every host's liveness and last report, by id (shared: not to be changed by the caller). */
   statuses(): HostStatus[] {
@@ -149,7 +154,9 @@ export class Hosts {
    * in flight to a host that died would otherwise wait for its whole deadline, and one to a host
    * that restarted would never be answered (the new process re-adopts VMs, not requests). A host
    * that stopped reporting may only be stopped: it is given up once past the call's start-by (and
-   * the clock skew allowed), when it refuses what it was sent, however late it reads it.
+   * the clock skew allowed), when it refuses what it was sent, however late it reads it, and
+   * once it is asked directly (host.ping) and does not answer as the same process: a host too
+   * busy to beat on time is not given up while it still answers.
    */
   #check(): void {
     const now = Date.now();
@@ -157,11 +164,20 @@ export class Hosts {
       const hb = this.view.get(w.host);
       if (!hb) continue;
       const down = !isAlive(hb, now);
+      if (!down) this.#probes.forget(w.host);
       const restarted = !!w.instance && hb.instance !== w.instance;
       // Alive, or quiet but still able to start what it was sent: keep waiting.
       if (!restarted && (!down || mayStillStart(w.startBy(), now))) continue;
+      let asked: string | undefined;
+      if (!restarted) {
+        // An answer counts as long as a beat would; none yet: a question is on its way.
+        const a = this.#probes.look(w.host, now, MISSED_BEATS * hb.intervalMs);
+        if (!a) continue;
+        if ('alive' in a && (!w.instance || a.alive === w.instance)) continue;
+        asked = 'alive' in a ? `a new process answers (${a.alive}); the request in flight was lost` : a.gone;
+      }
       this.#calls.delete(w);
-      w.fail(hostGone(w.host, hb.ts, down, w.startBy()));
+      w.fail(hostGone(w.host, hb.ts, down, w.startBy(), asked));
     }
   }
 }

@@ -1,0 +1,86 @@
+import { after, before, describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { connect } from '@nats-io/transport-node';
+import type { NatsConnection } from '@nats-io/nats-core';
+import { pollUntil } from '@forky/base';
+import { startNatsServer, type NatsServer } from '@forky/bus';
+import { FakeHostd } from '../helpers/fake-hostd.js';
+import { refused } from '../helpers/errors.js';
+import { startTestScheduler, type TestScheduler } from '../helpers/scheduler.js';
+
+/**
+ * The scheduler's liveness rule for calls under way (issue 21: a host busy with 100 TCG guests
+ * beat late and its fork was given up). A host whose beats stopped is asked directly (host.ping)
+ * before its calls are given up: one that answers keeps them, one that does not answer loses them.
+ * Fake hosts beat every second; a call is given up on liveness once past its start-by (3 s).
+ */
+describe('liveness: a quiet host is asked before its calls are given up', { timeout: 120_000 }, () => {
+  let nats: NatsServer;
+  let nc: NatsConnection;
+  let sched: TestScheduler;
+  const hosts: FakeHostd[] = [];
+
+  before(async () => {
+    nats = await startNatsServer();
+    nc = await connect({ servers: nats.url });
+    sched = await startTestScheduler(nats.url);
+  });
+  after(async () => {
+    for (const h of hosts) await h.down().catch(() => undefined);
+    await sched?.stop();
+    await nc?.close();
+    await nats?.stop();
+  });
+
+  const host = async (id: string): Promise<FakeHostd> => {
+    const h = await FakeHostd.start(nc, id);
+    hosts.push(h);
+    await seen(id, true);
+    return h;
+  };
+  const seen = (id: string, alive: boolean): Promise<true> =>
+    pollUntil(async () => ((await sched.client.call('hosts', {})).hosts.some((h) => h.id === id && h.alive === alive) ? true : undefined), {
+      timeoutMs: 20_000,
+      what: `host ${id} seen ${alive ? 'up' : 'down'}`,
+    });
+  /** Holds `h`'s vm.boot replies until the returned release is called. */
+  const holdBoots = (h: FakeHostd): (() => void) => {
+    let release!: () => void;
+    const gate = new Promise<void>((resolve) => (release = resolve));
+    h.after['vm.boot'] = () => gate;
+    return release;
+  };
+
+  it('a host that stops beating but answers host.ping keeps its call: the boot it was sent returns', async () => {
+    const h = await host('probe-busy');
+    const release = holdBoots(h);
+    const boot = sched.client.call('vm.boot', { host: h.id });
+    await pollUntil(async () => (h.count('vm.boot') === 1 ? true : undefined), { timeoutMs: 10_000, what: 'the boot reaching the host' });
+    h.quiet();
+    await seen(h.id, false);
+    // Past the call's start-by the scheduler asks; it must ask more than once as the silence goes on.
+    await pollUntil(async () => (h.count('host.ping') >= 2 ? true : undefined), { timeoutMs: 20_000, what: 'two pings of the quiet host' });
+    release();
+    const vm = await boot;
+    assert.equal(vm.host, h.id);
+    assert.equal(h.vms.size, 1, 'the one VM it was asked for');
+  });
+
+  it('a host that stops beating and answering: its call is given up UNAVAILABLE, saying what the ping found', async () => {
+    const h = await host('probe-dead');
+    holdBoots(h);
+    const boot = refused(sched.client.call('vm.boot', { host: h.id }));
+    await pollUntil(async () => (h.count('vm.boot') === 1 ? true : undefined), { timeoutMs: 10_000, what: 'the boot reaching the host' });
+    const t0 = Date.now();
+    await h.down();
+    const e = await boot;
+    assert.equal(e.code, 'UNAVAILABLE', e.message);
+    assert.match(
+      e.message,
+      /host probe-dead stopped reporting .*asked directly: no service answers on forky\.v1\.host\.probe-dead\.host\.ping/,
+    );
+    // No responders is known at once: given up about its start-by (4 s, ticks of 0.5 s); a ping
+    // left to time out would add its 5 s (9 s).
+    assert.ok(Date.now() - t0 < 7_000, `given up ${Date.now() - t0} ms after the host went`);
+  });
+});
