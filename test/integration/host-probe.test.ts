@@ -2,7 +2,7 @@ import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { connect } from '@nats-io/transport-node';
 import type { NatsConnection } from '@nats-io/nats-core';
-import { pollUntil } from '@forky/base';
+import { ForkyError, pollUntil } from '@forky/base';
 import { startNatsServer, type NatsServer } from '@forky/bus';
 import { FakeHostd } from '../helpers/fake-hostd.js';
 import { refused } from '../helpers/errors.js';
@@ -64,6 +64,50 @@ describe('liveness: a quiet host is asked before its calls are given up', { time
     const vm = await boot;
     assert.equal(vm.host, h.id);
     assert.equal(h.vms.size, 1, 'the one VM it was asked for');
+  });
+
+  it('the pings do not carry the deadline of the call that started the watch: that call ends, the long one is kept', async () => {
+    const h = await host('probe-ctx');
+    let release!: () => void;
+    const gate = new Promise<void>((resolve) => (release = resolve));
+    // The first boot to arrive answers once the second has arrived too (so the watch the first
+    // started is still on), under a 3 s deadline; the second is held.
+    let arrived = 0;
+    const second = new Promise<void>((resolve) => {
+      h.before['vm.boot'] = (req) => {
+        req['n'] = ++arrived;
+        if (arrived === 2) resolve();
+      };
+    });
+    h.after['vm.boot'] = (req) => (req['n'] === 1 ? second : gate);
+    const short = sched.client.call('vm.boot', { host: h.id }, { timeoutMs: 3_000 });
+    const long = sched.client.call('vm.boot', { host: h.id });
+    await short;
+    await pollUntil(async () => (h.count('vm.boot') === 2 ? true : undefined), {
+      timeoutMs: 10_000,
+      what: 'the second boot reaching the host',
+    });
+    h.quiet();
+    await seen(h.id, false);
+    await pollUntil(async () => (h.count('host.ping') >= 2 ? true : undefined), { timeoutMs: 20_000, what: 'two pings of the quiet host' });
+    release();
+    assert.equal((await long).host, h.id);
+    assert.equal(h.vms.size, 2);
+  });
+
+  it('a quiet host whose ping gets an error reply (a ping it read too late) is there: its call is kept', async () => {
+    const h = await host('probe-late');
+    const release = holdBoots(h);
+    h.before['host.ping'] = () => {
+      throw new ForkyError('TIMEOUT', 'read past its deadline');
+    };
+    const boot = sched.client.call('vm.boot', { host: h.id });
+    await pollUntil(async () => (h.count('vm.boot') === 1 ? true : undefined), { timeoutMs: 10_000, what: 'the boot reaching the host' });
+    h.quiet();
+    await seen(h.id, false);
+    await pollUntil(async () => (h.count('host.ping') >= 2 ? true : undefined), { timeoutMs: 20_000, what: 'two pings of the quiet host' });
+    release();
+    assert.equal((await boot).host, h.id);
   });
 
   it('a host that stops beating and answering: its call is given up UNAVAILABLE, saying what the ping found', async () => {

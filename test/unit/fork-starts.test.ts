@@ -11,7 +11,7 @@ import { boot, fork } from '../helpers/engine-checks.js';
  * slot is not held through the guest's answer.
  */
 describe('fork: bounded starts, agents awaited together', () => {
-  it('8 children at forkConcurrency 2: at most 2 load at once, and all 8 wait for their agents at once', async (t) => {
+  it('8 children at forkConcurrency 2: at most 2 load at once; once all are loaded, all 8 wait for their agents at once', async (t) => {
     const h = await hostFor(t, { limits: { forkConcurrency: 2 } });
     const src = await boot(h);
     const snap = await h.engine.snapshot({ vm: src.id, resume: true });
@@ -19,6 +19,8 @@ describe('fork: bounded starts, agents awaited together', () => {
     let loading = 0;
     let maxLoading = 0;
     let waiting = 0;
+    let loaded = 0;
+    let loadedAtFirstWait: number | undefined;
     let releaseAgents!: () => void;
     const allWaiting = new Promise<void>((resolve) => (releaseAgents = resolve));
     const { prepare, load, waitAgent } = { prepare: rt.prepare.bind(rt), load: rt.load.bind(rt), waitAgent: rt.waitAgent.bind(rt) };
@@ -32,6 +34,7 @@ describe('fork: bounded starts, agents awaited together', () => {
     rt.load = async (...a: Parameters<typeof rt.load>): Promise<void> => {
       try {
         await load(...a);
+        loaded++;
       } finally {
         loading--;
       }
@@ -39,6 +42,7 @@ describe('fork: bounded starts, agents awaited together', () => {
     // No agent answers until all 8 are waiting: a fork holding a slot through the answer would
     // never get there (2 slots), and the deadline says so.
     rt.waitAgent = async (...a: Parameters<typeof rt.waitAgent>): Promise<void> => {
+      loadedAtFirstWait ??= loaded;
       if (++waiting === 8) releaseAgents();
       await withDeadline(allWaiting, 3000, 'all 8 children waiting for their agents');
       return waitAgent(...a);
@@ -48,5 +52,7 @@ describe('fork: bounded starts, agents awaited together', () => {
     assert.equal(waiting, 8);
     assert.ok(maxLoading <= 2, `${maxLoading} children loaded at once; the bound is 2`);
     assert.equal(maxLoading, 2, 'the bound is used');
+    // The agent and identity deadlines count from there: no child's runs while siblings load.
+    assert.equal(loadedAtFirstWait, 8, 'the first agent wait comes once all 8 are loaded');
   });
 });

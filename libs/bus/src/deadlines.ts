@@ -21,6 +21,14 @@ export class PastDeadlineError extends ForkyError {
 /** The times of the request being served, for the code its handler runs (and everything that awaits). */
 const serving = new AsyncLocalStorage<CallerTimes>();
 
+/**
+ * Runs `fn` as no request's work: what it sends, and the timers it sets (which keep the context
+ * they were made in), carry no caller's deadline. For background work a handler happens to start.
+ */
+export function outsideCaller<T>(fn: () => T): T {
+  return serving.exit(fn);
+}
+
 /** The deadline of the request this code is serving, if it runs in a service handler. */
 export function callerDeadline(): number | undefined {
   return serving.getStore()?.deadline;

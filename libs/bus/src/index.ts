@@ -23,7 +23,7 @@ export { ObjectPartStore, PARTS_BUCKET, type PartStoreOptions, type UploadResult
 export { CorruptPartError } from './chunk-map.js';
 export { digestFile } from './sparse.js';
 export { headerOf, setHeader, safeHeaders } from './headers.js';
-export { PastDeadlineError, callerDeadline, refuseIfLate, type CallerTimes } from './deadlines.js';
+export { PastDeadlineError, callerDeadline, outsideCaller, refuseIfLate, type CallerTimes } from './deadlines.js';
 export { LocatorEntry, entryValue, isReadableKey, logBadEntry } from './entries.js';
 export { ClientStream, type StreamChunk, type StreamEnd, type OpenStreamOptions } from './streams.js';
 export { openStream } from './stream-open.js';

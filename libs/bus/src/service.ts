@@ -1,7 +1,7 @@
 import type { MsgHdrs, NatsConnection } from '@nats-io/nats-core';
 import { Svcm, type Service, type ServiceMsg } from '@nats-io/services';
 import type { z } from 'zod';
-import { ForkyError, asForkyError, type Logger } from '@forky/base';
+import { ForkyError, asForkyError, withDeadline, type Logger } from '@forky/base';
 import {
   CONTENT_TYPE,
   decodeBody,
@@ -76,7 +76,7 @@ export async function startService(
   }
   // Served once this returns: the server has every subscription. Without the round trip, a client
   // on another connection told "up" (a test, a heartbeat read) could ask first and get no responders.
-  await nc.flush();
+  await withDeadline(nc.flush(), 10_000, `service ${def.name} subscribing`);
   return svc;
 }
 

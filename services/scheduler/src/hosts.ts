@@ -1,7 +1,7 @@
 import type { NatsConnection } from '@nats-io/nats-core';
 import { z } from 'zod';
 import { type ForkyError, type Logger } from '@forky/base';
-import { HostdClient, logBadEntry } from '@forky/bus';
+import { HostdClient, logBadEntry, outsideCaller } from '@forky/bus';
 import { Heartbeat, VmInfo, type HostStatus } from '@forky/contract';
 import type { HostView } from './host-view.js';
 import { HostProbes } from './host-probe.js';
@@ -61,6 +61,7 @@ export interface HostBeat {
 /** A call to a host under way: given up (`fail`) once its host is seen gone. */
 interface Watched {
   host: string;
+  /** The host's process when the call was made (or first seen after, if it had not beaten yet). */
   instance: string | undefined;
   startBy(): number;
   fail(e: ForkyError): void;
@@ -125,12 +126,14 @@ export class Hosts {
     const gone = new Promise<never>((_, reject) => (fail = reject));
     const w: Watched = { host, instance: hb?.instance, startBy: () => c.latestStartBy, fail };
     this.#calls.add(w);
-    this.#ticker ??= setInterval(() => this.#check(), 500);
+    // Not in the caller's context: the ticker (and the pings it sends) outlive the call that started it.
+    this.#ticker ??= outsideCaller(() => setInterval(() => this.#check(), 500));
     try {
       return await Promise.race([fn(c), gone]);
     } finally {
       given.aborted = true;
       this.#calls.delete(w);
+      if (![...this.#calls].some((x) => x.host === host)) this.#probes.forget(host);
       if (this.#calls.size === 0) {
         clearInterval(this.#ticker);
         this.#ticker = undefined;
@@ -163,9 +166,11 @@ export class Hosts {
     for (const w of this.#calls) {
       const hb = this.view.get(w.host);
       if (!hb) continue;
+      // A call made before its host was seen is the first process seen's.
+      w.instance ??= hb.instance;
       const down = !isAlive(hb, now);
       if (!down) this.#probes.forget(w.host);
-      const restarted = !!w.instance && hb.instance !== w.instance;
+      const restarted = hb.instance !== w.instance;
       // Alive, or quiet but still able to start what it was sent: keep waiting.
       if (!restarted && (!down || mayStillStart(w.startBy(), now))) continue;
       let asked: string | undefined;
@@ -173,7 +178,8 @@ export class Hosts {
         // An answer counts as long as a beat would; none yet: a question is on its way.
         const a = this.#probes.look(w.host, now, MISSED_BEATS * hb.intervalMs);
         if (!a) continue;
-        if ('alive' in a && (!w.instance || a.alive === w.instance)) continue;
+        // The same process, or one that replied without saying which (an error: a ping read too late).
+        if ('alive' in a && (a.alive === undefined || a.alive === w.instance)) continue;
         asked = 'alive' in a ? `a new process answers (${a.alive}); the request in flight was lost` : a.gone;
       }
       this.#calls.delete(w);

@@ -47,6 +47,35 @@ export interface ChildOptions {
    * part); waiting for the agent and the identity step are not bounded by it.
    */
   starts?: Semaphore;
+  /** The fork's children loaded (each says so once: loaded, or failed before); its settle waits for all. */
+  loads?: Arrivals;
+}
+
+/**
+ * Resolves `all` once each of `n` children has arrived. A child's agent and identity deadlines
+ * count from there: 100 TCG guests on 2 cores answered their identity step in more than its 10 s
+ * while siblings were still loading (27 of 100 failed), and one such miss fails the whole fork.
+ */
+export class Arrivals {
+  readonly all: Promise<void>;
+  #left: number;
+  #done!: () => void;
+
+  constructor(n: number) {
+    this.#left = n;
+    this.all = new Promise<void>((resolve) => (this.#done = resolve));
+    if (n <= 0) this.#done();
+  }
+
+  /** One child has loaded (or ended without): called once per child, by `once`. */
+  once(): () => void {
+    let arrived = false;
+    return () => {
+      if (arrived) return;
+      arrived = true;
+      if (--this.#left === 0) this.#done();
+    };
+  }
 }
 
 /** Child `i`'s share of a fork request: the fork's labels with its `perChild` ones on top, and its env. */
@@ -110,6 +139,7 @@ export async function restoreChild(host: Host, snap: SnapshotRecord, image: Imag
     rec.chain.push(warm.top);
     rec.timings.warm = 1;
   }
+  const arrive = o.loads?.once() ?? ((): void => undefined);
   // A settle failing before the child is made waits for that: its destroy must not race the make.
   let made!: () => void;
   const madeDone = new Promise<void>((resolve) => (made = resolve));
@@ -138,14 +168,18 @@ export async function restoreChild(host: Host, snap: SnapshotRecord, image: Imag
           h = loaded.handle;
           if (loaded.replaced) delete rec.timings.warm;
         };
-        await (o.starts ? o.starts.run(load) : load());
+        await (o.starts ? o.starts.run(load) : load()).finally(arrive);
         rec.timings.runningMs = round(performance.now() - o.started);
         // Before anyone reaches the child through hostd: its agent answers, and it is no longer its siblings' twin.
         const handle = h as VmHandle;
-        const settle = Promise.all([
-          d.runtime.waitAgent(handle, d.limits.restoreTimeoutMs),
-          giveIdentity(d.runtime, handle, identityOf(rec, d.runtime), d.limits.agentTimeoutMs),
-        ])
+        // Its deadlines count once every sibling is loaded (Arrivals); it runs meanwhile.
+        const settle = Promise.resolve(o.loads?.all)
+          .then(() =>
+            Promise.all([
+              d.runtime.waitAgent(handle, d.limits.restoreTimeoutMs),
+              giveIdentity(d.runtime, handle, identityOf(rec, d.runtime), d.limits.agentTimeoutMs),
+            ]),
+          )
           .then(() => (o.env ? writeEnv(d.runtime, handle, id, o.env, d.limits.agentTimeoutMs) : undefined))
           // Apps asked for the children come after identity: each child mounts them as itself.
           .then(() => (o.apps?.length ? host.apps.apply(rec, handle, o.apps, () => host.persist(rec)) : undefined))
@@ -169,7 +203,10 @@ export async function restoreChild(host: Host, snap: SnapshotRecord, image: Imag
       },
       !!warm,
     );
-  }).finally(() => made());
+  }).finally(() => {
+    arrive();
+    made();
+  });
   rec.timings.readyMs = round(performance.now() - o.started);
   return { ...info, timings: rec.timings };
 }

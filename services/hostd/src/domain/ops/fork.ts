@@ -3,7 +3,7 @@ import type { ForkRequest, ForkResult } from '@forky/contract';
 import { admitVms, checkProfile, ramNeed, refuseGpuSnapshot, type RamHold } from '../admission.js';
 import { round, type Host } from '../host.js';
 import { withRollback } from '../rollback.js';
-import { checkForkLabels, childShare, restoreChild } from './child.js';
+import { Arrivals, checkForkLabels, childShare, restoreChild } from './child.js';
 import { destroyVm } from './lifecycle.js';
 import { snapshotVm } from './snapshot.js';
 import type { ForkOwn } from '../self-fork-tree.js';
@@ -62,10 +62,12 @@ async function forkWithin(host: Host, req: ForkRequest, hold: RamHold, own: Fork
       // ones running wait for their agents together (as the raw floor does), instead of each slot
       // holding its turn through the guest's answer while the guests already up take the CPU.
       const starts = new Semaphore(d.limits.forkConcurrency);
+      const loads = new Arrivals(req.count);
       const results = await mapSettled(Array.from({ length: req.count }), req.count, (_, i) =>
         restoreChild(host, snap, image, {
           ...opts,
           starts,
+          loads,
           ...childShare(req, i),
           ...(own.selfFork ? { selfFork: { ...own.selfFork, index: i + 1 } } : {}),
         }),
