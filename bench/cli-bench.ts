@@ -82,6 +82,15 @@ async function startup(): Promise<Figure[]> {
   ];
 }
 
+// A run stopped by a signal takes its cluster down too (`finally` does not run on one).
+for (const sig of ['SIGINT', 'SIGTERM'] as const)
+  process.once(sig, () => {
+    void forky('down')
+      .catch(() => undefined)
+      .then(() => fs.rm(data, { recursive: true, force: true }))
+      .finally(() => process.exit(128 + os.constants.signals[sig]));
+  });
+
 try {
   await forky('up', '--detach');
   const starts = await startup();

@@ -5,6 +5,8 @@ import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes, randomInt } from 'node:crypto';
 import fs from 'node:fs/promises';
 import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
 import { promisify } from 'node:util';
 import { pollUntil, silentLogger } from '@forky/base';
 import { createVethNs, hostAddress, type VethNs } from '../helpers/netns.js';
@@ -202,6 +204,30 @@ describe('nftables egress filter (real nft, cgroups, processes; no QEMU)', { tim
     await a.setClusterHosts([]);
     assert.equal(await attempt(dir, veth.nsAddr, nsPort), 'connected', 'left the cluster');
     await a.remove('vm-peer');
+  });
+
+  it('an nft that fails to list (timing out under load) is no finding: the upkeep remakes nothing', async () => {
+    const u = await open(`net-test-l-${tag}`);
+    await u.apply('vm-ls', 'none');
+    // Our own nft in front of the real one: `list tables` fails as a timed-out run would.
+    const bin = await fs.mkdtemp(path.join(os.tmpdir(), 'fk-nft-'));
+    const real = (await promisify(execFile)('sh', ['-c', 'command -v nft'])).stdout.trim();
+    await fs.writeFile(
+      path.join(bin, 'nft'),
+      `#!/bin/sh\ncase "$*" in *"list tables"*) echo 'timed out' >&2; exit 1;; esac\necho "$*" >> ${bin}/calls\nexec ${real} "$@"\n`,
+      { mode: 0o755 },
+    );
+    const PATH = process.env.PATH;
+    process.env.PATH = `${bin}:${PATH}`;
+    try {
+      assert.equal(await u.upkeep([{ id: 'vm-ls', egress: 'none' }]), false);
+      const calls = await fs.readFile(path.join(bin, 'calls'), 'utf8').catch(() => '');
+      assert.equal(calls, '', 'no nft script was run: nothing was made again');
+    } finally {
+      process.env.PATH = PATH;
+      await fs.rm(bin, { recursive: true, force: true });
+    }
+    await u.remove('vm-ls');
   });
 
   it('a table deleted under live VMs (a `flush ruleset`) is found by the upkeep and made again with every policy', async () => {

@@ -49,6 +49,12 @@ export interface ChildOptions {
   starts?: Semaphore;
   /** The fork's children loaded (each says so once: loaded, or failed before); its settle waits for all. */
   loads?: Arrivals;
+  /**
+   * Its agent and identity deadlines are this many times the configured ones: a fork's children
+   * settle all at once, and 100 TCG guests on 2 cores took more than 10 s each to answer (the
+   * raw floor's 100 answer within 29 s of their start; 21 of 100 missed the 10 s identity step).
+   */
+  settleScale?: number;
 }
 
 /**
@@ -140,6 +146,7 @@ export async function restoreChild(host: Host, snap: SnapshotRecord, image: Imag
     rec.timings.warm = 1;
   }
   const arrive = o.loads?.once() ?? ((): void => undefined);
+  const scale = Math.max(1, o.settleScale ?? 1);
   // A settle failing before the child is made waits for that: its destroy must not race the make.
   let made!: () => void;
   const madeDone = new Promise<void>((resolve) => (made = resolve));
@@ -176,11 +183,11 @@ export async function restoreChild(host: Host, snap: SnapshotRecord, image: Imag
         const settle = Promise.resolve(o.loads?.all)
           .then(() =>
             Promise.all([
-              d.runtime.waitAgent(handle, d.limits.restoreTimeoutMs),
-              giveIdentity(d.runtime, handle, identityOf(rec, d.runtime), d.limits.agentTimeoutMs),
+              d.runtime.waitAgent(handle, d.limits.restoreTimeoutMs * scale),
+              giveIdentity(d.runtime, handle, identityOf(rec, d.runtime), d.limits.agentTimeoutMs * scale),
             ]),
           )
-          .then(() => (o.env ? writeEnv(d.runtime, handle, id, o.env, d.limits.agentTimeoutMs) : undefined))
+          .then(() => (o.env ? writeEnv(d.runtime, handle, id, o.env, d.limits.agentTimeoutMs * scale) : undefined))
           // Apps asked for the children come after identity: each child mounts them as itself.
           .then(() => (o.apps?.length ? host.apps.apply(rec, handle, o.apps, () => host.persist(rec)) : undefined))
           .then(() => {

@@ -68,6 +68,9 @@ async function forkWithin(host: Host, req: ForkRequest, hold: RamHold, own: Fork
           ...opts,
           starts,
           loads,
+          // As many rounds of `forkConcurrency` as the fork has children: each round's worth of
+          // guests settling at once gets the configured deadlines again.
+          settleScale: Math.ceil(req.count / d.limits.forkConcurrency),
           ...childShare(req, i),
           ...(own.selfFork ? { selfFork: { ...own.selfFork, index: i + 1 } } : {}),
         }),
