@@ -43,6 +43,15 @@ describe('liveness: a quiet host is asked before its calls are given up', { time
       timeoutMs: 20_000,
       what: `host ${id} seen ${alive ? 'up' : 'down'}`,
     });
+  /** Waits (bounded) until `h` has taken `n` boots. */
+  const reached = (h: FakeHostd, n: number): Promise<true> =>
+    pollUntil(async () => (h.count('vm.boot') === n ? true : undefined), { timeoutMs: 10_000, what: `boot ${n} reaching the host` });
+  /** `h` stops beating, is seen down, and is pinged twice (past the call's start-by, again as the silence goes on). */
+  const quietThroughPings = async (h: FakeHostd): Promise<void> => {
+    h.quiet();
+    await seen(h.id, false);
+    await pollUntil(async () => (h.count('host.ping') >= 2 ? true : undefined), { timeoutMs: 20_000, what: 'two pings of the quiet host' });
+  };
   /** Holds `h`'s vm.boot replies until the returned release is called. */
   const holdBoots = (h: FakeHostd): (() => void) => {
     let release!: () => void;
@@ -55,11 +64,8 @@ describe('liveness: a quiet host is asked before its calls are given up', { time
     const h = await host('probe-busy');
     const release = holdBoots(h);
     const boot = sched.client.call('vm.boot', { host: h.id });
-    await pollUntil(async () => (h.count('vm.boot') === 1 ? true : undefined), { timeoutMs: 10_000, what: 'the boot reaching the host' });
-    h.quiet();
-    await seen(h.id, false);
-    // Past the call's start-by the scheduler asks; it must ask more than once as the silence goes on.
-    await pollUntil(async () => (h.count('host.ping') >= 2 ? true : undefined), { timeoutMs: 20_000, what: 'two pings of the quiet host' });
+    await reached(h, 1);
+    await quietThroughPings(h);
     release();
     const vm = await boot;
     assert.equal(vm.host, h.id);
@@ -83,13 +89,8 @@ describe('liveness: a quiet host is asked before its calls are given up', { time
     const short = sched.client.call('vm.boot', { host: h.id }, { timeoutMs: 3_000 });
     const long = sched.client.call('vm.boot', { host: h.id });
     await short;
-    await pollUntil(async () => (h.count('vm.boot') === 2 ? true : undefined), {
-      timeoutMs: 10_000,
-      what: 'the second boot reaching the host',
-    });
-    h.quiet();
-    await seen(h.id, false);
-    await pollUntil(async () => (h.count('host.ping') >= 2 ? true : undefined), { timeoutMs: 20_000, what: 'two pings of the quiet host' });
+    await reached(h, 2);
+    await quietThroughPings(h);
     release();
     assert.equal((await long).host, h.id);
     assert.equal(h.vms.size, 2);
@@ -102,10 +103,8 @@ describe('liveness: a quiet host is asked before its calls are given up', { time
       throw new ForkyError('TIMEOUT', 'read past its deadline');
     };
     const boot = sched.client.call('vm.boot', { host: h.id });
-    await pollUntil(async () => (h.count('vm.boot') === 1 ? true : undefined), { timeoutMs: 10_000, what: 'the boot reaching the host' });
-    h.quiet();
-    await seen(h.id, false);
-    await pollUntil(async () => (h.count('host.ping') >= 2 ? true : undefined), { timeoutMs: 20_000, what: 'two pings of the quiet host' });
+    await reached(h, 1);
+    await quietThroughPings(h);
     release();
     assert.equal((await boot).host, h.id);
   });
@@ -114,7 +113,7 @@ describe('liveness: a quiet host is asked before its calls are given up', { time
     const h = await host('probe-dead');
     holdBoots(h);
     const boot = refused(sched.client.call('vm.boot', { host: h.id }));
-    await pollUntil(async () => (h.count('vm.boot') === 1 ? true : undefined), { timeoutMs: 10_000, what: 'the boot reaching the host' });
+    await reached(h, 1);
     const t0 = Date.now();
     await h.down();
     const e = await boot;
