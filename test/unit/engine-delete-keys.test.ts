@@ -219,11 +219,12 @@ describe('engine: idempotency keys', { concurrency: true }, () => {
     let h = await hostFor(t);
     const src = await boot(h);
     const snap = await h.engine.snapshot({ vm: src.id, resume: true });
-    // Stands in for a hostd that stopped mid-fork: the second child's load never returns, so the
-    // request never finishes. That engine is left as it is, as a dead hostd would be.
-    h.plan.fail('runtime.load', { nth: 2, gate: new Promise<void>(() => undefined) });
+    // Stands in for a hostd that stopped mid-fork: the second child's agent never answers, so the
+    // request never finishes (children settle once all are loaded: it is at the agent wait that
+    // one is made and the other is not). That engine is left as it is, as a dead hostd would be.
+    h.plan.fail('runtime.waitAgent', { nth: 2, gate: new Promise<void>(() => undefined) });
     void fork(h, snap.id, 2, { key: 'key-fork-e' }).catch(() => undefined);
-    // Restarted only once that engine writes no more: the second child waits at load, the first
+    // Restarted only once that engine writes no more: the second child waits for its agent, the first
     // is running, on disk too (else its last write could land after the restart's clean-up).
     const onDisk = async (id: string): Promise<string | undefined> =>
       (JSON.parse(await fs.readFile(path.join(h.dataDir, 'vms', id, 'vm.json'), 'utf8')) as { state?: string }).state;
@@ -232,7 +233,7 @@ describe('engine: idempotency keys', { concurrency: true }, () => {
         const made = h.engine.list().find((v) => v.id !== src.id && v.state === 'running');
         return h.plan.armed === 0 && made && (await onDisk(made.id)) === 'running' ? true : undefined;
       },
-      { timeoutMs: 2000, what: 'one child made, the other at load' },
+      { timeoutMs: 2000, what: 'one child made, the other waiting for its agent' },
     );
     assert.equal(h.engine.list().length, 3, 'one child made, one half-made');
     h = await h.restart();

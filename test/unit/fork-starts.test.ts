@@ -4,6 +4,7 @@ import { withDeadline } from '@forky/base';
 import type { VmHandle } from '@forky/hostd';
 import { hostFor } from '../helpers/engine-host.js';
 import { boot, fork } from '../helpers/engine-checks.js';
+import { refused } from '../helpers/errors.js';
 
 /**
  * A big fork (issue 21, 100 children): only `forkConcurrency` children start and load at once,
@@ -54,5 +55,25 @@ describe('fork: bounded starts, agents awaited together', () => {
     assert.equal(maxLoading, 2, 'the bound is used');
     // The agent and identity deadlines count from there: no child's runs while siblings load.
     assert.equal(loadedAtFirstWait, 8, 'the first agent wait comes once all 8 are loaded');
+  });
+
+  it('a child that fails stops the ones not yet started (all or nothing): 8 at concurrency 2, the 3rd start fails', async (t) => {
+    const h = await hostFor(t, { limits: { forkConcurrency: 2 } });
+    const src = await boot(h);
+    const snap = await h.engine.snapshot({ vm: src.id, resume: true });
+    const before = h.runtime.live().map((p) => p.pid);
+    const from = h.plan.calls.length;
+    h.plan.fail('runtime.prepare', { nth: 3 });
+    const e = await refused(fork(h, snap.id, 8));
+    assert.match(e.message, /^1 of 8 children failed; none kept \((\d) not started\): injected failure of runtime\.prepare/);
+    const prepares = h.plan.calls.slice(from).filter((c) => c.call === 'runtime.prepare').length;
+    // The 3rd fails with the 2nd (or 1st) still loading: at most one more starts in that slot.
+    assert.ok(prepares <= 4, `${prepares} of 8 children were started`);
+    assert.equal(Number(/\((\d) not started\)/.exec(e.message)?.[1]), 8 - prepares);
+    assert.deepEqual(
+      h.runtime.live().map((p) => p.pid),
+      before,
+      'no child process is left',
+    );
   });
 });

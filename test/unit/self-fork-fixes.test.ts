@@ -225,8 +225,9 @@ describe('self-fork: a hostd restart in the middle of a self-fork', () => {
   it('destroys the children still pending (never told they are children) and keeps the parent counted', async (t) => {
     const h = await hostFor(t);
     const root = await boot(h, { selfFork: POLICY });
-    // Stands in for a hostd that stopped mid-fork: the second child's load never returns.
-    h.plan.fail('runtime.load', { nth: 2, where: (c) => c.vmId !== root.id, gate: new Promise<void>(() => undefined) });
+    // Stands in for a hostd that stopped mid-fork: the second child's agent never answers (children
+    // settle once all are loaded, so it is at its agent wait that one is made and the other is not).
+    h.plan.fail('runtime.waitAgent', { nth: 2, where: (c) => c.vmId !== root.id, gate: new Promise<void>(() => undefined) });
     const [f] = req({ op: 'fork', count: 2, live: true });
     void h.runtime.guestSends(root.id, f);
     const onDisk = async (id: string): Promise<{ state?: string; selfFork?: { pending?: boolean } }> =>
@@ -236,7 +237,7 @@ describe('self-fork: a hostd restart in the middle of a self-fork', () => {
         const v = h.engine.list().find((x) => x.id !== root.id && x.state === 'running');
         return h.plan.armed === 0 && v && (await onDisk(v.id)).state === 'running' ? v.id : undefined;
       },
-      { timeoutMs: 2000, what: 'one child made, the other at load' },
+      { timeoutMs: 2000, what: 'one child made, the other waiting for its agent' },
     );
     assert.equal((await onDisk(made)).selfFork?.pending, true, 'saved while its fork is in flight');
     const h2 = await h.restart();

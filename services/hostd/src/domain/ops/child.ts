@@ -55,6 +55,19 @@ export interface ChildOptions {
    * raw floor's 100 answer within 29 s of their start; 21 of 100 missed the 10 s identity step).
    */
   settleScale?: number;
+  /**
+   * The fork's: aborted by the first child that fails (a fork is all or nothing), so that the
+   * ones not yet started are not. A start that fails aborts it before its slot passes on.
+   */
+  failFast?: AbortController;
+}
+
+/** A child of a fork not started because a sibling had failed already. */
+export class ChildNotStarted extends ForkyError {
+  override readonly name = 'ChildNotStarted';
+  constructor() {
+    super('INTERNAL', 'not started: a sibling had failed');
+  }
 }
 
 /**
@@ -166,6 +179,7 @@ export async function restoreChild(host: Host, snap: SnapshotRecord, image: Imag
         // Reads `h` when undone: a warm process that died is replaced by a fresh one.
         rb.push('stop the process', () => (h ? d.runtime.destroy(h) : undefined));
         const load = async (): Promise<void> => {
+          if (o.failFast?.signal.aborted) throw new ChildNotStarted();
           if (!warm) {
             h = await d.runtime.prepare(spec, { autostart: true, timeoutMs: d.limits.restoreTimeoutMs });
             await d.runtime.load(h, files.state, d.limits.restoreTimeoutMs);
@@ -175,7 +189,15 @@ export async function restoreChild(host: Host, snap: SnapshotRecord, image: Imag
           h = loaded.handle;
           if (loaded.replaced) delete rec.timings.warm;
         };
-        await (o.starts ? o.starts.run(load) : load()).finally(arrive);
+        const failing = async (): Promise<void> => {
+          try {
+            await load();
+          } catch (e) {
+            if (!(e instanceof ChildNotStarted)) o.failFast?.abort();
+            throw e;
+          }
+        };
+        await (o.starts ? o.starts.run(failing) : failing()).finally(arrive);
         rec.timings.runningMs = round(performance.now() - o.started);
         // Before anyone reaches the child through hostd: its agent answers, and it is no longer its siblings' twin.
         const handle = h as VmHandle;

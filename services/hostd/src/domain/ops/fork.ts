@@ -3,7 +3,7 @@ import type { ForkRequest, ForkResult } from '@forky/contract';
 import { admitVms, checkProfile, ramNeed, refuseGpuSnapshot, type RamHold } from '../admission.js';
 import { round, type Host } from '../host.js';
 import { withRollback } from '../rollback.js';
-import { Arrivals, checkForkLabels, childShare, restoreChild } from './child.js';
+import { Arrivals, ChildNotStarted, checkForkLabels, childShare, restoreChild } from './child.js';
 import { destroyVm } from './lifecycle.js';
 import { snapshotVm } from './snapshot.js';
 import type { ForkOwn } from '../self-fork-tree.js';
@@ -63,6 +63,7 @@ async function forkWithin(host: Host, req: ForkRequest, hold: RamHold, own: Fork
       // holding its turn through the guest's answer while the guests already up take the CPU.
       const starts = new Semaphore(d.limits.forkConcurrency);
       const loads = new Arrivals(req.count);
+      const failFast = new AbortController();
       const results = await mapSettled(Array.from({ length: req.count }), req.count, (_, i) =>
         restoreChild(host, snap, image, {
           ...opts,
@@ -73,15 +74,21 @@ async function forkWithin(host: Host, req: ForkRequest, hold: RamHold, own: Fork
           settleScale: Math.ceil(req.count / d.limits.forkConcurrency),
           ...childShare(req, i),
           ...(own.selfFork ? { selfFork: { ...own.selfFork, index: i + 1 } } : {}),
+          failFast,
+        }).catch((e: unknown) => {
+          failFast.abort();
+          throw e;
         }),
       );
       const children = results.flatMap((r) => (r.status === 'fulfilled' ? [r.value] : []));
       // All at once, as they were made.
       rb.push('destroy the children', () => Promise.all(children.map((c) => destroyVm(host, c.id).catch(() => undefined))));
-      const failed = results.flatMap((r) => (r.status === 'rejected' ? [r.reason as unknown] : []));
-      if (failed.length > 0) {
-        const first = failed[0];
-        const msg = `${failed.length} of ${req.count} children failed; none kept: ${first instanceof Error ? first.message : String(first)}`;
+      const rejected = results.flatMap((r) => (r.status === 'rejected' ? [r.reason as unknown] : []));
+      const failed = rejected.filter((e) => !(e instanceof ChildNotStarted));
+      if (rejected.length > 0) {
+        const first = failed[0] ?? rejected[0];
+        const skipped = rejected.length - failed.length;
+        const msg = `${failed.length} of ${req.count} children failed; none kept${skipped ? ` (${skipped} not started)` : ''}: ${first instanceof Error ? first.message : String(first)}`;
         throw new ForkyError(asForkyError(first).code, msg, { cause: first });
       }
       host.events.forked(snap.info, children, fromVm ? host.vms.get(req.source) : undefined, own.reason);
