@@ -73,7 +73,15 @@ describe('deadlines: no work after the caller was told it failed', { timeout: 30
     const config = path.join(dir, `${name}.json`);
     await fs.writeFile(
       config,
-      JSON.stringify({ jobAckWaitMs: 1000, leaseMs: 1000, jobMaxDeliver: 1, jobConcurrency: 1, logLevel: 'info' }),
+      // A stopped host is given up after 3 pings of 1 s, not 3 of 5 s.
+      JSON.stringify({
+        jobAckWaitMs: 1000,
+        leaseMs: 1000,
+        jobMaxDeliver: 1,
+        jobConcurrency: 1,
+        hostProbeTimeoutMs: 1000,
+        logLevel: 'info',
+      }),
     );
     const probe = new SchedulerClient(nc, { timeoutMs: 1000 });
     const p = await spawnService(

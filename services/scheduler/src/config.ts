@@ -5,6 +5,11 @@ import { parseConfig, readConfigFile } from '@forky/base';
 export const SchedulerConfig = z.strictObject({
   nats: NatsConfig,
   hostTimeoutMs: z.number().int().positive().default(600_000),
+  /**
+   * How long a ping of a host whose beats stopped waits (3 unanswered in a row: the host is hung,
+   * and its calls are given up). A host starved of CPU must still answer within it.
+   */
+  hostProbeTimeoutMs: z.number().int().min(100).default(5_000),
   leaseMs: z.number().int().min(500).default(5_000),
   childCostMiB: z.number().int().min(1).default(48),
   /** A job whose scheduler stops showing signs of life for this long goes to another scheduler. */

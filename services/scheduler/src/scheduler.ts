@@ -35,6 +35,8 @@ import { reapRetired, templateDelete, templateList, templateShow } from './templ
 export interface SchedulerOptions {
   /** How long a forwarded request may take on its host (a fork of many children is long). */
   hostTimeoutMs: number;
+  /** A ping of a quiet host (host-probe.ts); default PROBE_TIMEOUT_MS. */
+  hostProbeTimeoutMs?: number;
   leaseMs: number;
   /** Assumed cost of one forked child when placing (hostd checks for real). */
   childCostMiB: number;
@@ -70,7 +72,7 @@ export class Scheduler {
     logger: Logger,
   ) {
     const log = logger.child({ component: 'scheduler' });
-    const hosts = new Hosts(nc, view, opts.hostTimeoutMs);
+    const hosts = new Hosts(nc, view, opts.hostTimeoutMs, opts.hostProbeTimeoutMs);
     this.#ctx = { hosts, buckets, childCostMiB: opts.childCostMiB, log, locate: (kind, id) => locate(buckets.locator, kind, id, log) };
     const perform: Perform = {
       'vm.boot': (req, key) => this.#boot(req, key),
