@@ -1,7 +1,7 @@
-import type { Heartbeat } from '@forky/contract';
+import type { Heartbeat, HostInfo } from '@forky/contract';
 
-/** A heartbeat as a fake host of ours sends it: alive, room for children; `o` sets what a test looks at. */
-export function fakeBeat(id: string, o: Partial<Heartbeat> = {}): Heartbeat {
+/** What a fake host of ours says of itself (host.info): room for children; `o` sets what a test looks at. */
+export function fakeHostInfo(id: string, o: Partial<HostInfo> = {}): HostInfo {
   return {
     id,
     accel: 'tcg',
@@ -17,6 +17,14 @@ export function fakeBeat(id: string, o: Partial<Heartbeat> = {}): Heartbeat {
     childPssMiB: 0,
     ksmSavedMiB: 0,
     gpus: { total: 0, free: 0 },
+    ...o,
+  };
+}
+
+/** A heartbeat as a fake host of ours sends it: alive, room for children; `o` sets what a test looks at. */
+export function fakeBeat(id: string, o: Partial<Heartbeat> = {}): Heartbeat {
+  return {
+    ...fakeHostInfo(id),
     ts: Date.now(),
     intervalMs: 1_000,
     instance: `${id}-1`,

@@ -4,23 +4,11 @@ import { CapacityError, ForkyError, NotFoundError, pollUntil } from '@forky/base
 import { startNatsServer, type NatsServer } from '@forky/bus';
 import { subjects, type HostStatus, type VmInfo } from '@forky/contract';
 import { hostStatus, pickHost, placeChildren } from '@forky/scheduler/internal';
+import { fakeHostInfo } from '../helpers/fake-beat.js';
 import { startTestScheduler, type TestScheduler } from '../helpers/scheduler.js';
 
 const host = (id: string, free: number, extra: Partial<HostStatus> = {}): HostStatus => ({
-  id,
-  accel: 'tcg',
-  accelReason: '',
-  qemuVersion: '7.2.22',
-  cpus: 2,
-  memTotalMiB: 24000,
-  memFreeMiB: free,
-  vms: 0,
-  snapshots: 0,
-  images: ['tiny'],
-  memCommittedMiB: 0,
-  childPssMiB: 0,
-  ksmSavedMiB: 0,
-  gpus: { total: 0, free: 0 },
+  ...fakeHostInfo(id, { accelReason: '', qemuVersion: '7.2.22', memTotalMiB: 24000, memFreeMiB: free }),
   alive: true,
   lastSeen: new Date().toISOString(),
   ...extra,
