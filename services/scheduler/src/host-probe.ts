@@ -42,6 +42,10 @@ export class HostProbes {
     return undefined;
   }
 
+  has(host: string): boolean {
+    return this.#probes.has(host);
+  }
+
   /** Forgets `host` (it beats again, or no call waits on it): an answer still on its way is dropped. */
   forget(host: string): void {
     this.#probes.delete(host);
@@ -50,7 +54,8 @@ export class HostProbes {
   #ask(host: string, timeouts: number): void {
     const asking: Probe = { state: 'asking', timeouts };
     this.#probes.set(host, asking);
-    // Whoever's call led here, the ping is the scheduler's own: no caller's deadline cuts it short.
+    // Whoever's call led here (the ticker keeps the context of the call that started it), the ping
+    // is the scheduler's own: no caller's deadline cuts it short.
     const ping = outsideCaller(() => new HostdClient(this.nc, host, { timeoutMs: this.timeoutMs }).call('host.ping', {}));
     const settle = (p: Probe): void => {
       // Forgotten, or asked anew, meanwhile: this answer is not the current one.

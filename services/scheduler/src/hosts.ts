@@ -1,7 +1,7 @@
 import type { NatsConnection } from '@nats-io/nats-core';
 import { z } from 'zod';
 import { type ForkyError, type Logger } from '@forky/base';
-import { HostdClient, logBadEntry, outsideCaller } from '@forky/bus';
+import { HostdClient, logBadEntry } from '@forky/bus';
 import { Heartbeat, VmInfo, type HostStatus } from '@forky/contract';
 import type { HostView } from './host-view.js';
 import { HostProbes } from './host-probe.js';
@@ -126,14 +126,14 @@ export class Hosts {
     const gone = new Promise<never>((_, reject) => (fail = reject));
     const w: Watched = { host, instance: hb?.instance, startBy: () => c.latestStartBy, fail };
     this.#calls.add(w);
-    // Not in the caller's context: the ticker (and the pings it sends) outlive the call that started it.
-    this.#ticker ??= outsideCaller(() => setInterval(() => this.#check(), 500));
+    this.#ticker ??= setInterval(() => this.#check(), 500);
     try {
       return await Promise.race([fn(c), gone]);
     } finally {
       given.aborted = true;
       this.#calls.delete(w);
-      if (![...this.#calls].some((x) => x.host === host)) this.#probes.forget(host);
+      // Its probe, if any, goes with its last call (looked for only then: most hosts have none).
+      if (this.#probes.has(host) && ![...this.#calls].some((x) => x.host === host)) this.#probes.forget(host);
       if (this.#calls.size === 0) {
         clearInterval(this.#ticker);
         this.#ticker = undefined;
