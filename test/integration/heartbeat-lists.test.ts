@@ -95,6 +95,23 @@ describe('heartbeats: the VM list only in the periodic beat', { timeout: 60_000 
     assert.deepEqual(await lost('hb-d'), []);
   });
 
+  it("the period's beat in the same millisecond as a change's, sent after it, gives its list", async () => {
+    // Seen in CI: a change's beat and the period's shared a ts, the list was dropped, and a host
+    // killed right after showed one VM fewer as lost than its last list held.
+    const old = [vm('vm-eeeeeeeeeee1', 'hb-e')];
+    const list = [...old, vm('vm-eeeeeeeeeee2', 'hb-e')];
+    const t = Date.now();
+    await lastBeatThenDown([
+      beat('hb-e', 'i-1', { ts: t, vms: 1, list: old }),
+      beat('hb-e', 'i-1', { ts: t + 1, vms: 2 }),
+      beat('hb-e', 'i-1', { ts: t + 1, vms: 2, list }),
+    ]);
+    assert.deepEqual(
+      (await lost('hb-e')).map((v) => v.id).sort(),
+      list.map((v) => v.id),
+    );
+  });
+
   it("a beat of a new hostd process without a list does not take the old process's VMs", async () => {
     const t = Date.now();
     await lastBeatThenDown([

@@ -12,7 +12,7 @@ import { isReadableKey, logBadEntry } from '@forky/bus';
  * The live feed is a core subscription, not a KV watch: the client re-subscribes on its own when
  * it moves to another node, while a watch (an ordered consumer) can stall for tens of seconds
  * when the node leading the bucket dies (measured: test/faults/nats-cluster.test.ts). A beat
- * counts only on its own host's subject, and a newer `ts` wins, so the two sources can race.
+ * counts only on its own host's subject, and a newer or equal `ts` wins, so the two sources can race.
  */
 export class HostView<T extends { id: string; ts: number; instance?: string | undefined; after?: (prev: T) => T }> {
   readonly #beats = new Map<string, T>();
@@ -84,7 +84,9 @@ export class HostView<T extends { id: string; ts: number; instance?: string | un
     }
     const have = this.#beats.get(host);
     let next: T;
-    if (have && have.ts >= beat.ts) {
+    // Equal times are not older: a change's beat and the period's can share a millisecond, and
+    // one host's beats arrive in the order it sent them (the period's list must not be dropped).
+    if (have && have.ts > beat.ts) {
       // An older beat is dropped, but for its list when the newer one has none (the bucket's full
       // beat read after a change's beat came on the feed): the same process's list is the best known.
       if (!have.after || beat.after || have.instance !== beat.instance) return;
