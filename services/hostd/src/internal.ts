@@ -3,6 +3,7 @@
 export * from './index.js';
 export { buildArgs } from './adapters/qemu/cmdline.js';
 export { askLine } from './adapters/qemu/control.js';
+export { launchCommand } from './adapters/qemu/process.js';
 export { copyPrivatePages, type ProcFiles } from './adapters/qemu/private-pages.js';
 export { softDirtyTracked } from './adapters/qemu/soft-dirty.js';
 export { overlayBytes, writeOverlay, MAX_NATIVE_SIZE } from './adapters/qemu/qcow2-overlay.js';

@@ -26,7 +26,7 @@ export async function launchQemu(
   timeoutMs: number,
   log: Logger,
   scope?: string,
-  /** CPU niceness, set by `nice` before QEMU's exec (same pid), so all its threads inherit it. */
+  /** CPU niceness of QEMU (all its threads) and of its session's autogroup (launchCommand). */
   nice = 0,
 ): Promise<QemuProcess> {
   await fs.rm(qmpSocket, { force: true });
@@ -39,8 +39,8 @@ export async function launchQemu(
   const logFd = openSync(logFile, 'a');
   let exited = false;
   try {
-    const [cmd, argv] = nice > 0 ? ['nice', ['-n', String(nice), binary, ...args]] : [binary, args];
-    const child = scope ? spawnInScope(scope, cmd, argv, logFd) : spawn(cmd, argv, { stdio: ['ignore', logFd, logFd], detached: true });
+    const [cmd, argv] = launchCommand(binary, args, scope, nice);
+    const child = spawn(cmd, argv, { stdio: ['ignore', logFd, logFd], detached: true });
     const pid = child.pid;
     const exitedP = new Promise<void>((resolve) => child.once('exit', () => resolve()));
     child.once('exit', () => (exited = true));
@@ -74,13 +74,22 @@ export async function launchQemu(
 }
 
 /**
- * Starts QEMU inside the cgroup `scope` (its VM's network filter selects packets by cgroup): a
- * shell joins it and then becomes QEMU (same pid), so no packet of QEMU's is ever sent outside
- * it. If it cannot join, QEMU does not start (exit 125, and the shell's message in qemu.log).
+ * The command that becomes QEMU (same pid, by `exec`), in its own session (`detached`):
+ * - `scope`: it joins that cgroup first (its VM's network filter selects packets by cgroup), so no
+ *   packet of QEMU's is ever sent outside it; if it cannot join, QEMU does not start (exit 125, and
+ *   the shell's message in qemu.log).
+ * - `nice`: the session's autogroup gets it too. With autogroups on (Debian's default), a thread's
+ *   nice counts only inside its autogroup, and each detached QEMU has one of its own, so `nice`
+ *   alone left every guest the weight of hostd's whole session (measured here: a nice-10 spinner
+ *   in its own session took 62% of a core against 36% for a nice-0 one). A kernel without
+ *   autogroups has no such file, and the write is skipped.
  */
-function spawnInScope(scope: string, binary: string, args: readonly string[], logFd: number): ReturnType<typeof spawn> {
-  const script = 'echo 0 > "$1/cgroup.procs" || { echo "forky: cannot join cgroup $1" >&2; exit 125; }; shift; exec "$@"';
-  return spawn('/bin/sh', ['-c', script, 'forky-qemu-launch', scope, binary, ...args], { stdio: ['ignore', logFd, logFd], detached: true });
+export function launchCommand(binary: string, args: readonly string[], scope: string | undefined, nice: number): [string, string[]] {
+  if (!scope && nice <= 0) return [binary, [...args]];
+  const join = scope ? 'echo 0 > "$1/cgroup.procs" || { echo "forky: cannot join cgroup $1" >&2; exit 125; }; ' : '';
+  const group = nice > 0 ? `{ echo ${nice} > /proc/self/autogroup; } 2>/dev/null; ` : '';
+  const exec = nice > 0 ? ['nice', '-n', String(nice), binary, ...args] : [binary, ...args];
+  return ['/bin/sh', ['-c', `${join}${group}shift; exec "$@"`, 'forky-qemu-launch', scope ?? '', ...exec]];
 }
 
 export function killGroup(pid: number, signal: NodeJS.Signals): void {
