@@ -122,6 +122,8 @@ describe(
           fields: { source: 'id', count: 'int', resumeParent: 'bool', until: 'enum', key: 'key' },
           required: ['source', 'count'],
         },
+        // A key no fork was made under: the valid form finds nothing to undo.
+        'fork.abandon': { body: { key: 'fuzz-no-such-fork' }, fields: { key: 'key' }, required: ['key'] },
         // The sandbox endpoints (STREAMS.md); a valid form is skipped, so nothing runs in the guest.
         'exec.start': {
           body: { id: vm.id, cmd: ['true'] },
@@ -170,7 +172,7 @@ describe(
           required: ['id', 'from', 'to'],
         },
       };
-      const { 'host.info': _info, 'snapshot.publish': _p, 'snapshot.fetch': _f, ...forwarded } = hostBases;
+      const { 'host.info': _info, 'snapshot.publish': _p, 'snapshot.fetch': _f, 'fork.abandon': _a, ...forwarded } = hostBases;
       const schedBases: Record<SchedEndpoint, Base> = {
         ...forwarded,
         hosts: { body: {}, fields: {}, required: [] },

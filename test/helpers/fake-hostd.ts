@@ -111,6 +111,12 @@ export class FakeHostd {
   async #handle(e: HostdEndpoint, req: Req): Promise<unknown> {
     this.calls.push({ endpoint: e, req });
     await this.before[e]?.(req);
+    // Like hostd: the key is forgotten (what it made is not undone here: the fake keeps no owner).
+    if (e === 'fork.abandon') {
+      const had = this.#keys.has(req.key as string);
+      this.#keys.delete(req.key as string);
+      return { found: had ? 'running' : 'none', destroyed: [] };
+    }
     let p = req.key ? this.#keys.get(req.key) : undefined;
     if (!p) {
       p = this.#do(e, req);

@@ -28,7 +28,8 @@ interface Fault {
   call: string;
   left: number;
   where: ((c: Call) => boolean) | undefined;
-  error: Error;
+  /** Undefined: a hold (the call waits for its gate, then runs). */
+  error: Error | undefined;
   gate: Promise<void> | undefined;
 }
 
@@ -55,6 +56,11 @@ export class FaultPlan {
     });
   }
 
+  /** Holds the n-th matching `call` until `gate` resolves; then it runs as usual (a step kept under way, without a sleep). */
+  hold(call: string, gate: Promise<void>, opts: Omit<FaultOptions, 'error' | 'gate'> = {}): void {
+    this.#faults.push({ call, left: opts.nth ?? 1, where: opts.where, error: undefined, gate });
+  }
+
   /** Faults armed and not yet fired: a test checks it hit the step it meant to. */
   get armed(): number {
     return this.#faults.length;
@@ -64,14 +70,15 @@ export class FaultPlan {
     this.#faults = [];
   }
 
-  /** Records `c`; if an armed fault is due, returns the call's failure (a rejected promise). */
-  check(c: Call): Promise<never> | undefined {
+  /** Records `c`; if an armed fault is due, returns the call's failure (a rejected promise) or its hold (resolves when it may run). */
+  check(c: Call): Promise<void> | undefined {
     this.calls.push(c);
     for (const f of this.#faults) {
       if (f.call !== c.call || (f.where && !f.where(c))) continue;
       if (--f.left > 0) continue;
       this.#faults = this.#faults.filter((x) => x !== f);
       const { error, gate } = f;
+      if (!error) return gate;
       return gate ? gate.then(() => Promise.reject(error)) : Promise.reject(error);
     }
     return undefined;
@@ -96,7 +103,7 @@ export function withFaults<T extends object>(name: string, inner: T, plan: Fault
       }
       return (...args: unknown[]): unknown => {
         const failure = plan.check({ call: `${name}.${prop}`, args });
-        if (failure) return failure;
+        if (failure) return failure.then(() => (value as (...a: unknown[]) => unknown).apply(target, args));
         return (value as (...a: unknown[]) => unknown).apply(target, args);
       };
     },

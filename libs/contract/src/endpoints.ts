@@ -5,6 +5,8 @@ import { BootRequest, ExecRequest, ExecResult, VmAppRequest, VmInfo, VmList, VmL
 import {
   ForkRequest,
   ForkResult,
+  ForkAbandonRequest,
+  ForkAbandonResult,
   SnapshotCreateRequest,
   SnapshotInfo,
   SnapshotDeleteRequest,
@@ -42,6 +44,8 @@ export const hostdContract = {
   /** Brings a published snapshot to this host, fetching only the parts it lacks. */
   'snapshot.fetch': { request: SnapshotRef, reply: TransferResult },
   fork: { request: ForkRequest, reply: ForkResult },
+  /** Undoes a keyed fork its caller gave up for good (the scheduler's, for a share it placed elsewhere). */
+  'fork.abandon': { request: ForkAbandonRequest, reply: ForkAbandonResult },
   ...guestContract,
 } as const satisfies Record<HostdEndpoint, { request: z.ZodType; reply: z.ZodType }>;
 
@@ -80,6 +84,8 @@ export const ENDPOINT_KINDS = {
   'snapshot.publish': 'write',
   'snapshot.fetch': 'write',
   fork: 'write',
+  // The same key again finds nothing more to undo.
+  'fork.abandon': 'write',
   batch: 'write',
   'template.create': 'write',
   // Sent once (no key): a repeat after the first removed it is NOT_FOUND, never a second removal.

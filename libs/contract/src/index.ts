@@ -60,6 +60,8 @@ export {
   perChildFitsCount,
   TransferResult,
   ForkResult,
+  ForkAbandonRequest,
+  ForkAbandonResult,
 } from './snapshot.js';
 export {
   STREAM_CHUNK_MAX,

@@ -55,6 +55,7 @@ const {
   'host.ping': _hostPing,
   'snapshot.publish': _publish,
   'snapshot.fetch': _fetch,
+  'fork.abandon': _abandon,
   ...forwarded
 } = hostdContract;
 

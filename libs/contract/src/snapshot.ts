@@ -210,3 +210,18 @@ export const ForkResult = z.strictObject({
   }),
 });
 export type ForkResult = z.infer<typeof ForkResult>;
+
+/**
+ * fork.abandon (host-only, the scheduler's): the caller of the keyed fork `key` gave it up for
+ * good (its share was placed elsewhere, or the whole fork failed), so its children are destroyed,
+ * now or when it ends, and the key is forgotten: a fork under it later runs anew.
+ */
+export const ForkAbandonRequest = z.strictObject({ key: IdempotencyKey });
+export type ForkAbandonRequest = z.infer<typeof ForkAbandonRequest>;
+export const ForkAbandonResult = z.strictObject({
+  /** `running`: its children go when it ends; `done`: they are gone; `none`: no fork under that key here. */
+  found: z.enum(['running', 'done', 'none']),
+  /** The children destroyed (for `done`). */
+  destroyed: z.array(VmId),
+});
+export type ForkAbandonResult = z.infer<typeof ForkAbandonResult>;

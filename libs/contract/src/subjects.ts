@@ -29,13 +29,14 @@ export const HOSTD_ENDPOINTS = [
   'snapshot.publish',
   'snapshot.fetch',
   'fork',
+  'fork.abandon',
   // The sandbox endpoints (STREAMS.md), routed by VM id like the VM requests.
   ...GUEST_ENDPOINTS,
 ] as const;
 export type HostdEndpoint = (typeof HOSTD_ENDPOINTS)[number];
 
 /** hostd endpoints the scheduler does not offer as such: it moves snapshots itself when placing. */
-const HOST_ONLY = ['host.info', 'host.ping', 'snapshot.publish', 'snapshot.fetch'] as const;
+const HOST_ONLY = ['host.info', 'host.ping', 'snapshot.publish', 'snapshot.fetch', 'fork.abandon'] as const;
 type HostOnly = (typeof HOST_ONLY)[number];
 
 /** The scheduler's endpoints: every hostd endpoint but the host-only ones (placed or forwarded), plus its own. */

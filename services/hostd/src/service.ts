@@ -41,6 +41,7 @@ export function hostdHandlers(engine: HostEngine, guest: GuestHandlers, instance
     'snapshot.publish': (r) => engine.publish(r.id),
     'snapshot.fetch': (r) => engine.fetch(r.id),
     fork: (r) => engine.fork(r),
+    'fork.abandon': (r) => engine.abandonFork(r.key),
   };
 }
 

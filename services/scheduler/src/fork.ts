@@ -1,5 +1,6 @@
 import { createHash } from 'node:crypto';
 import { ForkyError, asForkyError } from '@forky/base';
+import { outsideCaller } from '@forky/bus';
 import type { BatchRequest, BatchResult, ForkResult, SchedForkRequest, TransferResult } from '@forky/contract';
 import type { SchedContext } from './context.js';
 import { sourceKind } from './directory-reads.js';
@@ -21,7 +22,7 @@ export async function fork(ctx: SchedContext, req: Omit<SchedForkRequest, 'key'>
   const plan = placeChildren(ctx.hosts.statuses(), home, req.count, ctx.childCostMiB, req);
   const apps = req.apps ? { apps: req.apps } : {};
   if (plan.size === 1 && plan.has(home)) {
-    return ctx.hosts.onHost(home, (c) =>
+    const alone = ctx.hosts.onHost(home, (c) =>
       c.call('fork', {
         source: req.source,
         count: req.count,
@@ -33,6 +34,11 @@ export async function fork(ctx: SchedContext, req: Omit<SchedForkRequest, 'key'>
         key,
       }),
     );
+    // Given up for good with its outcome unknown: what the host still makes of it is undone there.
+    return alone.catch((e: unknown) => {
+      if ((last || !triedAgain(asForkyError(e))) && mayHaveStarted(e)) abandonShare(ctx, home, key);
+      throw e;
+    });
   }
   const snapshot =
     kind === 'vm'
@@ -46,6 +52,7 @@ export async function fork(ctx: SchedContext, req: Omit<SchedForkRequest, 'key'>
   const published = ctx.hosts.onHost(home, (c) => c.call('snapshot.publish', { id: snapshot.id }));
   published.catch(() => undefined);
   const transfers: TransferResult[] = [];
+  const shareKey = (host: string, first: number, count: number): string => subKey(key, `${host}/${first}/${count}`);
   const forkOn = (host: string, count: number, attempt: number, first: number): Promise<ForkResult> =>
     ctx.hosts.onHost(host, async (c) => {
       if (host !== home) {
@@ -64,10 +71,11 @@ export async function fork(ctx: SchedContext, req: Omit<SchedForkRequest, 'key'>
         ...own,
         ...lifetimeOf(req),
         // The share's own key on that host: tried there again, it is replayed, never made twice.
-        key: subKey(key, `${host}/${first}/${count}`),
+        key: shareKey(host, first, count),
       });
     });
-  const results = await forkShares(ctx, home, plan, forkOn, last);
+  const abandon = (host: string, first: number, count: number): void => abandonShare(ctx, host, shareKey(host, first, count));
+  const results = await forkShares(ctx, home, plan, forkOn, abandon, last);
   const pub = await published.catch(() => undefined);
   return {
     snapshot,
@@ -106,20 +114,51 @@ async function forkShares(
   home: string,
   plan: Map<string, number>,
   forkOn: (host: string, count: number, attempt: number, first: number) => Promise<ForkResult>,
+  abandon: (host: string, first: number, count: number) => void,
   last: boolean,
 ): Promise<ForkResult[]> {
   const results: Array<[number, ForkResult]> = [];
+  const unknown = new Map<string, Share>();
   try {
-    return await forkEach(ctx, home, plan, forkOn, results);
+    return await forkEach(ctx, home, plan, forkOn, abandon, results, unknown);
   } catch (e) {
-    // All or nothing: the shares made go with a fork failed for good (their children must not run on as its).
-    if (last || !triedAgain(asForkyError(e)))
+    // All or nothing: the shares made go with a fork failed for good (their children must not run on as its),
+    // and so do those whose outcome is unknown, once their hosts end them.
+    if (last || !triedAgain(asForkyError(e))) {
+      for (const [h, n, f] of unknown.values()) abandon(h, f, n);
       await undoShares(
         ctx,
         results.map(([, r]) => r),
       );
+    }
     throw e;
   }
+}
+
+/** A host's share of a fork: [host, count, index of its first child]. */
+type Share = [string, number, number];
+const shareId = ([h, n, f]: Share): string => `${h}/${f}/${n}`;
+
+/**
+ * Whether a failed call may still be going on at its host: it timed out, or was given up on
+ * liveness (a host too busy to answer can still be making the children). A host's own refusal
+ * (any other code) left nothing behind: its steps roll back.
+ */
+function mayHaveStarted(e: unknown): boolean {
+  const code = asForkyError(e).code;
+  return code === 'TIMEOUT' || code === 'UNAVAILABLE';
+}
+
+/** How long the scheduler waits to hear that a share it gave up was undone (a host busy for minutes still reads it). */
+const ABANDON_TIMEOUT_MS = 300_000;
+
+/** Tells a host that the keyed fork share `key` is given up for good (fork.abandon); not awaited, logged. */
+function abandonShare(ctx: SchedContext, host: string, key: string): void {
+  const asked = outsideCaller(() => ctx.hosts.client(host).call('fork.abandon', { key }, { timeoutMs: ABANDON_TIMEOUT_MS }));
+  asked.then(
+    (r) => r.found !== 'none' && ctx.log.info({ host, key, ...r }, 'a fork share given up: undone on its host'),
+    (err: unknown) => ctx.log.warn({ err, host, key }, 'a fork share given up could not be undone: its children may run on'),
+  );
 }
 
 async function forkEach(
@@ -127,22 +166,28 @@ async function forkEach(
   home: string,
   plan: Map<string, number>,
   forkOn: (host: string, count: number, attempt: number, first: number) => Promise<ForkResult>,
+  abandon: (host: string, first: number, count: number) => void,
   results: Array<[number, ForkResult]>,
+  /** Shares failed in a way that may still be going on at their hosts (mayHaveStarted), by shareId. */
+  unknown: Map<string, Share>,
 ): Promise<ForkResult[]> {
-  // Each share is [host, count, index of its first child]: a child's perChild entry follows it to any host.
+  // A child's perChild entry follows it to any host.
   let next = 0;
-  let pending = [...plan.entries()].map(([h, n]): [string, number, number] => [h, n, (next += n) - n]);
+  let pending = [...plan.entries()].map(([h, n]): Share => [h, n, (next += n) - n]);
   for (let attempt = 0; pending.length > 0; attempt++) {
     const settled = await Promise.allSettled(pending.map(([h, n, f]) => forkOn(h, n, attempt, f)));
-    const failed: Array<[string, number, number]> = [];
+    const failed: Share[] = [];
     const reasons: unknown[] = [];
     settled.forEach((r, i) => {
-      const [h, n, f] = pending[i] as [string, number, number];
+      const share = pending[i] as Share;
+      const [h, , f] = share;
+      unknown.delete(shareId(share));
       if (r.status === 'fulfilled') results.push([f, r.value]);
       else {
         ctx.log.warn({ host: h, err: r.reason }, 'a host failed its share of a fork');
-        failed.push([h, n, f]);
+        failed.push(share);
         reasons.push(r.reason);
+        if (mayHaveStarted(r.reason)) unknown.set(shareId(share), share);
       }
     });
     if (failed.length === 0) break;
@@ -155,13 +200,15 @@ async function forkEach(
     const alive = new Set(live.map((h) => h.id));
     const down = new Set(failed.map(([h]) => h));
     const rest = live.filter((h) => !down.has(h.id));
-    const again: Array<[string, number, number]> = [];
+    const again: Share[] = [];
     for (const [i, [h, n, f]] of failed.entries()) {
       // Timed out on a host still up: it may have made them; asked again there under the same key, it replays.
       if (asForkyError(reasons[i]).code === 'TIMEOUT' && alive.has(h)) {
         again.push([h, n, f]);
         continue;
       }
+      // Placed elsewhere: what its first host may still make of it is not this fork's.
+      if (unknown.delete(shareId([h, n, f]))) abandon(h, f, n);
       let at = f;
       for (const [to, m] of placeChildren(rest, home, n, ctx.childCostMiB, { spread: true })) {
         again.push([to, m, at]);

@@ -4,6 +4,7 @@ import type {
   ExecResult,
   ForkRequest,
   ForkResult,
+  ForkAbandonResult,
   HostInfo,
   SnapshotCreateRequest,
   SnapshotDeleteResult,
@@ -32,6 +33,7 @@ import { SelfForks } from './ops/self-fork.js';
 import { shareOwn } from './self-fork-tree.js';
 import { withSelfForkEvents } from './self-fork-lines.js';
 import { hostInfo } from './ops/info.js';
+import { abandonFork } from './ops/abandon.js';
 import { destroyIfDue, destroyVm, extend, lifetimeDue, pause, resume, touch, wake, work } from './ops/lifecycle.js';
 import { setNetwork, withRefused } from './ops/network.js';
 import { recover } from './ops/recover.js';
@@ -222,6 +224,11 @@ export class HostEngine {
 
   fork(req: ForkRequest): Promise<ForkResult> {
     return this.#requests.once(req.key, 'fork', () => this.#changes(() => fork(this.#host, req, shareOwn(req.perChild))));
+  }
+
+  /** The caller of the keyed fork `key` gave it up for good: its children go (ops/abandon.ts). */
+  abandonFork(key: string): Promise<ForkAbandonResult> {
+    return abandonFork(this.#requests, key, (id) => this.destroy(id), this.#host.log);
   }
 
   /** Destroys every VM and snapshot (for `forky down` and tests). */

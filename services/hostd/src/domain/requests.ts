@@ -20,6 +20,10 @@ export const EXEC_MEMORY = {
 interface Entry {
   op: string;
   result: Promise<unknown>;
+  /** Set once `result` is fulfilled (a failed one is forgotten). */
+  done: boolean;
+  /** Its caller gave it up for good (abandon): its outcome is not saved, and is undone. */
+  abandoned: boolean;
 }
 
 interface ExecEntry {
@@ -55,20 +59,50 @@ export class Requests {
     if (conflict) return Promise.reject(conflict);
     const seen = this.#byKey.get(key);
     if (seen) return seen.result as Promise<T>;
-    const result = fn().then(async (value) => {
+    const entry: Entry = { op, result: Promise.resolve(), done: false, abandoned: false };
+    entry.result = fn().then(async (value) => {
       // On disk too: after a restart, a retry gets this reply instead of a second set of VMs.
-      await this.records.saveRequest(key, op, value);
+      if (!entry.abandoned) await this.records.saveRequest(key, op, value);
+      entry.done = true;
       return value;
     });
     // A failed request may be retried under the same key.
-    result.catch(() => this.#byKey.delete(key));
-    this.#remember(key, op, result);
-    return result;
+    entry.result.catch(() => this.#byKey.get(key) === entry && this.#byKey.delete(key));
+    this.#remember(key, entry);
+    return entry.result as Promise<T>;
+  }
+
+  /**
+   * The caller of the keyed `op` under `key` gave it up for good: `undo` gets its outcome, now if
+   * it is done, or once it ends (not awaited: a fork may take minutes), and the key is forgotten
+   * at once, on disk too, so that a request under it later runs anew instead of being handed
+   * what was undone. Nothing under the key: `none`, and nothing is kept of the call.
+   */
+  async abandon(key: string, op: string, undo: (outcome: unknown) => Promise<void>): Promise<'running' | 'done' | 'none'> {
+    const conflict = this.#otherOp(key, op);
+    if (conflict) throw conflict;
+    const entry = this.#byKey.get(key);
+    if (!entry) return 'none';
+    entry.abandoned = true;
+    this.#byKey.delete(key);
+    const was = entry.done ? 'done' : 'running';
+    // Saved before it was abandoned (or restored from disk): forgotten there too.
+    const forgotten = entry.result.then(
+      () => this.records.forgetRequest(key),
+      () => undefined,
+    );
+    const undone = entry.result.then(undo, () => undefined);
+    if (was === 'running') {
+      void Promise.all([forgotten, undone]).catch((err: unknown) => this.log.warn({ err, key }, 'undoing an abandoned request failed'));
+      return was;
+    }
+    await Promise.all([forgotten, undone]);
+    return was;
   }
 
   /** Finished requests found on disk by a restarted hostd. */
   restore(requests: Iterable<{ key: string; op: string; result: unknown }>): void {
-    for (const q of requests) this.#remember(q.key, q.op, Promise.resolve(q.result));
+    for (const q of requests) this.#remember(q.key, { op: q.op, result: Promise.resolve(q.result), done: true, abandoned: false });
   }
 
   /**
@@ -122,8 +156,8 @@ export class Requests {
       : undefined;
   }
 
-  #remember(key: string, op: string, result: Promise<unknown>): void {
-    this.#byKey.set(key, { op, result });
+  #remember(key: string, entry: Entry): void {
+    this.#byKey.set(key, entry);
     if (this.#byKey.size <= MAX_KEYS) return;
     const oldest = this.#byKey.keys().next().value as string;
     this.#byKey.delete(oldest);
