@@ -62,7 +62,11 @@ export class Requests {
     const entry: Entry = { op, result: Promise.resolve(), done: false, abandoned: false };
     entry.result = fn().then(async (value) => {
       // On disk too: after a restart, a retry gets this reply instead of a second set of VMs.
-      if (!entry.abandoned) await this.records.saveRequest(key, op, value);
+      if (!entry.abandoned) {
+        await this.records.saveRequest(key, op, value);
+        // Abandoned while it was being saved: what was written goes too.
+        if (entry.abandoned) await this.records.forgetRequest(key);
+      }
       entry.done = true;
       return value;
     });
@@ -85,19 +89,15 @@ export class Requests {
     if (!entry) return 'none';
     entry.abandoned = true;
     this.#byKey.delete(key);
-    const was = entry.done ? 'done' : 'running';
-    // Saved before it was abandoned (or restored from disk): forgotten there too.
-    const forgotten = entry.result.then(
-      () => this.records.forgetRequest(key),
-      () => undefined,
-    );
     const undone = entry.result.then(undo, () => undefined);
-    if (was === 'running') {
-      void Promise.all([forgotten, undone]).catch((err: unknown) => this.log.warn({ err, key }, 'undoing an abandoned request failed'));
-      return was;
+    if (!entry.done) {
+      // Not saved once abandoned: nothing on disk to forget (a new request under the key may own it by then).
+      void undone.catch((err: unknown) => this.log.warn({ err, key }, 'undoing an abandoned request failed'));
+      return 'running';
     }
-    await Promise.all([forgotten, undone]);
-    return was;
+    // Saved before it was abandoned (or restored from disk): forgotten there too.
+    await Promise.all([this.records.forgetRequest(key), undone]);
+    return 'done';
   }
 
   /** Finished requests found on disk by a restarted hostd. */
