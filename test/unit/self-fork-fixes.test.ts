@@ -41,6 +41,12 @@ describe('self-fork: request ids (a reply is told to the request it answers)', (
     const [w, waitId] = req({ op: 'wait', timeoutMs: 1000 });
     const waited = h.runtime.guestSends(root.id, w);
     const before = replies(h, root.id).length;
+    // Restarted once the wait is on disk as in flight (a restart before that write finds the fork's id
+    // there, whose reply was sent: the guest, matching ids, ignores that line, and its wait times out).
+    const onDisk = async (): Promise<string | undefined> =>
+      (JSON.parse(await fs.readFile(path.join(h.dataDir, 'vms', root.id, 'vm.json'), 'utf8')) as { selfFork?: { inFlight?: string } })
+        .selfFork?.inFlight;
+    await pollUntil(async () => ((await onDisk()) === waitId ? true : undefined), { timeoutMs: 2000, what: 'the wait saved as in flight' });
     const h2 = await h.restart();
     t.after(() => h2.close());
     assert.deepEqual(replies(h2, root.id).slice(before), [

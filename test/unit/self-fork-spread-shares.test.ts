@@ -25,6 +25,7 @@ function cluster(hosts: string[], fail: (host: string, n: number) => ForkyError 
     if (endpoint === 'snapshot.publish' || endpoint === 'snapshot.fetch')
       return { id: SNAP, host, parts: 1, moved: 0, bytes: 0, nominalBytes: 0, ms: 1 };
     if (endpoint === 'vm.destroy') return {};
+    if (endpoint === 'fork.abandon') return { found: 'none', destroyed: [] };
     const r = req as unknown as ForkRequest;
     const err = fail(host, calls.filter((c) => c.host === host && c.endpoint === 'fork').length);
     if (err) throw err;
@@ -37,6 +38,7 @@ function cluster(hosts: string[], fail: (host: string, n: number) => ForkyError 
       statuses: () => statuses,
       onHost: (host: string, fn: (c: unknown) => Promise<unknown>) =>
         fn({ call: (e: string, q: Record<string, unknown>) => call(host, e, q) }),
+      client: (host: string) => ({ call: (e: string, q: Record<string, unknown>) => call(host, e, q) }),
     },
     childCostMiB: 1,
     log: silentLogger(),
@@ -59,6 +61,12 @@ describe('self-fork spread shares (review R3 item 8)', () => {
     assert.deepEqual(
       c.calls.filter((x) => x.endpoint === 'vm.destroy').map((x) => [x.host, x.id]),
       [['sb', `vm-${made[0]!.key!.slice(1, 10).toLowerCase()}0`]],
+    );
+    // The home's share failed UNAVAILABLE: it may still be made there, so it is abandoned under its key.
+    const home = c.calls.find((x) => x.host === 'sa' && x.endpoint === 'fork');
+    assert.deepEqual(
+      c.calls.filter((x) => x.endpoint === 'fork.abandon').map((x) => [x.host, x.key]),
+      [['sa', home!.key]],
     );
   });
 
@@ -83,6 +91,7 @@ describe('self-fork spread shares (review R3 item 8)', () => {
     const c = cluster(['sa', 'sb'], (h) => (h === 'sa' && first ? new ForkyError('UNAVAILABLE', 'home fails its share') : undefined));
     await assert.rejects(c.fork(4, false), (e: ForkyError) => e.code === 'UNAVAILABLE');
     assert.equal(c.calls.filter((x) => x.endpoint === 'vm.destroy').length, 0, 'kept for the retry');
+    assert.equal(c.calls.filter((x) => x.endpoint === 'fork.abandon').length, 0, 'none abandoned: the retry asks under the same keys');
     first = false;
     // The job's next delivery, same key: sb's share is replayed (same children), sa makes its own.
     const r = await c.fork(4, false);
@@ -98,6 +107,7 @@ describe('self-fork spread shares (review R3 item 8)', () => {
       c.calls.filter((x) => x.endpoint === 'vm.destroy').map((x) => x.host),
       ['sb'],
     );
+    assert.equal(c.calls.filter((x) => x.endpoint === 'fork.abandon').length, 0, "a host's own refusal left nothing to abandon");
     // A timeout that is the request's own fault (`final`): the job does not try it again either.
     const own = new ForkyError('TIMEOUT', 'never ready', { details: { final: true } });
     const final = cluster(['sa', 'sb'], (h) => (h === 'sa' ? own : undefined));
