@@ -32,6 +32,23 @@ describe('QEMU launch: niceness that holds in its own session', () => {
     },
   );
 
+  it(
+    'not root, 6 at once: each still gets its autogroup nice (without CAP_SYS_ADMIN the kernel takes one write per 100 ms)',
+    {
+      skip: existsSync('/proc/self/autogroup') && process.getuid?.() === 0 ? false : 'needs autogroups, and root to drop to nobody',
+    },
+    async () => {
+      const [cmd, argv] = launchCommand('/bin/sh', probe, undefined, 7);
+      const runs = await Promise.all(
+        Array.from({ length: 6 }, () => run(['setpriv', ['--reuid=65534', '--regid=65534', '--clear-groups', cmd, ...argv]])),
+      );
+      for (const { out, code } of runs) {
+        assert.equal(code, 0);
+        assert.match(out.split('\n')[0] ?? '', /nice 7$/, out);
+      }
+    },
+  );
+
   it('nice 0 and no scope: the binary itself, no shell between', () => {
     assert.deepEqual(launchCommand('/usr/bin/qemu', ['-a', 'b c'], undefined, 0), ['/usr/bin/qemu', ['-a', 'b c']]);
   });

@@ -16,12 +16,20 @@ const snapshot = (host: string): SnapshotInfo => fakeSnapshot(SNAP, host, 'vm-sh
 
 type Call = { host: string; endpoint: string; key?: string; id?: string };
 /** A scheduler context over fake hosts; `fail(host, n)` says how the n-th fork call of a host fails, if it does. */
-function cluster(hosts: string[], fail: (host: string, n: number) => ForkyError | undefined) {
+function cluster(
+  hosts: string[],
+  fail: (host: string, n: number) => ForkyError | undefined,
+  /** How the n-th snapshot.fetch of a host fails, if it does. */
+  failFetch: (host: string, n: number) => ForkyError | undefined = () => undefined,
+) {
   const calls: Call[] = [];
   const statuses = hosts.map((h) => hostStatus(beat(h), Date.now())!);
   const call = async (host: string, endpoint: string, req: Record<string, unknown>): Promise<unknown> => {
     calls.push({ host, endpoint, ...(req.key ? { key: req.key as string } : {}), ...(req.id ? { id: req.id as string } : {}) });
     if (endpoint === 'snapshot.show') return snapshot(host);
+    const fetchErr =
+      endpoint === 'snapshot.fetch' && failFetch(host, calls.filter((c) => c.host === host && c.endpoint === endpoint).length);
+    if (fetchErr) throw fetchErr;
     if (endpoint === 'snapshot.publish' || endpoint === 'snapshot.fetch')
       return { id: SNAP, host, parts: 1, moved: 0, bytes: 0, nominalBytes: 0, ms: 1 };
     if (endpoint === 'vm.destroy') return {};
@@ -62,11 +70,19 @@ describe('self-fork spread shares (review R3 item 8)', () => {
       c.calls.filter((x) => x.endpoint === 'vm.destroy').map((x) => [x.host, x.id]),
       [['sb', `vm-${made[0]!.key!.slice(1, 10).toLowerCase()}0`]],
     );
-    // The home's share failed UNAVAILABLE: it may still be made there, so it is abandoned under its key.
+    // The home's share failed UNAVAILABLE: it may still be made there, so it is abandoned under its
+    // key; sb's, made, is abandoned too (its host forgets the key: a later fork under it is not
+    // handed dead children), and destroyed by id where the abandon did not (this fake's says none).
     const home = c.calls.find((x) => x.host === 'sa' && x.endpoint === 'fork');
     assert.deepEqual(
-      c.calls.filter((x) => x.endpoint === 'fork.abandon').map((x) => [x.host, x.key]),
-      [['sa', home!.key]],
+      c.calls
+        .filter((x) => x.endpoint === 'fork.abandon')
+        .map((x) => [x.host, x.key])
+        .sort(),
+      [
+        ['sa', home!.key],
+        ['sb', made[0]!.key],
+      ],
     );
   });
 
@@ -84,6 +100,26 @@ describe('self-fork spread shares (review R3 item 8)', () => {
       'the others got their own share only',
     );
     assert.equal(c.calls.filter((x) => x.endpoint === 'vm.destroy').length, 0);
+  });
+
+  it('a share timed out, whose re-ask fails before its fork is sent, is abandoned where it timed out once placed elsewhere', async () => {
+    const c = cluster(
+      ['sa', 'sb', 'sc'],
+      (h, n) => (h === 'sb' && n === 1 ? new ForkyError('TIMEOUT', 'no reply in time') : undefined),
+      (h, n) => (h === 'sb' && n === 2 ? new ForkyError('INTERNAL', 'the fetch failed') : undefined),
+    );
+    const r = await c.fork(3);
+    assert.equal(r.children.length, 3);
+    assert.equal(
+      r.children.some((x) => x.host === 'sb'),
+      false,
+    );
+    // The first fork there may still finish: its key is abandoned there (once), not forgotten with the failed re-ask.
+    const first = c.calls.find((x) => x.host === 'sb' && x.endpoint === 'fork');
+    assert.deepEqual(
+      c.calls.filter((x) => x.endpoint === 'fork.abandon').map((x) => [x.host, x.key]),
+      [['sb', first!.key]],
+    );
   });
 
   it('R1 #1: a fork tried again (transient, not the last delivery) keeps its shares; the retry gets them alive, once', async () => {
@@ -107,7 +143,12 @@ describe('self-fork spread shares (review R3 item 8)', () => {
       c.calls.filter((x) => x.endpoint === 'vm.destroy').map((x) => x.host),
       ['sb'],
     );
-    assert.equal(c.calls.filter((x) => x.endpoint === 'fork.abandon').length, 0, "a host's own refusal left nothing to abandon");
+    const made = c.calls.find((x) => x.host === 'sb' && x.endpoint === 'fork');
+    assert.deepEqual(
+      c.calls.filter((x) => x.endpoint === 'fork.abandon').map((x) => [x.host, x.key]),
+      [['sb', made!.key]],
+      "only the share made: a host's own refusal left nothing to abandon",
+    );
     // A timeout that is the request's own fault (`final`): the job does not try it again either.
     const own = new ForkyError('TIMEOUT', 'never ready', { details: { final: true } });
     const final = cluster(['sa', 'sb'], (h) => (h === 'sa' ? own : undefined));

@@ -74,8 +74,7 @@ export async function fork(ctx: SchedContext, req: Omit<SchedForkRequest, 'key'>
         key: shareKey(host, first, count),
       });
     });
-  const abandon = (host: string, first: number, count: number): void => abandonShare(ctx, host, shareKey(host, first, count));
-  const results = await forkShares(ctx, home, plan, forkOn, abandon, last);
+  const results = await forkShares(ctx, home, plan, forkOn, ([h, n, f]) => shareKey(h, f, n), last);
   const pub = await published.catch(() => undefined);
   return {
     snapshot,
@@ -114,22 +113,19 @@ async function forkShares(
   home: string,
   plan: Map<string, number>,
   forkOn: (host: string, count: number, attempt: number, first: number) => Promise<ForkResult>,
-  abandon: (host: string, first: number, count: number) => void,
+  keyOf: (s: Share) => string,
   last: boolean,
 ): Promise<ForkResult[]> {
-  const results: Array<[number, ForkResult]> = [];
+  const results: Array<[Share, ForkResult]> = [];
   const unknown = new Map<string, Share>();
   try {
-    return await forkEach(ctx, home, plan, forkOn, abandon, results, unknown);
+    return await forkEach(ctx, home, plan, forkOn, keyOf, results, unknown);
   } catch (e) {
     // All or nothing: the shares made go with a fork failed for good (their children must not run on as its),
     // and so do those whose outcome is unknown, once their hosts end them.
     if (last || !triedAgain(asForkyError(e))) {
-      for (const [h, n, f] of unknown.values()) abandon(h, f, n);
-      await undoShares(
-        ctx,
-        results.map(([, r]) => r),
-      );
+      for (const s of unknown.values()) abandonShare(ctx, s[0], keyOf(s));
+      await undoShares(ctx, results, keyOf);
     }
     throw e;
   }
@@ -154,11 +150,16 @@ const ABANDON_TIMEOUT_MS = 300_000;
 
 /** Tells a host that the keyed fork share `key` is given up for good (fork.abandon); not awaited, logged. */
 function abandonShare(ctx: SchedContext, host: string, key: string): void {
-  const asked = outsideCaller(() => ctx.hosts.client(host).call('fork.abandon', { key }, { timeoutMs: ABANDON_TIMEOUT_MS }));
-  asked.then(
-    (r) => r.found !== 'none' && ctx.log.info({ host, key, ...r }, 'a fork share given up: undone on its host'),
-    (err: unknown) => ctx.log.warn({ err, host, key }, 'a fork share given up could not be undone: its children may run on'),
-  );
+  const gaveUp = (err: unknown): void =>
+    void ctx.log.warn({ err, host, key }, 'a fork share given up could not be undone: its children may run on');
+  try {
+    outsideCaller(() => ctx.hosts.client(host).call('fork.abandon', { key }, { timeoutMs: ABANDON_TIMEOUT_MS })).then(
+      (r) => ctx.log.info({ host, key, ...r }, 'a fork share given up: told its host'),
+      gaveUp,
+    );
+  } catch (err) {
+    gaveUp(err);
+  }
 }
 
 async function forkEach(
@@ -166,8 +167,8 @@ async function forkEach(
   home: string,
   plan: Map<string, number>,
   forkOn: (host: string, count: number, attempt: number, first: number) => Promise<ForkResult>,
-  abandon: (host: string, first: number, count: number) => void,
-  results: Array<[number, ForkResult]>,
+  keyOf: (s: Share) => string,
+  results: Array<[Share, ForkResult]>,
   /** Shares failed in a way that may still be going on at their hosts (mayHaveStarted), by shareId. */
   unknown: Map<string, Share>,
 ): Promise<ForkResult[]> {
@@ -180,10 +181,12 @@ async function forkEach(
     const reasons: unknown[] = [];
     settled.forEach((r, i) => {
       const share = pending[i] as Share;
-      const [h, , f] = share;
-      unknown.delete(shareId(share));
-      if (r.status === 'fulfilled') results.push([f, r.value]);
-      else {
+      const [h] = share;
+      // Only its answer settles a share: a re-ask refused before its fork was sent (a failed fetch) leaves the first run unknown.
+      if (r.status === 'fulfilled') {
+        unknown.delete(shareId(share));
+        results.push([share, r.value]);
+      } else {
         ctx.log.warn({ host: h, err: r.reason }, 'a host failed its share of a fork');
         failed.push(share);
         reasons.push(r.reason);
@@ -208,7 +211,7 @@ async function forkEach(
         continue;
       }
       // Placed elsewhere: what its first host may still make of it is not this fork's.
-      if (unknown.delete(shareId([h, n, f]))) abandon(h, f, n);
+      if (unknown.delete(shareId([h, n, f]))) abandonShare(ctx, h, keyOf([h, n, f]));
       let at = f;
       for (const [to, m] of placeChildren(rest, home, n, ctx.childCostMiB, { spread: true })) {
         again.push([to, m, at]);
@@ -218,19 +221,39 @@ async function forkEach(
     pending = again;
   }
   // In child order, so that children[i] is the one given perChild[i].
-  return results.sort((a, b) => a[0] - b[0]).map(([, r]) => r);
+  return results.sort((a, b) => a[0][2] - b[0][2]).map(([, r]) => r);
 }
 
-/** Destroys the children of the shares made (best effort: one that fails is logged, the fork's error stands). */
-async function undoShares(ctx: SchedContext, made: readonly ForkResult[]): Promise<void> {
-  const children = made.flatMap((r) => r.children);
+/**
+ * Undoes the shares made (best effort: one that fails is logged, the fork's error stands): each
+ * is abandoned under its key, so its host destroys its children and forgets the key (a destroy
+ * alone left the key, and a later fork under it was handed the dead children back). A child the
+ * abandon did not destroy (a hostd that no longer knew the key) is destroyed by id.
+ */
+async function undoShares(ctx: SchedContext, made: ReadonlyArray<[Share, ForkResult]>, keyOf: (s: Share) => string): Promise<void> {
+  const children = made.flatMap(([, r]) => r.children);
   if (children.length > 0) ctx.log.warn({ children: children.map((c) => c.id) }, 'a fork failed: destroying the children it made');
+  const lost = (err: unknown, vm: string, host: string): void =>
+    ctx.log.error({ err, vm, host }, 'a child of a failed fork was not destroyed');
   await Promise.all(
-    children.map((c) =>
-      ctx.hosts
-        .onHost(c.host, (h) => h.call('vm.destroy', { id: c.id }))
-        .catch((err: unknown) => ctx.log.error({ err, vm: c.id, host: c.host }, 'a child of a failed fork was not destroyed')),
-    ),
+    made.map(async ([s, r]) => {
+      const host = s[0];
+      const gone = await ctx.hosts
+        .onHost(host, (h) => h.call('fork.abandon', { key: keyOf(s) }))
+        .then(
+          (a) => new Set(a.destroyed),
+          () => new Set<string>(),
+        );
+      await Promise.all(
+        r.children
+          .filter((c) => !gone.has(c.id))
+          .map((c) =>
+            ctx.hosts
+              .onHost(host, (h) => h.call('vm.destroy', { id: c.id }))
+              .catch((err: unknown) => asForkyError(err).code !== 'NOT_FOUND' && lost(err, c.id, host)),
+          ),
+      );
+    }),
   );
 }
 

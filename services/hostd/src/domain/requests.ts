@@ -19,6 +19,8 @@ export const EXEC_MEMORY = {
 
 interface Entry {
   op: string;
+  /** What the request made (before its outcome is saved: an abandon undoes it even if the save fails). */
+  made: Promise<unknown>;
   result: Promise<unknown>;
   /** Set once `result` is fulfilled (a failed one is forgotten). */
   done: boolean;
@@ -59,8 +61,9 @@ export class Requests {
     if (conflict) return Promise.reject(conflict);
     const seen = this.#byKey.get(key);
     if (seen) return seen.result as Promise<T>;
-    const entry: Entry = { op, result: Promise.resolve(), done: false, abandoned: false };
-    entry.result = fn().then(async (value) => {
+    const made = fn();
+    const entry: Entry = { op, made, result: made, done: false, abandoned: false };
+    entry.result = made.then(async (value) => {
       // On disk too: after a restart, a retry gets this reply instead of a second set of VMs.
       if (!entry.abandoned) {
         await this.records.saveRequest(key, op, value);
@@ -89,7 +92,7 @@ export class Requests {
     if (!entry) return 'none';
     entry.abandoned = true;
     this.#byKey.delete(key);
-    const undone = entry.result.then(undo, () => undefined);
+    const undone = entry.made.then(undo, () => undefined);
     if (!entry.done) {
       // Not saved once abandoned: nothing on disk to forget (a new request under the key may own it by then).
       void undone.catch((err: unknown) => this.log.warn({ err, key }, 'undoing an abandoned request failed'));
@@ -102,7 +105,10 @@ export class Requests {
 
   /** Finished requests found on disk by a restarted hostd. */
   restore(requests: Iterable<{ key: string; op: string; result: unknown }>): void {
-    for (const q of requests) this.#remember(q.key, { op: q.op, result: Promise.resolve(q.result), done: true, abandoned: false });
+    for (const q of requests) {
+      const result = Promise.resolve(q.result);
+      this.#remember(q.key, { op: q.op, made: result, result, done: true, abandoned: false });
+    }
   }
 
   /**

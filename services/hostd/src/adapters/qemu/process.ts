@@ -87,7 +87,14 @@ export async function launchQemu(
 export function launchCommand(binary: string, args: readonly string[], scope: string | undefined, nice: number): [string, string[]] {
   if (!scope && nice <= 0) return [binary, [...args]];
   const join = scope ? 'echo 0 > "$1/cgroup.procs" || { echo "forky: cannot join cgroup $1" >&2; exit 125; }; ' : '';
-  const group = nice > 0 ? `{ echo ${nice} > /proc/self/autogroup; } 2>/dev/null; ` : '';
+  // Without CAP_SYS_ADMIN the kernel takes one such write per 100 ms (EAGAIN): tried for 1 s, then said in qemu.log.
+  const group =
+    nice > 0
+      ? `g=0; until { echo ${nice} > /proc/self/autogroup; } 2>/dev/null; do g=$((g+1)); ` +
+        'if [ $g -ge 10 ] || [ ! -e /proc/self/autogroup ]; then ' +
+        '[ -e /proc/self/autogroup ] && echo "forky: the autogroup nice was not set; guests compete with hostd as equals" >&2; break; fi; ' +
+        'sleep 0.1; done; '
+      : '';
   const exec = nice > 0 ? ['nice', '-n', String(nice), binary, ...args] : [binary, ...args];
   return ['/bin/sh', ['-c', `${join}${group}shift; exec "$@"`, 'forky-qemu-launch', scope ?? '', ...exec]];
 }
