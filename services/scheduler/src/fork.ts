@@ -52,7 +52,7 @@ export async function fork(ctx: SchedContext, req: Omit<SchedForkRequest, 'key'>
   const published = ctx.hosts.onHost(home, (c) => c.call('snapshot.publish', { id: snapshot.id }));
   published.catch(() => undefined);
   const transfers: TransferResult[] = [];
-  const shareKey = (host: string, first: number, count: number): string => subKey(key, `${host}/${first}/${count}`);
+  const keyOf = ([host, count, first]: Share): string => subKey(key, `${host}/${first}/${count}`);
   const forkOn = (host: string, count: number, attempt: number, first: number): Promise<ForkResult> =>
     ctx.hosts.onHost(host, async (c) => {
       if (host !== home) {
@@ -71,10 +71,10 @@ export async function fork(ctx: SchedContext, req: Omit<SchedForkRequest, 'key'>
         ...own,
         ...lifetimeOf(req),
         // The share's own key on that host: tried there again, it is replayed, never made twice.
-        key: shareKey(host, first, count),
+        key: keyOf([host, count, first]),
       });
     });
-  const results = await forkShares(ctx, home, plan, forkOn, ([h, n, f]) => shareKey(h, f, n), last);
+  const results = await forkShares(ctx, home, plan, forkOn, keyOf, last);
   const pub = await published.catch(() => undefined);
   return {
     snapshot,
@@ -133,7 +133,6 @@ async function forkShares(
 
 /** A host's share of a fork: [host, count, index of its first child]. */
 type Share = [string, number, number];
-const shareId = ([h, n, f]: Share): string => `${h}/${f}/${n}`;
 
 /**
  * Whether a failed call may still be going on at its host: it timed out, or was given up on
@@ -169,7 +168,7 @@ async function forkEach(
   forkOn: (host: string, count: number, attempt: number, first: number) => Promise<ForkResult>,
   keyOf: (s: Share) => string,
   results: Array<[Share, ForkResult]>,
-  /** Shares failed in a way that may still be going on at their hosts (mayHaveStarted), by shareId. */
+  /** Shares failed in a way that may still be going on at their hosts (mayHaveStarted), by their keys. */
   unknown: Map<string, Share>,
 ): Promise<ForkResult[]> {
   // A child's perChild entry follows it to any host.
@@ -184,13 +183,13 @@ async function forkEach(
       const [h] = share;
       // Only its answer settles a share: a re-ask refused before its fork was sent (a failed fetch) leaves the first run unknown.
       if (r.status === 'fulfilled') {
-        unknown.delete(shareId(share));
+        unknown.delete(keyOf(share));
         results.push([share, r.value]);
       } else {
         ctx.log.warn({ host: h, err: r.reason }, 'a host failed its share of a fork');
         failed.push(share);
         reasons.push(r.reason);
-        if (mayHaveStarted(r.reason)) unknown.set(shareId(share), share);
+        if (mayHaveStarted(r.reason)) unknown.set(keyOf(share), share);
       }
     });
     if (failed.length === 0) break;
@@ -211,7 +210,8 @@ async function forkEach(
         continue;
       }
       // Placed elsewhere: what its first host may still make of it is not this fork's.
-      if (unknown.delete(shareId([h, n, f]))) abandonShare(ctx, h, keyOf([h, n, f]));
+      const key = keyOf([h, n, f]);
+      if (unknown.delete(key)) abandonShare(ctx, h, key);
       let at = f;
       for (const [to, m] of placeChildren(rest, home, n, ctx.childCostMiB, { spread: true })) {
         again.push([to, m, at]);
