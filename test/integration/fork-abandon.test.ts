@@ -1,11 +1,8 @@
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { connect } from '@nats-io/transport-node';
-import type { NatsConnection } from '@nats-io/nats-core';
 import { pollUntil } from '@forky/base';
-import { startNatsServer, type NatsServer } from '@forky/bus';
-import { FakeHostd } from '../helpers/fake-hostd.js';
-import { startTestScheduler, type TestScheduler } from '../helpers/scheduler.js';
+import { startFakeCluster, type FakeCluster } from '../helpers/fake-cluster.js';
+import type { FakeHostd } from '../helpers/fake-hostd.js';
 
 /**
  * A fork share the scheduler gives up on a host that stopped answering, and places elsewhere, is
@@ -14,30 +11,23 @@ import { startTestScheduler, type TestScheduler } from '../helpers/scheduler.js'
  * Fake hosts (real nats-server and scheduler) beat every second; pings wait 1 s.
  */
 describe('a fork share placed elsewhere is abandoned at its first host', { timeout: 120_000 }, () => {
-  let nats: NatsServer;
-  let nc: NatsConnection;
-  let sched: TestScheduler;
-  const hosts: FakeHostd[] = [];
-
+  let c: FakeCluster;
+  let sched: FakeCluster['sched'];
   before(async () => {
-    nats = await startNatsServer();
-    nc = await connect({ servers: nats.url });
-    sched = await startTestScheduler(nats.url, { config: { hostProbeTimeoutMs: 1_000 } });
-    for (const id of ['ab-a', 'ab-b', 'ab-c']) hosts.push(await FakeHostd.start(nc, id));
+    c = await startFakeCluster({ config: { hostProbeTimeoutMs: 1_000 } });
+    sched = c.sched;
+    for (const id of ['ab-a', 'ab-b', 'ab-c']) await c.host(id);
     await pollUntil(async () => ((await sched.client.call('hosts', {})).hosts.filter((h) => h.alive).length === 3 ? true : undefined), {
       timeoutMs: 20_000,
       what: 'three hosts up',
     });
   });
   after(async () => {
-    for (const h of hosts) await h.down().catch(() => undefined);
-    await sched?.stop();
-    await nc?.close();
-    await nats?.stop();
+    await c?.stop();
   });
 
   it('the hung host gets fork.abandon with the key of the share it was sent; the fork is made on the others', async () => {
-    const [a, b] = hosts as [FakeHostd, FakeHostd, FakeHostd];
+    const [a, b] = c.hosts as [FakeHostd, FakeHostd, FakeHostd];
     const vm = await sched.client.call('vm.boot', { host: a.id });
     const snap = await sched.client.call('snapshot.create', { vm: vm.id, resume: true });
     // b takes its share and never ends it, then stops beating and answering pings: hung.

@@ -1,12 +1,9 @@
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { connect } from '@nats-io/transport-node';
-import type { NatsConnection } from '@nats-io/nats-core';
 import { ForkyError, pollUntil } from '@forky/base';
-import { startNatsServer, type NatsServer } from '@forky/bus';
-import { FakeHostd } from '../helpers/fake-hostd.js';
+import { startFakeCluster, type FakeCluster } from '../helpers/fake-cluster.js';
+import type { FakeHostd } from '../helpers/fake-hostd.js';
 import { refused } from '../helpers/errors.js';
-import { startTestScheduler, type TestScheduler } from '../helpers/scheduler.js';
 
 /**
  * The scheduler's liveness rule for calls under way (issue 21: a host busy with 100 TCG guests
@@ -15,34 +12,27 @@ import { startTestScheduler, type TestScheduler } from '../helpers/scheduler.js'
  * Fake hosts beat every second; a call is given up on liveness once past its start-by (3 s).
  */
 describe('liveness: a quiet host is asked before its calls are given up', { timeout: 120_000 }, () => {
-  let nats: NatsServer;
-  let nc: NatsConnection;
-  let sched: TestScheduler;
-  const hosts: FakeHostd[] = [];
-
+  let c: FakeCluster;
   before(async () => {
-    nats = await startNatsServer();
-    nc = await connect({ servers: nats.url });
-    sched = await startTestScheduler(nats.url);
+    c = await startFakeCluster();
   });
   after(async () => {
-    for (const h of hosts) await h.down().catch(() => undefined);
-    await sched?.stop();
-    await nc?.close();
-    await nats?.stop();
+    await c?.stop();
   });
 
   const host = async (id: string): Promise<FakeHostd> => {
-    const h = await FakeHostd.start(nc, id);
-    hosts.push(h);
+    const h = await c.host(id);
     await seen(id, true);
     return h;
   };
   const seen = (id: string, alive: boolean): Promise<true> =>
-    pollUntil(async () => ((await sched.client.call('hosts', {})).hosts.some((h) => h.id === id && h.alive === alive) ? true : undefined), {
-      timeoutMs: 20_000,
-      what: `host ${id} seen ${alive ? 'up' : 'down'}`,
-    });
+    pollUntil(
+      async () => ((await c.sched.client.call('hosts', {})).hosts.some((h) => h.id === id && h.alive === alive) ? true : undefined),
+      {
+        timeoutMs: 20_000,
+        what: `host ${id} seen ${alive ? 'up' : 'down'}`,
+      },
+    );
   /** Waits (bounded) until `h` has taken `n` boots. */
   const reached = (h: FakeHostd, n: number): Promise<true> =>
     pollUntil(async () => (h.count('vm.boot') === n ? true : undefined), { timeoutMs: 10_000, what: `boot ${n} reaching the host` });
@@ -63,7 +53,7 @@ describe('liveness: a quiet host is asked before its calls are given up', { time
   it('a host that stops beating but answers host.ping keeps its call: the boot it was sent returns', async () => {
     const h = await host('probe-busy');
     const release = holdBoots(h);
-    const boot = sched.client.call('vm.boot', { host: h.id });
+    const boot = c.sched.client.call('vm.boot', { host: h.id });
     await reached(h, 1);
     await quietThroughPings(h);
     release();
@@ -86,8 +76,8 @@ describe('liveness: a quiet host is asked before its calls are given up', { time
       };
     });
     h.after['vm.boot'] = (req) => (req['n'] === 1 ? second : gate);
-    const short = sched.client.call('vm.boot', { host: h.id }, { timeoutMs: 3_000 });
-    const long = sched.client.call('vm.boot', { host: h.id });
+    const short = c.sched.client.call('vm.boot', { host: h.id }, { timeoutMs: 3_000 });
+    const long = c.sched.client.call('vm.boot', { host: h.id });
     await short;
     await reached(h, 2);
     await quietThroughPings(h);
@@ -102,7 +92,7 @@ describe('liveness: a quiet host is asked before its calls are given up', { time
     h.before['host.ping'] = () => {
       throw new ForkyError('TIMEOUT', 'read past its deadline');
     };
-    const boot = sched.client.call('vm.boot', { host: h.id });
+    const boot = c.sched.client.call('vm.boot', { host: h.id });
     await reached(h, 1);
     await quietThroughPings(h);
     release();
@@ -112,7 +102,7 @@ describe('liveness: a quiet host is asked before its calls are given up', { time
   it('a host that stops beating and answering: its call is given up UNAVAILABLE, saying what the ping found', async () => {
     const h = await host('probe-dead');
     holdBoots(h);
-    const boot = refused(sched.client.call('vm.boot', { host: h.id }));
+    const boot = refused(c.sched.client.call('vm.boot', { host: h.id }));
     await reached(h, 1);
     const t0 = Date.now();
     await h.down();
